@@ -1,0 +1,292 @@
+"""Sliding-window extraction: image folders -> images.py -> store.py.
+
+``extract_store(["imagenet/train"], "index/patches.h5")`` scans the folders (ImageFolder
+layout with class subfolders, or flat), keeps a seeded fraction of each class, decodes the
+images (in parallel with ``workers``), cuts 32 x 32 patches at ``stride`` and writes them to a
+resumable HDF5 store. Bad files are skipped, listed in the manifest with their reason and
+logged once each.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .images import PATCH, BadImage, Preprocess, cut_patches, grid_positions, load_rgb
+from .store import Part, PatchStore, StoreError, StoreWriter, manifest_path_for
+
+log = logging.getLogger(__name__)
+
+
+class ExtractError(Exception):
+    """Bad arguments or inputs for an extraction; ``str(e)`` is a one-line message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig:
+    resize: int | None = 224  # shorter side -> 224, centre crop: VGG-16's input geometry; None: native size
+    stride: int = 16  # pixels between patch corners; 32-pixel patches overlap by half
+    fraction: float = 1.0  # seeded share of each class's images (the paper used 0.1 of ImageNet)
+    seed: int = 0
+    max_pixels: int = 89_478_485  # decompression-bomb guard (PIL's default limit)
+    part_images: int = 256  # images per part file: the unit of resumption
+    compression: str | None = None  # HDF5 filter for /patches: None or "lzf" (random reads stay fast)
+
+    def __post_init__(self):
+        if self.resize is not None and self.resize < PATCH:
+            raise ExtractError(f"--resize must be at least {PATCH} pixels or 'none', got {self.resize}")
+        if not 1 <= self.stride <= 4096:
+            raise ExtractError(f"--stride must be between 1 and 4096 pixels, got {self.stride}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ExtractError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.part_images < 1:
+            raise ExtractError(f"part_images must be >= 1, got {self.part_images}")
+        if self.compression not in (None, "lzf", "gzip"):
+            raise ExtractError(f"--compression must be none, lzf or gzip, got {self.compression}")
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(resize=self.resize, max_pixels=self.max_pixels, min_side=PATCH)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["patch"] = PATCH
+        d["preprocess"] = self.preprocess.to_json()
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+    root: int  # index into the list of input folders
+    path: str  # relative to its root, POSIX separators
+    cls: str  # class name: the subfolder (ImageFolder) or the folder's own name (flat)
+
+
+@dataclasses.dataclass
+class ExtractResult:
+    path: str
+    manifest: dict
+    resumed: bool  # True when earlier (killed) runs' parts were reused
+    already_complete: bool  # True when the store existed with the same content key
+    seconds: float
+
+    @property
+    def n_patches(self) -> int:
+        return self.manifest["n_patches"]
+
+
+def versions() -> dict:
+    import h5py
+    import PIL
+
+    return {
+        "patchcollide": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
+        "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "pillow": PIL.__version__,
+    }
+
+
+def scan_inputs(folders: Sequence[str]) -> tuple[list[str], list[InputFile], list[tuple[str, str]]]:
+    """Find the files under each folder: (absolute roots, files, ignored (path, reason)).
+
+    A folder with subfolders is read as ImageFolder: each subfolder (recursively) is a class,
+    and loose files beside the class folders are reported, not used. A folder without
+    subfolders is flat: one class named after the folder. Hidden files (.name) are skipped.
+    """
+    if not folders:
+        raise ExtractError("no input folder given; pass one or more image folders")
+    roots, files, ignored = [], [], []
+    for r, folder in enumerate(folders):
+        if not os.path.isdir(folder):
+            raise ExtractError(f"input folder {folder!r} does not exist or is not a folder; pass an image folder")
+        root = os.path.abspath(folder)
+        roots.append(root)
+        entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
+        subdirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+        if subdirs:
+            for e in entries:
+                if e not in subdirs:
+                    ignored.append((f"{r}/{e}", "loose file beside class folders (ImageFolder layout); not used"))
+            for cls in subdirs:
+                for dirpath, dirnames, filenames in os.walk(os.path.join(root, cls), followlinks=True):
+                    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                    for fn in sorted(filenames):
+                        if fn.startswith("."):
+                            continue
+                        rel = os.path.relpath(os.path.join(dirpath, fn), root).replace(os.sep, "/")
+                        files.append(InputFile(r, rel, cls))
+        else:
+            name = os.path.basename(root.rstrip("/")) or "images"
+            files += [InputFile(r, e, name) for e in entries]
+    if not files:
+        raise ExtractError(f"no files found in {', '.join(map(repr, folders))}; pass folders that hold images")
+    return roots, files, ignored
+
+
+def select_fraction(files: list[InputFile], fraction: float, seed: int) -> list[InputFile]:
+    """Keep round(fraction * n) (at least 1) files of each class, chosen by a seeded RNG
+    that depends only on (seed, class name), so adding a class leaves the others' choice alone."""
+    if fraction >= 1.0:
+        return sorted(files, key=lambda f: (f.root, f.path))
+    by_cls: dict[str, list[InputFile]] = {}
+    for f in files:
+        by_cls.setdefault(f.cls, []).append(f)
+    keep = []
+    for cls, fs in by_cls.items():
+        fs = sorted(fs, key=lambda f: (f.root, f.path))
+        k = max(1, int(round(fraction * len(fs))))
+        cls_key = int.from_bytes(hashlib.sha256(cls.encode()).digest()[:8], "little")
+        rng = np.random.default_rng([seed, cls_key])
+        idx = np.sort(rng.choice(len(fs), size=k, replace=False))
+        keep += [fs[i] for i in idx]
+    return sorted(keep, key=lambda f: (f.root, f.path))
+
+
+def _decode(job: tuple[str, Preprocess, int]) -> tuple[str, np.ndarray | None, np.ndarray | None, tuple, tuple]:
+    """Worker: (path, pre, stride) -> (error or "", patches, yx, stored (H, W), native (H, W))."""
+    path, pre, stride = job
+    try:
+        img, native = load_rgb(path, pre)
+    except BadImage as e:
+        return str(e), None, None, (0, 0), (0, 0)
+    yx = grid_positions(img.shape[:2], stride)
+    return "", cut_patches(img, yx), yx, img.shape[:2], native
+
+
+def extract_store(
+    folders: Sequence[str],
+    out: str,
+    config: ExtractConfig = ExtractConfig(),
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExtractResult:
+    """Build (or resume, or find complete) the patch store ``out`` from image ``folders``.
+
+    progress(done_images, total_images) is called as images are processed.
+    """
+    t0 = time.time()
+    if workers < 1:
+        raise ExtractError(f"--workers must be >= 1, got {workers}")
+    roots, files, ignored = scan_inputs(folders)
+    classes = sorted({f.cls for f in files})
+    label_of = {c: i for i, c in enumerate(classes)}
+    selected = select_fraction(files, config.fraction, config.seed)
+    cfg = config.to_json()
+    # Everything that fixes the store's content; a resume or a re-run must match it exactly.
+    state = {"config": cfg, "roots": roots, "classes": classes,
+             "files": hashlib.sha256("\n".join(f"{f.root}/{f.path}" for f in selected).encode()).hexdigest()}
+    content_key = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+    out = os.fspath(out)
+    if os.path.exists(out):
+        if overwrite:
+            pass  # the old store stays in place until the new one is complete
+        else:
+            try:
+                with PatchStore(out) as old:
+                    same = old._f.attrs.get("content_key") == content_key
+            except StoreError:
+                same = False
+            if same:
+                try:
+                    with open(manifest_path_for(out)) as fh:
+                        manifest = json.load(fh)
+                except (OSError, ValueError):
+                    manifest = {}
+                return ExtractResult(out, manifest, resumed=False, already_complete=True, seconds=time.time() - t0)
+            raise ExtractError(
+                f"{out} already exists and was built from other arguments or inputs; "
+                "pass --overwrite to replace it, or choose another --out"
+            )
+    if overwrite and os.path.isdir(out + ".parts"):
+        shutil.rmtree(out + ".parts")
+
+    for p, reason in ignored:
+        log.warning("skipped %s: %s", p, reason)
+    n_parts = (len(selected) + config.part_images - 1) // config.part_images
+    with StoreWriter(out, state) as writer:
+        todo = [i for i in range(n_parts) if not writer.has_part(i)]
+        done_images = (n_parts - len(todo)) * config.part_images
+        if progress:
+            progress(min(done_images, len(selected)), len(selected))
+        jobs = []
+        for i in todo:
+            chunk = selected[i * config.part_images : (i + 1) * config.part_images]
+            jobs += [(os.path.join(roots[f.root], f.path), config.preprocess, config.stride) for f in chunk]
+        pool = mp.get_context("fork").Pool(workers) if workers > 1 and jobs else None
+        try:
+            results = pool.imap(_decode, jobs, chunksize=4) if pool else map(_decode, jobs)
+            for i in todo:
+                chunk = selected[i * config.part_images : (i + 1) * config.part_images]
+                part = _make_part(chunk, [next(results) for _ in chunk], label_of)
+                writer.write_part(i, part)
+                done_images += len(chunk)
+                if progress:
+                    progress(min(done_images, len(selected)), len(selected))
+        finally:
+            if pool:
+                pool.terminate()
+        manifest = {
+            "config": cfg, "content_key": content_key, "inputs": roots, "classes": classes,
+            "n_files_found": len(files), "n_files_selected": len(selected), "versions": versions(),
+        }
+        manifest = writer.finalize(n_parts, classes, roots, manifest)
+    manifest["skipped"] = [{"path": p, "reason": r} for p, r in ignored] + manifest["skipped"]
+    manifest["n_skipped"] = len(manifest["skipped"])
+    manifest["seconds"] = round(time.time() - t0, 3)
+    _rewrite_manifest(out, manifest)
+    return ExtractResult(out, manifest, resumed=writer.resumed, already_complete=False, seconds=time.time() - t0)
+
+
+def _rewrite_manifest(store_path: str, manifest: dict) -> None:
+    mp_ = manifest_path_for(store_path)
+    with open(mp_ + ".tmp", "w") as fh:
+        json.dump(manifest, fh, indent=2)
+    os.replace(mp_ + ".tmp", mp_)
+
+
+def _make_part(chunk: list[InputFile], results: list[tuple], label_of: dict[str, int]) -> Part:
+    patches, prov, paths, roots, labels, sizes, natives, skipped = [], [], [], [], [], [], [], []
+    for f, (err, p, yx, size, native) in zip(chunk, results):
+        if err:
+            log.warning("skipped %d/%s: %s", f.root, f.path, err)
+            skipped.append((f"{f.root}/{f.path}", err))
+            continue
+        if len(p) == 0:  # cannot happen with min_side >= PATCH, kept as a guard
+            skipped.append((f"{f.root}/{f.path}", "no complete patch fits"))
+            continue
+        li = len(paths)
+        paths.append(f.path)
+        roots.append(f.root)
+        labels.append(label_of[f.cls])
+        sizes.append(size)
+        natives.append(native)
+        patches.append(p)
+        prov.append(np.column_stack([np.full(len(yx), li, np.int64), yx]).astype(np.int32))
+    return Part(
+        patches=np.concatenate(patches) if patches else np.zeros((0, PATCH, PATCH, 3), np.uint8),
+        provenance=np.concatenate(prov) if prov else np.zeros((0, 3), np.int32),
+        paths=paths, roots=np.asarray(roots, np.int16), labels=np.asarray(labels, np.int32),
+        sizes=np.asarray(sizes, np.int32).reshape(-1, 2), native_sizes=np.asarray(natives, np.int32).reshape(-1, 2),
+        skipped=skipped,
+    )
+
+
+def reproduce_patch(store: PatchStore, patch_id: int) -> np.ndarray:
+    """Re-cut patch ``patch_id`` from its source file with the store's recorded preprocessing:
+    (32, 32, 3) uint8, bit-identical to ``store.get([patch_id])[0]`` if the file is unchanged."""
+    img_idx, y, x = (int(v) for v in store.provenance[patch_id])
+    rec = store.image_record(img_idx)
+    pre = Preprocess(**store.config["preprocess"])
+    img, _ = load_rgb(rec["abspath"], pre)
+    return img[y : y + PATCH, x : x + PATCH].copy()

@@ -1,0 +1,160 @@
+"""Image decoding, colour conversion, resize/crop and the guards against bad files.
+
+Every image that enters patchcollide, for the store or as a query, goes through
+:func:`load_rgb`, so a stored patch can be reproduced bit-exactly from its source file
+and the recorded :class:`Preprocess`. Imports nothing of ours.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+PATCH = 32  # patch side in pixels; fixed by the method (Li et al. 2019 use 32 x 32)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+
+class BadImage(Exception):
+    """A file that cannot be used as an image; ``str(e)`` is the one-line reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """How a file becomes the (H, W, 3) uint8 RGB array that patches are cut from.
+
+    resize: side length S: the shorter side is resized to S (bilinear, PIL) and the centre
+        S x S is cropped, the model's input geometry; None keeps the native size.
+    max_pixels: decompression-bomb guard on the *declared* size, checked before decoding
+        (PIL's own default limit, about 89 megapixels).
+    min_side: images whose native shorter side is below this are skipped: upscaling them
+        would fabricate patches that exist in no real photo.
+    """
+
+    resize: int | None = 224
+    max_pixels: int = 89_478_485
+    min_side: int = PATCH
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Convert any supported PIL mode to (H, W, 3) uint8 RGB.
+
+    16-bit and 32-bit integer greyscale are scaled to 8 bits (x * 255 / 65535, rounded),
+    not clipped as PIL's own convert would. Alpha is dropped, as torchvision's loader does.
+    CMYK, palette, 1-bit, greyscale and LA go through PIL's conversion.
+    """
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(img, dtype=np.float64)
+        if a.min() < 0 or a.max() > 65535:
+            raise BadImage(f"integer image with values outside 0..65535 (mode {mode})")
+        g = np.rint(a * (255.0 / 65535.0)).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if mode == "F":
+        raise BadImage("floating-point image (mode F) has no defined 8-bit range; convert it to 8 or 16 bits")
+    if mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def resize_crop(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size`` (bilinear), then the centre ``size`` x ``size`` crop.
+
+    The same arithmetic as torchvision's ``Resize(size)`` + ``CenterCrop(size)`` on PIL.
+    """
+    w, h = img.size
+    if w <= h:
+        nw, nh = size, int(size * h / w)
+    else:
+        nw, nh = int(size * w / h), size
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BILINEAR)
+    top = int(round((nh - size) / 2.0))
+    left = int(round((nw - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def load_rgb(path: str | os.PathLike, pre: Preprocess = Preprocess()) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode ``path`` into ((H, W, 3) uint8 RGB after preprocessing, native (H, W)).
+
+    Raises BadImage with a one-line reason for empty, truncated, non-image, too small,
+    too large (decompression bomb) and unsupported files.
+    """
+    path = os.fspath(path)
+    try:
+        if os.path.getsize(path) == 0:
+            raise BadImage("empty file")
+    except OSError as e:
+        raise BadImage(f"cannot read file: {e.strerror or e}") from None
+    with warnings.catch_warnings():
+        # We apply our own pixel limit below; silence PIL's warning so it is not printed twice.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > pre.max_pixels:
+                    raise BadImage(
+                        f"declared size {w}x{h} exceeds the decompression-bomb guard of {pre.max_pixels} pixels"
+                    )
+                if min(w, h) < pre.min_side:
+                    raise BadImage(f"image {w}x{h} is smaller than a {pre.min_side}-pixel patch")
+                img.load()  # decode now, so a truncated file fails here
+                if pre.resize is not None:
+                    # Convert first: resizing palette or 1-bit images is not meaningful.
+                    rgb = Image.fromarray(_to_rgb(img))
+                    rgb = resize_crop(rgb, pre.resize)
+                    arr = np.asarray(rgb, dtype=np.uint8).copy()
+                else:
+                    arr = _to_rgb(img)
+        except BadImage:
+            raise
+        except UnidentifiedImageError:
+            raise BadImage("not an image (no decoder recognises it)") from None
+        except Image.DecompressionBombError as e:
+            raise BadImage(f"decompression bomb: {e}") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BadImage(f"cannot decode ({msg})") from None
+    return arr, (h, w)
+
+
+def patch_positions(size: int, stride: int, patch: int = PATCH) -> np.ndarray:
+    """Top-left coordinates along one axis: every ``stride`` pixels from 0, plus the last
+    position ``size - patch`` if the stride misses it, so the patches cover the border.
+    (1-D int array; empty when size < patch.)"""
+    if size < patch:
+        return np.zeros(0, dtype=np.int64)
+    pos = list(range(0, size - patch + 1, stride))
+    if pos[-1] != size - patch:
+        pos.append(size - patch)
+    return np.asarray(pos, dtype=np.int64)
+
+
+def grid_positions(shape: tuple[int, int], stride: int, patch: int = PATCH, cover: bool = False) -> np.ndarray:
+    """All (y, x) top-left corners of a grid on an (H, W) image, row-major, (L, 2) int64.
+
+    cover=False: plain sliding window (the store's extraction grid).
+    cover=True: add the last row/column so the patches tile the whole image (query grid);
+    on 224 x 224 at stride 8 both give 25 x 25 = 625 locations.
+    """
+    h, w = shape
+    if cover:
+        ys, xs = patch_positions(h, stride, patch), patch_positions(w, stride, patch)
+    else:
+        ys = np.arange(0, h - patch + 1, stride, dtype=np.int64) if h >= patch else np.zeros(0, np.int64)
+        xs = np.arange(0, w - patch + 1, stride, dtype=np.int64) if w >= patch else np.zeros(0, np.int64)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    return np.stack([yy.ravel(), xx.ravel()], axis=1)
+
+
+def cut_patches(img: np.ndarray, yx: np.ndarray, patch: int = PATCH) -> np.ndarray:
+    """Cut patches at top-left corners ``yx`` (L, 2) from an (H, W, 3) image: (L, patch, patch, 3), same dtype."""
+    win = np.lib.stride_tricks.sliding_window_view(img, (patch, patch), axis=(0, 1))  # (H', W', 3, p, p)
+    out = win[yx[:, 0], yx[:, 1]]  # (L, 3, p, p)
+    return np.ascontiguousarray(out.transpose(0, 2, 3, 1))

@@ -1,0 +1,414 @@
+"""The HDF5 patch store: a resumable writer and a validating reader (ids -> patches).
+
+On-disk format (``FORMAT_VERSION`` 1, documented in ``index/README.md``)::
+
+    /patches             (N, 32, 32, 3) uint8 RGB, chunked (CHUNK, 32, 32, 3)
+    /provenance          (N, 3) int32: image index, y, x (top-left corner in the stored image)
+    /images/path         (M,) str: path relative to its root, POSIX separators
+    /images/root         (M,) int16: index into /roots
+    /images/label        (M,) int32: index into /classes
+    /images/size         (M, 2) int32: stored (H, W), after preprocessing
+    /images/native_size  (M, 2) int32: (H, W) of the file
+    /images/first        (M,) int64: id of the image's first patch; /images/count (M,) int32
+    /classes             (C,) str;  /roots (R,) str: absolute input folders
+    attrs: format, format_version, store_id, fingerprint, config (JSON), versions (JSON), created
+
+Writing is crash-safe: each batch of images becomes a part file, written under a temporary
+name and renamed into place; only when every part exists are they merged into
+``STORE.tmp``, which is fsynced and renamed over ``STORE``. A run killed at any moment and
+started again with the same arguments ends with exactly the patches of an uninterrupted
+run. Imports nothing of ours.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+
+import h5py
+import numpy as np
+
+FORMAT = "patchcollide-store"
+FORMAT_VERSION = 1
+CHUNK = 16  # patches per HDF5 chunk: 48 KiB, small enough for fast random access by id
+PATCH_SHAPE = (32, 32, 3)
+
+
+class StoreError(Exception):
+    """A store that cannot be opened, resumed or written; ``str(e)`` is a one-line message."""
+
+
+@dataclasses.dataclass
+class Part:
+    """What one batch of images contributes to the store (image indices local to the part)."""
+
+    patches: np.ndarray  # (n, 32, 32, 3) uint8
+    provenance: np.ndarray  # (n, 3) int32: local image index, y, x
+    paths: list[str]  # (m,) relative paths of the images that gave patches
+    roots: np.ndarray  # (m,) int16
+    labels: np.ndarray  # (m,) int32
+    sizes: np.ndarray  # (m, 2) int32 stored (H, W)
+    native_sizes: np.ndarray  # (m, 2) int32
+    skipped: list[tuple[str, str]]  # (relative path as root_index/path, reason)
+
+    def save(self, path: str) -> None:
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                patches=self.patches,
+                provenance=self.provenance,
+                paths=np.asarray(self.paths, dtype=str),
+                roots=self.roots,
+                labels=self.labels,
+                sizes=self.sizes,
+                native_sizes=self.native_sizes,
+                skipped=np.asarray(self.skipped, dtype=str).reshape(-1, 2),
+            )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "Part":
+        with np.load(path, allow_pickle=False) as z:
+            return cls(
+                patches=z["patches"],
+                provenance=z["provenance"],
+                paths=[str(p) for p in z["paths"]],
+                roots=z["roots"],
+                labels=z["labels"],
+                sizes=z["sizes"],
+                native_sizes=z["native_sizes"],
+                skipped=[(str(a), str(b)) for a, b in z["skipped"]],
+            )
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StoreWriter:
+    """Resumable writer: ``parts_dir`` holds the finished parts and the run's state.
+
+    Use as a context manager; it takes an exclusive lock so that a second process writing
+    the same store is refused instead of corrupting it.
+    """
+
+    def __init__(self, path: str, state: dict):
+        self.path = os.fspath(path)
+        self.parts_dir = self.path + ".parts"
+        self.state = state  # config, inputs, classes, roots: everything that fixes the content
+        self._lock_fd: int | None = None
+
+    def __enter__(self) -> "StoreWriter":
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        lock_path = self.path + ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise StoreError(
+                    f"{self.path}: another process is writing this store; wait for it or choose another --out"
+                ) from None
+            raise
+        self._lock_fd = fd
+        self._open_state()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _open_state(self) -> None:
+        state_path = os.path.join(self.parts_dir, "state.json")
+        if os.path.exists(state_path):
+            try:
+                with open(state_path) as f:
+                    old = json.load(f)
+            except (OSError, ValueError):
+                old = None
+            if old is not None and old.get("content") == _canon(self.state):
+                self.store_id = old["store_id"]
+                self.resumed = True
+                return
+            raise StoreError(
+                f"{self.parts_dir}: an unfinished extraction with different arguments or inputs is here; "
+                "run again with the same arguments, or pass --overwrite to discard it"
+            )
+        os.makedirs(self.parts_dir, exist_ok=True)
+        self.store_id = uuid.uuid4().hex
+        self.resumed = False
+        tmp = state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"store_id": self.store_id, "content": _canon(self.state)}, f)
+        os.replace(tmp, state_path)
+
+    def part_path(self, i: int) -> str:
+        return os.path.join(self.parts_dir, f"part-{i:06d}.npz")
+
+    def has_part(self, i: int) -> bool:
+        """True when part ``i`` was completed by this or an earlier (killed) run and reads back."""
+        p = self.part_path(i)
+        if not os.path.exists(p):
+            return False
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                z["patches"].shape  # noqa: B018  (touch the largest member: a torn file fails here)
+            return True
+        except Exception:
+            os.remove(p)
+            return False
+
+    def write_part(self, i: int, part: Part) -> None:
+        part.save(self.part_path(i))
+
+    def finalize(self, n_parts: int, classes: Sequence[str], roots: Sequence[str], manifest: dict) -> dict:
+        """Merge parts 0..n_parts-1 into the HDF5 store; return the manifest written beside it."""
+        tmp = self.path + ".tmp"
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        hasher = hashlib.sha256()
+        skipped: list[dict] = []
+        n = 0
+        img_offset = 0
+        with h5py.File(tmp, "w") as f:
+            patches = f.create_dataset(
+                "patches", shape=(0, *PATCH_SHAPE), maxshape=(None, *PATCH_SHAPE), dtype=np.uint8,
+                chunks=(CHUNK, *PATCH_SHAPE), compression=manifest["config"].get("compression"),
+            )
+            prov = f.create_dataset("provenance", shape=(0, 3), maxshape=(None, 3), dtype=np.int32, chunks=(4096, 3))
+            img_cols: dict[str, list] = {k: [] for k in ("path", "root", "label", "size", "native_size", "count")}
+            for i in range(n_parts):
+                part = Part.load(self.part_path(i))
+                m = len(part.paths)
+                pv = part.provenance.astype(np.int32, copy=True)
+                pv[:, 0] += img_offset
+                k = len(part.patches)
+                patches.resize(n + k, axis=0)
+                patches[n : n + k] = part.patches
+                prov.resize(n + k, axis=0)
+                prov[n : n + k] = pv
+                hasher.update(np.ascontiguousarray(part.patches).tobytes())
+                hasher.update(pv.astype("<i4").tobytes())
+                counts = np.bincount(part.provenance[:, 0], minlength=m) if k else np.zeros(m, np.int64)
+                img_cols["path"] += part.paths
+                img_cols["root"].append(part.roots)
+                img_cols["label"].append(part.labels)
+                img_cols["size"].append(part.sizes.reshape(-1, 2))
+                img_cols["native_size"].append(part.native_sizes.reshape(-1, 2))
+                img_cols["count"].append(counts)
+                skipped += [{"path": p, "reason": r} for p, r in part.skipped]
+                n += k
+                img_offset += m
+            counts = np.concatenate(img_cols["count"]).astype(np.int32) if img_cols["count"] else np.zeros(0, np.int32)
+            g = f.create_group("images")
+            str_t = h5py.string_dtype("utf-8")
+            g.create_dataset("path", data=np.asarray(img_cols["path"], dtype=object), dtype=str_t)
+            g.create_dataset("root", data=_cat(img_cols["root"], np.int16, (0,)))
+            g.create_dataset("label", data=_cat(img_cols["label"], np.int32, (0,)))
+            g.create_dataset("size", data=_cat(img_cols["size"], np.int32, (0, 2)))
+            g.create_dataset("native_size", data=_cat(img_cols["native_size"], np.int32, (0, 2)))
+            g.create_dataset("count", data=counts)
+            g.create_dataset("first", data=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)[: len(counts)])
+            f.create_dataset("classes", data=np.asarray(list(classes), dtype=object), dtype=str_t)
+            f.create_dataset("roots", data=np.asarray(list(roots), dtype=object), dtype=str_t)
+            manifest = dict(manifest)
+            manifest.update(
+                format=FORMAT, format_version=FORMAT_VERSION, store_id=self.store_id,
+                fingerprint=hasher.hexdigest(), n_patches=int(n), n_images=int(img_offset),
+                n_classes=len(classes), n_skipped=len(skipped), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            )
+            for key in ("format", "format_version", "store_id", "fingerprint", "created", "content_key"):
+                if key in manifest:
+                    f.attrs[key] = manifest[key]
+            f.attrs["config"] = json.dumps(manifest["config"], sort_keys=True)
+            f.attrs["versions"] = json.dumps(manifest.get("versions", {}), sort_keys=True)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        manifest["skipped"] = skipped
+        manifest["bytes_on_disk"] = os.path.getsize(tmp)
+        manifest_path = manifest_path_for(self.path)
+        mtmp = manifest_path + ".tmp"
+        with open(mtmp, "w") as fh:
+            json.dump(manifest, fh, indent=2)
+        # The store is renamed in first: a store without its manifest is still usable,
+        # and the manifest is rewritten by the next run.
+        os.replace(tmp, self.path)
+        os.replace(mtmp, manifest_path)
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        return manifest
+
+
+def _cat(arrs: list[np.ndarray], dtype, empty_shape) -> np.ndarray:
+    return np.concatenate(arrs).astype(dtype) if arrs else np.zeros(empty_shape, dtype)
+
+
+def _canon(obj) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+def manifest_path_for(store_path: str) -> str:
+    """``index/patches.h5`` -> ``index/patches.json``."""
+    root, _ = os.path.splitext(os.fspath(store_path))
+    return root + ".json"
+
+
+class PatchStore:
+    """Read-only view of a finished store. ``store.get(ids)`` -> (n, 32, 32, 3) uint8.
+
+    Validates the file on open: an unreadable, truncated or foreign file raises StoreError.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise StoreError(f"{self.path}: no such store; build one with `patchcollide extract`")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as e:
+            reason = str(e).split(";")[0].split("(")[0].strip() or "unreadable"
+            raise StoreError(
+                f"{self.path}: not a readable HDF5 file ({reason}); give a store written by `patchcollide extract`"
+            ) from None
+        try:
+            self._validate()
+        except StoreError:
+            self._f.close()
+            raise
+
+    def _validate(self) -> None:
+        f = self._f
+        if f.attrs.get("format") != FORMAT:
+            raise StoreError(
+                f"{self.path}: an HDF5 file but not a patchcollide store; give a store written by `patchcollide extract`"
+            )
+        if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
+            raise StoreError(
+                f"{self.path}: store format version {f.attrs.get('format_version')} is not {FORMAT_VERSION}; "
+                "rebuild it with this version's `patchcollide extract`"
+            )
+        for name in ("patches", "provenance", "images/path", "images/size", "images/first", "classes", "roots"):
+            if name not in f:
+                raise StoreError(f"{self.path}: store is missing '{name}'; rebuild it with `patchcollide extract`")
+        self.patches = f["patches"]
+        if self.patches.shape[1:] != PATCH_SHAPE or f["provenance"].shape != (self.patches.shape[0], 3):
+            raise StoreError(f"{self.path}: store datasets have inconsistent shapes; rebuild it")
+        self.n = int(self.patches.shape[0])
+        self.store_id = str(f.attrs["store_id"])
+        self.fingerprint = str(f.attrs["fingerprint"])
+        self.config = json.loads(f.attrs["config"])
+        self.versions = json.loads(f.attrs.get("versions", "{}"))
+        self._prov: np.ndarray | None = None
+
+    # --- context manager -------------------------------------------------------------
+    def __enter__(self) -> "PatchStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "_f", None) is not None and self._f.id.valid:
+            self._f.close()
+
+    def __len__(self) -> int:
+        return self.n
+
+    # --- tables ------------------------------------------------------------------------
+    @property
+    def provenance(self) -> np.ndarray:
+        """(N, 3) int32: image index, y, x of every patch (loaded once)."""
+        if self._prov is None:
+            self._prov = self._f["provenance"][...]
+        return self._prov
+
+    @property
+    def n_images(self) -> int:
+        return int(self._f["images/path"].shape[0])
+
+    @property
+    def classes(self) -> list[str]:
+        return [s.decode() if isinstance(s, bytes) else s for s in self._f["classes"][...]]
+
+    @property
+    def roots(self) -> list[str]:
+        return [s.decode() if isinstance(s, bytes) else s for s in self._f["roots"][...]]
+
+    def image_record(self, i: int) -> dict:
+        """One row of the image table, with the absolute path of its source file."""
+        g = self._f["images"]
+        rel = g["path"][i]
+        rel = rel.decode() if isinstance(rel, bytes) else rel
+        root = int(g["root"][i])
+        return {
+            "index": int(i), "path": rel, "root": root, "abspath": os.path.join(self.roots[root], rel),
+            "label": int(g["label"][i]), "class": self.classes[int(g["label"][i])] if len(self.classes) else "",
+            "size": tuple(int(v) for v in g["size"][i]), "native_size": tuple(int(v) for v in g["native_size"][i]),
+            "first": int(g["first"][i]), "count": int(g["count"][i]),
+        }
+
+    # --- patches -----------------------------------------------------------------------
+    def get(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Patches by id, in the order given (repeats allowed): (n, 32, 32, 3) uint8.
+
+        Reads each needed chunk once, which is far faster than HDF5 point selection.
+        """
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if ids.size and (ids.min() < 0 or ids.max() >= self.n):
+            raise IndexError(f"patch id out of range 0..{self.n - 1}")
+        out = np.empty((ids.size, *PATCH_SHAPE), dtype=np.uint8)
+        if ids.size == 0:
+            return out
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        chunk_of = sorted_ids // CHUNK
+        bounds = np.flatnonzero(np.diff(chunk_of)) + 1
+        for grp in np.split(np.arange(ids.size), bounds):
+            c = int(chunk_of[grp[0]])
+            lo, hi = c * CHUNK, min((c + 1) * CHUNK, self.n)
+            block = self.patches[lo:hi]
+            out[order[grp]] = block[sorted_ids[grp] - lo]
+        return out
+
+    def iter_batches(self, batch_size: int, split: tuple[int, int] = (1, 0)) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (first id, (b, 32, 32, 3) uint8) over this process's share of the store.
+
+        split=(nsplit, rank) gives a contiguous 1/nsplit of the ids, so several processes
+        or machines can share one store without new code (cf. faiss' database_iterator).
+        """
+        nsplit, rank = split
+        if not (nsplit >= 1 and 0 <= rank < nsplit):
+            raise ValueError(f"expected split=(nsplit >= 1, 0 <= rank < nsplit), got {split}")
+        lo, hi = self.n * rank // nsplit, self.n * (rank + 1) // nsplit
+        batch_size = max(CHUNK, batch_size // CHUNK * CHUNK)
+        for s in range(lo, hi, batch_size):
+            e = min(s + batch_size, hi)
+            yield s, self.patches[s:e]
+
+    def info(self) -> dict:
+        """Counts, config, identity and size on disk (what ``patchcollide store info`` prints)."""
+        return {
+            "path": os.path.abspath(self.path), "format_version": FORMAT_VERSION, "store_id": self.store_id,
+            "fingerprint": self.fingerprint, "n_patches": self.n, "n_images": self.n_images,
+            "n_classes": len(self.classes), "config": self.config, "bytes_on_disk": os.path.getsize(self.path),
+            "bytes_per_patch": os.path.getsize(self.path) / max(self.n, 1), "versions": self.versions,
+            "created": str(self._f.attrs.get("created", "")),
+        }

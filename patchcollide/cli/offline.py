@@ -1,0 +1,185 @@
+"""Offline commands: ``extract``, ``store info``, ``index build | search | eval``."""
+from __future__ import annotations
+
+import os
+
+import click
+import numpy as np
+
+from ..extract import ExtractConfig, extract_store
+from ..knn import STORE_FILE, IndexConfig, PatchIndex, build_index, evaluate, query_patches
+from ..report import neighbour_mosaic, save_png
+from ..store import PatchStore
+from .common import Progress, UserError, echo_json, human_bytes, show_progress, user_errors
+
+DEFAULT_INDEX = "index"
+
+
+def _resize(value: str) -> int | None:
+    if value.lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a side length in pixels or 'none', got {value!r}") from None
+
+
+@click.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--out", default=os.path.join(DEFAULT_INDEX, STORE_FILE), show_default=True,
+              type=click.Path(dir_okay=False), help="HDF5 store to write (resumed if a run was killed).")
+@click.option("--fraction", default=1.0, show_default=True, type=float,
+              help="Seeded share of each class's images to keep (the paper used 0.1 of ImageNet).")
+@click.option("--resize", "resize", default="224", show_default=True,
+              help="Shorter side to N and centre crop N x N (the model's input), or 'none' for native size.")
+@click.option("--stride", default=16, show_default=True, type=int, help="Pixels between 32 x 32 patches.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the --fraction choice.")
+@click.option("--workers", default=1, show_default=True, type=int, help="Processes decoding images.")
+@click.option("--compression", type=click.Choice(["none", "lzf", "gzip"]), default="none", show_default=True,
+              help="HDF5 filter on the patches (none keeps random reads fastest).")
+@click.option("--max-pixels", default=89_478_485, show_default=True, type=int,
+              help="Skip images that declare more pixels than this (decompression-bomb guard).")
+@click.option("--part-images", default=256, show_default=True, type=int, hidden=True,
+              help="Images per resumable part file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store built from other arguments.")
+@click.pass_context
+def extract(ctx, folders, out, fraction, resize, stride, seed, workers, compression, max_pixels, part_images,
+            overwrite):
+    """Cut 32 x 32 patches from image FOLDERS into an HDF5 patch store.
+
+    Each folder is ImageFolder layout (class subfolders) or flat. Bad files are skipped with
+    a warning and listed in the manifest; a killed run resumes where it stopped.
+    """
+    with user_errors():
+        cfg = ExtractConfig(resize=_resize(resize), stride=stride, fraction=fraction, seed=seed,
+                            max_pixels=max_pixels, part_images=part_images,
+                            compression=None if compression == "none" else compression)
+        with Progress("extracting images", show_progress(ctx)) as bar:
+            res = extract_store(list(folders), out, cfg, workers=workers, overwrite=overwrite, progress=bar)
+    m = res.manifest
+    if res.already_complete:
+        click.echo(f"{out} is already complete with these arguments ({m.get('n_patches', '?')} patches); nothing to do")
+        return
+    click.echo(f"wrote {out}: {m['n_patches']} patches from {m['n_images']} images in {m['n_classes']} classes, "
+               f"{m['n_skipped']} skipped, {human_bytes(m['bytes_on_disk'])}, {res.seconds:.1f} s"
+               + (" (resumed)" if res.resumed else ""))
+
+
+@click.group()
+def store():
+    """Inspect a patch store."""
+
+
+@store.command("info")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def store_info(path, as_json):
+    """Print counts, config, identity and size on disk of the store at PATH."""
+    with user_errors(), PatchStore(path) as s:
+        info = s.info()
+    if as_json:
+        echo_json(info)
+        return
+    c = info["config"]
+    click.echo(f"store        {info['path']}")
+    click.echo(f"patches      {info['n_patches']} from {info['n_images']} images, {info['n_classes']} classes")
+    click.echo(f"size         {human_bytes(info['bytes_on_disk'])} ({info['bytes_per_patch']:.0f} bytes/patch)")
+    click.echo(f"config       resize={c['resize']} stride={c['stride']} fraction={c['fraction']} seed={c['seed']} "
+               f"compression={c['compression']}")
+    click.echo(f"id           {info['store_id']}")
+    click.echo(f"fingerprint  {info['fingerprint']}")
+    click.echo(f"created      {info['created']}")
+
+
+@click.group()
+def index():
+    """Build, query and evaluate the FAISS patch index."""
+
+
+_index_dir = click.option("-i", "--index", "index_dir", default=DEFAULT_INDEX, show_default=True,
+                          type=click.Path(file_okay=False), help="Index directory.")
+_store_opt = click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
+                          help="Patch store [default: INDEX/patches.h5].")
+
+
+@index.command("build")
+@_index_dir
+@_store_opt
+@click.option("--factory", default=None, help="faiss index_factory string [default: chosen from N].")
+@click.option("--nprobe", default=32, show_default=True, type=int, help="IVF lists visited per query.")
+@click.option("--k-factor", default=16, show_default=True, type=int, help="Candidates re-ranked exactly per neighbour.")
+@click.option("--train-size", default=None, type=int, help="Training sample [default: max(65536, 64 nlist)].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.pass_context
+def index_build(ctx, index_dir, store_path, factory, nprobe, k_factor, train_size, seed, device):
+    """Train and fill a FAISS index over the patch store."""
+    with user_errors():
+        cfg = IndexConfig(factory=factory, nprobe=nprobe, k_factor=k_factor, train_size=train_size, seed=seed,
+                          device=device)
+        with Progress("adding patches", show_progress(ctx)) as bar:
+            m = build_index(index_dir, store_path, cfg, progress=bar)
+    click.echo(f"wrote {os.path.join(index_dir, 'index.faiss')}: {m['factory']}, {m['n']} patches, "
+               f"{human_bytes(m['bytes'])}, trained on {m['train_size']} in {m['seconds']['train']:.1f} s, "
+               f"total {m['seconds']['total']:.1f} s")
+
+
+@index.command("search")
+@click.argument("image", type=click.Path(dir_okay=False))
+@_index_dir
+@_store_opt
+@click.option("-k", default=16, show_default=True, type=int, help="Neighbours per location.")
+@click.option("--stride", default=8, show_default=True, type=int,
+              help="Query grid step; 8 gives 25 x 25 locations on 224 x 224.")
+@click.option("--nprobe", default=None, type=int, help="Override the index's nprobe.")
+@click.option("--mosaic", default=None, type=click.Path(dir_okay=False), help="Write query patches beside neighbours.")
+@click.option("--out", "out_npz", default=None, type=click.Path(dir_okay=False),
+              help="Save ids, distances and source coordinates (.npz).")
+def index_search(image, index_dir, store_path, k, stride, nprobe, mosaic, out_npz):
+    """k nearest stored patches for every location of a grid on IMAGE."""
+    if stride < 1:
+        raise UserError(f"--stride must be >= 1, got {stride}")
+    with user_errors(), PatchIndex(index_dir, store_path, nprobe=nprobe) as pidx:
+        if not os.path.isfile(image):
+            raise UserError(f"query image {image!r} does not exist; pass an image file")
+        res = pidx.search_image(image, k=k, stride=stride)
+        if out_npz:
+            np.savez(out_npz, ids=res.ids, distances=res.distances, query_yx=res.query_yx, sources=res.sources)
+        if mosaic:
+            nb = pidx.store.get(res.ids[:, : min(k, 8)].ravel()).reshape(len(res.ids), -1, 32, 32, 3)
+            save_png(neighbour_mosaic(res.image, res.query_yx, nb, res.distances), mosaic)
+    L = len(res.ids)
+    click.echo(f"{L} locations x {k} neighbours; median nearest L2 {float(np.median(res.distances[:, 0])):.1f}"
+               f" (0..255 pixel units)")
+    if out_npz:
+        click.echo(f"wrote {out_npz}")
+    if mosaic:
+        click.echo(f"wrote {mosaic}")
+
+
+@index.command("eval")
+@click.option("--queries", "queries", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Held-out query image (repeatable); every grid patch is a query.")
+@_index_dir
+@_store_opt
+@click.option("-k", default=50, show_default=True, type=int)
+@click.option("--stride", default=8, show_default=True, type=int)
+@click.option("--nprobe", default=None, type=int)
+@click.option("--k-factor", default=None, type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def index_eval(queries, index_dir, store_path, k, stride, nprobe, k_factor, device, as_json):
+    """recall@k of the index against exact search, and queries per second of both."""
+    for q in queries:
+        if not os.path.isfile(q):
+            raise UserError(f"query image {q!r} does not exist; pass an image file to --queries")
+    with user_errors(), PatchIndex(index_dir, store_path, nprobe=nprobe, k_factor=k_factor) as pidx:
+        qp = query_patches(list(queries), pidx.preprocess, stride)
+        r = evaluate(pidx, qp, k=k, device=device, repeats=3)
+    if as_json:
+        echo_json(r)
+        return
+    click.echo(f"{r['factory']}  nprobe={r['nprobe']} k_factor={r['k_factor']}  {r['nq']} queries")
+    click.echo(f"recall@{k}   {r['recall']:.4f}")
+    click.echo(f"index       {r['qps_index']:.1f} queries/s")
+    click.echo(f"exact       {r['qps_exact']:.1f} queries/s  (index is {r['speedup']:.1f}x faster)")

@@ -1,0 +1,65 @@
+"""Shared fixtures: real photos from scikit-image, small stores and indexes built in tmp dirs."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+warnings.filterwarnings("ignore", message=".*pkg_resources.*")
+
+PHOTOS = ("chelsea", "coffee", "rocket", "camera", "immunohistochemistry", "colorwheel")
+
+
+def sample(name: str) -> np.ndarray:
+    from patchcollide.demo import sample_photo
+
+    return sample_photo(name)
+
+
+def write_photos(folder, names=PHOTOS) -> list[str]:
+    os.makedirs(folder, exist_ok=True)
+    out = []
+    for n in names:
+        p = os.path.join(folder, f"{n}.png")
+        Image.fromarray(sample(n)).save(p)
+        out.append(p)
+    return out
+
+
+@pytest.fixture(scope="session")
+def photos_dir(tmp_path_factory):
+    """A flat folder of six real photos (colour and greyscale)."""
+    d = tmp_path_factory.mktemp("photos")
+    write_photos(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def query_image(tmp_path_factory):
+    """A held-out real photo (astronaut), not in photos_dir."""
+    d = tmp_path_factory.mktemp("query")
+    return write_photos(d, ("astronaut",))[0]
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory, photos_dir):
+    """Store of photos_dir at 224 x 224, stride 8: 6 x 625 = 3750 patches."""
+    from patchcollide.extract import ExtractConfig, extract_store
+
+    d = tmp_path_factory.mktemp("store")
+    path = str(d / "patches.h5")
+    extract_store([photos_dir], path, ExtractConfig(stride=8, part_images=2))
+    return path
+
+
+@pytest.fixture(scope="session")
+def flat_index(tmp_path_factory, small_store):
+    """A Flat (exact) index over small_store, in its own directory."""
+    from patchcollide.knn import IndexConfig, build_index
+
+    d = str(tmp_path_factory.mktemp("flat_index"))
+    build_index(d, small_store, IndexConfig())
+    return d

@@ -1,0 +1,96 @@
+"""The click CLI through CliRunner: the offline workflow, exit codes and one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from patchcollide.cli import cli
+
+
+def run(*args):
+    r = CliRunner().invoke(cli, ["-q", *map(str, args)], catch_exceptions=False)
+    return r.exit_code, r.output
+
+
+def one_line_error(out: str) -> str:
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, out
+    assert "Traceback" not in out
+    return lines[0]
+
+
+def test_offline_workflow(tmp_path, photos_dir, query_image):
+    idx = tmp_path / "index"
+    code, out = run("extract", photos_dir, "--out", idx / "patches.h5", "--stride", "16")
+    assert code == 0 and "wrote" in out and "6 images" in out
+    code, out = run("extract", photos_dir, "--out", idx / "patches.h5", "--stride", "16")
+    assert code == 0 and "already complete" in out
+    code, out = run("store", "info", idx / "patches.h5")
+    assert code == 0 and "1014 from 6 images" in out and "bytes/patch" in out
+    code, out = run("store", "info", idx / "patches.h5", "--json")
+    assert json.loads(out)["n_patches"] == 6 * 169
+    code, out = run("index", "build", "--index", idx)
+    assert code == 0 and "Flat" in out
+    mosaic, npz = tmp_path / "m.png", tmp_path / "r.npz"
+    code, out = run("index", "search", query_image, "--index", idx, "-k", "4", "--mosaic", mosaic, "--out", npz)
+    assert code == 0 and "625 locations x 4 neighbours" in out
+    assert os.path.getsize(mosaic) > 10_000
+    import numpy as np
+
+    z = np.load(npz)
+    assert z["ids"].shape == (625, 4) and z["sources"].shape == (625, 4, 3)
+    code, out = run("index", "eval", "--index", idx, "--queries", query_image, "-k", "10", "--json")
+    assert code == 0 and json.loads(out)["recall"] == 1.0
+
+
+def test_python_m_entry_point():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "patchcollide", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "extract" in r.stdout and "index" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["extract", "/no/such/dir", "--out", "{tmp}/s.h5"], "does not exist"),
+        (["extract", "{photos}", "--out", "{tmp}/s.h5", "--fraction", "1.5"], "--fraction must be in (0, 1]"),
+        (["extract", "{photos}", "--out", "{tmp}/s.h5", "--workers", "0"], "--workers must be >= 1"),
+        (["store", "info", "{tmp}/nothing.h5"], "no such store"),
+        (["store", "info", "{textfile}"], "not a readable HDF5 file"),
+        (["index", "build", "--index", "{tmp}/idx", "--store", "{textfile}"], "not a readable HDF5 file"),
+        (["index", "search", "{query}", "--index", "{tmp}/empty"], "no built index here"),
+        (["index", "search", "{tmp}/nope.png", "--index", "{flat}"], "does not exist"),
+        (["index", "search", "{textfile}", "--index", "{flat}"], "not an image"),
+        (["index", "search", "{query}", "--index", "{flat}", "--store", "{other}"], "was built for store"),
+        (["index", "search", "{query}", "--index", "{flat}", "-k", "0"], "k must be between"),
+        (["index", "build", "--index", "{tmp}/idx", "--store", "{store}", "--factory", "Nonsense"],
+         "not a valid faiss index_factory"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, photos_dir, query_image, flat_index, small_store,
+                                                   args, needle):
+    textfile = tmp_path / "notes.txt"
+    textfile.write_text("hello")
+    other = tmp_path / "other.h5"
+    if "{other}" in " ".join(args):
+        run("extract", photos_dir, "--out", other, "--stride", "32")
+    fmt = dict(tmp=tmp_path, photos=photos_dir, query=query_image, flat=flat_index, store=small_store,
+               textfile=textfile, other=other)
+    code, out = run(*[a.format(**fmt) for a in args])
+    assert code == 2, out
+    line = one_line_error(out)
+    assert needle in line, line
+
+
+def test_resize_none_and_bad_resize(tmp_path, photos_dir):
+    code, out = run("extract", photos_dir, "--out", tmp_path / "s.h5", "--resize", "none", "--stride", "64")
+    assert code == 0
+    code, out = run("store", "info", tmp_path / "s.h5", "--json")
+    assert json.loads(out)["config"]["resize"] is None
+    code, out = run("extract", photos_dir, "--out", tmp_path / "t.h5", "--resize", "big")
+    assert code == 2 and "'none'" in out

@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image
 
 from .extract import ExtractConfig, extract_store, versions
-from .knn import STORE_FILE, IndexConfig, IndexError_, PatchIndex, build_index
+from .knn import MANIFEST_FILE, STORE_FILE, IndexConfig, IndexError_, PatchIndex, build_index
 from .report import neighbour_mosaic, save_png
+from .store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,17 @@ def write_sample_photos(folder: str, names: tuple[str, ...]) -> list[str]:
     return paths
 
 
-def _index_ready(index_dir: str) -> bool:
+def _ensure_index(index_dir: str, store_path: str) -> None:
+    """Build the demo index unless a matching one is there. An index that exists but cannot be
+    used with the demo store is never overwritten: it may be a user's real index."""
+    if not os.path.exists(os.path.join(index_dir, MANIFEST_FILE)):
+        build_index(index_dir, store_path, IndexConfig())
+        return
     try:
-        PatchIndex(index_dir).close()
-        return True
-    except Exception:  # noqa: BLE001 - any problem means: build it again
-        return False
+        PatchIndex(index_dir, store_path).close()
+    except (IndexError_, StoreError) as e:
+        raise IndexError_(f"{index_dir}/ holds an index the demo cannot use ({str(e)[:160]}); "
+                          "pass --index with another folder, or remove that index") from None
 
 
 def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int = 4, k: int = 16,
@@ -79,8 +85,7 @@ def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int =
     store_path = os.path.join(index_dir, STORE_FILE)
     res = extract_store([os.path.join(index_dir, "photos")], store_path, ExtractConfig(stride=stride), progress=progress)
     t["extract"] = time.time()
-    if not _index_ready(index_dir):
-        build_index(index_dir, store_path, IndexConfig())
+    _ensure_index(index_dir, store_path)
     t["index"] = time.time()
     with PatchIndex(index_dir) as pidx:
         r = pidx.search_image(query, k=k, stride=8)

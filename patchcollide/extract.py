@@ -23,7 +23,7 @@ import numpy as np
 
 from . import __version__
 from .images import PATCH, BadImage, Preprocess, cut_patches, grid_positions, load_rgb
-from .store import Part, PatchStore, StoreError, StoreWriter, manifest_path_for
+from .store import Part, PatchStore, StoreError, StoreWriter, restore_manifest, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,12 @@ class ExtractConfig:
     compression: str | None = None  # HDF5 filter for /patches: None or "lzf" (random reads stay fast)
 
     def __post_init__(self):
-        if self.resize is not None and self.resize < PATCH:
-            raise ExtractError(f"--resize must be at least {PATCH} pixels or 'none', got {self.resize}")
+        if self.resize is not None and not PATCH <= self.resize <= 8192:
+            raise ExtractError(f"--resize must be between {PATCH} and 8192 pixels or 'none', got {self.resize}")
+        if self.seed < 0:
+            raise ExtractError(f"--seed must be >= 0, got {self.seed}")
+        if self.max_pixels < PATCH * PATCH:
+            raise ExtractError(f"--max-pixels must be at least {PATCH * PATCH}, got {self.max_pixels}")
         if not 1 <= self.stride <= 4096:
             raise ExtractError(f"--stride must be between 1 and 4096 pixels, got {self.stride}")
         if not 0.0 < self.fraction <= 1.0:
@@ -115,7 +119,7 @@ def scan_inputs(folders: Sequence[str]) -> tuple[list[str], list[InputFile], lis
         if subdirs:
             for e in entries:
                 if e not in subdirs:
-                    ignored.append((f"{r}/{e}", "loose file beside class folders (ImageFolder layout); not used"))
+                    ignored.append((os.path.join(root, e), "loose file beside class folders (ImageFolder layout); not used"))
             for cls in subdirs:
                 for dirpath, dirnames, filenames in os.walk(os.path.join(root, cls), followlinks=True):
                     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -158,6 +162,10 @@ def _decode(job: tuple[str, Preprocess, int]) -> tuple[str, np.ndarray | None, n
         img, native = load_rgb(path, pre)
     except BadImage as e:
         return str(e), None, None, (0, 0), (0, 0)
+    except MemoryError:
+        return "out of memory while decoding", None, None, (0, 0), (0, 0)
+    except Exception as e:  # noqa: BLE001 - a decoder plugin's own error must not stop the run
+        return f"cannot decode ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", None, None, (0, 0), (0, 0)
     yx = grid_positions(img.shape[:2], stride)
     return "", cut_patches(img, yx), yx, img.shape[:2], native
 
@@ -188,33 +196,27 @@ def extract_store(
     content_key = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
     out = os.fspath(out)
-    if os.path.exists(out):
-        if overwrite:
-            pass  # the old store stays in place until the new one is complete
-        else:
+    check_store_path(out)
+    with store_lock(out):
+        if os.path.exists(out) and not overwrite:
             try:
                 with PatchStore(out) as old:
-                    same = old._f.attrs.get("content_key") == content_key
+                    same = old.content_key == content_key
             except StoreError:
                 same = False
-            if same:
-                try:
-                    with open(manifest_path_for(out)) as fh:
-                        manifest = json.load(fh)
-                except (OSError, ValueError):
-                    manifest = {}
-                return ExtractResult(out, manifest, resumed=False, already_complete=True, seconds=time.time() - t0)
-            raise ExtractError(
-                f"{out} already exists and was built from other arguments or inputs; "
-                "pass --overwrite to replace it, or choose another --out"
-            )
-    if overwrite and os.path.isdir(out + ".parts"):
-        shutil.rmtree(out + ".parts")
-
-    for p, reason in ignored:
-        log.warning("skipped %s: %s", p, reason)
-    n_parts = (len(selected) + config.part_images - 1) // config.part_images
-    with StoreWriter(out, state) as writer:
+            if not same:
+                raise ExtractError(
+                    f"{out} already exists and was built from other arguments or inputs; "
+                    "pass --overwrite to replace it, or choose another --out"
+                )
+            manifest = restore_manifest(out)
+            return ExtractResult(out, manifest, resumed=False, already_complete=True, seconds=time.time() - t0)
+        if overwrite:  # the old store stays in place until the new one is complete
+            shutil.rmtree(out + ".parts", ignore_errors=True)
+        for p, reason in ignored:
+            log.warning("skipped %s: %s", p, reason)
+        writer = StoreWriter(out, state)
+        n_parts = (len(selected) + config.part_images - 1) // config.part_images
         todo = [i for i in range(n_parts) if not writer.has_part(i)]
         done_images = (n_parts - len(todo)) * config.part_images
         if progress:
@@ -228,7 +230,7 @@ def extract_store(
             results = pool.imap(_decode, jobs, chunksize=4) if pool else map(_decode, jobs)
             for i in todo:
                 chunk = selected[i * config.part_images : (i + 1) * config.part_images]
-                part = _make_part(chunk, [next(results) for _ in chunk], label_of)
+                part = _make_part(chunk, [next(results) for _ in chunk], label_of, roots)
                 writer.write_part(i, part)
                 done_images += len(chunk)
                 if progress:
@@ -240,30 +242,30 @@ def extract_store(
             "config": cfg, "content_key": content_key, "inputs": roots, "classes": classes,
             "n_files_found": len(files), "n_files_selected": len(selected), "versions": versions(),
         }
-        manifest = writer.finalize(n_parts, classes, roots, manifest)
-    manifest["skipped"] = [{"path": p, "reason": r} for p, r in ignored] + manifest["skipped"]
-    manifest["n_skipped"] = len(manifest["skipped"])
-    manifest["seconds"] = round(time.time() - t0, 3)
-    _rewrite_manifest(out, manifest)
+        manifest = writer.finalize(n_parts, classes, roots, manifest, skipped_before=ignored, t0=t0)
     return ExtractResult(out, manifest, resumed=writer.resumed, already_complete=False, seconds=time.time() - t0)
 
 
-def _rewrite_manifest(store_path: str, manifest: dict) -> None:
-    mp_ = manifest_path_for(store_path)
-    with open(mp_ + ".tmp", "w") as fh:
-        json.dump(manifest, fh, indent=2)
-    os.replace(mp_ + ".tmp", mp_)
+def check_store_path(out: str) -> None:
+    """The store must be NAME.h5 or NAME.hdf5 (its manifest is NAME.json beside it), and not
+    index.h5, whose manifest would be the FAISS index's index.json."""
+    base = os.path.basename(out)
+    stem, ext = os.path.splitext(base)
+    if ext.lower() not in (".h5", ".hdf5") or not stem:
+        raise ExtractError(f"--out {out!r} must end in .h5 or .hdf5 (the manifest goes beside it as NAME.json)")
+    if stem == "index":
+        raise ExtractError(f"--out {out!r} would clash with the FAISS manifest index.json; use e.g. patches.h5")
+    if os.path.isdir(out):
+        raise ExtractError(f"--out {out!r} is a folder; give a file path such as {os.path.join(out, 'patches.h5')}")
 
 
-def _make_part(chunk: list[InputFile], results: list[tuple], label_of: dict[str, int]) -> Part:
+def _make_part(chunk: list[InputFile], results: list[tuple], label_of: dict[str, int], root_dirs: list[str]) -> Part:
     patches, prov, paths, roots, labels, sizes, natives, skipped = [], [], [], [], [], [], [], []
     for f, (err, p, yx, size, native) in zip(chunk, results):
         if err:
-            log.warning("skipped %d/%s: %s", f.root, f.path, err)
-            skipped.append((f"{f.root}/{f.path}", err))
-            continue
-        if len(p) == 0:  # cannot happen with min_side >= PATCH, kept as a guard
-            skipped.append((f"{f.root}/{f.path}", "no complete patch fits"))
+            path = os.path.join(root_dirs[f.root], f.path)
+            log.warning("skipped %s: %s", path, err)
+            skipped.append((path, err))
             continue
         li = len(paths)
         paths.append(f.path)

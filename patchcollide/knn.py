@@ -17,6 +17,7 @@ search uses torch on CUDA; everything is saved and searched in CPU form.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -66,6 +67,10 @@ class IndexConfig:
             raise IndexError_(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.train_size is not None and self.train_size < 1:
             raise IndexError_(f"--train-size must be >= 1, got {self.train_size}")
+        if self.seed < 0:
+            raise IndexError_(f"--seed must be >= 0, got {self.seed}")
+        if self.batch_size < 1:
+            raise IndexError_(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 def default_factory(n: int, lossless_uint8: bool = True) -> str:
@@ -132,10 +137,18 @@ def build_index(
         if not index.is_trained:
             nlist = ivf.nlist if ivf is not None else 256
             train_n = min(n, config.train_size or max(65536, 64 * nlist))
+            if ivf is not None and train_n < ivf.nlist:
+                raise IndexError_(f"{factory} needs at least {ivf.nlist} training patches, got {train_n}; "
+                                  "raise --train-size or use a factory with fewer IVF lists")
             xt = desc(store.get(_sample_ids(n, train_n, config.seed)))
             t = time.time()
-            _train_pca_numpy(index, xt)  # the PCA first, about 10x faster than faiss' own eigensolver
-            index.train(xt)
+            try:
+                _train_pca_numpy(index, xt)  # the PCA first, about 10x faster than faiss' own eigensolver
+                index.train(xt)
+            except RuntimeError as e:
+                msg = str(e).strip().splitlines()[-1][:200]
+                raise IndexError_(f"training {factory} on {train_n} patches failed ({msg}); "
+                                  "raise --train-size or choose a smaller --factory") from None
             t_train = time.time() - t
             del xt
             if ivf is not None:
@@ -164,13 +177,29 @@ def build_index(
     ipath = os.path.join(index_dir, INDEX_FILE)
     faiss.write_index(index, ipath + ".tmp")
     manifest["bytes"] = os.path.getsize(ipath + ".tmp")
+    manifest["quick_sha256"] = quick_checksum(ipath + ".tmp")
     mpath = os.path.join(index_dir, MANIFEST_FILE)
     with open(mpath + ".tmp", "w") as fh:
         json.dump(manifest, fh, indent=2)
-    # Manifest last: a half-replaced pair fails the fingerprint/size check in PatchIndex.
+    # A kill between these two renames leaves a pair that does not belong together; PatchIndex
+    # detects it through the size and quick checksum recorded in the manifest.
     os.replace(ipath + ".tmp", ipath)
     os.replace(mpath + ".tmp", mpath)
     return manifest
+
+
+def quick_checksum(path: str, span: int = 1 << 20) -> str:
+    """SHA-256 of a file's size, first and last MiB: detects an index.faiss that is not the one
+    its index.json describes (an interrupted rebuild) without reading gigabytes on open."""
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    h.update(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(span))
+        if size > span:
+            fh.seek(max(span, size - span))
+            h.update(fh.read(span))
+    return h.hexdigest()
 
 
 def _extract_ivf(index):
@@ -200,8 +229,9 @@ def _train_pca_numpy(index, x: np.ndarray) -> None:
         if vt.eigen_power != 0 or vt.random_rotation or vt.balanced_bins != 0:
             return
         mean = x.mean(0, dtype=np.float64)
-        xc = (x - mean).astype(np.float32)
+        xc = x - mean.astype(np.float32)  # float32: no float64 copy of the sample
         scatter = (xc.T @ xc).astype(np.float64)
+        del xc
         w, v = np.linalg.eigh(scatter)
         order = np.argsort(w)[::-1]
         faiss.copy_array_to_vector(mean.astype(np.float32), vt.mean)
@@ -254,12 +284,18 @@ class PatchIndex:
         if not os.path.isfile(mpath) or not os.path.isfile(ipath):
             raise IndexError_(f"{self.dir}: no built index here (need {INDEX_FILE} and {MANIFEST_FILE}); "
                               "run `patchcollide index build` first")
+        for name, v in (("--nprobe", nprobe), ("--k-factor", k_factor)):
+            if v is not None and v < 1:
+                raise IndexError_(f"{name} must be >= 1, got {v}")
         try:
             with open(mpath) as fh:
                 self.manifest = json.load(fh)
-            self.manifest["store"]["store_id"], self.manifest["factory"]  # noqa: B018
+            self.manifest["store"]["store_id"], self.manifest["factory"], self.manifest["quick_sha256"]  # noqa: B018
         except (OSError, ValueError, KeyError, TypeError):
             raise IndexError_(f"{mpath}: not a patchcollide index manifest; rebuild with `patchcollide index build`") from None
+        if quick_checksum(ipath) != self.manifest["quick_sha256"]:
+            raise IndexError_(f"{ipath} is not the index that {MANIFEST_FILE} describes (an interrupted rebuild, or "
+                              "a file copied over it); rebuild with `patchcollide index build`")
         sp = store_path or os.path.normpath(os.path.join(self.dir, self.manifest["store"]["path"]))
         self.store = PatchStore(sp)
         want = self.manifest["store"]
@@ -280,7 +316,8 @@ class PatchIndex:
             raise IndexError_(f"{ipath} holds {self.index.ntotal} vectors but the store has {len(self.store)}; "
                               "rebuild with `patchcollide index build`")
         self.descriptor = make_descriptor(self.manifest["descriptor"]["name"], self.manifest["descriptor"]["params"])
-        _set_search_params(self.index, nprobe or self.manifest["nprobe"], k_factor or self.manifest["k_factor"])
+        _set_search_params(self.index, self.manifest["nprobe"] if nprobe is None else nprobe,
+                           self.manifest["k_factor"] if k_factor is None else k_factor)
         self.preprocess = Preprocess(**self.store.config["preprocess"])
 
     def __enter__(self) -> "PatchIndex":
@@ -297,12 +334,16 @@ class PatchIndex:
         if not 1 <= k <= len(self.store):
             raise IndexError_(f"k must be between 1 and the store size {len(self.store)}, got {k}")
         d2, ids = self.index.search(self.descriptor(patches), k)
+        if (ids < 0).any():
+            raise IndexError_(f"the index found fewer than k={k} neighbours for {int((ids < 0).any(1).sum())} "
+                              "queries; raise --nprobe or lower -k")
         return np.sqrt(np.maximum(d2, 0)), ids
 
     def search_image(self, image: str | np.ndarray, k: int = 16, stride: int = 8) -> SearchResult:
         """k nearest patches for every location of a grid on ``image`` (a path, preprocessed as
         the store's images, or an (H, W, 3) uint8 array used as is). The grid steps ``stride``
         pixels and covers the image: 25 x 25 = 625 locations at stride 8 on 224 x 224."""
+        _check_stride(stride)
         img = load_rgb(image, self.preprocess)[0] if isinstance(image, (str, os.PathLike)) else np.asarray(image)
         yx = grid_positions(img.shape[:2], stride, PATCH, cover=True)
         if len(yx) == 0:
@@ -322,6 +363,8 @@ def exact_search(store: PatchStore, queries: np.ndarray, k: int, descriptor=None
     search itself (excluding reading and converting the store), the fair baseline to
     compare an index with.
     """
+    if k < 1:
+        raise IndexError_(f"k must be >= 1, got {k}")
     desc = descriptor or make_descriptor("raw")
     k = min(k, len(store))
     gpu = False
@@ -411,8 +454,14 @@ def evaluate(pindex: PatchIndex, queries: np.ndarray, k: int = 50, device: str =
 
 def query_patches(paths: list[str], preprocess: Preprocess, stride: int = 8) -> np.ndarray:
     """Every grid patch of each query image, preprocessed as the store's images: (n, 32, 32, 3) uint8."""
+    _check_stride(stride)
     out = []
     for p in paths:
         img = load_rgb(p, preprocess)[0]
         out.append(cut_patches(img, grid_positions(img.shape[:2], stride, PATCH, cover=True)))
     return np.concatenate(out)
+
+
+def _check_stride(stride: int) -> None:
+    if stride < 1:
+        raise IndexError_(f"--stride must be >= 1 pixel, got {stride}")

@@ -21,6 +21,7 @@ run. Imports nothing of ours.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -100,41 +101,39 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def store_lock(path: str) -> Iterator[None]:
+    """Exclusive, non-blocking lock on ``PATH.lock`` for the whole of a write: a second process
+    writing the same store is refused (StoreError) instead of corrupting it. The empty lock
+    file stays; the lock itself dies with the process, even on SIGKILL."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise StoreError(f"{path}: another process is writing this store; wait for it or choose another --out") from None
+        raise
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 class StoreWriter:
     """Resumable writer: ``parts_dir`` holds the finished parts and the run's state.
 
-    Use as a context manager; it takes an exclusive lock so that a second process writing
-    the same store is refused instead of corrupting it.
+    The caller holds ``store_lock(path)`` for the writer's whole life.
     """
 
     def __init__(self, path: str, state: dict):
         self.path = os.fspath(path)
         self.parts_dir = self.path + ".parts"
         self.state = state  # config, inputs, classes, roots: everything that fixes the content
-        self._lock_fd: int | None = None
-
-    def __enter__(self) -> "StoreWriter":
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        lock_path = self.path + ".lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise StoreError(
-                    f"{self.path}: another process is writing this store; wait for it or choose another --out"
-                ) from None
-            raise
-        self._lock_fd = fd
         self._open_state()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
     def _open_state(self) -> None:
         state_path = os.path.join(self.parts_dir, "state.json")
@@ -179,13 +178,18 @@ class StoreWriter:
     def write_part(self, i: int, part: Part) -> None:
         part.save(self.part_path(i))
 
-    def finalize(self, n_parts: int, classes: Sequence[str], roots: Sequence[str], manifest: dict) -> dict:
-        """Merge parts 0..n_parts-1 into the HDF5 store; return the manifest written beside it."""
+    def finalize(self, n_parts: int, classes: Sequence[str], roots: Sequence[str], manifest: dict,
+                 skipped_before: Sequence[tuple[str, str]] = (), t0: float | None = None) -> dict:
+        """Merge parts 0..n_parts-1 into the HDF5 store; return the manifest written beside it.
+
+        The whole manifest (with the skipped files) is also stored in the HDF5 attribute
+        ``manifest``, so the JSON copy can be restored if a kill comes between the renames.
+        """
         tmp = self.path + ".tmp"
         if os.path.exists(tmp):
             os.remove(tmp)
         hasher = hashlib.sha256()
-        skipped: list[dict] = []
+        skipped: list[dict] = [{"path": p, "reason": r} for p, r in skipped_before]
         n = 0
         img_offset = 0
         with h5py.File(tmp, "w") as f:
@@ -240,19 +244,18 @@ class StoreWriter:
                     f.attrs[key] = manifest[key]
             f.attrs["config"] = json.dumps(manifest["config"], sort_keys=True)
             f.attrs["versions"] = json.dumps(manifest.get("versions", {}), sort_keys=True)
+            manifest["skipped"] = skipped
+            if t0 is not None:
+                manifest["seconds"] = round(time.time() - t0, 3)
+            f.attrs["manifest"] = json.dumps(manifest, sort_keys=True)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        manifest["skipped"] = skipped
         manifest["bytes_on_disk"] = os.path.getsize(tmp)
-        manifest_path = manifest_path_for(self.path)
-        mtmp = manifest_path + ".tmp"
-        with open(mtmp, "w") as fh:
-            json.dump(manifest, fh, indent=2)
-        # The store is renamed in first: a store without its manifest is still usable,
-        # and the manifest is rewritten by the next run.
+        # The store is renamed in first; a kill before the JSON copy is written is mended by
+        # the next run with the same arguments (restore_manifest).
         os.replace(tmp, self.path)
-        os.replace(mtmp, manifest_path)
         _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        write_manifest(self.path, manifest)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         return manifest
 
@@ -263,6 +266,34 @@ def _cat(arrs: list[np.ndarray], dtype, empty_shape) -> np.ndarray:
 
 def _canon(obj) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+def write_manifest(store_path: str, manifest: dict) -> str:
+    """Write the JSON manifest beside the store atomically; returns its path."""
+    path = manifest_path_for(store_path)
+    with open(path + ".tmp", "w") as fh:
+        json.dump(manifest, fh, indent=2)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def restore_manifest(store_path: str) -> dict:
+    """Make the JSON manifest beside a finished store match the copy inside it, and remove a
+    parts folder left by a kill after the store was renamed in. Returns the manifest.
+    Caller holds ``store_lock``."""
+    with PatchStore(store_path) as st:
+        manifest = st.manifest
+    manifest["bytes_on_disk"] = os.path.getsize(store_path)
+    path = manifest_path_for(store_path)
+    try:
+        with open(path) as fh:
+            ok = json.load(fh) == manifest
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        write_manifest(store_path, manifest)
+    shutil.rmtree(os.fspath(store_path) + ".parts", ignore_errors=True)
+    return manifest
 
 
 def manifest_path_for(store_path: str) -> str:
@@ -316,6 +347,8 @@ class PatchStore:
         self.fingerprint = str(f.attrs["fingerprint"])
         self.config = json.loads(f.attrs["config"])
         self.versions = json.loads(f.attrs.get("versions", "{}"))
+        self.content_key = str(f.attrs.get("content_key", ""))
+        self.manifest = json.loads(f.attrs["manifest"]) if "manifest" in f.attrs else {}
         self._prov: np.ndarray | None = None
 
     # --- context manager -------------------------------------------------------------

@@ -34,7 +34,7 @@ def test_offline_workflow(tmp_path, photos_dir, query_image):
     assert json.loads(out)["n_patches"] == 6 * 169
     code, out = run("index", "build", "--index", idx)
     assert code == 0 and "Flat" in out
-    mosaic, npz = tmp_path / "m.png", tmp_path / "r.npz"
+    mosaic, npz = tmp_path / "m.png", tmp_path / "neighbours"  # no suffix: the exact name is kept
     code, out = run("index", "search", query_image, "--index", idx, "-k", "4", "--mosaic", mosaic, "--out", npz)
     assert code == 0 and "625 locations x 4 neighbours" in out
     assert os.path.getsize(mosaic) > 10_000
@@ -70,6 +70,15 @@ def test_python_m_entry_point():
         (["index", "search", "{query}", "--index", "{flat}", "-k", "0"], "k must be between"),
         (["index", "build", "--index", "{tmp}/idx", "--store", "{store}", "--factory", "Nonsense"],
          "not a valid faiss index_factory"),
+        (["index", "build", "--index", "{tmp}/idx", "--store", "{store}", "--factory", "IVF1024,Flat",
+          "--train-size", "100"], "training patches"),
+        (["index", "build", "--index", "{tmp}/idx", "--store", "{store}", "--seed", "-1"], "--seed must be >= 0"),
+        (["extract", "{photos}", "--out", "{tmp}/s.h5", "--seed", "-1"], "--seed must be >= 0"),
+        (["extract", "{photos}", "--out", "{tmp}/s.json"], "must end in .h5"),
+        (["extract", "{photos}", "--out", "{tmp}/s.h5", "--resize", "big"], "'none'"),
+        (["index", "eval", "--index", "{flat}", "--queries", "{query}", "--stride", "0"], "--stride must be >= 1"),
+        (["index", "eval", "--index", "{flat}", "--queries", "{query}", "-k", "-1"], "k must be >= 1"),
+        (["index", "search", "{query}", "--index", "{flat}", "--nprobe", "-1"], "--nprobe must be >= 1"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, photos_dir, query_image, flat_index, small_store,
@@ -92,5 +101,3 @@ def test_resize_none_and_bad_resize(tmp_path, photos_dir):
     assert code == 0
     code, out = run("store", "info", tmp_path / "s.h5", "--json")
     assert json.loads(out)["config"]["resize"] is None
-    code, out = run("extract", photos_dir, "--out", tmp_path / "t.h5", "--resize", "big")
-    assert code == 2 and "'none'" in out

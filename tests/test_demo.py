@@ -19,8 +19,35 @@ def test_demo_end_to_end_then_reuses_the_index(tmp_path):
     assert mosaic.width > 800 and mosaic.height > 400
     summary = json.load(open(out / "demo.json"))
     assert summary["result"]["n_locations"] == 625 and summary["versions"]["numpy"]
-    # the nearest stored patch is much closer than an unrelated one (the search works)
-    assert summary["result"]["median_nearest_l2"] < 4000
+    # the search works: the nearest stored patch is far closer than a random stored patch
+    import numpy as np
+
+    from patchcollide.images import cut_patches, grid_positions, load_rgb
+    from patchcollide.store import PatchStore
+
+    with PatchStore(idx / "patches.h5") as st:
+        q = cut_patches(load_rgb(out / "astronaut.png")[0], grid_positions((224, 224), 8, cover=True))
+        rand = st.get(np.random.default_rng(0).choice(len(st), len(q)))
+    random_l2 = np.sqrt(((q.astype(float) - rand.astype(float)) ** 2).sum((1, 2, 3)))
+    nearest = summary["result"]["median_nearest_l2"]
+    assert nearest < 0.6 * np.median(random_l2), (nearest, np.median(random_l2))
+    from patchcollide.knn import PatchIndex
+
+    with PatchIndex(idx) as pidx:  # per location: the nearest is never farther than a random stored patch
+        res = pidx.search_image(str(out / "astronaut.png"), k=1)
+    assert np.all(res.distances[:, 0] <= random_l2 + 1e-3)
+    assert np.isclose(np.median(res.distances[:, 0]), nearest)
     built = os.path.getmtime(idx / "index.faiss")
     r2 = CliRunner().invoke(cli, ["-q", "demo", "--index", str(idx), "--out", str(out)], catch_exceptions=False)
     assert r2.exit_code == 0 and os.path.getmtime(idx / "index.faiss") == built
+
+
+def test_demo_never_overwrites_an_index_it_cannot_use(tmp_path, small_store, flat_index):
+    import shutil
+
+    idx = tmp_path / "index"
+    shutil.copytree(flat_index, idx)  # an index for another store, whose store is not beside it
+    before = open(idx / "index.faiss", "rb").read()
+    r = CliRunner().invoke(cli, ["-q", "demo", "--index", str(idx), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "holds an index the demo cannot use" in r.output
+    assert open(idx / "index.faiss", "rb").read() == before

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import sample, write_photos
 from patchcollide.extract import ExtractConfig, ExtractError, extract_store, reproduce_patch, select_fraction, scan_inputs
-from patchcollide.store import PatchStore, StoreError, StoreWriter
+from patchcollide.store import PatchStore, StoreError, store_lock
 
 
 def _good(folder):
@@ -176,10 +176,74 @@ def test_rerun_with_same_arguments_is_a_no_op_and_other_arguments_are_refused(tm
 
 def test_second_writer_is_refused(tmp_path, photos_dir):
     out = str(tmp_path / "s.h5")
-    with StoreWriter(out, {"x": 1}):
+    with store_lock(out):
         with pytest.raises(StoreError, match="another process is writing"):
             extract_store([photos_dir], out, ExtractConfig(stride=32))
     assert not os.path.exists(out)
+
+
+def test_overwrite_waits_for_the_lock_and_keeps_the_other_writers_parts(tmp_path, photos_dir):
+    out = str(tmp_path / "s.h5")
+    os.makedirs(out + ".parts")
+    marker = os.path.join(out + ".parts", "part-000000.npz")
+    open(marker, "wb").write(b"another writer's part")
+    with store_lock(out):
+        with pytest.raises(StoreError, match="another process is writing"):
+            extract_store([photos_dir], out, ExtractConfig(stride=32), overwrite=True)
+    assert os.path.exists(marker)
+
+
+def test_workers_give_the_same_store_as_one_process(tmp_path, photos_dir):
+    a = extract_store([photos_dir], str(tmp_path / "a.h5"), ExtractConfig(stride=16, part_images=2), workers=1)
+    b = extract_store([photos_dir], str(tmp_path / "b.h5"), ExtractConfig(stride=16, part_images=2), workers=2)
+    assert a.manifest["fingerprint"] == b.manifest["fingerprint"] and a.n_patches == b.n_patches == 6 * 169
+
+
+def test_lost_manifest_and_leftover_parts_are_restored_by_a_rerun(tmp_path, photos_dir):
+    out = str(tmp_path / "s.h5")
+    first = extract_store([photos_dir], out, ExtractConfig(stride=32))
+    json_path = str(tmp_path / "s.json")
+    os.remove(json_path)  # as if killed between renaming the store and writing the JSON copy
+    os.makedirs(out + ".parts")
+    again = extract_store([photos_dir], out, ExtractConfig(stride=32))
+    assert again.already_complete and not os.path.exists(out + ".parts")
+    restored = json.load(open(json_path))
+    assert restored["fingerprint"] == first.manifest["fingerprint"] and restored["n_patches"] == first.n_patches
+
+
+@pytest.mark.parametrize("name,needle", [("s.json", "must end in .h5"), ("index.h5", "clash"), ("s", "must end in .h5")])
+def test_store_names_that_would_collide_are_refused(tmp_path, photos_dir, name, needle):
+    with pytest.raises(ExtractError, match=needle):
+        extract_store([photos_dir], str(tmp_path / name), ExtractConfig(stride=32))
+
+
+def test_a_decoder_crash_on_one_file_does_not_stop_the_run(tmp_path, photos_dir, monkeypatch):
+    import patchcollide.extract as ex
+
+    real = ex.load_rgb
+
+    def flaky(path, pre):
+        if "coffee" in str(path):
+            raise EOFError("plugin gave up")
+        return real(path, pre)
+
+    monkeypatch.setattr(ex, "load_rgb", flaky)
+    r = extract_store([photos_dir], str(tmp_path / "s.h5"), ExtractConfig(stride=32))
+    assert r.manifest["n_images"] == 5
+    assert any("coffee" in s["path"] and "EOFError" in s["reason"] for s in r.manifest["skipped"])
+
+
+def test_palette_and_cmyk_convert_to_the_expected_rgb(tmp_path):
+    from patchcollide.images import Preprocess, load_rgb
+
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    rgb[:20] = (200, 30, 90)
+    rgb[20:] = (10, 240, 120)
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=4).save(tmp_path / "p.png")
+    assert np.array_equal(load_rgb(tmp_path / "p.png", Preprocess(resize=None))[0], rgb)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.tif")  # lossless CMYK
+    back = load_rgb(tmp_path / "c.tif", Preprocess(resize=None))[0].astype(int)
+    assert np.abs(back - rgb).max() <= 2
 
 
 @pytest.mark.parametrize("kind", ["text", "truncated", "foreign_hdf5", "missing"])
@@ -206,5 +270,9 @@ def test_bad_arguments():
         ExtractConfig(stride=0)
     with pytest.raises(ExtractError, match="--resize"):
         ExtractConfig(resize=16)
+    with pytest.raises(ExtractError, match="--resize"):
+        ExtractConfig(resize=100_000)
+    with pytest.raises(ExtractError, match="--seed"):
+        ExtractConfig(seed=-1)
     with pytest.raises(ExtractError, match="does not exist"):
         extract_store(["/no/such/folder"], "/tmp/never.h5")

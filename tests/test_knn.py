@@ -133,6 +133,34 @@ def test_bad_index_files_are_refused(flat_index, small_store, tmp_path, kind):
     assert "\n" not in str(e.value)
 
 
+def test_index_file_from_another_build_is_refused(flat_index, ivf_setup, small_store, tmp_path):
+    """index.faiss replaced by another build's file (as an interrupted rebuild leaves it)."""
+    d = str(tmp_path / "idx")
+    shutil.copytree(flat_index, d)
+    m = json.load(open(os.path.join(d, "index.json")))
+    m["store"]["path"] = os.path.relpath(small_store, d)
+    json.dump(m, open(os.path.join(d, "index.json"), "w"))
+    PatchIndex(d).close()  # intact pair opens
+    other = str(tmp_path / "other")
+    build_index(other, small_store, IndexConfig(factory="IVF16,Flat", train_size=2000))
+    shutil.copy(os.path.join(other, "index.faiss"), os.path.join(d, "index.faiss"))
+    with pytest.raises(IndexError_, match="not the index that index.json describes"):
+        PatchIndex(d)
+
+
+def test_too_small_training_sample_is_a_clear_error(small_store, tmp_path):
+    with pytest.raises(IndexError_, match="training patches"):
+        build_index(str(tmp_path), small_store, IndexConfig(factory="IVF256,Flat", train_size=100))
+
+
+def test_fewer_than_k_results_is_a_clear_error(ivf_setup, tmp_path, query_image):
+    d = str(tmp_path / "ivf")
+    build_index(d, os.path.join(ivf_setup, "patches.h5"), IndexConfig(factory="IVF256,Flat", train_size=12000))
+    with PatchIndex(d, nprobe=1) as pidx:
+        with pytest.raises(IndexError_, match="fewer than k=2000"):
+            pidx.search_image(query_image, k=2000, stride=64)
+
+
 def test_invalid_factory_is_a_clear_error(small_store, tmp_path):
     with pytest.raises(IndexError_, match="not a valid faiss index_factory"):
         build_index(str(tmp_path), small_store, IndexConfig(factory="IVFbanana"))
@@ -146,6 +174,9 @@ def test_gpu_path_falls_back_to_cpu(monkeypatch, ivf_setup, tmp_path, caplog):
         raise RuntimeError("CUDA error: no device")
 
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", broken)
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="patchcollide")
     m = build_index(str(tmp_path), os.path.join(ivf_setup, "patches.h5"),
                     IndexConfig(factory="IVF32,Flat", train_size=12000))
     assert m["n"] > 0

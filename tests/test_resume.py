@@ -73,10 +73,16 @@ def test_resume_after_sigkill_equals_clean_run(tmp_path, folder, clean, seed):
     target = int(rng.integers(1, len(NAMES) - 1))
     kills = 0
     p = subprocess.Popen(_cmd(folder, out))
-    kills += _kill_when(p, lambda: len(glob.glob(os.path.join(parts, "part-*.npz"))) >= target)
+    assert _kill_when(p, lambda: len(glob.glob(os.path.join(parts, "part-*.npz"))) >= target), "first kill missed"
+    kills += 1
     assert not os.path.exists(out), "a killed run must not leave a finished-looking store"
     p = subprocess.Popen(_cmd(folder, out))
     kills += _kill_when(p, lambda: os.path.exists(str(out) + ".tmp"))
+    # Kill 3: at a seeded random moment of a fresh attempt (anywhere, the merge included).
+    p = subprocess.Popen(_cmd(folder, out))
+    delay = float(rng.uniform(0.5, 2.5))
+    t = time.time()
+    kills += _kill_when(p, lambda: time.time() - t > delay)
     if not os.path.exists(out):
         # the store may not be reported complete until it is complete
         assert not os.path.exists(str(out) + ".json") or os.path.exists(out)

@@ -144,7 +144,8 @@ def index_search(image, index_dir, store_path, k, stride, nprobe, mosaic, out_np
             raise UserError(f"query image {image!r} does not exist; pass an image file")
         res = pidx.search_image(image, k=k, stride=stride)
         if out_npz:
-            np.savez(out_npz, ids=res.ids, distances=res.distances, query_yx=res.query_yx, sources=res.sources)
+            with open(out_npz, "wb") as fh:  # a file object: numpy would otherwise append .npz to the name
+                np.savez(fh, ids=res.ids, distances=res.distances, query_yx=res.query_yx, sources=res.sources)
         if mosaic:
             nb = pidx.store.get(res.ids[:, : min(k, 8)].ravel()).reshape(len(res.ids), -1, 32, 32, 3)
             save_png(neighbour_mosaic(res.image, res.query_yx, nb, res.distances), mosaic)

@@ -274,11 +274,26 @@ class SearchResult:
     image: np.ndarray | None = None  # the preprocessed query image (H, W, 3) uint8
 
 
+def _read_index(path: str, mmap: bool):
+    """Read an index; with mmap the codes (the 3 KB-per-patch refine copy included) are paged
+    in from the file on demand instead of loaded whole, so opening a large index costs little
+    memory. Falls back to a plain read where the file cannot be mapped."""
+    if mmap:
+        try:
+            return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError as e:
+            log.debug("mmap read of %s failed (%s); reading it whole", path, e)
+    return faiss.read_index(path)
+
+
 class PatchIndex:
-    """An index opened together with the store it was built for (checked by id and fingerprint)."""
+    """An index opened together with the store it was built for (checked by id and fingerprint).
+
+    mmap=True (default) maps the index file read-only instead of loading it.
+    """
 
     def __init__(self, index_dir: str, store_path: str | None = None, nprobe: int | None = None,
-                 k_factor: int | None = None):
+                 k_factor: int | None = None, mmap: bool = True):
         self.dir = os.fspath(index_dir)
         mpath, ipath = os.path.join(self.dir, MANIFEST_FILE), os.path.join(self.dir, INDEX_FILE)
         if not os.path.isfile(mpath) or not os.path.isfile(ipath):
@@ -307,7 +322,7 @@ class PatchIndex:
                 "rebuild the index with `patchcollide index build` or pass the matching --store"
             )
         try:
-            self.index = faiss.read_index(ipath)
+            self.index = _read_index(ipath, mmap)
         except RuntimeError:
             self.store.close()
             raise IndexError_(f"{ipath}: not a readable faiss index; rebuild with `patchcollide index build`") from None

@@ -39,7 +39,8 @@ class ExtractConfig:
     fraction: float = 1.0  # seeded share of each class's images (the paper used 0.1 of ImageNet)
     seed: int = 0
     max_pixels: int = 89_478_485  # decompression-bomb guard (PIL's default limit)
-    part_images: int = 256  # images per part file: the unit of resumption
+    part_images: int = 256  # at most this many images per part file (the unit of resumption)
+    part_patches: int = 131_072  # ... and a part closes once it holds this many patches (384 MiB)
     compression: str | None = None  # HDF5 filter for /patches: None or "lzf" (random reads stay fast)
 
     def __post_init__(self):
@@ -53,8 +54,8 @@ class ExtractConfig:
             raise ExtractError(f"--stride must be between 1 and 4096 pixels, got {self.stride}")
         if not 0.0 < self.fraction <= 1.0:
             raise ExtractError(f"--fraction must be in (0, 1], got {self.fraction}")
-        if self.part_images < 1:
-            raise ExtractError(f"part_images must be >= 1, got {self.part_images}")
+        if self.part_images < 1 or self.part_patches < 1:
+            raise ExtractError(f"part_images and part_patches must be >= 1, got {self.part_images}, {self.part_patches}")
         if self.compression not in (None, "lzf", "gzip"):
             raise ExtractError(f"--compression must be none, lzf or gzip, got {self.compression}")
 
@@ -216,25 +217,30 @@ def extract_store(
         for p, reason in ignored:
             log.warning("skipped %s: %s", p, reason)
         writer = StoreWriter(out, state)
-        n_parts = (len(selected) + config.part_images - 1) // config.part_images
-        todo = [i for i in range(n_parts) if not writer.has_part(i)]
-        done_images = (n_parts - len(todo)) * config.part_images
+        n_parts, done = writer.resume_point()
         if progress:
-            progress(min(done_images, len(selected)), len(selected))
-        jobs = []
-        for i in todo:
-            chunk = selected[i * config.part_images : (i + 1) * config.part_images]
-            jobs += [(os.path.join(roots[f.root], f.path), config.preprocess, config.stride) for f in chunk]
-        pool = mp.get_context("fork").Pool(workers) if workers > 1 and jobs else None
+            progress(done, len(selected))
+        pool = mp.get_context("fork").Pool(workers) if workers > 1 and done < len(selected) else None
+        window = max(8, 4 * workers)  # images decoded at a time: bounds memory, keeps workers busy
+        buf: list[tuple[InputFile, tuple]] = []
+        buf_patches, first = 0, done
         try:
-            results = pool.imap(_decode, jobs, chunksize=4) if pool else map(_decode, jobs)
-            for i in todo:
-                chunk = selected[i * config.part_images : (i + 1) * config.part_images]
-                part = _make_part(chunk, [next(results) for _ in chunk], label_of, roots)
-                writer.write_part(i, part)
-                done_images += len(chunk)
+            for w0 in range(done, len(selected), window):
+                files_w = selected[w0 : w0 + window]
+                jobs = [(os.path.join(roots[f.root], f.path), config.preprocess, config.stride) for f in files_w]
+                for f, res in zip(files_w, pool.map(_decode, jobs) if pool else map(_decode, jobs)):
+                    buf.append((f, res))
+                    buf_patches += 0 if res[1] is None else len(res[1])
+                    if len(buf) >= config.part_images or buf_patches >= config.part_patches:
+                        writer.write_part(n_parts, _make_part(buf, label_of, roots, first))
+                        n_parts, first, buf, buf_patches = n_parts + 1, first + len(buf), [], 0
+                        if progress:
+                            progress(first, len(selected))
+            if buf:
+                writer.write_part(n_parts, _make_part(buf, label_of, roots, first))
+                n_parts, first = n_parts + 1, first + len(buf)
                 if progress:
-                    progress(min(done_images, len(selected)), len(selected))
+                    progress(first, len(selected))
         finally:
             if pool:
                 pool.terminate()
@@ -259,9 +265,11 @@ def check_store_path(out: str) -> None:
         raise ExtractError(f"--out {out!r} is a folder; give a file path such as {os.path.join(out, 'patches.h5')}")
 
 
-def _make_part(chunk: list[InputFile], results: list[tuple], label_of: dict[str, int], root_dirs: list[str]) -> Part:
+def _make_part(decoded: list[tuple[InputFile, tuple]], label_of: dict[str, int], root_dirs: list[str],
+               first_selected: int) -> Part:
+    """One part from consecutive selected files and their _decode results."""
     patches, prov, paths, roots, labels, sizes, natives, skipped = [], [], [], [], [], [], [], []
-    for f, (err, p, yx, size, native) in zip(chunk, results):
+    for f, (err, p, yx, size, native) in decoded:
         if err:
             path = os.path.join(root_dirs[f.root], f.path)
             log.warning("skipped %s: %s", path, err)
@@ -280,7 +288,7 @@ def _make_part(chunk: list[InputFile], results: list[tuple], label_of: dict[str,
         provenance=np.concatenate(prov) if prov else np.zeros((0, 3), np.int32),
         paths=paths, roots=np.asarray(roots, np.int16), labels=np.asarray(labels, np.int32),
         sizes=np.asarray(sizes, np.int32).reshape(-1, 2), native_sizes=np.asarray(natives, np.int32).reshape(-1, 2),
-        skipped=skipped,
+        skipped=skipped, first_selected=first_selected, n_selected=len(decoded),
     )
 
 

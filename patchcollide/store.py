@@ -57,7 +57,9 @@ class Part:
     labels: np.ndarray  # (m,) int32
     sizes: np.ndarray  # (m, 2) int32 stored (H, W)
     native_sizes: np.ndarray  # (m, 2) int32
-    skipped: list[tuple[str, str]]  # (relative path as root_index/path, reason)
+    skipped: list[tuple[str, str]]  # (path, reason)
+    first_selected: int = 0  # index of the part's first image in the run's list of selected files
+    n_selected: int = 0  # selected files the part covers, skipped ones included
 
     def save(self, path: str) -> None:
         tmp = path + ".tmp"
@@ -72,6 +74,7 @@ class Part:
                 sizes=self.sizes,
                 native_sizes=self.native_sizes,
                 skipped=np.asarray(self.skipped, dtype=str).reshape(-1, 2),
+                span=np.asarray([self.first_selected, self.n_selected], dtype=np.int64),
             )
         os.replace(tmp, path)
 
@@ -87,6 +90,7 @@ class Part:
                 sizes=z["sizes"],
                 native_sizes=z["native_sizes"],
                 skipped=[(str(a), str(b)) for a, b in z["skipped"]],
+                first_selected=int(z["span"][0]), n_selected=int(z["span"][1]),
             )
 
 
@@ -162,18 +166,30 @@ class StoreWriter:
     def part_path(self, i: int) -> str:
         return os.path.join(self.parts_dir, f"part-{i:06d}.npz")
 
-    def has_part(self, i: int) -> bool:
-        """True when part ``i`` was completed by this or an earlier (killed) run and reads back."""
-        p = self.part_path(i)
-        if not os.path.exists(p):
-            return False
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                z["patches"].shape  # noqa: B018  (touch the largest member: a torn file fails here)
-            return True
-        except Exception:
-            os.remove(p)
-            return False
+    def resume_point(self) -> tuple[int, int]:
+        """(number of finished parts, number of selected files they cover).
+
+        Parts are written in order under a temporary name and renamed, so the finished ones
+        are part 0, 1, ... up to the first missing one; each records the span of selected
+        files it covers. A part that does not open (foreign or damaged) and everything
+        after it are discarded and redone.
+        """
+        i, covered = 0, 0
+        while os.path.exists(self.part_path(i)):
+            try:
+                with np.load(self.part_path(i), allow_pickle=False) as z:
+                    first, n = (int(v) for v in z["span"])
+            except Exception:  # noqa: BLE001 - unreadable: redo from here
+                break
+            if first != covered:
+                break
+            covered += n
+            i += 1
+        j = i
+        while os.path.exists(self.part_path(j)):
+            os.remove(self.part_path(j))
+            j += 1
+        return i, covered
 
     def write_part(self, i: int, part: Part) -> None:
         part.save(self.part_path(i))
@@ -188,7 +204,8 @@ class StoreWriter:
         tmp = self.path + ".tmp"
         if os.path.exists(tmp):
             os.remove(tmp)
-        hasher = hashlib.sha256()
+        # Two streams, so the fingerprint does not depend on how the images were cut into parts.
+        h_patches, h_prov = hashlib.sha256(), hashlib.sha256()
         skipped: list[dict] = [{"path": p, "reason": r} for p, r in skipped_before]
         n = 0
         img_offset = 0
@@ -209,8 +226,8 @@ class StoreWriter:
                 patches[n : n + k] = part.patches
                 prov.resize(n + k, axis=0)
                 prov[n : n + k] = pv
-                hasher.update(np.ascontiguousarray(part.patches).tobytes())
-                hasher.update(pv.astype("<i4").tobytes())
+                h_patches.update(np.ascontiguousarray(part.patches).tobytes())
+                h_prov.update(pv.astype("<i4").tobytes())
                 counts = np.bincount(part.provenance[:, 0], minlength=m) if k else np.zeros(m, np.int64)
                 img_cols["path"] += part.paths
                 img_cols["root"].append(part.roots)
@@ -236,7 +253,7 @@ class StoreWriter:
             manifest = dict(manifest)
             manifest.update(
                 format=FORMAT, format_version=FORMAT_VERSION, store_id=self.store_id,
-                fingerprint=hasher.hexdigest(), n_patches=int(n), n_images=int(img_offset),
+                fingerprint=fingerprint_of(h_patches, h_prov), n_patches=int(n), n_images=int(img_offset),
                 n_classes=len(classes), n_skipped=len(skipped), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             )
             for key in ("format", "format_version", "store_id", "fingerprint", "created", "content_key"):
@@ -258,6 +275,12 @@ class StoreWriter:
         write_manifest(self.path, manifest)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         return manifest
+
+
+def fingerprint_of(h_patches, h_prov) -> str:
+    """SHA-256 of (SHA-256 of all patch bytes in id order + SHA-256 of the provenance as
+    little-endian int32 in id order), hex."""
+    return hashlib.sha256(h_patches.digest() + h_prov.digest()).hexdigest()
 
 
 def _cat(arrs: list[np.ndarray], dtype, empty_shape) -> np.ndarray:

@@ -276,3 +276,40 @@ def test_bad_arguments():
         ExtractConfig(seed=-1)
     with pytest.raises(ExtractError, match="does not exist"):
         extract_store(["/no/such/folder"], "/tmp/never.h5")
+
+
+def test_parts_capped_by_patches_give_the_same_store(tmp_path, photos_dir):
+    """A part closes at part_patches patches (memory bound); the store does not depend on it."""
+    a = extract_store([photos_dir], str(tmp_path / "a.h5"), ExtractConfig(stride=16))
+    b = extract_store([photos_dir], str(tmp_path / "b.h5"), ExtractConfig(stride=16, part_patches=300))
+    assert a.manifest["fingerprint"] == b.manifest["fingerprint"]
+
+
+def test_a_run_stopped_after_some_parts_resumes_to_the_same_store(tmp_path, photos_dir):
+    cfg = ExtractConfig(stride=16, part_images=1)
+    clean = extract_store([photos_dir], str(tmp_path / "clean.h5"), cfg)
+    out = str(tmp_path / "s.h5")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_three(done, total):
+        if done >= 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        extract_store([photos_dir], out, cfg, progress=stop_after_three)
+    assert not os.path.exists(out) and len(os.listdir(out + ".parts")) == 1 + 3  # state.json + 3 parts
+    seen = []
+    resumed = extract_store([photos_dir], out, cfg, progress=lambda d, t: seen.append(d))
+    assert resumed.resumed and seen[0] == 3
+    assert resumed.manifest["fingerprint"] == clean.manifest["fingerprint"]
+
+
+def test_fingerprint_is_the_documented_hash(small_store):
+    import hashlib
+
+    with PatchStore(small_store) as st:
+        hp = hashlib.sha256(np.ascontiguousarray(st.patches[...]).tobytes()).digest()
+        hv = hashlib.sha256(st.provenance.astype("<i4").tobytes()).digest()
+        assert st.fingerprint == hashlib.sha256(hp + hv).hexdigest()

@@ -57,3 +57,92 @@ def save_png(img: Image.Image, path: str) -> str:
     img.save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def to_uint8(x) -> np.ndarray:
+    """(N, 3, H, W) float in [0, 1] (tensor or array) -> (N, H, W, 3) uint8, rounded as PNG stores it."""
+    a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return np.clip(np.rint(a.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
+
+
+def read_png(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a PNG written by save_png."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def indicator_image(base: np.ndarray, boxes: list[tuple[int, int]], box: int = PATCH, scale: int = 2) -> Image.Image:
+    """``base`` (H, W, 3) uint8 enlarged ``scale`` times with purple boxes at ``boxes`` (y, x)."""
+    h, w = base.shape[:2]
+    im = Image.fromarray(base).resize((w * scale, h * scale), Image.NEAREST)
+    d = ImageDraw.Draw(im)
+    for y, x in boxes:
+        d.rectangle([x * scale, y * scale, (x + box) * scale - 1, (y + box) * scale - 1], outline=(160, 32, 240),
+                    width=max(2, scale))
+    return im
+
+
+def contact_sheet(images: list[tuple[str, np.ndarray]], scale: int = 1) -> Image.Image:
+    """One row of labelled (H, W, 3) uint8 images (source, target, vertices, indicator)."""
+    h = max(a.shape[0] for _, a in images) * scale
+    ws = [a.shape[1] * scale * h // (a.shape[0] * scale) for _, a in images]
+    sheet = Image.new("RGB", (sum(ws) + 6 * (len(images) + 1), h + 22), (255, 255, 255))
+    d = ImageDraw.Draw(sheet)
+    x = 6
+    for (label, a), w in zip(images, ws):
+        sheet.paste(Image.fromarray(a).resize((w, h), Image.NEAREST), (x, 4))
+        d.text((x, h + 7), label, fill=(0, 0, 0))
+        x += w + 6
+    return sheet
+
+
+def loss_plot(history: dict, path: str, title: str = "") -> str:
+    """Loss terms and the worst vertex's relative error per step (log scale) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = np.arange(1, len(history["pos"]) + 1)
+    ax = axes[0]
+    ax.semilogy(steps, np.maximum(history["pos"], 1e-12), label="L+ (mean over vertices)")
+    neg = np.asarray(history["neg"])
+    ax.plot(steps, np.abs(neg), label="|L-^i| (mean)")
+    if any(history.get("tv", [])):
+        ax.plot(steps, history["tv"], label="TV (mean)")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.semilogy(steps, history["worst_rel_error"], label="worst vertex")
+    ax.semilogy(steps, history["mean_rel_error"], label="mean")
+    ax.set_xlabel("step")
+    ax.set_ylabel("relative fc6 error")
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path + ".tmp.png", dpi=90)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+    return path
+
+
+def write_json(obj: dict, path: str) -> str:
+    """Atomically write JSON (temporary name, rename)."""
+    import json
+
+    with open(path + ".tmp", "w") as fh:
+        json.dump(obj, fh, indent=2, default=_json_default)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

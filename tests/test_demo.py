@@ -12,9 +12,16 @@ from patchcollide.cli import cli
 
 def test_demo_end_to_end_then_reuses_the_index(tmp_path):
     idx, out = tmp_path / "index", tmp_path / "runs" / "demo"
-    r = CliRunner().invoke(cli, ["-q", "demo", "--index", str(idx), "--out", str(out)], catch_exceptions=False)
+    small = ["--size", "64", "--steps", "15", "--vertices", "2", "--n", "16", "--device", "cpu"]
+    r = CliRunner().invoke(cli, ["-q", "demo", "--index", str(idx), "--out", str(out), *small], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "40817 patches, Flat" in r.output and "625 locations x 16 neighbours" in r.output
+    # no pretrained weights here: the demo says it used random ones, in its output and report
+    assert "RANDOM WEIGHTS" in r.output
+    rep = json.load(open(out / "collision" / "report.json"))
+    assert rep["model"]["kind"] == "random" and rep["polytope"]["n"] == 16
+    assert rep["polytope"]["dataset_mean_pairwise_l2"] > rep["polytope"]["vertex_mean_pairwise_l2"] > 0
+    assert os.path.getsize(out / "collision" / "contact_sheet.png") > 1000
     mosaic = Image.open(out / "mosaic.png")
     assert mosaic.width > 800 and mosaic.height > 400
     summary = json.load(open(out / "demo.json"))
@@ -38,7 +45,8 @@ def test_demo_end_to_end_then_reuses_the_index(tmp_path):
     assert np.all(res.distances[:, 0] <= random_l2 + 1e-3)
     assert np.isclose(np.median(res.distances[:, 0]), nearest)
     built = os.path.getmtime(idx / "index.faiss")
-    r2 = CliRunner().invoke(cli, ["-q", "demo", "--index", str(idx), "--out", str(out)], catch_exceptions=False)
+    r2 = CliRunner().invoke(cli, ["-q", "demo", "--index", str(idx), "--out", str(out), *small],
+                            catch_exceptions=False)
     assert r2.exit_code == 0 and os.path.getmtime(idx / "index.faiss") == built
 
 

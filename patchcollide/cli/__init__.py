@@ -14,6 +14,7 @@ from .. import __version__
 from .common import setup_logging
 from .demo import demo
 from .offline import extract, index, store
+from .online import collide, sample
 
 
 class OneLineErrors(click.Group):
@@ -47,7 +48,8 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Find feature collisions made of real image patches.
 
     Offline: `extract` image folders into an HDF5 patch store, `index build` a FAISS index
-    over it. `demo` runs the whole pipeline on scikit-image's sample photos.
+    over it. Online: `collide` a source with a target, `sample` the polytope of a run.
+    `demo` runs the whole pipeline on scikit-image's sample photos.
     """
     setup_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
     ctx.obj = {"quiet": quiet}
@@ -56,6 +58,8 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 cli.add_command(extract)
 cli.add_command(store)
 cli.add_command(index)
+cli.add_command(collide)
+cli.add_command(sample)
 cli.add_command(demo)
 
 

@@ -8,12 +8,14 @@ import sys
 
 import click
 
+from ..collide import CollideError
 from ..extract import ExtractError
 from ..images import BadImage
 from ..knn import IndexError_
+from ..models import ModelError
 from ..store import StoreError
 
-USER_ERRORS = (ExtractError, StoreError, IndexError_, BadImage)
+USER_ERRORS = (ExtractError, StoreError, IndexError_, BadImage, CollideError, ModelError)
 
 
 class UserError(click.ClickException):

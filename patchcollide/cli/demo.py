@@ -5,20 +5,36 @@ import click
 
 from ..demo import run_demo
 from .common import Progress, show_progress, user_errors
+from .online import _Bar, print_polytope, print_vertices
 
 
 @click.command()
 @click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
               help="Where the embedded index is built (once).")
 @click.option("-o", "--out", "out_dir", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--size", default=128, show_default=True, type=int, help="Input side of the collision (224: paper).")
+@click.option("--steps", default=400, show_default=True, type=int)
+@click.option("--vertices", default=5, show_default=True, type=int)
+@click.option("--n", "n_samples", default=200, show_default=True, type=int, help="Polytope samples.")
+@click.option("--weights", default="auto", show_default=True,
+              help="auto (ImageNet if available, else random), imagenet, random or a state-dict PATH.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.pass_context
-def demo(ctx, index_dir, out_dir):
-    """Build the index from scikit-image's sample photos and search a held-out photo."""
-    with user_errors(), Progress("extracting sample photos", show_progress(ctx)) as bar:
-        r = run_demo(index_dir, out_dir, progress=bar)
+def demo(ctx, index_dir, out_dir, size, steps, vertices, n_samples, weights, device):
+    """Build the index from scikit-image's sample photos, collide two of them, check the polytope."""
+    bar = _Bar(show_progress(ctx))
+    with user_errors(), Progress("extracting sample photos", show_progress(ctx)) as xbar:
+        try:
+            r = run_demo(index_dir, out_dir, size=size, steps=steps, vertices=vertices, n_samples=n_samples,
+                         weights=weights, device=device, progress=xbar, collide_progress=bar)
+        finally:
+            bar.close()
     s = r.seconds
-    click.echo(f"index   {r.index_dir}/: {r.n_patches} patches, {r.factory}  "
+    click.echo(f"index     {r.index_dir}/: {r.n_patches} patches, {r.factory}  "
                f"(extract {s['extract']:.1f} s, index {s['index']:.1f} s)")
-    click.echo(f"search  {r.n_locations} locations x {r.k} neighbours in {s['search']:.1f} s; nearest L2 "
+    click.echo(f"search    {r.n_locations} locations x {r.k} neighbours in {s['search']:.1f} s; nearest L2 "
                f"median {r.median_nearest_l2:.0f}, mean {r.mean_nearest_l2:.0f} (0..255 pixel units)")
-    click.echo(f"mosaic  {r.mosaic}")
+    click.echo(f"collide   astronaut -> chelsea, patch mode, {s['collide']:.1f} s; sample {s['sample']:.1f} s")
+    print_vertices(r.report)
+    print_polytope(r.report["polytope"])
+    click.echo(f"pictures  {r.mosaic}, {r.run_dir}/contact_sheet.png, {r.run_dir}/loss.png")

@@ -1,0 +1,201 @@
+"""Model + layer tap (pre-activation), weights, preprocessing. Imports nothing of ours.
+
+``load_tap("vgg16", "fc6", weights="imagenet")`` returns a :class:`Tap`: ``tap.pre(x)`` is
+the collision layer's pre-activation (B, D) for images x (B, 3, H, W) float in [0, 1], and
+``tap.logits(x)`` the classifier's output (B, 1000). ImageNet normalisation happens inside.
+
+The pre-activation is taken explicitly, not read by a forward hook: VGG's and AlexNet's
+ReLUs are in-place, so a tensor captured by a hook on ``classifier[0]`` is overwritten by
+the ReLU that follows it (a test shows the pitfall). For VGG-16/19:
+``features -> avgpool -> flatten -> classifier[:i+1]`` with fc6 = classifier[0],
+fc7 = classifier[3]; for AlexNet fc6 = classifier[1], fc7 = classifier[4]. Other
+torchvision classifiers take ``--layer MODULE_NAME`` (a module whose output feeds a ReLU):
+its output is cloned in a hook before any in-place ReLU can touch it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import torch
+import torch.nn as nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# (classifier index of the Linear layer) for the architectures whose heads we know
+KNOWN_HEADS = {
+    "vgg16": {"fc6": 0, "fc7": 3},
+    "vgg19": {"fc6": 0, "fc7": 3},
+    "alexnet": {"fc6": 1, "fc7": 4},
+}
+
+
+class ModelError(Exception):
+    """Bad model, layer or weights; ``str(e)`` is a one-line message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsInfo:
+    """Where the weights came from, saved in every report."""
+
+    kind: str  # "imagenet" | "file" | "random"
+    name: str  # IMAGENET1K_V1, the file path, or "random(seed=N)"
+    sha256: str | None  # of the state dict file, where there is one
+    pretrained: bool
+
+
+class _Stop(Exception):
+    pass
+
+
+class Tap(nn.Module):
+    """A classifier with a tap on one ReLU layer's pre-activation. Eval mode, frozen."""
+
+    def __init__(self, model: nn.Module, arch: str, layer: str, weights: WeightsInfo):
+        super().__init__()
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.arch, self.layer, self.weights = arch, layer, weights
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self._head_index = KNOWN_HEADS.get(arch, {}).get(layer)
+        if self._head_index is None:
+            modules = dict(self.model.named_modules())
+            if layer not in modules or layer == "":
+                known = ", ".join(sorted(KNOWN_HEADS.get(arch, {}))) or "a module name from model.named_modules()"
+                raise ModelError(f"unknown layer {layer!r} for {arch}; use {known}")
+            self._module = modules[layer]
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activation of the tapped layer: (B, 3, H, W) in [0, 1] -> (B, D) float32."""
+        h = self.normalise(x)
+        if self._head_index is not None:
+            m = self.model
+            h = torch.flatten(m.avgpool(m.features(h)), 1)
+            return m.classifier[: self._head_index + 1](h)
+        box: list[torch.Tensor] = []
+
+        def hook(_m, _inp, out):
+            box.append(out.clone())  # before an in-place ReLU after this module overwrites it
+            raise _Stop
+
+        handle = self._module.register_forward_hook(hook)
+        try:
+            self.model(h)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if not box:
+            raise ModelError(f"layer {self.layer!r} was not reached in the forward pass")
+        return torch.flatten(box[0], 1)
+
+    def pre_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both in one forward pass where the head is known (the classifier continues from the
+        tapped pre-activation); two passes otherwise."""
+        if self._head_index is None:
+            return self.pre(x), self.logits(x)
+        z = self.pre(x)
+        # the head starts with an in-place ReLU: give it a copy, or z itself would be rectified
+        return z, self.model.classifier[self._head_index + 1 :](z.clone())
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (B, 1000) for (B, 3, H, W) images in [0, 1]."""
+        return self.model(self.normalise(x))
+
+    def identity(self) -> dict:
+        return {"arch": self.arch, "layer": self.layer, **dataclasses.asdict(self.weights)}
+
+
+def _builder(arch: str):
+    import torchvision.models as tvm
+
+    try:
+        return tvm.get_model_builder(arch)
+    except (ValueError, KeyError):
+        raise ModelError(f"unknown model {arch!r}; use vgg16, vgg19, alexnet or another torchvision classifier") from None
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_imagenet_state(arch: str, allow_download: bool = True) -> tuple[dict, str]:
+    """torchvision's IMAGENET1K_V1 state dict from the torch hub cache, or by download.
+
+    Raises ModelError, saying where to put the file, when neither works.
+    """
+    import torchvision.models as tvm
+
+    enum = tvm.get_model_weights(arch)
+    w = enum.IMAGENET1K_V1 if hasattr(enum, "IMAGENET1K_V1") else enum.DEFAULT
+    fname = os.path.basename(w.url)
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
+    if os.path.exists(cache):
+        return torch.load(cache, map_location="cpu", weights_only=True), cache
+    if allow_download:
+        try:
+            return w.get_state_dict(progress=False, check_hash=True), cache
+        except Exception:  # noqa: BLE001 - no network, proxy, hash mismatch: all mean the same to the user
+            pass
+    raise ModelError(
+        f"{arch} weights {w} are not in the torch cache ({cache}) and could not be downloaded; "
+        f"fetch {w.url} on a machine with internet and pass --weights PATH, or copy it to that cache path"
+    )
+
+
+def load_tap(arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet", seed: int = 0,
+             allow_download: bool = True) -> Tap:
+    """Build ``arch`` with ``weights`` ("imagenet", "random" or a state-dict PATH) and tap ``layer``."""
+    builder = _builder(arch)
+    if weights == "random":
+        torch.manual_seed(seed)
+        model = builder(weights=None)
+        info = WeightsInfo("random", f"random(seed={seed})", None, False)
+    elif weights == "imagenet":
+        model = builder(weights=None)
+        state, where = load_imagenet_state(arch, allow_download)
+        model.load_state_dict(state)
+        info = WeightsInfo("imagenet", "IMAGENET1K_V1", _file_sha256(where) if os.path.exists(where) else None, True)
+    else:
+        if not os.path.isfile(weights):
+            raise ModelError(f"--weights {weights!r}: no such file; give a state dict file, 'imagenet' or 'random'")
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - pickle errors, zip errors, unsafe globals
+            msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise ModelError(f"--weights {weights}: not a loadable state dict ({msg}); save one with "
+                             "torch.save(model.state_dict(), PATH)") from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ModelError(f"--weights {weights}: not a state dict (a dict of tensors); save one with "
+                             "torch.save(model.state_dict(), PATH)")
+        model = builder(weights=None)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            detail = first[1].strip()[:160] if len(first) > 1 else first[0][:160]
+            raise ModelError(f"--weights {weights} does not fit {arch} ({detail})") from None
+        info = WeightsInfo("file", os.path.abspath(weights), _file_sha256(weights), True)
+    return Tap(model, arch, layer, info)
+
+
+def resolve_device(device: str) -> torch.device:
+    """auto -> cuda when available, else cpu; cuda without a GPU is an error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ModelError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for but torch sees no GPU; use --device auto or cpu")
+    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")

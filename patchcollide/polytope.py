@@ -1,0 +1,73 @@
+"""The polytope check: random convex combinations of the vertices must still collide and be
+classified as the target; distances in the paper's units; the indicator of where vertices differ.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from .models import Tap
+from .objectives import Target
+
+
+def pairwise_l2(images: np.ndarray) -> float:
+    """Mean pairwise L2 distance of (N, H, W, 3) images in 0..255 pixel units (the paper's
+    units at 224 x 224 x 3); nan for fewer than two images."""
+    x = images.reshape(len(images), -1).astype(np.float64)
+    if len(x) < 2:
+        return float("nan")
+    return float(np.mean([np.linalg.norm(x[i] - x[j]) for i, j in itertools.combinations(range(len(x)), 2)]))
+
+
+@torch.no_grad()
+def sample_polytope(tap: Tap, vertices: torch.Tensor, target: Target, n: int = 2000, seed: int = 0,
+                    batch_size: int = 32, device: str | torch.device = "cpu") -> dict:
+    """Classify ``n`` Dirichlet(1) convex combinations of vertices (V, 3, H, W) in [0, 1].
+
+    Returns the share of samples whose top-1 class is the target's, the mean top-class
+    probability of the samples and the target's, and the samples' relative fc6 error
+    (mean and max). Seeded: the same seed gives the same combinations.
+    """
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    V = len(vertices)
+    w = torch.from_numpy(np.random.default_rng(seed).dirichlet(np.ones(V), size=n)).float()
+    vertices = vertices.to(device)
+    post = torch.relu(target.z.to(device))
+    same, probs, rel = 0, [], []
+    for s in range(0, n, batch_size):
+        x = torch.einsum("nv,vchw->nchw", w[s : s + batch_size].to(device), vertices)
+        z, logits = tap.pre_and_logits(x)
+        p = torch.softmax(logits.float(), 1)
+        prob, top = p.max(1)
+        same += int((top == target.label).sum())
+        probs.append(prob.cpu())
+        r = (torch.relu(z) - post).norm(dim=1) / post.norm().clamp_min(1e-12)
+        rel.append(r.cpu())
+    rel_t = torch.cat(rel)
+    return {
+        "n": n, "seed": seed, "share_target_class": same / n, "target_class": target.label,
+        "mean_top_prob_samples": float(torch.cat(probs).mean()), "top_prob_target": target.prob,
+        "rel_error_mean": float(rel_t.mean()), "rel_error_max": float(rel_t.max()),
+    }
+
+
+def difference_boxes(vertices_u8: np.ndarray, n_boxes: int = 4, box: int = 32) -> list[tuple[int, int]]:
+    """Top-left corners of the ``n_boxes`` non-overlapping box x box windows where the
+    vertices (V, H, W, 3) uint8 differ most (per-pixel standard deviation across vertices,
+    summed over the window), as the paper's purple boxes."""
+    sd = vertices_u8.astype(np.float32).std(0).sum(-1)  # (H, W)
+    H, W = sd.shape
+    ii = np.pad(sd, ((1, 0), (1, 0))).cumsum(0).cumsum(1)  # integral image
+    win = ii[box:, box:] - ii[:-box, box:] - ii[box:, :-box] + ii[:-box, :-box]  # (H-box+1, W-box+1)
+    boxes: list[tuple[int, int]] = []
+    win = win.copy()
+    for _ in range(n_boxes):
+        y, x = np.unravel_index(int(np.argmax(win)), win.shape)
+        if win[y, x] <= 0:
+            break
+        boxes.append((int(y), int(x)))
+        win[max(0, y - box + 1) : y + box, max(0, x - box + 1) : x + box] = -1  # no overlap
+    return boxes

@@ -1,0 +1,197 @@
+"""One collision run end to end, into a run directory; and the polytope check on a finished run.
+
+Run directory (written under ``NAME.tmp-*`` and renamed into place only when complete)::
+
+    source.png, target.png        the inputs as the model saw them (size x size)
+    vertex_0.png ... vertex_{V-1}.png   8-bit vertices
+    indicator.png                 purple boxes where the vertices differ most
+    contact_sheet.png             source, target, vertices, indicator
+    loss.png                      loss terms and relative error per step
+    state.npz                     final logits (patch mode) or pixels, candidate ids and
+                                  locations, target pre-activation and units
+    report.json                   config, versions, model and weights identity, per-vertex
+                                  metrics (float and PNG read back), polytope check
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from . import __version__
+from .collide import CollideConfig, CollideError, CollideResult, collide, quantised_metrics
+from .images import Preprocess, load_rgb
+from .models import Tap, load_tap, resolve_device
+from .objectives import Target
+from .polytope import difference_boxes, pairwise_l2, sample_polytope
+from .report import contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8, write_json
+
+RANDOM_NOTICE = "RANDOM WEIGHTS (smoke run): these colliders say nothing about a trained network"
+
+
+def versions() -> dict:
+    import faiss
+    import torchvision
+
+    return {"patchcollide": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "faiss": faiss.__version__, "numpy": np.__version__}
+
+
+def load_pair(source: str, target: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source and target as (size, size, 3) uint8: shorter side to size, centre crop."""
+    pre = Preprocess(resize=size)
+    out = []
+    for name, path in (("--source", source), ("--target", target)):
+        if not os.path.isfile(path):
+            raise CollideError(f"{name} {path!r} does not exist; pass an image file")
+        out.append(load_rgb(path, pre)[0])
+    return out[0], out[1]
+
+
+def _occupied(out: str) -> bool:
+    """True when ``out`` is a file or a non-empty directory (an empty one may be replaced)."""
+    return os.path.isfile(out) or (os.path.isdir(out) and bool(os.listdir(out)))
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    if _occupied(out) and not overwrite:
+        raise CollideError(f"--out {out} already exists; choose another name or pass --overwrite")
+
+
+def run_collide(source: str, target: str, out: str, config: CollideConfig = CollideConfig(), arch: str = "vgg16",
+                layer: str = "fc6", weights: str = "imagenet", index_dir: str | None = "index", tap: Tap | None = None,
+                pindex=None, overwrite: bool = False, progress=None) -> dict:
+    """Collide ``source`` -> ``target`` and write the run directory ``out``. Returns the report."""
+    _check_out(out, overwrite)
+    src, tgt = load_pair(source, target, config.size)
+    tap = tap or load_tap(arch, layer, weights, seed=config.seed)
+    own_index = None
+    if config.mode == "patches" and pindex is None:
+        from .knn import PatchIndex
+
+        pindex = own_index = PatchIndex(index_dir)
+    try:
+        res = collide(tap, src, tgt, config, index=pindex, progress=progress)
+    finally:
+        if own_index is not None:
+            own_index.close()
+    meta = {"source": os.path.abspath(source), "target": os.path.abspath(target),
+            "index": os.path.abspath(index_dir) if config.mode == "patches" and index_dir else None}
+    return write_run(out, res, src, tgt, tap, config, meta, overwrite=overwrite)
+
+
+def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, tap: Tap, config: CollideConfig,
+              meta: dict, overwrite: bool = False) -> dict:
+    """Write every output of a run into ``out`` atomically; returns the report."""
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".tmp-", dir=parent)
+    try:
+        save_png(_img(src), os.path.join(tmp, "source.png"))
+        save_png(_img(tgt), os.path.join(tmp, "target.png"))
+        v8 = to_uint8(res.vertices)
+        for i, v in enumerate(v8):
+            save_png(_img(v), os.path.join(tmp, f"vertex_{i}.png"))
+        back = np.stack([read_png(os.path.join(tmp, f"vertex_{i}.png")) for i in range(len(v8))])
+        png_metrics = quantised_metrics(tap, back, res.target, config.device)
+        boxes = difference_boxes(back)
+        save_png(indicator_image(back[0], boxes), os.path.join(tmp, "indicator.png"))
+        random = tap.weights.kind == "random"
+        items = [("source", src), ("target", tgt)] + [(f"vertex {i}", v) for i, v in enumerate(back)]
+        items.append(("indicator", np.asarray(indicator_image(back[0], boxes, scale=1))))
+        sheet = contact_sheet(items, scale=max(1, 224 // config.size))
+        save_png(sheet, os.path.join(tmp, "contact_sheet.png"))
+        loss_plot(res.history, os.path.join(tmp, "loss.png"),
+                  title=f"{tap.arch}:{tap.layer}, {config.mode}, {len(back)} vertices" + (" - RANDOM WEIGHTS" if random else ""))
+        state = {k: v.numpy() for k, v in res.param_state.items()}
+        state.update(target_z=res.target.z.numpy(), units=res.target.units.numpy())
+        if res.candidates is not None:
+            state.update(candidate_ids=res.candidates["ids"], candidate_yx=res.candidates["yx"],
+                         candidate_distances=res.candidates["distances"])
+        with open(os.path.join(tmp, "state.npz"), "wb") as fh:
+            np.savez(fh, **state)
+        report = {
+            "kind": "patchcollide-run", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "notice": RANDOM_NOTICE if random else None,
+            "config": dataclasses.asdict(config), "model": tap.identity(), "inputs": meta, "versions": versions(),
+            "target": {"label": res.target.label, "top_prob": res.target.prob, "units": res.target.units.tolist(),
+                       "n_active": int((res.target.z > 0).sum()), "dim": int(res.target.z.numel())},
+            "steps": res.steps, "converged": res.converged, "seconds": round(res.seconds, 3),
+            "vertices": {"float": res.metrics, "png": png_metrics, "boxes": boxes,
+                         "mean_pairwise_l2": pairwise_l2(back), "size": config.size},
+            "distances": {"source_target_l2": pairwise_l2(np.stack([src, tgt]))},
+            "history": res.history,
+        }
+        write_json(report, os.path.join(tmp, "report.json"))
+        if _occupied(out) and not overwrite:
+            raise CollideError(f"--out {out} appeared while the run was going; its files were not touched")
+        if os.path.isdir(out):
+            shutil.rmtree(out)  # empty, or replaced with --overwrite only now that the new run is complete
+        elif os.path.exists(out):
+            os.remove(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _img(a: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(a)
+
+
+def read_report(run_dir: str) -> dict:
+    path = os.path.join(run_dir, "report.json")
+    try:
+        with open(path) as fh:
+            report = json.load(fh)
+        assert report.get("kind") == "patchcollide-run"
+        return report
+    except (OSError, ValueError, AssertionError):
+        raise CollideError(f"{run_dir}: not a finished patchcollide run (no valid report.json); "
+                           "give a directory written by `patchcollide collide`") from None
+
+
+def tap_for_run(report: dict) -> Tap:
+    """Rebuild the model a run used, from its recorded identity."""
+    m = report["model"]
+    weights = {"imagenet": "imagenet", "random": "random", "file": m["name"]}[m["kind"]]
+    tap = load_tap(m["arch"], m["layer"], weights, seed=report["config"]["seed"])
+    if m["kind"] == "file" and tap.weights.sha256 != m["sha256"]:
+        raise CollideError(f"weights file {m['name']} changed since the run (sha256 differs); "
+                           "restore it or run collide again")
+    return tap
+
+
+def run_sample(run_dir: str, n: int = 2000, seed: int = 0, batch_size: int = 32, device: str = "auto",
+               dataset_images: np.ndarray | None = None, tap: Tap | None = None) -> dict:
+    """The polytope check on a finished run: results go into its report.json (rewritten atomically)."""
+    report = read_report(run_dir)
+    V = len(report["vertices"]["png"]["rel_error"])
+    vertices = np.stack([read_png(os.path.join(run_dir, f"vertex_{i}.png")) for i in range(V)])
+    with np.load(os.path.join(run_dir, "state.npz")) as z:
+        tz, units = torch.from_numpy(z["target_z"]), torch.from_numpy(z["units"])
+    target = Target(tz, units, report["target"]["label"], report["target"]["top_prob"])
+    tap = tap or tap_for_run(report)
+    dev = resolve_device(device)
+    tap = tap.to(dev)
+    x = torch.from_numpy(vertices).permute(0, 3, 1, 2).float() / 255.0
+    try:
+        check = sample_polytope(tap, x, target, n=n, seed=seed, batch_size=batch_size, device=dev)
+    except ValueError as e:
+        raise CollideError(str(e)) from None
+    check["vertex_mean_pairwise_l2"] = pairwise_l2(vertices)
+    check["dataset_mean_pairwise_l2"] = pairwise_l2(dataset_images) if dataset_images is not None else None
+    check["units"] = f"L2 over 0..255 pixel values of {vertices.shape[1]} x {vertices.shape[2]} x 3 images"
+    report["polytope"] = check
+    write_json(report, os.path.join(run_dir, "report.json"))
+    return report

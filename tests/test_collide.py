@@ -1,0 +1,185 @@
+"""The online stage on CPU with random VGG-16 at 64 x 64: convergence, the patch mixture's
+convexity, the PNG round trip, the polytope count, run directories and CLI errors."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import sample
+from patchcollide.cli import cli
+from patchcollide.collide import CollideConfig, CollideError, collide, retrieve_candidates, target_of, to_tensor
+from patchcollide.images import resize_crop
+from patchcollide.models import load_tap
+from patchcollide.objectives import Target, choose_units, loss_terms
+from patchcollide.params import PatchParam
+from patchcollide.polytope import difference_boxes, sample_polytope
+
+S = 64
+
+
+def photo(name: str, size: int = S) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(resize_crop(Image.fromarray(sample(name)).convert("RGB"), size))
+
+
+@pytest.fixture(scope="module")
+def tap():
+    return load_tap("vgg16", "fc6", "random", seed=0)
+
+
+def _rel(tap, x, target):
+    with torch.no_grad():
+        z = tap.pre(x)
+    return ((torch.relu(z) - target.post).norm(dim=1) / target.post.norm()).numpy()
+
+
+@pytest.mark.slow
+def test_pixel_mode_error_falls_tenfold(tap):
+    src, tgt = photo("astronaut"), photo("chelsea")
+    cfg = CollideConfig(mode="pixel", vertices=5, steps=300, size=S, tol=1e-3, device="cpu")
+    target = target_of(tap, to_tensor(tgt), 5)
+    start = _rel(tap, to_tensor(src), target)[0]
+    res = collide(tap, src, tgt, cfg)
+    final = np.asarray(res.metrics["rel_error"])
+    assert final.shape == (5,)
+    assert np.all(final <= start / 10), (start, final)
+    # each vertex pushed its own unit down, and the units differ
+    assert len(set(res.metrics["unit"])) == 5
+    assert np.all(np.asarray(res.metrics["unit_value"]) < 0)
+
+
+def test_loss_terms_match_the_paper():
+    z_t = torch.tensor([2.0, -1.0, 0.5, -3.0, -0.2])
+    t = Target(z_t, choose_units(z_t, 2), 0, 1.0)
+    assert t.units.tolist() == [3, 1]  # most negative first
+    z = torch.tensor([[1.0, 0.5, 0.5, -2.0, 0.3], [2.0, -1.0, 0.5, -3.0, -0.2]])
+    pos, neg = loss_terms(z, t)
+    assert torch.allclose(pos, torch.tensor([0.5 * 1.0, 0.0]))
+    # vertex 0 (unit 3): z[3] + |z[1]| + |z[4]| ; vertex 1 (unit 1): z[1] + |z[3]| + |z[4]|
+    assert torch.allclose(neg, torch.tensor([-2.0 + 0.5 + 0.3, -1.0 + 3.0 + 0.2]))
+
+
+def test_patch_mixture_is_convex_and_sums_to_one():
+    rng = torch.Generator().manual_seed(0)
+    from patchcollide.images import grid_positions
+
+    yx = grid_positions((48, 48), 8, cover=True)
+    cand = torch.rand(len(yx), 3, 3, 32, 32, generator=rng)
+    p = PatchParam(cand, yx, (48, 48), vertices=2, noise=1.0, seed=1)
+    with torch.no_grad():
+        p.theta.add_(torch.randn(p.theta.shape, generator=rng) * 3)
+        img = p()
+        w = p.mixing_weights()  # (V, L, K, 32, 32)
+    # weights of the candidates covering each pixel sum to 1
+    total = torch.zeros(2, 48 * 48).index_add_(1, p.pix, w.sum(2).reshape(2, -1))
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+    # every output pixel is the weighted sum of candidate pixels, within their range
+    recon = torch.zeros(2, 3, 48 * 48).index_add_(2, p.pix, torch.einsum("vlkyx,lkcyx->vclyx", w, cand).reshape(2, 3, -1))
+    assert torch.allclose(recon.view_as(img), img, atol=1e-5)
+    lo = torch.full((3, 48 * 48), 9.0).scatter_reduce(1, p.pix.expand(3, -1), cand.amin(1).permute(1, 0, 2, 3).reshape(3, -1), "amin")
+    hi = torch.full((3, 48 * 48), -9.0).scatter_reduce(1, p.pix.expand(3, -1), cand.amax(1).permute(1, 0, 2, 3).reshape(3, -1), "amax")
+    flat = img.reshape(2, 3, -1)
+    assert (flat >= lo - 1e-5).all() and (flat <= hi + 1e-5).all()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tap, flat_index):
+    """A finished patch-mode run at 64 x 64 with few steps (random weights)."""
+    from patchcollide.knn import PatchIndex
+    from patchcollide.runs import run_collide
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("run")
+    Image.fromarray(sample("astronaut")).save(d / "src.png")
+    Image.fromarray(sample("chelsea")).save(d / "tgt.png")
+    cfg = CollideConfig(mode="patches", vertices=3, steps=60, size=S, k=4, device="cpu")
+    with PatchIndex(flat_index) as pidx:
+        run_collide(str(d / "src.png"), str(d / "tgt.png"), str(d / "run"), cfg, tap=tap, pindex=pidx,
+                    index_dir=flat_index)
+    return d / "run"
+
+
+def test_patch_mode_error_falls_and_outputs_are_complete(run_dir):
+    rep = json.load(open(run_dir / "report.json"))
+    hist = rep["history"]["worst_rel_error"]
+    assert hist[-1] < hist[0] / 2, (hist[0], hist[-1])
+    for f in ("source.png", "target.png", "vertex_0.png", "vertex_2.png", "indicator.png", "contact_sheet.png",
+              "loss.png", "state.npz"):
+        assert os.path.getsize(run_dir / f) > 0, f
+    assert rep["notice"] and "RANDOM" in rep["notice"] and rep["model"]["kind"] == "random"
+    with np.load(run_dir / "state.npz") as z:
+        assert z["theta"].shape == (3, 25, 4, 32, 32) and z["candidate_ids"].shape == (25, 4)  # 5 x 5 locations
+
+
+def test_png_round_trip_is_measured(run_dir):
+    rep = json.load(open(run_dir / "report.json"))
+    f, p = np.asarray(rep["vertices"]["float"]["rel_error"]), np.asarray(rep["vertices"]["png"]["rel_error"])
+    # 8-bit rounding moves the activation a little, measurably, but keeps the collision's order of magnitude
+    assert np.all(np.abs(p - f) <= 0.05 + 0.5 * f), (f, p)
+    assert not np.allclose(p, f, rtol=0, atol=0)
+
+
+def test_sample_cli_adds_the_polytope_check(run_dir):
+    r = CliRunner().invoke(cli, ["-q", "sample", str(run_dir), "--n", "40", "--device", "cpu"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rep = json.load(open(run_dir / "report.json"))
+    check = rep["polytope"]
+    assert check["n"] == 40 and 0 <= check["share_target_class"] <= 1
+    assert check["vertex_mean_pairwise_l2"] > 0 and "polytope" in r.output
+
+
+class _Toy(torch.nn.Module):
+    """Two classes: class 0 when the image mean exceeds 0.5; 'pre' is the mean itself."""
+
+    def pre_and_logits(self, x):
+        m = x.mean((1, 2, 3))
+        return m[:, None], torch.stack([10 * (m - 0.5), torch.zeros_like(m)], 1)
+
+
+def test_polytope_count_on_a_constructed_case():
+    bright, dark = torch.full((3, 8, 8), 0.9), torch.full((3, 8, 8), 0.1)
+    target = Target(torch.tensor([0.9]), torch.tensor([0]), label=0, prob=1.0)
+    out = sample_polytope(_Toy(), torch.stack([bright, dark]), target, n=500, seed=7, batch_size=64)
+    w = np.random.default_rng(7).dirichlet(np.ones(2), size=500)
+    expected = int((0.9 * w[:, 0] + 0.1 * w[:, 1] > 0.5).sum())
+    assert out["share_target_class"] == expected / 500
+    assert 0.35 < out["share_target_class"] < 0.65
+
+
+def test_difference_boxes_find_the_changed_window():
+    v = np.zeros((3, 64, 64, 3), np.uint8)
+    v[1, 10:42, 20:52] = 200
+    assert difference_boxes(v, n_boxes=1)[0] == (10, 20)
+
+
+def test_bad_collide_arguments(tmp_path, flat_index, query_image, small_store):
+    def run(*args):
+        return CliRunner().invoke(cli, ["-q", "collide", *map(str, args)])
+
+    base = ["--out", tmp_path / "r", "--weights", "random", "--size", "64", "--steps", "1"]
+    cases = [
+        (["--source", tmp_path / "nope.png", "--target", query_image, *base], "does not exist"),
+        (["--source", query_image, "--target", query_image, "--layer", "fc9", *base], "unknown layer"),
+        (["--source", query_image, "--target", query_image, "--vertices", "0", *base], "--vertices"),
+        (["--source", query_image, "--target", query_image, "--index", tmp_path / "noindex", *base], "no built index"),
+        (["--source", query_image, "--target", query_image, "--mode", "pixel", "--out", tmp_path / "r2",
+          "--weights", tmp_path / "missing.pth", "--size", "64"], "no such file"),
+    ]
+    for args, needle in cases:
+        r = run(*args)
+        assert r.exit_code == 2, (args, r.output)
+        lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and needle in lines[0], r.output
+    # an existing run is never overwritten without --overwrite
+    (tmp_path / "r3").mkdir()
+    (tmp_path / "r3" / "keep.txt").write_text("mine")
+    r = run("--source", query_image, "--target", query_image, "--mode", "pixel", "--out", tmp_path / "r3",
+            "--weights", "random", "--size", "64", "--steps", "1")
+    assert r.exit_code == 2 and "already exists" in r.output
+    assert (tmp_path / "r3" / "keep.txt").read_text() == "mine"

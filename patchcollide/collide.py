@@ -26,9 +26,12 @@ import torch
 
 from .models import Tap
 from .objectives import Target, choose_units, collision_metrics, loss_terms, total_variation
+from .images import grid_positions
 from .params import PATCH, PatchParam, PixelParam
 
 log = logging.getLogger(__name__)
+
+MAX_PARAM_BYTES = 16 * 2**30  # refuse patch-mode settings whose logits alone would need more
 
 
 class CollideError(Exception):
@@ -40,6 +43,7 @@ class CollideConfig:
     mode: str = "patches"  # patches | pixel
     vertices: int = 5
     steps: int = 400  # at most; stops earlier when every vertex meets tol
+    min_steps: int = 50  # never stop before: a start that already collides (init=target) must still move
     tol: float = 1e-2  # relative post-activation error ||relu(z)-relu(z_t)|| / ||relu(z_t)|| to stop at
     lr: float | None = None  # None: 0.1 on patch logits, 5e-3 on pixels
     weights_early: tuple[float, float] = (1000.0, 1.0)  # (a, b) on (L+, L-^i); the authors began with (100, 10)
@@ -60,6 +64,7 @@ class CollideConfig:
             (self.mode in ("patches", "pixel"), f"--mode must be patches or pixel, got {self.mode!r}"),
             (1 <= self.vertices <= 64, f"--vertices must be between 1 and 64, got {self.vertices}"),
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.min_steps >= 0, f"--min-steps must be >= 0, got {self.min_steps}"),
             (self.tol > 0, f"--tol must be > 0, got {self.tol}"),
             (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (0 <= self.switch <= 1, f"switch must be in [0, 1], got {self.switch}"),
@@ -74,6 +79,12 @@ class CollideConfig:
         for ok, msg in checks:
             if not ok:
                 raise CollideError(msg)
+        if self.mode == "patches":
+            L = len(grid_positions((self.size, self.size), self.grid_stride, PATCH, cover=True))
+            need = self.vertices * L * self.k * PATCH * PATCH * 4 * 4  # logits, their grad, Adam's two moments
+            if need > MAX_PARAM_BYTES:
+                raise CollideError(f"-k {self.k} with {self.vertices} vertices at {self.size}x{self.size} needs about "
+                                   f"{need / 2**30:.1f} GiB for the mixing logits; lower -k or --vertices")
 
     @property
     def learning_rate(self) -> float:
@@ -105,7 +116,12 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 def target_of(tap: Tap, target: torch.Tensor, vertices: int, first_unit: int = 0) -> Target:
     """Target statistics for (1, 3, H, W) in [0, 1]: z_t, its top-1 class and the vertices' units
     (the target's most negative pre-activations, skipping the first ``first_unit``)."""
-    z, logits = tap.pre_and_logits(target)
+    try:
+        z, logits = tap.pre_and_logits(target)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[0][:160]
+        raise CollideError(f"{tap.arch} cannot take a {target.shape[-1]}x{target.shape[-2]} input ({msg}); "
+                           "use another --size") from None
     z = z[0]
     p = torch.softmax(logits.float(), 1)[0]
     try:
@@ -169,7 +185,7 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
         hist["mean_rel_error"].append(float(rel.mean()))
         if progress:
             progress(step, config.steps, float(loss.detach()), float(rel.max()))
-        if float(rel.max()) <= config.tol:
+        if float(rel.max()) <= config.tol and step >= min(config.min_steps, config.steps):
             # measured before this step's update: confirm on the current images
             with torch.no_grad():
                 now = (torch.relu(tap.pre(param())) - target.post).norm(dim=1) / post_norm

@@ -149,6 +149,6 @@ def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int =
     summary = dataclasses.asdict(result)
     summary.pop("report")
     with open(os.path.join(out_dir, "demo.json"), "w") as fh:
-        json.dump({"result": summary, "query": QUERY_PHOTO, "target": TARGET_PHOTO, "store_photos": list(photos),
+        json.dump({"notice": report.get("notice"), "result": summary, "query": QUERY_PHOTO, "target": TARGET_PHOTO, "store_photos": list(photos),
                    "stride": stride, "versions": versions()}, fh, indent=2)
     return result

@@ -80,6 +80,15 @@ def resize_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def imagenet_crop(img: np.ndarray, size: int = 224) -> np.ndarray:
+    """torchvision's ImageNet evaluation geometry on an (H, W, 3) uint8 image: shorter side to
+    int(size * 256 / 224) (Resize(256) for 224), then the centre size x size (CenterCrop)."""
+    im = resize_crop(Image.fromarray(img), int(size * 256 / 224))
+    w, h = im.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
+
+
 def load_rgb(path: str | os.PathLike, pre: Preprocess = Preprocess()) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode ``path`` into ((H, W, 3) uint8 RGB after preprocessing, native (H, W)).
 

@@ -142,7 +142,11 @@ def load_imagenet_state(arch: str, allow_download: bool = True) -> tuple[dict, s
     fname = os.path.basename(w.url)
     cache = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
     if os.path.exists(cache):
-        return torch.load(cache, map_location="cpu", weights_only=True), cache
+        try:
+            return torch.load(cache, map_location="cpu", weights_only=True), cache
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file in the cache
+            raise ModelError(f"{cache}: cached {arch} weights do not load ({type(e).__name__}); delete the file "
+                             "to download it again, or pass --weights PATH") from None
     if allow_download:
         try:
             return w.get_state_dict(progress=False, check_hash=True), cache

@@ -45,13 +45,15 @@ def versions() -> dict:
 
 
 def load_pair(source: str, target: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source and target as (size, size, 3) uint8: shorter side to size, centre crop."""
-    pre = Preprocess(resize=size)
+    """Source and target as (size, size, 3) uint8 with torchvision's ImageNet geometry:
+    shorter side to size * 256 / 224 (256 for 224), centre crop size x size."""
+    from .images import imagenet_crop
+
     out = []
     for name, path in (("--source", source), ("--target", target)):
         if not os.path.isfile(path):
             raise CollideError(f"{name} {path!r} does not exist; pass an image file")
-        out.append(load_rgb(path, pre)[0])
+        out.append(imagenet_crop(load_rgb(path, Preprocess(resize=None))[0], size))
     return out[0], out[1]
 
 
@@ -60,9 +62,21 @@ def _occupied(out: str) -> bool:
     return os.path.isfile(out) or (os.path.isdir(out) and bool(os.listdir(out)))
 
 
+def _is_run(out: str) -> bool:
+    try:
+        with open(os.path.join(out, "report.json")) as fh:
+            return json.load(fh).get("kind") == "patchcollide-run"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _check_out(out: str, overwrite: bool) -> None:
-    if _occupied(out) and not overwrite:
+    if not _occupied(out):
+        return
+    if not overwrite:
         raise CollideError(f"--out {out} already exists; choose another name or pass --overwrite")
+    if not _is_run(out):
+        raise CollideError(f"--out {out} holds files that are not a patchcollide run; --overwrite only replaces runs")
 
 
 def run_collide(source: str, target: str, out: str, config: CollideConfig = CollideConfig(), arch: str = "vgg16",
@@ -104,7 +118,8 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
         boxes = difference_boxes(back)
         save_png(indicator_image(back[0], boxes), os.path.join(tmp, "indicator.png"))
         random = tap.weights.kind == "random"
-        items = [("source", src), ("target", tgt)] + [(f"vertex {i}", v) for i, v in enumerate(back)]
+        items = [("source", src), ("target" + (" (RANDOM WEIGHTS)" if random else ""), tgt)]
+        items += [(f"vertex {i}", v) for i, v in enumerate(back)]
         items.append(("indicator", np.asarray(indicator_image(back[0], boxes, scale=1))))
         sheet = contact_sheet(items, scale=max(1, 224 // config.size))
         save_png(sheet, os.path.join(tmp, "contact_sheet.png"))
@@ -130,15 +145,21 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
             "history": res.history,
         }
         write_json(report, os.path.join(tmp, "report.json"))
-        if _occupied(out) and not overwrite:
-            raise CollideError(f"--out {out} appeared while the run was going; its files were not touched")
+        _check_out(out, overwrite)  # again: something may have appeared while the run was going
+        old = None
         if os.path.isdir(out):
-            shutil.rmtree(out)  # empty, or replaced with --overwrite only now that the new run is complete
-        elif os.path.exists(out):
-            os.remove(out)
+            # Move the old run (or empty folder) aside, put the new one in place, then delete
+            # the old: at every moment one complete run is at `out` or beside it.
+            old = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".old-", dir=parent)
+            os.rmdir(old)
+            os.replace(out, old)
         os.replace(tmp, out)
+        tmp = None
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
 
@@ -172,9 +193,44 @@ def tap_for_run(report: dict) -> Tap:
     return tap
 
 
+def dataset_images(paths: list[str], size: int, limit: int = 32, seed: int = 0) -> np.ndarray | None:
+    """Up to ``limit`` of the image files (seeded choice) as (N, size, size, 3) uint8; unreadable
+    files are left out. None when fewer than two are usable."""
+    from .images import BadImage
+
+    rng = np.random.default_rng(seed)
+    chosen = [paths[i] for i in sorted(rng.choice(len(paths), size=min(limit, len(paths)), replace=False))]
+    out = []
+    for p in chosen:
+        try:
+            out.append(load_rgb(p, Preprocess(resize=size))[0])
+        except BadImage:
+            continue
+    return np.stack(out) if len(out) >= 2 else None
+
+
+def store_image_paths(index_dir: str) -> list[str]:
+    """The source files of the images in the store an index was built over."""
+    from .knn import PatchIndex
+
+    with PatchIndex(index_dir) as pidx:
+        return [pidx.store.image_record(i)["abspath"] for i in range(pidx.store.n_images)]
+
+
+def folder_image_paths(folder: str) -> list[str]:
+    from .extract import scan_inputs
+
+    roots, files, _ = scan_inputs([folder])
+    return [os.path.join(roots[f.root], f.path) for f in files]
+
+
 def run_sample(run_dir: str, n: int = 2000, seed: int = 0, batch_size: int = 32, device: str = "auto",
                dataset_images: np.ndarray | None = None, tap: Tap | None = None) -> dict:
-    """The polytope check on a finished run: results go into its report.json (rewritten atomically)."""
+    """The polytope check on a finished run: results go into its report.json (rewritten atomically).
+
+    dataset_images (N, H, W, 3) uint8 at the run's size give the mean distance between
+    dataset images to compare the vertices' with (the paper's Tables 2, 4, 6).
+    """
     report = read_report(run_dir)
     V = len(report["vertices"]["png"]["rel_error"])
     vertices = np.stack([read_png(os.path.join(run_dir, f"vertex_{i}.png")) for i in range(V)])
@@ -191,6 +247,7 @@ def run_sample(run_dir: str, n: int = 2000, seed: int = 0, batch_size: int = 32,
         raise CollideError(str(e)) from None
     check["vertex_mean_pairwise_l2"] = pairwise_l2(vertices)
     check["dataset_mean_pairwise_l2"] = pairwise_l2(dataset_images) if dataset_images is not None else None
+    check["dataset_n_images"] = 0 if dataset_images is None else len(dataset_images)
     check["units"] = f"L2 over 0..255 pixel values of {vertices.shape[1]} x {vertices.shape[2]} x 3 images"
     report["polytope"] = check
     write_json(report, os.path.join(run_dir, "report.json"))

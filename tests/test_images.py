@@ -71,3 +71,14 @@ def test_unreadable_bytes(tmp_path, content, reason):
     p.write_bytes(content)
     with pytest.raises(BadImage, match=reason):
         load_rgb(p)
+
+
+def test_imagenet_crop_matches_torchvision_eval_transform():
+    from torchvision import transforms
+
+    from conftest import sample
+    from patchcollide.images import imagenet_crop
+
+    img = sample("rocket")
+    theirs = np.asarray(transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])(Image.fromarray(img)))
+    assert np.array_equal(imagenet_crop(img, 224), theirs)

@@ -36,5 +36,5 @@ def demo(ctx, index_dir, out_dir, size, steps, vertices, n_samples, weights, dev
                f"median {r.median_nearest_l2:.0f}, mean {r.mean_nearest_l2:.0f} (0..255 pixel units)")
     click.echo(f"collide   astronaut -> chelsea, patch mode, {s['collide']:.1f} s; sample {s['sample']:.1f} s")
     print_vertices(r.report)
-    print_polytope(r.report["polytope"])
+    print_polytope(r.report["polytope"], r.report.get("notice"))
     click.echo(f"pictures  {r.mosaic}, {r.run_dir}/contact_sheet.png, {r.run_dir}/loss.png")

@@ -6,7 +6,7 @@ import os
 import click
 
 from ..collide import CollideConfig
-from ..runs import run_collide, run_sample
+from ..runs import dataset_images, folder_image_paths, read_report, run_collide, run_sample, store_image_paths
 from .common import UserError, show_progress, user_errors
 
 
@@ -28,7 +28,9 @@ def print_vertices(report: dict) -> None:
                f"(0..255 units at {report['vertices']['size']}^2 x 3)")
 
 
-def print_polytope(check: dict) -> None:
+def print_polytope(check: dict, notice: str | None = None) -> None:
+    if notice:
+        click.echo(f"NOTE: {notice}")
     click.echo(f"polytope: {check['n']} Dirichlet(1) samples, {100 * check['share_target_class']:.1f}% in the target's "
                f"class {check['target_class']}; top-class prob samples {check['mean_top_prob_samples']:.3f} / target "
                f"{check['top_prob_target']:.3f}; rel. fc6 error mean {check['rel_error_mean']:.2e}, "
@@ -80,6 +82,9 @@ class _Bar:
 @click.option("--tol", default=1e-2, show_default=True, type=float, help="Relative fc6 error to stop at.")
 @click.option("--lr", default=None, type=float, help="[default: 0.1 patches, 5e-3 pixel]")
 @click.option("--tv", default=0.0, show_default=True, type=float, help="Total-variation weight on the mixing weights.")
+@click.option("--loss", "loss_weights", nargs=2, type=float, default=(1000.0, 1.0), show_default=True,
+              metavar="A B", help="Weights a, b of L+ and L-^i (the authors: 100 10, then 1000 1).")
+@click.option("--min-steps", default=50, show_default=True, type=int, help="Never stop before this step.")
 @click.option("--size", default=224, show_default=True, type=int, help="Input side in pixels.")
 @click.option("-k", default=16, show_default=True, type=int, help="Candidates per location (patch mode).")
 @click.option("--grid-stride", default=8, show_default=True, type=int)
@@ -92,12 +97,13 @@ class _Bar:
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only once the new run is complete).")
 @click.pass_context
 def collide(ctx, source, target, out, mode, index_dir, arch, layer, weights, vertices, steps, tol, lr, tv, size, k,
-            grid_stride, init, first_unit, seed, device, overwrite):
+            grid_stride, init, first_unit, seed, device, overwrite, loss_weights, min_steps):
     """Find polytope vertices whose layer activation collides with TARGET's."""
     bar = _Bar(show_progress(ctx))
     with user_errors():
         cfg = CollideConfig(mode=mode, vertices=vertices, steps=steps, tol=tol, lr=lr, tv=tv, size=size, k=k,
-                            grid_stride=grid_stride, init=init, first_unit=first_unit, seed=seed, device=device)
+                            grid_stride=grid_stride, init=init, first_unit=first_unit, seed=seed, device=device,
+                            weights_early=tuple(loss_weights), weights_late=tuple(loss_weights), min_steps=min_steps)
         try:
             report = run_collide(source, target, out, cfg, arch=arch, layer=layer, weights=weights,
                                  index_dir=index_dir, overwrite=overwrite, progress=bar)
@@ -113,13 +119,21 @@ def collide(ctx, source, target, out, mode, index_dir, arch, layer, weights, ver
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def sample(run_dir, n, seed, batch_size, device):
+@click.option("--dataset", default=None, type=click.Path(file_okay=False),
+              help="Image folder for the mean distance between dataset images [default: the run index's images].")
+def sample(run_dir, n, seed, batch_size, device, dataset):
     """Check the polytope of a finished run: Dirichlet(1) combinations of its vertices."""
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir!r} is not a run directory; give one written by `patchcollide collide`")
     if batch_size < 1 or seed < 0:
         raise UserError(f"--batch-size must be >= 1 and --seed >= 0, got {batch_size} and {seed}")
     with user_errors():
-        report = run_sample(run_dir, n=n, seed=seed, batch_size=batch_size, device=device)
-    print_polytope(report["polytope"])
+        report = read_report(run_dir)
+        size = report["config"]["size"]
+        index_dir = report["inputs"].get("index")
+        paths = folder_image_paths(dataset) if dataset else (
+            store_image_paths(index_dir) if index_dir and os.path.isdir(index_dir) else [])
+        images = dataset_images(paths, size, seed=seed) if paths else None
+        report = run_sample(run_dir, n=n, seed=seed, batch_size=batch_size, device=device, dataset_images=images)
+    print_polytope(report["polytope"], report.get("notice"))
     click.echo(f"updated {os.path.join(run_dir, 'report.json')}")

@@ -97,7 +97,9 @@ def demo_tap(weights: str = "auto", seed: int = 0):
     try:
         return load_tap("vgg16", "fc6", "imagenet")
     except ModelError as e:
-        log.warning("pretrained VGG-16 weights unavailable (%s); the demo uses RANDOM weights", str(e)[:140])
+        log.debug("%s", e)
+        log.warning("pretrained VGG-16 weights are not in the torch cache and could not be downloaded: the demo uses "
+                    "RANDOM weights (pass --weights PATH with vgg16-397923af.pth for a real run)")
         return load_tap("vgg16", "fc6", "random", seed=seed)
     finally:
         socket.setdefaulttimeout(old)

@@ -43,8 +43,8 @@ def main() -> None:
 
     from bench_knn import machine
 
-    from patchcollide.collide import CollideConfig, collide, retrieve_candidates
-    from patchcollide.demo import STORE_PHOTOS, sample_photo, write_sample_photos
+    from patchcollide.collide import CollideConfig, collide
+    from patchcollide.demo import STORE_PHOTOS, write_sample_photos
     from patchcollide.extract import ExtractConfig, extract_store
     from patchcollide.images import Preprocess, load_rgb
     from patchcollide.knn import IndexConfig, PatchIndex, build_index

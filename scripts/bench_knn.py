@@ -22,7 +22,6 @@ import platform
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from conftest import sample
 from patchcollide.cli import cli
-from patchcollide.collide import CollideConfig, CollideError, collide, retrieve_candidates, target_of, to_tensor
+from patchcollide.collide import CollideConfig, collide, target_of, to_tensor
 from patchcollide.images import resize_crop
 from patchcollide.models import load_tap
 from patchcollide.objectives import Target, choose_units, loss_terms

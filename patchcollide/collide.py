@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .models import Tap
-from .objectives import Target, choose_units, collision_metrics, loss_terms, total_variation
+from .objectives import OBJECTIVES, Target, choose_units, collision_metrics, loss_terms, total_variation
 from .images import grid_positions
 from .params import PATCH, PatchParam, PixelParam
 
@@ -49,6 +49,7 @@ class CollideConfig:
     weights_early: tuple[float, float] = (1000.0, 1.0)  # (a, b) on (L+, L-^i); the authors began with (100, 10)
     weights_late: tuple[float, float] = (1000.0, 1.0)  # after `switch` (the authors' final phase)
     switch: float = 0.7  # share of the steps before the late phase (authors: 14,000 / 20,000)
+    objective: str = "paper"  # paper: L+ on active units (the authors'); post: on the whole post-activation
     tv: float = 0.0  # weight of TV on the mixing weights (patch mode; the authors used 100 at their scale)
     size: int = 224  # side of the square input (the store's geometry; smaller for CPU smoke runs)
     k: int = 16  # candidates per location (patch mode)
@@ -69,6 +70,7 @@ class CollideConfig:
             (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (0 <= self.switch <= 1, f"switch must be in [0, 1], got {self.switch}"),
             (self.tv >= 0, f"--tv must be >= 0, got {self.tv}"),
+            (self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"),
             (PATCH <= self.size <= 1024, f"--size must be between {PATCH} and 1024, got {self.size}"),
             (self.k >= 1, f"-k must be >= 1, got {self.k}"),
             (1 <= self.grid_stride <= PATCH, f"--grid-stride must be between 1 and {PATCH}, got {self.grid_stride}"),
@@ -168,7 +170,7 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
         a, b = config.weights_late if late else config.weights_early
         x = param()
         z = tap.pre(x)
-        pos, neg = loss_terms(z, target)
+        pos, neg = loss_terms(z, target, config.objective)
         w = param.mixing_weights() if config.tv > 0 else None
         tv = total_variation(w.flatten(1, 2)) if w is not None else torch.zeros_like(pos)
         loss = (a * pos + b * neg + config.tv * tv).sum()

@@ -84,6 +84,8 @@ class _Bar:
 @click.option("--tv", default=0.0, show_default=True, type=float, help="Total-variation weight on the mixing weights.")
 @click.option("--loss", "loss_weights", nargs=2, type=float, default=(1000.0, 1.0), show_default=True,
               metavar="A B", help="Weights a, b of L+ and L-^i (the authors: 100 10, then 1000 1).")
+@click.option("--objective", type=click.Choice(["paper", "post"]), default="paper", show_default=True,
+              help="L+ on the target's active units (paper) or on the whole post-activation (post).")
 @click.option("--min-steps", default=50, show_default=True, type=int, help="Never stop before this step.")
 @click.option("--size", default=224, show_default=True, type=int, help="Input side in pixels.")
 @click.option("-k", default=16, show_default=True, type=int, help="Candidates per location (patch mode).")
@@ -97,13 +99,14 @@ class _Bar:
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only once the new run is complete).")
 @click.pass_context
 def collide(ctx, source, target, out, mode, index_dir, arch, layer, weights, vertices, steps, tol, lr, tv, size, k,
-            grid_stride, init, first_unit, seed, device, overwrite, loss_weights, min_steps):
+            grid_stride, init, first_unit, seed, device, overwrite, loss_weights, min_steps, objective):
     """Find polytope vertices whose layer activation collides with TARGET's."""
     bar = _Bar(show_progress(ctx))
     with user_errors():
         cfg = CollideConfig(mode=mode, vertices=vertices, steps=steps, tol=tol, lr=lr, tv=tv, size=size, k=k,
                             grid_stride=grid_stride, init=init, first_unit=first_unit, seed=seed, device=device,
-                            weights_early=tuple(loss_weights), weights_late=tuple(loss_weights), min_steps=min_steps)
+                            weights_early=tuple(loss_weights), weights_late=tuple(loss_weights), min_steps=min_steps,
+                            objective=objective)
         try:
             report = run_collide(source, target, out, cfg, arch=arch, layer=layer, weights=weights,
                                  index_dir=index_dir, overwrite=overwrite, progress=bar)

@@ -1,0 +1,221 @@
+"""Small digit classifiers for the paper's MNIST experiments: data, models, training, layer taps.
+
+Data: MNIST through torchvision's loader from ``data_root`` when it is there; otherwise
+scikit-learn's bundled 8 x 8 digits as a stand-in, named as such in every output. The 8 x 8
+images are upsampled (bilinear) to 28 x 28 so that the nets keep MNIST's geometry: the
+paper's first hidden layer has 256 units, and on 64 raw inputs it would be injective on its
+~128 active units (the active units alone pin the input down), leaving no polytope to find.
+
+Models (ReLU, as the paper's): ``MLP`` 784 -> 256 -> 256 -> 10 (the paper's Table 1/2 net);
+``LeNet5`` (the appendix): 28 x 28 zero-padded to 32 x 32, conv 6@5x5 -> pool -> conv 16@5x5
+-> pool -> 120 -> 84 -> 10. Inputs (B, 1, 28, 28) float32 in [0, 1], no normalisation.
+
+``DigitTap(model, layer)`` has the same interface as ``models.Tap`` (``pre``, ``logits``,
+``pre_and_logits``), so the collision loop, the objective and the polytope check run on it
+unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+STAND_IN = "scikit-learn digits (8x8, upsampled to 28x28; stand-in for MNIST)"
+
+
+class DigitsError(Exception):
+    """Bad data root, model or layer; ``str(e)`` is a one-line message."""
+
+
+@dataclasses.dataclass
+class DigitData:
+    """train_x/test_x (N, 1, 28, 28) float32 in [0, 1]; train_y/test_y (N,) int64."""
+
+    name: str  # "MNIST" or STAND_IN
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @property
+    def is_stand_in(self) -> bool:
+        return self.name != "MNIST"
+
+
+def load_mnist(data_root: str) -> DigitData:
+    """MNIST from ``data_root`` through torchvision's loader (no download)."""
+    from torchvision.datasets import MNIST
+
+    try:
+        parts = [MNIST(data_root, train=t, download=False) for t in (True, False)]
+    except RuntimeError as e:
+        raise DigitsError(f"--data-root {data_root}: no MNIST there ({str(e).strip()[:80]}); put MNIST/raw/*-ubyte "
+                          "files under it, or leave --data-root out to use scikit-learn's digits") from None
+    xs = [p.data.float()[:, None] / 255.0 for p in parts]
+    return DigitData("MNIST", xs[0], parts[0].targets.long(), xs[1], parts[1].targets.long())
+
+
+def load_sklearn_digits(seed: int = 0, test_share: float = 0.2) -> DigitData:
+    """scikit-learn's 1,797 bundled 8 x 8 digits, upsampled to 28 x 28 in [0, 1], split by a
+    seeded stratified shuffle (``test_share`` of each class held out)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8), values 0..16
+    x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp(0, 1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(y), bool)
+    for c in range(10):
+        idx = np.flatnonzero(d.target == c)
+        test[rng.choice(idx, int(round(test_share * len(idx))), replace=False)] = True
+    tr, te = torch.from_numpy(~test), torch.from_numpy(test)
+    return DigitData(STAND_IN, x[tr], y[tr], x[te], y[te])
+
+
+def load_digit_data(data_root: str | None = None, seed: int = 0) -> DigitData:
+    """MNIST from ``data_root`` when given, else the scikit-learn stand-in."""
+    if data_root is not None:
+        if not os.path.isdir(data_root):
+            raise DigitsError(f"--data-root {data_root} is not a directory; give the folder that holds MNIST/")
+        return load_mnist(data_root)
+    return load_sklearn_digits(seed)
+
+
+class MLP(nn.Module):
+    """784 -> 256 -> ReLU -> 256 -> ReLU -> 10 (the paper's MNIST net). Layers: fc1, fc2, fc3."""
+
+    def __init__(self, hidden: int = 256):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(784, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 10)
+
+    def forward(self, x: torch.Tensor, upto: str | None = None) -> torch.Tensor:
+        h = self.fc1(x.flatten(1))
+        if upto == "fc1":
+            return h
+        h = self.fc2(F.relu(h))
+        if upto == "fc2":
+            return h
+        return self.fc3(F.relu(h))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 with ReLU and max pooling on 28 x 28 inputs padded to 32 x 32.
+    Layers: conv1 (6, 28, 28), conv2 (16, 10, 10), fc1 (120), fc2 (84), fc3 (10)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x: torch.Tensor, upto: str | None = None) -> torch.Tensor:
+        h = self.conv1(F.pad(x, (2, 2, 2, 2)))
+        if upto == "conv1":
+            return h
+        h = self.conv2(F.max_pool2d(F.relu(h), 2))
+        if upto == "conv2":
+            return h
+        h = self.fc1(F.max_pool2d(F.relu(h), 2).flatten(1))
+        if upto == "fc1":
+            return h
+        h = self.fc2(F.relu(h))
+        if upto == "fc2":
+            return h
+        return self.fc3(F.relu(h))
+
+
+ARCHS = {"mlp": (MLP, ("fc1", "fc2")), "lenet5": (LeNet5, ("conv1", "conv2", "fc1", "fc2"))}
+
+
+def make_model(arch: str) -> nn.Module:
+    if arch not in ARCHS:
+        raise DigitsError(f"unknown digit model {arch!r}; use one of {', '.join(ARCHS)}")
+    return ARCHS[arch][0]()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30  # the stand-in has 1,437 training images: 30 epochs take seconds
+    batch_size: int = 64
+    lr: float = 1e-3  # Adam
+    seed: int = 0
+
+
+def train(model: nn.Module, data: DigitData, config: TrainConfig = TrainConfig()) -> dict:
+    """Train with Adam and cross-entropy, seeded; returns {"train_accuracy", "test_accuracy",
+    "epochs", "final_loss"}. The model is left in eval mode."""
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    n = len(data.train_y)
+    model.train()
+    loss = torch.tensor(0.0)
+    for _ in range(config.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for s in range(0, n, config.batch_size):
+            b = perm[s : s + config.batch_size]
+            loss = F.cross_entropy(model(data.train_x[b]), data.train_y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    return {"train_accuracy": accuracy(model, data.train_x, data.train_y),
+            "test_accuracy": accuracy(model, data.test_x, data.test_y),
+            "epochs": config.epochs, "final_loss": float(loss.detach())}
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    hits = sum(int((model(x[s : s + batch_size]).argmax(1) == y[s : s + batch_size]).sum())
+               for s in range(0, len(y), batch_size))
+    return hits / max(1, len(y))
+
+
+class DigitTap(nn.Module):
+    """A digit classifier with a tap on one ReLU layer's pre-activation (``models.Tap``'s
+    interface): ``pre(x)`` (B, D) for x (B, 1, 28, 28) in [0, 1]; ``logits(x)`` (B, 10)."""
+
+    def __init__(self, model: nn.Module, arch: str, layer: str):
+        super().__init__()
+        if arch not in ARCHS or layer not in ARCHS[arch][1]:
+            known = ", ".join(ARCHS.get(arch, (None, ()))[1]) or "mlp or lenet5 layers"
+            raise DigitsError(f"no ReLU layer {layer!r} in {arch}; use {known}")
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.arch, self.layer = arch, layer
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, upto=self.layer).flatten(1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def pre_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pre(x), self.logits(x)
+
+    def identity(self) -> dict:
+        return {"arch": self.arch, "layer": self.layer}
+
+
+def mean_pairwise_l2(x: torch.Tensor, n_pairs: int = 20_000, seed: int = 0) -> float:
+    """Mean L2 distance between images of (N, ...) in [0, 1] (the paper's MNIST units): all
+    pairs when there are at most ``n_pairs``, else ``n_pairs`` seeded random distinct pairs."""
+    flat = x.flatten(1).double()
+    N = len(flat)
+    if N < 2:
+        return float("nan")
+    if N * (N - 1) // 2 <= n_pairs:
+        d = torch.pdist(flat)
+        return float(d.mean())
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, N, n_pairs)
+    j = (i + rng.integers(1, N, n_pairs)) % N  # never i itself
+    return float((flat[i] - flat[j]).norm(dim=1).mean())

@@ -1,0 +1,179 @@
+"""The paper's digit experiments (Li et al. 2019, Tables 1 and 2; LeNet-5 in the appendix) as one
+protocol: train the net, find two colliding polytopes for one target, sample them, tabulate.
+
+Protocol (``run_digit_protocol``): train ``arch`` (seeded); the target is the first test
+image of ``target_class`` the net classifies correctly; polytope 1 starts every vertex from
+the target, polytope 2 from the first correctly classified test image of ``other_class``.
+Each polytope has ``vertices`` vertices, vertex v pushing down the target's v-th most
+negative unit at ``layer``, all optimised as one batch by the engine's loop
+(``collide.optimise``) in pixel space ([0, 1], projected). ``samples`` seeded Dirichlet(1)
+convex combinations per polytope are classified (``polytope.sample_polytope``). Distances
+are L2 over [0, 1] pixel values of 28 x 28 images, the paper's MNIST units.
+
+Loss schedule: the authors' two phases, (a, b) = (100, 10) then (1000, 1) for the last 30%
+of the steps at a tenth of the learning rate. With (1000, 1) throughout, the vertices of the
+second polytope end within 0.15 of each other (MLP, stand-in data): the weak L- term cannot
+spread them; with the authors' first phase they end ~2 apart. Objective "post"
+(``objectives.loss_terms``): the authors' L+ leaves a few target-inactive units positive,
+worst relative error 4.9e-2; with the post-activation in L+ it is 4.7e-3.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from .collide import CollideConfig, optimise
+from .digits import ARCHS, DigitData, DigitTap, DigitsError, TrainConfig, load_digit_data, make_model, \
+    mean_pairwise_l2, train
+from .objectives import Target, choose_units, collision_metrics
+from .params import PixelParam
+from .polytope import sample_polytope
+
+# The paper's Table 2 (MNIST MLP), for the comparison rows of our tables.
+PAPER_TABLE2 = {"test_accuracy": 0.9664, "rows": [
+    {"share": 1.0, "top_prob_target": 1.0, "top_prob_samples": 1.0, "dataset_l2": 10.21, "vertex_l2": 1.33},
+    {"share": 1.0, "top_prob_target": 1.0, "top_prob_samples": 1.0, "dataset_l2": 10.21, "vertex_l2": 1.28},
+]}
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitProtocolConfig:
+    arch: str = "mlp"  # mlp (Tables 1, 2) | lenet5 (appendix)
+    layer: str | None = None  # None: fc1 for the MLP (the paper's first hidden layer), conv2 for LeNet-5
+    vertices: int = 5
+    steps: int = 4000  # every step is taken: the vertices keep moving along their units after colliding
+    lr: float = 2e-3  # Adam on [0, 1] pixels
+    weights_early: tuple[float, float] = (100.0, 10.0)  # the authors' first phase
+    weights_late: tuple[float, float] = (1000.0, 1.0)
+    switch: float = 0.7
+    objective: str = "post"  # the paper's L+ leaves a few inactive units positive: worst error 4.9e-2 vs 4.7e-3
+    samples: int = 2000  # convex combinations per polytope (the paper's 2000)
+    target_class: int = 7  # the paper's target is a 7
+    other_class: int = 3  # the second polytope starts from a different digit
+    seed: int = 0
+    train: TrainConfig = TrainConfig()
+
+    @property
+    def tap_layer(self) -> str:
+        return self.layer or {"mlp": "fc1", "lenet5": "conv2"}.get(self.arch, "fc1")
+
+    def check(self) -> None:
+        checks = [
+            (self.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}"),
+            (1 <= self.vertices <= 64, f"--vertices must be between 1 and 64, got {self.vertices}"),
+            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.samples >= 1, f"--samples must be >= 1, got {self.samples}"),
+            (0 <= self.target_class <= 9 and 0 <= self.other_class <= 9, "classes must be digits 0..9"),
+            (self.target_class != self.other_class, "--other-class must differ from --target-class"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise DigitsError(msg)
+
+
+def first_correct(model: torch.nn.Module, data: DigitData, cls: int) -> int:
+    """Index of the first test image of class ``cls`` that ``model`` classifies correctly."""
+    with torch.no_grad():
+        pred = model(data.test_x).argmax(1)
+    hits = torch.nonzero((data.test_y == cls) & (pred == cls)).flatten()
+    if len(hits) == 0:
+        raise DigitsError(f"the trained net classifies no test image of class {cls} correctly; train longer")
+    return int(hits[0])
+
+
+def run_digit_protocol(config: DigitProtocolConfig = DigitProtocolConfig(), data: DigitData | None = None,
+                       data_root: str | None = None) -> dict:
+    """Train, collide, sample. Returns the results: data name, accuracies, and per polytope
+    the vertices (V, 1, 28, 28) float32, metrics, the polytope check and distances."""
+    config.check()
+    t0 = time.time()
+    data = data if data is not None else load_digit_data(data_root, config.seed)
+    torch.manual_seed(config.seed)
+    model = make_model(config.arch)
+    accuracy = train(model, data, config.train)
+    tap = DigitTap(model, config.arch, config.tap_layer)
+    ti = first_correct(model, data, config.target_class)
+    oi = first_correct(model, data, config.other_class)
+    x_t = data.test_x[ti : ti + 1]
+    with torch.no_grad():
+        z, logits = tap.pre_and_logits(x_t)
+    p = torch.softmax(logits, 1)[0]
+    try:
+        units = choose_units(z[0], config.vertices)
+    except ValueError as e:
+        raise DigitsError(str(e)) from None
+    target = Target(z[0], units, int(p.argmax()), float(p.max()))
+    cfg = CollideConfig(mode="pixel", vertices=config.vertices, steps=config.steps, min_steps=config.steps,
+                        lr=config.lr, weights_early=config.weights_early, weights_late=config.weights_late,
+                        switch=config.switch, objective=config.objective, seed=config.seed, device="cpu")
+    rows = []
+    for name, start in (("from the target", ti), (f"from a {config.other_class}", oi)):
+        t = time.time()
+        x0 = data.test_x[start : start + 1]
+        torch.manual_seed(config.seed)
+        param = PixelParam(x0.expand(config.vertices, -1, -1, -1))
+        history, steps, _ = optimise(tap, param, target, cfg)
+        x = param().detach()
+        with torch.no_grad():
+            metrics = collision_metrics(tap.pre(x), tap.logits(x), target)
+        check = sample_polytope(tap, x, target, n=config.samples, seed=config.seed, batch_size=500)
+        rows.append({
+            "init": name, "init_index": start, "start_image": x0[0].numpy(), "vertices": x.numpy(), "metrics": metrics, "polytope": check,
+            "vertex_l2": mean_pairwise_l2(x), "start_l2": float((x - x0).flatten(1).norm(dim=1).mean()),
+            "target_l2": float((x - x_t).flatten(1).norm(dim=1).mean()), "seconds": time.time() - t,
+            "final_worst_rel_error": history["worst_rel_error"][-1],
+        })
+    return {
+        "data": data.name, "stand_in": data.is_stand_in, "n_train": len(data.train_y), "n_test": len(data.test_y),
+        "model": config.arch, "layer": config.tap_layer, "layer_units": int(z.shape[1]),
+        "target_active_units": int((z[0] > 0).sum()), "input_dim": int(x_t.numel()),
+        "accuracy": accuracy, "target_index": ti, "target_image": x_t[0].numpy(), "target_class": target.label,
+        "target_prob": target.prob, "dataset_l2": mean_pairwise_l2(data.test_x, seed=config.seed),
+        "rows": rows, "config": dataclasses.asdict(config), "seconds": time.time() - t0,
+    }
+
+
+def digit_table(result: dict) -> str:
+    """The paper's Table 2 columns as Markdown, with the paper's rows beside ours."""
+    lines = [
+        "| Row | init | successful collisions | top prob. target | top prob. samples | L2 dataset images "
+        "| L2 polytope vertices | worst rel. error (vertices / samples) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(result["rows"], 1):
+        c = r["polytope"]
+        lines.append(f"| {i} | {r['init']} | {c['share_target_class']:.1%} ({c['n']}) | {result['target_prob']:.4f} "
+                     f"| {c['mean_top_prob_samples']:.4f} | {result['dataset_l2']:.2f} | {r['vertex_l2']:.2f} "
+                     f"| {max(r['metrics']['rel_error']):.1e} / {c['rel_error_max']:.1e} |")
+    if result["model"] == "mlp":
+        for i, p in enumerate(PAPER_TABLE2["rows"], 1):
+            lines.append(f"| paper {i} | {'from the target' if i == 1 else 'from another digit'} | {p['share']:.0%} "
+                         f"| {p['top_prob_target']} | {p['top_prob_samples']} | {p['dataset_l2']} | {p['vertex_l2']} | |")
+    return "\n".join(lines)
+
+
+def digit_figure(result: dict, path: str) -> str:
+    """Table 1 as a picture: per polytope the target, the start and the vertices (grey, [0, 1])."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    V = len(rows[0]["vertices"])
+    fig, axes = plt.subplots(len(rows), V + 2, figsize=(1.3 * (V + 2), 1.5 * len(rows) + 0.6), squeeze=False)
+    for i, r in enumerate(rows):
+        panels = [("target", result["target_image"]), (f"start ({r['init']})", r["start_image"])]
+        panels += [(f"vertex {v}", r["vertices"][v]) for v in range(V)]
+        for ax, (title, img) in zip(axes[i], panels):
+            ax.imshow(np.asarray(img)[0], cmap="gray", vmin=0, vmax=1)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.suptitle(f"{result['model']} {result['layer']} collisions, {result['data']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,128 @@
+"""The paper's digit protocol (Tables 1 and 2) at reduced size, the digit models and data."""
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from patchcollide.digits import (STAND_IN, DigitsError, DigitTap, LeNet5, MLP, TrainConfig, load_digit_data,
+                                 load_sklearn_digits, mean_pairwise_l2)
+from patchcollide.objectives import Target, loss_terms
+from patchcollide.reproduce import DigitProtocolConfig, digit_figure, digit_table, run_digit_protocol
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_sklearn_digits(seed=0)
+
+
+@pytest.fixture(scope="module")
+def mlp_result(digits):
+    cfg = DigitProtocolConfig(arch="mlp", steps=1500, samples=500, train=TrainConfig(epochs=15))
+    return run_digit_protocol(cfg, data=digits)
+
+
+def test_stand_in_data(digits):
+    assert digits.name == STAND_IN and digits.is_stand_in
+    assert digits.train_x.shape[1:] == (1, 28, 28) and len(digits.train_y) + len(digits.test_y) == 1797
+    assert 0 <= float(digits.train_x.min()) and float(digits.train_x.max()) <= 1
+    # stratified: every class in the test split, in about the same share
+    counts = np.bincount(digits.test_y.numpy(), minlength=10)
+    assert counts.min() >= 30 and counts.max() <= 40
+
+
+def test_mlp_protocol_collides(mlp_result):
+    r = mlp_result
+    assert r["accuracy"]["test_accuracy"] > 0.93
+    assert r["target_class"] == 7 and r["layer"] == "fc1" and r["layer_units"] == 256
+    for row in r["rows"]:
+        check = row["polytope"]
+        assert check["n"] == 500 and check["share_target_class"] == 1.0  # every sampled combination keeps the class
+        assert max(row["metrics"]["rel_error"]) < 2e-2 and check["rel_error_max"] < 2e-2  # the collision holds
+        # the vertices are distinct images, far closer to each other than dataset images are
+        assert 0.05 < row["vertex_l2"] < 0.6 * r["dataset_l2"]
+        assert row["start_l2"] > 0.5  # they moved away from where they started
+    # the second polytope started from a 3 and still collides with the 7
+    assert r["rows"][1]["target_l2"] > 1.0
+
+
+def test_table_and_figure(mlp_result, tmp_path):
+    md = digit_table(mlp_result)
+    assert md.count("\n") == 5 and "| 1 | from the target | 100.0% (500) |" in md and "| paper 2 |" in md
+    path = digit_figure(mlp_result, str(tmp_path / "fig.png"))
+    from PIL import Image
+
+    assert Image.open(path).size[0] > 500
+
+
+def test_lenet_conv_layer_collides(digits):
+    cfg = DigitProtocolConfig(arch="lenet5", steps=400, samples=200, train=TrainConfig(epochs=8))
+    r = run_digit_protocol(cfg, data=digits)
+    assert r["layer"] == "conv2" and r["layer_units"] == 1600
+    row = r["rows"][0]
+    assert row["polytope"]["share_target_class"] == 1.0
+    assert max(row["metrics"]["rel_error"]) < 3e-2 and row["vertex_l2"] > 0.05
+
+
+def test_post_objective_pulls_back_inactive_units():
+    z_t = torch.tensor([2.0, 1.0, -1.0, -3.0])
+    target = Target(z_t, torch.tensor([3]), 0, 1.0)
+    z = torch.tensor([[2.0, 1.0, 0.5, -3.0]])  # active units exact, one inactive unit turned positive
+    paper, _ = loss_terms(z, target, "paper")
+    post, _ = loss_terms(z, target, "post")
+    assert float(paper) == 0.0 and float(post) == pytest.approx(0.5 * 0.5**2)
+    z_ok = torch.tensor([[2.0, 1.0, -0.5, -3.0]])  # inside the polytope: both vanish
+    assert float(loss_terms(z_ok, target, "post")[0]) == 0.0
+    with pytest.raises(ValueError):
+        loss_terms(z, target, "nonsense")
+
+
+def _write_idx(path, arr, magic):
+    with open(path, "wb") as fh:
+        fh.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.tobytes())
+
+
+def test_mnist_loader_through_torchvision(tmp_path, digits):
+    """MNIST is read by torchvision's own loader: write the digits in MNIST's idx format and read them back."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, x, y in (("train", digits.train_x, digits.train_y), ("t10k", digits.test_x, digits.test_y)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", (x[:, 0].numpy() * 255).round().astype(np.uint8), 2051)
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", y.numpy().astype(np.uint8), 2049)
+    data = load_digit_data(str(tmp_path))
+    assert data.name == "MNIST" and not data.is_stand_in
+    assert data.train_x.shape == digits.train_x.shape and torch.equal(data.test_y, digits.test_y)
+    assert float((data.train_x - digits.train_x).abs().max()) <= 0.5 / 255 + 1e-6
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(DigitsError, match="not a directory"):
+        load_digit_data(str(tmp_path / "missing"))
+    with pytest.raises(DigitsError, match="no MNIST there"):
+        load_digit_data(str(tmp_path))
+    with pytest.raises(DigitsError, match="no ReLU layer"):
+        DigitTap(MLP(), "mlp", "fc3")
+    with pytest.raises(DigitsError, match="--arch"):
+        DigitProtocolConfig(arch="resnet").check()
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "reproduce_digits.py"), "--data-root",
+                        str(tmp_path), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "no MNIST there" in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_lenet_shapes_and_mean_distance():
+    m = LeNet5().eval()
+    x = torch.rand(2, 1, 28, 28)
+    assert m(x).shape == (2, 10) and m(x, upto="conv2").shape == (2, 16, 10, 10)
+    pts = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
+    assert mean_pairwise_l2(pts) == pytest.approx((5 + 10 + 5) / 3)
+    big = torch.rand(300, 5)
+    assert mean_pairwise_l2(big, n_pairs=1000) == pytest.approx(float(torch.pdist(big).mean()), rel=0.05)

@@ -17,6 +17,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pickle
+import re
+import warnings
 
 import torch
 import torch.nn as nn
@@ -122,7 +125,7 @@ def _builder(arch: str):
         raise ModelError(f"unknown model {arch!r}; use vgg16, vgg19, alexnet or another torchvision classifier") from None
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -170,30 +173,71 @@ def load_tap(arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet",
         model = builder(weights=None)
         state, where = load_imagenet_state(arch, allow_download)
         model.load_state_dict(state)
-        info = WeightsInfo("imagenet", "IMAGENET1K_V1", _file_sha256(where) if os.path.exists(where) else None, True)
+        info = WeightsInfo("imagenet", "IMAGENET1K_V1", file_sha256(where) if os.path.exists(where) else None, True)
     else:
-        if not os.path.isfile(weights):
-            raise ModelError(f"--weights {weights!r}: no such file; give a state dict file, 'imagenet' or 'random'")
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - pickle errors, zip errors, unsafe globals
-            msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-            raise ModelError(f"--weights {weights}: not a loadable state dict ({msg}); save one with "
-                             "torch.save(model.state_dict(), PATH)") from None
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ModelError(f"--weights {weights}: not a state dict (a dict of tensors); save one with "
-                             "torch.save(model.state_dict(), PATH)")
+        state = load_state_file(weights)
         model = builder(weights=None)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            detail = first[1].strip()[:160] if len(first) > 1 else first[0][:160]
-            raise ModelError(f"--weights {weights} does not fit {arch} ({detail})") from None
-        info = WeightsInfo("file", os.path.abspath(weights), _file_sha256(weights), True)
+        fit_state(model, state, arch, weights)
+        info = WeightsInfo("file", os.path.abspath(weights), file_sha256(weights), True)
     return Tap(model, arch, layer, info)
+
+
+def load_state_file(path: str) -> dict:
+    """The state dict (a dict of tensors) in the file ``path``, loaded with ``weights_only=True``
+    (no arbitrary pickled objects); ModelError with a one-line reason otherwise. A checkpoint
+    dict holding the tensors under "state_dict" is unwrapped."""
+    if not os.path.isfile(path):
+        raise ModelError(f"--weights {path!r}: no such file; give a state dict file, 'imagenet' or 'random'")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files that it then refuses anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        glob = re.search(r"GLOBAL (\S+)", text)
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        if glob:
+            reason = (f"it pickles the Python object {glob.group(1)}, not only tensors: refused, as weights load "
+                      "with weights_only=True")
+        elif "Weights only load failed" in text:
+            why = detail.group(1).strip().splitlines()[0][:80] if detail else "not tensors only"
+            reason = f"not a torch.save file of tensors only; weights_only=True loading refused it: {why}"
+        else:
+            reason = _first_line(e)
+        raise ModelError(f"--weights {path}: not a loadable state dict ({reason}); save one with "
+                         "torch.save(model.state_dict(), PATH)") from None
+    except Exception as e:  # noqa: BLE001 - zip errors, EOF, random bytes
+        raise ModelError(f"--weights {path}: not a loadable state dict (not a file written by torch.save: "
+                         f"{_first_line(e)}); save one with torch.save(model.state_dict(), PATH)") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"--weights {path}: not a state dict (a dict of tensors); save one with "
+                         "torch.save(model.state_dict(), PATH)")
+    return state
+
+
+def fit_state(model: nn.Module, state: dict, arch: str, source: str) -> None:
+    """Load ``state`` into ``model``; a mismatch is a one-line ModelError naming ``source``."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelError(f"--weights {source} does not fit {arch} ({_fit_detail(e)}); pass a state dict saved "
+                         f"from {arch}, or the --model it was saved from") from None
+
+
+def _first_line(e: BaseException, n: int = 100) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= n else line[: n - 3] + "..."
+
+
+def _fit_detail(e: RuntimeError) -> str:
+    """The first concrete reason of a load_state_dict error, shortened."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "mismatch")
+    return detail if len(detail) <= 120 else detail[:117] + "..."
 
 
 def resolve_device(device: str) -> torch.device:

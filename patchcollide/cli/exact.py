@@ -1,0 +1,235 @@
+"""Exact collisions (Ozbulak et al. 2022): ``nullspace`` and ``nullity``."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import click
+
+from .common import UserError, echo_json, show_progress, user_errors
+
+
+def _say(enabled: bool):
+    return (lambda msg: click.echo(f"... {msg}", err=True)) if enabled else None
+
+
+def _dense_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UserError(f"--dense-sizes must be comma-separated integers such as 16,32, got {text!r}") from None
+    if any(s < 1 or s > 64 for s in sizes):
+        raise UserError(f"--dense-sizes must be between 1 and 64 (dense Gram matrices grow as size^4), got {text!r}")
+    return sizes
+
+
+def print_nullspace(report: dict) -> None:
+    """The short verification table of a nullspace run."""
+    r = report["result"]
+    fl = r["first_layer"]
+    if report.get("notice"):
+        click.echo(f"NOTE: {report['notice']}")
+    geo = ""
+    if "stride" in fl:
+        geo = f", stride {fl['stride'][0]}, padding {fl['padding'] if isinstance(fl['padding'], str) else fl['padding'][0]}"
+    click.echo(f"{report['model']['arch']} ({report['model']['name']}): first layer {fl['name']} {fl['type']} "
+               f"{'x'.join(map(str, fl['weight_shape']))}{geo} -> {fl['kind']}")
+    if r.get("pgd"):
+        p = r["pgd"]
+        click.echo(f"PGD start: {p['steps']} steps, eps {p['eps']:g} ({p['eps_units']}): class {p['label']} -> "
+                   f"{p['label_adversarial']} ({'success' if p['success'] else 'no change of class'})")
+    if r["kind"] == "overlapping-conv":
+        a = r["analysis"]
+        click.echo(a["verdict"])
+        for line in a["evidence"]:
+            click.echo(f"  {line}")
+        if a.get("lobpcg"):
+            lo = a["lobpcg"]
+            click.echo(f"  LOBPCG: {lo['iterations']} iterations, block {lo['block']}, {lo['seconds']:.1f} s; "
+                       f"Ritz value {lo['ritz_value']:.4g}, residual {lo['residual']:.2g}")
+        click.echo(f"  tolerance: {a['tolerance_rule']}")
+        nt = r.get("naive_tiling")
+        if nt:
+            v = nt["verification"]
+            click.echo(f"the paper's tiling of one unfolded-kernel vector (max |P| = 1) is NOT a collider: first layer "
+                       f"rel. change {v['float64']['first_layer_rel']:.3g} (float64), logits rel. change "
+                       f"{v['float64']['logits_rel']:.3g}")
+        click.echo(f"no collider built; {r['seconds']:.1f} s")
+        return
+    if r["kind"] not in ("linear", "patch-conv"):
+        click.echo(r["summary"])
+        return
+    k, c, s = r["construction"]["kernel"], r["construction"], r["perturbation"]
+    per = " per patch" if r["kind"] == "patch-conv" else ""
+    click.echo(f"kernel{per}: {k['out']} x {k['inp']}, rank {k['rank']}, nullity {k['nullity']} "
+               f"(sigma <= {k['rtol']:.2g} * sigma_max = {k['tol']:.3g} counts as zero)")
+    if c.get("unread_note"):
+        click.echo(f"  {c['unread_note']}")
+    pix = f" = {s['linf_pixels']:.1f} / 255 pixel levels" if "linf_pixels" in s else ""
+    extra = ""
+    if c.get("region_multipliers"):
+        extra = " multipliers " + ", ".join(f"{m:+.2f}" for m in c["region_multipliers"])
+    click.echo(f"collider: mode {report['config']['mode']}, beta {r['beta']:.4g} ({c['beta_rule']}),{extra} "
+               f"|P|_2 {s['l2']:.4g} ({s['l2_over_x_l2']:.2f} x |x|_2), |P|_inf {s['linf']:.3g}{pix}")
+    click.echo(f"{'':8} {'max|d layer1|':>14} {'rel':>9} {'max|d logits|':>14} {'rel':>9} {'top1':>11}")
+    for key in ("float32", "float64"):
+        v = r["verification"][key]
+        click.echo(f"{key:8} {v['first_layer_max_abs']:>14.3g} {v['first_layer_rel']:>9.2e} {v['logits_max_abs']:>14.3g} "
+                   f"{v['logits_rel']:>9.2e} {v['top1']:>5}->{v['top1_collider']:<5}")
+    png = report.get("png")
+    if png:
+        click.echo(f"collider.png (rounded; {png['clipped_pixels']} of {png['values'] // 3} pixels clipped): logits rel. "
+                   f"change {png['logits_rel_change_png']:.2e}; not exact, collider.npy is")
+
+
+@click.command()
+@click.option("--arch", required=True, help="torchvision classifier: vit_b_32 (patch embedding), resnet50, alexnet, ...")
+@click.option("--weights", default="random", show_default=True,
+              help="random (structure only: no pretrained weights needed), imagenet or a state-dict PATH.")
+@click.option("--image", type=click.Path(), default=None, help="Image file [default: scikit-image's astronaut].")
+@click.option("--size", default=224, show_default=True, type=int,
+              help="Input side (ViT with random weights is built for it; pretrained ViT needs 224).")
+@click.option("--mode", type=click.Choice(["repeat", "several", "regions"]), default="repeat", show_default=True,
+              help="repeat: one kernel vector in every patch; several: --vectors different ones; regions: per-region "
+                   "multipliers, one region untouched.")
+@click.option("--beta", type=float, default=None, help="Multiplier of the unit kernel vectors [default: max |P| = 1 "
+              "in model-input units, about 58 of 255 pixel levels].")
+@click.option("--vectors", default=4, show_default=True, type=int, help="Kernel vectors for several/regions.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random weights and kernel vectors.")
+@click.option("--rtol", type=float, default=None, help="Rank tolerance relative to sigma_max [default: max(m, n) * "
+              "eps(float32) of the weight matrix].")
+@click.option("--iters", default=100, show_default=True, type=int,
+              help="Overlapping convs: LOBPCG iterations at the full size (about 0.5 s each for ResNet-50 at 224).")
+@click.option("--dense-sizes", default="16,32", show_default=True,
+              help="Overlapping convs: image sides for the exact (dense) whole-image analysis.")
+@click.option("--pgd-steps", default=0, show_default=True, type=int, help="> 0: start from a PGD adversarial example.")
+@click.option("--pgd-eps", default=4.0, show_default=True, type=float, help="PGD L-inf radius in 0..255 pixel levels.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory [default: runs/nullspace-ARCH].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing nullspace run directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
+@click.pass_context
+def nullspace(ctx, arch, weights, image, size, mode, beta, vectors, seed, rtol, iters, dense_sizes, pgd_steps, pgd_eps,
+              out, overwrite, as_json):
+    """Exact collisions from the kernel of the first trainable layer (the Null-space search).
+
+    Linear first layers and patch embeddings (stride >= kernel: ViT) give colliders x + beta * P
+    that are verified in float32 and float64. Overlapping convolutions (ResNet, AlexNet) are
+    analysed as linear maps on the whole image; no collider is claimed.
+    """
+    from ..images import Preprocess, imagenet_crop, load_rgb
+    from ..nullspace import (
+        PIXEL_SCALE,
+        RANDOM_NOTICE,
+        NullspaceConfig,
+        NullspaceError,
+        build_model,
+        check_out,
+        imagenet_bounds,
+        imagenet_input,
+        nullspace_search,
+        write_nullspace_run,
+    )
+
+    out = out or os.path.join("runs", f"nullspace-{arch}")
+    say = _say(show_progress(ctx) and not as_json)
+    with user_errors():
+        cfg = NullspaceConfig(mode=mode, beta=beta, vectors=vectors, seed=seed, rtol=rtol, iters=iters,
+                              dense_sizes=_dense_sizes(dense_sizes), pgd_steps=pgd_steps, pgd_eps=pgd_eps)
+        if not 32 <= size <= 1024:
+            raise NullspaceError(f"--size must be between 32 and 1024, got {size}")
+        check_out(out, overwrite)
+        if image is None:
+            from ..demo import sample_photo
+
+            img = imagenet_crop(sample_photo("astronaut"), size)
+        else:
+            if not os.path.isfile(image):
+                raise NullspaceError(f"--image {image!r} does not exist; pass an image file")
+            img = imagenet_crop(load_rgb(image, Preprocess(resize=None))[0], size)
+        if say:
+            say(f"building {arch} with {weights} weights")
+        model, info = build_model(arch, weights, seed, image_size=size)
+        res = nullspace_search(model, imagenet_input(img), cfg, pixel_scale=PIXEL_SCALE, bounds=imagenet_bounds(),
+                               progress=say)
+        meta = {"notice": RANDOM_NOTICE if info.kind == "random" else None, "config": dataclasses.asdict(cfg),
+                "model": {"arch": arch, **dataclasses.asdict(info)},
+                "inputs": {"image": os.path.abspath(image) if image else "skimage.data.astronaut()", "size": size,
+                           "space": "ImageNet-normalised model input ((x / 255 - mean) / std)"}}
+        report = write_nullspace_run(out, res, img, model, meta, overwrite=overwrite)
+    if as_json:
+        echo_json(report)
+        return
+    print_nullspace(report)
+    files = "report.json, original.png" + (", adversarial.png" if res.pgd else "") + (
+        ", collider.npy, collider.png, perturbation.png" if res.collider is not None else "")
+    click.echo(f"wrote {out}/ ({files})")
+
+
+def print_table(table: dict) -> None:
+    if table.get("notice"):
+        click.echo(f"NOTE: {table['notice']}")
+    click.echo(f"tolerance: {table['tolerance']}")
+    click.echo(f"{'model':<34} {'n':>4} {'nu':>4} {'nu%':>6} {'mu':>4} {'mu%':>6} {'sum null':>9} {'null(W1)':>8}   "
+               f"{'paper: nu':>9} {'mu':>4} {'sum':>7} {'W1':>4}  mu / W1 check")
+    for r in table["rows"]:
+        p, c = r["paper"], r["check"]
+        paper = f"{p['nu']:>9} {p['mu']:>4} {p['sum_nullity']:>7} {p['first_nullity']:>4}  {c['mu']} / {c['first_nullity']}" \
+            if p else ""
+        click.echo(f"{r['model']:<34} {r['n_theta']:>4} {r['nu']:>4} {r['nu_pct']:>6.1f} {r['mu']:>4} {r['mu_pct']:>6.1f} "
+                   f"{r['sum_nullity']:>9} {r['first_nullity']:>8}   {paper}")
+    for f in table["failed"]:
+        click.echo(f"{f['model']:<34} failed: {f['reason']}")
+    click.echo(f"{len(table['rows'])} models in {table['seconds']:.1f} s")
+
+
+@click.command()
+@click.argument("models", nargs=-1)
+@click.option("--weights", type=click.Choice(["random", "imagenet"]), default="random", show_default=True,
+              help="random: structure only (seeded); imagenet: torchvision's pretrained weights from the torch cache.")
+@click.option("--paper", "paper_all", is_flag=True,
+              help="Every row of the paper's Table 1 that torchvision can build (segmentation, detection, DeiT shapes) "
+                   "instead of the classification models.")
+@click.option("--rtol", type=float, default=None, help="Rank tolerance relative to sigma_max [default: max(m, n) * "
+              "eps(float32) per matrix].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", "md_out", type=click.Path(dir_okay=False), default=None, help="Write the table as Markdown.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the table as JSON.")
+@click.pass_context
+def nullity(ctx, models, weights, paper_all, rtol, seed, md_out, json_out):
+    """The paper's Table 1: nullities of every weight matrix of MODELS, beside the paper's values.
+
+    MODELS are torchvision model names [default: the paper's classification models available in
+    torchvision]. An unknown name is refused up front (exit code 2); a model that fails to
+    build or load later is one line of the table, not a crash.
+    """
+    from ..nullspace import CLASSIFICATION_MODELS, PAPER_MODELS, NullspaceError, nullity_table, table_markdown
+    from ..report import write_json
+
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    names = list(models) or list(PAPER_MODELS if paper_all else CLASSIFICATION_MODELS)
+    progress = None
+    if show_progress(ctx):
+        def progress(name, done, total):
+            if done == total:
+                click.echo(f"... {name}: {total} weight matrices", err=True)
+    with user_errors():
+        from ..nullspace import builder
+
+        for name in names:  # a misspelt name is the user's mistake: refuse before any work
+            builder(name)
+        for path in (md_out, json_out):
+            if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise NullspaceError(f"{path}: its folder does not exist; create it first")
+        table = nullity_table(names, weights, seed, rtol, progress)
+        if md_out:
+            tmp = md_out + ".tmp"
+            with open(tmp, "w") as fh:
+                fh.write(table_markdown(table))
+            os.replace(tmp, md_out)
+        if json_out:
+            write_json(table, json_out)
+    print_table(table)
+    for path in (md_out, json_out):
+        if path:
+            click.echo(f"wrote {path}")

@@ -198,11 +198,13 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
 
 
 def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: CollideConfig = CollideConfig(),
-            index=None, progress: Callable | None = None) -> CollideResult:
+            index=None, progress: Callable | None = None, target: Target | None = None) -> CollideResult:
     """Find ``config.vertices`` colliders of ``target_img`` ((S, S, 3) uint8, S = config.size).
 
     Patch mode retrieves candidates for ``source_img`` from ``index`` (a knn.PatchIndex);
     pixel mode starts from the source (or the target, ``init="target"``).
+    ``target``: a precomputed ``target_of(tap, target_img, config.vertices, config.first_unit)``
+    (batch jobs that share a target compute it once); None computes it here.
     """
     from .models import resolve_device
 
@@ -217,7 +219,12 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     torch.manual_seed(config.seed)
     tap = tap.to(dev)
     src, tgt = to_tensor(source_img).to(dev), to_tensor(target_img).to(dev)
-    target = target_of(tap, tgt, config.vertices, config.first_unit)
+    if target is None:
+        target = target_of(tap, tgt, config.vertices, config.first_unit)
+    else:
+        if len(target.units) != config.vertices:
+            raise CollideError(f"the precomputed target has {len(target.units)} units for {config.vertices} vertices")
+        target = Target(target.z.to(dev), target.units.to(dev), target.label, target.prob)
     candidates = retrieve_candidates(index, source_img, config.k, config.grid_stride) if config.mode == "patches" else None
     param = make_param(config, src, tgt, candidates).to(dev)
     hist, steps, converged = optimise(tap, param, target, config, progress)

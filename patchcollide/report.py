@@ -1,7 +1,11 @@
-"""Pictures and files that a person looks at: the neighbour mosaic (more with the online stage)."""
+"""Pictures and files that a person looks at: the neighbour mosaic, run pictures, report.json and
+the static HTML report of a run or a batch (``write_html``)."""
 from __future__ import annotations
 
+import html
+import json
 import os
+import urllib.parse
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -146,3 +150,463 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# --- Static HTML report of a run directory or a batch directory (``patchcollide report``) ---------
+# One self-contained page per directory, opened from disk: relative image URLs, inline CSS and
+# JS, nothing fetched from a network. Every string read from a file is HTML-escaped.
+
+RUN_KIND, BATCH_KIND = "patchcollide-run", "patchcollide-batch"
+JOB_STATUSES = ("done", "failed", "busy", "pending", "invalid")
+BATCH_METRICS = {  # batch.json job metrics, in column order: key -> column label
+    "worst_rel_error": "worst rel. err", "worst_rel_error_png": "worst rel. err (PNG)",
+    "mean_pairwise_l2": "mean pairwise L2", "share_target_class": "share target class",
+    "mean_top_prob_samples": "mean top p (samples)", "top_prob_target": "top p (target)",
+    "target_label": "target class", "steps": "steps", "converged": "converged"}
+VERTEX_METRICS = {  # report.json vertices.float / vertices.png -> column label
+    "rel_error": "rel. error", "max_abs_active": "max |\u0394z| active", "n_inactive_positive": "inactive > 0",
+    "unit_value": "z[unit]", "top1": "top-1 class", "top1_prob": "p(top-1)", "target_class_prob": "p(target class)"}
+POLYTOPE_LABELS = {
+    "n": "Dirichlet(1) samples", "seed": "seed", "share_target_class": "share in the target's class",
+    "target_class": "target class", "mean_top_prob_samples": "mean top-class prob. (samples)",
+    "top_prob_target": "top-class prob. (target)", "rel_error_mean": "rel. error, mean",
+    "rel_error_max": "rel. error, max", "vertex_mean_pairwise_l2": "mean pairwise L2, vertices",
+    "dataset_mean_pairwise_l2": "mean pairwise L2, dataset images", "dataset_n_images": "dataset images",
+    "units": "distance units"}
+DASH = "\u2013"
+_HINT = "give a run directory (from `patchcollide collide`) or a batch directory (from `patchcollide batch`)"
+
+
+class ReportError(Exception):
+    """A path that no report can be made of: missing, not a run or batch, damaged JSON."""
+
+
+def write_html(path: str) -> str:
+    """Write ``path/report.html`` for a run directory (report.json) or a batch directory
+    (batch.json: one row per job, and a page inside each done job's run directory, linked from
+    its row). Returns the path of the top page.
+
+    Every input is read and every page rendered before anything is written; each page is
+    written under a temporary name and renamed. Raises ReportError for a path that is missing
+    or holds neither a run nor a batch (no, truncated or foreign report.json / batch.json).
+    """
+    kind, doc = detect(path)
+    if kind == "run":
+        pages = [(os.path.join(path, "report.html"), run_page(path, doc, back=_parent_batch_page(path)))]
+    else:
+        pages = batch_pages(path, doc)
+    for out, text in pages[1:] + pages[:1]:  # the batch page last: its links then all work
+        _write_text(out, text)
+    return pages[0][0]
+
+
+def detect(path: str) -> tuple[str, dict]:
+    """("batch", batch.json) or ("run", report.json) of a directory; ReportError otherwise."""
+    if not os.path.exists(path):
+        raise ReportError(f"{path}: no such directory; {_HINT}")
+    if not os.path.isdir(path):
+        raise ReportError(f"{path} is a file, not a directory; {_HINT}")
+    for name, kind, want in (("batch.json", "batch", BATCH_KIND), ("report.json", "run", RUN_KIND)):
+        f = os.path.join(path, name)
+        if os.path.isfile(f):
+            doc = _read_kind(f, want)
+            if kind == "batch" and not isinstance(doc.get("jobs"), list):
+                raise ReportError(f"{f}: has no list of jobs; write it again with `patchcollide batch`")
+            return kind, doc
+    raise ReportError(f"{path}: neither report.json nor batch.json here; {_HINT}")
+
+
+def _read_kind(f: str, want: str) -> dict:
+    try:
+        with open(f, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except OSError as e:
+        raise ReportError(f"{f}: cannot be read ({e.strerror or e})") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ReportError(f"{f}: not valid JSON ({e}); the file is truncated or damaged: {_HINT}") from None
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    if kind != want:
+        raise ReportError(f"{f}: not a {want} file (kind {kind!r}); {_HINT}")
+    return doc
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _url(relpath: str) -> str:
+    """A relative URL (percent-encoded, so it is never read as a scheme) for a relative path."""
+    return urllib.parse.quote(relpath.replace(os.sep, "/"), safe="/")
+
+
+def _d(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _at(seq, i):
+    return seq[i] if isinstance(seq, list) and i < len(seq) else None
+
+
+def _fmt(v, pct: bool = False) -> str:
+    """Display text (not yet escaped) of a value read from JSON; missing -> an en dash."""
+    if v is None or v == "":
+        return DASH
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if pct and isinstance(v, (int, float)):
+        return f"{100 * v:.1f}%"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        a = abs(v)
+        return f"{v:.2e}" if a and (a < 1e-2 or a >= 1e5) else f"{v:.4g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _kv_table(d: dict, labels: dict | None = None, pct: tuple = (), cls: str = "kv") -> str:
+    labels = labels or {}
+    keys = [k for k in labels if k in d] + [k for k in d if k not in labels]
+    rows = "".join(f"<tr><th>{_e(labels.get(k, k))}</th><td>{_e(_fmt(d[k], k in pct))}</td></tr>" for k in keys)
+    return f'<table class="{cls}"><tbody>{rows}</tbody></table>'
+
+
+def _png_size(f: str) -> tuple[int, int] | None:
+    """(width, height) of a readable image file, else None (then no <img> is written)."""
+    try:
+        with Image.open(f) as im:
+            return im.size
+    except (OSError, ValueError):
+        return None
+
+
+def _img(folder: str, name: str, alt: str, prefix: str = "", min_side: int = 0) -> str | None:
+    """An <img> for ``folder/name`` at URL ``prefix + name``, shown at least ``min_side`` pixels
+    (whole multiples, pixelated); None when the file is missing or not an image."""
+    size = _png_size(os.path.join(folder, name))
+    if size is None:
+        return None
+    w, h = size
+    s = max(1, min_side // max(w, h, 1))
+    return f'<img src="{_e(_url(prefix + name))}" alt="{_e(alt)}" width="{w * s}" height="{h * s}">'
+
+
+def _figure(folder: str, name: str, alt: str, caption: str, min_side: int = 0, cls: str = "") -> str:
+    img = _img(folder, name, alt, min_side=min_side)
+    if img is None:
+        return f'<figure class="missing"><p>{_e(name)} is missing</p><figcaption>{_e(caption)}</figcaption></figure>'
+    attr = f' class="{cls}"' if cls else ""
+    return f"<figure{attr}>{img}<figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def _page(title: str, body: str) -> str:
+    from . import __version__
+
+    return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n"
+            f"<footer>written by patchcollide {_e(__version__)}; a static page, images are linked files</footer>\n"
+            f"<script>{_JS}</script>\n</body>\n</html>\n")
+
+
+def _banner(text) -> str:
+    return f'<div class="banner" role="alert">{_e(text)}</div>' if text else ""
+
+
+def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
+    """The HTML page of one run directory (report.json already read); ``back``: relative URL
+    of the batch page it belongs to."""
+    r = report
+    cfg, model, inputs, tgt = _d(r.get("config")), _d(r.get("model")), _d(r.get("inputs")), _d(r.get("target"))
+    verts = _d(r.get("vertices"))
+    fl, png = _d(verts.get("float")), _d(verts.get("png"))
+    n_vertices = max((len(m["rel_error"]) for m in (png, fl) if isinstance(m.get("rel_error"), list)), default=0)
+    if not n_vertices:
+        n_vertices = sum(1 for n in os.listdir(run_dir) if n.startswith("vertex_") and n.endswith(".png"))
+    name = os.path.basename(os.path.abspath(run_dir))
+    notice = r.get("notice") or ("RANDOM WEIGHTS (smoke run)" if model.get("kind") == "random" else None)
+    weights = str(model.get("name", model.get("kind", DASH)))
+    if model.get("sha256"):
+        weights += f" (sha256 {str(model['sha256'])[:12]})"
+    mode = _fmt(cfg.get("mode"))
+    if cfg.get("mode") == "patches":
+        mode += f", k = {_fmt(cfg.get('k'))}, index {_fmt(inputs.get('index'))}"
+    side = _fmt(verts.get("size", cfg.get("size")))
+    dist = _d(r.get("distances"))
+    summary = [
+        ("model", f"{model.get('arch', '?')}:{model.get('layer', '?')}"), ("weights", weights),
+        ("source", inputs.get("source")), ("target", inputs.get("target")),
+        ("target class", (f"{_fmt(tgt.get('label'))} (p = {_fmt(tgt.get('top_prob'))}), "
+                          f"{_fmt(tgt.get('n_active'))} / {_fmt(tgt.get('dim'))} units active")),
+        ("mode", mode), ("vertices", f"{n_vertices} at {side} x {side}"),
+        ("steps", f"{_fmt(r.get('steps'))} of at most {_fmt(cfg.get('steps'))}"),
+        ("converged", _fmt(r.get("converged"))), ("time", f"{_fmt(r.get('seconds'))} s"),
+        ("mean pairwise L2", (f"vertices {_fmt(verts.get('mean_pairwise_l2'))}, source-target "
+                              f"{_fmt(dist.get('source_target_l2'))} (0..255 pixel units)")),
+        ("created", r.get("created")),
+    ]
+    out = [f'<p class="nav"><a href="{_e(back)}">&larr; batch</a></p>' if back else "",
+           f"<h1>patchcollide run <code>{_e(name)}</code></h1>", _banner(notice),
+           '<dl class="summary">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd>" for k, v in summary) + "</dl>",
+           '<h2 id="images">Images</h2>',
+           _figure(run_dir, "contact_sheet.png", "contact sheet: source, target, vertices, indicator",
+                   "contact sheet: source, target, vertices, indicator", cls="wide"),
+           '<div class="grid">',
+           _figure(run_dir, "source.png", "source image", "source", min_side=160),
+           _figure(run_dir, "target.png", "target image", "target", min_side=160)]
+    for i in range(n_vertices):
+        cap = f"vertex {i}: unit {_fmt(_at(png.get('unit'), i))}, rel. error (PNG) {_fmt(_at(png.get('rel_error'), i))}"
+        out.append(_figure(run_dir, f"vertex_{i}.png", f"vertex {i}", cap, min_side=160))
+    out += [_figure(run_dir, "indicator.png", "indicator: vertex 0 with purple boxes where the vertices differ most",
+                    "indicator: purple boxes where the vertices differ most", min_side=160), "</div>",
+            _figure(run_dir, "loss.png", "loss terms and relative error per step", "loss and relative error per step",
+                    cls="wide"),
+            '<h2 id="vertices">Per-vertex metrics</h2>', _vertex_table(fl, png, n_vertices)]
+    poly = r.get("polytope")
+    if isinstance(poly, dict):
+        out += ['<h2 id="polytope">Polytope check</h2>',
+                _kv_table(poly, POLYTOPE_LABELS, pct=("share_target_class",), cls="kv polytope")]
+    out += ['<h2 id="model">Model</h2>', _kv_table(model), '<h2 id="config">Config</h2>', _kv_table(cfg),
+            '<h2 id="versions">Versions</h2>', _kv_table(_d(r.get("versions")))]
+    return _page(f"patchcollide run {name}", "\n".join(x for x in out if x))
+
+
+def _vertex_table(fl: dict, png: dict, n: int) -> str:
+    keys = [k for k in VERTEX_METRICS if k in fl or k in png]
+    keys += [k for k in list(fl) + [k for k in png if k not in fl] if k not in VERTEX_METRICS and k != "unit"]
+    head1 = "<th rowspan=2>vertex</th><th rowspan=2>unit</th>" + "".join(
+        f'<th colspan=2 title="{_e(k)}">{_e(VERTEX_METRICS.get(k, k))}</th>' for k in keys)
+    head2 = "<th>float</th><th>PNG</th>" * len(keys)
+    rows = []
+    for i in range(n):
+        unit = _at(png.get("unit"), i) if isinstance(png.get("unit"), list) else _at(fl.get("unit"), i)
+        cells = "".join(f'<td class="n">{_e(_fmt(_at(m.get(k), i)))}</td>' for k in keys for m in (fl, png))
+        rows.append(f'<tr><td class="n">{i}</td><td class="n">{_e(_fmt(unit))}</td>{cells}</tr>')
+    return (f'<table class="vertices"><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _parent_batch_page(run_dir: str) -> str | None:
+    """The relative URL of the batch page when ``run_dir`` is a job of a batch that has one."""
+    here = os.path.abspath(run_dir)
+    parent = os.path.dirname(here)
+    try:
+        with open(os.path.join(parent, "batch.json"), encoding="utf-8") as fh:
+            batch = json.load(fh)
+        jobs = batch["jobs"] if batch.get("kind") == BATCH_KIND else []
+        mine = any(isinstance(j, dict) and isinstance(j.get("out"), str)
+                   and os.path.abspath(os.path.join(parent, j["out"])) == here for j in jobs)
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+    return "../report.html" if mine and os.path.isfile(os.path.join(parent, "report.html")) else None
+
+
+def batch_pages(batch_dir: str, batch: dict) -> list[tuple[str, str]]:
+    """[(path, html)]: the batch page first, then one page per done job with a readable run."""
+    jobs = [j for j in batch.get("jobs", []) if isinstance(j, dict)]
+    pages, rows, notices = [], [], []
+    for order, job in enumerate(jobs):
+        out = job.get("out")
+        run_dir = os.path.normpath(os.path.join(batch_dir, out)) if isinstance(out, str) and out else None
+        page = None
+        if run_dir and job.get("status") == "done" and os.path.isdir(run_dir):
+            try:
+                run = _read_kind(os.path.join(run_dir, "report.json"), RUN_KIND)
+            except ReportError:
+                run = None
+            if run is not None:
+                back = _url(os.path.join(os.path.relpath(batch_dir, run_dir), "report.html"))
+                pages.append((os.path.join(run_dir, "report.html"), run_page(run_dir, run, back=back)))
+                page = _url(os.path.join(os.path.relpath(run_dir, batch_dir), "report.html"))
+                notices.append(run.get("notice"))
+        rows.append((order, job, run_dir, page))
+    model = batch.get("model")
+    if isinstance(model, dict) and model.get("kind") == "random" and not any(notices):
+        notices.append("RANDOM WEIGHTS (smoke run)")
+    name = os.path.basename(os.path.abspath(batch_dir))
+    counts: dict = {}
+    for j in jobs:
+        counts[str(j.get("status"))] = counts.get(str(j.get("status")), 0) + 1
+    order = [s for s in JOB_STATUSES if s in counts] + sorted(s for s in counts if s not in JOB_STATUSES)
+    summary = " ".join(f'<span class="status {_status_class(s)}">{_e(s)}: {counts[s]}</span>' for s in order)
+    if isinstance(model, dict):
+        model_text = (f"{model.get('arch', '?')}:{model.get('layer', '?')}, "
+                      f"weights {model.get('name', model.get('kind', DASH))}")
+    else:
+        model_text = _fmt(model)
+    info = [("jobs file", batch.get("jobs_file")), ("jobs sha256", str(batch.get("jobs_sha256") or DASH)[:16]),
+            ("model", model_text), ("created", batch.get("created")), ("updated", batch.get("updated"))]
+    body = [f"<h1>patchcollide batch <code>{_e(name)}</code></h1>", _banner(next((n for n in notices if n), None)),
+            '<dl class="summary">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd>" for k, v in info) + "</dl>",
+            f'<p class="counts" id="counts">{len(jobs)} jobs: {summary}</p>',
+            '<h2 id="jobs-title">Jobs</h2><p class="hint">Click a column header to sort by it; again to reverse.</p>',
+            _jobs_table(batch_dir, rows)]
+    if isinstance(batch.get("options"), dict):
+        body += ['<h2 id="options">Options</h2>', _kv_table(batch["options"])]
+    if isinstance(batch.get("model"), dict):
+        body += ['<h2 id="model">Model</h2>', _kv_table(batch["model"])]
+    if isinstance(batch.get("versions"), dict):
+        body += ['<h2 id="versions">Versions</h2>', _kv_table(batch["versions"])]
+    top = _page(f"patchcollide batch {name}", "\n".join(x for x in body if x))
+    return [(os.path.join(batch_dir, "report.html"), top)] + pages
+
+
+def _status_class(status) -> str:
+    return f"st-{status}" if status in JOB_STATUSES else "st-other"
+
+
+def _one_line(text, limit: int = 240) -> str:
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
+
+
+def _jobs_table(batch_dir: str, rows: list) -> str:
+    metrics = dict(BATCH_METRICS)
+    for _, job, _, _ in rows:  # keys a newer batch writer adds are shown too
+        for k, v in _d(job.get("metrics")).items():
+            if k not in metrics and (v is None or isinstance(v, (int, float, str))):
+                metrics[k] = k
+    cols = [("id", "id"), ("status", "status"), ("line", "line"), ("seconds", "seconds")] + list(metrics.items())
+
+    def value(job, key):
+        return job.get(key) if key in ("id", "status", "line", "seconds") else _d(job.get("metrics")).get(key)
+
+    numeric = {k for k, _ in cols if k not in ("id", "status") and all(
+        value(j, k) is None or _num(value(j, k)) or isinstance(value(j, k), bool) for _, j, _, _ in rows)}
+    head = '<th class="thumb">run</th>' + "".join(
+        f'<th data-key="{_e(k)}" data-type="{"num" if k in numeric else "text"}" tabindex="0" aria-sort="none" '
+        f'title="{_e(k)}: click to sort">{_e(label)}</th>' for k, label in cols) + "<th>error</th>"
+    body = []
+    for order, job, run_dir, page in rows:
+        thumb = None
+        if run_dir and os.path.isdir(run_dir):
+            prefix = os.path.relpath(run_dir, batch_dir) + os.sep
+            for f in ("contact_sheet.png", "vertex_0.png"):
+                thumb = _img(run_dir, f, f"{job.get('id')}: {f}", prefix=prefix)
+                if thumb:
+                    break
+        if thumb and page:
+            thumb = f'<a href="{_e(page)}">{thumb}</a>'
+        cells = [f'<td class="thumb">{thumb or DASH}</td>']
+        for k, _ in cols:
+            v = value(job, k)
+            dv = "" if v is None or isinstance(v, (list, dict)) else (
+                int(v) if isinstance(v, bool) else json.dumps(v) if isinstance(v, float) else v)  # Infinity, NaN
+            text = _e(_fmt(v, pct=k == "share_target_class"))
+            if k == "id" and page:
+                text = f'<a href="{_e(page)}">{text}</a>'
+            elif k == "status":
+                text = f'<span class="status {_status_class(v)}">{text}</span>'
+            cls = ' class="n"' if k in numeric else ""
+            cells.append(f'<td{cls} data-v="{_e(dv)}">{text}</td>')
+        err = ""
+        if job.get("error"):
+            err = f'<span title="{_e(str(job["error"])[:4000])}">{_e(_one_line(job["error"]))}</span>'
+        tb = job.get("traceback")
+        if isinstance(tb, str) and tb:
+            if os.path.isfile(os.path.join(batch_dir, tb)):
+                err += f' <a class="tb" href="{_e(_url(tb))}">traceback</a>'
+            else:
+                err += f' <span class="missing">(traceback {_e(tb)} is missing)</span>'
+        if job.get("status") == "done" and not page:
+            err += f' <span class="missing">(run directory {_e(job.get("out"))} missing or unreadable)</span>'
+        cells.append(f'<td class="err">{err.strip()}</td>')
+        body.append(f'<tr class="{_status_class(job.get("status"))}" data-order="{order}">{"".join(cells)}</tr>')
+    return (f'<div class="scroll"><table id="jobs" class="jobs"><thead><tr>{head}</tr></thead>\n<tbody>\n'
+            + "\n".join(body) + "\n</tbody></table></div>")
+
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5em 2em;color:#1f2328;background:#fff}
+h1{font-size:1.45em;margin:.2em 0 .6em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #d0d7de}
+code{font-family:ui-monospace,Menlo,Consolas,monospace}
+.banner{background:#fde68a;border:2px solid #b45309;color:#451a03;padding:.6em 1em;font-weight:700;margin:1em 0}
+dl.summary{display:grid;grid-template-columns:max-content auto;gap:2px 1.2em;margin:0}
+dl.summary dt{font-weight:600}dl.summary dd{margin:0;overflow-wrap:anywhere}
+table{border-collapse:collapse;margin:.6em 0}
+th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:middle}
+th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+table.kv th{font-weight:600}table.kv td{overflow-wrap:anywhere}
+#jobs th[data-key]{cursor:pointer;user-select:none}#jobs th[data-key]:hover{background:#eaeef2}
+th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
+figure{display:inline-block;margin:0 1.2em 1.2em 0;vertical-align:top}figure.wide{display:block}
+figcaption{font-size:.85em;color:#57606a;max-width:28em}
+img{image-rendering:pixelated;max-width:100%;height:auto;border:1px solid #d0d7de;background:#fff}
+td.thumb img{max-height:64px;max-width:300px;width:auto;height:auto}.scroll{overflow-x:auto}
+.status{display:inline-block;padding:0 7px;border-radius:4px;color:#fff;font-weight:600}
+.status.st-done{background:#1a7f37}.status.st-failed{background:#cf222e}
+.status.st-pending{background:#6e7781}.status.st-busy{background:#0969da}.status.st-invalid{background:#9a6700}
+.status.st-other{background:#424a53}tr.st-failed td{background:#fff5f5}
+td.err{color:#a40e26;min-width:16em;max-width:36em;overflow-wrap:anywhere}.missing{color:#6e7781;font-style:italic}
+.counts .status{margin-right:.4em}.hint{color:#57606a;font-size:.9em}
+footer{margin-top:2.5em;color:#6e7781;font-size:.8em}
+"""
+
+_JS = """
+// Self-check for tests and for people: how many images are on the page and how many loaded.
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++;
+  document.body.setAttribute("data-images-total", imgs.length);
+  document.body.setAttribute("data-images-loaded", ok);
+});
+(function () {
+  // Sortable jobs table: click a header (or Enter on it) to sort by it, again to reverse.
+  // Numbers sort as numbers; empty cells go last in both directions; ties keep file order.
+  var table = document.getElementById("jobs");
+  if (!table) return;
+  var body = table.tBodies[0], heads = table.tHead.rows[0].cells, k;
+  function value(row, i, num) {
+    var v = row.cells[i].getAttribute("data-v");
+    if (v === null || v === "") return null;
+    if (!num) return v.toLowerCase();
+    v = parseFloat(v);
+    return isNaN(v) ? null : v;
+  }
+  function sortBy(th) {
+    var i = th.cellIndex, num = th.getAttribute("data-type") === "num";
+    var dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
+    for (var j = 0; j < heads.length; j++) {
+      if (heads[j].hasAttribute("data-key")) heads[j].setAttribute("aria-sort", "none");
+    }
+    th.setAttribute("aria-sort", dir > 0 ? "ascending" : "descending");
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = value(a, i, num), y = value(b, i, num), tie = a.getAttribute("data-order") - b.getAttribute("data-order");
+      if (x === null || y === null) return x === y ? tie : (x === null ? 1 : -1);
+      return x < y ? -dir : x > y ? dir : tie;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+    table.setAttribute("data-sort-key", th.getAttribute("data-key"));
+    table.setAttribute("data-sort-dir", dir > 0 ? "asc" : "desc");
+  }
+  for (k = 0; k < heads.length; k++) {
+    if (!heads[k].hasAttribute("data-key")) continue;
+    heads[k].addEventListener("click", function () { sortBy(this); });
+    heads[k].addEventListener("keydown", function (e) {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sortBy(this); }
+    });
+  }
+  // report.html#sort=KEY opens sorted ascending, #sort=-KEY descending (by clicking the header).
+  var m = /(?:^#|&)sort=(-?)([^&]+)/.exec(location.hash);
+  if (m) for (k = 0; k < heads.length; k++) {
+    var key = m[2];
+    try { key = decodeURIComponent(key); } catch (e) { /* keep it as written */ }
+    if (heads[k].getAttribute("data-key") !== key) continue;
+    heads[k].click();
+    if (m[1]) heads[k].click();
+  }
+})();
+"""

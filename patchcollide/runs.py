@@ -47,14 +47,16 @@ def versions() -> dict:
 def load_pair(source: str, target: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Source and target as (size, size, 3) uint8 with torchvision's ImageNet geometry:
     shorter side to size * 256 / 224 (256 for 224), centre crop size x size."""
+    return load_input(source, size, "--source"), load_input(target, size, "--target")
+
+
+def load_input(path: str, size: int, name: str = "image") -> np.ndarray:
+    """One input of a run as (size, size, 3) uint8, with the geometry of ``load_pair``."""
     from .images import imagenet_crop
 
-    out = []
-    for name, path in (("--source", source), ("--target", target)):
-        if not os.path.isfile(path):
-            raise CollideError(f"{name} {path!r} does not exist; pass an image file")
-        out.append(imagenet_crop(load_rgb(path, Preprocess(resize=None))[0], size))
-    return out[0], out[1]
+    if not os.path.isfile(path):
+        raise CollideError(f"{name} {path!r} does not exist; pass an image file")
+    return imagenet_crop(load_rgb(path, Preprocess(resize=None))[0], size)
 
 
 def _occupied(out: str) -> bool:
@@ -81,18 +83,20 @@ def _check_out(out: str, overwrite: bool) -> None:
 
 def run_collide(source: str, target: str, out: str, config: CollideConfig = CollideConfig(), arch: str = "vgg16",
                 layer: str = "fc6", weights: str = "imagenet", index_dir: str | None = "index", tap: Tap | None = None,
-                pindex=None, overwrite: bool = False, progress=None) -> dict:
-    """Collide ``source`` -> ``target`` and write the run directory ``out``. Returns the report."""
+                pindex=None, overwrite: bool = False, progress=None, target_stats: Target | None = None) -> dict:
+    """Collide ``source`` -> ``target`` and write the run directory ``out``. Returns the report.
+
+    target_stats: the target's precomputed ``collide.target_of`` (see ``collide.collide``)."""
     _check_out(out, overwrite)
     src, tgt = load_pair(source, target, config.size)
-    tap = tap or load_tap(arch, layer, weights, seed=config.seed)
     own_index = None
     if config.mode == "patches" and pindex is None:
         from .knn import PatchIndex
 
-        pindex = own_index = PatchIndex(index_dir)
+        pindex = own_index = PatchIndex(index_dir)  # before the model: a bad index fails in a second
     try:
-        res = collide(tap, src, tgt, config, index=pindex, progress=progress)
+        tap = tap or load_tap(arch, layer, weights, seed=config.seed)
+        res = collide(tap, src, tgt, config, index=pindex, progress=progress, target=target_stats)
     finally:
         if own_index is not None:
             own_index.close()

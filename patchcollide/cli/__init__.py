@@ -11,10 +11,13 @@ import sys
 import click
 
 from .. import __version__
+from .batch import batch
 from .common import setup_logging
 from .demo import demo
+from .exact import nullity, nullspace
 from .offline import extract, index, store
 from .online import collide, sample
+from .report import report
 
 
 class OneLineErrors(click.Group):
@@ -49,7 +52,9 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
     Offline: `extract` image folders into an HDF5 patch store, `index build` a FAISS index
     over it. Online: `collide` a source with a target, `sample` the polytope of a run.
-    `demo` runs the whole pipeline on scikit-image's sample photos.
+    `demo` runs the whole pipeline on scikit-image's sample photos. Exact collisions
+    (Ozbulak et al. 2022): `nullspace` builds colliders from the kernel of the first layer,
+    `nullity` computes the kernel dimensions of every weight matrix (their Table 1).
     """
     setup_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
     ctx.obj = {"quiet": quiet}
@@ -60,7 +65,11 @@ cli.add_command(store)
 cli.add_command(index)
 cli.add_command(collide)
 cli.add_command(sample)
+cli.add_command(batch)
 cli.add_command(demo)
+cli.add_command(report)
+cli.add_command(nullspace)
+cli.add_command(nullity)
 
 
 def main() -> None:

@@ -5,17 +5,22 @@ import contextlib
 import json
 import logging
 import sys
+import warnings
 
 import click
 
 from ..collide import CollideError
 from ..extract import ExtractError
 from ..images import BadImage
+from ..jobs import JobsError
 from ..knn import IndexError_
 from ..models import ModelError
+from ..nullspace import NullspaceError
+from ..report import ReportError
 from ..store import StoreError
 
-USER_ERRORS = (ExtractError, StoreError, IndexError_, BadImage, CollideError, ModelError)
+USER_ERRORS = (ExtractError, StoreError, IndexError_, BadImage, CollideError, ModelError, NullspaceError,
+               ReportError, JobsError)
 
 
 class UserError(click.ClickException):
@@ -28,7 +33,14 @@ class UserError(click.ClickException):
 def user_errors():
     """Turn library errors caused by inputs into one-line UserErrors."""
     try:
-        yield
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of a file it then refuses (weights_only=True):
+            # noise on top of our one-line error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            yield
+    except BadImage as e:
+        where = f"{e.path}: " if e.path and e.path not in str(e) else ""
+        raise UserError(f"{where}{e}; pass a readable image file (PNG, JPEG, ...)") from None
     except USER_ERRORS as e:
         raise UserError(str(e)) from None
     except OSError as e:  # full disk, permissions, file-size limit: name the file and the cause

@@ -1,0 +1,174 @@
+"""The ``batch`` command: many collide + sample jobs from a JSON Lines file into one directory."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from ..jobs import BatchEvents, JobsError, parse_shard, read_jobs, run_batch
+from .common import UserError, show_progress, user_errors
+
+
+class _BatchProgress(BatchEvents):
+    """A bar over this process's jobs with ETA, labelled with the current job (and its step) on
+    a terminal; elsewhere one line per finished job, so logs stay readable."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar, self.done, self.total, self.t0 = enabled, None, 0, 0, time.time()
+        self.tty = sys.stderr.isatty()
+        self.job, self.last_render = None, 0.0
+
+    def start(self, todo) -> None:
+        self.total, self.t0 = len(todo), time.time()
+        if self.enabled and self.tty and todo:
+            self.bar = click.progressbar(length=len(todo), show_eta=True, show_pos=True,
+                                         file=sys.stderr)
+            self.bar.__enter__()
+
+    def job_start(self, job) -> None:
+        self.job = job
+        if self.bar is not None:
+            self.bar.label = job.id
+            self.bar.render_progress()
+
+    def step(self, step, total, loss, worst) -> None:
+        if self.bar is not None and time.time() - self.last_render > 0.5:
+            self.bar.label = f"{self.job.id} step {step}/{total} worst rel.err {worst:.2e}"
+            self.bar.render_progress()
+            self.last_render = time.time()
+
+    def job_end(self, job, status, seconds) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.label = job.id
+            self.bar.update(1)
+        elif self.enabled:
+            left = (time.time() - self.t0) / self.done * (self.total - self.done)
+            eta = f", ETA {_hms(left)}" if self.done < self.total else ""
+            click.echo(f"[{self.done}/{self.total}] {job.id}: {status} ({seconds:.1f} s{eta})", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def _hms(s: float) -> str:
+    s = round(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _n(k: int, what: str) -> str:
+    return f"{k} {what}" + ("" if k == 1 else "s")
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def print_summary(entries: list[dict]) -> None:
+    """One row per job: id, status, seconds, worst relative error (PNGs), polytope share, vertex L2."""
+    w = max([len("id")] + [len(str(e["id"] or f"line {e['line']}")) for e in entries])
+    w = min(w, 40)
+    click.echo(f"{'id':<{w}} {'status':<8} {'seconds':>8} {'rel.err':>9} {'share':>6} {'vertex L2':>9}")
+    for e in entries:
+        m = e["metrics"] or {}
+        share = m.get("share_target_class")
+        name = str(e["id"] if e["id"] is not None else f"line {e['line']}")
+        click.echo(f"{name[:w]:<{w}} {e['status']:<8} {_num(e['seconds'], '8.1f'):>8} "
+                   f"{_num(m.get('worst_rel_error_png'), '9.2e'):>9} "
+                   f"{('-' if share is None else f'{100 * share:.0f}%'):>6} "
+                   f"{_num(m.get('mean_pairwise_l2'), '9.1f'):>9}")
+
+
+@click.command()
+@click.argument("jobs_file", metavar="JOBS.jsonl", type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Directory for the jobs' runs and batch.json.")
+@click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
+              help="Patch index (opened once; only when some job is in patch mode).")
+@click.option("--model", "arch", default="vgg16", show_default=True, help="torchvision classifier.")
+@click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet, random (smoke runs; each job's seed seeds the model, as in collide) "
+                   "or a state-dict PATH.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--samples", default=2000, show_default=True, type=int,
+              help="Polytope check size for jobs without their own \"samples\" (0: no check).")
+@click.option("--dataset", default=None, type=click.Path(file_okay=False),
+              help="Image folder for the dataset distance in the polytope check [default: the index's images "
+                   "when some job is in patch mode, else none].")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Run only share I of N (1-based): the job lines at positions I-1, I-1+N, ... of the file.")
+@click.option("--retry-failed", is_flag=True, help="Run only the jobs whose recorded status is failed.")
+@click.option("--skip-invalid", is_flag=True, help="Run the valid jobs even if some lines are invalid.")
+@click.pass_context
+def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samples, dataset, shard, retry_failed,
+          skip_invalid):
+    """Run many collide + sample jobs from JOBS.jsonl (one JSON object per line) into --out.
+
+    \b
+    Keys per line: id (required; also the output name), source, target (required; relative
+    to the job file's folder), mode (patches|pixel), out, samples, and collide's options:
+    vertices, steps, min_steps, tol, lr, tv, size, k, grid_stride, init, first_unit, seed,
+    objective, noise, loss [a, b].
+
+    The whole file is checked first: without --skip-invalid nothing runs while a line is
+    invalid. The model and the index are loaded once; jobs with the same target reuse its
+    activation. Each job is written under DIR/.tmp and renamed to DIR/<out> only when its
+    polytope check is done. Running the same command again skips the finished jobs and runs
+    the rest, failed ones included; --retry-failed runs only the failed ones. A failing job is
+    recorded (error in DIR/batch.json, traceback in DIR/.failed/) and the batch goes on.
+    Several processes may share one job file and DIR with --shard 1/N ... N/N; a second
+    process on the same DIR and shard is refused. Exit code 0 when every job of this shard is
+    done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
+    """
+    progress = _BatchProgress(show_progress(ctx))
+    with user_errors():
+        try:
+            shard_ = parse_shard(shard)
+            if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+                raise JobsError(f"--out {out_dir} is a file; give a directory for the batch's outputs")
+            jobfile = read_jobs(jobs_file, out_dir, samples=samples, device=device)
+            if jobfile.invalid and not skip_invalid:
+                n = len(jobfile.invalid)
+                if n == 1:  # one line says it all
+                    line, msg = jobfile.problems()[0]
+                    skip = " or pass --skip-invalid to run the others" if jobfile.jobs else ""
+                    raise UserError(f"{jobs_file}:{line}: {msg}; fix that line{skip}")
+                for line, msg in jobfile.problems():
+                    click.echo(f"{jobs_file}:{line}: {msg}", err=True)
+                raise UserError(f"{n} invalid lines; fix them or pass --skip-invalid")
+            res = run_batch(jobfile, out_dir, arch=arch, layer=layer, weights=weights, index_dir=index_dir,
+                            device=device, dataset=dataset, shard=shard_, retry_failed=retry_failed,
+                            skip_invalid=skip_invalid, events=progress)
+        finally:
+            progress.close()
+    for line, msg in jobfile.problems() if skip_invalid else []:
+        click.echo(f"{jobs_file}:{line}: skipped: {msg}", err=True)
+    if (res.batch.get("model") or {}).get("kind") == "random":
+        click.echo("NOTE: RANDOM WEIGHTS (smoke run): these colliders say nothing about a trained network")
+    print_summary(res.mine)
+    click.echo(f"wrote {os.path.join(out_dir, 'batch.json')}")
+    counts: dict[str, int] = {}
+    for e in res.mine:
+        counts[e["status"]] = counts.get(e["status"], 0) + 1
+    valid = sum(n for s, n in counts.items() if s != "invalid")
+    where = "" if shard_ is None else f" of shard {shard_[0]}/{shard_[1]}"
+    if counts.get("done", 0) == valid:
+        skipped = f" ({_n(counts['invalid'], 'invalid line')} skipped)" if counts.get("invalid") else ""
+        click.echo(f"all {_n(valid, 'job')}{where} done, {len(res.ran)} run now{skipped}")
+        return
+    parts = []
+    if counts.get("failed"):
+        tracebacks = os.path.join(out_dir, ".failed")
+        parts.append(f"{counts['failed']} failed (errors in batch.json, tracebacks in {tracebacks}); "
+                     "rerun with --retry-failed")
+    if counts.get("busy"):
+        parts.append(f"{counts['busy']} busy (run by another process now)")
+    if counts.get("pending"):
+        hint = "; run without --retry-failed to run them" if retry_failed else ""
+        parts.append(f"{counts['pending']} pending{hint}")
+    click.echo(f"{counts.get('done', 0)} of {_n(valid, 'job')}{where} done; " + "; ".join(parts))
+    ctx.exit(1)

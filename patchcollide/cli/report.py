@@ -1,0 +1,28 @@
+"""``patchcollide report``: a static HTML page for a run or a batch directory."""
+from __future__ import annotations
+
+import pathlib
+
+import click
+
+from ..report import write_html
+from .common import user_errors
+
+
+@click.command()
+@click.argument("path", type=click.Path())
+@click.option("--open/--no-open", "open_page", default=False, show_default=True,
+              help="Also open the page in the default browser.")
+def report(path, open_page):
+    """Write PATH/report.html for a run directory (PATH/report.json) or a batch directory
+    (PATH/batch.json; then also a page in each done job's run directory).
+
+    The page is static and self-contained: open it from disk, no server or network needed.
+    Prints its file:// URL.
+    """
+    with user_errors():
+        page = write_html(path)
+    url = pathlib.Path(page).resolve().as_uri()
+    click.echo(url)
+    if open_page:
+        click.launch(url)

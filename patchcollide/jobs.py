@@ -1,0 +1,925 @@
+"""Batch runner over collide/polytope/report: one job per line of a JSON Lines file.
+
+Job file, one JSON object per line (blank lines are ignored)::
+
+    {"id": "dog2cat", "source": "dog.jpg", "target": "cat.jpg", "steps": 200}
+    {"id": "cat-px", "source": "cat.jpg", "target": "cat.jpg", "mode": "pixel", "init": "target"}
+
+Keys: ``id`` (required; also the default output name), ``source`` and ``target`` (required;
+relative to the job file's folder unless absolute), ``mode`` (patches | pixel), ``out`` (the
+job's directory name inside DIR), ``samples`` (polytope check size, 0 skips it) and per-job
+overrides of :class:`CollideConfig`: vertices, steps, min_steps, tol, lr, tv, size, k,
+grid_stride, init, first_unit, seed, objective, noise, and ``loss`` [a, b] (both phases).
+``read_jobs`` checks the whole file before anything runs: every problem comes back with its
+line number.
+
+Output directory DIR::
+
+    <out>/                         one finished run per job (runs.py's layout, polytope check included)
+    batch.json                     per job: status, seconds, key metrics (rewritten after every job)
+    .tmp/<out>/                    a job's scratch space while it runs; its run is written and
+                                   checked there and renamed to <out> only when complete
+    .failed/<out>.json             a failed job's record; .failed/<out>.traceback.txt its traceback
+    .locks/<out>.lock              held (flock) while a process works on the job
+    .lock-all, .lock-shard-I-of-N  held by a batch process for its whole life
+    .batch.json.lock               held while batch.json is rewritten
+
+A job is *done* iff ``<out>/report.json`` is a patchcollide run whose config (the device
+aside), inputs and model equal the job's, whose vertex PNGs and state.npz are there, and
+(samples > 0) whose polytope check has ``samples`` combinations. Statuses are derived from
+these files every time, never trusted from batch.json, so a lost update or a killed
+process is repaired by the next writer.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+import shutil
+import socket
+import time
+import traceback
+import unicodedata
+import warnings
+from collections.abc import Iterator
+
+from .collide import CollideConfig, CollideError, target_of, to_tensor
+
+log = logging.getLogger(__name__)
+
+BATCH_JSON = "batch.json"
+RESERVED = ("batch.json", "batch.html", "index.html", "report.html")  # names DIR keeps for itself (any case)
+MAX_OUT_BYTES = 200  # leaves room for ".traceback.txt" and friends under the usual 255-byte name limit
+FATAL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}  # stop the batch: every next job would fail too
+BUSY_WAIT = 2.0  # seconds to wait for a job lock held briefly (a start-up sweep) before calling the job busy
+
+_INT_KEYS = ("vertices", "steps", "min_steps", "size", "k", "grid_stride", "first_unit", "seed")
+_FLOAT_KEYS = ("tol", "tv", "noise")
+_STR_KEYS = ("init", "objective")
+JOB_KEYS = ("id", "source", "target", "mode", "out", "samples", "vertices", "steps", "min_steps", "tol", "lr", "tv",
+            "size", "k", "grid_stride", "init", "first_unit", "seed", "objective", "noise", "loss")
+METRIC_KEYS = ("worst_rel_error", "worst_rel_error_png", "mean_pairwise_l2", "share_target_class",
+               "mean_top_prob_samples", "top_prob_target", "target_label", "steps", "converged")
+STATUSES = ("done", "failed", "pending", "invalid", "busy")
+
+
+class JobsError(Exception):
+    """A bad job file, batch option or output directory; ``str(e)`` is a one-line message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One valid line of a job file."""
+
+    id: str
+    line: int  # 1-based line number in the job file
+    position: int  # 0-based among the file's job lines (blank lines aside): decides the shard
+    out: str  # the job's directory name inside DIR
+    source: str  # absolute paths
+    target: str
+    samples: int  # Dirichlet samples of the polytope check; 0: none
+    config: CollideConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class InvalidJob:
+    line: int
+    position: int
+    id: str | None
+    out: str | None
+    error: str  # every problem of the line, joined with "; "
+
+
+@dataclasses.dataclass
+class JobFile:
+    path: str  # absolute
+    sha256: str  # of the file's bytes
+    jobs: list[Job]
+    invalid: list[InvalidJob]
+
+    def problems(self) -> list[tuple[int, str]]:
+        """(line number, message) for every invalid line, in file order."""
+        return [(j.line, j.error) for j in self.invalid]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and checking a job file
+
+
+def read_jobs(path: str, out_dir: str, samples: int = 2000, device: str = "auto") -> JobFile:
+    """Parse and check every line of the job file ``path`` for a batch writing into ``out_dir``.
+
+    Problems of single lines come back in ``JobFile.invalid`` (line numbers and messages);
+    problems of the file itself (missing, a folder, not UTF-8, no jobs) raise JobsError.
+    ``samples`` is the default polytope check size, ``device`` goes into every job's config.
+    Reads image headers only (existence, format, declared size), never decodes them.
+    """
+    if samples < 0:
+        raise JobsError(f"--samples must be >= 0 (0 skips the polytope check), got {samples}")
+    if not os.path.exists(path):
+        raise JobsError(f"{path}: no such job file; give a JSON Lines file with one job per line")
+    if os.path.isdir(path):
+        raise JobsError(f"{path} is a folder; give a JSON Lines file with one job per line")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        raise JobsError(f"{path}: cannot read the job file ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise JobsError(f"{path}: not UTF-8 text (undecodable byte at offset {e.start}); "
+                        "save the job file as UTF-8") from None
+    lines = [(no, ln.rstrip("\r")) for no, ln in enumerate(text.split("\n"), 1)]
+    entries = [(no, ln) for no, ln in lines if ln.strip()]
+    if not entries:
+        raise JobsError(f"{path}: no jobs (the file is empty); write one JSON object per line")
+    base = os.path.dirname(os.path.abspath(path))
+    images: dict[str, str | None] = {}
+    parsed = []  # (line, position, id, out, problems, job fields)
+    for pos, (no, ln) in enumerate(entries):
+        parsed.append((no, pos, *_check_line(ln, base, out_dir, samples, device, images)))
+    first_id: dict[str, int] = {}
+    first_out: dict[str, tuple[int, str]] = {}
+    jobs, invalid = [], []
+    for no, pos, jid, out, problems, job in parsed:
+        dup_id = jid is not None and jid in first_id
+        if dup_id:
+            problems.append(f"duplicate id {jid!r} (also on line {first_id[jid]})")
+        elif jid is not None:
+            first_id[jid] = no
+        if out is not None:
+            key = unicodedata.normalize("NFC", out).casefold()
+            if key not in first_out:
+                first_out[key] = (no, out)
+            elif not (dup_id and out == jid and first_out[key][1] == out):  # said already
+                other_no, other = first_out[key]
+                case = "" if other == out else f" as {other!r} (output names must differ ignoring case)"
+                problems.append(f'output name {out!r} is already used on line {other_no}{case}; give one of them '
+                                'another "out"')
+        if problems:
+            invalid.append(InvalidJob(no, pos, jid, out, "; ".join(problems)))
+        else:
+            jobs.append(Job(id=jid, line=no, position=pos, out=out, **job))
+    return JobFile(os.path.abspath(path), hashlib.sha256(data).hexdigest(), jobs, invalid)
+
+
+def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, images: dict):
+    """-> (id or None, out or None, problems, Job fields or None)."""
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        return None, None, [f"not valid JSON ({_first_line(str(e))}); write one JSON object per line"], None
+    if not isinstance(obj, dict):
+        msg = f'expected a JSON object like {{"id": ..., "source": ..., "target": ...}}, got {_json_type(obj)}'
+        return None, None, [msg], None
+    problems: list[str] = []
+    unknown = [k for k in obj if k not in JOB_KEYS]
+    if unknown:
+        problems.append(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                        f"allowed: {', '.join(JOB_KEYS)}")
+    jid = obj.get("id")
+    if "id" not in obj:
+        problems.append('missing "id"')
+        jid = None
+    elif not isinstance(jid, str) or not jid.strip():
+        problems.append(f'"id" must be a non-empty string, got {_show(jid)}')
+        jid = None
+    paths = {}
+    for key in ("source", "target"):
+        v = obj.get(key)
+        if key not in obj:
+            problems.append(f'missing "{key}" (an image file)')
+        elif not isinstance(v, str) or not v:
+            problems.append(f'"{key}" must be a path (a string), got {_show(v)}')
+        else:
+            p = os.path.abspath(os.path.join(base, os.path.expanduser(v)))
+            if p not in images:
+                images[p] = _image_problem(p)
+            if images[p]:
+                problems.append(f'{key} {v!r}: {images[p]}')
+            paths[key] = p
+    out = None
+    if "out" in obj:
+        out, why = _check_out_name(obj["out"], out_dir)
+        if why:
+            problems.append(f'"out" {why}')
+    elif jid is not None:
+        out, why = _check_out_name(jid, out_dir)
+        if why:
+            problems.append(f'id {why}; give the job an "out" name')
+    over: dict = {}
+    for key in _INT_KEYS:
+        if key in obj:
+            v = obj[key]
+            if isinstance(v, bool) or not isinstance(v, int):
+                problems.append(f'"{key}" must be an integer, got {_show(v)}')
+            else:
+                over[key] = v
+    for key in _FLOAT_KEYS:
+        if key in obj:
+            v = obj[key]
+            if not _is_number(v):
+                problems.append(f'"{key}" must be a number, got {_show(v)}')
+            else:
+                over[key] = float(v)
+    if "lr" in obj:
+        v = obj["lr"]
+        if v is not None and not _is_number(v):
+            problems.append(f'"lr" must be a number or null (the mode\'s default), got {_show(v)}')
+        else:
+            over["lr"] = None if v is None else float(v)
+    for key in (*_STR_KEYS, "mode"):
+        if key in obj:
+            v = obj[key]
+            if not isinstance(v, str):
+                problems.append(f'"{key}" must be a string, got {_show(v)}')
+            else:
+                over[key] = v
+    if "loss" in obj:
+        v = obj["loss"]
+        if not (isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v)):
+            problems.append(f'"loss" must be two numbers [a, b] (weights of L+ and L-), got {_show(v)}')
+        else:
+            over["weights_early"] = over["weights_late"] = (float(v[0]), float(v[1]))
+    n = samples
+    if "samples" in obj:
+        v = obj["samples"]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            problems.append(f'"samples" must be an integer >= 0 (0 skips the polytope check), got {_show(v)}')
+        else:
+            n = v
+    try:
+        config = CollideConfig(device=device, **over)
+    except CollideError as e:
+        problems.append(_as_keys(str(e)))
+    if problems:
+        return jid, out, problems, None
+    return jid, out, problems, {"source": paths["source"], "target": paths["target"], "samples": n, "config": config}
+
+
+def _check_out_name(value, out_dir: str) -> tuple[str | None, str | None]:
+    """(normalised name, None) for a usable output directory name, else (None, why)."""
+    if not isinstance(value, str) or not value:
+        return None, f"must be a non-empty directory name, got {_show(value)}"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value) or "\\" in value:
+        return None, f"{value!r} contains control characters or a backslash; use a plain directory name"
+    if value.startswith("/") or os.path.isabs(value):
+        return None, f"{value!r} is an absolute path; give a name inside the --out directory"
+    norm = posixpath.normpath(value)
+    if norm == ".":
+        return None, f"{value!r} names the --out directory itself; give a sub-directory name"
+    if norm == ".." or norm.startswith("../"):
+        return None, f"{value!r} leads outside the --out directory; give a name inside it"
+    if "/" in norm:
+        return None, f"{value!r} has sub-folders; give a single directory name inside the --out directory"
+    if norm.startswith("."):
+        return None, f"{value!r}: names starting with '.' are kept for the batch's own files"
+    if norm.casefold() in RESERVED:
+        return None, f"{value!r} is kept for the batch's own files ({', '.join(RESERVED)})"
+    if len(norm.encode("utf-8")) > MAX_OUT_BYTES:
+        return None, f"{value[:20]!r}... is longer than {MAX_OUT_BYTES} bytes"
+    final = os.path.join(out_dir, norm)
+    real_dir = os.path.realpath(out_dir)
+    if os.path.dirname(os.path.realpath(final)) != real_dir:
+        return None, f"{value!r}: {final} is a link leading outside the --out directory"
+    if os.path.lexists(final) and not _replaceable(final):
+        return None, (f"{value!r}: {final} holds files that are not a patchcollide run; "
+                      "move them away or choose another name")
+    return norm, None
+
+
+def _image_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a job's input, from its header only; None when it looks fine."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .images import Preprocess
+
+    if not os.path.exists(path):
+        return f"{path} does not exist"
+    if not os.path.isfile(path):
+        return f"{path} is not a file"
+    pre = Preprocess(resize=None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except UnidentifiedImageError:
+        return f"{path} is not an image (no decoder recognises it)"
+    except Image.DecompressionBombError:
+        return f"{path} declares too many pixels (decompression-bomb guard)"
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"{path} cannot be read ({_first_line(str(e)) or type(e).__name__})"
+    if w * h > pre.max_pixels:
+        return f"{path} declares {w}x{h} pixels, above the decompression-bomb guard of {pre.max_pixels}"
+    if min(w, h) < pre.min_side:
+        return f"{path} is {w}x{h}, smaller than a {pre.min_side}-pixel patch"
+    return None
+
+
+def _json_type(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    return {list: "an array", str: "a string", int: "a number", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _show(v) -> str:
+    s = json.dumps(v, ensure_ascii=False, default=str)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _first_line(s: str) -> str:
+    s = s.strip()
+    return s.splitlines()[0][:200] if s else ""
+
+
+def _as_keys(msg: str) -> str:
+    """CollideConfig speaks in CLI options (--min-steps, -k); a job file has keys ("min_steps", "k")."""
+    return re.sub(r"(?<![\w-])--?([a-z][a-z-]*)", lambda m: '"' + m.group(1).replace("-", "_") + '"', msg)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> (I, N) with 1 <= I <= N; None (no sharding) for None or N = 1."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m:
+        raise JobsError(f"--shard must look like I/N (this process's share I of N, e.g. 1/4), got {text!r}")
+    i, n = int(m.group(1)), int(m.group(2))
+    if not 1 <= i <= n:
+        raise JobsError(f"--shard {text}: I must be between 1 and N (shards are numbered from 1), got {i}/{n}")
+    return None if n == 1 else (i, n)
+
+
+def in_shard(position: int, shard: tuple[int, int] | None) -> bool:
+    """Shard I of N takes the job lines at positions I-1, I-1+N, I-1+2N, ... (file order,
+    blank lines aside, invalid lines counted): deterministic, balanced, the same on every machine."""
+    return shard is None or position % shard[1] == shard[0] - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks
+
+
+def _try_flock(path: str) -> int | None:
+    """An fd holding an exclusive flock on ``path`` (created if needed), or None when another
+    open file holds it. The lock dies with the process, even on SIGKILL."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+def batch_lock_path(out_dir: str, shard: tuple[int, int] | None) -> str:
+    return os.path.join(out_dir, ".lock-all" if shard is None else f".lock-shard-{shard[0]}-of-{shard[1]}")
+
+
+@contextlib.contextmanager
+def batch_lock(out_dir: str, shard: tuple[int, int] | None = None) -> Iterator[None]:
+    """Hold DIR/.lock-all (or .lock-shard-I-of-N) for a batch process's life: a second process
+    on the same directory and shard is refused with JobsError. Creates ``out_dir``."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise JobsError(f"--out {out_dir} is a file; give a directory for the batch's outputs")
+    os.makedirs(out_dir, exist_ok=True)
+    fd = _try_flock(batch_lock_path(out_dir, shard))
+    if fd is None:
+        what = "this batch" if shard is None else f"shard {shard[0]}/{shard[1]}"
+        raise JobsError(f"{out_dir}: another process is already running {what} here; wait for it to finish "
+                        "(or stop it), or give another --out or --shard")
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class JobLock:
+    """DIR/.locks/<out>.lock, held while a process works on one job, so that processes with
+    overlapping shards never write the same job at once. The holder writes "pid host" into
+    the file (emptied on release), which lets batch.json show the job as busy."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    @classmethod
+    def acquire(cls, out_dir: str, out: str, wait: float = BUSY_WAIT) -> JobLock | None:
+        """The lock, or None when another process holds it for longer than ``wait`` seconds."""
+        d = os.path.join(out_dir, ".locks")
+        os.makedirs(d, exist_ok=True)
+        deadline = time.monotonic() + wait
+        while True:
+            fd = _try_flock(os.path.join(d, out + ".lock"))
+            if fd is not None:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+                return cls(fd)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def release(self) -> None:
+        try:
+            os.ftruncate(self.fd, 0)
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+
+def _held(out_dir: str, out: str) -> bool:
+    """True when the job's lock file names a holder that may be alive (read-only: never takes the lock)."""
+    try:
+        with open(os.path.join(out_dir, ".locks", out + ".lock")) as fh:
+            parts = fh.read().split()
+    except OSError:
+        return False
+    if len(parts) != 2 or not parts[0].isdigit():
+        return False
+    pid, host = int(parts[0]), parts[1]
+    if host != socket.gethostname():
+        return True  # cannot check another machine's processes
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False  # killed while holding it: stale
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def _canon(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=list)
+
+
+def _config_key(config: dict) -> str:
+    """A config as JSON without the device: a run made on another device still counts."""
+    return _canon({k: v for k, v in config.items() if k != "device"})
+
+
+def _replaceable(path: str) -> bool:
+    """An existing job directory that a batch may replace: empty, or a patchcollide run."""
+    from .runs import _is_run
+
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    try:
+        return not os.listdir(path) or _is_run(path)
+    except OSError:
+        return False
+
+
+def _fatal_oserror(e: BaseException) -> OSError | None:
+    """The disk-full / file-size-limit OSError behind ``e``, if there is one."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in FATAL_ERRNOS:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _write_atomic(path: str, text: str, scratch: str) -> None:
+    tmp = os.path.join(scratch, os.path.basename(path))
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+class BatchRunner:
+    """The state a batch shares across its jobs: the model (one per seed with random weights,
+    as ``collide --weights random --seed N`` builds it), the patch index, the target
+    activations already computed, the dataset images for the distance comparison and
+    the parsed reports of finished jobs. ``open()`` loads the model and the index."""
+
+    def __init__(self, jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = "fc6",
+                 weights: str = "imagenet", index_dir: str | None = "index", device: str = "auto",
+                 dataset: str | None = None, skip_invalid: bool = False):
+        self.jobfile, self.out_dir = jobfile, os.path.abspath(out_dir)
+        self.arch, self.layer, self.weights, self.device = arch, layer, weights, device
+        self.uses_index = any(j.config.mode == "patches" for j in jobfile.jobs)
+        self.index_dir = os.path.abspath(index_dir) if self.uses_index and index_dir else None
+        self.dataset = os.path.abspath(dataset) if dataset else None
+        self.skip_invalid = skip_invalid
+        self.tap = None  # the batch's model (random weights: the first job's seed)
+        self.pindex = None
+        self._taps: dict = {}
+        self._targets: dict = {}
+        self._datasets: dict = {}
+        self._dataset_paths: list[str] | None = None
+        self._reports: dict = {}
+        self._versions: dict | None = None
+        self.seconds: dict[str, float] = {}  # measured in this process, by job id
+
+    @property
+    def options(self) -> dict:
+        return {"out": self.out_dir, "model": self.arch, "layer": self.layer, "weights": self.weights,
+                "index": self.index_dir, "device": self.device, "dataset": self.dataset,
+                "skip_invalid": self.skip_invalid}
+
+    def open(self) -> None:
+        from .models import load_tap
+
+        if self.uses_index and not self.index_dir:
+            raise JobsError("patch-mode jobs need an index (-i/--index); build one with `patchcollide index build`")
+        if self.uses_index:  # before the model: a bad index fails in a second
+            from .knn import PatchIndex
+
+            self.pindex = PatchIndex(self.index_dir)
+        seed = self.jobfile.jobs[0].config.seed if self.jobfile.jobs else 0
+        self.tap = load_tap(self.arch, self.layer, self.weights, seed=seed)
+        self._taps[self._tap_key(seed)] = self.tap
+
+    def close(self) -> None:
+        if self.pindex is not None:
+            self.pindex.close()
+            self.pindex = None
+
+    # -- models, targets, dataset -------------------------------------------------------------
+
+    def _tap_key(self, seed: int):
+        return seed if self.weights == "random" else None
+
+    def tap_for(self, job: Job):
+        from .models import load_tap
+
+        key = self._tap_key(job.config.seed)
+        if key not in self._taps:
+            # one extra random model at a time (VGG-16 is half a gigabyte)
+            for k in [k for k in self._taps if self._taps[k] is not self.tap]:
+                del self._taps[k]
+            self._taps[key] = load_tap(self.arch, self.layer, self.weights, seed=job.config.seed)
+        return key, self._taps[key]
+
+    def model_identity(self, job: Job) -> dict:
+        if self.weights == "random":
+            from .models import WeightsInfo
+
+            w = WeightsInfo("random", f"random(seed={job.config.seed})", None, False)
+            return {"arch": self.arch, "layer": self.layer, **dataclasses.asdict(w)}
+        return self.tap.identity()
+
+    def target_for(self, job: Job):
+        """``collide.target_of`` for the job's target, computed once per (model, target file,
+        size, vertices, first unit) and reused by every job that shares them."""
+        from .models import resolve_device
+        from .runs import load_input
+
+        key_tap, tap = self.tap_for(job)
+        c = job.config
+        key = (key_tap, job.target, c.size, c.vertices, c.first_unit)
+        if key not in self._targets:
+            dev = resolve_device(self.device)
+            img = load_input(job.target, c.size, "target")
+            t = target_of(tap.to(dev), to_tensor(img).to(dev), c.vertices, c.first_unit)
+            self._targets[key] = t
+        return self._targets[key]
+
+    def dataset_for(self, size: int):
+        """Dataset images (N, size, size, 3) uint8 for the polytope check's distance comparison:
+        the --dataset folder, else the index's store images when the batch uses an index, else None."""
+        from .runs import dataset_images, folder_image_paths
+
+        if self._dataset_paths is None:
+            if self.dataset:
+                self._dataset_paths = folder_image_paths(self.dataset)
+            elif self.pindex is not None:
+                st = self.pindex.store
+                self._dataset_paths = [st.image_record(i)["abspath"] for i in range(st.n_images)]
+            else:
+                self._dataset_paths = []
+        if size not in self._datasets:
+            self._datasets[size] = dataset_images(self._dataset_paths, size, seed=0) if self._dataset_paths else None
+        return self._datasets[size]
+
+    # -- statuses ------------------------------------------------------------------------------
+
+    def job_dir(self, job: Job) -> str:
+        return os.path.join(self.out_dir, job.out)
+
+    def _report(self, run_dir: str) -> dict | None:
+        """report.json of a run directory (without its history), cached by file identity."""
+        path = os.path.join(run_dir, "report.json")
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = self._reports.get(path)
+        if hit and hit[0] == sig:
+            return hit[1]
+        try:
+            with open(path, encoding="utf-8") as fh:
+                rep = json.load(fh)
+        except (OSError, ValueError):
+            rep = None
+        if isinstance(rep, dict):
+            rep.pop("history", None)
+        else:
+            rep = None
+        self._reports[path] = (sig, rep)
+        return rep
+
+    def expected_inputs(self, job: Job) -> dict:
+        return {"source": job.source, "target": job.target,
+                "index": self.index_dir if job.config.mode == "patches" else None}
+
+    def is_done(self, job: Job) -> bool:
+        d = self.job_dir(job)
+        rep = self._report(d)
+        try:
+            ok = (rep is not None and rep.get("kind") == "patchcollide-run"
+                  and _config_key(rep["config"]) == _config_key(dataclasses.asdict(job.config))
+                  and rep.get("inputs") == self.expected_inputs(job)
+                  and rep.get("model") == self.model_identity(job)
+                  and (job.samples == 0 or (rep.get("polytope") or {}).get("n") == job.samples))
+        except (KeyError, TypeError, AttributeError):
+            return False
+        return ok and all(os.path.isfile(os.path.join(d, f))
+                          for f in ["state.npz", *(f"vertex_{i}.png" for i in range(job.config.vertices))])
+
+    def fingerprint(self, job: Job) -> str:
+        """What a failure record belongs to: a job line changed since it failed is pending again."""
+        what = {"config": _config_key(dataclasses.asdict(job.config)), "inputs": self.expected_inputs(job),
+                "samples": job.samples, "model": [self.arch, self.layer, self.weights]}
+        return hashlib.sha256(_canon(what).encode()).hexdigest()[:16]
+
+    def failure(self, job: Job) -> dict | None:
+        try:
+            with open(os.path.join(self.out_dir, ".failed", job.out + ".json"), encoding="utf-8") as fh:
+                rec = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) and rec.get("fingerprint") == self.fingerprint(job) else None
+
+    def status(self, job: Job) -> str:
+        """done | busy (a process works on it now) | failed | pending, from the files in DIR."""
+        if self.is_done(job):
+            return "done"
+        if _held(self.out_dir, job.out):
+            return "busy"
+        return "failed" if self.failure(job) else "pending"
+
+    # -- one job -------------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Remove the scratch space (.tmp/<out>) that killed processes left behind, for every job
+        whose lock is free; a job being worked on elsewhere keeps its own."""
+        tmp = os.path.join(self.out_dir, ".tmp")
+        for name in sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []:
+            lock = JobLock.acquire(self.out_dir, name, wait=0)
+            if lock is None:
+                continue
+            try:
+                shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+            finally:
+                lock.release()
+
+    def run(self, job: Job, progress=None) -> str:
+        """Run one job unless it is done or busy; returns its status afterwards: done, failed or busy.
+
+        The run is written into DIR/.tmp/<out>/run, checked there (polytope) and renamed to
+        DIR/<out> only when complete. Failures (any Exception) are recorded in DIR/.failed/;
+        a full disk or file-size limit stops the batch with JobsError instead.
+        """
+        lock = JobLock.acquire(self.out_dir, job.out)
+        if lock is None:
+            return "busy"
+        scratch = os.path.join(self.out_dir, ".tmp", job.out)
+        try:
+            shutil.rmtree(scratch, ignore_errors=True)
+            if self.is_done(job):  # finished by another process meanwhile
+                self._forget_failure(job)
+                return "done"
+            os.makedirs(scratch)
+            t0 = time.time()
+            try:
+                self._run_into(job, scratch, t0, progress)
+            except Exception as e:  # noqa: BLE001 - a failing job is recorded; the batch goes on
+                fatal = _fatal_oserror(e)
+                if fatal is None:
+                    try:
+                        self._record_failure(job, e, time.time() - t0, scratch)
+                        return "failed"
+                    except OSError as e2:
+                        fatal = _fatal_oserror(e2)
+                        if fatal is None:
+                            raise
+                raise JobsError(f"{self.out_dir}: {fatal.strerror or fatal} while writing job {job.id!r} (disk "
+                                "full or file-size limit); free space and run again: finished jobs are kept and "
+                                "this one runs again") from None
+            self.seconds[job.id] = time.time() - t0
+            self._forget_failure(job)
+            return "done"
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            lock.release()
+
+    def _run_into(self, job: Job, scratch: str, t0: float, progress) -> None:
+        from .report import write_json
+        from .runs import read_report, run_collide, run_sample
+
+        final = self.job_dir(job)
+        if os.path.lexists(final) and not _replaceable(final):
+            raise CollideError(f"{final} holds files that are not a patchcollide run; move them away")
+        _, tap = self.tap_for(job)
+        target = self.target_for(job)
+        run_dir = os.path.join(scratch, "run")
+        run_collide(job.source, job.target, run_dir, job.config, arch=self.arch, layer=self.layer,
+                    weights=self.weights, index_dir=self.index_dir, tap=tap,
+                    pindex=self.pindex if job.config.mode == "patches" else None, progress=progress,
+                    target_stats=target)
+        if job.samples:
+            run_sample(run_dir, n=job.samples, seed=0, device=self.device,
+                       dataset_images=self.dataset_for(job.config.size), tap=tap)
+        report = read_report(run_dir)
+        report["batch"] = {"id": job.id, "jobs_file": self.jobfile.path, "line": job.line,
+                           "seconds": round(time.time() - t0, 3)}
+        write_json(report, os.path.join(run_dir, "report.json"))
+        # The new run goes in whole: an older (stale) run is moved into the scratch space first.
+        if os.path.lexists(final):
+            os.replace(final, os.path.join(scratch, "old"))
+        os.replace(run_dir, final)
+
+    def _record_failure(self, job: Job, exc: Exception, seconds: float, scratch: str) -> None:
+        d = os.path.join(self.out_dir, ".failed")
+        os.makedirs(d, exist_ok=True)
+        tb_rel = posixpath.join(".failed", job.out + ".traceback.txt")
+        _write_atomic(os.path.join(self.out_dir, tb_rel), traceback.format_exc(), scratch)
+        msg = _first_line(str(exc))
+        rec = {"id": job.id, "line": job.line, "out": job.out, "error": f"{type(exc).__name__}: {msg}" if msg else
+               type(exc).__name__, "traceback": tb_rel, "seconds": round(seconds, 3),
+               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": self.fingerprint(job)}
+        _write_atomic(os.path.join(d, job.out + ".json"), json.dumps(rec, indent=2), scratch)
+        log.warning("job %s (line %d) failed: %s", job.id, job.line, rec["error"])
+
+    def _forget_failure(self, job: Job) -> None:
+        for suffix in (".json", ".traceback.txt"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.out_dir, ".failed", job.out + suffix))
+
+    # -- batch.json ----------------------------------------------------------------------------
+
+    def entry(self, job: Job) -> dict:
+        st = self.status(job)
+        e = {"id": job.id, "line": job.line, "out": job.out, "status": st, "seconds": None, "error": None,
+             "traceback": None, "metrics": None}
+        if st == "done":
+            rep = self._report(self.job_dir(job))
+            e["seconds"] = self.seconds.get(job.id, (rep.get("batch") or {}).get("seconds", rep.get("seconds")))
+            e["metrics"] = metrics_of(rep)
+        elif st == "failed":
+            rec = self.failure(job)
+            e.update(seconds=rec.get("seconds"), error=rec.get("error"), traceback=rec.get("traceback"))
+        if e["seconds"] is not None:
+            e["seconds"] = round(float(e["seconds"]), 3)
+        return e
+
+    def batch_json(self, created: str | None = None) -> dict:
+        from .runs import versions
+
+        self._versions = self._versions or versions()
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        entries = [(j.position, self.entry(j)) for j in self.jobfile.jobs]
+        entries += [(j.position, {"id": j.id, "line": j.line, "out": j.out, "status": "invalid", "seconds": None,
+                                  "error": j.error, "traceback": None, "metrics": None}) for j in self.jobfile.invalid]
+        return {"kind": "patchcollide-batch", "jobs_file": self.jobfile.path, "jobs_sha256": self.jobfile.sha256,
+                "created": created or now, "updated": now, "options": self.options,
+                "model": self.tap.identity() if self.tap is not None else None, "versions": self._versions,
+                "jobs": [e for _, e in sorted(entries, key=lambda pe: pe[0])]}
+
+    def write_batch_json(self) -> dict:
+        """Rewrite DIR/batch.json from the files in DIR (read-modify-write under
+        DIR/.batch.json.lock, temporary file + rename); returns what it wrote."""
+        path = os.path.join(self.out_dir, BATCH_JSON)
+        fd = os.open(os.path.join(self.out_dir, ".batch.json.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            created = None
+            with contextlib.suppress(OSError, ValueError, AttributeError), open(path, encoding="utf-8") as fh:
+                created = json.load(fh).get("created")
+            data = self.batch_json(created)
+            tmp = os.path.join(self.out_dir, ".batch.json.tmp")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=2, default=str)
+            os.replace(tmp, path)
+            return data
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def metrics_of(report: dict) -> dict:
+    """batch.json's key metrics of a finished run's report."""
+    v, poly, tgt = report["vertices"], report.get("polytope") or {}, report.get("target") or {}
+    return {
+        "worst_rel_error": max(v["float"]["rel_error"]),
+        "worst_rel_error_png": max(v["png"]["rel_error"]),
+        "mean_pairwise_l2": v.get("mean_pairwise_l2"),
+        "share_target_class": poly.get("share_target_class"),
+        "mean_top_prob_samples": poly.get("mean_top_prob_samples"),
+        "top_prob_target": poly.get("top_prob_target", tgt.get("top_prob")),
+        "target_label": tgt.get("label"),
+        "steps": report.get("steps"),
+        "converged": report.get("converged"),
+    }
+
+
+class BatchEvents:
+    """What ``run_batch`` tells its caller (the CLI draws a progress bar); every method is optional."""
+
+    def start(self, todo: list[Job]) -> None: ...
+
+    def job_start(self, job: Job) -> None: ...
+
+    def job_end(self, job: Job, status: str, seconds: float) -> None: ...
+
+    def step(self, step: int, total: int, loss: float, worst: float) -> None: ...
+
+
+@dataclasses.dataclass
+class BatchResult:
+    batch: dict  # what batch.json holds now
+    mine: list[dict]  # batch.json's entries of this process's shard (invalid lines included)
+    ran: list[str]  # ids of the jobs this process ran (done or failed)
+
+
+def run_batch(jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet",
+              index_dir: str | None = "index", device: str = "auto", dataset: str | None = None,
+              shard: tuple[int, int] | None = None, retry_failed: bool = False, skip_invalid: bool = False,
+              events: BatchEvents | None = None) -> BatchResult:
+    """Run this process's share of ``jobfile`` into ``out_dir``.
+
+    Runs every job of the shard that is not done (pending and failed ones); with
+    ``retry_failed`` only those whose recorded status is failed. Holds the shard's batch
+    lock throughout; updates DIR/batch.json after every job. Raises JobsError for user
+    mistakes (invalid lines without ``skip_invalid``, a locked directory, a full disk).
+    """
+    events = events or BatchEvents()
+    if jobfile.invalid and not skip_invalid:
+        n = len(jobfile.invalid)
+        raise JobsError(f"{n} invalid line{'s' if n > 1 else ''} in {jobfile.path}; fix them or pass --skip-invalid")
+    if not jobfile.jobs:
+        raise JobsError(f"{jobfile.path}: no valid jobs ({len(jobfile.invalid)} invalid lines)")
+    if dataset and not os.path.isdir(dataset):
+        raise JobsError(f"--dataset {dataset}: no such folder; give an image folder or leave it out")
+    created = not os.path.exists(out_dir)
+    runner = BatchRunner(jobfile, out_dir, arch, layer, weights, index_dir, device, dataset, skip_invalid)
+    ran: list[str] = []
+    try:
+        with batch_lock(out_dir, shard):
+            try:
+                runner.open()  # a bad model or index: nothing is written
+            except BaseException:
+                if created:  # leave no empty directory behind
+                    with contextlib.suppress(OSError):
+                        os.remove(batch_lock_path(out_dir, shard))
+                        os.rmdir(out_dir)
+                raise
+            runner.sweep()
+            mine = [j for j in jobfile.jobs if in_shard(j.position, shard)]
+            if retry_failed:
+                todo = [j for j in mine if not runner.is_done(j) and runner.failure(j) is not None]
+            else:
+                todo = [j for j in mine if not runner.is_done(j)]
+            runner.write_batch_json()
+            events.start(todo)
+            for job in todo:
+                events.job_start(job)
+                t0 = time.time()
+                try:
+                    status = runner.run(job, progress=events.step)
+                except JobsError:
+                    with contextlib.suppress(OSError):
+                        runner.write_batch_json()
+                    raise
+                if status == "failed" or job.id in runner.seconds:
+                    ran.append(job.id)
+                events.job_end(job, status, time.time() - t0)
+                runner.write_batch_json()
+            batch = runner.write_batch_json()
+    finally:
+        runner.close()
+    positions = {j.line for j in jobfile.jobs + jobfile.invalid if in_shard(j.position, shard)}
+    return BatchResult(batch, [e for e in batch["jobs"] if e["line"] in positions], ran)

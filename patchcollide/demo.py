@@ -22,7 +22,7 @@ from PIL import Image
 from .extract import ExtractConfig, extract_store, versions
 from .knn import MANIFEST_FILE, STORE_FILE, IndexConfig, IndexError_, PatchIndex, build_index
 from .report import neighbour_mosaic, save_png
-from .store import StoreError
+from .store import PatchStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,27 @@ def write_sample_photos(folder: str, names: tuple[str, ...]) -> list[str]:
     return paths
 
 
+def _check_index_dir(index_dir: str) -> None:
+    """Refuse, before anything is written, an index folder whose index or store the demo cannot
+    use or did not make: it may be a user's real one (``index`` is also extract's default)."""
+    store_path = os.path.join(index_dir, STORE_FILE)
+    hint = "pass --index with another folder, or remove that index"
+    if os.path.exists(os.path.join(index_dir, MANIFEST_FILE)):
+        try:
+            PatchIndex(index_dir, store_path).close()
+        except (IndexError_, StoreError) as e:
+            raise IndexError_(f"{index_dir}/ holds an index the demo cannot use ({e}); {hint}") from None
+    if os.path.exists(store_path):
+        try:
+            with PatchStore(store_path) as st:
+                roots = [os.path.realpath(r) for r in st.roots]
+        except StoreError as e:
+            raise IndexError_(f"{index_dir}/ holds a store the demo cannot use ({e}); {hint}") from None
+        if roots != [os.path.realpath(os.path.join(index_dir, "photos"))]:
+            raise IndexError_(f"{store_path} is not the demo's store (it was extracted from "
+                              f"{', '.join(roots) or 'no folder'}); {hint}")
+
+
 def _ensure_index(index_dir: str, store_path: str) -> None:
     """Build the demo index unless a matching one is there. An index that exists but cannot be
     used with the demo store is never overwritten: it may be a user's real index."""
@@ -115,6 +136,9 @@ def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int =
     from .runs import run_collide, run_sample
 
     t = {"start": time.time()}
+    _check_index_dir(index_dir)  # a foreign or broken index, and then bad --weights, are refused
+    tap = demo_tap(weights)  # before anything is written
+    t["model"] = time.time()
     write_sample_photos(os.path.join(index_dir, "photos"), photos)
     query, target = write_sample_photos(os.path.join(out_dir), (QUERY_PHOTO, TARGET_PHOTO))
     store_path = os.path.join(index_dir, STORE_FILE)
@@ -128,7 +152,6 @@ def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int =
         mosaic = save_png(neighbour_mosaic(r.image, r.query_yx, nb, r.distances), os.path.join(out_dir, "mosaic.png"))
         factory = pidx.manifest["factory"]
         t["search"] = time.time()
-        tap = demo_tap(weights)
         cfg = CollideConfig(mode="patches", vertices=vertices, steps=steps, size=size, k=k, device=device)
         run_dir = os.path.join(out_dir, "collision")
         run_collide(query, target, run_dir, cfg, tap=tap, pindex=pidx, index_dir=index_dir, overwrite=True,
@@ -140,8 +163,8 @@ def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int =
                         for p in photos])
     report = run_sample(run_dir, n=n_samples, dataset_images=dataset, tap=tap, device=device)
     t["sample"] = time.time()
-    seconds = {"extract": t["extract"] - t["start"], "index": t["index"] - t["extract"],
-               "search": t["search"] - t["index"], "collide": t["collide"] - t["search"],
+    seconds = {"model": t["model"] - t["start"], "extract": t["extract"] - t["model"],
+               "index": t["index"] - t["extract"], "search": t["search"] - t["index"], "collide": t["collide"] - t["search"],
                "sample": t["sample"] - t["collide"], "total": t["sample"] - t["start"]}
     result = DemoResult(index_dir=index_dir, out_dir=out_dir, n_patches=res.n_patches, factory=factory,
                         mosaic=mosaic, n_locations=len(r.ids), k=k,

@@ -203,13 +203,12 @@ def extract_store(
             try:
                 with PatchStore(out) as old:
                     same = old.content_key == content_key
+                why = "was built from other arguments or inputs"
             except StoreError:
-                same = False
+                same, why = False, "is not a readable patchcollide store"
             if not same:
-                raise ExtractError(
-                    f"{out} already exists and was built from other arguments or inputs; "
-                    "pass --overwrite to replace it, or choose another --out"
-                )
+                raise ExtractError(f"{out} already exists and {why}; pass --overwrite to replace it, or choose "
+                                   "another --out")
             manifest = restore_manifest(out)
             return ExtractResult(out, manifest, resumed=False, already_complete=True, seconds=time.time() - t0)
         if overwrite:  # the old store stays in place until the new one is complete

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import warnings
 
 import numpy as np
@@ -19,7 +20,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 class BadImage(Exception):
-    """A file that cannot be used as an image; ``str(e)`` is the one-line reason."""
+    """A file that cannot be used as an image; ``str(e)`` is the one-line reason and
+    ``e.path`` the file (set by :func:`load_rgb`), so a caller can name it."""
+
+    def __init__(self, reason: str, path: str | None = None):
+        super().__init__(reason)
+        self.path = path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +99,18 @@ def load_rgb(path: str | os.PathLike, pre: Preprocess = Preprocess()) -> tuple[n
     """Decode ``path`` into ((H, W, 3) uint8 RGB after preprocessing, native (H, W)).
 
     Raises BadImage with a one-line reason for empty, truncated, non-image, too small,
-    too large (decompression bomb) and unsupported files.
+    too large (decompression bomb) and unsupported files; its ``path`` is ``path``.
     """
     path = os.fspath(path)
+    try:
+        return _load_rgb(path, pre)
+    except BadImage as e:
+        if e.path is None:
+            e.path = path
+        raise
+
+
+def _load_rgb(path: str, pre: Preprocess) -> tuple[np.ndarray, tuple[int, int]]:
     try:
         if os.path.getsize(path) == 0:
             raise BadImage("empty file")
@@ -125,8 +140,11 @@ def load_rgb(path: str | os.PathLike, pre: Preprocess = Preprocess()) -> tuple[n
             raise
         except UnidentifiedImageError:
             raise BadImage("not an image (no decoder recognises it)") from None
-        except Image.DecompressionBombError as e:
-            raise BadImage(f"decompression bomb: {e}") from None
+        except Image.DecompressionBombError as e:  # PIL's own limit (2x MAX_IMAGE_PIXELS) comes before ours
+            n = re.search(r"\((\d+) pixels\)", str(e))
+            limit = min(pre.max_pixels, 2 * Image.MAX_IMAGE_PIXELS)
+            raise BadImage(f"declared size of {n.group(1) if n else 'too many'} pixels exceeds the decompression-bomb "
+                           f"guard of {limit} pixels") from None
         except (OSError, SyntaxError, ValueError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise BadImage(f"cannot decode ({msg})") from None

@@ -16,6 +16,7 @@ search uses torch on CUDA; everything is saved and searched in CPU form.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,7 +33,7 @@ import numpy as np
 from . import __version__
 from .descriptors import make_descriptor
 from .images import PATCH, Preprocess, cut_patches, grid_positions, load_rgb
-from .store import PatchStore
+from .store import PatchStore, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,21 @@ def build_index(
     Written atomically (temporary names, then os.replace). Returns the manifest.
     progress(done, total) counts patches added.
     """
+    created = not os.path.exists(index_dir)
+    os.makedirs(index_dir, exist_ok=True)
+    try:
+        with store_lock(os.path.join(index_dir, "index"), "index", IndexError_):
+            return _build_index(index_dir, store_path, config, progress)
+    except BaseException:
+        if created:  # a refused build (bad store, bad factory) leaves no new, empty index folder behind
+            with contextlib.suppress(OSError):
+                if os.listdir(index_dir) == ["index.lock"]:
+                    os.remove(os.path.join(index_dir, "index.lock"))
+                    os.rmdir(index_dir)
+        raise
+
+
+def _build_index(index_dir, store_path, config, progress) -> dict:
     t0 = time.time()
     store_path = store_path or os.path.join(index_dir, STORE_FILE)
     desc = make_descriptor(config.descriptor)
@@ -173,14 +189,21 @@ def build_index(
             "bytes": None, "versions": _versions(), "config": dataclasses.asdict(config),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-    os.makedirs(index_dir, exist_ok=True)
     ipath = os.path.join(index_dir, INDEX_FILE)
-    faiss.write_index(index, ipath + ".tmp")
-    manifest["bytes"] = os.path.getsize(ipath + ".tmp")
-    manifest["quick_sha256"] = quick_checksum(ipath + ".tmp")
     mpath = os.path.join(index_dir, MANIFEST_FILE)
-    with open(mpath + ".tmp", "w") as fh:
-        json.dump(manifest, fh, indent=2)
+    try:
+        faiss.write_index(index, ipath + ".tmp")
+        manifest["bytes"] = os.path.getsize(ipath + ".tmp")
+        manifest["quick_sha256"] = quick_checksum(ipath + ".tmp")
+        with open(mpath + ".tmp", "w") as fh:
+            json.dump(manifest, fh, indent=2)
+    except (OSError, RuntimeError) as e:  # full disk, file-size limit: faiss raises RuntimeError
+        for p in (ipath + ".tmp", mpath + ".tmp"):
+            with contextlib.suppress(OSError):
+                os.remove(p)
+        msg = (getattr(e, "strerror", None) or str(e).strip().splitlines()[-1])[:160]
+        raise IndexError_(f"{index_dir}: writing the index failed ({msg}); free disk space and run again "
+                          "(any earlier index there is untouched)") from None
     # A kill between these two renames leaves a pair that does not belong together; PatchIndex
     # detects it through the size and quick checksum recorded in the manifest.
     os.replace(ipath + ".tmp", ipath)
@@ -307,7 +330,12 @@ class PatchIndex:
         try:
             with open(mpath) as fh:
                 self.manifest = json.load(fh)
-            self.manifest["store"]["store_id"], self.manifest["factory"], self.manifest["quick_sha256"]  # noqa: B018
+            m = self.manifest
+            for key in ("store_id", "fingerprint", "path"):
+                if not isinstance(m["store"][key], str):
+                    raise TypeError(key)
+            m["factory"], m["quick_sha256"], m["descriptor"]["name"], m["descriptor"]["params"], m["nprobe"], \
+                m["k_factor"]  # raise KeyError or TypeError when missing
         except (OSError, ValueError, KeyError, TypeError):
             raise IndexError_(f"{mpath}: not a patchcollide index manifest; rebuild with `patchcollide index build`") from None
         if quick_checksum(ipath) != self.manifest["quick_sha256"]:

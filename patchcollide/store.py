@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -106,10 +107,10 @@ def _fsync_dir(path: str) -> None:
 
 
 @contextlib.contextmanager
-def store_lock(path: str) -> Iterator[None]:
+def store_lock(path: str, what: str = "store", error: type[Exception] | None = None) -> Iterator[None]:
     """Exclusive, non-blocking lock on ``PATH.lock`` for the whole of a write: a second process
-    writing the same store is refused (StoreError) instead of corrupting it. The empty lock
-    file stays; the lock itself dies with the process, even on SIGKILL."""
+    writing the same ``what`` is refused (``error``, default StoreError) instead of corrupting
+    it. The empty lock file stays; the lock itself dies with the process, even on SIGKILL."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -118,7 +119,8 @@ def store_lock(path: str) -> Iterator[None]:
     except OSError as e:
         os.close(fd)
         if e.errno in (errno.EAGAIN, errno.EACCES):
-            raise StoreError(f"{path}: another process is writing this store; wait for it or choose another --out") from None
+            raise (error or StoreError)(f"{path}: another process is writing this {what}; wait for it or choose "
+                                        "another output") from None
         raise
     try:
         yield
@@ -209,64 +211,75 @@ class StoreWriter:
         skipped: list[dict] = [{"path": p, "reason": r} for p, r in skipped_before]
         n = 0
         img_offset = 0
-        with h5py.File(tmp, "w") as f:
-            patches = f.create_dataset(
-                "patches", shape=(0, *PATCH_SHAPE), maxshape=(None, *PATCH_SHAPE), dtype=np.uint8,
-                chunks=(CHUNK, *PATCH_SHAPE), compression=manifest["config"].get("compression"),
-            )
-            prov = f.create_dataset("provenance", shape=(0, 3), maxshape=(None, 3), dtype=np.int32, chunks=(4096, 3))
-            img_cols: dict[str, list] = {k: [] for k in ("path", "root", "label", "size", "native_size", "count")}
-            for i in range(n_parts):
-                part = Part.load(self.part_path(i))
-                m = len(part.paths)
-                pv = part.provenance.astype(np.int32, copy=True)
-                pv[:, 0] += img_offset
-                k = len(part.patches)
-                patches.resize(n + k, axis=0)
-                patches[n : n + k] = part.patches
-                prov.resize(n + k, axis=0)
-                prov[n : n + k] = pv
-                h_patches.update(np.ascontiguousarray(part.patches).tobytes())
-                h_prov.update(pv.astype("<i4").tobytes())
-                counts = np.bincount(part.provenance[:, 0], minlength=m) if k else np.zeros(m, np.int64)
-                img_cols["path"] += part.paths
-                img_cols["root"].append(part.roots)
-                img_cols["label"].append(part.labels)
-                img_cols["size"].append(part.sizes.reshape(-1, 2))
-                img_cols["native_size"].append(part.native_sizes.reshape(-1, 2))
-                img_cols["count"].append(counts)
-                skipped += [{"path": p, "reason": r} for p, r in part.skipped]
-                n += k
-                img_offset += m
-            counts = np.concatenate(img_cols["count"]).astype(np.int32) if img_cols["count"] else np.zeros(0, np.int32)
-            g = f.create_group("images")
-            str_t = h5py.string_dtype("utf-8")
-            g.create_dataset("path", data=np.asarray(img_cols["path"], dtype=object), dtype=str_t)
-            g.create_dataset("root", data=_cat(img_cols["root"], np.int16, (0,)))
-            g.create_dataset("label", data=_cat(img_cols["label"], np.int32, (0,)))
-            g.create_dataset("size", data=_cat(img_cols["size"], np.int32, (0, 2)))
-            g.create_dataset("native_size", data=_cat(img_cols["native_size"], np.int32, (0, 2)))
-            g.create_dataset("count", data=counts)
-            g.create_dataset("first", data=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)[: len(counts)])
-            f.create_dataset("classes", data=np.asarray(list(classes), dtype=object), dtype=str_t)
-            f.create_dataset("roots", data=np.asarray(list(roots), dtype=object), dtype=str_t)
-            manifest = dict(manifest)
-            manifest.update(
-                format=FORMAT, format_version=FORMAT_VERSION, store_id=self.store_id,
-                fingerprint=fingerprint_of(h_patches, h_prov), n_patches=int(n), n_images=int(img_offset),
-                n_classes=len(classes), n_skipped=len(skipped), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            )
-            for key in ("format", "format_version", "store_id", "fingerprint", "created", "content_key"):
-                if key in manifest:
-                    f.attrs[key] = manifest[key]
-            f.attrs["config"] = json.dumps(manifest["config"], sort_keys=True)
-            f.attrs["versions"] = json.dumps(manifest.get("versions", {}), sort_keys=True)
-            manifest["skipped"] = skipped
-            if t0 is not None:
-                manifest["seconds"] = round(time.time() - t0, 3)
-            f.attrs["manifest"] = json.dumps(manifest, sort_keys=True)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        try:
+            with h5py.File(tmp, "w") as f:
+                try:
+                    patches = f.create_dataset(
+                        "patches", shape=(0, *PATCH_SHAPE), maxshape=(None, *PATCH_SHAPE), dtype=np.uint8,
+                        chunks=(CHUNK, *PATCH_SHAPE), compression=manifest["config"].get("compression"),
+                    )
+                    prov = f.create_dataset("provenance", shape=(0, 3), maxshape=(None, 3), dtype=np.int32, chunks=(4096, 3))
+                    img_cols: dict[str, list] = {k: [] for k in ("path", "root", "label", "size", "native_size", "count")}
+                    for i in range(n_parts):
+                        part = Part.load(self.part_path(i))
+                        m = len(part.paths)
+                        pv = part.provenance.astype(np.int32, copy=True)
+                        pv[:, 0] += img_offset
+                        k = len(part.patches)
+                        patches.resize(n + k, axis=0)
+                        patches[n : n + k] = part.patches
+                        prov.resize(n + k, axis=0)
+                        prov[n : n + k] = pv
+                        h_patches.update(np.ascontiguousarray(part.patches).tobytes())
+                        h_prov.update(pv.astype("<i4").tobytes())
+                        counts = np.bincount(part.provenance[:, 0], minlength=m) if k else np.zeros(m, np.int64)
+                        img_cols["path"] += part.paths
+                        img_cols["root"].append(part.roots)
+                        img_cols["label"].append(part.labels)
+                        img_cols["size"].append(part.sizes.reshape(-1, 2))
+                        img_cols["native_size"].append(part.native_sizes.reshape(-1, 2))
+                        img_cols["count"].append(counts)
+                        skipped += [{"path": p, "reason": r} for p, r in part.skipped]
+                        n += k
+                        img_offset += m
+                    counts = np.concatenate(img_cols["count"]).astype(np.int32) if img_cols["count"] else np.zeros(0, np.int32)
+                    g = f.create_group("images")
+                    str_t = h5py.string_dtype("utf-8")
+                    g.create_dataset("path", data=np.asarray(img_cols["path"], dtype=object), dtype=str_t)
+                    g.create_dataset("root", data=_cat(img_cols["root"], np.int16, (0,)))
+                    g.create_dataset("label", data=_cat(img_cols["label"], np.int32, (0,)))
+                    g.create_dataset("size", data=_cat(img_cols["size"], np.int32, (0, 2)))
+                    g.create_dataset("native_size", data=_cat(img_cols["native_size"], np.int32, (0, 2)))
+                    g.create_dataset("count", data=counts)
+                    g.create_dataset("first", data=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)[: len(counts)])
+                    f.create_dataset("classes", data=np.asarray(list(classes), dtype=object), dtype=str_t)
+                    f.create_dataset("roots", data=np.asarray(list(roots), dtype=object), dtype=str_t)
+                    manifest = dict(manifest)
+                    manifest.update(
+                        format=FORMAT, format_version=FORMAT_VERSION, store_id=self.store_id,
+                        fingerprint=fingerprint_of(h_patches, h_prov), n_patches=int(n), n_images=int(img_offset),
+                        n_classes=len(classes), n_skipped=len(skipped), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    )
+                    for key in ("format", "format_version", "store_id", "fingerprint", "created", "content_key"):
+                        if key in manifest:
+                            f.attrs[key] = manifest[key]
+                    f.attrs["config"] = json.dumps(manifest["config"], sort_keys=True)
+                    f.attrs["versions"] = json.dumps(manifest.get("versions", {}), sort_keys=True)
+                    manifest["skipped"] = skipped
+                    if t0 is not None:
+                        manifest["seconds"] = round(time.time() - t0, 3)
+                    f.attrs["manifest"] = json.dumps(manifest, sort_keys=True)
+                    f.flush()  # a write that fails here is caught below, not in the close
+                except OSError:
+                    _discard_writes(f)
+                    raise
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise StoreError(f"{self.path}: writing the store failed ({_os_reason(e)}); free disk space and run "
+                             f"again: the {n_parts} finished parts in {self.parts_dir} are kept") from None
         manifest["bytes_on_disk"] = os.path.getsize(tmp)
         # The store is renamed in first; a kill before the JSON copy is written is mended by
         # the next run with the same arguments (restore_manifest).
@@ -275,6 +288,28 @@ class StoreWriter:
         write_manifest(self.path, manifest)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         return manifest
+
+
+def _discard_writes(f: h5py.File) -> None:
+    """Close ``f`` after a failed write (full disk, file-size limit) without writing more.
+
+    HDF5 retries its flush when the file is closed and, after a failed write, crashes the
+    process (SIGSEGV) doing so. Pointing the file's descriptor at /dev/null lets the close
+    succeed; the half-written file is deleted by the caller."""
+    with contextlib.suppress(Exception):
+        fd = f.id.get_vfd_handle()
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, fd)
+        os.close(null)
+        f.close()
+
+
+def _os_reason(e: OSError) -> str:
+    """The cause of an OSError in a few words; h5py's messages carry HDF5's whole report."""
+    if e.errno:
+        return os.strerror(e.errno)
+    m = re.search(r"error message = '([^']+)'", str(e))
+    return m.group(1) if m else (str(e).strip().splitlines() or ["write error"])[0][:120]
 
 
 def fingerprint_of(h_patches, h_prov) -> str:
@@ -338,7 +373,13 @@ class PatchStore:
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as e:
-            reason = str(e).split(";")[0].split("(")[0].strip() or "unreadable"
+            text = str(e)
+            if "truncated file" in text:
+                reason = f"truncated to {os.path.getsize(self.path)} bytes, e.g. by an interrupted copy"
+            elif "signature not found" in text:
+                reason = "no HDF5 signature: another format"
+            else:
+                reason = text.split(";")[0].split("(")[0].strip() or "unreadable"
             raise StoreError(
                 f"{self.path}: not a readable HDF5 file ({reason}); give a store written by `patchcollide extract`"
             ) from None

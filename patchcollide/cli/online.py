@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -46,7 +47,7 @@ class _Bar:
 
     def __init__(self, enabled: bool):
         self.enabled, self.bar, self.last = enabled, None, 0
-        self.tty = click.get_text_stream("stderr").isatty()
+        self.tty = sys.stderr.isatty()
 
     def __call__(self, step: int, total: int, loss: float, worst: float) -> None:
         if not self.enabled:
@@ -57,7 +58,7 @@ class _Bar:
                 click.echo(f"step {step}/{total}: {label}", err=True)
             return
         if self.bar is None:
-            self.bar = click.progressbar(length=total, show_eta=True, show_pos=True, file=click.get_text_stream("stderr"))
+            self.bar = click.progressbar(length=total, show_eta=True, show_pos=True, file=sys.stderr)
             self.bar.__enter__()
         self.bar.label = label
         self.bar.update(step - self.last)

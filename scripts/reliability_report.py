@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Run the fault and bad-input suites and write docs/reliability.md with the outcome counts.
+
+Every trial is one pytest case (tests/test_faults.py: one case per seeded kill moment;
+tests/test_bad_inputs.py: one case per (command, bad input); tests/test_resume.py and the
+lock tests of tests/test_batch.py and tests/test_extract.py). This script runs them, reads
+pytest's JUnit XML and fills the counts into the table of docs/reliability.md.
+
+    python scripts/reliability_report.py                     # runs the suites (~10 min, 2 cores)
+    python scripts/reliability_report.py --junit junit.xml   # from a full `pytest --junitxml` run
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+# (fault, how it is tested, expected outcome, selector: test-id prefixes)
+ROWS = [
+    ("`extract` killed (SIGKILL) at a seeded random moment, then run again",
+     "real process; moment uniform over the work window after the lock appears; 5 seeds",
+     "no store at the final name unless complete; restart equals the clean store (patches, provenance, "
+     "image table, fingerprint); no leftovers",
+     ["tests/test_faults.py::test_extract_killed_at_random_moment"]),
+    ("`extract` killed after N parts, during the merge, and at a random moment (3 kills per trial)",
+     "real process, 2 seeds", "as above", ["tests/test_resume.py::test_resume_after_sigkill"]),
+    ("`index build` killed at a seeded random moment (odd seeds: over an existing index)",
+     "real process; IVF16,Flat over 19,208 patches; 5 seeds",
+     "the index there opens and equals the clean one, or is refused at open; restart gives identical bytes",
+     ["tests/test_faults.py::test_index_build_killed_at_random_moment"]),
+    ("`batch` killed twice at seeded random moments, then run to the end",
+     "real process, 3 jobs (pixel, 32 x 32, 30 steps, 20 samples); 5 seeds",
+     "no job reported done or present at its name unless complete; final vertex PNGs and state.npz "
+     "byte-identical to an uninterrupted batch",
+     ["tests/test_faults.py::test_batch_killed_at_random_moment"]),
+    ("Full disk: file-size limit (RLIMIT_FSIZE) during `extract`'s merge",
+     "limit = half the store: parts fit, the merged store does not",
+     "one-line error, exit 2; finished parts kept; a run with room equals the clean store",
+     ["tests/test_faults.py::test_extract_full_disk"]),
+    ("Full disk during `index build`", "limit = a third of the index file, over an existing index",
+     "one-line error, exit 2; the earlier index byte-identical; no temporary files; a run with room succeeds",
+     ["tests/test_faults.py::test_index_build_full_disk"]),
+    ("Full disk during `batch`", "limit 20 kB after one job finished",
+     "one-line error, exit 2; the finished job untouched; no partial job; a run with room equals the clean batch",
+     ["tests/test_faults.py::test_batch_full_disk"]),
+    ("Two writers: `extract`, `index build`, `batch` on an output another process holds",
+     "the lock held by the test, the command run as a real process",
+     "refused with a one-line error, exit 2; nothing written",
+     ["tests/test_faults.py::test_extract_second_writer", "tests/test_faults.py::test_index_build_second_writer",
+      "tests/test_faults.py::test_batch_second_writer", "tests/test_extract.py::test_second_writer",
+      "tests/test_extract.py::test_overwrite_waits_for_the_lock", "tests/test_batch.py::test_a_second_process"]),
+    ("Half-written or failed batch jobs; shards sharing one directory",
+     "a temp dir left behind / a job dir without its check; a job failing mid-batch; shards 1/2 and 2/2",
+     "half jobs are not done and rerun; failures recorded with traceback, the batch goes on; "
+     "--retry-failed reruns only them; shards give the same set of done jobs",
+     ["tests/test_batch.py::test_a_half_written", "tests/test_batch.py::test_a_failing_job",
+      "tests/test_batch.py::test_retry_failed", "tests/test_batch.py::test_resume_runs",
+      "tests/test_batch.py::test_shards_share"]),
+    ("Bad inputs, every command (140 cases: stores, indexes, weights, images, job files, run/batch dirs)",
+     "CliRunner and real processes; directory snapshot (size, mtime, sha256) before and after",
+     "one line naming the file and what to do, exit 2, no traceback, nothing already written touched",
+     ["tests/test_bad_inputs.py"]),
+]
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--junit", default=None, help="read this JUnit XML instead of running the suites")
+    args = ap.parse_args()
+    if args.junit:
+        xml = args.junit
+        seconds = float(ET.parse(xml).getroot().iter("testsuite").__next__().get("time", "nan"))
+    else:
+        xml = os.path.join(tempfile.mkdtemp(prefix="reliability_"), "junit.xml")
+        files = sorted({sel.split("::")[0] for *_, sels in ROWS for sel in sels})
+        t0 = time.time()
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *files],
+                       cwd=ROOT)
+        seconds = time.time() - t0
+    cases = []
+    for tc in ET.parse(xml).getroot().iter("testcase"):
+        path = tc.get("classname", "").replace(".", "/") + ".py"  # tests.test_x -> tests/test_x.py
+        failed = any(child.tag in ("failure", "error") for child in tc)
+        skipped = any(child.tag == "skipped" for child in tc)
+        cases.append((f"{path}::{tc.get('name')}", failed, skipped))
+    from bench_knn import machine
+
+    m = machine()
+    lines = [
+        "# Reliability: faults and bad inputs",
+        "",
+        "Each row is a fault or bad input, how the tests create it, what must hold, and the outcome",
+        "of the last run (trials = pytest cases; each kill moment and each bad input is its own case).",
+        f"Last run: {time.strftime('%Y-%m-%d %H:%M')}, {m['cpu']} ({m['cores']} cores), {seconds:.0f} s; "
+        "regenerate with `python scripts/reliability_report.py`. The same tests run in CI.",
+        "",
+        "| Fault or bad input | How | Must hold | Trials | Failures | Skipped |",
+        "|---|---|---|---|---|---|",
+    ]
+    total = [0, 0, 0]
+    for fault, how, outcome, sels in ROWS:
+        hit = [c for c in cases if any(c[0].startswith(s) for s in sels)]
+        n, f, s = len(hit), sum(c[1] for c in hit), sum(c[2] for c in hit)
+        total = [total[0] + n, total[1] + f, total[2] + s]
+        lines.append(f"| {fault} | {how} | {outcome} | {n} | {f} | {s} |")
+    lines.append(f"| **all** | | | **{total[0]}** | **{total[1]}** | **{total[2]}** |")
+    with open(os.path.join(ROOT, "docs", "reliability-details.md")) as fh:
+        details = fh.read()
+    os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
+    with open(os.path.join(ROOT, "docs", "reliability.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n\n" + details)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""Faults: real processes killed with SIGKILL at seeded random moments and started again, writes
+that fail part-way under a lowered file-size limit (RLIMIT_FSIZE), and a second writer.
+
+For `extract`, `index build` and `batch`: after each kill nothing partial may look complete
+(no store, index or job is reported finished unless it equals the clean one), every HDF5 and
+index file that exists opens, and the restarted command ends with exactly the clean run's
+outputs. Each trial is one parametrized case, so pytest's counts are the trial counts that
+docs/reliability.md reports (scripts/reliability_report.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import write_photos
+
+pytestmark = pytest.mark.slow
+
+KILL_SEEDS = range(5)  # five seeded moments per command
+NAMES = ("chelsea", "coffee", "rocket", "camera", "immunohistochemistry", "colorwheel", "astronaut", "brick")
+EXTRACT_ARGS = ["--stride", "4", "--part-images", "1", "--workers", "1"]  # 8 parts, then the merge
+INDEX_ARGS = ["--factory", "IVF16,Flat", "--train-size", "4000", "--seed", "0"]  # ~4 s of work, deterministic
+TINY = {"size": 32, "steps": 30, "min_steps": 30, "vertices": 2, "samples": 20}
+
+
+def cli(*args) -> list[str]:
+    return [sys.executable, "-m", "patchcollide", "-q", *map(str, args)]
+
+
+def sha(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def kill_at_random_moment(cmd, started, rng, window, timeout=300) -> bool:
+    """Start cmd, wait until ``started()`` (its real work has begun), then SIGKILL it after a
+    seeded uniform delay in [0, window) seconds. False when it finished before the kill."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t = time.time()
+    while not started():
+        if p.poll() is not None:
+            return False
+        if time.time() - t > timeout:
+            p.kill()
+            raise AssertionError(f"{cmd} never started its work")
+        time.sleep(0.005)
+    deadline = time.time() + float(rng.uniform(0, window))
+    while time.time() < deadline:
+        if p.poll() is not None:
+            return False
+        time.sleep(0.005)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    return True
+
+
+def timed_run(cmd, started) -> float:
+    """Run cmd to the end; seconds from ``started()`` to exit (the work window kills aim at)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not started() and p.poll() is None:
+        time.sleep(0.005)
+    t = time.time()
+    _, err = p.communicate()
+    assert p.returncode == 0, err
+    return time.time() - t
+
+
+def fsize_limit(nbytes: int):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+    return apply
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in (r.stdout + r.stderr).strip().splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------------- extract
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fault_photos")
+    write_photos(d, NAMES)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def clean_store(tmp_path_factory, photos):
+    out = tmp_path_factory.mktemp("clean_store") / "s.h5"
+    window = timed_run(cli("extract", photos, "--out", out, *EXTRACT_ARGS), lambda: os.path.exists(f"{out}.lock"))
+    return {"path": str(out), "sha_patches": _store_digest(out), "window": window}
+
+
+def _store_digest(path) -> str:
+    """Everything a user reads from a store: patches, provenance, image table, fingerprint."""
+    import h5py
+
+    from patchcollide.store import PatchStore
+
+    h = hashlib.sha256()
+    with PatchStore(str(path)) as st, h5py.File(str(path), "r") as f:
+        h.update(st.patches[...].tobytes())
+        h.update(st.provenance.tobytes())
+        h.update(st.fingerprint.encode())
+        h.update(b"\0".join(bytes(p) for p in f["images/path"][...]))  # object array: hash the strings
+        for k in ("first", "count"):
+            h.update(np.asarray(f[f"images/{k}"][...]).tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("seed", KILL_SEEDS)
+def test_extract_killed_at_random_moment(tmp_path, photos, clean_store, seed):
+    out = tmp_path / "s.h5"
+    cmd = cli("extract", photos, "--out", out, *EXTRACT_ARGS)
+    rng = np.random.default_rng(1000 + seed)
+    killed = kill_at_random_moment(cmd, lambda: os.path.exists(f"{out}.lock"), rng, clean_store["window"])
+    if killed and os.path.exists(out):
+        # a store at the final name must be the complete one
+        assert _store_digest(out) == clean_store["sha_patches"]
+    elif killed:
+        r = subprocess.run(cli("store", "info", out), capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr  # not reported as a store
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert _store_digest(out) == clean_store["sha_patches"]
+    assert not os.path.exists(f"{out}.parts") and not os.path.exists(f"{out}.tmp")
+
+
+def test_extract_full_disk_then_room(tmp_path, photos, clean_store):
+    """The file-size limit lets the parts be written but not the merged store: one-line error,
+    the finished parts kept, and a run with room ends equal to the clean store."""
+    out = tmp_path / "s.h5"
+    cmd = cli("extract", photos, "--out", out, *EXTRACT_ARGS)
+    limit = os.path.getsize(clean_store["path"]) // 2
+    r = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=fsize_limit(limit))
+    msg = one_line_error(r)
+    assert "s.h5" in msg and ("space" in msg or "large" in msg)
+    assert not os.path.exists(out)
+    parts = [f for f in os.listdir(f"{out}.parts") if f.startswith("part-")]
+    assert len(parts) == len(NAMES)  # earlier completed work intact
+    t = time.time()
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert _store_digest(out) == clean_store["sha_patches"]
+    assert time.time() - t < 120
+
+
+def test_extract_second_writer_refused(tmp_path, photos):
+    from patchcollide.store import store_lock
+
+    out = tmp_path / "s.h5"
+    with store_lock(str(out)):
+        r = subprocess.run(cli("extract", photos, "--out", out, *EXTRACT_ARGS), capture_output=True, text=True)
+    assert "another process is writing this store" in one_line_error(r)
+    assert not os.path.exists(out) and not os.path.exists(f"{out}.parts")
+
+
+# ------------------------------------------------------------------------------------- index build
+
+
+@pytest.fixture(scope="module")
+def clean_index(tmp_path_factory, clean_store):
+    d = tmp_path_factory.mktemp("clean_index")
+    cmd = cli("index", "build", "--index", d, "--store", clean_store["path"], *INDEX_ARGS)
+    window = timed_run(cmd, lambda: os.path.exists(d / "index.lock"))
+    return {"dir": str(d), "sha": sha(d / "index.faiss"), "window": window}
+
+
+def _index_opens_or_absent(d) -> bool:
+    """True when a complete index is there (it opens and searches); False when there is none.
+    Anything else (a pair of files that do not belong together) must be refused at open."""
+    from patchcollide.knn import IndexError_, PatchIndex
+
+    if not os.path.exists(os.path.join(d, "index.json")):
+        return False
+    try:
+        with PatchIndex(str(d)) as idx:
+            assert idx.index.ntotal > 0
+            return True
+    except IndexError_:
+        return False
+
+
+@pytest.mark.parametrize("seed", KILL_SEEDS)
+def test_index_build_killed_at_random_moment(tmp_path, clean_store, clean_index, seed):
+    d = tmp_path / "idx"
+    cmd = cli("index", "build", "--index", d, "--store", clean_store["path"], *INDEX_ARGS)
+    rng = np.random.default_rng(2000 + seed)
+    if seed % 2:  # odd seeds kill a rebuild over an existing index: the old one must survive or be replaced whole
+        subprocess.run(cmd, check=True, capture_output=True)
+        os.remove(d / "index.lock")
+    killed = kill_at_random_moment(cmd, lambda: os.path.exists(d / "index.lock"), rng, clean_index["window"])
+    if _index_opens_or_absent(d):
+        assert sha(d / "index.faiss") == clean_index["sha"]
+    elif killed and os.path.exists(d / "index.json"):
+        r = subprocess.run(cli("index", "eval", "--index", d, "--store", clean_store["path"]), capture_output=True,
+                           text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert sha(d / "index.faiss") == clean_index["sha"] and _index_opens_or_absent(d)
+    assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
+
+
+def test_index_build_full_disk_keeps_old_index(tmp_path, clean_store, clean_index):
+    d = tmp_path / "idx"
+    cmd = cli("index", "build", "--index", d, "--store", clean_store["path"], *INDEX_ARGS)
+    subprocess.run(cmd, check=True, capture_output=True)
+    before = {f: sha(d / f) for f in ("index.faiss", "index.json")}
+    r = subprocess.run(cmd, capture_output=True, text=True,
+                       preexec_fn=fsize_limit(os.path.getsize(d / "index.faiss") // 3))
+    msg = one_line_error(r)
+    assert "writing the index failed" in msg and "free disk space" in msg
+    assert {f: sha(d / f) for f in ("index.faiss", "index.json")} == before  # the earlier index is intact
+    assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert sha(d / "index.faiss") == clean_index["sha"]
+
+
+def test_index_build_second_writer_refused(tmp_path, clean_store):
+    from patchcollide.knn import IndexError_
+    from patchcollide.store import store_lock
+
+    d = tmp_path / "idx"
+    os.makedirs(d)
+    with store_lock(str(d / "index"), "index", IndexError_):
+        r = subprocess.run(cli("index", "build", "--index", d, "--store", clean_store["path"]), capture_output=True,
+                           text=True)
+    assert "another process is writing this index" in one_line_error(r)
+    assert not os.path.exists(d / "index.faiss")
+
+
+# ------------------------------------------------------------------------------------------- batch
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory, photos):
+    d = tmp_path_factory.mktemp("jobs")
+    lines = [{"id": f"j{i}", "source": os.path.join(photos, f"{s}.png"), "target": os.path.join(photos, f"{t}.png"),
+              "mode": "pixel", "seed": i, **TINY}
+             for i, (s, t) in enumerate([("coffee", "chelsea"), ("rocket", "chelsea"), ("camera", "coffee")])]
+    path = d / "jobs.jsonl"
+    path.write_text("".join(json.dumps(j) + "\n" for j in lines))
+    return str(path)
+
+
+def _batch_cmd(jobs, out):
+    return cli("batch", jobs, "--out", out, "--weights", "random", "--device", "cpu")
+
+
+def _batch_outputs(out) -> dict:
+    """What a finished batch delivers: per done job the vertex PNGs and the saved state."""
+    res = {}
+    status = {j["id"]: j["status"] for j in json.load(open(os.path.join(out, "batch.json")))["jobs"]}
+    for job, st in sorted(status.items()):
+        if st != "done":
+            res[job] = st
+            continue
+        d = os.path.join(out, job)
+        res[job] = sorted((f, sha(os.path.join(d, f))) for f in os.listdir(d)
+                          if f.startswith("vertex_") or f == "state.npz")
+    return res
+
+
+@pytest.fixture(scope="module")
+def clean_batch(tmp_path_factory, jobs):
+    out = tmp_path_factory.mktemp("clean_batch") / "out"
+    window = timed_run(_batch_cmd(jobs, out), lambda: os.path.exists(out / ".lock-all"))
+    got = _batch_outputs(out)
+    assert all(isinstance(v, list) for v in got.values()), got
+    return {"outputs": got, "window": window}
+
+
+def _no_partial_job_looks_done(out) -> None:
+    """Every job batch.json calls done is complete and valid; no other directory at a job's name."""
+    from patchcollide.runs import read_report
+
+    if not os.path.exists(os.path.join(out, "batch.json")):
+        return
+    for j in json.load(open(os.path.join(out, "batch.json")))["jobs"]:
+        d = os.path.join(out, j["out"])
+        if j["status"] == "done":
+            report = read_report(d)
+            assert report["polytope"]["n"] == TINY["samples"]
+        elif os.path.isdir(d):  # a job directory at the final name is only ever a finished run
+            assert read_report(d)["polytope"]["n"] == TINY["samples"]
+
+
+@pytest.mark.parametrize("seed", KILL_SEEDS)
+def test_batch_killed_at_random_moment(tmp_path, jobs, clean_batch, seed):
+    out = tmp_path / "out"
+    cmd = _batch_cmd(jobs, out)
+    rng = np.random.default_rng(3000 + seed)
+    for _ in range(2):  # two kills, then a run to the end
+        kill_at_random_moment(cmd, lambda: os.path.exists(out / ".lock-all"), rng, clean_batch["window"])
+        _no_partial_job_looks_done(out)
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert _batch_outputs(out) == clean_batch["outputs"]
+    assert not os.path.exists(out / ".tmp") or not os.listdir(out / ".tmp")
+
+
+def test_batch_full_disk_then_room(tmp_path, jobs, clean_batch):
+    out = tmp_path / "out"
+    cmd = _batch_cmd(jobs, out)
+    first = cli("batch", jobs, "--out", out, "--weights", "random", "--device", "cpu", "--shard", "1/3")
+    subprocess.run(first, check=True, capture_output=True)  # job j0 finished while there was room
+    before = {f: sha(out / "j0" / f) for f in os.listdir(out / "j0")}
+    r = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=fsize_limit(20_000))
+    msg = one_line_error(r)
+    assert "too large" in msg.lower() or "space" in msg
+    assert {f: sha(out / "j0" / f) for f in os.listdir(out / "j0")} == before  # earlier work intact
+    _no_partial_job_looks_done(out)
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert _batch_outputs(out) == clean_batch["outputs"]
+
+
+def test_batch_second_writer_refused(tmp_path, jobs):
+    from patchcollide.jobs import batch_lock
+
+    out = tmp_path / "out"
+    os.makedirs(out)
+    with batch_lock(str(out), None):
+        r = subprocess.run(_batch_cmd(jobs, out), capture_output=True, text=True)
+    msg = one_line_error(r)
+    assert "out" in msg and "another" in msg
+    assert sorted(os.listdir(out)) == [".lock-all"]

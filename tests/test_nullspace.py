@@ -18,7 +18,7 @@ from patchcollide.nullspace import (
     PAPER_TABLE1,
     NullspaceConfig,
     NullspaceError,
-    _builder,
+    builder,
     circular_spectrum,
     compare_with_paper,
     dense_spectrum,
@@ -115,7 +115,7 @@ def test_paper_structure_is_reproduced_by_every_torchvision_row():
         if p.model is None:
             continue
         with torch.device("meta"):
-            row = structure_row(_builder(p.model)(weights=None))
+            row = structure_row(builder(p.model)(weights=None))
         assert row["mu"] == p.mu, p.name
         assert pct_matches(p.nu, row["n_theta"], p.nu_pct) and pct_matches(p.mu, row["n_theta"], p.mu_pct), p.name
         assert row["structural_sum_nullity"] <= p.sum_nullity, p.name

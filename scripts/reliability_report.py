@@ -99,7 +99,7 @@ def main() -> None:
         "",
         "Each row is a fault or bad input, how the tests create it, what must hold, and the outcome",
         "of the last run (trials = pytest cases; each kill moment and each bad input is its own case).",
-        f"Last run: {time.strftime('%Y-%m-%d %H:%M')}, {m['cpu']} ({m['cores']} cores), {seconds:.0f} s; "
+        f"Last run: {time.strftime('%Y-%m-%d %H:%M')}, {m['cpu']} ({m['cores']} cores), pytest run of {seconds:.0f} s; "
         "regenerate with `python scripts/reliability_report.py`. The same tests run in CI.",
         "",
         "| Fault or bad input | How | Must hold | Trials | Failures | Skipped |",

@@ -1175,7 +1175,7 @@ def write_nullspace_run(out: str, res: NullspaceResult, image: np.ndarray, model
     """
     from PIL import Image
 
-    from .report import save_png, write_json
+    from .report import install_dir, save_png, write_json
 
     check_out(out, overwrite)
     parent = os.path.dirname(os.path.abspath(out)) or "."
@@ -1213,15 +1213,8 @@ def write_nullspace_run(out: str, res: NullspaceResult, image: np.ndarray, model
                         "collide exactly; collider.npy holds the exact float32 collider in the model's input space"}
         write_json(report, os.path.join(tmp, "report.json"))
         check_out(out, overwrite)
-        old = None
-        if os.path.isdir(out):
-            old = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".old-", dir=parent)
-            os.rmdir(old)
-            os.replace(out, old)
-        os.replace(tmp, out)
+        install_dir(tmp, out)
         tmp = None
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

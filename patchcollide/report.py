@@ -132,6 +132,24 @@ def loss_plot(history: dict, path: str, title: str = "") -> str:
     return path
 
 
+def install_dir(tmp: str, out: str) -> None:
+    """Put the finished directory ``tmp`` at ``out`` (same filesystem). An existing ``out`` is
+    moved aside first and deleted after: at every moment one complete directory is at ``out``
+    or beside it, never a half-written one."""
+    import shutil
+    import tempfile
+
+    old = None
+    if os.path.isdir(out):
+        parent = os.path.dirname(os.path.abspath(out)) or "."
+        old = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".old-", dir=parent)
+        os.rmdir(old)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_json(obj: dict, path: str) -> str:
     """Atomically write JSON (temporary name, rename)."""
     import json

@@ -31,7 +31,7 @@ from .images import Preprocess, load_rgb
 from .models import Tap, load_tap, resolve_device
 from .objectives import Target
 from .polytope import difference_boxes, pairwise_l2, sample_polytope
-from .report import contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8, write_json
+from .report import install_dir, contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8, write_json
 
 RANDOM_NOTICE = "RANDOM WEIGHTS (smoke run): these colliders say nothing about a trained network"
 
@@ -150,17 +150,8 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
         }
         write_json(report, os.path.join(tmp, "report.json"))
         _check_out(out, overwrite)  # again: something may have appeared while the run was going
-        old = None
-        if os.path.isdir(out):
-            # Move the old run (or empty folder) aside, put the new one in place, then delete
-            # the old: at every moment one complete run is at `out` or beside it.
-            old = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".old-", dir=parent)
-            os.rmdir(old)
-            os.replace(out, old)
-        os.replace(tmp, out)
+        install_dir(tmp, out)
         tmp = None
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

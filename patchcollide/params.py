@@ -41,68 +41,179 @@ def tent(size: int = PATCH) -> torch.Tensor:
     return t[:, None] * t[None, :]
 
 
+STARTS = ("distinct", "nearest", "tent")
+
+
+def covering_entries(yx: torch.Tensor, K: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pixel's entries: the (location, candidate, patch row, patch column) that cover it.
+
+    yx (L, 2) top-left corners of 32 x 32 locations in an (H, W) image. Returns ``entries``
+    (H*W, C) int64, the flat index into (L, K, 32, 32), padded with 0 where a pixel has fewer
+    than C = max coverage, and ``valid`` (H*W, C) bool. Entries of a pixel are ordered by
+    location, then candidate.
+    """
+    L = len(yx)
+    H, W = size
+    dy, dx = torch.meshgrid(torch.arange(PATCH), torch.arange(PATCH), indexing="ij")
+    pix = ((yx[:, 0, None, None] + dy) * W + (yx[:, 1, None, None] + dx)).reshape(L, 1, -1).expand(L, K, -1).reshape(-1)
+    order = torch.argsort(pix, stable=True)  # entries grouped by pixel, in (location, candidate) order
+    counts = torch.bincount(pix, minlength=H * W)
+    if (counts == 0).any():
+        raise ValueError("the locations leave pixels uncovered; use a grid that covers the image")
+    C = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(pix)) - starts[pix[order]]
+    entries = torch.zeros(H * W, C, dtype=torch.int64)
+    valid = torch.zeros(H * W, C, dtype=torch.bool)
+    entries[pix[order], slot] = order
+    valid[pix[order], slot] = True
+    return entries, valid
+
+
 class PatchParam(nn.Module):
     """Per-pixel softmax mixture of retrieved real patches.
 
     candidates: (L, K, 3, 32, 32) float32 in [0, 1]: the K nearest stored patches for each
-    of L locations; yx: (L, 2) top-left corners of the locations in the (H, W) image.
-    Logits theta (V, L, K, 32, 32): one per vertex, candidate and covered pixel. At every
-    pixel, the weights of all candidates covering it are a softmax of their logits there,
-    so each output pixel is a convex combination of retrieved patch pixels.
+    of L locations, nearest first; yx: (L, 2) top-left corners of the locations in the (H, W)
+    image. Every image pixel is covered by up to 16 locations x K candidates: its *entries*
+    (the candidate's pixel that falls on it). Each pixel keeps ``slots`` of them; the logits
+    theta (V, H*W, slots) give, per vertex and pixel, a softmax over the kept entries, so each
+    output pixel is a convex combination of retrieved patch pixels.
 
-    Memory: theta holds V * L * K * 1024 float32 (V=5, L=625, K=16: 205 MB), Adam two
-    more copies, the candidates L * K * 3072 float32 (123 MB).
-    Logits start at log(tent) (the authors' normalised bilinear window) plus N(0, noise)
-    seeded per vertex; they are clamped to [-30, 30] so the softmax cannot underflow.
+    Start: the score of an entry is ``spatial * log(tent)`` at its place in its patch (the
+    authors' bilinear window, sharpened: at ``spatial`` 4 the location whose centre is nearest
+    dominates a pixel) plus ``bonus`` on one candidate per location, plus N(0, noise) seeded
+    per vertex. "distinct": vertex v favours its (v mod K)-th nearest candidate everywhere, so
+    the vertices start as different compositions of real patches; "nearest": every vertex
+    favours the nearest candidate; "tent": no bonus (the authors' start, a blend of all
+    candidates). Each pixel keeps its ``slots`` best-scoring entries (all when 0) and the
+    logits start at their scores.
+
+    ``prune(keep)`` keeps, at every pixel, only its ``keep`` heaviest entries from then on: the
+    mixture then draws each pixel from at most ``keep`` real pixels, and every step after it
+    costs less.
+
+    Memory: theta holds V * H*W * slots float32 (V=5 at 224, 32 slots: 32 MB), Adam two more
+    copies, the entries' colours three times theta, the candidates L * K * 3072 float32
+    (123 MB at 224, k = 16). Logits are clamped to [-30, 30].
     """
 
     CLAMP = 30.0
 
     def __init__(self, candidates: torch.Tensor, yx: np.ndarray | torch.Tensor, size: tuple[int, int], vertices: int,
-                 noise: float = 0.01, seed: int = 0):
+                 noise: float = 0.01, seed: int = 0, start: str = "tent", spatial: float = 1.0, bonus: float = 5.0,
+                 slots: int = 0):
         super().__init__()
         L, K = candidates.shape[:2]
         H, W = size
         self.size = (H, W)
-        self.register_buffer("cand", candidates.float())
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
         yx = torch.as_tensor(np.asarray(yx), dtype=torch.int64)
         if yx.shape != (L, 2) or int(yx[:, 0].max()) + PATCH > H or int(yx[:, 1].max()) + PATCH > W:
             raise ValueError(f"locations {tuple(yx.shape)} do not fit candidates {tuple(candidates.shape)} in {size}")
-        dy, dx = torch.meshgrid(torch.arange(PATCH), torch.arange(PATCH), indexing="ij")
-        pix = (yx[:, 0, None, None] + dy) * W + (yx[:, 1, None, None] + dx)  # (L, 32, 32) flat pixel index
-        self.register_buffer("pix", pix.reshape(-1))
-        coverage = torch.zeros(H * W).index_add_(0, self.pix, torch.ones(self.pix.numel()))
-        if (coverage == 0).any():
-            raise ValueError("the locations leave pixels uncovered; use a grid that covers the image")
+        self.K = K
+        # the candidates' pixels as a table (L*K*32*32, 3), indexed by flat entry
+        self.register_buffer("table", candidates.float().permute(0, 1, 3, 4, 2).reshape(-1, 3).contiguous())
+        entries, valid = covering_entries(yx, K, size)
+        P, C = entries.shape
         g = torch.Generator().manual_seed(seed)
-        base = tent().log().expand(vertices, L, K, PATCH, PATCH)
-        self.theta = nn.Parameter(base + noise * torch.randn(base.shape, generator=g))
+        y_in, x_in = (entries // PATCH) % PATCH, entries % PATCH
+        t = tent()
+        score = (spatial * t[y_in, x_in].log()).expand(vertices, P, C).clone()
+        if start != "tent":
+            rank = (entries // (PATCH * PATCH)) % K  # the entry's candidate rank at its location
+            want = torch.tensor([v % K if start == "distinct" else 0 for v in range(vertices)])
+            score += bonus * (rank[None] == want[:, None, None])
+        score += noise * torch.randn(score.shape, generator=g)
+        score = score.masked_fill(~valid[None], -float("inf"))
+        keep = C if slots <= 0 else min(slots, C)
+        top = torch.topk(score, keep, dim=2).indices  # (V, P, keep)
+        ent = entries[None].expand(vertices, -1, -1).gather(2, top)
+        ok = valid[None].expand(vertices, -1, -1).gather(2, top)
+        start_logits = score.gather(2, top).masked_fill(~ok, 0.0).clamp(-self.CLAMP, self.CLAMP)
+        self.theta = nn.Parameter(start_logits)
+        self._set_entries(ent, ok)
 
-    def _weights_unnormalised(self) -> torch.Tensor:
-        # A shift by the per-vertex max keeps exp() in range; the softmax is shift invariant.
-        t = self.theta
-        return torch.exp(t - t.detach().flatten(1).amax(1).view(-1, 1, 1, 1, 1))
+    def _set_entries(self, entries: torch.Tensor, valid: torch.Tensor) -> None:
+        """Entries (V, P, M) int64 and their validity; the colours and the seam tables follow."""
+        self.register_buffer("entries", entries)
+        self.register_buffer("valid", valid)
+        self.register_buffer("colours", self.table[entries])  # (V, P, M, 3)
+        # TV's neighbour tables: which slot of the right / lower neighbour holds the same candidate
+        H, W = self.size
+        V, P, M = entries.shape
+        cid = torch.where(valid, entries // (PATCH * PATCH), -1 - torch.arange(M, device=entries.device))
+        grid = cid.view(V, H, W, M)
+        for name, a, b in (("right", grid[:, :, :-1], grid[:, :, 1:]), ("down", grid[:, :-1], grid[:, 1:])):
+            eq = a[..., :, None] == b[..., None, :]  # (V, h, w, M, M)
+            self.register_buffer(f"{name}_match", torch.where(eq.any(-1), eq.int().argmax(-1), -1))  # slot in b or -1
+            self.register_buffer(f"{name}_alone", ~eq.any(-2))  # b's slots that a does not hold
 
-    def _scatter(self, v: torch.Tensor) -> torch.Tensor:
-        """(V, C, L*32*32) values at the locations' pixels -> (V, C, H*W) summed per pixel."""
-        out = v.new_zeros(v.shape[0], v.shape[1], self.size[0] * self.size[1])
-        return out.index_add(2, self.pix, v)
-
-    def forward(self) -> torch.Tensor:
-        V, L, K = self.theta.shape[:3]
-        e = self._weights_unnormalised()  # (V, L, K, 32, 32)
-        num = torch.einsum("vlkyx,lkcyx->vclyx", e, self.cand).reshape(V, 3, -1)
-        den = e.sum(2).reshape(V, 1, -1)
-        img = self._scatter(num) / self._scatter(den)
-        return img.view(V, 3, *self.size)
+    @property
+    def pixels(self) -> int:
+        return self.size[0] * self.size[1]
 
     def mixing_weights(self) -> torch.Tensor:
-        """Normalised weight of every candidate at every pixel it covers: (V, L, K, 32, 32);
-        at each image pixel the weights of the candidates covering it sum to 1."""
-        V, L, K = self.theta.shape[:3]
-        e = self._weights_unnormalised()
-        den = self._scatter(e.sum(2).reshape(V, 1, -1))[:, 0]  # (V, H*W)
-        return e / den[:, self.pix].view(V, L, 1, PATCH, PATCH)
+        """Normalised weight of every kept entry at every pixel: (V, H*W, M); each pixel's
+        weights sum to 1 (padding and pruned slots hold 0)."""
+        return torch.softmax(self.theta.masked_fill(~self.valid, -float("inf")), dim=2)
+
+    def render(self, w: torch.Tensor) -> torch.Tensor:
+        """Images (V, 3, H, W) of per-pixel weights w (V, H*W, M)."""
+        img = torch.einsum("vpm,vpmc->vcp", w, self.colours)
+        return img.reshape(w.shape[0], 3, *self.size)
+
+    def forward(self) -> torch.Tensor:
+        return self.render(self.mixing_weights())
+
+    def entropy(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean over pixels of the entropy (nats) of the mixing weights (V,); differentiable."""
+        w = self.mixing_weights() if w is None else w
+        return -(w * torch.log(w.clamp_min(1e-30))).sum(2).mean(1)  # finite gradient at w = 0
+
+    def total_variation(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        """(V,): the L1 distance between the weights of neighbouring pixels (right and lower
+        neighbour), over the candidates either of them draws on, averaged per pixel. For a sharp
+        mixture it counts, twice, the neighbour pairs whose pixels come from different
+        candidates: the length of the seams, so it favours coherent regions over speckle."""
+        w = self.mixing_weights() if w is None else w
+        V, P, M = w.shape
+        H, W = self.size
+        grid = w.view(V, H, W, M)
+        out = w.new_zeros(V)
+        for name, a, b in (("right", grid[:, :, :-1], grid[:, :, 1:]), ("down", grid[:, :-1], grid[:, 1:])):
+            match = getattr(self, f"{name}_match")
+            same = torch.where(match >= 0, b.gather(-1, match.clamp_min(0)), torch.zeros_like(a))
+            out = out + (a - same).abs().flatten(1).sum(1) + (b * getattr(self, f"{name}_alone")).flatten(1).sum(1)
+        return out / P
+
+    @torch.no_grad()
+    def prune(self, keep: int) -> torch.Tensor:
+        """Keep only the ``keep`` heaviest entries of every pixel from now on. theta becomes a
+        new parameter; returns the kept slots (V, P, keep), to carry an optimiser's state over."""
+        keep = min(keep, self.theta.shape[2])
+        top = torch.topk(self.mixing_weights(), keep, dim=2).indices
+        ok = self.valid.gather(2, top)
+        self.theta = nn.Parameter(self.theta.detach().gather(2, top))
+        self._set_entries(self.entries.gather(2, top), ok)
+        return top
+
+    @torch.no_grad()
+    def mixing_stats(self) -> dict:
+        """Per vertex (lists of V floats): ``sharpness``, the mean over pixels of the largest
+        normalised weight (1: every pixel from one candidate); ``sources``, the mean over pixels
+        of exp(entropy) (the effective number of candidates mixed at a pixel)."""
+        w = self.mixing_weights()
+        h = -(w * torch.log(w.clamp_min(1e-30))).sum(2)
+        return {"sharpness": w.amax(2).mean(1).tolist(), "sources": h.exp().mean(1).tolist()}
+
+    @torch.no_grad()
+    def argmax_image(self) -> torch.Tensor:
+        """(V, 3, H, W): every pixel taken from its heaviest candidate alone, a pure composition
+        of stored patch pixels."""
+        w = self.mixing_weights()
+        return self.render(torch.zeros_like(w).scatter_(2, w.argmax(2, keepdim=True), 1.0))
 
     @torch.no_grad()
     def project(self) -> None:

@@ -129,7 +129,7 @@ def demo_tap(weights: str = "auto", seed: int = 0):
 
 
 def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int = 4, k: int = 16,
-             photos: tuple[str, ...] = STORE_PHOTOS, size: int = 128, steps: int = 400, vertices: int = 5,
+             photos: tuple[str, ...] = STORE_PHOTOS, size: int = 128, steps: int | None = None, vertices: int = 5,
              n_samples: int = 200, weights: str = "auto", device: str = "auto", progress=None,
              collide_progress=None) -> DemoResult:
     """Build the embedded index (once), search the held-out photo's grid, collide it with the
@@ -154,7 +154,8 @@ def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int =
         mosaic = save_png(neighbour_mosaic(r.image, r.query_yx, nb, r.distances), os.path.join(out_dir, "mosaic.png"))
         factory = pidx.manifest["factory"]
         t["search"] = time.time()
-        cfg = CollideConfig(mode="patches", vertices=vertices, steps=steps, size=size, k=k, device=device)
+        cfg = CollideConfig(mode="patches", vertices=vertices, steps=steps or CollideConfig.steps, size=size, k=k,
+                            device=device)
         run_dir = os.path.join(out_dir, "collision")
         run_collide(query, target, run_dir, cfg, tap=tap, pindex=pidx, index_dir=index_dir, overwrite=True,
                     progress=collide_progress)

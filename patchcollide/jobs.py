@@ -62,10 +62,11 @@ FATAL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}  # stop th
 BUSY_WAIT = 2.0  # seconds to wait for a job lock held briefly (a start-up sweep) before calling the job busy
 
 _INT_KEYS = ("vertices", "steps", "min_steps", "size", "k", "grid_stride", "first_unit", "seed")
-_FLOAT_KEYS = ("tol", "tv", "noise")
-_STR_KEYS = ("init", "objective")
+_FLOAT_KEYS = ("tol", "tv", "noise", "entropy", "push_margin")
+_STR_KEYS = ("init", "objective", "start")
 JOB_KEYS = ("id", "source", "target", "mode", "out", "samples", "vertices", "steps", "min_steps", "tol", "lr", "tv",
-            "size", "k", "grid_stride", "init", "first_unit", "seed", "objective", "noise", "loss")
+            "size", "k", "grid_stride", "init", "first_unit", "seed", "objective", "noise", "loss", "entropy",
+            "push_margin", "start")
 METRIC_KEYS = ("worst_rel_error", "worst_rel_error_png", "mean_pairwise_l2", "share_target_class",
                "mean_top_prob_samples", "top_prob_target", "target_label", "steps", "converged")
 STATUSES = ("done", "failed", "pending", "invalid", "busy")

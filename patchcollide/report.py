@@ -183,7 +183,10 @@ BATCH_METRICS = {  # batch.json job metrics, in column order: key -> column labe
     "target_label": "target class", "steps": "steps", "converged": "converged"}
 VERTEX_METRICS = {  # report.json vertices.float / vertices.png -> column label
     "rel_error": "rel. error", "max_abs_active": "max |\u0394z| active", "n_inactive_positive": "inactive > 0",
-    "unit_value": "z[unit]", "top1": "top-1 class", "top1_prob": "p(top-1)", "target_class_prob": "p(target class)"}
+    "unit_value": "z[unit]", "push": "push z[unit] / z_t[unit]", "own_unit_lowest": "lowest on its unit",
+    "top1": "top-1 class", "top1_prob": "p(top-1)", "target_class_prob": "p(target class)"}
+MIXING_METRICS = {  # report.json vertices.mixing -> column label
+    "sharpness": "sharpness", "sources": "sources", "argmax_rel_error": "argmax rel. error"}
 POLYTOPE_LABELS = {
     "n": "Dirichlet(1) samples", "seed": "seed", "share_target_class": "share in the target's class",
     "target_class": "target class", "mean_top_prob_samples": "mean top-class prob. (samples)",
@@ -387,11 +390,17 @@ def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
     for i in range(n_vertices):
         cap = f"vertex {i}: unit {_fmt(_at(png.get('unit'), i))}, rel. error (PNG) {_fmt(_at(png.get('rel_error'), i))}"
         out.append(_figure(run_dir, f"vertex_{i}.png", f"vertex {i}", cap, min_side=160))
+    for i in range(n_vertices):
+        if os.path.exists(os.path.join(run_dir, f"argmax_{i}.png")):
+            err = _at(_d(verts.get("mixing")).get("argmax_rel_error"), i)
+            out.append(_figure(run_dir, f"argmax_{i}.png", f"vertex {i}, every pixel from its heaviest candidate",
+                               f"argmax {i}: pure composition, rel. error {_fmt(err)}", min_side=160))
     out += [_figure(run_dir, "indicator.png", "indicator: vertex 0 with purple boxes where the vertices differ most",
                     "indicator: purple boxes where the vertices differ most", min_side=160), "</div>",
             _figure(run_dir, "loss.png", "loss terms and relative error per step", "loss and relative error per step",
                     cls="wide"),
-            '<h2 id="vertices">Per-vertex metrics</h2>', _vertex_table(fl, png, n_vertices)]
+            '<h2 id="vertices">Per-vertex metrics</h2>',
+            _vertex_table(fl, png, n_vertices, _d(verts.get("mixing")), tgt.get("unit_values"))]
     poly = r.get("polytope")
     if isinstance(poly, dict):
         out += ['<h2 id="polytope">Polytope check</h2>',
@@ -401,17 +410,23 @@ def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
     return _page(f"patchcollide run {name}", "\n".join(x for x in out if x))
 
 
-def _vertex_table(fl: dict, png: dict, n: int) -> str:
+def _vertex_table(fl: dict, png: dict, n: int, mixing: dict | None = None, target_units: list | None = None) -> str:
+    """Per-vertex metrics: the float and PNG columns side by side, then the mixing (patch mode)."""
+    mixing = mixing or {}
     keys = [k for k in VERTEX_METRICS if k in fl or k in png]
     keys += [k for k in list(fl) + [k for k in png if k not in fl] if k not in VERTEX_METRICS and k != "unit"]
-    head1 = "<th rowspan=2>vertex</th><th rowspan=2>unit</th>" + "".join(
-        f'<th colspan=2 title="{_e(k)}">{_e(VERTEX_METRICS.get(k, k))}</th>' for k in keys)
+    mix = [k for k in MIXING_METRICS if k in mixing]
+    head1 = ("<th rowspan=2>vertex</th><th rowspan=2>unit</th><th rowspan=2>z_t[unit]</th>"
+             + "".join(f'<th colspan=2 title="{_e(k)}">{_e(VERTEX_METRICS.get(k, k))}</th>' for k in keys)
+             + "".join(f'<th rowspan=2 title="mixing: {_e(k)}">{_e(MIXING_METRICS[k])}</th>' for k in mix))
     head2 = "<th>float</th><th>PNG</th>" * len(keys)
     rows = []
     for i in range(n):
         unit = _at(png.get("unit"), i) if isinstance(png.get("unit"), list) else _at(fl.get("unit"), i)
         cells = "".join(f'<td class="n">{_e(_fmt(_at(m.get(k), i)))}</td>' for k in keys for m in (fl, png))
-        rows.append(f'<tr><td class="n">{i}</td><td class="n">{_e(_fmt(unit))}</td>{cells}</tr>')
+        cells += "".join(f'<td class="n">{_e(_fmt(_at(mixing.get(k), i)))}</td>' for k in mix)
+        rows.append(f'<tr><td class="n">{i}</td><td class="n">{_e(_fmt(unit))}</td>'
+                    f'<td class="n">{_e(_fmt(_at(target_units, i)))}</td>{cells}</tr>')
     return (f'<table class="vertices"><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
 

@@ -4,13 +4,17 @@ Run directory (written under ``NAME.tmp-*`` and renamed into place only when com
 
     source.png, target.png        the inputs as the model saw them (size x size)
     vertex_0.png ... vertex_{V-1}.png   8-bit vertices
+    argmax_0.png ... argmax_{V-1}.png   patch mode: each vertex with every pixel taken from its
+                                  heaviest candidate alone (a pure composition of stored pixels)
     indicator.png                 purple boxes where the vertices differ most
     contact_sheet.png             source, target, vertices, indicator
     loss.png                      loss terms and relative error per step
-    state.npz                     final logits (patch mode) or pixels, candidate ids and
+    state.npz                     final logits theta (V, H*W, slots) and their entries into the
+                                  candidates (patch mode) or pixels, candidate ids and
                                   locations, target pre-activation and units
-    report.json                   config, versions, model and weights identity, per-vertex
-                                  metrics (float and PNG read back), polytope check
+    report.json                   config, versions, model and weights identity, the target's
+                                  values at the vertices' units, per-vertex metrics (float and
+                                  PNG read back; push, mixing), polytope check
 """
 from __future__ import annotations
 
@@ -117,6 +121,9 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
         v8 = to_uint8(res.vertices)
         for i, v in enumerate(v8):
             save_png(_img(v), os.path.join(tmp, f"vertex_{i}.png"))
+        if res.argmax_vertices is not None:
+            for i, v in enumerate(to_uint8(res.argmax_vertices)):
+                save_png(_img(v), os.path.join(tmp, f"argmax_{i}.png"))
         back = np.stack([read_png(os.path.join(tmp, f"vertex_{i}.png")) for i in range(len(v8))])
         png_metrics = quantised_metrics(tap, back, res.target, config.device)
         boxes = difference_boxes(back)
@@ -141,9 +148,10 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
             "notice": RANDOM_NOTICE if random else None,
             "config": dataclasses.asdict(config), "model": tap.identity(), "inputs": meta, "versions": versions(),
             "target": {"label": res.target.label, "top_prob": res.target.prob, "units": res.target.units.tolist(),
+                       "unit_values": res.target.z[res.target.units].tolist(),
                        "n_active": int((res.target.z > 0).sum()), "dim": int(res.target.z.numel())},
             "steps": res.steps, "converged": res.converged, "seconds": round(res.seconds, 3),
-            "vertices": {"float": res.metrics, "png": png_metrics, "boxes": boxes,
+            "vertices": {"float": res.metrics, "png": png_metrics, "mixing": res.mixing, "boxes": boxes,
                          "mean_pairwise_l2": pairwise_l2(back), "size": config.size},
             "distances": {"source_target_l2": pairwise_l2(np.stack([src, tgt]))},
             "history": res.history,
@@ -222,6 +230,10 @@ def folder_image_paths(folder: str) -> list[str]:
 def run_sample(run_dir: str, n: int = 2000, seed: int = 0, batch_size: int = 32, device: str = "auto",
                dataset_images: np.ndarray | None = None, tap: Tap | None = None) -> dict:
     """The polytope check on a finished run: results go into its report.json (rewritten atomically).
+
+    At a ReLU layer the convex combinations of colliding vertices collide only approximately
+    (the layer before is not linear in the input): the samples' errors are measured and
+    reported beside the vertices'.
 
     dataset_images (N, H, W, 3) uint8 at the run's size give the mean distance between
     dataset images to compare the vertices' with (the paper's Tables 2, 4, 6).

@@ -121,11 +121,11 @@ def build_index(work: str, device: torch.device):
         from patchcollide.store import PatchStore
 
         with PatchStore(store) as st:
-            patches = st.get(np.arange(st.n_patches))
+            patches = st.get(np.arange(len(st)))
         return TorchPatchIndex(patches, device), f"exact torch search over {len(patches)} patches (no faiss)"
     faiss_build(work, store, IndexConfig())
     idx = PatchIndex(work)
-    return idx, f"faiss {idx.manifest['factory']} over {idx.store.n_patches} patches"
+    return idx, f"faiss {idx.manifest['factory']} over {len(idx.store)} patches"
 
 
 def load_pair(work: str, pair: tuple[str, str], size: int):

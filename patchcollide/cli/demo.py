@@ -13,7 +13,7 @@ from .online import _Bar, print_polytope, print_vertices
               help="Where the embedded index is built (once).")
 @click.option("-o", "--out", "out_dir", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--size", default=128, show_default=True, type=int, help="Input side of the collision (224: paper).")
-@click.option("--steps", default=400, show_default=True, type=int)
+@click.option("--steps", default=None, type=int, help="At most [default: collide's default].")
 @click.option("--vertices", default=5, show_default=True, type=int)
 @click.option("--n", "n_samples", default=200, show_default=True, type=int, help="Polytope samples.")
 @click.option("--weights", default="auto", show_default=True,

@@ -12,19 +12,32 @@ from .common import UserError, show_progress, user_errors
 
 
 def print_vertices(report: dict) -> None:
-    """The per-vertex table: float metrics beside the PNG read back from disk."""
+    """The per-vertex table: float metrics beside the PNG read back from disk, the push on each
+    vertex's own unit against the target's value there, and the mixing (patch mode)."""
     f, p = report["vertices"]["float"], report["vertices"]["png"]
+    mix = report["vertices"].get("mixing") or {}
+    zt = report["target"].get("unit_values") or [float("nan")] * len(f["rel_error"])
     if report.get("notice"):
         click.echo(f"NOTE: {report['notice']}")
     click.echo(f"target class {report['target']['label']} (p={report['target']['top_prob']:.3f}), "
                f"{report['target']['n_active']}/{report['target']['dim']} units active; "
                f"{report['steps']} steps, converged={report['converged']}, {report['seconds']:.1f} s")
-    click.echo(f"{'vertex':>6} {'unit':>6} {'rel.err':>9} {'rel.err(png)':>12} {'max|dz| act':>11} "
-               f"{'inact>0':>7} {'z[unit]':>9} {'top1':>5} {'p(top1)':>8}")
+    head = (f"{'vertex':>6} {'unit':>5} {'z_t[u]':>7} {'z[u]':>7} {'push':>5} {'lowest':>6} {'rel.err':>8} "
+            f"{'png':>8} {'inact>0':>7} {'top1':>5} {'p(top1)':>7}")
+    if mix:
+        head += f" {'sharp':>5} {'srcs':>5} {'argmax':>8}"
+    click.echo(head)
     for i in range(len(f["rel_error"])):
-        click.echo(f"{i:>6} {f['unit'][i]:>6} {f['rel_error'][i]:>9.2e} {p['rel_error'][i]:>12.2e} "
-                   f"{p['max_abs_active'][i]:>11.3g} {p['n_inactive_positive'][i]:>7} {p['unit_value'][i]:>9.3g} "
-                   f"{p['top1'][i]:>5} {p['top1_prob'][i]:>8.3f}")
+        line = (f"{i:>6} {f['unit'][i]:>5} {zt[i]:>7.3f} {p['unit_value'][i]:>7.3f} {p['push'][i]:>5.2f} "
+                f"{'yes' if p['own_unit_lowest'][i] else 'no':>6} {f['rel_error'][i]:>8.2e} {p['rel_error'][i]:>8.2e} "
+                f"{p['n_inactive_positive'][i]:>7} {p['top1'][i]:>5} {p['top1_prob'][i]:>7.3f}")
+        if mix:
+            line += f" {mix['sharpness'][i]:>5.2f} {mix['sources'][i]:>5.2f} {mix['argmax_rel_error'][i]:>8.2e}"
+        click.echo(line)
+    click.echo("push: z[u] / z_t[u], the vertex's own unit against the target's value (2 = twice as far below zero); "
+               "lowest: below every other vertex there" + ("; sharp: mean largest mixing weight, srcs: mean "
+                                                            "exp(entropy), argmax: error of the pure composition"
+                                                            if mix else ""))
     click.echo(f"mean pairwise L2 between vertices: {report['vertices']['mean_pairwise_l2']:.1f} "
                f"(0..255 units at {report['vertices']['size']}^2 x 3)")
 
@@ -69,6 +82,16 @@ class _Bar:
             self.bar.__exit__(None, None, None)
 
 
+def parse_prune(text: str) -> tuple[float, int]:
+    """"0.33:8" -> (0.33, 8); a one-line UserError otherwise."""
+    try:
+        share, keep = text.split(":")
+        return float(share), int(keep)
+    except ValueError:
+        raise UserError(f"--prune {text!r}: give SHARE:KEEP, e.g. 0.33:8 (at a third of the steps keep 8 "
+                        "candidates per pixel)") from None
+
+
 @click.command()
 @click.option("--source", required=True, type=click.Path(), help="Image whose locations the patches are retrieved for.")
 @click.option("--target", required=True, type=click.Path(), help="Image to collide with (may be the source).")
@@ -79,14 +102,26 @@ class _Bar:
 @click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, random (smoke runs) or a state-dict PATH.")
 @click.option("--vertices", default=5, show_default=True, type=int)
-@click.option("--steps", default=400, show_default=True, type=int, help="At most; stops once every vertex meets --tol.")
+@click.option("--steps", default=CollideConfig.steps, show_default=True, type=int,
+              help="At most; stops once every vertex meets --tol (not before the last phase).")
 @click.option("--tol", default=1e-2, show_default=True, type=float, help="Relative fc6 error to stop at.")
-@click.option("--lr", default=None, type=float, help="[default: 0.1 patches, 5e-3 pixel]")
-@click.option("--tv", default=0.0, show_default=True, type=float, help="Total-variation weight on the mixing weights.")
-@click.option("--loss", "loss_weights", nargs=2, type=float, default=(1000.0, 1.0), show_default=True,
-              metavar="A B", help="Weights a, b of L+ and L-^i (the authors: 100 10, then 1000 1).")
-@click.option("--objective", type=click.Choice(["paper", "post"]), default="paper", show_default=True,
-              help="L+ on the target's active units (paper) or on the whole post-activation (post).")
+@click.option("--lr", default=None, type=float, help="[default: 0.4 patches, 5e-3 pixel]")
+@click.option("--tv", default=CollideConfig.tv, show_default=True, type=float,
+              help="Weight of the mixing weights' seams (TV, per pixel): coherent regions over speckle.")
+@click.option("--entropy", default=CollideConfig.entropy, show_default=True, type=float,
+              help="Weight of the mixing weights' entropy after the separate phase: sharper mixtures.")
+@click.option("--loss", "loss_weights", nargs=2, type=float, default=None, metavar="A B",
+              help="Weights a, b of L+ and L-^i in both phases [default: 1 0.3, then 1 0.1]; "
+                   "the authors' (objective paper): 100 10, then 1000 1.")
+@click.option("--objective", type=click.Choice(["relative", "paper", "post"]), default="relative", show_default=True,
+              help="relative: normalised L+ and a hinge push; paper: the authors' sums (L+ on active units); "
+                   "post: the authors' sums with L+ on the whole post-activation.")
+@click.option("--push-margin", default=CollideConfig.push_margin, show_default=True, type=float,
+              help="relative objective: push each vertex's unit to this many times the target's value.")
+@click.option("--prune", "prune", multiple=True, metavar="SHARE:KEEP",
+              help="At SHARE of the steps keep KEEP candidates per pixel (repeatable) [default: 0.33:8 0.5:4].")
+@click.option("--start", type=click.Choice(["distinct", "nearest", "tent"]), default="distinct", show_default=True,
+              help="Patch mode start: each vertex on a different neighbour rank, all on the nearest, or a blend.")
 @click.option("--min-steps", default=50, show_default=True, type=int, help="Never stop before this step.")
 @click.option("--size", default=224, show_default=True, type=int, help="Input side in pixels.")
 @click.option("-k", default=16, show_default=True, type=int, help="Candidates per location (patch mode).")
@@ -100,14 +135,20 @@ class _Bar:
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only once the new run is complete).")
 @click.pass_context
 def collide(ctx, source, target, out, mode, index_dir, arch, layer, weights, vertices, steps, tol, lr, tv, size, k,
-            grid_stride, init, first_unit, seed, device, overwrite, loss_weights, min_steps, objective):
+            grid_stride, init, first_unit, seed, device, overwrite, loss_weights, min_steps, objective, entropy,
+            push_margin, prune, start):
     """Find polytope vertices whose layer activation collides with TARGET's."""
     bar = _Bar(show_progress(ctx))
     with user_errors():
+        extra = {}
+        if loss_weights:
+            extra.update(weights_early=tuple(loss_weights), weights_late=tuple(loss_weights))
+        if prune:
+            extra["prune"] = tuple(parse_prune(p) for p in prune)
         cfg = CollideConfig(mode=mode, vertices=vertices, steps=steps, tol=tol, lr=lr, tv=tv, size=size, k=k,
                             grid_stride=grid_stride, init=init, first_unit=first_unit, seed=seed, device=device,
-                            weights_early=tuple(loss_weights), weights_late=tuple(loss_weights), min_steps=min_steps,
-                            objective=objective)
+                            min_steps=min_steps, objective=objective, entropy=entropy, push_margin=push_margin,
+                            start=start, **extra)
         try:
             report = run_collide(source, target, out, cfg, arch=arch, layer=layer, weights=weights,
                                  index_dir=index_dir, overwrite=overwrite, progress=bar)

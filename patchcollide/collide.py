@@ -248,14 +248,10 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
         pos, neg = loss_terms(z, target, config.objective, config.push_margin)
         loss = a * pos + b * neg
         tv = ent = torch.zeros_like(pos)
-        if mixing and (tv_w > 0 or ent_w > 0):
+        if mixing:  # measured every step (cheap), in the loss where weighted
             w = param.mixing_weights()
-            if tv_w > 0:
-                tv = param.total_variation(w)
-                loss = loss + tv_w * tv
-            if ent_w > 0:
-                ent = param.entropy(w)
-                loss = loss + ent_w * ent
+            tv, ent = param.total_variation(w), param.entropy(w)
+            loss = loss + tv_w * tv + ent_w * ent
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()

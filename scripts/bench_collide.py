@@ -214,6 +214,7 @@ def sweep(args, tap, index, index_desc, dev, size, work) -> None:
 
     random = tap.weights.kind == "random"
     tag = f"{'gpu' if dev.type == 'cuda' else 'cpu'}-{size}"
+    os.makedirs(args.out, exist_ok=True)
     base = dict(size=size, vertices=args.vertices, device=str(dev))
     if args.steps:
         base["steps"] = args.steps

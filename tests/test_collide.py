@@ -59,33 +59,130 @@ def test_loss_terms_match_the_paper():
     t = Target(z_t, choose_units(z_t, 2), 0, 1.0)
     assert t.units.tolist() == [3, 1]  # most negative first
     z = torch.tensor([[1.0, 0.5, 0.5, -2.0, 0.3], [2.0, -1.0, 0.5, -3.0, -0.2]])
-    pos, neg = loss_terms(z, t)
+    pos, neg = loss_terms(z, t, "paper")
     assert torch.allclose(pos, torch.tensor([0.5 * 1.0, 0.0]))
     # vertex 0 (unit 3): z[3] + |z[1]| + |z[4]| ; vertex 1 (unit 1): z[1] + |z[3]| + |z[4]|
     assert torch.allclose(neg, torch.tensor([-2.0 + 0.5 + 0.3, -1.0 + 3.0 + 0.2]))
 
 
-def test_patch_mixture_is_convex_and_sums_to_one():
-    rng = torch.Generator().manual_seed(0)
+def test_relative_objective_is_normalised_and_the_push_is_a_hinge():
+    z_t = torch.tensor([2.0, -1.0, 0.5, -3.0, -0.2])
+    t = Target(z_t, choose_units(z_t, 2), 0, 1.0)  # units 3 (z_t -3) and 1 (z_t -1)
+    z = torch.tensor([[2.0, -1.0, 0.5, -9.0, 0.0], [2.0, 0.5, 0.5, -3.0, -0.2], [1.0, -2.5, 0.5, -3.0, 0.3]])
+    t3 = Target(z_t, torch.tensor([3, 1, 1]), 0, 1.0)
+    pos, neg = loss_terms(z, t3, "relative", push_margin=2.0)
+    post = torch.relu(z_t).norm()
+    # L+ is the relative error: 0 on a collision, the norm of the mismatch over ||relu(z_t)|| otherwise
+    assert float(pos[0]) == 0.0
+    assert float(pos[1]) == pytest.approx(float(torch.tensor([0.0, 0.5]).norm() / post))  # inactive unit 1 on
+    assert float(pos[2]) == pytest.approx(float(torch.tensor([1.0, 0.3]).norm() / post))
+    # the hinge: zero once z[j] <= 2 z_t[j] (vertex 0 at 3x), linear in z[j] / z_t[j] below it
+    assert float(neg[0]) == 0.0
+    assert float(neg[1]) == pytest.approx(2.0 - (-0.5))  # z[1] = 0.5 against z_t[1] = -1: ratio -0.5
+    assert float(neg[2]) == 0.0  # 2.5x is past the margin
+    # scale-free: the same inputs scaled give the same terms
+    pos10, neg10 = loss_terms(10 * z, Target(10 * z_t, t3.units, 0, 1.0), "relative", push_margin=2.0)
+    assert torch.allclose(pos10, pos) and torch.allclose(neg10, neg)
+
+
+def test_push_and_own_unit_metrics():
+    from patchcollide.objectives import collision_metrics, own_unit_lowest
+
+    z_t = torch.tensor([1.0, -1.0, -2.0])
+    t = Target(z_t, torch.tensor([1, 2]), 0, 1.0)
+    z = torch.tensor([[1.0, -3.0, -2.5], [1.0, -1.5, -5.0]])
+    m = collision_metrics(z, None, t)
+    assert m["push"] == pytest.approx([3.0, 2.5]) and m["own_unit_lowest"] == [True, True]
+    assert own_unit_lowest(z[[1, 0]], t.units).tolist() == [False, False]
+
+
+def _mixture(V=2, K=3, size=48, seed=0, **kw):
     from patchcollide.images import grid_positions
 
-    yx = grid_positions((48, 48), 8, cover=True)
-    cand = torch.rand(len(yx), 3, 3, 32, 32, generator=rng)
-    p = PatchParam(cand, yx, (48, 48), vertices=2, noise=1.0, seed=1)
+    g = torch.Generator().manual_seed(seed)
+    yx = grid_positions((size, size), 8, cover=True)
+    cand = torch.rand(len(yx), K, 3, 32, 32, generator=g)
+    return PatchParam(cand, yx, (size, size), vertices=V, seed=seed, **kw), cand, yx
+
+
+def test_patch_mixture_is_convex_and_sums_to_one():
+    p, cand, yx = _mixture(noise=1.0, slots=0)
+    rng = torch.Generator().manual_seed(1)
     with torch.no_grad():
         p.theta.add_(torch.randn(p.theta.shape, generator=rng) * 3)
         img = p()
-        w = p.mixing_weights()  # (V, L, K, 32, 32)
-    # weights of the candidates covering each pixel sum to 1
-    total = torch.zeros(2, 48 * 48).index_add_(1, p.pix, w.sum(2).reshape(2, -1))
-    assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
-    # every output pixel is the weighted sum of candidate pixels, within their range
-    recon = torch.zeros(2, 3, 48 * 48).index_add_(2, p.pix, torch.einsum("vlkyx,lkcyx->vclyx", w, cand).reshape(2, 3, -1))
-    assert torch.allclose(recon.view_as(img), img, atol=1e-5)
-    lo = torch.full((3, 48 * 48), 9.0).scatter_reduce(1, p.pix.expand(3, -1), cand.amin(1).permute(1, 0, 2, 3).reshape(3, -1), "amin")
-    hi = torch.full((3, 48 * 48), -9.0).scatter_reduce(1, p.pix.expand(3, -1), cand.amax(1).permute(1, 0, 2, 3).reshape(3, -1), "amax")
-    flat = img.reshape(2, 3, -1)
+        w = p.mixing_weights()  # (V, H*W, slots)
+    assert torch.allclose(w.sum(2), torch.ones(2, 48 * 48), atol=1e-5)  # weights of each pixel sum to 1
+    assert (~p.valid).any() and float(w[~p.valid].abs().max()) == 0.0  # corner pixels have padding slots
+    # every output pixel is the weighted sum of the candidate pixels covering it, within their range
+    table = cand.permute(0, 1, 3, 4, 2).reshape(-1, 3)
+    recon = torch.einsum("vpm,vpmc->vcp", w, table[p.entries]).reshape(2, 3, 48, 48)
+    assert torch.allclose(recon, img, atol=1e-5)
+    lo = torch.full((48 * 48, 3), 9.0)
+    hi = torch.full((48 * 48, 3), -9.0)
+    for (y, x), c in zip(yx, cand):  # the candidates' pixel range over each image pixel, by brute force
+        block = c.permute(0, 2, 3, 1)  # (K, 32, 32, 3)
+        idx = ((torch.arange(32)[:, None] + int(y)) * 48 + torch.arange(32)[None] + int(x)).reshape(-1)
+        lo[idx] = torch.minimum(lo[idx], block.amin(0).reshape(-1, 3))
+        hi[idx] = torch.maximum(hi[idx], block.amax(0).reshape(-1, 3))
+    flat = img.permute(0, 2, 3, 1).reshape(2, -1, 3)
     assert (flat >= lo - 1e-5).all() and (flat <= hi + 1e-5).all()
+
+
+def test_prune_keeps_the_heaviest_entries_and_argmax_is_a_pure_composition():
+    p, cand, _ = _mixture(start="distinct", spatial=4.0, slots=16)
+    w0 = p.mixing_weights().detach()
+    p.prune(3)
+    assert p.theta.shape[2] == 3 and int(p.valid.sum(2).max()) <= 3
+    # the kept entries are each pixel's three heaviest, with the same logits as before
+    top = torch.topk(w0, 3, dim=2)
+    kept = p.mixing_weights().detach()
+    assert torch.allclose(kept, top.values / top.values.sum(2, keepdim=True), atol=1e-5)
+    # the argmax image takes every pixel from one stored candidate pixel, exactly
+    hard = p.argmax_image().permute(0, 2, 3, 1).reshape(2, -1, 3)
+    table = cand.permute(0, 1, 3, 4, 2).reshape(-1, 3)
+    best = p.entries.gather(2, kept.argmax(2, keepdim=True)).squeeze(2)
+    assert torch.equal(hard, table[best])
+
+
+def test_sharp_start_differs_per_vertex_and_tent_start_is_a_blend():
+    distinct, _, _ = _mixture(V=2, start="distinct", spatial=4.0, slots=32)
+    tent_start, _, _ = _mixture(V=2, start="tent", spatial=1.0, slots=0)
+    d = distinct.mixing_stats()
+    t = tent_start.mixing_stats()
+    assert min(d["sharpness"]) > 2 * max(t["sharpness"]) and max(d["sources"]) < min(t["sources"]) / 2
+    with torch.no_grad():
+        img = distinct()
+    assert float((img[0] - img[1]).abs().mean()) > 0.05  # vertex 0 on rank 0, vertex 1 on rank 1
+
+
+def test_total_variation_counts_seams():
+    """A tiling (each pixel from the rank-0 candidate of the location whose centre is nearest) has
+    seams only every 8 pixels; the same tiling with every other column from rank 1 is speckle."""
+    K, S = 2, 48
+    p, _, yx = _mixture(V=1, K=K, size=S, slots=0)
+    _, P, M = p.theta.shape
+    cid = p.entries[0] // 1024  # (P, M): location * K + rank
+    loc, rank = cid // K, cid % K
+    centre = torch.as_tensor(yx, dtype=torch.float32) + 15.5
+    py, px = (torch.arange(P) // S).float(), (torch.arange(P) % S).float()
+    dist = (centre[loc][..., 0] - py[:, None]).abs() + (centre[loc][..., 1] - px[:, None]).abs()
+    dist = dist.masked_fill(~p.valid[0], 1e9)
+    tiles = dist.masked_fill(rank != 0, 1e9).argmin(1)  # (P,) slot of the nearest location's rank 0
+    twin = dist.masked_fill(rank != 1, 1e9).argmin(1)  # the same location's rank 1
+    speckle = torch.where(px % 2 == 1, twin, tiles)
+
+    def one_hot(slot):
+        return torch.zeros(1, P, M).scatter_(2, slot.view(1, P, 1), 1.0)
+
+    def seams(slot):  # neighbour pairs (right, down) whose pixels come from different candidates, by brute force
+        c = cid.gather(1, slot[:, None]).view(S, S)
+        return int((c[:, 1:] != c[:, :-1]).sum() + (c[1:] != c[:-1]).sum())
+
+    tv_tiles, tv_speckle = float(p.total_variation(one_hot(tiles))), float(p.total_variation(one_hot(speckle)))
+    assert seams(tiles) > 0
+    assert tv_tiles == pytest.approx(2 * seams(tiles) / P) and tv_speckle == pytest.approx(2 * seams(speckle) / P)
+    assert tv_speckle > 0.9 and tv_tiles < 0.3 * tv_speckle  # nearly every horizontal pair is a seam
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +211,13 @@ def test_patch_mode_error_falls_and_outputs_are_complete(run_dir):
         assert os.path.getsize(run_dir / f) > 0, f
     assert rep["notice"] and "RANDOM" in rep["notice"] and rep["model"]["kind"] == "random"
     with np.load(run_dir / "state.npz") as z:
-        assert z["theta"].shape == (3, 25, 4, 32, 32) and z["candidate_ids"].shape == (25, 4)  # 5 x 5 locations
+        assert z["theta"].shape[:2] == (3, 64 * 64) and z["entries"].shape == z["theta"].shape
+        assert z["candidate_ids"].shape == (25, 4)  # 5 x 5 locations
+    assert len(rep["target"]["unit_values"]) == 3 and all(v < 0 for v in rep["target"]["unit_values"])
+    mixing = rep["vertices"]["mixing"]
+    for key in ("sharpness", "sources", "argmax_rel_error"):
+        assert len(mixing[key]) == 3
+    assert os.path.getsize(run_dir / "argmax_2.png") > 0
 
 
 def test_png_round_trip_is_measured(run_dir, tap):
@@ -179,14 +282,44 @@ def test_tv_term_and_early_stop_and_first_unit(tap):
     assert np.all(np.asarray(res.metrics["unit_value"]) < 0)
 
 
-def test_tv_term_is_part_of_the_patch_loss(tap, flat_index):
+def test_push_moves_each_vertex_to_its_own_corner(tap):
+    """With L-^i each vertex drives its own unit below twice the target's value and below every
+    other vertex there; without it (push margin 0) the units stay near the target's value."""
+    src, tgt = photo("astronaut"), photo("chelsea")
+    base = dict(mode="pixel", vertices=3, steps=80, size=S, device="cpu", tol=1e-6)
+    pushed = collide(tap, src, tgt, CollideConfig(**base)).metrics
+    control = collide(tap, src, tgt, CollideConfig(**base, push_margin=0.0)).metrics
+    assert min(pushed["push"]) >= 1.6 and all(pushed["own_unit_lowest"]), pushed["push"]
+    assert max(control["push"]) < 1.3, control["push"]
+
+
+def _patch_run(tap, flat_index, **kw):
     from patchcollide.knn import PatchIndex
 
-    src, tgt = photo("astronaut"), photo("chelsea")
-    cfg = CollideConfig(mode="patches", vertices=2, steps=3, size=S, k=2, tv=1.0, device="cpu", noise=0.5)
+    cfg = CollideConfig(**{**dict(mode="patches", vertices=2, steps=60, size=S, k=4, device="cpu", tol=1e-6), **kw})
     with PatchIndex(flat_index) as pidx:
-        res = collide(tap, src, tgt, cfg, index=pidx)
-    assert all(t > 0 for t in res.history["tv"])
+        return collide(tap, photo("astronaut"), photo("chelsea"), cfg, index=pidx)
+
+
+@pytest.fixture(scope="module")
+def sharp_run(tap, flat_index):
+    return _patch_run(tap, flat_index)
+
+
+def test_default_patch_mixture_is_sharp_and_uniform_mixing_is_not(tap, flat_index, sharp_run):
+    blend = _patch_run(tap, flat_index, start="tent", spatial=1.0, slots=256, prune=(), entropy=0.0, tv=0.0)
+    assert min(sharp_run.mixing["sharpness"]) >= 0.75 and max(sharp_run.mixing["sources"]) <= 2.2, sharp_run.mixing
+    assert max(blend.mixing["sharpness"]) < 0.5 and min(blend.mixing["sources"]) > 4, blend.mixing
+    # the pure composition is reported, and it is further from the collision than the mixture
+    assert all(a > f for a, f in zip(sharp_run.mixing["argmax_rel_error"], sharp_run.metrics["rel_error"]))
+
+
+def test_tv_term_makes_fewer_seams(tap, flat_index, sharp_run):
+    no_tv = _patch_run(tap, flat_index, tv=0.0)
+    strong = _patch_run(tap, flat_index, tv=0.05)
+    assert sharp_run.history["tv"][-1] > 0
+    assert strong.history["tv"][-1] < 0.8 * no_tv.history["tv"][-1] or no_tv.history["tv"][-1] == 0, \
+        (strong.history["tv"][-1], no_tv.history["tv"][-1])
 
 
 def test_overwrite_replaces_runs_only(tmp_path, query_image, run_dir):

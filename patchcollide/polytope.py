@@ -1,5 +1,12 @@
-"""The polytope check: random convex combinations of the vertices must still collide and be
-classified as the target; distances in the paper's units; the indicator of where vertices differ.
+"""The polytope check: are random convex combinations of the vertices still (approximately)
+colliding and classified as the target? Distances in the paper's units; the indicator of where
+vertices differ.
+
+At a ReLU layer deep in a net the set of colliding inputs is a polytope in the space of the
+previous layer's activations, not in pixel space: a convex combination of colliding images
+collides only approximately (exactly only where the layers before are linear on the segment).
+So this check measures, it does not assume: the samples' relative error is reported beside
+the vertices' (the project's demo, random VGG-16 at 128 x 128: mean 0.11 against 0.03).
 """
 from __future__ import annotations
 

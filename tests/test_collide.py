@@ -307,9 +307,10 @@ def sharp_run(tap, flat_index):
 
 
 def test_default_patch_mixture_is_sharp_and_uniform_mixing_is_not(tap, flat_index, sharp_run):
-    blend = _patch_run(tap, flat_index, start="tent", spatial=1.0, slots=256, prune=(), entropy=0.0, tv=0.0)
+    # the authors' start (a tent blend of every candidate) with nothing to sharpen it stays a blend
+    blend = _patch_run(tap, flat_index, start="tent", spatial=1.0, slots=256, prune=(), entropy=0.0, tv=0.0, lr=1e-4)
     assert min(sharp_run.mixing["sharpness"]) >= 0.75 and max(sharp_run.mixing["sources"]) <= 2.2, sharp_run.mixing
-    assert max(blend.mixing["sharpness"]) < 0.5 and min(blend.mixing["sources"]) > 4, blend.mixing
+    assert max(blend.mixing["sharpness"]) < 0.2 and min(blend.mixing["sources"]) > 4, blend.mixing
     # the pure composition is reported, and it is further from the collision than the mixture
     assert all(a > f for a, f in zip(sharp_run.mixing["argmax_rel_error"], sharp_run.metrics["rel_error"]))
 

@@ -295,7 +295,6 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     if config.mode == "patches" and index is None:
         raise CollideError("patch mode needs an index; build one with `patchcollide index build` or use --mode pixel")
     dev = resolve_device(config.device)
-    torch.manual_seed(config.seed)
     tap = tap.to(dev)
     src, tgt = to_tensor(source_img).to(dev), to_tensor(target_img).to(dev)
     if target is None:

@@ -138,10 +138,13 @@ class LeNet5(nn.Module):
 ARCHS = {"mlp": (MLP, ("fc1", "fc2")), "lenet5": (LeNet5, ("conv1", "conv2", "fc1", "fc2"))}
 
 
-def make_model(arch: str) -> nn.Module:
+def make_model(arch: str, seed: int = 0) -> nn.Module:
+    """A freshly initialised ``arch``, seeded; the caller's RNG stream is left as it was."""
     if arch not in ARCHS:
         raise DigitsError(f"unknown digit model {arch!r}; use one of {', '.join(ARCHS)}")
-    return ARCHS[arch][0]()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ARCHS[arch][0]()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +158,6 @@ class TrainConfig:
 def train(model: nn.Module, data: DigitData, config: TrainConfig = TrainConfig()) -> dict:
     """Train with Adam and cross-entropy, seeded; returns {"train_accuracy", "test_accuracy",
     "epochs", "final_loss"}. The model is left in eval mode."""
-    torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     n = len(data.train_y)

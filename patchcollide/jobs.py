@@ -67,7 +67,8 @@ _STR_KEYS = ("init", "objective", "start")
 JOB_KEYS = ("id", "source", "target", "mode", "out", "samples", "vertices", "steps", "min_steps", "tol", "lr", "tv",
             "size", "k", "grid_stride", "init", "first_unit", "seed", "objective", "noise", "loss", "entropy",
             "push_margin", "start")
-METRIC_KEYS = ("worst_rel_error", "worst_rel_error_png", "mean_pairwise_l2", "share_target_class",
+METRIC_KEYS = ("worst_rel_error", "worst_rel_error_png", "min_push", "all_own_unit_lowest", "mean_sharpness",
+               "mean_sources", "worst_argmax_rel_error", "mean_pairwise_l2", "share_target_class",
                "mean_top_prob_samples", "top_prob_target", "target_label", "steps", "converged")
 STATUSES = ("done", "failed", "pending", "invalid", "busy")
 
@@ -834,9 +835,19 @@ class BatchRunner:
 def metrics_of(report: dict) -> dict:
     """batch.json's key metrics of a finished run's report."""
     v, poly, tgt = report["vertices"], report.get("polytope") or {}, report.get("target") or {}
+    mix = v.get("mixing") or {}
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else None
+
     return {
         "worst_rel_error": max(v["float"]["rel_error"]),
         "worst_rel_error_png": max(v["png"]["rel_error"]),
+        "min_push": min(v["png"]["push"]) if v["png"].get("push") else None,
+        "all_own_unit_lowest": all(v["png"]["own_unit_lowest"]) if v["png"].get("own_unit_lowest") else None,
+        "mean_sharpness": mean(mix.get("sharpness")),
+        "mean_sources": mean(mix.get("sources")),
+        "worst_argmax_rel_error": max(mix["argmax_rel_error"]) if mix.get("argmax_rel_error") else None,
         "mean_pairwise_l2": v.get("mean_pairwise_l2"),
         "share_target_class": poly.get("share_target_class"),
         "mean_top_prob_samples": poly.get("mean_top_prob_samples"),

@@ -166,8 +166,9 @@ def load_tap(arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet",
     """Build ``arch`` with ``weights`` ("imagenet", "random" or a state-dict PATH) and tap ``layer``."""
     builder = _builder(arch)
     if weights == "random":
-        torch.manual_seed(seed)
-        model = builder(weights=None)
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG stream is left as it was
+            torch.manual_seed(seed)
+            model = builder(weights=None)
         info = WeightsInfo("random", f"random(seed={seed})", None, False)
     elif weights == "imagenet":
         model = builder(weights=None)

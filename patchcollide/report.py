@@ -177,8 +177,9 @@ def _json_default(o):
 RUN_KIND, BATCH_KIND = "patchcollide-run", "patchcollide-batch"
 JOB_STATUSES = ("done", "failed", "busy", "pending", "invalid")
 BATCH_METRICS = {  # batch.json job metrics, in column order: key -> column label
-    "worst_rel_error": "worst rel. err", "worst_rel_error_png": "worst rel. err (PNG)",
-    "mean_pairwise_l2": "mean pairwise L2", "share_target_class": "share target class",
+    "worst_rel_error": "worst rel. err", "worst_rel_error_png": "worst rel. err (PNG)", "min_push": "min push",
+    "all_own_unit_lowest": "each lowest on its unit", "mean_sharpness": "sharpness", "mean_sources": "sources",
+    "worst_argmax_rel_error": "worst argmax rel. err", "mean_pairwise_l2": "mean pairwise L2", "share_target_class": "share target class",
     "mean_top_prob_samples": "mean top p (samples)", "top_prob_target": "top p (target)",
     "target_label": "target class", "steps": "steps", "converged": "converged"}
 VERTEX_METRICS = {  # report.json vertices.float / vertices.png -> column label

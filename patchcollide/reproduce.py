@@ -13,9 +13,11 @@ classified (``polytope.sample_polytope``). Distances are L2 over [0, 1] pixel va
 
 Two checks the paper makes by eye are measured:
 
-* *what a vertex looks like*: an independent reader, the other architecture trained on the
-  same data with another seed (LeNet-5 reads the MLP's vertices and the reverse), classifies
-  every vertex; the vertices of polytope 2 should read as ``other_class``, not as noise;
+* *what a vertex looks like*: its correlation with the image it started from and with the
+  target (``looks_like``): a vertex "reads as" its start digit when it correlates with it at
+  0.5 or more and at least as much as with the target. Noise correlates with neither. (A classifier as
+  the reader was tried and dropped: an independent LeNet-5 reads uniform noise as a 3 81% of
+  the time, so its verdict on noisy vertices says little.)
 * *the control*: the share of random test images that the collided net puts in the
   target's class, beside the share of polytope samples.
 
@@ -50,11 +52,15 @@ class DigitProtocolConfig:
     arch: str = "mlp"  # mlp (Tables 1, 2) | lenet5 (appendix)
     layer: str | None = None  # None: fc1 for the MLP (the paper's first hidden layer), conv2 for LeNet-5
     vertices: int = 5
-    steps: int = 600  # every step is taken (min_steps = steps): the hinge holds the push once it is reached
-    lr: float = 5e-3  # on [0, 1] pixels
-    optimizer: str = "adam"
+    steps: int = 3000  # every step is taken (min_steps = steps): the hinge holds the push once it is reached
+    lr: float = 0.1  # on [0, 1] pixels
+    # SGD with momentum (the authors' gradient EMA): its small, smooth steps keep a vertex near its
+    # start; Adam's per-pixel steps spread noise over every pixel
+    optimizer: str = "sgd"
     objective: str = "relative"  # the engine's default; "paper"/"post" with weights (100, 10) -> (1000, 1): the authors'
-    push_margin: float = 2.2
+    # 1.3, not VGG's 2.2: the MLP's units are linear in the pixels (fc1) or nearly so, and a push to
+    # 2.2x moved the vertices 10-14 L2 from their start, into noise (measured; see the README)
+    push_margin: float = 1.3
     weights_early: tuple[float, float] = CollideConfig.weights_early
     weights_late: tuple[float, float] = CollideConfig.weights_late
     switch: float = CollideConfig.switch
@@ -92,6 +98,19 @@ def first_correct(model: torch.nn.Module, data: DigitData, cls: int) -> int:
     return int(hits[0])
 
 
+def correlation(x: torch.Tensor, ref: torch.Tensor) -> list[float]:
+    """Pearson correlation of every image in x (V, 1, 28, 28) with ref (1, 1, 28, 28)."""
+    a = x.flatten(1) - x.flatten(1).mean(1, keepdim=True)
+    b = (ref.flatten() - ref.mean())[None]
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm()).clamp_min(1e-12)).tolist()
+
+
+def looks_like(corr_start: list[float], corr_target: list[float], at_least: float = 0.5) -> list[bool]:
+    """A vertex reads as its start image when it correlates with it at ``at_least`` or more and
+    at least as much as with the target (a vertex started from the target itself qualifies)."""
+    return [s >= at_least and s >= t for s, t in zip(corr_start, corr_target)]
+
+
 def target_class_of(model: torch.nn.Module, x: torch.Tensor) -> int:
     with torch.no_grad():
         return int(model(x).argmax(1)[0])
@@ -104,8 +123,7 @@ def run_digit_protocol(config: DigitProtocolConfig = DigitProtocolConfig(), data
     config.check()
     t0 = time.time()
     data = data if data is not None else load_digit_data(data_root, config.seed)
-    torch.manual_seed(config.seed)
-    model = make_model(config.arch)
+    model = make_model(config.arch, seed=config.seed)
     accuracy = train(model, data, config.train)
     tap = DigitTap(model, config.arch, config.tap_layer)
     ti = first_correct(model, data, config.target_class)
@@ -124,40 +142,35 @@ def run_digit_protocol(config: DigitProtocolConfig = DigitProtocolConfig(), data
                         switch=config.switch, objective=config.objective, push_margin=config.push_margin,
                         optimizer=config.optimizer,
                         seed=config.seed, device="cpu")
-    reader_arch = "lenet5" if config.arch == "mlp" else "mlp"
-    torch.manual_seed(config.seed + 1)
-    reader = make_model(reader_arch)
-    reader_accuracy = train(reader, data, dataclasses.replace(config.train, seed=config.seed + 1))
     with torch.no_grad():
         control = float((model(data.test_x).argmax(1) == target_class_of(model, x_t)).float().mean())
     rows = []
     for name, start in (("from the target", ti), (f"from a {config.other_class}", oi)):
         t = time.time()
         x0 = data.test_x[start : start + 1]
-        torch.manual_seed(config.seed)
         param = PixelParam(x0.expand(config.vertices, -1, -1, -1))
         history, steps, _ = optimise(tap, param, target, cfg)
         x = param().detach()
         with torch.no_grad():
             metrics = collision_metrics(tap.pre(x), tap.logits(x), target)
         check = sample_polytope(tap, x, target, n=config.samples, seed=config.seed, batch_size=500)
-        with torch.no_grad():
-            read = reader(x).argmax(1).tolist()
         start_class = int(data.test_y[start])
+        corr_start, corr_target = correlation(x, x0), correlation(x, x_t)
+        looks = looks_like(corr_start, corr_target)
         rows.append({
             "init": name, "init_index": start, "start_image": x0[0].numpy(), "vertices": x.numpy(), "metrics": metrics, "polytope": check,
             "vertex_l2": mean_pairwise_l2(x), "start_l2": float((x - x0).flatten(1).norm(dim=1).mean()),
             "target_l2": float((x - x_t).flatten(1).norm(dim=1).mean()), "seconds": time.time() - t,
             "final_worst_rel_error": history["worst_rel_error"][-1], "start_class": start_class,
-            "read_as": read, "read_as_start": sum(c == start_class for c in read) / len(read),
+            "corr_start": corr_start, "corr_target": corr_target, "looks_like_start": looks,
+            "looks_like_start_share": sum(looks) / len(looks),
             "saturated_share": float(((x <= 1e-3) | (x >= 1 - 1e-3)).float().mean()),
         })
     return {
         "data": data.name, "n_train": len(data.train_y), "n_test": len(data.test_y),
         "model": config.arch, "layer": config.tap_layer, "layer_units": int(z.shape[1]),
         "target_active_units": int((z[0] > 0).sum()), "input_dim": int(x_t.numel()),
-        "accuracy": accuracy, "reader": {"arch": reader_arch, **reader_accuracy},
-        "control_share_target_class": control, "target_index": ti, "target_image": x_t[0].numpy(), "target_class": target.label,
+        "accuracy": accuracy, "control_share_target_class": control, "target_index": ti, "target_image": x_t[0].numpy(), "target_class": target.label,
         "target_prob": target.prob, "dataset_l2": mean_pairwise_l2(data.test_x, seed=config.seed),
         "rows": rows, "config": dataclasses.asdict(config), "seconds": time.time() - t0,
     }
@@ -165,22 +178,21 @@ def run_digit_protocol(config: DigitProtocolConfig = DigitProtocolConfig(), data
 
 def digit_table(result: dict) -> str:
     """The paper's Table 2 columns as Markdown, with the paper's rows beside ours, the control
-    (random test images in the target's class) and what the independent reader sees."""
-    reader = result["reader"]["arch"]
+    (random test images in the target's class) and whether the vertices still look like their start."""
     lines = [
         "| Row | init | successful collisions | control: test images in the class | top prob. target "
         "| top prob. samples | L2 dataset images | L2 polytope vertices | worst rel. error (vertices / samples) "
-        f"| vertices read as the start digit ({reader}) |",
+        "| vertices that look like their start (corr. with start / target) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(result["rows"], 1):
         c = r["polytope"]
-        read = ", ".join(str(v) for v in r["read_as"])
+        corr = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["corr_start"], r["corr_target"]))
         lines.append(f"| {i} | {r['init']} | {c['share_target_class']:.1%} ({c['n']}) "
                      f"| {result['control_share_target_class']:.1%} | {result['target_prob']:.4f} "
                      f"| {c['mean_top_prob_samples']:.4f} | {result['dataset_l2']:.2f} | {r['vertex_l2']:.2f} "
                      f"| {max(r['metrics']['rel_error']):.1e} / {c['rel_error_max']:.1e} "
-                     f"| {r['read_as_start']:.0%} (read: {read}) |")
+                     f"| {r['looks_like_start_share']:.0%} ({corr}) |")
     if result["model"] == "mlp":
         for i, p in enumerate(PAPER_TABLE2["rows"], 1):
             lines.append(f"| paper {i} | {'from the target' if i == 1 else 'from another digit'} | {p['share']:.0%} | "

@@ -8,14 +8,14 @@ real patches retrieved from the index for every location of a grid on ``source``
 Schedule (fractions of ``steps``; every number here was measured on random VGG-16 at
 128 x 128 with ``scripts/bench_collide.py --sweep``, see benchmarks/README.md):
 
-1. *separate* (until ``switch``): weights ``weights_early`` = (a, b) on the normalised
+1. *separate* (until ``switch``): weights ``loss_early`` = (a, b) on the normalised
    (L+, L-^i): each vertex pushes its own unit below ``push_margin`` times the target's
    value while the collision is only loosely held; the vertices start as different
    compositions (``start="distinct"``) and TV keeps their regions coherent.
 2. *sharpen* (patch mode): at each ``prune`` point (fraction, keep) every pixel keeps only its
    ``keep`` heaviest candidates, and from ``switch`` on an entropy term (``entropy``)
    concentrates the weights on fewer candidates.
-3. *tighten* (after ``switch``): ``weights_late`` hold the push at the margin (the hinge is
+3. *tighten* (after ``switch``): ``loss_late`` hold the push at the margin (the hinge is
    zero once the unit is there) while L+ pulls the collision in.
 
 The run stops early once every vertex meets ``tol`` *as it would be saved* (8-bit pixels,
@@ -49,7 +49,22 @@ MAX_PARAM_BYTES = 16 * 2**30  # refuse patch-mode settings whose logits alone wo
 
 
 class CollideError(Exception):
-    """Bad collide arguments; ``str(e)`` is a one-line message."""
+    """Bad collide arguments; ``str(e)`` is a one-line message. Errors about one config field
+    carry it (``field``) and the bare ``problem``, so that a job file can name its key instead
+    of the CLI option."""
+
+    def __init__(self, message: str, field: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.field, self.problem = field, problem
+
+
+def option_name(field: str) -> str:
+    """The CLI option of a CollideConfig field: ``min_steps`` -> ``--min-steps``, ``k`` -> ``-k``."""
+    return "-k" if field == "k" else "--" + field.replace("_", "-")
+
+
+def field_error(field: str, problem: str) -> CollideError:
+    return CollideError(f"{option_name(field)} {problem}", field, problem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +79,8 @@ class CollideConfig:
     betas: tuple[float, float] = (0.8, 0.9)  # Adam's; shorter memories than (0.9, 0.999) converge faster here
     objective: str = "relative"  # relative: normalised L+ and hinge L-^i; paper / post: the authors' sums
     push_margin: float = 2.2  # relative objective: push z[j_i] to -push_margin * |z_t[j_i]| (the target: <= 2x)
-    weights_early: tuple[float, float] = (1.0, 0.3)  # (a, b) on (L+, L-^i) until `switch`
-    weights_late: tuple[float, float] = (1.0, 0.1)  # after `switch`
+    loss_early: tuple[float, float] = (1.0, 0.3)  # weights (a, b) of (L+, L-^i) until `switch`
+    loss_late: tuple[float, float] = (1.0, 0.1)  # after `switch`
     switch: float = 0.33  # share of the steps in the separate phase (authors: 14,000 / 20,000)
     tv: float = 0.003  # weight of TV on the mixing weights, per pixel (patch mode)
     entropy: float = 0.003  # weight of the mixing weights' mean entropy after `switch` (patch mode)
@@ -84,36 +99,40 @@ class CollideConfig:
     device: str = "auto"
 
     def __post_init__(self):
-        checks = [
-            (self.mode in ("patches", "pixel"), f"--mode must be patches or pixel, got {self.mode!r}"),
-            (1 <= self.vertices <= 64, f"--vertices must be between 1 and 64, got {self.vertices}"),
-            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
-            (self.min_steps >= 0, f"--min-steps must be >= 0, got {self.min_steps}"),
-            (self.tol > 0, f"--tol must be > 0, got {self.tol}"),
-            (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (0 <= self.switch <= 1, f"switch must be in [0, 1], got {self.switch}"),
-            (self.tv >= 0, f"--tv must be >= 0, got {self.tv}"),
-            (self.entropy >= 0, f"--entropy must be >= 0, got {self.entropy}"),
-            (self.push_margin >= 0, f"--push-margin must be >= 0, got {self.push_margin}"),
-            (self.settle_factor >= 0, f"--settle-factor must be >= 0, got {self.settle_factor}"),
-            (all(0 <= b < 1 for b in self.betas), f"betas must be in [0, 1), got {self.betas}"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
-            (all(0 <= f <= 1 and keep >= 1 for f, keep in self.prune),
-             f"--prune takes SHARE:KEEP with SHARE in [0, 1] and KEEP >= 1, got {self.prune}"),
-            (self.start in STARTS, f"--start must be one of {', '.join(STARTS)}, got {self.start!r}"),
-            (self.spatial > 0, f"--spatial must be > 0, got {self.spatial}"),
-            (self.slots >= 1, f"--slots must be >= 1, got {self.slots}"),
-            (self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"),
-            (PATCH <= self.size <= 1024, f"--size must be between {PATCH} and 1024, got {self.size}"),
-            (self.k >= 1, f"-k must be >= 1, got {self.k}"),
-            (1 <= self.grid_stride <= PATCH, f"--grid-stride must be between 1 and {PATCH}, got {self.grid_stride}"),
-            (self.init in ("source", "target"), f"--init must be source or target, got {self.init!r}"),
-            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
-            (self.first_unit >= 0, f"--first-unit must be >= 0, got {self.first_unit}"),
+        checks = [  # (fine, field, what is wrong otherwise)
+            (self.mode in ("patches", "pixel"), "mode", f"must be patches or pixel, got {self.mode!r}"),
+            (1 <= self.vertices <= 64, "vertices", f"must be between 1 and 64, got {self.vertices}"),
+            (self.steps >= 1, "steps", f"must be >= 1, got {self.steps}"),
+            (self.min_steps >= 0, "min_steps", f"must be >= 0, got {self.min_steps}"),
+            (self.tol > 0, "tol", f"must be > 0, got {self.tol}"),
+            (self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}"),
+            (self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (all(0 <= b < 1 for b in self.betas), "betas", f"must be in [0, 1), got {self.betas}"),
+            (self.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"),
+            (self.push_margin >= 0, "push_margin", f"must be >= 0, got {self.push_margin}"),
+            (all(w >= 0 for w in self.loss_early), "loss_early", f"must be >= 0, got {self.loss_early}"),
+            (all(w >= 0 for w in self.loss_late), "loss_late", f"must be >= 0, got {self.loss_late}"),
+            (0 <= self.switch <= 1, "switch", f"must be in [0, 1], got {self.switch}"),
+            (self.tv >= 0, "tv", f"must be >= 0, got {self.tv}"),
+            (self.entropy >= 0, "entropy", f"must be >= 0, got {self.entropy}"),
+            (all(0 <= f <= 1 and keep >= 1 for f, keep in self.prune), "prune",
+             f"takes SHARE:KEEP pairs with SHARE in [0, 1] and KEEP >= 1, got {self.prune}"),
+            (self.settle_factor >= 0, "settle_factor", f"must be >= 0, got {self.settle_factor}"),
+            (self.start in STARTS, "start", f"must be one of {', '.join(STARTS)}, got {self.start!r}"),
+            (self.spatial > 0, "spatial", f"must be > 0, got {self.spatial}"),
+            (self.slots >= 1, "slots", f"must be >= 1, got {self.slots}"),
+            (PATCH <= self.size <= 1024, "size", f"must be between {PATCH} and 1024, got {self.size}"),
+            (self.k >= 1, "k", f"must be >= 1, got {self.k}"),
+            (1 <= self.grid_stride <= PATCH, "grid_stride", f"must be between 1 and {PATCH}, got {self.grid_stride}"),
+            (self.init in ("source", "target"), "init", f"must be source or target, got {self.init!r}"),
+            (self.noise >= 0, "noise", f"must be >= 0, got {self.noise}"),
+            (self.first_unit >= 0, "first_unit", f"must be >= 0, got {self.first_unit}"),
+            (self.seed >= 0, "seed", f"must be >= 0, got {self.seed}"),
+            (self.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, got {self.device!r}"),
         ]
-        for ok, msg in checks:
+        for ok, field, problem in checks:
             if not ok:
-                raise CollideError(msg)
+                raise field_error(field, problem)
         if self.mode == "patches":
             L = len(grid_positions((self.size, self.size), self.grid_stride, PATCH, cover=True))
             P = self.size * self.size
@@ -123,8 +142,8 @@ class CollideConfig:
             need = (self.vertices * P * covering * 12 + self.vertices * P * min(self.slots, covering) * 4 * 7
                     + L * self.k * PATCH * PATCH * 3 * 4)
             if need > MAX_PARAM_BYTES:
-                raise CollideError(f"-k {self.k} with {self.vertices} vertices at {self.size}x{self.size} needs about "
-                                   f"{need / 2**30:.1f} GiB for the patch mixture; lower -k, --slots or --vertices")
+                raise field_error("k", f"{self.k} with {self.vertices} vertices at {self.size}x{self.size} needs about "
+                                       f"{need / 2**30:.1f} GiB for the patch mixture; lower -k, --slots or --vertices")
 
     @property
     def learning_rate(self) -> float:
@@ -240,7 +259,7 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
         if mixing and step in ph["prune"]:
             prune(param, opt, ph["prune"][step])
         late = step > ph["switch"]
-        a, b = config.weights_late if late else config.weights_early
+        a, b = config.loss_late if late else config.loss_early
         calm = config.settle_factor if (ph["prune"] and step > ph["last_prune"]) else 1.0
         tv_w, ent_w = calm * config.tv, calm * config.entropy * late
         x = param()

@@ -130,7 +130,7 @@ def demo_tap(weights: str = "auto", seed: int = 0):
 
 def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int = 4, k: int = 16,
              photos: tuple[str, ...] = STORE_PHOTOS, size: int = 128, steps: int | None = None, vertices: int = 5,
-             n_samples: int = 200, weights: str = "auto", device: str = "auto", progress=None,
+             samples: int = 200, weights: str = "auto", device: str = "auto", progress=None,
              collide_progress=None) -> DemoResult:
     """Build the embedded index (once), search the held-out photo's grid, collide it with the
     target photo in patch space and check the polytope."""
@@ -164,7 +164,7 @@ def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int =
 
     dataset = np.stack([load_rgb(os.path.join(index_dir, "photos", f"{p}.png"), Preprocess(resize=size))[0]
                         for p in photos])
-    report = run_sample(run_dir, n=n_samples, dataset_images=dataset, tap=tap, device=device)
+    report = run_sample(run_dir, samples=samples, dataset_images=dataset, tap=tap, device=device)
     t["sample"] = time.time()
     seconds = {"model": t["model"] - t["start"], "extract": t["extract"] - t["model"],
                "index": t["index"] - t["extract"], "search": t["search"] - t["index"], "collide": t["collide"] - t["search"],

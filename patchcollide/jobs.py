@@ -1,17 +1,5 @@
-"""Batch runner over collide/polytope/report: one job per line of a JSON Lines file.
-
-Job file, one JSON object per line (blank lines are ignored)::
-
-    {"id": "dog2cat", "source": "dog.jpg", "target": "cat.jpg", "steps": 200}
-    {"id": "cat-px", "source": "cat.jpg", "target": "cat.jpg", "mode": "pixel", "init": "target"}
-
-Keys: ``id`` (required; also the default output name), ``source`` and ``target`` (required;
-relative to the job file's folder unless absolute), ``mode`` (patches | pixel), ``out`` (the
-job's directory name inside DIR), ``samples`` (polytope check size, 0 skips it) and per-job
-overrides of :class:`CollideConfig`: vertices, steps, min_steps, tol, lr, tv, size, k,
-grid_stride, init, first_unit, seed, objective, noise, and ``loss`` [a, b] (both phases).
-``read_jobs`` checks the whole file before anything runs: every problem comes back with its
-line number.
+"""Batch runner over collide/polytope/report: one job per line of a JSON Lines file
+(``jobfile.py`` reads and checks the file; this module runs it).
 
 Output directory DIR::
 
@@ -39,337 +27,27 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import posixpath
-import re
 import shutil
 import socket
 import time
 import traceback
-import unicodedata
-import warnings
 from collections.abc import Iterator
 
-from .collide import CollideConfig, CollideError, target_of, to_tensor
+from .collide import CollideError, target_of, to_tensor
+from .jobfile import Job, JobFile, JobsError, _first_line, _replaceable, in_shard
 
 log = logging.getLogger(__name__)
 
 BATCH_JSON = "batch.json"
-RESERVED = ("batch.json", "batch.html", "index.html", "report.html")  # names DIR keeps for itself (any case)
-MAX_OUT_BYTES = 200  # leaves room for ".traceback.txt" and friends under the usual 255-byte name limit
 FATAL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}  # stop the batch: every next job would fail too
 BUSY_WAIT = 2.0  # seconds to wait for a job lock held briefly (a start-up sweep) before calling the job busy
 
-_INT_KEYS = ("vertices", "steps", "min_steps", "size", "k", "grid_stride", "first_unit", "seed")
-_FLOAT_KEYS = ("tol", "tv", "noise", "entropy", "push_margin")
-_STR_KEYS = ("init", "objective", "start")
-JOB_KEYS = ("id", "source", "target", "mode", "out", "samples", "vertices", "steps", "min_steps", "tol", "lr", "tv",
-            "size", "k", "grid_stride", "init", "first_unit", "seed", "objective", "noise", "loss", "entropy",
-            "push_margin", "start")
 METRIC_KEYS = ("worst_rel_error", "worst_rel_error_png", "min_push", "all_own_unit_lowest", "mean_sharpness",
                "mean_sources", "worst_argmax_rel_error", "mean_pairwise_l2", "share_target_class",
                "mean_top_prob_samples", "top_prob_target", "target_label", "steps", "converged")
 STATUSES = ("done", "failed", "pending", "invalid", "busy")
-
-
-class JobsError(Exception):
-    """A bad job file, batch option or output directory; ``str(e)`` is a one-line message."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One valid line of a job file."""
-
-    id: str
-    line: int  # 1-based line number in the job file
-    position: int  # 0-based among the file's job lines (blank lines aside): decides the shard
-    out: str  # the job's directory name inside DIR
-    source: str  # absolute paths
-    target: str
-    samples: int  # Dirichlet samples of the polytope check; 0: none
-    config: CollideConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class InvalidJob:
-    line: int
-    position: int
-    id: str | None
-    out: str | None
-    error: str  # every problem of the line, joined with "; "
-
-
-@dataclasses.dataclass
-class JobFile:
-    path: str  # absolute
-    sha256: str  # of the file's bytes
-    jobs: list[Job]
-    invalid: list[InvalidJob]
-
-    def problems(self) -> list[tuple[int, str]]:
-        """(line number, message) for every invalid line, in file order."""
-        return [(j.line, j.error) for j in self.invalid]
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading and checking a job file
-
-
-def read_jobs(path: str, out_dir: str, samples: int = 2000, device: str = "auto") -> JobFile:
-    """Parse and check every line of the job file ``path`` for a batch writing into ``out_dir``.
-
-    Problems of single lines come back in ``JobFile.invalid`` (line numbers and messages);
-    problems of the file itself (missing, a folder, not UTF-8, no jobs) raise JobsError.
-    ``samples`` is the default polytope check size, ``device`` goes into every job's config.
-    Reads image headers only (existence, format, declared size), never decodes them.
-    """
-    if samples < 0:
-        raise JobsError(f"--samples must be >= 0 (0 skips the polytope check), got {samples}")
-    if not os.path.exists(path):
-        raise JobsError(f"{path}: no such job file; give a JSON Lines file with one job per line")
-    if os.path.isdir(path):
-        raise JobsError(f"{path} is a folder; give a JSON Lines file with one job per line")
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as e:
-        raise JobsError(f"{path}: cannot read the job file ({e.strerror or e})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise JobsError(f"{path}: not UTF-8 text (undecodable byte at offset {e.start}); "
-                        "save the job file as UTF-8") from None
-    lines = [(no, ln.rstrip("\r")) for no, ln in enumerate(text.split("\n"), 1)]
-    entries = [(no, ln) for no, ln in lines if ln.strip()]
-    if not entries:
-        raise JobsError(f"{path}: no jobs (the file is empty); write one JSON object per line")
-    base = os.path.dirname(os.path.abspath(path))
-    images: dict[str, str | None] = {}
-    parsed = []  # (line, position, id, out, problems, job fields)
-    for pos, (no, ln) in enumerate(entries):
-        parsed.append((no, pos, *_check_line(ln, base, out_dir, samples, device, images)))
-    first_id: dict[str, int] = {}
-    first_out: dict[str, tuple[int, str]] = {}
-    jobs, invalid = [], []
-    for no, pos, jid, out, problems, job in parsed:
-        dup_id = jid is not None and jid in first_id
-        if dup_id:
-            problems.append(f"duplicate id {jid!r} (also on line {first_id[jid]})")
-        elif jid is not None:
-            first_id[jid] = no
-        if out is not None:
-            key = unicodedata.normalize("NFC", out).casefold()
-            if key not in first_out:
-                first_out[key] = (no, out)
-            elif not (dup_id and out == jid and first_out[key][1] == out):  # said already
-                other_no, other = first_out[key]
-                case = "" if other == out else f" as {other!r} (output names must differ ignoring case)"
-                problems.append(f'output name {out!r} is already used on line {other_no}{case}; give one of them '
-                                'another "out"')
-        if problems:
-            invalid.append(InvalidJob(no, pos, jid, out, "; ".join(problems)))
-        else:
-            jobs.append(Job(id=jid, line=no, position=pos, out=out, **job))
-    return JobFile(os.path.abspath(path), hashlib.sha256(data).hexdigest(), jobs, invalid)
-
-
-def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, images: dict):
-    """-> (id or None, out or None, problems, Job fields or None)."""
-    try:
-        obj = json.loads(text)
-    except ValueError as e:
-        return None, None, [f"not valid JSON ({_first_line(str(e))}); write one JSON object per line"], None
-    if not isinstance(obj, dict):
-        msg = f'expected a JSON object like {{"id": ..., "source": ..., "target": ...}}, got {_json_type(obj)}'
-        return None, None, [msg], None
-    problems: list[str] = []
-    unknown = [k for k in obj if k not in JOB_KEYS]
-    if unknown:
-        problems.append(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                        f"allowed: {', '.join(JOB_KEYS)}")
-    jid = obj.get("id")
-    if "id" not in obj:
-        problems.append('missing "id"')
-        jid = None
-    elif not isinstance(jid, str) or not jid.strip():
-        problems.append(f'"id" must be a non-empty string, got {_show(jid)}')
-        jid = None
-    paths = {}
-    for key in ("source", "target"):
-        v = obj.get(key)
-        if key not in obj:
-            problems.append(f'missing "{key}" (an image file)')
-        elif not isinstance(v, str) or not v:
-            problems.append(f'"{key}" must be a path (a string), got {_show(v)}')
-        else:
-            p = os.path.abspath(os.path.join(base, os.path.expanduser(v)))
-            if p not in images:
-                images[p] = _image_problem(p)
-            if images[p]:
-                problems.append(f'{key} {v!r}: {images[p]}')
-            paths[key] = p
-    out = None
-    if "out" in obj:
-        out, why = _check_out_name(obj["out"], out_dir)
-        if why:
-            problems.append(f'"out" {why}')
-    elif jid is not None:
-        out, why = _check_out_name(jid, out_dir)
-        if why:
-            problems.append(f'id {why}; give the job an "out" name')
-    over: dict = {}
-    for key in _INT_KEYS:
-        if key in obj:
-            v = obj[key]
-            if isinstance(v, bool) or not isinstance(v, int):
-                problems.append(f'"{key}" must be an integer, got {_show(v)}')
-            else:
-                over[key] = v
-    for key in _FLOAT_KEYS:
-        if key in obj:
-            v = obj[key]
-            if not _is_number(v):
-                problems.append(f'"{key}" must be a number, got {_show(v)}')
-            else:
-                over[key] = float(v)
-    if "lr" in obj:
-        v = obj["lr"]
-        if v is not None and not _is_number(v):
-            problems.append(f'"lr" must be a number or null (the mode\'s default), got {_show(v)}')
-        else:
-            over["lr"] = None if v is None else float(v)
-    for key in (*_STR_KEYS, "mode"):
-        if key in obj:
-            v = obj[key]
-            if not isinstance(v, str):
-                problems.append(f'"{key}" must be a string, got {_show(v)}')
-            else:
-                over[key] = v
-    if "loss" in obj:
-        v = obj["loss"]
-        if not (isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v)):
-            problems.append(f'"loss" must be two numbers [a, b] (weights of L+ and L-), got {_show(v)}')
-        else:
-            over["weights_early"] = over["weights_late"] = (float(v[0]), float(v[1]))
-    n = samples
-    if "samples" in obj:
-        v = obj["samples"]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            problems.append(f'"samples" must be an integer >= 0 (0 skips the polytope check), got {_show(v)}')
-        else:
-            n = v
-    try:
-        config = CollideConfig(device=device, **over)
-    except CollideError as e:
-        problems.append(_as_keys(str(e)))
-    if problems:
-        return jid, out, problems, None
-    return jid, out, problems, {"source": paths["source"], "target": paths["target"], "samples": n, "config": config}
-
-
-def _check_out_name(value, out_dir: str) -> tuple[str | None, str | None]:
-    """(normalised name, None) for a usable output directory name, else (None, why)."""
-    if not isinstance(value, str) or not value:
-        return None, f"must be a non-empty directory name, got {_show(value)}"
-    if any(ord(c) < 32 or ord(c) == 127 for c in value) or "\\" in value:
-        return None, f"{value!r} contains control characters or a backslash; use a plain directory name"
-    if value.startswith("/") or os.path.isabs(value):
-        return None, f"{value!r} is an absolute path; give a name inside the --out directory"
-    norm = posixpath.normpath(value)
-    if norm == ".":
-        return None, f"{value!r} names the --out directory itself; give a sub-directory name"
-    if norm == ".." or norm.startswith("../"):
-        return None, f"{value!r} leads outside the --out directory; give a name inside it"
-    if "/" in norm:
-        return None, f"{value!r} has sub-folders; give a single directory name inside the --out directory"
-    if norm.startswith("."):
-        return None, f"{value!r}: names starting with '.' are kept for the batch's own files"
-    if norm.casefold() in RESERVED:
-        return None, f"{value!r} is kept for the batch's own files ({', '.join(RESERVED)})"
-    if len(norm.encode("utf-8")) > MAX_OUT_BYTES:
-        return None, f"{value[:20]!r}... is longer than {MAX_OUT_BYTES} bytes"
-    final = os.path.join(out_dir, norm)
-    real_dir = os.path.realpath(out_dir)
-    if os.path.dirname(os.path.realpath(final)) != real_dir:
-        return None, f"{value!r}: {final} is a link leading outside the --out directory"
-    if os.path.lexists(final) and not _replaceable(final):
-        return None, (f"{value!r}: {final} holds files that are not a patchcollide run; "
-                      "move them away or choose another name")
-    return norm, None
-
-
-def _image_problem(path: str) -> str | None:
-    """Why ``path`` cannot be a job's input, from its header only; None when it looks fine."""
-    from PIL import Image, UnidentifiedImageError
-
-    from .images import Preprocess
-
-    if not os.path.exists(path):
-        return f"{path} does not exist"
-    if not os.path.isfile(path):
-        return f"{path} is not a file"
-    pre = Preprocess(resize=None)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-    except UnidentifiedImageError:
-        return f"{path} is not an image (no decoder recognises it)"
-    except Image.DecompressionBombError:
-        return f"{path} declares too many pixels (decompression-bomb guard)"
-    except (OSError, SyntaxError, ValueError) as e:
-        return f"{path} cannot be read ({_first_line(str(e)) or type(e).__name__})"
-    if w * h > pre.max_pixels:
-        return f"{path} declares {w}x{h} pixels, above the decompression-bomb guard of {pre.max_pixels}"
-    if min(w, h) < pre.min_side:
-        return f"{path} is {w}x{h}, smaller than a {pre.min_side}-pixel patch"
-    return None
-
-
-def _json_type(v) -> str:
-    if isinstance(v, bool) or v is None:
-        return json.dumps(v)
-    return {list: "an array", str: "a string", int: "a number", float: "a number"}.get(type(v), type(v).__name__)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _show(v) -> str:
-    s = json.dumps(v, ensure_ascii=False, default=str)
-    return s if len(s) <= 40 else s[:37] + "..."
-
-
-def _first_line(s: str) -> str:
-    s = s.strip()
-    return s.splitlines()[0][:200] if s else ""
-
-
-def _as_keys(msg: str) -> str:
-    """CollideConfig speaks in CLI options (--min-steps, -k); a job file has keys ("min_steps", "k")."""
-    return re.sub(r"(?<![\w-])--?([a-z][a-z-]*)", lambda m: '"' + m.group(1).replace("-", "_") + '"', msg)
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"I/N"`` -> (I, N) with 1 <= I <= N; None (no sharding) for None or N = 1."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not m:
-        raise JobsError(f"--shard must look like I/N (this process's share I of N, e.g. 1/4), got {text!r}")
-    i, n = int(m.group(1)), int(m.group(2))
-    if not 1 <= i <= n:
-        raise JobsError(f"--shard {text}: I must be between 1 and N (shards are numbered from 1), got {i}/{n}")
-    return None if n == 1 else (i, n)
-
-
-def in_shard(position: int, shard: tuple[int, int] | None) -> bool:
-    """Shard I of N takes the job lines at positions I-1, I-1+N, I-1+2N, ... (file order,
-    blank lines aside, invalid lines counted): deterministic, balanced, the same on every machine."""
-    return shard is None or position % shard[1] == shard[0] - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,18 +155,6 @@ def _canon(obj) -> str:
 def _config_key(config: dict) -> str:
     """A config as JSON without the device: a run made on another device still counts."""
     return _canon({k: v for k, v in config.items() if k != "device"})
-
-
-def _replaceable(path: str) -> bool:
-    """An existing job directory that a batch may replace: empty, or a patchcollide run."""
-    from .runs import _is_run
-
-    if os.path.islink(path) or not os.path.isdir(path):
-        return False
-    try:
-        return not os.listdir(path) or _is_run(path)
-    except OSError:
-        return False
 
 
 def _fatal_oserror(e: BaseException) -> OSError | None:
@@ -655,7 +321,7 @@ class BatchRunner:
                   and _config_key(rep["config"]) == _config_key(dataclasses.asdict(job.config))
                   and rep.get("inputs") == self.expected_inputs(job)
                   and rep.get("model") == self.model_identity(job)
-                  and (job.samples == 0 or (rep.get("polytope") or {}).get("n") == job.samples))
+                  and (job.samples == 0 or polytope_samples(rep) == job.samples))
         except (KeyError, TypeError, AttributeError):
             return False
         return ok and all(os.path.isfile(os.path.join(d, f))
@@ -753,7 +419,7 @@ class BatchRunner:
                     pindex=self.pindex if job.config.mode == "patches" else None, progress=progress,
                     target_stats=target)
         if job.samples:
-            run_sample(run_dir, n=job.samples, seed=0, device=self.device,
+            run_sample(run_dir, samples=job.samples, seed=0, device=self.device,
                        dataset_images=self.dataset_for(job.config.size), tap=tap)
         report = read_report(run_dir)
         report["batch"] = {"id": job.id, "jobs_file": self.jobfile.path, "line": job.line,
@@ -830,6 +496,12 @@ class BatchRunner:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def polytope_samples(report: dict) -> int | None:
+    """How many combinations a run's polytope check took (``n`` in reports before 0.2)."""
+    poly = report.get("polytope") or {}
+    return poly.get("samples", poly.get("n"))
 
 
 def metrics_of(report: dict) -> dict:

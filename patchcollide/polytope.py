@@ -29,16 +29,17 @@ def pairwise_l2(images: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def sample_polytope(tap: Tap, vertices: torch.Tensor, target: Target, n: int = 2000, seed: int = 0,
+def sample_polytope(tap: Tap, vertices: torch.Tensor, target: Target, samples: int = 2000, seed: int = 0,
                     batch_size: int = 32, device: str | torch.device = "cpu") -> dict:
-    """Classify ``n`` Dirichlet(1) convex combinations of vertices (V, 3, H, W) in [0, 1].
+    """Classify ``samples`` Dirichlet(1) convex combinations of vertices (V, 3, H, W) in [0, 1].
 
     Returns the share of samples whose top-1 class is the target's, the mean top-class
     probability of the samples and the target's, and the samples' relative fc6 error
     (mean and max). Seeded: the same seed gives the same combinations.
     """
-    if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
+    if samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {samples}")
+    n = samples
     V = len(vertices)
     w = torch.from_numpy(np.random.default_rng(seed).dirichlet(np.ones(V), size=n)).float()
     vertices = vertices.to(device)
@@ -55,7 +56,7 @@ def sample_polytope(tap: Tap, vertices: torch.Tensor, target: Target, n: int = 2
         rel.append(r.cpu())
     rel_t = torch.cat(rel)
     return {
-        "n": n, "seed": seed, "share_target_class": same / n, "target_class": target.label,
+        "samples": n, "seed": seed, "share_target_class": same / n, "target_class": target.label,
         "mean_top_prob_samples": float(torch.cat(probs).mean()), "top_prob_target": target.prob,
         "rel_error_mean": float(rel_t.mean()), "rel_error_max": float(rel_t.max()),
     }

@@ -189,7 +189,7 @@ VERTEX_METRICS = {  # report.json vertices.float / vertices.png -> column label
 MIXING_METRICS = {  # report.json vertices.mixing -> column label
     "sharpness": "sharpness", "sources": "sources", "argmax_rel_error": "argmax rel. error"}
 POLYTOPE_LABELS = {
-    "n": "Dirichlet(1) samples", "seed": "seed", "share_target_class": "share in the target's class",
+    "samples": "Dirichlet(1) samples", "n": "Dirichlet(1) samples", "seed": "seed", "share_target_class": "share in the target's class",
     "target_class": "target class", "mean_top_prob_samples": "mean top-class prob. (samples)",
     "top_prob_target": "top-class prob. (target)", "rel_error_mean": "rel. error, mean",
     "rel_error_max": "rel. error, max", "vertex_mean_pairwise_l2": "mean pairwise L2, vertices",

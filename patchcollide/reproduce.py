@@ -61,8 +61,8 @@ class DigitProtocolConfig:
     # 1.3, not VGG's 2.2: the MLP's units are linear in the pixels (fc1) or nearly so, and a push to
     # 2.2x moved the vertices 10-14 L2 from their start, into noise (measured; see the README)
     push_margin: float = 1.3
-    weights_early: tuple[float, float] = CollideConfig.weights_early
-    weights_late: tuple[float, float] = CollideConfig.weights_late
+    loss_early: tuple[float, float] = CollideConfig.loss_early
+    loss_late: tuple[float, float] = CollideConfig.loss_late
     switch: float = CollideConfig.switch
     samples: int = 2000  # convex combinations per polytope (the paper's 2000)
     target_class: int = 7  # the paper's target is a 7
@@ -138,7 +138,7 @@ def run_digit_protocol(config: DigitProtocolConfig = DigitProtocolConfig(), data
         raise DigitsError(str(e)) from None
     target = Target(z[0], units, int(p.argmax()), float(p.max()))
     cfg = CollideConfig(mode="pixel", vertices=config.vertices, steps=config.steps, min_steps=config.steps,
-                        lr=config.lr, weights_early=config.weights_early, weights_late=config.weights_late,
+                        lr=config.lr, loss_early=config.loss_early, loss_late=config.loss_late,
                         switch=config.switch, objective=config.objective, push_margin=config.push_margin,
                         optimizer=config.optimizer,
                         seed=config.seed, device="cpu")
@@ -153,7 +153,7 @@ def run_digit_protocol(config: DigitProtocolConfig = DigitProtocolConfig(), data
         x = param().detach()
         with torch.no_grad():
             metrics = collision_metrics(tap.pre(x), tap.logits(x), target)
-        check = sample_polytope(tap, x, target, n=config.samples, seed=config.seed, batch_size=500)
+        check = sample_polytope(tap, x, target, samples=config.samples, seed=config.seed, batch_size=500)
         start_class = int(data.test_y[start])
         corr_start, corr_target = correlation(x, x0), correlation(x, x_t)
         looks = looks_like(corr_start, corr_target)
@@ -188,7 +188,7 @@ def digit_table(result: dict) -> str:
     for i, r in enumerate(result["rows"], 1):
         c = r["polytope"]
         corr = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["corr_start"], r["corr_target"]))
-        lines.append(f"| {i} | {r['init']} | {c['share_target_class']:.1%} ({c['n']}) "
+        lines.append(f"| {i} | {r['init']} | {c['share_target_class']:.1%} ({c['samples']}) "
                      f"| {result['control_share_target_class']:.1%} | {result['target_prob']:.4f} "
                      f"| {c['mean_top_prob_samples']:.4f} | {result['dataset_l2']:.2f} | {r['vertex_l2']:.2f} "
                      f"| {max(r['metrics']['rel_error']):.1e} / {c['rel_error_max']:.1e} "

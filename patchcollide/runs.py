@@ -227,7 +227,7 @@ def folder_image_paths(folder: str) -> list[str]:
     return [os.path.join(roots[f.root], f.path) for f in files]
 
 
-def run_sample(run_dir: str, n: int = 2000, seed: int = 0, batch_size: int = 32, device: str = "auto",
+def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int = 32, device: str = "auto",
                dataset_images: np.ndarray | None = None, tap: Tap | None = None) -> dict:
     """The polytope check on a finished run: results go into its report.json (rewritten atomically).
 
@@ -249,7 +249,7 @@ def run_sample(run_dir: str, n: int = 2000, seed: int = 0, batch_size: int = 32,
     tap = tap.to(dev)
     x = torch.from_numpy(vertices).permute(0, 3, 1, 2).float() / 255.0
     try:
-        check = sample_polytope(tap, x, target, n=n, seed=seed, batch_size=batch_size, device=dev)
+        check = sample_polytope(tap, x, target, samples=samples, seed=seed, batch_size=batch_size, device=dev)
     except ValueError as e:
         raise CollideError(str(e)) from None
     check["vertex_mean_pairwise_l2"] = pairwise_l2(vertices)

@@ -58,7 +58,7 @@ SWEEP = (
     ("start-tent", "the authors' start: tent blend of every candidate", {"start": "tent", "spatial": 1.0}),
     ("steps-600", "twice the step budget", {"steps": 600}),
     ("old-default", "the project's previous defaults: paper objective, (1000, 1), tent start, 256 slots, no TV",
-     {"objective": "paper", "weights_early": (1000.0, 1.0), "weights_late": (1000.0, 1.0), "switch": 0.7,
+     {"objective": "paper", "loss_early": (1000.0, 1.0), "loss_late": (1000.0, 1.0), "switch": 0.7,
       "tv": 0.0, "entropy": 0.0, "prune": (), "start": "tent", "spatial": 1.0, "slots": 256, "lr": 0.1,
       "betas": (0.9, 0.999), "steps": 400}),
     ("pixel", "pixel mode, default schedule", {"mode": "pixel"}),

@@ -72,7 +72,7 @@ def main() -> None:
         f"input {res['input_dim']} pixels.",
         f"- Target: test image {res['target_index']} (class {res['target_class']}, top prob {res['target_prob']:.4f}). "
         f"{cfg.vertices} vertices per polytope, {cfg.steps} {cfg.optimizer} steps (lr {cfg.lr}, (a, b) = "
-        f"{cfg.weights_early} then {cfg.weights_late} after {cfg.switch:.0%}, objective {cfg.objective}, push margin "
+        f"{cfg.loss_early} then {cfg.loss_late} after {cfg.switch:.0%}, objective {cfg.objective}, push margin "
         f"{cfg.push_margin}), {cfg.samples} Dirichlet(1) samples per polytope.",
         "- Look: a vertex looks like its start when its Pearson correlation with the start image is at least 0.5 "
         f"and above its correlation with the target; control: the share of the {res['n_test']} test images that the "

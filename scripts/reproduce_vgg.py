@@ -93,7 +93,7 @@ def main() -> None:
                 t = time.time()
                 run_collide(src, tgt, run_dir, cfg, tap=tap, pindex=pidx, index_dir=os.path.join(args.work, "index"),
                             overwrite=True)
-                rep = run_sample(run_dir, n=args.samples, seed=args.seed, dataset_images=dataset, tap=tap,
+                rep = run_sample(run_dir, samples=args.samples, seed=args.seed, dataset_images=dataset, tap=tap,
                                  device=args.device)
                 rep["wall_seconds"] = time.time() - t
                 reports.append((mode, row, src, tgt, run_dir, rep))
@@ -132,7 +132,7 @@ def main() -> None:
         name = "4 (pixel)" if mode == "pixel" else "6 (patches)"
         lines.append(
             f"| {name} | {row} | {os.path.basename(src)[:-4]} -> {os.path.basename(tgt)[:-4]} "
-            f"| {c['share_target_class']:.1%} ({c['n']}) | {c['top_prob_target']:.3f} | {c['mean_top_prob_samples']:.3f} "
+            f"| {c['share_target_class']:.1%} ({c['samples']}) | {c['top_prob_target']:.3f} | {c['mean_top_prob_samples']:.3f} "
             f"| {c['dataset_mean_pairwise_l2']:.1f} | {c['vertex_mean_pairwise_l2']:.1f} "
             f"| {max(rep['vertices']['png']['rel_error']):.1e} / {c['rel_error_max']:.1e} | {rep['steps']} "
             f"| {np.mean(dataset_top1 == c['target_class']):.0%} |")

@@ -370,7 +370,7 @@ PIXEL = ["--mode", "pixel", "--size", "32", "--steps", "1", "--min-steps", "0", 
 COLLIDE = ["collide", "--out", "run_out", *PIXEL]
 BATCH = ["batch", "--out", "batch_out", "--device", "cpu", "--samples", "0"]
 NULLSPACE = ["nullspace", "--arch", "resnet18", "--size", "32", "--out", "ns_out"]
-DEMO = ["demo", "--out", "demo_out", "--weights", "random", "--device", "cpu", "--steps", "1", "--n", "2"]
+DEMO = ["demo", "--out", "demo_out", "--weights", "random", "--device", "cpu", "--steps", "1", "--samples", "2"]
 
 
 def _cases():
@@ -419,7 +419,7 @@ def _cases():
                                                "--weights", "random", "-i", f"{{{d}}}"], needle, d)
     # sample and report
     for kind, d, sample_needle, report_needle in RUNS:
-        add("sample", kind, ["sample", f"{{{d}}}", "--n", "2", "--device", "cpu"], sample_needle, d)
+        add("sample", kind, ["sample", f"{{{d}}}", "--samples", "2", "--device", "cpu"], sample_needle, d)
         add("report", kind, ["report", f"{{{d}}}"], report_needle, d)
     add("report", "foreign batch.json", ["report", "{foreign_batch}"], "not a patchcollide-batch file",
         "foreign_batch")

@@ -13,10 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from patchcollide.cli import cli
-from patchcollide.jobs import JobLock, batch_lock, in_shard, parse_shard, read_jobs
+from patchcollide.jobfile import in_shard, parse_shard, read_jobs
+from patchcollide.jobs import JobLock, batch_lock
 
 TINY = {"size": 32, "steps": 2, "min_steps": 0, "vertices": 2, "samples": 4}
-METRICS = {"worst_rel_error", "worst_rel_error_png", "mean_pairwise_l2", "share_target_class", "mean_top_prob_samples",
+METRICS = {"worst_rel_error", "worst_rel_error_png", "min_push", "all_own_unit_lowest", "mean_sharpness", "mean_sources",
+           "worst_argmax_rel_error", "mean_pairwise_l2", "share_target_class", "mean_top_prob_samples",
            "top_prob_target", "target_label", "steps", "converged"}
 
 
@@ -141,7 +143,7 @@ def test_a_failing_job_is_recorded_and_the_batch_goes_on(base):
     # the failed job left no directory that could pass for a finished one, and no scratch
     assert not os.path.exists(os.path.join(out, "C")) and not os.listdir(os.path.join(out, ".tmp"))
     rep = read_json(os.path.join(out, "A", "report.json"))
-    assert rep["polytope"]["n"] == 4 and rep["polytope"]["dataset_n_images"] == 6  # the index's images
+    assert rep["polytope"]["samples"] == 4 and rep["polytope"]["dataset_n_images"] == 6  # the index's images
     assert rep["batch"]["id"] == "A" and rep["config"]["mode"] == "patches"
 
 
@@ -201,7 +203,7 @@ def test_a_half_written_job_is_not_done(base, tmp_path, jobs_dir, flat_index):
     r = batch(jobs_dir / "ab.jsonl", "--out", out, "-i", flat_index)
     assert r.exit_code == 0, r.output
     assert "1 run now" in r.output and mtimes(out, ["B"]) == before
-    assert read_json(rep_path)["polytope"]["n"] == 4
+    assert read_json(rep_path)["polytope"]["samples"] == 4
     assert vertex_bytes(out, "A") == vertex_bytes(base["out"], "A")
     assert os.listdir(os.path.join(out, ".tmp")) == []
 

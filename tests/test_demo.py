@@ -18,14 +18,14 @@ def test_demo_end_to_end_then_reuses_the_index(tmp_path, monkeypatch):
 
     monkeypatch.setattr(models, "load_imagenet_state", unavailable)
     idx, out = tmp_path / "index", tmp_path / "runs" / "demo"
-    small = ["--size", "64", "--steps", "15", "--vertices", "2", "--n", "16", "--device", "cpu"]
+    small = ["--size", "64", "--steps", "15", "--vertices", "2", "--samples", "16", "--device", "cpu"]
     r = CliRunner().invoke(cli, ["-q", "demo", "--index", str(idx), "--out", str(out), *small], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert "40817 patches, Flat" in r.output and "625 locations x 16 neighbours" in r.output
+    assert "36015 patches, Flat" in r.output and "625 locations x 16 neighbours" in r.output  # target held out
     # no pretrained weights here: the demo says it used random ones, in its output and report
     assert "RANDOM WEIGHTS" in r.output
     rep = json.load(open(out / "collision" / "report.json"))
-    assert rep["model"]["kind"] == "random" and rep["polytope"]["n"] == 16
+    assert rep["model"]["kind"] == "random" and rep["polytope"]["samples"] == 16
     assert rep["polytope"]["dataset_mean_pairwise_l2"] > rep["polytope"]["vertex_mean_pairwise_l2"] > 0
     assert os.path.getsize(out / "collision" / "contact_sheet.png") > 1000
     mosaic = Image.open(out / "mosaic.png")

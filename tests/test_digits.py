@@ -47,7 +47,7 @@ def test_mlp_protocol_collides(mlp_result):
     assert r["control_share_target_class"] < 0.2  # random test images are rarely 7s
     for row in r["rows"]:
         check = row["polytope"]
-        assert check["n"] == 500 and check["share_target_class"] == 1.0  # every sampled combination keeps the class
+        assert check["samples"] == 500 and check["share_target_class"] == 1.0  # every sampled combination keeps the class
         assert max(row["metrics"]["rel_error"]) < 4e-2 and check["rel_error_max"] < 4e-2  # the collision holds
         assert min(row["metrics"]["push"]) > 1.2 and all(row["metrics"]["own_unit_lowest"])  # distinct corners
         assert 0.05 < row["vertex_l2"] < 0.6 * r["dataset_l2"]

@@ -295,9 +295,9 @@ def _no_partial_job_looks_done(out) -> None:
         d = os.path.join(out, j["out"])
         if j["status"] == "done":
             report = read_report(d)
-            assert report["polytope"]["n"] == TINY["samples"]
+            assert report["polytope"]["samples"] == TINY["samples"]
         elif os.path.isdir(d):  # a job directory at the final name is only ever a finished run
-            assert read_report(d)["polytope"]["n"] == TINY["samples"]
+            assert read_report(d)["polytope"]["samples"] == TINY["samples"]
 
 
 @pytest.mark.parametrize("seed", KILL_SEEDS)

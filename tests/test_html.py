@@ -146,7 +146,7 @@ def batch_dir(tmp_path_factory, photos_dir, query_image):
                 CollideConfig(mode="pixel", size=32, steps=3, vertices=3, device="cpu"), weights="random", tap=tap)
     run_collide(photos[1], query_image, os.path.join(d, "b"),
                 CollideConfig(mode="pixel", size=32, steps=3, vertices=2, device="cpu"), weights="random", tap=tap)
-    run_sample(os.path.join(d, "a"), n=10, tap=tap)
+    run_sample(os.path.join(d, "a"), samples=10, tap=tap)
     os.makedirs(os.path.join(d, "tracebacks"))
     with open(os.path.join(d, "tracebacks", "c.txt"), "w") as fh:
         fh.write("Traceback (most recent call last):\n  ...\nCollideError: boom\n")

@@ -7,7 +7,8 @@ import time
 
 import click
 
-from ..jobs import BatchEvents, JobsError, parse_shard, read_jobs, run_batch
+from ..jobfile import JobsError, parse_shard, read_jobs
+from ..jobs import BatchEvents, run_batch
 from .common import UserError, show_progress, user_errors
 
 
@@ -134,6 +135,8 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
             if os.path.exists(out_dir) and not os.path.isdir(out_dir):
                 raise JobsError(f"--out {out_dir} is a file; give a directory for the batch's outputs")
             jobfile = read_jobs(jobs_file, out_dir, samples=samples, device=device)
+            for line, notice in jobfile.notices:
+                click.echo(f"warning: {jobs_file}:{line}: {notice}", err=True)
             if jobfile.invalid and not skip_invalid:
                 n = len(jobfile.invalid)
                 if n == 1:  # one line says it all

@@ -12,7 +12,7 @@ import click
 from ..collide import CollideError
 from ..extract import ExtractError
 from ..images import BadImage
-from ..jobs import JobsError
+from ..jobfile import JobsError
 from ..knn import IndexError_
 from ..models import ModelError
 from ..nullspace import NullspaceError

@@ -15,17 +15,21 @@ from .online import _Bar, print_polytope, print_vertices
 @click.option("--size", default=128, show_default=True, type=int, help="Input side of the collision (224: paper).")
 @click.option("--steps", default=None, type=int, help="At most [default: collide's default].")
 @click.option("--vertices", default=5, show_default=True, type=int)
-@click.option("--n", "n_samples", default=200, show_default=True, type=int, help="Polytope samples.")
+@click.option("--samples", default=200, show_default=True, type=int, help="Polytope samples.")
+@click.option("--n", "n_deprecated", default=None, type=int, hidden=True, help="Deprecated: --samples.")
 @click.option("--weights", default="auto", show_default=True,
               help="auto (ImageNet if available, else random), imagenet, random or a state-dict PATH.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.pass_context
-def demo(ctx, index_dir, out_dir, size, steps, vertices, n_samples, weights, device):
+def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, weights, device):
     """Build the index from scikit-image's sample photos, collide two of them, check the polytope."""
+    if n_deprecated is not None:
+        click.echo("warning: --n is deprecated; use --samples", err=True)
+        samples = n_deprecated
     bar = _Bar(show_progress(ctx))
     with user_errors(), Progress("extracting sample photos", show_progress(ctx)) as xbar:
         try:
-            r = run_demo(index_dir, out_dir, size=size, steps=steps, vertices=vertices, n_samples=n_samples,
+            r = run_demo(index_dir, out_dir, size=size, steps=steps, vertices=vertices, samples=samples,
                          weights=weights, device=device, progress=xbar, collide_progress=bar)
         finally:
             bar.close()

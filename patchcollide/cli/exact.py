@@ -208,11 +208,10 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, md_out, json_out):
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     names = list(models) or list(PAPER_MODELS if paper_all else CLASSIFICATION_MODELS)
-    progress = None
-    if show_progress(ctx):
-        def progress(name, done, total):
-            if done == total:
-                click.echo(f"... {name}: {total} weight matrices", err=True)
+    def echo_progress(name, done, total):
+        if done == total:
+            click.echo(f"... {name}: {total} weight matrices", err=True)
+    progress = echo_progress if show_progress(ctx) else None
     with user_errors():
         from ..nullspace import builder
 

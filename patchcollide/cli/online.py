@@ -45,7 +45,7 @@ def print_vertices(report: dict) -> None:
 def print_polytope(check: dict, notice: str | None = None) -> None:
     if notice:
         click.echo(f"NOTE: {notice}")
-    click.echo(f"polytope: {check['n']} Dirichlet(1) samples, {100 * check['share_target_class']:.1f}% in the target's "
+    click.echo(f"polytope: {check['samples']} Dirichlet(1) samples, {100 * check['share_target_class']:.1f}% in the target's "
                f"class {check['target_class']}; top-class prob samples {check['mean_top_prob_samples']:.3f} / target "
                f"{check['top_prob_target']:.3f}; rel. fc6 error mean {check['rel_error_mean']:.2e}, "
                f"max {check['rel_error_max']:.2e}")
@@ -92,65 +92,85 @@ def parse_prune(text: str) -> tuple[float, int]:
                         "candidates per pixel)") from None
 
 
+D = CollideConfig()  # the defaults shown in --help are the config's own
+RUN_OPTIONS = ("source", "target", "out", "index_dir", "model", "layer", "weights", "overwrite")  # not config fields
+DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --loss-late
+
+
 @click.command()
 @click.option("--source", required=True, type=click.Path(), help="Image whose locations the patches are retrieved for.")
 @click.option("--target", required=True, type=click.Path(), help="Image to collide with (may be the source).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
-@click.option("--mode", type=click.Choice(["patches", "pixel"]), default="patches", show_default=True)
-@click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False))
-@click.option("--model", "arch", default="vgg16", show_default=True, help="torchvision classifier.")
+@click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
+              help="Patch index (patch mode).")
+@click.option("--model", default="vgg16", show_default=True, help="torchvision classifier.")
 @click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, random (smoke runs) or a state-dict PATH.")
-@click.option("--vertices", default=5, show_default=True, type=int)
-@click.option("--steps", default=CollideConfig.steps, show_default=True, type=int,
+@click.option("--mode", type=click.Choice(["patches", "pixel"]), default=D.mode, show_default=True)
+@click.option("--vertices", default=D.vertices, show_default=True, type=int)
+@click.option("--steps", default=D.steps, show_default=True, type=int,
               help="At most; stops once every vertex meets --tol (not before the last phase).")
-@click.option("--tol", default=1e-2, show_default=True, type=float, help="Relative fc6 error to stop at.")
+@click.option("--min-steps", default=D.min_steps, show_default=True, type=int, help="Never stop before this step.")
+@click.option("--tol", default=D.tol, show_default=True, type=float,
+              help="Relative error of the layer's post-activation (8-bit images) to stop at.")
 @click.option("--lr", default=None, type=float, help="[default: 0.4 patches, 5e-3 pixel]")
-@click.option("--tv", default=CollideConfig.tv, show_default=True, type=float,
-              help="Weight of the mixing weights' seams (TV, per pixel): coherent regions over speckle.")
-@click.option("--entropy", default=CollideConfig.entropy, show_default=True, type=float,
-              help="Weight of the mixing weights' entropy after the separate phase: sharper mixtures.")
-@click.option("--loss", "loss_weights", nargs=2, type=float, default=None, metavar="A B",
-              help="Weights a, b of L+ and L-^i in both phases [default: 1 0.3, then 1 0.1]; "
-                   "the authors' (objective paper): 100 10, then 1000 1.")
-@click.option("--objective", type=click.Choice(["relative", "paper", "post"]), default="relative", show_default=True,
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=D.optimizer, show_default=True,
+              help="adam, or sgd (momentum 0.9, like the authors' gradient EMA).")
+@click.option("--betas", nargs=2, type=float, default=D.betas, show_default=True, metavar="B1 B2", help="Adam's betas.")
+@click.option("--objective", type=click.Choice(["relative", "paper", "post"]), default=D.objective, show_default=True,
               help="relative: normalised L+ and a hinge push; paper: the authors' sums (L+ on active units); "
                    "post: the authors' sums with L+ on the whole post-activation.")
-@click.option("--push-margin", default=CollideConfig.push_margin, show_default=True, type=float,
+@click.option("--push-margin", default=D.push_margin, show_default=True, type=float,
               help="relative objective: push each vertex's unit to this many times the target's value.")
-@click.option("--prune", "prune", multiple=True, metavar="SHARE:KEEP",
-              help="At SHARE of the steps keep KEEP candidates per pixel (repeatable) [default: 0.33:8 0.5:4].")
-@click.option("--start", type=click.Choice(["distinct", "nearest", "tent"]), default="distinct", show_default=True,
+@click.option("--loss-early", nargs=2, type=float, default=D.loss_early, show_default=True, metavar="A B",
+              help="Weights a, b of L+ and L-^i in the separate phase (the authors': 100 10, objective paper).")
+@click.option("--loss-late", nargs=2, type=float, default=D.loss_late, show_default=True, metavar="A B",
+              help="Weights a, b of L+ and L-^i after --switch (the authors': 1000 1, objective paper).")
+@click.option("--loss", nargs=2, type=float, default=None, metavar="A B", hidden=True,
+              help="Deprecated: both --loss-early and --loss-late.")
+@click.option("--switch", default=D.switch, show_default=True, type=float, help="Share of the steps in the separate phase.")
+@click.option("--tv", default=D.tv, show_default=True, type=float,
+              help="Weight of the mixing weights' seams (TV, per pixel): coherent regions over speckle.")
+@click.option("--entropy", default=D.entropy, show_default=True, type=float,
+              help="Weight of the mixing weights' entropy after --switch: sharper mixtures.")
+@click.option("--prune", multiple=True, metavar="SHARE:KEEP",
+              help="At SHARE of the steps keep KEEP candidates per pixel (repeatable; 'none' for no pruning) "
+                   "[default: " + " ".join(f"{f}:{k}" for f, k in D.prune) + "].")
+@click.option("--settle-factor", default=D.settle_factor, show_default=True, type=float,
+              help="TV and entropy weights are multiplied by this after the last prune.")
+@click.option("--start", type=click.Choice(["distinct", "nearest", "tent"]), default=D.start, show_default=True,
               help="Patch mode start: each vertex on a different neighbour rank, all on the nearest, or a blend.")
-@click.option("--min-steps", default=50, show_default=True, type=int, help="Never stop before this step.")
-@click.option("--size", default=224, show_default=True, type=int, help="Input side in pixels.")
-@click.option("-k", default=16, show_default=True, type=int, help="Candidates per location (patch mode).")
-@click.option("--grid-stride", default=8, show_default=True, type=int)
-@click.option("--init", type=click.Choice(["source", "target"]), default="source", show_default=True,
+@click.option("--spatial", default=D.spatial, show_default=True, type=float,
+              help="Patch mode: sharpness of the start's spatial window (1: the authors' tent).")
+@click.option("--slots", default=D.slots, show_default=True, type=int,
+              help="Patch mode: candidate pixels kept per image pixel from the start.")
+@click.option("--size", default=D.size, show_default=True, type=int, help="Input side in pixels.")
+@click.option("-k", default=D.k, show_default=True, type=int, help="Candidates per location (patch mode).")
+@click.option("--grid-stride", default=D.grid_stride, show_default=True, type=int,
+              help="Step of the location grid on the source (8: 25 x 25 locations at 224).")
+@click.option("--init", type=click.Choice(["source", "target"]), default=D.init, show_default=True,
               help="Pixel mode: start from the source or from the target.")
-@click.option("--first-unit", default=0, show_default=True, type=int,
+@click.option("--noise", default=D.noise, show_default=True, type=float, help="Patch mode: seeded noise on the start logits.")
+@click.option("--first-unit", default=D.first_unit, show_default=True, type=int,
               help="Skip the target's first N most negative units (more vertices of the same polytope).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", default=D.seed, show_default=True, type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=D.device, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only once the new run is complete).")
 @click.pass_context
-def collide(ctx, source, target, out, mode, index_dir, arch, layer, weights, vertices, steps, tol, lr, tv, size, k,
-            grid_stride, init, first_unit, seed, device, overwrite, loss_weights, min_steps, objective, entropy,
-            push_margin, prune, start):
+def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrite, loss, prune, **fields):
     """Find polytope vertices whose layer activation collides with TARGET's."""
     bar = _Bar(show_progress(ctx))
     with user_errors():
-        extra = {}
-        if loss_weights:
-            extra.update(weights_early=tuple(loss_weights), weights_late=tuple(loss_weights))
+        if loss:
+            click.echo("warning: --loss is deprecated; use --loss-early A B and --loss-late A B", err=True)
+            fields.update(loss_early=tuple(loss), loss_late=tuple(loss))
         if prune:
-            extra["prune"] = tuple(parse_prune(p) for p in prune)
-        cfg = CollideConfig(mode=mode, vertices=vertices, steps=steps, tol=tol, lr=lr, tv=tv, size=size, k=k,
-                            grid_stride=grid_stride, init=init, first_unit=first_unit, seed=seed, device=device,
-                            min_steps=min_steps, objective=objective, entropy=entropy, push_margin=push_margin,
-                            start=start, **extra)
+            fields["prune"] = () if prune == ("none",) else tuple(parse_prune(p) for p in prune)
+        fields.update(betas=tuple(fields["betas"]), loss_early=tuple(fields["loss_early"]),
+                      loss_late=tuple(fields["loss_late"]))
+        cfg = CollideConfig(**fields)
         try:
-            report = run_collide(source, target, out, cfg, arch=arch, layer=layer, weights=weights,
+            report = run_collide(source, target, out, cfg, arch=model, layer=layer, weights=weights,
                                  index_dir=index_dir, overwrite=overwrite, progress=bar)
         finally:
             bar.close()
@@ -160,16 +180,20 @@ def collide(ctx, source, target, out, mode, index_dir, arch, layer, weights, ver
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--n", default=2000, show_default=True, type=int, help="Random convex combinations.")
+@click.option("--samples", default=2000, show_default=True, type=int, help="Random convex combinations.")
+@click.option("--n", "n_deprecated", default=None, type=int, hidden=True, help="Deprecated: --samples.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--dataset", default=None, type=click.Path(file_okay=False),
               help="Image folder for the mean distance between dataset images [default: the run index's images].")
-def sample(run_dir, n, seed, batch_size, device, dataset):
+def sample(run_dir, samples, n_deprecated, seed, batch_size, device, dataset):
     """Check the polytope of a finished run: Dirichlet(1) combinations of its vertices."""
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir!r} is not a run directory; give one written by `patchcollide collide`")
+    if n_deprecated is not None:
+        click.echo("warning: --n is deprecated; use --samples", err=True)
+        samples = n_deprecated
     if batch_size < 1 or seed < 0:
         raise UserError(f"--batch-size must be >= 1 and --seed >= 0, got {batch_size} and {seed}")
     with user_errors():
@@ -179,6 +203,6 @@ def sample(run_dir, n, seed, batch_size, device, dataset):
         paths = folder_image_paths(dataset) if dataset else (
             store_image_paths(index_dir) if index_dir and os.path.isdir(index_dir) else [])
         images = dataset_images(paths, size, seed=seed) if paths else None
-        report = run_sample(run_dir, n=n, seed=seed, batch_size=batch_size, device=device, dataset_images=images)
+        report = run_sample(run_dir, samples=samples, seed=seed, batch_size=batch_size, device=device, dataset_images=images)
     print_polytope(report["polytope"], report.get("notice"))
     click.echo(f"updated {os.path.join(run_dir, 'report.json')}")

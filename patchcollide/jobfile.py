@@ -1,0 +1,396 @@
+"""A batch's job file: reading, checking and sharding it. The runner is ``jobs.py``.
+
+Job file, one JSON object per line (blank lines are ignored)::
+
+    {"id": "dog2cat", "source": "dog.jpg", "target": "cat.jpg", "steps": 200}
+    {"id": "cat-px", "source": "cat.jpg", "target": "cat.jpg", "mode": "pixel", "init": "target"}
+
+Keys: ``id`` (required; also the default output name), ``source`` and ``target`` (required;
+relative to the job file's folder unless absolute), ``out`` (the job's directory name inside
+DIR), ``samples`` (polytope check size, 0 skips it) and every field of
+:class:`~patchcollide.collide.CollideConfig` but ``device`` (a batch-wide option), under the
+field's own name and checked against its type (``job_keys()``). ``loss`` [a, b] (both
+phases) is the deprecated name of ``loss_early`` + ``loss_late``. ``read_jobs`` checks the
+whole file before anything runs: every problem comes back with its line number.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import posixpath
+import re
+import types
+import typing
+import unicodedata
+import warnings
+
+from .collide import CollideConfig, CollideError
+
+RESERVED = ("batch.json", "batch.html", "index.html", "report.html")  # names DIR keeps for itself (any case)
+MAX_OUT_BYTES = 200  # leaves room for ".traceback.txt" and friends under the usual 255-byte name limit
+JOB_FIELDS = ("id", "source", "target", "out", "samples")  # a job's own keys, beside the config's
+BATCH_WIDE = ("device",)  # config fields set for the whole batch (its options), not per job
+DEPRECATED_KEYS = {"loss": ("loss_early", "loss_late")}  # old key -> the fields it sets
+
+
+def config_fields() -> dict[str, object]:
+    """CollideConfig's per-job fields and their types (field name -> type hint)."""
+    hints = typing.get_type_hints(CollideConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(CollideConfig) if f.name not in BATCH_WIDE}
+
+
+def job_keys() -> tuple[str, ...]:
+    """Every key a job line may have: the job's own, then the config's fields."""
+    return JOB_FIELDS + tuple(config_fields())
+
+
+class JobsError(Exception):
+    """A bad job file, batch option or output directory; ``str(e)`` is a one-line message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One valid line of a job file."""
+
+    id: str
+    line: int  # 1-based line number in the job file
+    position: int  # 0-based among the file's job lines (blank lines aside): decides the shard
+    out: str  # the job's directory name inside DIR
+    source: str  # absolute paths
+    target: str
+    samples: int  # Dirichlet samples of the polytope check; 0: none
+    config: CollideConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class InvalidJob:
+    line: int
+    position: int
+    id: str | None
+    out: str | None
+    error: str  # every problem of the line, joined with "; "
+
+
+@dataclasses.dataclass
+class JobFile:
+    path: str  # absolute
+    sha256: str  # of the file's bytes
+    jobs: list[Job]
+    invalid: list[InvalidJob]
+    notices: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # (line, deprecation notice)
+
+    def problems(self) -> list[tuple[int, str]]:
+        """(line number, message) for every invalid line, in file order."""
+        return [(j.line, j.error) for j in self.invalid]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and checking a job file
+
+
+def read_jobs(path: str, out_dir: str, samples: int = 2000, device: str = "auto") -> JobFile:
+    """Parse and check every line of the job file ``path`` for a batch writing into ``out_dir``.
+
+    Problems of single lines come back in ``JobFile.invalid`` (line numbers and messages);
+    problems of the file itself (missing, a folder, not UTF-8, no jobs) raise JobsError.
+    ``samples`` is the default polytope check size, ``device`` goes into every job's config.
+    Reads image headers only (existence, format, declared size), never decodes them.
+    """
+    if samples < 0:
+        raise JobsError(f"--samples must be >= 0 (0 skips the polytope check), got {samples}")
+    if not os.path.exists(path):
+        raise JobsError(f"{path}: no such job file; give a JSON Lines file with one job per line")
+    if os.path.isdir(path):
+        raise JobsError(f"{path} is a folder; give a JSON Lines file with one job per line")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        raise JobsError(f"{path}: cannot read the job file ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise JobsError(f"{path}: not UTF-8 text (undecodable byte at offset {e.start}); "
+                        "save the job file as UTF-8") from None
+    lines = [(no, ln.rstrip("\r")) for no, ln in enumerate(text.split("\n"), 1)]
+    entries = [(no, ln) for no, ln in lines if ln.strip()]
+    if not entries:
+        raise JobsError(f"{path}: no jobs (the file is empty); write one JSON object per line")
+    base = os.path.dirname(os.path.abspath(path))
+    images: dict[str, str | None] = {}
+    parsed = []  # (line, position, id, out, problems, job fields)
+    notices: list[tuple[int, str]] = []
+    for pos, (no, ln) in enumerate(entries):
+        said: list[str] = []
+        parsed.append((no, pos, *_check_line(ln, base, out_dir, samples, device, images, said)))
+        notices += [(no, n) for n in said]
+    first_id: dict[str, int] = {}
+    first_out: dict[str, tuple[int, str]] = {}
+    jobs, invalid = [], []
+    for no, pos, jid, out, problems, job in parsed:
+        dup_id = jid is not None and jid in first_id
+        if dup_id:
+            problems.append(f"duplicate id {jid!r} (also on line {first_id[jid]})")
+        elif jid is not None:
+            first_id[jid] = no
+        if out is not None:
+            key = unicodedata.normalize("NFC", out).casefold()
+            if key not in first_out:
+                first_out[key] = (no, out)
+            elif not (dup_id and out == jid and first_out[key][1] == out):  # said already
+                other_no, other = first_out[key]
+                case = "" if other == out else f" as {other!r} (output names must differ ignoring case)"
+                problems.append(f'output name {out!r} is already used on line {other_no}{case}; give one of them '
+                                'another "out"')
+        if problems:
+            invalid.append(InvalidJob(no, pos, jid, out, "; ".join(problems)))
+        else:
+            jobs.append(Job(id=jid, line=no, position=pos, out=out, **job))
+    return JobFile(os.path.abspath(path), hashlib.sha256(data).hexdigest(), jobs, invalid, notices)
+
+
+def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, images: dict, notices: list):
+    """-> (id or None, out or None, problems, Job fields or None); deprecation notices of the
+    line go into ``notices``."""
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        return None, None, [f"not valid JSON ({_first_line(str(e))}); write one JSON object per line"], None
+    if not isinstance(obj, dict):
+        msg = f'expected a JSON object like {{"id": ..., "source": ..., "target": ...}}, got {_json_type(obj)}'
+        return None, None, [msg], None
+    problems: list[str] = []
+    unknown = [k for k in obj if k not in job_keys() and k not in DEPRECATED_KEYS]
+    if unknown:
+        batch_wide = [k for k in unknown if k in BATCH_WIDE]
+        if batch_wide:
+            problems.append(f"{', '.join(map(repr, batch_wide))} is set for the whole batch: use "
+                            f"{', '.join('--' + k for k in batch_wide)} of `patchcollide batch`")
+        unknown = [k for k in unknown if k not in BATCH_WIDE]
+    if unknown:
+        problems.append(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                        f"allowed: {', '.join(job_keys())}")
+    jid = obj.get("id")
+    if "id" not in obj:
+        problems.append('missing "id"')
+        jid = None
+    elif not isinstance(jid, str) or not jid.strip():
+        problems.append(f'"id" must be a non-empty string, got {_show(jid)}')
+        jid = None
+    paths = {}
+    for key in ("source", "target"):
+        v = obj.get(key)
+        if key not in obj:
+            problems.append(f'missing "{key}" (an image file)')
+        elif not isinstance(v, str) or not v:
+            problems.append(f'"{key}" must be a path (a string), got {_show(v)}')
+        else:
+            p = os.path.abspath(os.path.join(base, os.path.expanduser(v)))
+            if p not in images:
+                images[p] = _image_problem(p)
+            if images[p]:
+                problems.append(f'{key} {v!r}: {images[p]}')
+            paths[key] = p
+    out = None
+    if "out" in obj:
+        out, why = _check_out_name(obj["out"], out_dir)
+        if why:
+            problems.append(f'"out" {why}')
+    elif jid is not None:
+        out, why = _check_out_name(jid, out_dir)
+        if why:
+            problems.append(f'id {why}; give the job an "out" name')
+    over: dict = {}
+    for key, hint in config_fields().items():
+        if key in obj:
+            try:
+                over[key] = convert(hint, obj[key])
+            except TypeError:
+                problems.append(f'"{key}" must be {describe(hint)}, got {_show(obj[key])}')
+    for old, new in DEPRECATED_KEYS.items():
+        if old in obj:
+            hint = config_fields()[new[0]]
+            try:
+                value = convert(hint, obj[old])
+            except TypeError:
+                problems.append(f'"{old}" must be {describe(hint)}, got {_show(obj[old])}')
+                continue
+            notices.append(f'"{old}" is deprecated; write "{new[0]}" and "{new[1]}"')
+            for key in new:
+                over.setdefault(key, value)
+    n = samples
+    if "samples" in obj:
+        v = obj["samples"]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            problems.append(f'"samples" must be an integer >= 0 (0 skips the polytope check), got {_show(v)}')
+        else:
+            n = v
+    try:
+        config = CollideConfig(device=device, **over)
+    except CollideError as e:
+        problems.append(f'"{e.field}" {e.problem}' if e.field else str(e))
+    if problems:
+        return jid, out, problems, None
+    return jid, out, problems, {"source": paths["source"], "target": paths["target"], "samples": n, "config": config}
+
+
+def _check_out_name(value, out_dir: str) -> tuple[str | None, str | None]:
+    """(normalised name, None) for a usable output directory name, else (None, why)."""
+    if not isinstance(value, str) or not value:
+        return None, f"must be a non-empty directory name, got {_show(value)}"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value) or "\\" in value:
+        return None, f"{value!r} contains control characters or a backslash; use a plain directory name"
+    if value.startswith("/") or os.path.isabs(value):
+        return None, f"{value!r} is an absolute path; give a name inside the --out directory"
+    norm = posixpath.normpath(value)
+    if norm == ".":
+        return None, f"{value!r} names the --out directory itself; give a sub-directory name"
+    if norm == ".." or norm.startswith("../"):
+        return None, f"{value!r} leads outside the --out directory; give a name inside it"
+    if "/" in norm:
+        return None, f"{value!r} has sub-folders; give a single directory name inside the --out directory"
+    if norm.startswith("."):
+        return None, f"{value!r}: names starting with '.' are kept for the batch's own files"
+    if norm.casefold() in RESERVED:
+        return None, f"{value!r} is kept for the batch's own files ({', '.join(RESERVED)})"
+    if len(norm.encode("utf-8")) > MAX_OUT_BYTES:
+        return None, f"{value[:20]!r}... is longer than {MAX_OUT_BYTES} bytes"
+    final = os.path.join(out_dir, norm)
+    real_dir = os.path.realpath(out_dir)
+    if os.path.dirname(os.path.realpath(final)) != real_dir:
+        return None, f"{value!r}: {final} is a link leading outside the --out directory"
+    if os.path.lexists(final) and not _replaceable(final):
+        return None, (f"{value!r}: {final} holds files that are not a patchcollide run; "
+                      "move them away or choose another name")
+    return norm, None
+
+
+def _replaceable(path: str) -> bool:
+    """An existing job directory that a batch may replace: empty, or a patchcollide run."""
+    from .runs import _is_run
+
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    try:
+        return not os.listdir(path) or _is_run(path)
+    except OSError:
+        return False
+
+
+def _image_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a job's input, from its header only; None when it looks fine."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .images import Preprocess
+
+    if not os.path.exists(path):
+        return f"{path} does not exist"
+    if not os.path.isfile(path):
+        return f"{path} is not a file"
+    pre = Preprocess(resize=None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except UnidentifiedImageError:
+        return f"{path} is not an image (no decoder recognises it)"
+    except Image.DecompressionBombError:
+        return f"{path} declares too many pixels (decompression-bomb guard)"
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"{path} cannot be read ({_first_line(str(e)) or type(e).__name__})"
+    if w * h > pre.max_pixels:
+        return f"{path} declares {w}x{h} pixels, above the decompression-bomb guard of {pre.max_pixels}"
+    if min(w, h) < pre.min_side:
+        return f"{path} is {w}x{h}, smaller than a {pre.min_side}-pixel patch"
+    return None
+
+
+def _json_type(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    return {list: "an array", str: "a string", int: "a number", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _show(v) -> str:
+    s = json.dumps(v, ensure_ascii=False, default=str)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _first_line(s: str) -> str:
+    s = s.strip()
+    return s.splitlines()[0][:200] if s else ""
+
+
+def convert(hint, v):
+    """A JSON value as the config field of type ``hint`` wants it; TypeError when it does not fit.
+    Types: int, float, str, X | None, tuple[A, B] and tuple[A, ...] (JSON arrays)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError
+        return v
+    if hint is float:
+        if not _is_number(v):
+            raise TypeError
+        return float(v)
+    if hint is str:
+        if not isinstance(v, str):
+            raise TypeError
+        return v
+    if origin in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return None
+        return convert(next(a for a in args if a is not type(None)), v)
+    if origin is tuple:
+        if not isinstance(v, list):
+            raise TypeError
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(convert(args[0], x) for x in v)
+        if len(v) != len(args):
+            raise TypeError
+        return tuple(convert(a, x) for a, x in zip(args, v))
+    raise TypeError
+
+
+def describe(hint) -> str:
+    """What ``convert`` accepts for ``hint``, in words."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    words = {int: "an integer", float: "a number", str: "a string"}
+    if hint in words:
+        return words[hint]
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe(a) if a is not type(None) else "null" for a in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return f"an array of {describe(args[0])}"
+    if origin is tuple:
+        return "[" + ", ".join(describe(a) for a in args) + "]"
+    return str(hint)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> (I, N) with 1 <= I <= N; None (no sharding) for None or N = 1."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m:
+        raise JobsError(f"--shard must look like I/N (this process's share I of N, e.g. 1/4), got {text!r}")
+    i, n = int(m.group(1)), int(m.group(2))
+    if not 1 <= i <= n:
+        raise JobsError(f"--shard {text}: I must be between 1 and N (shards are numbered from 1), got {i}/{n}")
+    return None if n == 1 else (i, n)
+
+
+def in_shard(position: int, shard: tuple[int, int] | None) -> bool:
+    """Shard I of N takes the job lines at positions I-1, I-1+N, I-1+2N, ... (file order,
+    blank lines aside, invalid lines counted): deterministic, balanced, the same on every machine."""
+    return shard is None or position % shard[1] == shard[0] - 1
+
+

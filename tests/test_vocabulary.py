@@ -1,0 +1,80 @@
+"""One name for one thing: every collide setting is a CollideConfig field, a CLI option of the
+same name and a job-file key of the same name; renamed options keep working with a notice."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from click.testing import CliRunner
+
+from patchcollide.cli import cli
+from patchcollide.cli.online import DEPRECATED_OPTIONS, RUN_OPTIONS, collide
+from patchcollide.collide import CollideConfig, option_name
+from patchcollide.jobfile import BATCH_WIDE, JOB_FIELDS, config_fields, job_keys, read_jobs
+
+
+def _fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(CollideConfig)}
+
+
+def test_every_config_field_has_its_cli_option_and_every_option_a_field():
+    params = {p.name: p for p in collide.params if p.name != "help"}
+    assert _fields() - set(params) == set(), "config fields without a collide option"
+    extra = set(params) - _fields() - set(RUN_OPTIONS) - set(DEPRECATED_OPTIONS)
+    assert extra == set(), "collide options that map to no config field"
+    for name in _fields():  # the option is spelled as the field: min_steps -> --min-steps
+        assert option_name(name) in params[name].opts, (name, params[name].opts)
+        default = CollideConfig.__dataclass_fields__[name].default
+        if params[name].default not in (None, ()) and not params[name].multiple:
+            assert params[name].default == default, (name, params[name].default, default)
+
+
+def test_job_keys_are_the_config_fields_checked_by_their_types(tmp_path, query_image):
+    assert set(job_keys()) == set(JOB_FIELDS) | (_fields() - set(BATCH_WIDE))
+    assert set(config_fields()) == _fields() - set(BATCH_WIDE)
+    # a job that sets every field to its default gives the default config
+    defaults = {k: json.loads(json.dumps(v)) for k, v in dataclasses.asdict(CollideConfig()).items()
+                if k not in BATCH_WIDE}
+    line = {"id": "all", "source": query_image, "target": query_image, **defaults}
+    bad = {"id": "bad", "source": query_image, "target": query_image, "steps": "many", "prune": [[0.5]],
+           "loss_early": [1, "x"], "lr": "fast"}
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps(line) + "\n" + json.dumps(bad) + "\n")
+    jf = read_jobs(str(jobs), str(tmp_path / "out"), device="cpu")
+    assert [j.id for j in jf.jobs] == ["all"] and jf.jobs[0].config == CollideConfig(device="cpu")
+    msg = jf.invalid[0].error
+    for needle in ('"steps" must be an integer', '"prune" must be an array of [a number, an integer]',
+                   '"loss_early" must be [a number, a number]', '"lr" must be a number or null'):
+        assert needle in msg, msg
+
+
+def test_config_errors_name_the_key_in_jobs_and_the_option_in_the_cli(tmp_path, query_image):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "source": query_image, "target": query_image, "min_steps": -1,
+                                "device": "cpu"}) + "\n")
+    jf = read_jobs(str(jobs), str(tmp_path / "out"))
+    msg = jf.invalid[0].error
+    assert '"min_steps" must be >= 0' in msg and "--min-steps" not in msg
+    assert "'device' is set for the whole batch: use --device" in msg
+    r = CliRunner().invoke(cli, ["-q", "collide", "--source", query_image, "--target", query_image, "--out",
+                                 str(tmp_path / "r"), "--min-steps", "-1", "--weights", "random"])
+    assert r.exit_code == 2 and "--min-steps must be >= 0" in r.output
+
+
+def test_deprecated_names_still_work_with_a_notice(tmp_path, query_image):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "source": query_image, "target": query_image, "loss": [2, 0.5]}) + "\n")
+    jf = read_jobs(str(jobs), str(tmp_path / "out"))
+    assert jf.jobs[0].config.loss_early == jf.jobs[0].config.loss_late == (2.0, 0.5)
+    assert jf.notices == [(1, '"loss" is deprecated; write "loss_early" and "loss_late"')]
+    r = CliRunner().invoke(
+        cli, ["-q", "collide", "--source", query_image, "--target", query_image, "--out", str(tmp_path / "r"),
+              "--mode", "pixel", "--weights", "random", "--size", "64", "--steps", "1", "--min-steps", "0",
+              "--loss", "2", "0.5", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip().splitlines()[0] == "warning: --loss is deprecated; use --loss-early A B and --loss-late A B"
+    rep = json.load(open(tmp_path / "r" / "report.json"))
+    assert rep["config"]["loss_early"] == rep["config"]["loss_late"] == [2.0, 0.5]
+    r = CliRunner().invoke(cli, ["-q", "sample", str(tmp_path / "r"), "--n", "3", "--device", "cpu"])
+    assert r.exit_code == 0 and "warning: --n is deprecated; use --samples" in r.stderr
+    assert json.load(open(tmp_path / "r" / "report.json"))["polytope"]["samples"] == 3

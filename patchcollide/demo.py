@@ -6,7 +6,8 @@ real files), extracts them at stride 4, builds the index (both skipped when alre
 complete), searches a held-out photo (astronaut) writing a neighbour mosaic, collides it with
 another photo (chelsea) in patch space, and samples the polytope. Pretrained VGG-16 when its
 weights are available, else random weights, and every output then says so. The defaults fit
-a 2-core CPU in about 5 minutes: 128 x 128 input, at most 400 steps, 200 samples.
+a 2-core CPU: 128 x 128 input, the default 300 steps, 200 samples (the README quotes the time
+measured on a fresh clone).
 """
 from __future__ import annotations
 

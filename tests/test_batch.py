@@ -126,6 +126,9 @@ def test_a_failing_job_is_recorded_and_the_batch_goes_on(base):
     assert r.exit_code == 1, r.output
     assert "1 failed" in lines(r.output)[-1] and "--retry-failed" in lines(r.output)[-1]
     assert "[3/3] C: failed" in r.output  # one line per job without a terminal
+    # the summary table says which jobs met tol (2 steps: none did) and leaves the failed one blank
+    table = {ln.split()[0]: ln.split() for ln in lines(r.output) if ln.split() and ln.split()[0] in "ABC"}
+    assert "conv." in r.output and table["A"][3] == table["B"][3] == "NO" and table["C"][3] == "-", r.output
     data = batch_json(out)
     assert data["kind"] == "patchcollide-batch" and data["model"]["kind"] == "random"
     assert set(data) == {"kind", "jobs_file", "jobs_sha256", "created", "updated", "options", "model", "versions",

@@ -321,6 +321,20 @@ def test_tv_term_makes_fewer_seams(tap, flat_index, sharp_run):
         (strong.history["tv"][-1], no_tv.history["tv"][-1])
 
 
+def test_unconverged_run_warns_and_strict_exits_3(tmp_path, query_image):
+    from patchcollide.cli.online import NOT_CONVERGED_EXIT
+
+    args = ["-q", "collide", "--source", query_image, "--target", query_image, "--mode", "pixel", "--weights",
+            "random", "--size", "64", "--steps", "2", "--min-steps", "0", "--tol", "1e-9"]
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0 and "warning: not converged" in r.output and "--steps" in r.output, r.output
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "b"), "--strict"])
+    assert r.exit_code == NOT_CONVERGED_EXIT == 3, r.output
+    assert (tmp_path / "b" / "report.json").is_file()  # the run is kept
+    r = CliRunner().invoke(cli, [*args[:-1], "1", "--out", str(tmp_path / "c"), "--strict"])  # tol 1: met
+    assert r.exit_code == 0 and "not converged" not in r.output, r.output
+
+
 def test_overwrite_replaces_runs_only(tmp_path, query_image, run_dir):
     import shutil
 

@@ -70,17 +70,18 @@ def _num(v, fmt: str) -> str:
 
 
 def print_summary(entries: list[dict]) -> None:
-    """One row per job: id, status, seconds, worst relative error (PNGs), smallest push, sharpness,
-    polytope share, vertex L2."""
+    """One row per job: id, status, seconds, converged (every vertex within tol), worst relative
+    error (PNGs), smallest push, sharpness, polytope share, vertex L2."""
     w = max([len("id")] + [len(str(e["id"] or f"line {e['line']}")) for e in entries])
     w = min(w, 40)
-    click.echo(f"{'id':<{w}} {'status':<8} {'seconds':>8} {'rel.err':>9} {'push':>5} {'sharp':>5} {'share':>6} "
+    click.echo(f"{'id':<{w}} {'status':<8} {'seconds':>8} {'conv.':>5} {'rel.err':>9} {'push':>5} {'sharp':>5} {'share':>6} "
                f"{'vertex L2':>9}")
     for e in entries:
         m = e["metrics"] or {}
         share = m.get("share_target_class")
         name = str(e["id"] if e["id"] is not None else f"line {e['line']}")
-        click.echo(f"{name[:w]:<{w}} {e['status']:<8} {_num(e['seconds'], '8.1f'):>8} "
+        conv = {True: "yes", False: "NO"}.get(m.get("converged"), "-")
+        click.echo(f"{name[:w]:<{w}} {e['status']:<8} {_num(e['seconds'], '8.1f'):>8} {conv:>5} "
                    f"{_num(m.get('worst_rel_error_png'), '9.2e'):>9} {_num(m.get('min_push'), '5.2f'):>5} "
                    f"{_num(m.get('mean_sharpness'), '5.2f'):>5} "
                    f"{('-' if share is None else f'{100 * share:.0f}%'):>6} "

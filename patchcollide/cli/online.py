@@ -93,7 +93,8 @@ def parse_prune(text: str) -> tuple[float, int]:
 
 
 D = CollideConfig()  # the defaults shown in --help are the config's own
-RUN_OPTIONS = ("source", "target", "out", "index_dir", "model", "layer", "weights", "overwrite")  # not config fields
+RUN_OPTIONS = ("source", "target", "out", "index_dir", "model", "layer", "weights", "overwrite", "strict")  # not config fields
+NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
 DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --loss-late
 
 
@@ -156,8 +157,10 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
 @click.option("--seed", default=D.seed, show_default=True, type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=D.device, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only once the new run is complete).")
+@click.option("--strict", is_flag=True,
+              help=f"Exit with code {NOT_CONVERGED_EXIT} when a vertex misses --tol (the run is still written).")
 @click.pass_context
-def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrite, loss, prune, **fields):
+def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrite, strict, loss, prune, **fields):
     """Find polytope vertices whose layer activation collides with TARGET's."""
     bar = _Bar(show_progress(ctx))
     with user_errors():
@@ -176,6 +179,12 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
             bar.close()
     print_vertices(report)
     click.echo(f"wrote {out}/ (contact_sheet.png, vertex_*.png, indicator.png, loss.png, report.json)")
+    if not report["converged"]:
+        worst = max(report["vertices"]["png"]["rel_error"])
+        click.echo(f"warning: not converged: worst PNG relative error {worst:.2e} > --tol {cfg.tol:g} after "
+                   f"{report['steps']} steps; give more --steps or a looser --tol", err=True)
+        if strict:
+            sys.exit(NOT_CONVERGED_EXIT)
 
 
 @click.command()

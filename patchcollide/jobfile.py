@@ -91,6 +91,24 @@ class JobFile:
 # Reading and checking a job file
 
 
+def _refuse_whole_json(path: str, text: str, entries: list[tuple[int, str]]) -> None:
+    """A JSON array, or one object spread over several lines, is a common first try: say so once
+    instead of one error per line."""
+    first = entries[0][1].strip()
+    if not (first.startswith("[") or (first == "{" and len(entries) > 1)):
+        return
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        return
+    if isinstance(whole, list):
+        raise JobsError(f"{path} is one JSON array of {len(whole)} jobs; write it as JSON Lines: one job object per "
+                        "line, without the enclosing [ ] and commas")
+    if isinstance(whole, dict):
+        raise JobsError(f"{path} holds one JSON object over {len(entries)} lines; write each job on one line "
+                        "(JSON Lines)")
+
+
 def read_jobs(path: str, out_dir: str, samples: int = 2000, device: str = "auto") -> JobFile:
     """Parse and check every line of the job file ``path`` for a batch writing into ``out_dir``.
 
@@ -119,6 +137,7 @@ def read_jobs(path: str, out_dir: str, samples: int = 2000, device: str = "auto"
     entries = [(no, ln) for no, ln in lines if ln.strip()]
     if not entries:
         raise JobsError(f"{path}: no jobs (the file is empty); write one JSON object per line")
+    _refuse_whole_json(path, text, entries)
     base = os.path.dirname(os.path.abspath(path))
     images: dict[str, str | None] = {}
     parsed = []  # (line, position, id, out, problems, job fields)

@@ -303,6 +303,8 @@ def statuses_error(out, job_id) -> str:
     ("{}\n", ["{tmp}/jobs.jsonl", "--shard", "a/b"], "--shard must look like I/N"),
     ("{}\n", ["{tmp}/jobs.jsonl", "--samples", "-1"], "--samples must be >= 0"),
     ("{}\n", ["{tmp}/jobs.jsonl", "--out-is-a-file"], "is a file"),
+    ('[\n  {"id": "a",\n   "steps": 2},\n  {"id": "b"}\n]\n', ["{tmp}/jobs.jsonl"], "one JSON array of 2 jobs; write it as JSON Lines"),
+    ('{\n "id": "a",\n "steps": 2\n}\n', ["{tmp}/jobs.jsonl"], "one JSON object over 4 lines"),
 ])
 def test_user_errors_are_one_line(tmp_path, setup, args, needle):
     if setup is not None:

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import platform
 import time
 from collections.abc import Callable
@@ -72,6 +73,17 @@ class IndexConfig:
             raise IndexError_(f"--seed must be >= 0, got {self.seed}")
         if self.batch_size < 1:
             raise IndexError_(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def _faiss_reason(exc: Exception) -> str:
+    """The human part of a faiss C++ exception ("could not parse code description Bogus ..."),
+    without the C++ signature and source location."""
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)
+    for marker in ("failed: ", "Error: "):
+        if marker in text:
+            text = text.rsplit(marker, 1)[1]
+    return text.strip().strip("'")
 
 
 def default_factory(n: int, lossless_uint8: bool = True) -> str:
@@ -141,8 +153,8 @@ def _build_index(index_dir, store_path, config, progress) -> dict:
         try:
             index = faiss.index_factory(desc.dim, factory)
         except RuntimeError as e:
-            msg = str(e).strip().splitlines()[-1]
-            raise IndexError_(f"--factory {factory!r} is not a valid faiss index_factory string ({msg})") from None
+            raise IndexError_(f"--factory {factory!r} is not a valid faiss index_factory string "
+                              f"({_faiss_reason(e)}); use one like Flat, IVF1024,Flat or IVF4096,PQ16x8") from None
         ivf = _extract_ivf(index)
         if ivf is not None:
             ivf.cp.seed = config.seed

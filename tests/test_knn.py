@@ -133,6 +133,17 @@ def test_bad_index_files_are_refused(flat_index, small_store, tmp_path, kind):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("factory, reason", [("IVF99999,Bogus", "could not parse code description Bogus"),
+                                             ("Bogus", "could not parse index string Bogus")])
+def test_bad_factory_says_why_without_cpp_text(small_store, tmp_path, factory, reason):
+    with pytest.raises(IndexError_) as e:
+        build_index(str(tmp_path / "idx"), small_store, IndexConfig(factory=factory))
+    msg = str(e.value)
+    assert f"--factory {factory!r} is not a valid" in msg and reason in msg and "IVF1024,Flat" in msg, msg
+    assert "std::" not in msg and ".cpp" not in msg and "\n" not in msg
+    assert not (tmp_path / "idx").exists()  # refused before anything is written
+
+
 def test_index_file_from_another_build_is_refused(flat_index, ivf_setup, small_store, tmp_path):
     """index.faiss replaced by another build's file (as an interrupted rebuild leaves it)."""
     d = str(tmp_path / "idx")

@@ -58,6 +58,9 @@ def load_input(path: str, size: int, name: str = "image") -> np.ndarray:
     """One input of a run as (size, size, 3) uint8, with the geometry of ``load_pair``."""
     from .images import imagenet_crop
 
+    if os.path.isdir(path):
+        raise CollideError(f"{name} {path!r} is a folder; pass one image file (a folder of jobs goes into "
+                           "`patchcollide batch`)")
     if not os.path.isfile(path):
         raise CollideError(f"{name} {path!r} does not exist; pass an image file")
     return imagenet_crop(load_rgb(path, Preprocess(resize=None))[0], size)

@@ -401,6 +401,7 @@ def test_bad_collide_arguments(tmp_path, flat_index, query_image, small_store):
     json.dump(m, open(mismatched / "index.json", "w"))
     cases = [
         (["--source", tmp_path / "nope.png", "--target", query_image, *base], "does not exist"),
+        (["--source", tmp_path, "--target", query_image, *base], "is a folder; pass one image file"),
         (["--source", query_image, "--target", query_image, "--layer", "fc9", "--mode", "pixel", *base], "unknown layer"),
         (["--source", query_image, "--target", query_image, "--vertices", "0", *base], "--vertices"),
         (["--source", query_image, "--target", query_image, "-k", "100000", *base], "lower -k"),

@@ -326,11 +326,13 @@ def _read_index(path: str, mmap: bool):
 class PatchIndex:
     """An index opened together with the store it was built for (checked by id and fingerprint).
 
-    mmap=True (default) maps the index file read-only instead of loading it.
+    mmap=True (default) maps the index file read-only instead of loading it. ``store_option``
+    is the caller's option for another store path (``--store``), or None where there is none
+    (collide, batch): the error messages name only a fix the caller offers.
     """
 
     def __init__(self, index_dir: str, store_path: str | None = None, nprobe: int | None = None,
-                 k_factor: int | None = None, mmap: bool = True):
+                 k_factor: int | None = None, mmap: bool = True, store_option: str | None = None):
         self.dir = os.fspath(index_dir)
         mpath, ipath = os.path.join(self.dir, MANIFEST_FILE), os.path.join(self.dir, INDEX_FILE)
         if not os.path.isfile(mpath) or not os.path.isfile(ipath):
@@ -354,6 +356,12 @@ class PatchIndex:
             raise IndexError_(f"{ipath} is not the index that {MANIFEST_FILE} describes (an interrupted rebuild, or "
                               "a file copied over it); rebuild with `patchcollide index build`")
         sp = store_path or os.path.normpath(os.path.join(self.dir, self.manifest["store"]["path"]))
+        if store_path is None and not os.path.exists(sp):
+            fix = (f"pass its store with {store_option} PATH" if store_option else
+                   "move the index folder back beside its store")
+            raise IndexError_(f"{self.dir}: the store it was built on is not at {sp} (index.json records "
+                              f"{self.manifest['store']['path']!r} relative to the index folder); {fix}, or rebuild "
+                              "with `patchcollide index build`")
         self.store = PatchStore(sp)
         want = self.manifest["store"]
         if self.store.store_id != want["store_id"] or self.store.fingerprint != want["fingerprint"]:
@@ -361,7 +369,8 @@ class PatchIndex:
             raise IndexError_(
                 f"{ipath} was built for store {want['store_id'][:12]} (fingerprint {want['fingerprint'][:12]}), "
                 f"but {sp} is store {self.store.store_id[:12]} (fingerprint {self.store.fingerprint[:12]}); "
-                "rebuild the index with `patchcollide index build` or pass the matching --store"
+                "rebuild the index with `patchcollide index build`"
+                + (f" or pass the matching {store_option}" if store_option else "")
             )
         try:
             self.index = _read_index(ipath, mmap)

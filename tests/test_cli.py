@@ -67,6 +67,7 @@ def test_python_m_entry_point():
         (["index", "search", "{tmp}/nope.png", "--index", "{flat}"], "does not exist"),
         (["index", "search", "{textfile}", "--index", "{flat}"], "not an image"),
         (["index", "search", "{query}", "--index", "{flat}", "--store", "{other}"], "was built for store"),
+        (["index", "search", "{query}", "--index", "{moved}"], "pass its store with --store PATH"),
         (["index", "search", "{query}", "--index", "{flat}", "-k", "0"], "k must be between"),
         (["index", "build", "--index", "{tmp}/idx", "--store", "{store}", "--factory", "Nonsense"],
          "not a valid faiss index_factory"),
@@ -88,8 +89,15 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, photos_dir, query_i
     other = tmp_path / "other.h5"
     if "{other}" in " ".join(args):
         run("extract", photos_dir, "--out", other, "--stride", "32")
+    moved = tmp_path / "moved"  # the index folder alone, away from its store
+    if "{moved}" in args:
+        import shutil
+
+        moved.mkdir()
+        for name in ("index.json", "index.faiss"):
+            shutil.copy(os.path.join(flat_index, name), moved / name)
     fmt = dict(tmp=tmp_path, photos=photos_dir, query=query_image, flat=flat_index, store=small_store,
-               textfile=textfile, other=other)
+               textfile=textfile, other=other, moved=moved)
     code, out = run(*[a.format(**fmt) for a in args])
     assert code == 2, out
     line = one_line_error(out)

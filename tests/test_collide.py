@@ -399,7 +399,13 @@ def test_bad_collide_arguments(tmp_path, flat_index, query_image, small_store):
     m = json.load(open(mismatched / "index.json"))
     m["store"]["path"] = "patches.h5"  # another store, beside the index: refused by id and fingerprint
     json.dump(m, open(mismatched / "index.json", "w"))
+    moved = tmp_path / "moved"  # the index folder alone, away from the store its manifest points at
+    moved.mkdir()
+    for name in ("index.json", "index.faiss"):
+        shutil.copy(os.path.join(flat_index, name), moved / name)
     cases = [
+        (["--source", query_image, "--target", query_image, "--index", moved, *base],
+         "move the index folder back beside its store"),
         (["--source", tmp_path / "nope.png", "--target", query_image, *base], "does not exist"),
         (["--source", tmp_path, "--target", query_image, *base], "is a folder; pass one image file"),
         (["--source", query_image, "--target", query_image, "--layer", "fc9", "--mode", "pixel", *base], "unknown layer"),
@@ -420,6 +426,7 @@ def test_bad_collide_arguments(tmp_path, flat_index, query_image, small_store):
         assert r.exit_code == 2, (args, r.output)
         lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
         assert len(lines) == 1 and needle in lines[0], r.output
+        assert "--store" not in r.output, r.output  # collide has no --store: never suggest it
     # an existing run is never overwritten without --overwrite
     (tmp_path / "r3").mkdir()
     (tmp_path / "r3" / "keep.txt").write_text("mine")

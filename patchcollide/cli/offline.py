@@ -139,7 +139,7 @@ def index_search(image, index_dir, store_path, k, stride, nprobe, mosaic, out_np
     """k nearest stored patches for every location of a grid on IMAGE."""
     if stride < 1:
         raise UserError(f"--stride must be >= 1, got {stride}")
-    with user_errors(), PatchIndex(index_dir, store_path, nprobe=nprobe) as pidx:
+    with user_errors(), PatchIndex(index_dir, store_path, nprobe=nprobe, store_option="--store") as pidx:
         if not os.path.isfile(image):
             raise UserError(f"query image {image!r} does not exist; pass an image file")
         res = pidx.search_image(image, k=k, stride=stride)
@@ -174,7 +174,8 @@ def index_eval(queries, index_dir, store_path, k, stride, nprobe, k_factor, devi
     for q in queries:
         if not os.path.isfile(q):
             raise UserError(f"query image {q!r} does not exist; pass an image file to --queries")
-    with user_errors(), PatchIndex(index_dir, store_path, nprobe=nprobe, k_factor=k_factor) as pidx:
+    with user_errors(), PatchIndex(index_dir, store_path, nprobe=nprobe, k_factor=k_factor,
+                                         store_option="--store") as pidx:
         qp = query_patches(list(queries), pidx.preprocess, stride)
         r = evaluate(pidx, qp, k=k, device=device, repeats=3)
     if as_json:

@@ -100,12 +100,20 @@ def versions() -> dict:
     }
 
 
+def _image_extensions() -> set[str]:
+    from PIL import Image
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
 def scan_inputs(folders: Sequence[str]) -> tuple[list[str], list[InputFile], list[tuple[str, str]]]:
     """Find the files under each folder: (absolute roots, files, ignored (path, reason)).
 
-    A folder with subfolders is read as ImageFolder: each subfolder (recursively) is a class,
-    and loose files beside the class folders are reported, not used. A folder without
-    subfolders is flat: one class named after the folder. Hidden files (.name) are skipped.
+    Each subfolder (recursively) of a folder is a class (ImageFolder layout); the files directly
+    in the folder form one class named after the folder: every file of a flat folder, and the
+    loose images (by extension) beside class folders, so an empty subfolder changes nothing.
+    Loose files beside class folders that are not images by name are reported, not used.
+    Hidden files (.name) are skipped.
     """
     if not folders:
         raise ExtractError("no input folder given; pass one or more image folders")
@@ -117,10 +125,16 @@ def scan_inputs(folders: Sequence[str]) -> tuple[list[str], list[InputFile], lis
         roots.append(root)
         entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
         subdirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+        name = os.path.basename(root.rstrip("/")) or "images"
+        for e in entries:
+            if e in subdirs:
+                continue
+            if subdirs and os.path.splitext(e)[1].lower() not in _image_extensions():
+                ignored.append((os.path.join(root, e), "loose file beside class folders, not an image by its name; "
+                                                       "not used"))
+            else:
+                files.append(InputFile(r, e, name))
         if subdirs:
-            for e in entries:
-                if e not in subdirs:
-                    ignored.append((os.path.join(root, e), "loose file beside class folders (ImageFolder layout); not used"))
             for cls in subdirs:
                 for dirpath, dirnames, filenames in os.walk(os.path.join(root, cls), followlinks=True):
                     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -129,9 +143,6 @@ def scan_inputs(folders: Sequence[str]) -> tuple[list[str], list[InputFile], lis
                             continue
                         rel = os.path.relpath(os.path.join(dirpath, fn), root).replace(os.sep, "/")
                         files.append(InputFile(r, rel, cls))
-        else:
-            name = os.path.basename(root.rstrip("/")) or "images"
-            files += [InputFile(r, e, name) for e in entries]
     if not files:
         raise ExtractError(f"no files found in {', '.join(map(repr, folders))}; pass folders that hold images")
     return roots, files, ignored

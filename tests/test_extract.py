@@ -147,6 +147,23 @@ def test_imagefolder_layout_labels_and_loose_files(tmp_path, caplog):
     assert any("README.txt" in m for m in caplog.messages)
 
 
+def test_loose_images_beside_class_folders_are_used(tmp_path):
+    """An empty subfolder must not hide a flat folder's images; loose images beside class
+    folders form a class named after the folder."""
+    flat = tmp_path / "photos"
+    write_photos(flat, ("chelsea", "coffee"))
+    (flat / "empty").mkdir()
+    r = extract_store([str(flat)], str(tmp_path / "a.h5"), ExtractConfig(stride=32))
+    assert r.manifest["n_files_found"] == 2
+    with PatchStore(tmp_path / "a.h5") as st:
+        assert st.classes == ["photos"] and st.n_images == 2
+    write_photos(flat / "cats", ("chelsea",))
+    _, files, ignored = scan_inputs([str(flat)])
+    assert sorted((f.path, f.cls) for f in files) == [("cats/chelsea.png", "cats"), ("chelsea.png", "photos"),
+                                                       ("coffee.png", "photos")]
+    assert ignored == []
+
+
 def test_fraction_is_seeded_and_per_class(tmp_path):
     root = tmp_path / "train"
     for c in ("a", "b"):

@@ -109,3 +109,9 @@ def test_resize_none_and_bad_resize(tmp_path, photos_dir):
     assert code == 0
     code, out = run("store", "info", tmp_path / "s.h5", "--json")
     assert json.loads(out)["config"]["resize"] is None
+    for bad in ("big", "0", "-5", "31", "9000", "12.5"):
+        code, out = run("extract", photos_dir, "--out", tmp_path / f"bad{bad}.h5", f"--resize={bad}")
+        assert code == 2, (bad, out)
+        line = one_line_error(out)
+        assert "--resize must be" in line and "'none'" in line and bad in line, line
+        assert not (tmp_path / f"bad{bad}.h5").exists()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from patchcollide.extract import ExtractConfig, extract_store
-from patchcollide.knn import (IndexConfig, IndexError_, PatchIndex, build_index, default_factory, evaluate,
+from patchcollide.knn import (FLAT_MAX_N, IndexConfig, IndexError_, PatchIndex, build_index, default_factory, evaluate,
                               exact_search, query_patches, recall_at_k)
 from patchcollide.store import PatchStore
 
@@ -39,6 +39,8 @@ def test_exact_search_matches_float64_numpy(small_store, query_image):
 
 def test_default_factory_by_size():
     assert default_factory(10_000) == "Flat"
+    assert default_factory(FLAT_MAX_N) == "Flat" and FLAT_MAX_N == 50_000  # the boundary: exact up to 50,000
+    assert default_factory(FLAT_MAX_N + 1).startswith("PCA128,IVF256,")
     f = default_factory(1_000_000)
     assert f.startswith("PCA128,IVF1024,PQ32") and f.endswith("Refine(SQ8_direct)")
 
@@ -130,7 +132,10 @@ def test_bad_index_files_are_refused(flat_index, small_store, tmp_path, kind):
         open(mp, "w").write("{not json")
     with pytest.raises(IndexError_) as e:
         PatchIndex(d)
-    assert "\n" not in str(e.value)
+    msg = str(e.value)
+    needle = {"missing": "no built index here", "truncated": "is not the index that index.json describes",
+              "garbage": "is not the index that index.json describes"}.get(kind, "not a patchcollide index manifest")
+    assert "\n" not in msg and needle in msg and "patchcollide index build" in msg, msg
 
 
 @pytest.mark.parametrize("factory, reason", [("IVF99999,Bogus", "could not parse code description Bogus"),

@@ -21,7 +21,7 @@ def _resize(value: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise click.BadParameter(f"expected a side length in pixels or 'none', got {value!r}") from None
+        raise UserError(f"--resize must be a side length in pixels (32 to 8192) or 'none', got {value!r}") from None
 
 
 @click.command()

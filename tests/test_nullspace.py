@@ -12,13 +12,12 @@ import torch.nn as nn
 from click.testing import CliRunner
 
 from patchcollide.cli import cli
-from patchcollide.nullspace import (
+from patchcollide.exact import (
     EPS32,
     MODES,
     PAPER_TABLE1,
     NullspaceConfig,
     NullspaceError,
-    builder,
     circular_spectrum,
     compare_with_paper,
     dense_spectrum,
@@ -27,9 +26,11 @@ from patchcollide.nullspace import (
     nullity_row,
     nullspace_search,
     pct_matches,
+    run_nullspace,
     structure_row,
     weight_matrices,
 )
+from patchcollide.models import build_model, builder
 
 
 @pytest.fixture(autouse=True)
@@ -136,13 +137,28 @@ def test_paper_structure_is_reproduced_by_every_torchvision_row():
 
 
 def test_alexnet_first_layer_and_mu_with_random_weights():
-    from patchcollide.nullspace import build_model
-
     model, info = build_model("alexnet", "random", seed=0)
     assert info.name == "random(seed=0)"
     mats = weight_matrices(model)
     assert sum(W.shape[0] < W.shape[1] for _, W in mats) == 7 and len(mats) == 8
     assert matrix_rank(mats[0][1]).nullity == 299  # the paper's value: structure decides it
+
+
+def test_build_model_leaves_the_callers_random_stream_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(8)
+    torch.manual_seed(123)
+    a, info = build_model("squeezenet1_1", "random", seed=3)
+    assert torch.equal(torch.rand(8), expected)  # as if build_model had not run
+    assert info.name == "random(seed=3)"
+    b, _ = build_model("squeezenet1_1", "random", seed=3)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    torch.manual_seed(3)  # the same weights as seeding the global generator (the old behaviour)
+    ref = builder("squeezenet1_1")(weights=None).state_dict()
+    assert all(torch.equal(sa[k], ref[k]) for k in sa)
+    c, _ = build_model("squeezenet1_1", "random", seed=4)
+    assert not torch.equal(c.features[0].weight, a.features[0].weight)
 
 
 # ------------------------------------------------------------------ exact colliders
@@ -252,10 +268,24 @@ def test_lobpcg_estimate_agrees_with_the_dense_spectrum():
 
 # ------------------------------------------------------------------ CLI
 
-def test_cli_nullspace_patch_embedding(tmp_path):
-    out = tmp_path / "vit"
-    code, text = run("nullspace", "--arch", "vit_b_32", "--size", "64", "--beta", "40", "--mode", "several",
-                     "--out", out)
+VIT_ARGS = ["--size", "64", "--beta", "40", "--mode", "several"]  # ViT-B/32 at 64 x 64: 2 x 2 patches
+
+
+@pytest.fixture(scope="module")
+def vit_cli_run(tmp_path_factory):
+    """One ``patchcollide nullspace`` run on ViT-B/32 (the slowest run here), shared by two tests."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("cli") / "vit"
+        code, text = run("nullspace", "--arch", "vit_b_32", *VIT_ARGS, "--out", out)
+    finally:
+        torch.set_num_threads(n)
+    return out, code, text
+
+
+def test_cli_nullspace_patch_embedding(vit_cli_run):
+    out, code, text = vit_cli_run
     assert code == 0, text
     assert "RANDOM WEIGHTS" in text and "nullity 2304" in text and "patch-conv" in text
     rep = json.loads((out / "report.json").read_text())
@@ -270,6 +300,39 @@ def test_cli_nullspace_patch_embedding(tmp_path):
     assert "png" in rep and rep["png"]["values"] == 3 * 64 * 64
     code, text = run("nullspace", "--arch", "vit_b_32", "--size", "64", "--out", out)
     assert code == 2 and "already exists" in one_line_error(text)
+
+
+def test_run_nullspace_from_python_writes_what_the_cli_writes(vit_cli_run, tmp_path):
+    cli_out, code, text = vit_cli_run
+    assert code == 0, text
+    out = tmp_path / "api"
+    config = NullspaceConfig(mode="several", beta=40.0)
+    api = run_nullspace("vit_b_32", str(out), 64, config=config)
+    cli_rep = json.loads((cli_out / "report.json").read_text())
+    written = json.loads((out / "report.json").read_text())  # the report returned is the one written
+    assert set(written) == set(api) and written["result"]["summary"] == api["result"]["summary"]
+    assert sorted(os.listdir(out)) == sorted(os.listdir(cli_out))
+    assert set(written) == set(cli_rep) and set(written["result"]) == set(cli_rep["result"])
+    for key in ("notice", "config", "model", "inputs", "png"):
+        assert written[key] == cli_rep[key], key
+    for key in ("first_layer", "kind", "exact", "summary", "beta", "construction", "perturbation", "verification"):
+        assert written["result"][key] == cli_rep["result"][key], key
+    a, c = np.load(out / "collider.npy"), np.load(cli_out / "collider.npy")
+    assert a.dtype == np.float32 and a.shape == (1, 3, 64, 64) and np.array_equal(a, c)
+    # the outcome, checked here and not taken from the report: the saved collider is far from the
+    # image the model saw, and the first layer's output is the same on both
+    from PIL import Image
+
+    from patchcollide.exact import imagenet_input
+
+    net, _ = build_model("vit_b_32", "random", seed=0, image_size=64)
+    x = imagenet_input(np.array(Image.open(out / "original.png").convert("RGB")))
+    with torch.no_grad():
+        y0, y1 = net.conv_proj(x), net.conv_proj(torch.from_numpy(a))
+    assert float((torch.from_numpy(a) - x).abs().max()) > 1.0  # over 58 of 255 pixel levels
+    assert float((y1 - y0).abs().max() / y0.abs().max()) < 1e-5
+    with pytest.raises(NullspaceError, match="already exists; choose another name or pass --overwrite"):
+        run_nullspace("vit_b_32", str(out), 64, config=config)
 
 
 def test_cli_nullspace_overlapping_conv(tmp_path):

@@ -1,7 +1,6 @@
 """Exact collisions (Ozbulak et al. 2022): ``nullspace`` and ``nullity``."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import click
@@ -116,52 +115,22 @@ def nullspace(ctx, arch, weights, image, size, mode, beta, vectors, seed, rtol, 
     that are verified in float32 and float64. Overlapping convolutions (ResNet, AlexNet) are
     analysed as linear maps on the whole image; no collider is claimed.
     """
-    from ..images import Preprocess, imagenet_crop, load_rgb
-    from ..nullspace import (
-        PIXEL_SCALE,
-        RANDOM_NOTICE,
-        NullspaceConfig,
-        NullspaceError,
-        build_model,
-        check_out,
-        imagenet_bounds,
-        imagenet_input,
-        nullspace_search,
-        write_nullspace_run,
-    )
+    from ..exact import NullspaceConfig, run_nullspace
 
     out = out or os.path.join("runs", f"nullspace-{arch}")
     say = _say(show_progress(ctx) and not as_json)
     with user_errors():
         cfg = NullspaceConfig(mode=mode, beta=beta, vectors=vectors, seed=seed, rtol=rtol, iters=iters,
                               dense_sizes=_dense_sizes(dense_sizes), pgd_steps=pgd_steps, pgd_eps=pgd_eps)
-        if not 32 <= size <= 1024:
-            raise NullspaceError(f"--size must be between 32 and 1024, got {size}")
-        check_out(out, overwrite)
-        if image is None:
-            from ..demo import sample_photo
-
-            img = imagenet_crop(sample_photo("astronaut"), size)
-        else:
-            if not os.path.isfile(image):
-                raise NullspaceError(f"--image {image!r} does not exist; pass an image file")
-            img = imagenet_crop(load_rgb(image, Preprocess(resize=None))[0], size)
-        if say:
-            say(f"building {arch} with {weights} weights")
-        model, info = build_model(arch, weights, seed, image_size=size)
-        res = nullspace_search(model, imagenet_input(img), cfg, pixel_scale=PIXEL_SCALE, bounds=imagenet_bounds(),
+        report = run_nullspace(arch, out, size, config=cfg, image=image, weights=weights, overwrite=overwrite,
                                progress=say)
-        meta = {"notice": RANDOM_NOTICE if info.kind == "random" else None, "config": dataclasses.asdict(cfg),
-                "model": {"arch": arch, **dataclasses.asdict(info)},
-                "inputs": {"image": os.path.abspath(image) if image else "skimage.data.astronaut()", "size": size,
-                           "space": "ImageNet-normalised model input ((x / 255 - mean) / std)"}}
-        report = write_nullspace_run(out, res, img, model, meta, overwrite=overwrite)
     if as_json:
         echo_json(report)
         return
     print_nullspace(report)
-    files = "report.json, original.png" + (", adversarial.png" if res.pgd else "") + (
-        ", collider.npy, collider.png, perturbation.png" if res.collider is not None else "")
+    r = report["result"]
+    files = "report.json, original.png" + (", adversarial.png" if r["pgd"] else "") + (
+        ", collider.npy, collider.png, perturbation.png" if r["exact"] else "")
     click.echo(f"wrote {out}/ ({files})")
 
 
@@ -202,7 +171,8 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, md_out, json_out):
     torchvision]. An unknown name is refused up front (exit code 2); a model that fails to
     build or load later is one line of the table, not a crash.
     """
-    from ..nullspace import CLASSIFICATION_MODELS, PAPER_MODELS, NullspaceError, nullity_table, table_markdown
+    from ..exact import CLASSIFICATION_MODELS, PAPER_MODELS, NullspaceError, nullity_table, table_markdown
+    from ..models import builder
     from ..report import write_json
 
     if seed < 0:
@@ -213,8 +183,6 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, md_out, json_out):
             click.echo(f"... {name}: {total} weight matrices", err=True)
     progress = echo_progress if show_progress(ctx) else None
     with user_errors():
-        from ..nullspace import builder
-
         for name in names:  # a misspelt name is the user's mistake: refuse before any work
             builder(name)
         for path in (md_out, json_out):

@@ -369,7 +369,7 @@ RUNS = [  # kind, folder, needle of sample, needle of report
 PIXEL = ["--mode", "pixel", "--size", "32", "--steps", "1", "--min-steps", "0", "--vertices", "2", "--device", "cpu"]
 COLLIDE = ["collide", "--out", "run_out", *PIXEL]
 BATCH = ["batch", "--out", "batch_out", "--device", "cpu", "--samples", "0"]
-NULLSPACE = ["nullspace", "--arch", "resnet18", "--size", "32", "--out", "ns_out"]
+NULLSPACE = ["nullspace", "--model", "resnet18", "--size", "32", "--out", "ns_out"]
 DEMO = ["demo", "--out", "demo_out", "--weights", "random", "--device", "cpu", "--steps", "1", "--samples", "2"]
 
 
@@ -438,7 +438,7 @@ def _cases():
         add("nullspace", f"--weights {kind}", [*NULLSPACE, "--weights", f"{{{f}}}"], needle, f)
     for kind, f, needle in IMAGES:
         add("nullspace", f"--image {kind}", [*NULLSPACE, "--image", f"{{{f}}}"], needle, f)
-    add("nullspace", "unknown --arch", ["nullspace", "--arch", "resnet99", "--out", "ns_out"], "unknown model",
+    add("nullspace", "unknown --model", ["nullspace", "--model", "resnet99", "--out", "ns_out"], "unknown model",
         "resnet99")
     # demo: everything is checked before the photos, the store or the run are written
     for kind, d, needle in INDEXES[4:6] + INDEXES[8:10]:

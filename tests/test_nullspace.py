@@ -278,7 +278,7 @@ def vit_cli_run(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         out = tmp_path_factory.mktemp("cli") / "vit"
-        code, text = run("nullspace", "--arch", "vit_b_32", *VIT_ARGS, "--out", out)
+        code, text = run("nullspace", "--model", "vit_b_32", *VIT_ARGS, "--out", out)
     finally:
         torch.set_num_threads(n)
     return out, code, text
@@ -298,7 +298,7 @@ def test_cli_nullspace_patch_embedding(vit_cli_run):
     assert col.shape == (1, 3, 64, 64) and col.dtype == np.float32
     assert {"original.png", "collider.png", "perturbation.png"} <= set(os.listdir(out))
     assert "png" in rep and rep["png"]["values"] == 3 * 64 * 64
-    code, text = run("nullspace", "--arch", "vit_b_32", "--size", "64", "--out", out)
+    code, text = run("nullspace", "--model", "vit_b_32", "--size", "64", "--out", out)
     assert code == 2 and "already exists" in one_line_error(text)
 
 
@@ -337,7 +337,7 @@ def test_run_nullspace_from_python_writes_what_the_cli_writes(vit_cli_run, tmp_p
 
 def test_cli_nullspace_overlapping_conv(tmp_path):
     out = tmp_path / "r18"
-    code, text = run("nullspace", "--arch", "resnet18", "--size", "64", "--iters", "30", "--dense-sizes", "16",
+    code, text = run("nullspace", "--model", "resnet18", "--size", "64", "--iters", "30", "--dense-sizes", "16",
                      "--out", out, "--json")
     assert code == 0, text
     rep = json.loads(text)
@@ -352,10 +352,10 @@ def test_cli_nullspace_overlapping_conv(tmp_path):
 
 def test_cli_nullity_table(tmp_path):
     md, js = tmp_path / "t.md", tmp_path / "t.json"
-    code, text = run("nullity", "squeezenet1_1", "no_such_model", "--out", md, "--json", js)
+    code, text = run("nullity", "squeezenet1_1", "no_such_model", "--out", md, "--out", js)
     assert code == 2 and "unknown model 'no_such_model'" in text and len(text.strip().splitlines()) == 1
     assert not md.exists() and not js.exists()  # a misspelt name is refused before any work
-    code, text = run("nullity", "squeezenet1_1", "--out", md, "--json", js)
+    code, text = run("nullity", "squeezenet1_1", "--out", md, "--out", js)
     assert code == 0, text
     assert "tolerance" in text
     t = json.loads(js.read_text())
@@ -366,25 +366,83 @@ def test_cli_nullity_table(tmp_path):
     assert "Squeezenet" in md.read_text() and "eps(float32)" in md.read_text()
 
 
+def test_arch_is_a_deprecated_name_of_model(tmp_path, monkeypatch):
+    """--arch works for one more release, with one warning line on stderr (with -q too, as
+    collide --loss and sample --n: scripts, which run with -q, are the ones to tell)."""
+    import patchcollide.exact
+
+    calls = []
+
+    def fake_run(model, out, size, **kw):
+        calls.append((model, out, size))
+        return {"kind": "patchcollide-nullspace", "model": {"arch": model}}
+
+    monkeypatch.setattr(patchcollide.exact, "run_nullspace", fake_run)
+    args = ["nullspace", "--size", "32", "--out", str(tmp_path / "o"), "--json"]
+    r = CliRunner().invoke(cli, [*args, "--arch", "resnet18"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip().splitlines() == ["warning: --arch is deprecated; use --model"]
+    assert json.loads(r.stdout)["model"]["arch"] == "resnet18"
+    r = CliRunner().invoke(cli, [*args, "--model", "resnet18"], catch_exceptions=False)
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    r = CliRunner().invoke(cli, ["-q", *args, "--arch", "resnet18"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip().splitlines() == ["warning: --arch is deprecated; use --model"]
+    assert calls == [("resnet18", str(tmp_path / "o"), 32)] * 3
+    r = CliRunner().invoke(cli, ["nullspace", "--help"])
+    assert "--model" in r.output and "--arch" not in r.output
+
+
+def test_cli_nullity_json_flag_and_the_deprecated_json_path(tmp_path, monkeypatch):
+    """--json prints the table as JSON on stdout; --out writes by suffix; the old --json PATH
+    (and --json=PATH) still writes JSON there, with one deprecation line on stderr."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["-q", "nullity", "--json", "squeezenet1_1", "--out", "t.json", "--out", "t.md"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)  # the flag takes no value: squeezenet1_1 is a model, not a path
+    assert [row["model"] for row in printed["rows"]] == ["squeezenet1_1"]
+    assert json.loads((tmp_path / "t.json").read_text()) == printed
+    assert (tmp_path / "t.md").read_text().startswith("Weights: random")
+    import patchcollide.exact  # the same table again, without computing it: only the options are tested below
+
+    monkeypatch.setattr(patchcollide.exact, "nullity_table", lambda names, *a, **kw: printed)
+    for form in (["--json", "old.json"], ["--json=old.json"]):
+        r = CliRunner().invoke(cli, ["nullity", "squeezenet1_1", *form, "--out", "new.md"], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+        assert warnings == ["warning: --json PATH is deprecated; use --out PATH.json (--json alone prints JSON)"]
+        assert r.stdout.splitlines()[-2:] == ["wrote new.md", "wrote old.json"]
+        assert json.loads((tmp_path / "old.json").read_text())["rows"][0]["n_theta"] == 26
+        (tmp_path / "old.json").unlink()
+    r = CliRunner().invoke(cli, ["-q", "nullity", "alexnet", "--json", "no/dir/t.json"], catch_exceptions=False)
+    assert r.exit_code == 2 and r.stdout == "" and not (tmp_path / "no").exists()
+    assert r.stderr.splitlines() == [
+        "warning: --json PATH is deprecated; use --out PATH.json (--json alone prints JSON)",
+        "Error: no/dir/t.json: its folder does not exist; create it first"]
+
+
 @pytest.mark.parametrize("args,needle", [
-    (["nullspace", "--arch", "no_such_net", "--out", "{tmp}/o"], "unknown model"),
-    (["nullspace", "--arch", "resnet18", "--weights", "{textfile}", "--out", "{tmp}/o"], "not a loadable state dict"),
-    (["nullspace", "--arch", "resnet18", "--weights", "{listfile}", "--out", "{tmp}/o"], "not a state dict"),
-    (["nullspace", "--arch", "resnet18", "--weights", "{tmp}/none.pt", "--out", "{tmp}/o"], "no such file"),
-    (["nullspace", "--arch", "resnet18", "--image", "{tmp}/nope.png", "--out", "{tmp}/o"], "does not exist"),
-    (["nullspace", "--arch", "resnet18", "--image", "{textfile}", "--out", "{tmp}/o"], "not an image"),
-    (["nullspace", "--arch", "resnet18", "--beta", "nan", "--out", "{tmp}/o"], "--beta must be a finite"),
-    (["nullspace", "--arch", "resnet18", "--beta", "inf", "--out", "{tmp}/o"], "--beta must be a finite"),
-    (["nullspace", "--arch", "resnet18", "--vectors", "0", "--out", "{tmp}/o"], "--vectors must be >= 1"),
-    (["nullspace", "--arch", "resnet18", "--size", "8", "--out", "{tmp}/o"], "--size must be between"),
-    (["nullspace", "--arch", "resnet18", "--rtol", "2", "--out", "{tmp}/o"], "--rtol must be in (0, 1)"),
-    (["nullspace", "--arch", "resnet18", "--dense-sizes", "a,b", "--out", "{tmp}/o"], "--dense-sizes"),
-    (["nullspace", "--arch", "resnet18", "--out", "{occupied}"], "already exists"),
-    (["nullspace", "--arch", "resnet18", "--out", "{occupied}", "--overwrite"], "not a nullspace run"),
-    (["nullspace", "--arch", "resnet18", "--mode", "bogus", "--out", "{tmp}/o"], "bogus"),
+    (["nullspace", "--model", "no_such_net", "--out", "{tmp}/o"], "unknown model"),
+    (["nullspace", "--model", "resnet18", "--weights", "{textfile}", "--out", "{tmp}/o"], "not a loadable state dict"),
+    (["nullspace", "--model", "resnet18", "--weights", "{listfile}", "--out", "{tmp}/o"], "not a state dict"),
+    (["nullspace", "--model", "resnet18", "--weights", "{tmp}/none.pt", "--out", "{tmp}/o"], "no such file"),
+    (["nullspace", "--model", "resnet18", "--image", "{tmp}/nope.png", "--out", "{tmp}/o"], "does not exist"),
+    (["nullspace", "--model", "resnet18", "--image", "{textfile}", "--out", "{tmp}/o"], "not an image"),
+    (["nullspace", "--model", "resnet18", "--beta", "nan", "--out", "{tmp}/o"], "--beta must be a finite"),
+    (["nullspace", "--model", "resnet18", "--beta", "inf", "--out", "{tmp}/o"], "--beta must be a finite"),
+    (["nullspace", "--model", "resnet18", "--vectors", "0", "--out", "{tmp}/o"], "--vectors must be >= 1"),
+    (["nullspace", "--model", "resnet18", "--size", "8", "--out", "{tmp}/o"], "--size must be between"),
+    (["nullspace", "--model", "resnet18", "--rtol", "2", "--out", "{tmp}/o"], "--rtol must be in (0, 1)"),
+    (["nullspace", "--model", "resnet18", "--dense-sizes", "a,b", "--out", "{tmp}/o"], "--dense-sizes"),
+    (["nullspace", "--model", "resnet18", "--out", "{occupied}"], "already exists"),
+    (["nullspace", "--model", "resnet18", "--out", "{occupied}", "--overwrite"], "not a nullspace run"),
+    (["nullspace", "--model", "resnet18", "--mode", "bogus", "--out", "{tmp}/o"], "bogus"),
     (["nullity", "alexnet", "--rtol", "2"], "--rtol must be in (0, 1)"),
     (["nullity", "alexnet", "--seed", "-1"], "--seed must be >= 0"),
-    (["nullity", "alexnet", "--json", "{tmp}/no/dir/t.json"], "folder does not exist"),
+    (["nullity", "alexnet", "--out", "{tmp}/no/dir/t.json"], "folder does not exist"),
+    (["nullspace", "--out", "{tmp}/o"], "Missing option '--model'"),
+    (["nullspace", "--arch", "resnet18", "--model", "resnet18", "--out", "{tmp}/o"], "pass --model only"),
 ])
 def test_cli_user_errors_are_one_line_with_exit_code_2(tmp_path, args, needle):
     textfile = tmp_path / "notes.txt"

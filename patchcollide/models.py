@@ -11,11 +11,17 @@ the ReLU that follows it (a test shows the pitfall). For VGG-16/19:
 fc7 = classifier[3]; for AlexNet fc6 = classifier[1], fc7 = classifier[4]. Other
 torchvision classifiers take ``--layer MODULE_NAME`` (a module whose output feeds a ReLU):
 its output is cloned in a hook before any in-place ReLU can touch it.
+
+``build_model("resnet50", "random", seed=0)`` builds any torchvision model by name (and the
+``*_shapes`` stand-ins for models torchvision lacks) in eval mode with frozen parameters, for
+the exact collisions and nullity tables (``patchcollide.exact``); its random weights leave the
+caller's random stream untouched.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import pickle
 import re
@@ -248,3 +254,104 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for but torch sees no GPU; use --device auto or cpu")
     return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Any torchvision model by name, with seeded random or loaded weights (exact collisions, nullities)
+# --------------------------------------------------------------------------------------------
+
+# Keyword arguments that give torchvision's builders the structure of Ozbulak et al.'s models.
+_BUILD_KWARGS = {
+    "fcn_resnet50": {"aux_loss": True},
+    "deeplabv3_resnet50": {"aux_loss": True},
+}
+_SHAPE_ONLY = {  # models torchvision does not ship, built from its VisionTransformer class
+    "deit_tiny_shapes": dict(image_size=224, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768),
+    "deit_base_shapes": dict(image_size=224, patch_size=16, num_layers=12, num_heads=12, hidden_dim=768,
+                             mlp_dim=3072),
+}
+
+
+def builder(name: str):
+    """A function ``build(weights=None, **kw) -> nn.Module`` for any torchvision model name
+    (classification, segmentation, detection) or one of the ``*_shapes`` stand-ins; never
+    downloads a backbone. ModelError naming the model for an unknown name. (``load_tap``'s
+    ``_builder`` is the narrower one for classifiers with a tap.)"""
+    import inspect
+
+    import torchvision.models as tvm
+
+    if name in _SHAPE_ONLY:
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        return lambda **kw: VisionTransformer(**_SHAPE_ONLY[name])
+    try:
+        b = tvm.get_model_builder(name)
+    except (ValueError, KeyError):
+        raise ModelError(f"unknown model {name!r}; use a torchvision model name (torchvision.models.list_models()) "
+                         f"or one of {', '.join(_SHAPE_ONLY)}") from None
+    params = inspect.signature(b).parameters
+    extra = dict(_BUILD_KWARGS.get(name, {}))
+    if "weights_backbone" in params:
+        extra["weights_backbone"] = None  # never download a backbone
+
+    def build(**kw):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # inception_v3's notice about its default init
+            return b(**kw, **extra)
+
+    return build
+
+
+def build_model(name: str, weights: str = "random", seed: int = 0,
+                image_size: int | None = None) -> tuple[nn.Module, WeightsInfo]:
+    """A torchvision model (or one of the ``*_shapes`` stand-ins) in eval mode with frozen
+    parameters, weights "random" (seeded), "imagenet" (torchvision's, via the torch cache)
+    or a state-dict PATH (loaded with weights_only=True). ``image_size``: vision transformers
+    (vit_*) with random weights are built for this input side (their patch embedding is the
+    same; only the number of patches changes); other models ignore it.
+
+    The random weights are drawn from torch's CPU generator seeded with ``seed`` inside
+    ``torch.random.fork_rng``: the caller's random stream is left exactly as it was, and the
+    same seed gives the same weights."""
+    build = builder(name)
+    kw = {}
+    if image_size and name.startswith("vit_") and weights == "random":
+        kw["image_size"] = image_size
+    with torch.random.fork_rng(devices=[]):  # CPU only: the model is built on the CPU
+        torch.default_generator.manual_seed(seed)
+        model = build(weights=None, **kw)
+        redrawn = _redraw_zero_weights(model) if weights == "random" else []
+    if weights == "random":
+        info = WeightsInfo("random", f"random(seed={seed})" + (f"; zero-initialised {', '.join(redrawn)} redrawn"
+                                                               if redrawn else ""), None, False)
+    elif weights == "imagenet":
+        if name in _SHAPE_ONLY:
+            raise ModelError(f"{name} has no torchvision weights (only its shapes are built); use --weights random")
+        state, where = load_imagenet_state(name)
+        fit_state(model, state, name, "imagenet")
+        info = WeightsInfo("imagenet", "torchvision default (IMAGENET1K_V1 where present)",
+                           file_sha256(where) if os.path.exists(where) else None, True)
+    else:
+        state = load_state_file(weights)
+        fit_state(model, state, name, weights)
+        info = WeightsInfo("file", os.path.abspath(weights), file_sha256(weights), True)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, info
+
+
+def _redraw_zero_weights(model: nn.Module) -> list[str]:
+    """torchvision initialises some heads to zero (ViT's heads.head): a zero matrix has rank 0,
+    which says nothing about the structure, and zero logits verify nothing. With random weights
+    such matrices are drawn like nn.Linear's default (Kaiming uniform, a = sqrt(5)), seeded by
+    the generator state after the build. Returns their names."""
+    names = []
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and w is not None and not w.any():
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            names.append(name)
+    return names

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 
 def main() -> None:
-    from patchcollide.nullspace import PAPER_MODELS, nullity_table, table_markdown
+    from patchcollide.exact import PAPER_MODELS, nullity_table, table_markdown
     from patchcollide.report import write_json
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

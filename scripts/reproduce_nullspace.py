@@ -36,19 +36,20 @@ def main() -> None:
     args = ap.parse_args()
     res = args.out_dir
     if args.only in (None, "vit"):
-        nullspace("--arch", "vit_b_32", "--beta", "75", "--out", os.path.join(res, "nullspace-vit_b_32"), "--overwrite")
+        nullspace("--model", "vit_b_32", "--beta", "75", "--out", os.path.join(res, "nullspace-vit_b_32"),
+                  "--overwrite")
         with tempfile.TemporaryDirectory() as tmp:
             for name, extra in (("several", ["--mode", "several", "--vectors", "8", "--beta", "75"]),
                                 ("regions", ["--mode", "regions", "--vectors", "8", "--beta", "75"]),
                                 ("pgd", ["--pgd-steps", "10", "--pgd-eps", "4"])):
                 run_dir = os.path.join(tmp, name)
-                nullspace("--arch", "vit_b_32", *extra, "--out", run_dir)
+                nullspace("--model", "vit_b_32", *extra, "--out", run_dir)
                 shutil.copyfile(os.path.join(run_dir, "report.json"), os.path.join(res, f"nullspace-vit_b_32-{name}.json"))
     if args.only in (None, "resnet50"):
-        nullspace("--arch", "resnet50", "--dense-sizes", "16,32,48", "--iters", "100",
+        nullspace("--model", "resnet50", "--dense-sizes", "16,32,48", "--iters", "100",
                   "--out", os.path.join(res, "nullspace-resnet50"), "--overwrite")
     if args.only in (None, "alexnet"):
-        nullspace("--arch", "alexnet", "--dense-sizes", "32,48", "--iters", "400",
+        nullspace("--model", "alexnet", "--dense-sizes", "32,48", "--iters", "400",
                   "--out", os.path.join(res, "nullspace-alexnet"), "--overwrite")
 
 

@@ -369,7 +369,7 @@ RUNS = [  # kind, folder, needle of sample, needle of report
 PIXEL = ["--mode", "pixel", "--size", "32", "--steps", "1", "--min-steps", "0", "--vertices", "2", "--device", "cpu"]
 COLLIDE = ["collide", "--out", "run_out", *PIXEL]
 BATCH = ["batch", "--out", "batch_out", "--device", "cpu", "--samples", "0"]
-NULLSPACE = ["nullspace", "--arch", "resnet18", "--size", "32", "--out", "ns_out"]
+NULLSPACE = ["nullspace", "--model", "resnet18", "--size", "32", "--out", "ns_out"]
 DEMO = ["demo", "--out", "demo_out", "--weights", "random", "--device", "cpu", "--steps", "1", "--samples", "2"]
 
 
@@ -432,14 +432,21 @@ def _cases():
         add("batch", f"--index {kind}", [*BATCH, "--weights", "random", "-i", f"{{{d}}}", "{jobs}/patch.jsonl"],
             needle, d)
     # nullspace (resnet18 at 32 x 32: cheap). Left out: weights that do not fit resnet18, whose message
-    # (nullspace.build_model) says no more than "does not fit"
+    # (models.build_model) says no more than "does not fit"
     for kind, f, needle in WEIGHTS[:6]:
         needle = needle if needle == "not a state dict" else "not a loadable state dict"
         add("nullspace", f"--weights {kind}", [*NULLSPACE, "--weights", f"{{{f}}}"], needle, f)
     for kind, f, needle in IMAGES:
         add("nullspace", f"--image {kind}", [*NULLSPACE, "--image", f"{{{f}}}"], needle, f)
-    add("nullspace", "unknown --arch", ["nullspace", "--arch", "resnet99", "--out", "ns_out"], "unknown model",
+    add("nullspace", "unknown --model", ["nullspace", "--model", "resnet99", "--out", "ns_out"], "unknown model",
         "resnet99")
+    # nullity: model names and output folders are checked before any weight matrix is decomposed
+    add("nullity", "unknown model", ["nullity", "squeezenet1_1", "resnet99", "--out", "t.md"], "unknown model",
+        "resnet99")
+    add("nullity", "--out in a missing folder", ["nullity", "squeezenet1_1", "--out", "no/dir/t.json"],
+        "its folder does not exist", "t.json")
+    add("nullity", "old --json PATH without a suffix", ["nullity", "--json", "table"], "--json is a flag now",
+        "table")
     # demo: everything is checked before the photos, the store or the run are written
     for kind, d, needle in INDEXES[4:6] + INDEXES[8:10]:
         add("demo", f"--index {kind}", [*DEMO, "--index", f"{{{d}}}"], needle, d)
@@ -529,9 +536,7 @@ def test_extract_skips_bad_images_and_lists_them(assets, tmp_path, monkeypatch):
 
 
 # Commands without a case above, and why (see docs/reliability.md).
-NOT_COVERED = {
-    "nullity": "an unknown model is a failed row of its table with exit code 0 (cli/exact.py: reported, not changed here)",
-}
+NOT_COVERED: dict[str, str] = {}
 
 
 def test_every_command_is_in_the_matrix():

@@ -12,13 +12,12 @@ import torch.nn as nn
 from click.testing import CliRunner
 
 from patchcollide.cli import cli
-from patchcollide.nullspace import (
+from patchcollide.exact import (
     EPS32,
     MODES,
     PAPER_TABLE1,
     NullspaceConfig,
     NullspaceError,
-    builder,
     circular_spectrum,
     compare_with_paper,
     dense_spectrum,
@@ -27,9 +26,11 @@ from patchcollide.nullspace import (
     nullity_row,
     nullspace_search,
     pct_matches,
+    run_nullspace,
     structure_row,
     weight_matrices,
 )
+from patchcollide.models import build_model, builder
 
 
 @pytest.fixture(autouse=True)
@@ -136,13 +137,28 @@ def test_paper_structure_is_reproduced_by_every_torchvision_row():
 
 
 def test_alexnet_first_layer_and_mu_with_random_weights():
-    from patchcollide.nullspace import build_model
-
     model, info = build_model("alexnet", "random", seed=0)
     assert info.name == "random(seed=0)"
     mats = weight_matrices(model)
     assert sum(W.shape[0] < W.shape[1] for _, W in mats) == 7 and len(mats) == 8
     assert matrix_rank(mats[0][1]).nullity == 299  # the paper's value: structure decides it
+
+
+def test_build_model_leaves_the_callers_random_stream_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(8)
+    torch.manual_seed(123)
+    a, info = build_model("squeezenet1_1", "random", seed=3)
+    assert torch.equal(torch.rand(8), expected)  # as if build_model had not run
+    assert info.name == "random(seed=3)"
+    b, _ = build_model("squeezenet1_1", "random", seed=3)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    torch.manual_seed(3)  # the same weights as seeding the global generator (the old behaviour)
+    ref = builder("squeezenet1_1")(weights=None).state_dict()
+    assert all(torch.equal(sa[k], ref[k]) for k in sa)
+    c, _ = build_model("squeezenet1_1", "random", seed=4)
+    assert not torch.equal(c.features[0].weight, a.features[0].weight)
 
 
 # ------------------------------------------------------------------ exact colliders
@@ -252,10 +268,24 @@ def test_lobpcg_estimate_agrees_with_the_dense_spectrum():
 
 # ------------------------------------------------------------------ CLI
 
-def test_cli_nullspace_patch_embedding(tmp_path):
-    out = tmp_path / "vit"
-    code, text = run("nullspace", "--arch", "vit_b_32", "--size", "64", "--beta", "40", "--mode", "several",
-                     "--out", out)
+VIT_ARGS = ["--size", "64", "--beta", "40", "--mode", "several"]  # ViT-B/32 at 64 x 64: 2 x 2 patches
+
+
+@pytest.fixture(scope="module")
+def vit_cli_run(tmp_path_factory):
+    """One ``patchcollide nullspace`` run on ViT-B/32 (the slowest run here), shared by two tests."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("cli") / "vit"
+        code, text = run("nullspace", "--model", "vit_b_32", *VIT_ARGS, "--out", out)
+    finally:
+        torch.set_num_threads(n)
+    return out, code, text
+
+
+def test_cli_nullspace_patch_embedding(vit_cli_run):
+    out, code, text = vit_cli_run
     assert code == 0, text
     assert "RANDOM WEIGHTS" in text and "nullity 2304" in text and "patch-conv" in text
     rep = json.loads((out / "report.json").read_text())
@@ -268,13 +298,46 @@ def test_cli_nullspace_patch_embedding(tmp_path):
     assert col.shape == (1, 3, 64, 64) and col.dtype == np.float32
     assert {"original.png", "collider.png", "perturbation.png"} <= set(os.listdir(out))
     assert "png" in rep and rep["png"]["values"] == 3 * 64 * 64
-    code, text = run("nullspace", "--arch", "vit_b_32", "--size", "64", "--out", out)
+    code, text = run("nullspace", "--model", "vit_b_32", "--size", "64", "--out", out)
     assert code == 2 and "already exists" in one_line_error(text)
+
+
+def test_run_nullspace_from_python_writes_what_the_cli_writes(vit_cli_run, tmp_path):
+    cli_out, code, text = vit_cli_run
+    assert code == 0, text
+    out = tmp_path / "api"
+    config = NullspaceConfig(mode="several", beta=40.0)
+    api = run_nullspace("vit_b_32", str(out), 64, config=config)
+    cli_rep = json.loads((cli_out / "report.json").read_text())
+    written = json.loads((out / "report.json").read_text())  # the report returned is the one written
+    assert set(written) == set(api) and written["result"]["summary"] == api["result"]["summary"]
+    assert sorted(os.listdir(out)) == sorted(os.listdir(cli_out))
+    assert set(written) == set(cli_rep) and set(written["result"]) == set(cli_rep["result"])
+    for key in ("notice", "config", "model", "inputs", "png"):
+        assert written[key] == cli_rep[key], key
+    for key in ("first_layer", "kind", "exact", "summary", "beta", "construction", "perturbation", "verification"):
+        assert written["result"][key] == cli_rep["result"][key], key
+    a, c = np.load(out / "collider.npy"), np.load(cli_out / "collider.npy")
+    assert a.dtype == np.float32 and a.shape == (1, 3, 64, 64) and np.array_equal(a, c)
+    # the outcome, checked here and not taken from the report: the saved collider is far from the
+    # image the model saw, and the first layer's output is the same on both
+    from PIL import Image
+
+    from patchcollide.exact import imagenet_input
+
+    net, _ = build_model("vit_b_32", "random", seed=0, image_size=64)
+    x = imagenet_input(np.array(Image.open(out / "original.png").convert("RGB")))
+    with torch.no_grad():
+        y0, y1 = net.conv_proj(x), net.conv_proj(torch.from_numpy(a))
+    assert float((torch.from_numpy(a) - x).abs().max()) > 1.0  # over 58 of 255 pixel levels
+    assert float((y1 - y0).abs().max() / y0.abs().max()) < 1e-5
+    with pytest.raises(NullspaceError, match="already exists; choose another name or pass --overwrite"):
+        run_nullspace("vit_b_32", str(out), 64, config=config)
 
 
 def test_cli_nullspace_overlapping_conv(tmp_path):
     out = tmp_path / "r18"
-    code, text = run("nullspace", "--arch", "resnet18", "--size", "64", "--iters", "30", "--dense-sizes", "16",
+    code, text = run("nullspace", "--model", "resnet18", "--size", "64", "--iters", "30", "--dense-sizes", "16",
                      "--out", out, "--json")
     assert code == 0, text
     rep = json.loads(text)
@@ -289,10 +352,10 @@ def test_cli_nullspace_overlapping_conv(tmp_path):
 
 def test_cli_nullity_table(tmp_path):
     md, js = tmp_path / "t.md", tmp_path / "t.json"
-    code, text = run("nullity", "squeezenet1_1", "no_such_model", "--out", md, "--json", js)
+    code, text = run("nullity", "squeezenet1_1", "no_such_model", "--out", md, "--out", js)
     assert code == 2 and "unknown model 'no_such_model'" in text and len(text.strip().splitlines()) == 1
     assert not md.exists() and not js.exists()  # a misspelt name is refused before any work
-    code, text = run("nullity", "squeezenet1_1", "--out", md, "--json", js)
+    code, text = run("nullity", "squeezenet1_1", "--out", md, "--out", js)
     assert code == 0, text
     assert "tolerance" in text
     t = json.loads(js.read_text())
@@ -303,25 +366,83 @@ def test_cli_nullity_table(tmp_path):
     assert "Squeezenet" in md.read_text() and "eps(float32)" in md.read_text()
 
 
+def test_arch_is_a_deprecated_name_of_model(tmp_path, monkeypatch):
+    """--arch works for one more release, with one warning line on stderr (with -q too, as
+    collide --loss and sample --n: scripts, which run with -q, are the ones to tell)."""
+    import patchcollide.exact
+
+    calls = []
+
+    def fake_run(model, out, size, **kw):
+        calls.append((model, out, size))
+        return {"kind": "patchcollide-nullspace", "model": {"arch": model}}
+
+    monkeypatch.setattr(patchcollide.exact, "run_nullspace", fake_run)
+    args = ["nullspace", "--size", "32", "--out", str(tmp_path / "o"), "--json"]
+    r = CliRunner().invoke(cli, [*args, "--arch", "resnet18"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip().splitlines() == ["warning: --arch is deprecated; use --model"]
+    assert json.loads(r.stdout)["model"]["arch"] == "resnet18"
+    r = CliRunner().invoke(cli, [*args, "--model", "resnet18"], catch_exceptions=False)
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    r = CliRunner().invoke(cli, ["-q", *args, "--arch", "resnet18"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip().splitlines() == ["warning: --arch is deprecated; use --model"]
+    assert calls == [("resnet18", str(tmp_path / "o"), 32)] * 3
+    r = CliRunner().invoke(cli, ["nullspace", "--help"])
+    assert "--model" in r.output and "--arch" not in r.output
+
+
+def test_cli_nullity_json_flag_and_the_deprecated_json_path(tmp_path, monkeypatch):
+    """--json prints the table as JSON on stdout; --out writes by suffix; the old --json PATH
+    (and --json=PATH) still writes JSON there, with one deprecation line on stderr."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["-q", "nullity", "--json", "squeezenet1_1", "--out", "t.json", "--out", "t.md"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)  # the flag takes no value: squeezenet1_1 is a model, not a path
+    assert [row["model"] for row in printed["rows"]] == ["squeezenet1_1"]
+    assert json.loads((tmp_path / "t.json").read_text()) == printed
+    assert (tmp_path / "t.md").read_text().startswith("Weights: random")
+    import patchcollide.exact  # the same table again, without computing it: only the options are tested below
+
+    monkeypatch.setattr(patchcollide.exact, "nullity_table", lambda names, *a, **kw: printed)
+    for form in (["--json", "old.json"], ["--json=old.json"]):
+        r = CliRunner().invoke(cli, ["nullity", "squeezenet1_1", *form, "--out", "new.md"], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+        assert warnings == ["warning: --json PATH is deprecated; use --out PATH.json (--json alone prints JSON)"]
+        assert r.stdout.splitlines()[-2:] == ["wrote new.md", "wrote old.json"]
+        assert json.loads((tmp_path / "old.json").read_text())["rows"][0]["n_theta"] == 26
+        (tmp_path / "old.json").unlink()
+    r = CliRunner().invoke(cli, ["-q", "nullity", "alexnet", "--json", "no/dir/t.json"], catch_exceptions=False)
+    assert r.exit_code == 2 and r.stdout == "" and not (tmp_path / "no").exists()
+    assert r.stderr.splitlines() == [
+        "warning: --json PATH is deprecated; use --out PATH.json (--json alone prints JSON)",
+        "Error: no/dir/t.json: its folder does not exist; create it first"]
+
+
 @pytest.mark.parametrize("args,needle", [
-    (["nullspace", "--arch", "no_such_net", "--out", "{tmp}/o"], "unknown model"),
-    (["nullspace", "--arch", "resnet18", "--weights", "{textfile}", "--out", "{tmp}/o"], "not a loadable state dict"),
-    (["nullspace", "--arch", "resnet18", "--weights", "{listfile}", "--out", "{tmp}/o"], "not a state dict"),
-    (["nullspace", "--arch", "resnet18", "--weights", "{tmp}/none.pt", "--out", "{tmp}/o"], "no such file"),
-    (["nullspace", "--arch", "resnet18", "--image", "{tmp}/nope.png", "--out", "{tmp}/o"], "does not exist"),
-    (["nullspace", "--arch", "resnet18", "--image", "{textfile}", "--out", "{tmp}/o"], "not an image"),
-    (["nullspace", "--arch", "resnet18", "--beta", "nan", "--out", "{tmp}/o"], "--beta must be a finite"),
-    (["nullspace", "--arch", "resnet18", "--beta", "inf", "--out", "{tmp}/o"], "--beta must be a finite"),
-    (["nullspace", "--arch", "resnet18", "--vectors", "0", "--out", "{tmp}/o"], "--vectors must be >= 1"),
-    (["nullspace", "--arch", "resnet18", "--size", "8", "--out", "{tmp}/o"], "--size must be between"),
-    (["nullspace", "--arch", "resnet18", "--rtol", "2", "--out", "{tmp}/o"], "--rtol must be in (0, 1)"),
-    (["nullspace", "--arch", "resnet18", "--dense-sizes", "a,b", "--out", "{tmp}/o"], "--dense-sizes"),
-    (["nullspace", "--arch", "resnet18", "--out", "{occupied}"], "already exists"),
-    (["nullspace", "--arch", "resnet18", "--out", "{occupied}", "--overwrite"], "not a nullspace run"),
-    (["nullspace", "--arch", "resnet18", "--mode", "bogus", "--out", "{tmp}/o"], "bogus"),
+    (["nullspace", "--model", "no_such_net", "--out", "{tmp}/o"], "unknown model"),
+    (["nullspace", "--model", "resnet18", "--weights", "{textfile}", "--out", "{tmp}/o"], "not a loadable state dict"),
+    (["nullspace", "--model", "resnet18", "--weights", "{listfile}", "--out", "{tmp}/o"], "not a state dict"),
+    (["nullspace", "--model", "resnet18", "--weights", "{tmp}/none.pt", "--out", "{tmp}/o"], "no such file"),
+    (["nullspace", "--model", "resnet18", "--image", "{tmp}/nope.png", "--out", "{tmp}/o"], "does not exist"),
+    (["nullspace", "--model", "resnet18", "--image", "{textfile}", "--out", "{tmp}/o"], "not an image"),
+    (["nullspace", "--model", "resnet18", "--beta", "nan", "--out", "{tmp}/o"], "--beta must be a finite"),
+    (["nullspace", "--model", "resnet18", "--beta", "inf", "--out", "{tmp}/o"], "--beta must be a finite"),
+    (["nullspace", "--model", "resnet18", "--vectors", "0", "--out", "{tmp}/o"], "--vectors must be >= 1"),
+    (["nullspace", "--model", "resnet18", "--size", "8", "--out", "{tmp}/o"], "--size must be between"),
+    (["nullspace", "--model", "resnet18", "--rtol", "2", "--out", "{tmp}/o"], "--rtol must be in (0, 1)"),
+    (["nullspace", "--model", "resnet18", "--dense-sizes", "a,b", "--out", "{tmp}/o"], "--dense-sizes"),
+    (["nullspace", "--model", "resnet18", "--out", "{occupied}"], "already exists"),
+    (["nullspace", "--model", "resnet18", "--out", "{occupied}", "--overwrite"], "not a nullspace run"),
+    (["nullspace", "--model", "resnet18", "--mode", "bogus", "--out", "{tmp}/o"], "bogus"),
     (["nullity", "alexnet", "--rtol", "2"], "--rtol must be in (0, 1)"),
     (["nullity", "alexnet", "--seed", "-1"], "--seed must be >= 0"),
-    (["nullity", "alexnet", "--json", "{tmp}/no/dir/t.json"], "folder does not exist"),
+    (["nullity", "alexnet", "--out", "{tmp}/no/dir/t.json"], "folder does not exist"),
+    (["nullspace", "--out", "{tmp}/o"], "Missing option '--model'"),
+    (["nullspace", "--arch", "resnet18", "--model", "resnet18", "--out", "{tmp}/o"], "pass --model only"),
 ])
 def test_cli_user_errors_are_one_line_with_exit_code_2(tmp_path, args, needle):
     textfile = tmp_path / "notes.txt"

@@ -10,12 +10,12 @@ import warnings
 import click
 
 from ..collide import CollideError
+from ..exact import NullspaceError
 from ..extract import ExtractError
 from ..images import BadImage
 from ..jobfile import JobsError
 from ..knn import IndexError_
 from ..models import ModelError
-from ..nullspace import NullspaceError
 from ..report import ReportError
 from ..store import StoreError
 

@@ -1,7 +1,6 @@
 """Exact collisions (Ozbulak et al. 2022): ``nullspace`` and ``nullity``."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import click
@@ -82,8 +81,16 @@ def print_nullspace(report: dict) -> None:
                    f"change {png['logits_rel_change_png']:.2e}; not exact, collider.npy is")
 
 
+def _deprecated(old: str, new: str) -> None:
+    """One line on stderr for an old name that still works for a release (as ``collide --loss``
+    and ``sample --n``: shown with -q too, so that scripts learn of it)."""
+    click.echo(f"warning: {old} is deprecated; use {new}", err=True)
+
+
 @click.command()
-@click.option("--arch", required=True, help="torchvision classifier: vit_b_32 (patch embedding), resnet50, alexnet, ...")
+@click.option("--model", "model", default=None,
+              help="torchvision classifier: vit_b_32 (patch embedding), resnet50, alexnet, ...  [required]")
+@click.option("--arch", "arch", default=None, hidden=True, help="Deprecated: --model.")
 @click.option("--weights", default="random", show_default=True,
               help="random (structure only: no pretrained weights needed), imagenet or a state-dict PATH.")
 @click.option("--image", type=click.Path(), default=None, help="Image file [default: scikit-image's astronaut].")
@@ -104,64 +111,42 @@ def print_nullspace(report: dict) -> None:
               help="Overlapping convs: image sides for the exact (dense) whole-image analysis.")
 @click.option("--pgd-steps", default=0, show_default=True, type=int, help="> 0: start from a PGD adversarial example.")
 @click.option("--pgd-eps", default=4.0, show_default=True, type=float, help="PGD L-inf radius in 0..255 pixel levels.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory [default: runs/nullspace-ARCH].")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory [default: runs/nullspace-MODEL].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing nullspace run directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.pass_context
-def nullspace(ctx, arch, weights, image, size, mode, beta, vectors, seed, rtol, iters, dense_sizes, pgd_steps, pgd_eps,
-              out, overwrite, as_json):
+def nullspace(ctx, model, arch, weights, image, size, mode, beta, vectors, seed, rtol, iters, dense_sizes, pgd_steps,
+              pgd_eps, out, overwrite, as_json):
     """Exact collisions from the kernel of the first trainable layer (the Null-space search).
 
     Linear first layers and patch embeddings (stride >= kernel: ViT) give colliders x + beta * P
     that are verified in float32 and float64. Overlapping convolutions (ResNet, AlexNet) are
     analysed as linear maps on the whole image; no collider is claimed.
     """
-    from ..images import Preprocess, imagenet_crop, load_rgb
-    from ..nullspace import (
-        PIXEL_SCALE,
-        RANDOM_NOTICE,
-        NullspaceConfig,
-        NullspaceError,
-        build_model,
-        check_out,
-        imagenet_bounds,
-        imagenet_input,
-        nullspace_search,
-        write_nullspace_run,
-    )
+    from ..exact import NullspaceConfig, run_nullspace
 
-    out = out or os.path.join("runs", f"nullspace-{arch}")
+    if arch is not None:
+        if model is not None:
+            raise UserError("--arch is the deprecated name of --model; pass --model only")
+        _deprecated("--arch", "--model")
+        model = arch
+    if model is None:
+        raise click.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "model"))
+    out = out or os.path.join("runs", f"nullspace-{model}")
     say = _say(show_progress(ctx) and not as_json)
     with user_errors():
         cfg = NullspaceConfig(mode=mode, beta=beta, vectors=vectors, seed=seed, rtol=rtol, iters=iters,
                               dense_sizes=_dense_sizes(dense_sizes), pgd_steps=pgd_steps, pgd_eps=pgd_eps)
-        if not 32 <= size <= 1024:
-            raise NullspaceError(f"--size must be between 32 and 1024, got {size}")
-        check_out(out, overwrite)
-        if image is None:
-            from ..demo import sample_photo
-
-            img = imagenet_crop(sample_photo("astronaut"), size)
-        else:
-            if not os.path.isfile(image):
-                raise NullspaceError(f"--image {image!r} does not exist; pass an image file")
-            img = imagenet_crop(load_rgb(image, Preprocess(resize=None))[0], size)
-        if say:
-            say(f"building {arch} with {weights} weights")
-        model, info = build_model(arch, weights, seed, image_size=size)
-        res = nullspace_search(model, imagenet_input(img), cfg, pixel_scale=PIXEL_SCALE, bounds=imagenet_bounds(),
+        report = run_nullspace(model, out, size, config=cfg, image=image, weights=weights, overwrite=overwrite,
                                progress=say)
-        meta = {"notice": RANDOM_NOTICE if info.kind == "random" else None, "config": dataclasses.asdict(cfg),
-                "model": {"arch": arch, **dataclasses.asdict(info)},
-                "inputs": {"image": os.path.abspath(image) if image else "skimage.data.astronaut()", "size": size,
-                           "space": "ImageNet-normalised model input ((x / 255 - mean) / std)"}}
-        report = write_nullspace_run(out, res, img, model, meta, overwrite=overwrite)
     if as_json:
         echo_json(report)
         return
     print_nullspace(report)
-    files = "report.json, original.png" + (", adversarial.png" if res.pgd else "") + (
-        ", collider.npy, collider.png, perturbation.png" if res.collider is not None else "")
+    r = report["result"]
+    files = "report.json, original.png" + (", adversarial.png" if r["pgd"] else "") + (
+        ", collider.npy, collider.png, perturbation.png" if r["exact"] else "")
     click.echo(f"wrote {out}/ ({files})")
 
 
@@ -182,7 +167,40 @@ def print_table(table: dict) -> None:
     click.echo(f"{len(table['rows'])} models in {table['seconds']:.1f} s")
 
 
-@click.command()
+def _looks_like_path(value: str) -> bool:
+    """A value that can only be a file name: model names hold neither a dot nor a slash."""
+    return not value.startswith("-") and ("." in value or "/" in value or os.sep in value)
+
+
+class _JsonPathStillWorks(click.Command):
+    """``nullity``: ``--json`` is a flag (print JSON). Until the next release, the old form
+    ``--json PATH`` / ``--json=PATH`` (write the table as JSON to PATH) still works: PATH is
+    taken out of the arguments here, before click parses them, when it follows ``--json`` and
+    looks like a file name (a dot or a slash: ``--json alexnet`` stays the flag and a model)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        kept, legacy, after_flag, i = [], [], [], 0
+        while i < len(args):
+            a = args[i]
+            if a == "--":
+                kept += args[i:]
+                break
+            if a.startswith("--json="):
+                legacy.append(a.split("=", 1)[1])
+            elif a == "--json" and i + 1 < len(args) and _looks_like_path(args[i + 1]):
+                legacy.append(args[i + 1])
+                i += 1
+            else:
+                if a == "--json" and i + 1 < len(args) and not args[i + 1].startswith("-"):
+                    after_flag.append(args[i + 1])  # a model, or an old-style path without a suffix
+                kept.append(a)
+            i += 1
+        ctx.meta["nullity_json_paths"] = legacy
+        ctx.meta["nullity_after_json"] = after_flag
+        return super().parse_args(ctx, kept)
+
+
+@click.command(cls=_JsonPathStillWorks)
 @click.argument("models", nargs=-1)
 @click.option("--weights", type=click.Choice(["random", "imagenet"]), default="random", show_default=True,
               help="random: structure only (seeded); imagenet: torchvision's pretrained weights from the torch cache.")
@@ -191,20 +209,25 @@ def print_table(table: dict) -> None:
                    "instead of the classification models.")
 @click.option("--rtol", type=float, default=None, help="Rank tolerance relative to sigma_max [default: max(m, n) * "
               "eps(float32) per matrix].")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--out", "md_out", type=click.Path(dir_okay=False), default=None, help="Write the table as Markdown.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the table as JSON.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random weights.")
+@click.option("--out", "outs", type=click.Path(dir_okay=False), multiple=True,
+              help="Write the table to this file: JSON if it ends in .json, else Markdown (.md). Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON instead of the text table.")
 @click.pass_context
-def nullity(ctx, models, weights, paper_all, rtol, seed, md_out, json_out):
+def nullity(ctx, models, weights, paper_all, rtol, seed, outs, as_json):
     """The paper's Table 1: nullities of every weight matrix of MODELS, beside the paper's values.
 
     MODELS are torchvision model names [default: the paper's classification models available in
     torchvision]. An unknown name is refused up front (exit code 2); a model that fails to
     build or load later is one line of the table, not a crash.
     """
-    from ..nullspace import CLASSIFICATION_MODELS, PAPER_MODELS, NullspaceError, nullity_table, table_markdown
+    from ..exact import CLASSIFICATION_MODELS, PAPER_MODELS, NullspaceError, nullity_table, table_markdown
+    from ..models import ModelError, builder
     from ..report import write_json
 
+    legacy = ctx.meta.get("nullity_json_paths", [])
+    if legacy:
+        _deprecated("--json PATH", "--out PATH.json (--json alone prints JSON)")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     names = list(models) or list(PAPER_MODELS if paper_all else CLASSIFICATION_MODELS)
@@ -212,23 +235,32 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, md_out, json_out):
         if done == total:
             click.echo(f"... {name}: {total} weight matrices", err=True)
     progress = echo_progress if show_progress(ctx) else None
+    # (path, format): --out by its suffix; the old --json PATH always wrote JSON
+    files = [(p, "json" if p.lower().endswith(".json") else "md") for p in outs] + [(p, "json") for p in legacy]
     with user_errors():
-        from ..nullspace import builder
-
         for name in names:  # a misspelt name is the user's mistake: refuse before any work
-            builder(name)
-        for path in (md_out, json_out):
-            if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            try:
+                builder(name)
+            except ModelError as e:
+                if name not in ctx.meta.get("nullity_after_json", []):
+                    raise
+                raise UserError(f"{e}; or, if {name!r} is a file to write: --json is a flag now, write the table "
+                                f"with --out {name}.json") from None
+        for path, _ in files:
+            if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
                 raise NullspaceError(f"{path}: its folder does not exist; create it first")
         table = nullity_table(names, weights, seed, rtol, progress)
-        if md_out:
-            tmp = md_out + ".tmp"
-            with open(tmp, "w") as fh:
-                fh.write(table_markdown(table))
-            os.replace(tmp, md_out)
-        if json_out:
-            write_json(table, json_out)
+        for path, fmt in files:
+            if fmt == "json":
+                write_json(table, path)
+            else:
+                tmp = path + ".tmp"
+                with open(tmp, "w") as fh:
+                    fh.write(table_markdown(table))
+                os.replace(tmp, path)
+    if as_json:
+        echo_json(table)
+        return
     print_table(table)
-    for path in (md_out, json_out):
-        if path:
-            click.echo(f"wrote {path}")
+    for path, _ in files:
+        click.echo(f"wrote {path}")

@@ -136,7 +136,7 @@ def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int =
     """Build the embedded index (once), search the held-out photo's grid, collide it with the
     target photo in patch space and check the polytope."""
     from .collide import CollideConfig
-    from .runs import run_collide, run_sample
+    from .runs import dataset_images, dataset_paths, run_collide, run_sample
 
     t = {"start": time.time()}
     _check_index_dir(index_dir)  # a foreign or broken index, and then bad --weights, are refused
@@ -161,10 +161,7 @@ def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int =
         run_collide(query, target, run_dir, cfg, tap=tap, pindex=pidx, index_dir=index_dir, overwrite=True,
                     progress=collide_progress)
     t["collide"] = time.time()
-    from .images import Preprocess, load_rgb
-
-    dataset = np.stack([load_rgb(os.path.join(index_dir, "photos", f"{p}.png"), Preprocess(resize=size))[0]
-                        for p in photos])
+    dataset = dataset_images(dataset_paths(index_dir=index_dir), size)  # the store's photos, as `sample` takes them
     report = run_sample(run_dir, samples=samples, dataset_images=dataset, tap=tap, device=device)
     t["sample"] = time.time()
     seconds = {"model": t["model"] - t["start"], "extract": t["extract"] - t["model"],

@@ -267,16 +267,10 @@ class BatchRunner:
     def dataset_for(self, size: int):
         """Dataset images (N, size, size, 3) uint8 for the polytope check's distance comparison:
         the --dataset folder, else the index's store images when the batch uses an index, else None."""
-        from .runs import dataset_images, folder_image_paths
+        from .runs import dataset_images, dataset_paths
 
         if self._dataset_paths is None:
-            if self.dataset:
-                self._dataset_paths = folder_image_paths(self.dataset)
-            elif self.pindex is not None:
-                st = self.pindex.store
-                self._dataset_paths = [st.image_record(i)["abspath"] for i in range(st.n_images)]
-            else:
-                self._dataset_paths = []
+            self._dataset_paths = dataset_paths(self.dataset, self.pindex.store if self.pindex is not None else None)
         if size not in self._datasets:
             self._datasets[size] = dataset_images(self._dataset_paths, size, seed=0) if self._dataset_paths else None
         return self._datasets[size]

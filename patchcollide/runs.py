@@ -215,19 +215,24 @@ def dataset_images(paths: list[str], size: int, limit: int = 32, seed: int = 0) 
     return np.stack(out) if len(out) >= 2 else None
 
 
-def store_image_paths(index_dir: str) -> list[str]:
-    """The source files of the images in the store an index was built over."""
-    from .knn import PatchIndex
+def dataset_paths(dataset: str | None = None, store=None, index_dir: str | None = None) -> list[str]:
+    """The one rule for the images the polytope check measures distances between (``sample``,
+    ``batch``, the demo): the folder ``dataset`` when given, else the source files of the images
+    in the patch store (an open ``store``, or the one behind ``index_dir`` when that exists), else
+    none."""
+    if dataset:
+        from .extract import scan_inputs
 
-    with PatchIndex(index_dir) as pidx:
-        return [pidx.store.image_record(i)["abspath"] for i in range(pidx.store.n_images)]
+        roots, files, _ = scan_inputs([dataset])
+        return [os.path.join(roots[f.root], f.path) for f in files]
+    if store is None and index_dir and os.path.isdir(index_dir):
+        from .knn import PatchIndex
 
-
-def folder_image_paths(folder: str) -> list[str]:
-    from .extract import scan_inputs
-
-    roots, files, _ = scan_inputs([folder])
-    return [os.path.join(roots[f.root], f.path) for f in files]
+        with PatchIndex(index_dir) as pidx:
+            return [pidx.store.image_record(i)["abspath"] for i in range(pidx.store.n_images)]
+    if store is not None:
+        return [store.image_record(i)["abspath"] for i in range(store.n_images)]
+    return []
 
 
 def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int = 32, device: str = "auto",

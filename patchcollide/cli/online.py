@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..collide import CollideConfig
-from ..runs import dataset_images, folder_image_paths, read_report, run_collide, run_sample, store_image_paths
+from ..runs import dataset_images, dataset_paths, read_report, run_collide, run_sample
 from .common import UserError, show_progress, user_errors
 
 
@@ -208,9 +208,7 @@ def sample(run_dir, samples, n_deprecated, seed, batch_size, device, dataset):
     with user_errors():
         report = read_report(run_dir)
         size = report["config"]["size"]
-        index_dir = report["inputs"].get("index")
-        paths = folder_image_paths(dataset) if dataset else (
-            store_image_paths(index_dir) if index_dir and os.path.isdir(index_dir) else [])
+        paths = dataset_paths(dataset, index_dir=report["inputs"].get("index"))
         images = dataset_images(paths, size, seed=seed) if paths else None
         report = run_sample(run_dir, samples=samples, seed=seed, batch_size=batch_size, device=device, dataset_images=images)
     print_polytope(report["polytope"], report.get("notice"))

@@ -70,6 +70,22 @@ def covering_entries(yx: torch.Tensor, K: int, size: tuple[int, int]) -> tuple[t
     return entries, valid
 
 
+def _seam_tables(a: torch.Tensor, b: torch.Tensor, budget: int = 1 << 27) -> tuple[torch.Tensor, torch.Tensor]:
+    """For neighbouring pixels' candidate ids a, b (V, h, w, M): the slot of b holding each of
+    a's candidates (or -1), and b's slots that a does not hold. The (M x M) comparison runs a
+    few rows at a time, so memory stays near ``budget`` bytes whatever the slot count."""
+    V, h, w, M = a.shape
+    rows = max(1, budget // max(1, V * w * M * M))
+    match = torch.empty(V, h, w, M, dtype=torch.int64, device=a.device)
+    alone = torch.empty(V, h, w, M, dtype=torch.bool, device=a.device)
+    for r in range(0, h, rows):
+        eq = a[:, r:r + rows, :, :, None] == b[:, r:r + rows, :, None, :]  # (V, rows, w, M, M)
+        hit = eq.any(-1)
+        match[:, r:r + rows] = torch.where(hit, eq.to(torch.uint8).argmax(-1), -1)
+        alone[:, r:r + rows] = ~eq.any(-2)
+    return match, alone
+
+
 class PatchParam(nn.Module):
     """Per-pixel softmax mixture of retrieved real patches.
 
@@ -146,9 +162,9 @@ class PatchParam(nn.Module):
         cid = torch.where(valid, entries // (PATCH * PATCH), -1 - torch.arange(M, device=entries.device))
         grid = cid.view(V, H, W, M)
         for name, a, b in (("right", grid[:, :, :-1], grid[:, :, 1:]), ("down", grid[:, :-1], grid[:, 1:])):
-            eq = a[..., :, None] == b[..., None, :]  # (V, h, w, M, M)
-            self.register_buffer(f"{name}_match", torch.where(eq.any(-1), eq.int().argmax(-1), -1))  # slot in b or -1
-            self.register_buffer(f"{name}_alone", ~eq.any(-2))  # b's slots that a does not hold
+            match, alone = _seam_tables(a, b)
+            self.register_buffer(f"{name}_match", match)  # slot in b or -1
+            self.register_buffer(f"{name}_alone", alone)  # b's slots that a does not hold
 
     @property
     def pixels(self) -> int:

@@ -351,7 +351,18 @@ def main() -> None:
     ap.add_argument("--weights", default="random", help="random, imagenet or a state-dict path")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--replot", default=None, metavar="JSON",
+                    help="only redraw the frontier plot of a sweep JSON (also one cut short) beside it")
     args = ap.parse_args()
+    if args.replot:
+        with open(args.replot) as fh:
+            d = json.load(fh)
+        st, first = d["setting"], d["runs"][0]["pair"]
+        frontier_plot([r for r in d["runs"] if r["pair"] == first], os.path.splitext(args.replot)[0] + ".png",
+                      f"VGG-16 fc6, {st['size']} x {st['size']}, {st['vertices']} vertices, {first[0]} -> {first[1]}"
+                      + (" - RANDOM WEIGHTS" if d.get("notice") else "")
+                      + ("" if d.get("complete") else f" ({len(d['runs'])} runs: the sweep was cut short)"))
+        return
 
     from patchcollide.models import load_tap, resolve_device
 

@@ -434,3 +434,18 @@ def test_bad_collide_arguments(tmp_path, flat_index, query_image, small_store):
             "--weights", "random", "--size", "64", "--steps", "1")
     assert r.exit_code == 2 and "already exists" in r.output
     assert (tmp_path / "r3" / "keep.txt").read_text() == "mine"
+
+
+def test_seam_tables_are_chunked_and_equal_the_whole_comparison():
+    """The seam tables' (M x M) comparison runs a few rows at a time (256 slots at 128 x 128 once
+    needed 23 GB and was killed): any budget gives the tables of the whole comparison."""
+    from patchcollide.params import _seam_tables
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, 12, (2, 9, 7, 6), generator=g), torch.randint(0, 12, (2, 9, 7, 6), generator=g)
+    eq = a[..., :, None] == b[..., None, :]
+    want_match, want_alone = torch.where(eq.any(-1), eq.int().argmax(-1), -1), ~eq.any(-2)
+    assert (want_match >= 0).any() and (want_match < 0).any()  # both cases occur
+    for budget in (1, 7 * 36 * 2 * 3, 1 << 27):
+        match, alone = _seam_tables(a, b, budget=budget)
+        assert torch.equal(match, want_match) and torch.equal(alone, want_alone), budget

@@ -22,13 +22,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from . import __version__
+from .errors import PatchcollideError
 from .images import PATCH, BadImage, Preprocess, cut_patches, grid_positions, load_rgb
 from .store import Part, PatchStore, StoreError, StoreWriter, restore_manifest, store_lock
 
 log = logging.getLogger(__name__)
 
 
-class ExtractError(Exception):
+class ExtractError(PatchcollideError):
     """Bad arguments or inputs for an extraction; ``str(e)`` is a one-line message."""
 
 

@@ -28,6 +28,7 @@ import unicodedata
 import warnings
 
 from .collide import CollideConfig, CollideError
+from .errors import PatchcollideError
 
 RESERVED = ("batch.json", "batch.html", "index.html", "report.html")  # names DIR keeps for itself (any case)
 MAX_OUT_BYTES = 200  # leaves room for ".traceback.txt" and friends under the usual 255-byte name limit
@@ -47,7 +48,7 @@ def job_keys() -> tuple[str, ...]:
     return JOB_FIELDS + tuple(config_fields())
 
 
-class JobsError(Exception):
+class JobsError(PatchcollideError):
     """A bad job file, batch option or output directory; ``str(e)`` is a one-line message."""
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import __version__
 from .descriptors import make_descriptor
+from .errors import PatchcollideError
 from .images import PATCH, Preprocess, cut_patches, grid_positions, load_rgb
 from .store import PatchStore, store_lock
 
@@ -44,7 +45,7 @@ FORMAT_VERSION = 1
 FLAT_MAX_N = 50_000  # up to here exact search is cheap enough (about 1 s per 625-query grid on 2 cores)
 
 
-class IndexError_(Exception):
+class IndexError_(PatchcollideError):
     """An index that cannot be built, opened or used with a store; one-line message."""
 
 

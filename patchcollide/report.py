@@ -10,6 +10,7 @@ import urllib.parse
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .errors import PatchcollideError
 from .images import PATCH
 
 
@@ -199,7 +200,7 @@ DASH = "\u2013"
 _HINT = "give a run directory (from `patchcollide collide`) or a batch directory (from `patchcollide batch`)"
 
 
-class ReportError(Exception):
+class ReportError(PatchcollideError):
     """A path that no report can be made of: missing, not a run or batch, damaged JSON."""
 
 

@@ -37,13 +37,15 @@ from collections.abc import Iterator, Sequence
 import h5py
 import numpy as np
 
+from .errors import PatchcollideError
+
 FORMAT = "patchcollide-store"
 FORMAT_VERSION = 1
 CHUNK = 16  # patches per HDF5 chunk: 48 KiB, small enough for fast random access by id
 PATCH_SHAPE = (32, 32, 3)
 
 
-class StoreError(Exception):
+class StoreError(PatchcollideError):
     """A store that cannot be opened, resumed or written; ``str(e)`` is a one-line message."""
 
 

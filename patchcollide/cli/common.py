@@ -9,18 +9,15 @@ import warnings
 
 import click
 
-from ..collide import CollideError
-from ..extract import ExtractError
+from ..errors import PatchcollideError
 from ..images import BadImage
-from ..jobfile import JobsError
-from ..knn import IndexError_
 from ..models import ModelError
 from ..nullspace import NullspaceError
-from ..report import ReportError
-from ..store import StoreError
 
-USER_ERRORS = (ExtractError, StoreError, IndexError_, BadImage, CollideError, ModelError, NullspaceError,
-               ReportError, JobsError)
+# Every user error derives from PatchcollideError. ModelError (models.py) and NullspaceError
+# (nullspace.py) do not yet: those files are being rewritten elsewhere; remove both entries
+# (and their imports) once their classes derive from PatchcollideError.
+USER_ERRORS = (PatchcollideError, ModelError, NullspaceError)
 
 
 class UserError(click.ClickException):

@@ -111,9 +111,17 @@ def write_text(path: str, text: str, tmp: str | None = None) -> str:
     return path
 
 
-def write_json(path: str, obj, indent: int | None = 2, default: Callable | None = None, tmp: str | None = None) -> str:
+def plain(o):
+    """A ``json.dump`` default: numpy scalars and arrays (anything with ``tolist()``) as plain
+    numbers and lists; anything else is refused with json's TypeError."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+def write_json(path: str, obj, indent: int | None = 2, default: Callable = plain, tmp: str | None = None) -> str:
     """Write ``obj`` as JSON to ``path`` atomically; returns the path. ``default`` as in
-    ``json.dump`` (for values JSON does not know, e.g. numpy scalars)."""
+    ``json.dump``: by default numpy values become plain ones (:func:`plain`)."""
     with atomic_open(path, "w", tmp) as fh:
         json.dump(obj, fh, indent=indent, default=default)
     return path

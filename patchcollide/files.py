@@ -311,8 +311,9 @@ def git_commit(root: str = CODE_ROOT) -> dict | None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # no GIT_DIR from a hook
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, check=True, env=env,
-                              timeout=30).stdout.strip()
+        # --no-optional-locks: `status` must not refresh the index under a user's own git commands
+        return subprocess.run(["git", "--no-optional-locks", "-C", root, *args], capture_output=True, text=True,
+                              check=True, env=env, timeout=30).stdout.strip()
 
     try:
         top = git("rev-parse", "--show-toplevel")

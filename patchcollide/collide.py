@@ -37,6 +37,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .errors import PatchcollideError
 from .models import Tap
 from .objectives import OBJECTIVES, Target, choose_units, collision_metrics, loss_terms, push_ratio
 from .images import grid_positions
@@ -48,7 +49,7 @@ OPTIMIZERS = ("adam", "sgd")
 MAX_PARAM_BYTES = 16 * 2**30  # refuse patch-mode settings whose logits alone would need more
 
 
-class CollideError(Exception):
+class CollideError(PatchcollideError):
     """Bad collide arguments; ``str(e)`` is a one-line message. Errors about one config field
     carry it (``field``) and the bare ``problem``, so that a job file can name its key instead
     of the CLI option."""

@@ -12,7 +12,6 @@ measured on a fresh clone).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -20,7 +19,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from .extract import ExtractConfig, extract_store, versions
+from .extract import ExtractConfig, extract_store
+from .files import atomic_path, write_json, versions
 from .knn import MANIFEST_FILE, STORE_FILE, IndexConfig, IndexError_, PatchIndex, build_index
 from .report import neighbour_mosaic, save_png
 from .store import PatchStore, StoreError
@@ -67,8 +67,8 @@ def write_sample_photos(folder: str, names: tuple[str, ...]) -> list[str]:
     for name in names:
         p = os.path.join(folder, f"{name}.png")
         if not os.path.exists(p):
-            Image.fromarray(sample_photo(name)).save(p + ".tmp.png")
-            os.replace(p + ".tmp.png", p)
+            with atomic_path(p) as tmp:
+                Image.fromarray(sample_photo(name)).save(tmp, format="PNG")
         paths.append(p)
     return paths
 
@@ -174,7 +174,7 @@ def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int =
                         run_dir=run_dir, report=report)
     summary = dataclasses.asdict(result)
     summary.pop("report")
-    with open(os.path.join(out_dir, "demo.json"), "w") as fh:
-        json.dump({"notice": report.get("notice"), "result": summary, "query": QUERY_PHOTO, "target": TARGET_PHOTO, "store_photos": list(photos),
-                   "stride": stride, "versions": versions()}, fh, indent=2)
+    write_json(os.path.join(out_dir, "demo.json"),
+               {"notice": report.get("notice"), "result": summary, "query": QUERY_PHOTO, "target": TARGET_PHOTO,
+                "store_photos": list(photos), "stride": stride, "versions": versions()})
     return result

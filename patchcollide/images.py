@@ -2,7 +2,7 @@
 
 Every image that enters patchcollide, for the store or as a query, goes through
 :func:`load_rgb`, so a stored patch can be reproduced bit-exactly from its source file
-and the recorded :class:`Preprocess`. Imports nothing of ours.
+and the recorded :class:`Preprocess`. Imports only ``errors.py`` of ours.
 """
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .errors import PatchcollideError
+
 PATCH = 32  # patch side in pixels; fixed by the method (Li et al. 2019 use 32 x 32)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 
-class BadImage(Exception):
+class BadImage(PatchcollideError):
     """A file that cannot be used as an image; ``str(e)`` is the one-line reason and
     ``e.path`` the file (set by :func:`load_rgb`), so a caller can name it."""
 

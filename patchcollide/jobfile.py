@@ -28,6 +28,9 @@ import unicodedata
 import warnings
 
 from .collide import CollideConfig, CollideError
+from .errors import PatchcollideError
+from .files import is_run
+from .report import RUN_KIND
 
 RESERVED = ("batch.json", "batch.html", "index.html", "report.html")  # names DIR keeps for itself (any case)
 MAX_OUT_BYTES = 200  # leaves room for ".traceback.txt" and friends under the usual 255-byte name limit
@@ -47,7 +50,7 @@ def job_keys() -> tuple[str, ...]:
     return JOB_FIELDS + tuple(config_fields())
 
 
-class JobsError(Exception):
+class JobsError(PatchcollideError):
     """A bad job file, batch option or output directory; ``str(e)`` is a one-line message."""
 
 
@@ -289,12 +292,10 @@ def _check_out_name(value, out_dir: str) -> tuple[str | None, str | None]:
 
 def _replaceable(path: str) -> bool:
     """An existing job directory that a batch may replace: empty, or a patchcollide run."""
-    from .runs import _is_run
-
     if os.path.islink(path) or not os.path.isdir(path):
         return False
     try:
-        return not os.listdir(path) or _is_run(path)
+        return not os.listdir(path) or is_run(path, RUN_KIND)
     except OSError:
         return False
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -36,6 +35,8 @@ import traceback
 from collections.abc import Iterator
 
 from .collide import CollideError, target_of, to_tensor
+from .errors import PatchcollideError
+from .files import install_dir, is_locked, locked, try_lock, unlock, write_json, write_text, versions
 from .jobfile import Job, JobFile, JobsError, _first_line, _replaceable, in_shard
 
 log = logging.getLogger(__name__)
@@ -54,20 +55,6 @@ STATUSES = ("done", "failed", "pending", "invalid", "busy")
 # Locks
 
 
-def _try_flock(path: str) -> int | None:
-    """An fd holding an exclusive flock on ``path`` (created if needed), or None when another
-    open file holds it. The lock dies with the process, even on SIGKILL."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    return fd
-
-
 def batch_lock_path(out_dir: str, shard: tuple[int, int] | None) -> str:
     return os.path.join(out_dir, ".lock-all" if shard is None else f".lock-shard-{shard[0]}-of-{shard[1]}")
 
@@ -79,22 +66,17 @@ def batch_lock(out_dir: str, shard: tuple[int, int] | None = None) -> Iterator[N
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise JobsError(f"--out {out_dir} is a file; give a directory for the batch's outputs")
     os.makedirs(out_dir, exist_ok=True)
-    fd = _try_flock(batch_lock_path(out_dir, shard))
-    if fd is None:
-        what = "this batch" if shard is None else f"shard {shard[0]}/{shard[1]}"
-        raise JobsError(f"{out_dir}: another process is already running {what} here; wait for it to finish "
-                        "(or stop it), or give another --out or --shard")
-    try:
+    what = "this batch" if shard is None else f"shard {shard[0]}/{shard[1]}"
+    busy = JobsError(f"{out_dir}: another process is already running {what} here; wait for it to finish "
+                     "(or stop it), or give another --out or --shard")
+    with locked(batch_lock_path(out_dir, shard), busy=busy):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 class JobLock:
     """DIR/.locks/<out>.lock, held while a process works on one job, so that processes with
-    overlapping shards never write the same job at once. The holder writes "pid host" into
-    the file (emptied on release), which lets batch.json show the job as busy."""
+    overlapping shards never write the same job at once; batch.json shows a held one as busy.
+    The holder writes "pid host" into the file (emptied on release), for a person to read."""
 
     def __init__(self, fd: int):
         self.fd = fd
@@ -106,7 +88,7 @@ class JobLock:
         os.makedirs(d, exist_ok=True)
         deadline = time.monotonic() + wait
         while True:
-            fd = _try_flock(os.path.join(d, out + ".lock"))
+            fd = try_lock(os.path.join(d, out + ".lock"))
             if fd is not None:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
@@ -119,29 +101,15 @@ class JobLock:
         try:
             os.ftruncate(self.fd, 0)
         finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
+            unlock(self.fd)
 
 
 def _held(out_dir: str, out: str) -> bool:
-    """True when the job's lock file names a holder that may be alive (read-only: never takes the lock)."""
+    """True when a process (this one included) holds the job's lock now (a probe: never waits)."""
     try:
-        with open(os.path.join(out_dir, ".locks", out + ".lock")) as fh:
-            parts = fh.read().split()
+        return is_locked(os.path.join(out_dir, ".locks", out + ".lock"))
     except OSError:
         return False
-    if len(parts) != 2 or not parts[0].isdigit():
-        return False
-    pid, host = int(parts[0]), parts[1]
-    if host != socket.gethostname():
-        return True  # cannot check another machine's processes
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False  # killed while holding it: stale
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,13 +134,6 @@ def _fatal_oserror(e: BaseException) -> OSError | None:
             return e
         e = e.__cause__ or e.__context__
     return None
-
-
-def _write_atomic(path: str, text: str, scratch: str) -> None:
-    tmp = os.path.join(scratch, os.path.basename(path))
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 class BatchRunner:
@@ -399,7 +360,6 @@ class BatchRunner:
             lock.release()
 
     def _run_into(self, job: Job, scratch: str, t0: float, progress) -> None:
-        from .report import write_json
         from .runs import read_report, run_collide, run_sample
 
         final = self.job_dir(job)
@@ -418,22 +378,23 @@ class BatchRunner:
         report = read_report(run_dir)
         report["batch"] = {"id": job.id, "jobs_file": self.jobfile.path, "line": job.line,
                            "seconds": round(time.time() - t0, 3)}
-        write_json(report, os.path.join(run_dir, "report.json"))
+        write_json(os.path.join(run_dir, "report.json"), report)
         # The new run goes in whole: an older (stale) run is moved into the scratch space first.
-        if os.path.lexists(final):
-            os.replace(final, os.path.join(scratch, "old"))
-        os.replace(run_dir, final)
+        install_dir(run_dir, final, aside=os.path.join(scratch, "old"))
 
     def _record_failure(self, job: Job, exc: Exception, seconds: float, scratch: str) -> None:
         d = os.path.join(self.out_dir, ".failed")
         os.makedirs(d, exist_ok=True)
         tb_rel = posixpath.join(".failed", job.out + ".traceback.txt")
-        _write_atomic(os.path.join(self.out_dir, tb_rel), traceback.format_exc(), scratch)
+        write_text(os.path.join(self.out_dir, tb_rel), traceback.format_exc(),
+                   tmp=os.path.join(scratch, os.path.basename(tb_rel)))
         msg = _first_line(str(exc))
-        rec = {"id": job.id, "line": job.line, "out": job.out, "error": f"{type(exc).__name__}: {msg}" if msg else
-               type(exc).__name__, "traceback": tb_rel, "seconds": round(seconds, 3),
+        # a user error's message stands alone; a bug keeps its class name (IndexError_ is ours, not for users)
+        error = msg if isinstance(exc, PatchcollideError) and msg else (
+            f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__)
+        rec = {"id": job.id, "line": job.line, "out": job.out, "error": error, "traceback": tb_rel, "seconds": round(seconds, 3),
                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": self.fingerprint(job)}
-        _write_atomic(os.path.join(d, job.out + ".json"), json.dumps(rec, indent=2), scratch)
+        write_json(os.path.join(d, job.out + ".json"), rec, tmp=os.path.join(scratch, job.out + ".json"))
         log.warning("job %s (line %d) failed: %s", job.id, job.line, rec["error"])
 
     def _forget_failure(self, job: Job) -> None:
@@ -459,8 +420,6 @@ class BatchRunner:
         return e
 
     def batch_json(self, created: str | None = None) -> dict:
-        from .runs import versions
-
         self._versions = self._versions or versions()
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         entries = [(j.position, self.entry(j)) for j in self.jobfile.jobs]
@@ -475,21 +434,13 @@ class BatchRunner:
         """Rewrite DIR/batch.json from the files in DIR (read-modify-write under
         DIR/.batch.json.lock, temporary file + rename); returns what it wrote."""
         path = os.path.join(self.out_dir, BATCH_JSON)
-        fd = os.open(os.path.join(self.out_dir, ".batch.json.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked(os.path.join(self.out_dir, ".batch.json.lock")):
             created = None
             with contextlib.suppress(OSError, ValueError, AttributeError), open(path, encoding="utf-8") as fh:
                 created = json.load(fh).get("created")
             data = self.batch_json(created)
-            tmp = os.path.join(self.out_dir, ".batch.json.tmp")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2, default=str)
-            os.replace(tmp, path)
+            write_json(path, data, default=str, tmp=os.path.join(self.out_dir, ".batch.json.tmp"))
             return data
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
 
 def polytope_samples(report: dict) -> int | None:

@@ -24,15 +24,15 @@ import logging
 import math
 import os
 import re
-import platform
 import time
 from collections.abc import Callable
 
 import faiss
 import numpy as np
 
-from . import __version__
 from .descriptors import make_descriptor
+from .errors import PatchcollideError
+from .files import atomic_open, atomic_path, versions
 from .images import PATCH, Preprocess, cut_patches, grid_positions, load_rgb
 from .store import PatchStore, store_lock
 
@@ -45,7 +45,7 @@ FORMAT_VERSION = 1
 FLAT_MAX_N = 50_000  # up to here exact search is cheap enough (about 1 s per 625-query grid on 2 cores)
 
 
-class IndexError_(Exception):
+class IndexError_(PatchcollideError):
     """An index that cannot be built, opened or used with a store; one-line message."""
 
 
@@ -103,13 +103,6 @@ def resolve_gpu(device: str) -> bool:
     return device != "cpu" and n > 0
 
 
-def _versions() -> dict:
-    import h5py
-
-    return {"patchcollide": __version__, "faiss": faiss.__version__, "numpy": np.__version__,
-            "h5py": h5py.__version__, "python": platform.python_version()}
-
-
 def _sample_ids(n: int, size: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=min(size, n), replace=False))
@@ -123,7 +116,7 @@ def build_index(
 ) -> dict:
     """Build ``index_dir/index.faiss`` over the store (default ``index_dir/patches.h5``).
 
-    Written atomically (temporary names, then os.replace). Returns the manifest.
+    Written atomically (temporary names, then renamed: files.py). Returns the manifest.
     progress(done, total) counts patches added.
     """
     created = not os.path.exists(index_dir)
@@ -198,28 +191,25 @@ def _build_index(index_dir, store_path, config, progress) -> dict:
             "nprobe": config.nprobe, "k_factor": config.k_factor, "n": int(index.ntotal),
             "train_size": int(train_n), "seed": config.seed, "gpu_training": bool(use_gpu and ivf is not None),
             "seconds": {"train": round(t_train, 3), "add": round(t_add, 3), "total": round(time.time() - t0, 3)},
-            "bytes": None, "versions": _versions(), "config": dataclasses.asdict(config),
+            "bytes": None, "versions": versions(), "config": dataclasses.asdict(config),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
     ipath = os.path.join(index_dir, INDEX_FILE)
     mpath = os.path.join(index_dir, MANIFEST_FILE)
+    # Both files are written in full before either is renamed in (the index first). A kill
+    # between the two renames leaves a pair that does not belong together; PatchIndex detects
+    # it through the size and quick checksum recorded in the manifest.
     try:
-        faiss.write_index(index, ipath + ".tmp")
-        manifest["bytes"] = os.path.getsize(ipath + ".tmp")
-        manifest["quick_sha256"] = quick_checksum(ipath + ".tmp")
-        with open(mpath + ".tmp", "w") as fh:
-            json.dump(manifest, fh, indent=2)
+        with atomic_open(mpath) as mfh, atomic_path(ipath) as itmp:
+            faiss.write_index(index, itmp)
+            manifest["bytes"] = os.path.getsize(itmp)
+            manifest["quick_sha256"] = quick_checksum(itmp)
+            json.dump(manifest, mfh, indent=2)
+            mfh.flush()  # a full disk fails here, before the index is renamed in
     except (OSError, RuntimeError) as e:  # full disk, file-size limit: faiss raises RuntimeError
-        for p in (ipath + ".tmp", mpath + ".tmp"):
-            with contextlib.suppress(OSError):
-                os.remove(p)
         msg = (getattr(e, "strerror", None) or str(e).strip().splitlines()[-1])[:160]
         raise IndexError_(f"{index_dir}: writing the index failed ({msg}); free disk space and run again "
                           "(any earlier index there is untouched)") from None
-    # A kill between these two renames leaves a pair that does not belong together; PatchIndex
-    # detects it through the size and quick checksum recorded in the manifest.
-    os.replace(ipath + ".tmp", ipath)
-    os.replace(mpath + ".tmp", mpath)
     return manifest
 
 

@@ -29,6 +29,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+from .errors import PatchcollideError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,7 +42,7 @@ KNOWN_HEADS = {
 }
 
 
-class ModelError(Exception):
+class ModelError(PatchcollideError):
     """Bad model, layer or weights; ``str(e)`` is a one-line message."""
 
 

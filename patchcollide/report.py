@@ -10,6 +10,8 @@ import urllib.parse
 import numpy as np
 from PIL import Image, ImageDraw
 
+from . import files
+from .errors import PatchcollideError
 from .images import PATCH
 
 
@@ -57,9 +59,8 @@ def neighbour_mosaic(query_image: np.ndarray, query_yx: np.ndarray, neighbours: 
 def save_png(img: Image.Image, path: str) -> str:
     """Write atomically (temporary name, then rename); returns the path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return path
 
 
@@ -126,48 +127,21 @@ def loss_plot(history: dict, path: str, title: str = "") -> str:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path + ".tmp.png", dpi=90)
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
+    try:
+        with files.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
-def install_dir(tmp: str, out: str) -> None:
-    """Put the finished directory ``tmp`` at ``out`` (same filesystem). An existing ``out`` is
-    moved aside first and deleted after: at every moment one complete directory is at ``out``
-    or beside it, never a half-written one."""
-    import shutil
-    import tempfile
-
-    old = None
-    if os.path.isdir(out):
-        parent = os.path.dirname(os.path.abspath(out)) or "."
-        old = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".old-", dir=parent)
-        os.rmdir(old)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+install_dir = files.install_dir  # nullspace.py imports it from here; it lives in files.py now
 
 
 def write_json(obj: dict, path: str) -> str:
-    """Atomically write JSON (temporary name, rename)."""
-    import json
-
-    with open(path + ".tmp", "w") as fh:
-        json.dump(obj, fh, indent=2, default=_json_default)
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    """``files.write_json(path, obj)`` with the arguments the other way round, for nullspace.py
+    and cli/exact.py until they call files.py; new code calls ``files.write_json``."""
+    return files.write_json(path, obj)
 
 
 # --- Static HTML report of a run directory or a batch directory (``patchcollide report``) ---------
@@ -199,7 +173,7 @@ DASH = "\u2013"
 _HINT = "give a run directory (from `patchcollide collide`) or a batch directory (from `patchcollide batch`)"
 
 
-class ReportError(Exception):
+class ReportError(PatchcollideError):
     """A path that no report can be made of: missing, not a run or batch, damaged JSON."""
 
 
@@ -218,7 +192,7 @@ def write_html(path: str) -> str:
     else:
         pages = batch_pages(path, doc)
     for out, text in pages[1:] + pages[:1]:  # the batch page last: its links then all work
-        _write_text(out, text)
+        files.write_text(out, text, tmp=f"{out}.{os.getpid()}.tmp")  # two `report` processes may write one page
     return pages[0][0]
 
 
@@ -250,13 +224,6 @@ def _read_kind(f: str, want: str) -> dict:
     if kind != want:
         raise ReportError(f"{f}: not a {want} file (kind {kind!r}); {_HINT}")
     return doc
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _e(x) -> str:

@@ -21,31 +21,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
-import shutil
-import tempfile
 import time
 
 import numpy as np
 import torch
 
-from . import __version__
 from .collide import CollideConfig, CollideError, CollideResult, collide, quantised_metrics
+from .files import atomic_open, check_out, staged_dir, versions, write_json
 from .images import Preprocess, load_rgb
 from .models import Tap, load_tap, resolve_device
 from .objectives import Target
 from .polytope import difference_boxes, pairwise_l2, sample_polytope
-from .report import install_dir, contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8, write_json
+from .report import RUN_KIND, contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
 
 RANDOM_NOTICE = "RANDOM WEIGHTS (smoke run): these colliders say nothing about a trained network"
-
-
-def versions() -> dict:
-    import faiss
-    import torchvision
-
-    return {"patchcollide": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "faiss": faiss.__version__, "numpy": np.__version__}
 
 
 def load_pair(source: str, target: str, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,26 +55,8 @@ def load_input(path: str, size: int, name: str = "image") -> np.ndarray:
     return imagenet_crop(load_rgb(path, Preprocess(resize=None))[0], size)
 
 
-def _occupied(out: str) -> bool:
-    """True when ``out`` is a file or a non-empty directory (an empty one may be replaced)."""
-    return os.path.isfile(out) or (os.path.isdir(out) and bool(os.listdir(out)))
-
-
-def _is_run(out: str) -> bool:
-    try:
-        with open(os.path.join(out, "report.json")) as fh:
-            return json.load(fh).get("kind") == "patchcollide-run"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _check_out(out: str, overwrite: bool) -> None:
-    if not _occupied(out):
-        return
-    if not overwrite:
-        raise CollideError(f"--out {out} already exists; choose another name or pass --overwrite")
-    if not _is_run(out):
-        raise CollideError(f"--out {out} holds files that are not a patchcollide run; --overwrite only replaces runs")
+    check_out(out, overwrite, RUN_KIND, "patchcollide run", CollideError)
 
 
 def run_collide(source: str, target: str, out: str, config: CollideConfig = CollideConfig(), arch: str = "vgg16",
@@ -115,10 +86,7 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
 def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, tap: Tap, config: CollideConfig,
               meta: dict, overwrite: bool = False) -> dict:
     """Write every output of a run into ``out`` atomically; returns the report."""
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".tmp-", dir=parent)
-    try:
+    with staged_dir(out) as tmp:
         save_png(_img(src), os.path.join(tmp, "source.png"))
         save_png(_img(tgt), os.path.join(tmp, "target.png"))
         v8 = to_uint8(res.vertices)
@@ -144,10 +112,10 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
         if res.candidates is not None:
             state.update(candidate_ids=res.candidates["ids"], candidate_yx=res.candidates["yx"],
                          candidate_distances=res.candidates["distances"])
-        with open(os.path.join(tmp, "state.npz"), "wb") as fh:
+        with atomic_open(os.path.join(tmp, "state.npz"), "wb") as fh:
             np.savez(fh, **state)
         report = {
-            "kind": "patchcollide-run", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "kind": RUN_KIND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "notice": RANDOM_NOTICE if random else None,
             "config": dataclasses.asdict(config), "model": tap.identity(), "inputs": meta, "versions": versions(),
             "target": {"label": res.target.label, "top_prob": res.target.prob, "units": res.target.units.tolist(),
@@ -159,14 +127,8 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
             "distances": {"source_target_l2": pairwise_l2(np.stack([src, tgt]))},
             "history": res.history,
         }
-        write_json(report, os.path.join(tmp, "report.json"))
+        write_json(os.path.join(tmp, "report.json"), report)
         _check_out(out, overwrite)  # again: something may have appeared while the run was going
-        install_dir(tmp, out)
-        tmp = None
-    except BaseException:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 
@@ -181,7 +143,7 @@ def read_report(run_dir: str) -> dict:
     try:
         with open(path) as fh:
             report = json.load(fh)
-        assert report.get("kind") == "patchcollide-run"
+        assert report.get("kind") == RUN_KIND
         return report
     except (OSError, ValueError, AssertionError):
         raise CollideError(f"{run_dir}: not a finished patchcollide run (no valid report.json); "
@@ -265,5 +227,5 @@ def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int
     check["dataset_n_images"] = 0 if dataset_images is None else len(dataset_images)
     check["units"] = f"L2 over 0..255 pixel values of {vertices.shape[1]} x {vertices.shape[2]} x 3 images"
     report["polytope"] = check
-    write_json(report, os.path.join(run_dir, "report.json"))
+    write_json(os.path.join(run_dir, "report.json"), report)
     return report

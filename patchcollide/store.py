@@ -17,14 +17,12 @@ Writing is crash-safe: each batch of images becomes a part file, written under a
 name and renamed into place; only when every part exists are they merged into
 ``STORE.tmp``, which is fsynced and renamed over ``STORE``. A run killed at any moment and
 started again with the same arguments ends with exactly the patches of an uninterrupted
-run. Imports nothing of ours.
+run. Imports only ``files.py`` and ``errors.py`` of ours.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -37,13 +35,16 @@ from collections.abc import Iterator, Sequence
 import h5py
 import numpy as np
 
+from .errors import PatchcollideError
+from .files import atomic_open, fsync_file, locked, replace, write_json
+
 FORMAT = "patchcollide-store"
 FORMAT_VERSION = 1
 CHUNK = 16  # patches per HDF5 chunk: 48 KiB, small enough for fast random access by id
 PATCH_SHAPE = (32, 32, 3)
 
 
-class StoreError(Exception):
+class StoreError(PatchcollideError):
     """A store that cannot be opened, resumed or written; ``str(e)`` is a one-line message."""
 
 
@@ -63,8 +64,7 @@ class Part:
     n_selected: int = 0  # selected files the part covers, skipped ones included
 
     def save(self, path: str) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez(
                 f,
                 patches=self.patches,
@@ -77,7 +77,6 @@ class Part:
                 skipped=np.asarray(self.skipped, dtype=str).reshape(-1, 2),
                 span=np.asarray([self.first_selected, self.n_selected], dtype=np.int64),
             )
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str) -> "Part":
@@ -95,17 +94,6 @@ class Part:
             )
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def store_lock(path: str, what: str = "store", error: type[Exception] | None = None) -> Iterator[None]:
     """Exclusive, non-blocking lock on ``PATH.lock`` for the whole of a write: a second process
@@ -113,20 +101,10 @@ def store_lock(path: str, what: str = "store", error: type[Exception] | None = N
     it. The empty lock file stays; the lock itself dies with the process, even on SIGKILL."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            raise (error or StoreError)(f"{path}: another process is writing this {what}; wait for it or choose "
-                                        "another output") from None
-        raise
-    try:
+    busy = (error or StoreError)(f"{path}: another process is writing this {what}; wait for it or choose "
+                                 "another output")
+    with locked(path + ".lock", busy=busy):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 class StoreWriter:
@@ -160,10 +138,7 @@ class StoreWriter:
         os.makedirs(self.parts_dir, exist_ok=True)
         self.store_id = uuid.uuid4().hex
         self.resumed = False
-        tmp = state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"store_id": self.store_id, "content": _canon(self.state)}, f)
-        os.replace(tmp, state_path)
+        write_json(state_path, {"store_id": self.store_id, "content": _canon(self.state)}, indent=None)
 
     def part_path(self, i: int) -> str:
         return os.path.join(self.parts_dir, f"part-{i:06d}.npz")
@@ -273,8 +248,7 @@ class StoreWriter:
                 except OSError:
                     _discard_writes(f)
                     raise
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(tmp)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
@@ -283,8 +257,7 @@ class StoreWriter:
         manifest["bytes_on_disk"] = os.path.getsize(tmp)
         # The store is renamed in first; a kill before the JSON copy is written is mended by
         # the next run with the same arguments (restore_manifest).
-        os.replace(tmp, self.path)
-        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        replace(tmp, self.path)  # and fsync the directory
         write_manifest(self.path, manifest)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         return manifest
@@ -328,11 +301,7 @@ def _canon(obj) -> str:
 
 def write_manifest(store_path: str, manifest: dict) -> str:
     """Write the JSON manifest beside the store atomically; returns its path."""
-    path = manifest_path_for(store_path)
-    with open(path + ".tmp", "w") as fh:
-        json.dump(manifest, fh, indent=2)
-    os.replace(path + ".tmp", path)
-    return path
+    return write_json(manifest_path_for(store_path), manifest)
 
 
 def restore_manifest(store_path: str) -> dict:

@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,18 +63,6 @@ SWEEP = (
     ("pixel", "pixel mode, default schedule", {"mode": "pixel"}),
     ("pixel-push-0", "pixel mode, no push", {"mode": "pixel", "push_margin": 0.0}),
 )
-
-
-def git_commit() -> dict:
-    """The commit of the code that ran and whether the tree had uncommitted changes."""
-    try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, check=True).stdout.strip())
-        return {"commit": commit, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
 
 
 class TorchPatchIndex:
@@ -211,6 +198,7 @@ def frontier_plot(runs: list[dict], path: str, title: str) -> None:
 
 def sweep(args, tap, index, index_desc, dev, size, work) -> None:
     from patchcollide.collide import CollideConfig
+    from patchcollide.files import versions, write_json
 
     random = tap.weights.kind == "random"
     tag = f"{'gpu' if dev.type == 'cuda' else 'cpu'}-{size}"
@@ -229,15 +217,13 @@ def sweep(args, tap, index, index_desc, dev, size, work) -> None:
         """Written after every run, so a sweep cut short keeps what it measured."""
         result = {
             "benchmark": "bench_collide --sweep", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
-            "git": git_commit(), "versions": versions(), "complete": complete,
+            "versions": versions(), "complete": complete,
             "notice": "RANDOM WEIGHTS (smoke runs): these colliders say nothing about a trained network" if random else None,
             "setting": {"size": size, "vertices": args.vertices, "weights": tap.weights.name, "index": index_desc,
                         "device": str(dev), "threads": torch.get_num_threads()},
             "targets": targets, "runs": runs,
         }
-        with open(path + ".tmp", "w") as fh:
-            json.dump(result, fh, indent=1)
-        os.replace(path + ".tmp", path)
+        write_json(path, result, indent=1)
 
     plan = [(name, what, over, 0) for name, what, over in SWEEP]
     # the default on the second pair runs right after the default on the first
@@ -266,6 +252,7 @@ def sweep(args, tap, index, index_desc, dev, size, work) -> None:
 
 def batched_vs_single(args, tap, index, index_desc, dev, size, work) -> None:
     from patchcollide.collide import CollideConfig, collide
+    from patchcollide.files import versions, write_json
 
     src, tgt = load_pair(work, PAIRS[0], size)
     V = args.vertices
@@ -296,7 +283,7 @@ def batched_vs_single(args, tap, index, index_desc, dev, size, work) -> None:
     seq_time = sum(s["seconds_total"] for s in singles)
     result = {
         "benchmark": "bench_collide", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
-        "git": git_commit(), "versions": versions(),
+        "versions": versions(),
         "setting": {"size": size, "weights": tap.weights.name, "vertices": V, "source": PAIRS[0][0],
                     "target": PAIRS[0][1], "device": str(dev), "index": index_desc},
         "batched": batched, "one_at_a_time": singles,
@@ -306,8 +293,7 @@ def batched_vs_single(args, tap, index, index_desc, dev, size, work) -> None:
     }
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"bench_collide-{'gpu' if dev.type == 'cuda' else 'cpu'}-{size}.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=2)
+    write_json(path, result)
     print(f"speed-up per vertex {result['speedup_per_vertex']:.2f}x; wrote {path}")
 
 
@@ -323,22 +309,6 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "platform": platform.platform()}
-
-
-def versions() -> dict:
-    import platform
-
-    import torchvision
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "numpy": np.__version__}
-    try:
-        import faiss
-
-        out["faiss"] = faiss.__version__
-    except ImportError:
-        out["faiss"] = None
-    return out
 
 
 def main() -> None:

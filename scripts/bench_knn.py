@@ -15,7 +15,6 @@ flattered. Writes benchmarks/results/bench_knn-<host kind>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -23,8 +22,6 @@ import shutil
 import sys
 import tempfile
 import time
-
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -56,9 +53,7 @@ def machine() -> dict:
     import psutil
 
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "gpu": gpu, "faiss_gpus": faiss.get_num_gpus(), "platform": platform.platform(),
-            "python": platform.python_version(), "faiss": faiss.__version__, "torch": torch.__version__,
-            "numpy": np.__version__}
+            "gpu": gpu, "faiss_gpus": faiss.get_num_gpus(), "platform": platform.platform()}
 
 
 def _child(q, fn_name, args):
@@ -181,11 +176,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from patchcollide.demo import write_sample_photos
+    from patchcollide.files import versions, write_json
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench_knn_")
     os.makedirs(work, exist_ok=True)
     info = machine()
     result = {"benchmark": "bench_knn", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": info,
+              "versions": versions(),
               "query": f"{QUERY} resized to 224 x 224, grid stride 8 (625 patches)", "k": K, "runs": {}}
     query = write_sample_photos(os.path.join(work, "query"), (QUERY,))[0]
     try:
@@ -233,8 +230,7 @@ def main() -> None:
     tag = args.tag or ("gpu-" + info["gpu"].replace(" ", "_") if info["gpu"] else "cpu")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"bench_knn-{tag}.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=2)
+    write_json(path, result)
     print(f"wrote {path}")
 
 

@@ -42,12 +42,11 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "benchmarks", "results"))
     args = ap.parse_args()
 
-    from bench_collide import git_commit
     from bench_knn import machine
 
     from patchcollide.digits import DigitsError, TrainConfig
     from patchcollide.reproduce import DigitProtocolConfig, digit_figure, digit_table, run_digit_protocol
-    from patchcollide.runs import versions
+    from patchcollide.files import versions
 
     epochs = args.epochs or (10 if args.data_root else 30)
     extra = {"steps": args.steps} if args.steps else {}
@@ -105,7 +104,7 @@ def main() -> None:
         fh.write(md)
     summary = {k: v for k, v in res.items() if k not in ("rows", "target_image")}
     summary["rows"] = [{k: v for k, v in r.items() if k not in ("vertices", "start_image")} for r in res["rows"]]
-    summary.update(config=dataclasses.asdict(cfg), versions=versions(), machine=machine(), git=git_commit())
+    summary.update(config=dataclasses.asdict(cfg), versions=versions(), machine=machine())
     with open(os.path.join(args.out, f"{tag}.json"), "w") as fh:
         json.dump(summary, fh, indent=2, default=float)
     print(md)

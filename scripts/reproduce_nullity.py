@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 def main() -> None:
     from patchcollide.exact import PAPER_MODELS, nullity_table, table_markdown
-    from patchcollide.report import write_json
+    from patchcollide.files import write_json, write_text
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", help="default: the paper's rows torchvision can build, and squeezenet1_0")
@@ -54,11 +54,8 @@ def main() -> None:
             "weights / those with a numerical kernel). nu therefore depends on the tolerance for square weights; "
             "mu and the nullities of non-square weights do not. The paper's values are reference data copied from "
             "its Table 1, not results.\n\n")
-    tmp = stem + ".md.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(head + table_markdown(table))
-    os.replace(tmp, stem + ".md")
-    write_json(table, stem + ".json")
+    write_text(stem + ".md", head + table_markdown(table))
+    write_json(stem + ".json", table)
     print(f"wrote {stem}.md and .json ({len(table['rows'])} models, {len(table['failed'])} failed, "
           f"{table['seconds']:.0f} s)")
 

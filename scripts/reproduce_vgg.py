@@ -63,7 +63,8 @@ def main() -> None:
     from patchcollide.knn import IndexConfig, PatchIndex, build_index
     from patchcollide.models import resolve_device
     from patchcollide.polytope import pairwise_l2
-    from patchcollide.runs import RANDOM_NOTICE, run_collide, run_sample, versions
+    from patchcollide.files import versions
+    from patchcollide.runs import RANDOM_NOTICE, run_collide, run_sample
 
     t0 = time.time()
     try:

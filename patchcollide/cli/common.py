@@ -9,18 +9,10 @@ import warnings
 
 import click
 
-from ..collide import CollideError
-from ..exact import NullspaceError
-from ..extract import ExtractError
+from ..errors import PatchcollideError
 from ..images import BadImage
-from ..jobfile import JobsError
-from ..knn import IndexError_
-from ..models import ModelError
-from ..report import ReportError
-from ..store import StoreError
 
-USER_ERRORS = (ExtractError, StoreError, IndexError_, BadImage, CollideError, ModelError, NullspaceError,
-               ReportError, JobsError)
+USER_ERRORS = (PatchcollideError,)  # every user error derives from it (errors.py)
 
 
 class UserError(click.ClickException):

@@ -223,7 +223,7 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, outs, as_json):
     """
     from ..exact import CLASSIFICATION_MODELS, PAPER_MODELS, NullspaceError, nullity_table, table_markdown
     from ..models import ModelError, builder
-    from ..report import write_json
+    from ..files import write_json, write_text
 
     legacy = ctx.meta.get("nullity_json_paths", [])
     if legacy:
@@ -252,12 +252,9 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, outs, as_json):
         table = nullity_table(names, weights, seed, rtol, progress)
         for path, fmt in files:
             if fmt == "json":
-                write_json(table, path)
+                write_json(path, table)
             else:
-                tmp = path + ".tmp"
-                with open(tmp, "w") as fh:
-                    fh.write(table_markdown(table))
-                os.replace(tmp, path)
+                write_text(path, table_markdown(table))
     if as_json:
         echo_json(table)
         return

@@ -30,6 +30,7 @@ from .kernel import NullspaceConfig, linear_perturbation, patch_perturbation
 from .spectra import conv_map_analysis, naive_tiling
 from .table import RANDOM_NOTICE, NullspaceError, machine, versions
 from .verify import layer_residual, model_output, perturbation_size, pgd, verify
+from ..files import atomic_open
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,8 +311,8 @@ def write_nullspace_run(out: str, res: NullspaceResult, image: np.ndarray, model
             save_png(Image.fromarray(np.clip(np.rint(imagenet_pixels(res.start)), 0, 255).astype(np.uint8)),
                      os.path.join(tmp, "adversarial.png"))
         if res.collider is not None:
-            np.save(os.path.join(tmp, "collider.npy.tmp.npy"), res.collider.numpy().astype(np.float32))
-            os.replace(os.path.join(tmp, "collider.npy.tmp.npy"), os.path.join(tmp, "collider.npy"))
+            with atomic_open(os.path.join(tmp, "collider.npy"), "wb") as fh:
+                np.save(fh, res.collider.numpy().astype(np.float32))
             pix = imagenet_pixels(res.collider)
             clipped = (pix < -0.5) | (pix > 255.5)
             png = np.clip(np.rint(pix), 0, 255).astype(np.uint8)

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import __version__
+from ..errors import PatchcollideError
+from ..files import versions
 from ..models import ModelError, build_model
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ RANDOM_NOTICE = ("RANDOM WEIGHTS: no pretrained weights here, so only the struct
                  "trained layer can be larger (pretrained weights are often numerically rank-deficient)")
 
 
-class NullspaceError(Exception):
+class NullspaceError(PatchcollideError):
     """Bad input for the null-space search or the nullity table; ``str(e)`` is one line."""
 
 
@@ -314,14 +315,6 @@ def table_markdown(table: dict) -> str:
 # --------------------------------------------------------------------------------------------
 # Provenance, saved beside every table and run
 # --------------------------------------------------------------------------------------------
-
-def versions() -> dict:
-    import scipy
-    import torchvision
-
-    return {"patchcollide": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": np.__version__, "scipy": scipy.__version__}
-
 
 def machine() -> dict:
     cpu = platform.processor() or ""

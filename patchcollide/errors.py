@@ -1,0 +1,11 @@
+"""The one base class of patchcollide's user errors. Imports nothing.
+
+Every error that a user's input or environment causes (a bad argument, a missing or foreign
+file, a locked output, a full disk) derives from :class:`PatchcollideError` and says in one
+line what is wrong and how to fix it. The CLI turns exactly these into one-line messages
+with exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+
+class PatchcollideError(Exception):
+    """A user error; ``str(e)`` is a one-line message that says how to fix it."""

@@ -1,0 +1,326 @@
+"""Writing files that survive a crash, run folders, locks and the versions record. Imports
+nothing of ours (the package version aside).
+
+* Atomic writes: :func:`atomic_path` (a temporary path for any writer: PIL, faiss, h5py,
+  matplotlib), :func:`atomic_open`, :func:`write_text` and :func:`write_json`. The data
+  goes to a temporary name (``PATH.tmp`` unless given), is fsynced and renamed over PATH by
+  :func:`replace`, the one place that renames, which then fsyncs the directory. A reader
+  sees the old file or the new one, never a part; a failed write removes its temporary file
+  and leaves the old file as it was.
+* Directories: :func:`staged_dir` gives a fresh directory beside the output and
+  :func:`install_dir` puts it at the output's name whole.
+* Run folders: :func:`check_out` refuses an output that holds something other than a run
+  of the expected kind.
+* Locks: exclusive ``flock`` locks on lock files (:func:`try_lock`, :func:`locked`), which
+  die with their process, even on SIGKILL; :func:`is_locked` probes one without waiting.
+* :func:`versions`: the software a result was made with, the git commit of the code included.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import importlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import IO
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a directory's entries (a rename into it, a new file) to disk. A directory that
+    cannot be opened or fsynced (some network file systems) is left as it is."""
+    try:
+        fd = os.open(path or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str) -> None:
+    """Flush a file's data to disk (for files written by libraries that do not)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace(src: str, dst: str) -> None:
+    """Rename ``src`` (a file or a directory) to ``dst`` in one step, replacing what is there
+    (``os.replace``: same file system), and fsync the directories involved so the rename
+    itself survives a crash. Every rename into place in patchcollide goes through here."""
+    os.replace(src, dst)
+    d_dst = os.path.dirname(os.path.abspath(dst))
+    fsync_dir(d_dst)
+    d_src = os.path.dirname(os.path.abspath(src))
+    if d_src != d_dst:
+        fsync_dir(d_src)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, tmp: str | None = None) -> Iterator[str]:
+    """A temporary path to write ``path``'s new content to, with any writer; when the block
+    ends without error the file is fsynced and renamed over ``path`` (:func:`replace`).
+
+    tmp: the temporary name (default ``PATH.tmp``): on the same file system, normally in
+    the same directory. Give a unique one (e.g. with the process id) where two processes may
+    write ``path`` at once without a lock. On any error the temporary file is removed, the
+    old ``path`` stays as it was and the error propagates.
+    """
+    path = os.fspath(path)
+    tmp = os.fspath(tmp) if tmp is not None else path + ".tmp"
+    try:
+        yield tmp
+        fsync_file(tmp)
+        replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", tmp: str | None = None, encoding: str = "utf-8") -> Iterator[IO]:
+    """``open(path, mode)`` for writing (``"w"`` text, UTF-8, or ``"wb"`` bytes), atomically:
+    see :func:`atomic_path`. ``with atomic_open(p, "wb") as f: np.savez(f, ...)``."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes a whole file: mode 'w' or 'wb', got {mode!r}")
+    with atomic_path(path, tmp) as t, open(t, mode, encoding=None if mode == "wb" else encoding) as fh:
+        yield fh
+
+
+def write_text(path: str, text: str, tmp: str | None = None) -> str:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_open(path, "w", tmp) as fh:
+        fh.write(text)
+    return path
+
+
+def plain(o):
+    """A ``json.dump`` default: numpy scalars and arrays (anything with ``tolist()``) as plain
+    numbers and lists; anything else is refused with json's TypeError."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+def write_json(path: str, obj, indent: int | None = 2, default: Callable = plain, tmp: str | None = None) -> str:
+    """Write ``obj`` as JSON to ``path`` atomically; returns the path. ``default`` as in
+    ``json.dump``: by default numpy values become plain ones (:func:`plain`)."""
+    with atomic_open(path, "w", tmp) as fh:
+        json.dump(obj, fh, indent=indent, default=default)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Directories
+
+
+@contextlib.contextmanager
+def staged_dir(out: str) -> Iterator[str]:
+    """A fresh, empty directory ``NAME.tmp-XXXXXX`` beside ``out`` (mode 0700, as
+    ``tempfile.mkdtemp`` makes it) to write a whole output into; when the block ends without
+    error it is put at ``out`` by :func:`install_dir`, on any error it is removed. Check
+    ``out`` once more as the block's last step: something may have appeared meanwhile."""
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".tmp-", dir=parent)
+    try:
+        yield tmp
+        install_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def install_dir(tmp: str, out: str, aside: str | None = None) -> None:
+    """Put the finished directory ``tmp`` at ``out`` (same file system). An existing ``out``
+    is moved aside first (to ``aside``, default a fresh ``NAME.old-XXXXXX`` beside it) and
+    deleted after: at every moment one complete directory is at ``out`` or aside, never a
+    half-written one."""
+    old = None
+    if os.path.isdir(out):
+        if aside is None:
+            parent = os.path.dirname(os.path.abspath(out)) or "."
+            aside = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".old-", dir=parent)
+            os.rmdir(aside)
+        replace(out, aside)
+        old = aside
+    replace(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders
+
+
+def occupied(path: str) -> bool:
+    """True when ``path`` is a file or a non-empty directory (an empty one may be replaced)."""
+    return os.path.isfile(path) or (os.path.isdir(path) and bool(os.listdir(path)))
+
+
+def is_run(path: str, kind: str) -> bool:
+    """True when ``path/report.json`` is readable JSON whose ``kind`` is ``kind``
+    (``"patchcollide-run"``, ``"patchcollide-nullspace"``)."""
+    try:
+        with open(os.path.join(path, "report.json"), encoding="utf-8") as fh:
+            return json.load(fh).get("kind") == kind
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out(out: str, overwrite: bool, kind: str, what: str, error: type[Exception]) -> None:
+    """Refuse an output folder ``out`` that may not be written: occupied without
+    ``overwrite``, or holding anything but a run of ``kind`` (``what`` names it in the
+    message, e.g. "patchcollide run"). Raises ``error`` (the caller's user-error class)."""
+    if not occupied(out):
+        return
+    if not overwrite:
+        raise error(f"--out {out} already exists; choose another name or pass --overwrite")
+    if not is_run(out, kind):
+        raise error(f"--out {out} holds files that are not a {what}; --overwrite only replaces runs")
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks
+
+
+def try_lock(path: str) -> int | None:
+    """A file descriptor holding an exclusive ``flock`` on ``path`` (created, mode 0644, if
+    needed), or None when another open file holds it. Release it with :func:`unlock`; the
+    lock also dies with the process, even on SIGKILL. The lock file itself stays."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+def unlock(fd: int) -> None:
+    """Release a lock from :func:`try_lock` or :func:`locked` and close its descriptor."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(path: str, busy: Exception | None = None) -> Iterator[int]:
+    """Hold an exclusive lock on ``path`` for the block (yields its descriptor). Without
+    ``busy`` wait for it; with ``busy`` do not wait: raise ``busy`` when another holds it."""
+    if busy is None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+    else:
+        fd = try_lock(path)
+        if fd is None:
+            raise busy
+    try:
+        yield fd
+    finally:
+        unlock(fd)
+
+
+def is_locked(path: str) -> bool:
+    """True when some open file (any process, this one included) holds an exclusive lock on
+    ``path``. Never waits and never creates the file (a missing one is not locked); it holds
+    a shared lock for an instant, which a :func:`try_lock` at that moment reads as busy."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# The versions record
+
+CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding patchcollide/
+LIBRARIES = (("torch", "torch"), ("torchvision", "torchvision"), ("faiss", "faiss"), ("numpy", "numpy"),
+             ("h5py", "h5py"), ("pillow", "PIL"), ("scipy", "scipy"))  # (key, module)
+
+
+def versions() -> dict:
+    """The software a result is made with, saved beside every output: patchcollide, Python,
+    the platform, each library's ``__version__`` (None where it is not installed), the HDF5
+    library's, and ``git``: ``{"commit", "dirty"}`` of the code when it runs from a git
+    checkout (dirty: tracked files changed), else None. Imports the libraries (once per
+    process: a few seconds for torch)."""
+    from . import __version__
+
+    out = {"patchcollide": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for key, module in LIBRARIES:
+        try:
+            out[key] = str(importlib.import_module(module).__version__)
+        except ImportError:
+            out[key] = None
+    try:
+        import h5py
+
+        out["hdf5"] = h5py.version.hdf5_version
+    except ImportError:
+        out["hdf5"] = None
+    out["git"] = _code_commit()
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _code_commit() -> dict | None:
+    """git_commit of the running code, asked once per process: the code is fixed at import."""
+    return git_commit(CODE_ROOT)
+
+
+def git_commit(root: str = CODE_ROOT) -> dict | None:
+    """``{"commit": sha, "dirty": bool}`` when ``root`` is the top of a git checkout (dirty:
+    tracked files differ from the commit), else None (an installed package, an sdist, no git).
+    A folder inside someone else's repository (a virtual environment there) gives None."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # no GIT_DIR from a hook
+
+    def git(*args: str) -> str:
+        # --no-optional-locks: `status` must not refresh the index under a user's own git commands
+        return subprocess.run(["git", "--no-optional-locks", "-C", root, *args], capture_output=True, text=True,
+                              check=True, env=env, timeout=30).stdout.strip()
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if not top or not os.path.samefile(top, root):
+            return None
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}

@@ -305,7 +305,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     ``target``: a precomputed ``target_of(tap, target_img, config.vertices, config.first_unit)``
     (batch jobs that share a target compute it once); None computes it here.
     """
-    from .models import resolve_device
+    from .models import resolve_device, tap_on
 
     t0 = time.time()
     S = config.size
@@ -315,7 +315,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     if config.mode == "patches" and index is None:
         raise CollideError("patch mode needs an index; build one with `patchcollide index build` or use --mode pixel")
     dev = resolve_device(config.device)
-    tap = tap.to(dev)
+    tap = tap_on(tap, dev)
     src, tgt = to_tensor(source_img).to(dev), to_tensor(target_img).to(dev)
     if target is None:
         target = target_of(tap, tgt, config.vertices, config.first_unit)
@@ -346,10 +346,10 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
 @torch.no_grad()
 def quantised_metrics(tap: Tap, vertices_u8: np.ndarray, target: Target, device: str = "auto") -> dict:
     """Metrics of the vertices as saved: (V, H, W, 3) uint8 (e.g. PNGs read back from disk)."""
-    from .models import resolve_device
+    from .models import resolve_device, tap_on
 
     dev = resolve_device(device)
-    tap = tap.to(dev)
+    tap = tap_on(tap, dev)
     x = torch.from_numpy(np.ascontiguousarray(vertices_u8)).permute(0, 3, 1, 2).float().to(dev) / 255.0
     t = Target(target.z.to(dev), target.units.to(dev), target.label, target.prob)
     return collision_metrics(tap.pre(x), tap.logits(x), t)

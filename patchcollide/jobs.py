@@ -152,6 +152,7 @@ class BatchRunner:
         self.dataset = os.path.abspath(dataset) if dataset else None
         self.skip_invalid = skip_invalid
         self.tap = None  # the batch's model (random weights: the first job's seed)
+        self.dev = None  # the resolved --device (open() resolves it once)
         self.pindex = None
         self._taps: dict = {}
         self._targets: dict = {}
@@ -168,7 +169,7 @@ class BatchRunner:
                 "skip_invalid": self.skip_invalid}
 
     def open(self) -> None:
-        from .models import load_tap
+        from .models import load_tap, resolve_device
 
         if self.uses_index and not self.index_dir:
             raise JobsError("patch-mode jobs need an index (-i/--index); build one with `patchcollide index build`")
@@ -177,7 +178,8 @@ class BatchRunner:
 
             self.pindex = PatchIndex(self.index_dir)
         seed = self.jobfile.jobs[0].config.seed if self.jobfile.jobs else 0
-        self.tap = load_tap(self.arch, self.layer, self.weights, seed=seed)
+        self.dev = resolve_device(self.device)  # once; the batch's own models live there
+        self.tap = load_tap(self.arch, self.layer, self.weights, seed=seed).to(self.dev)
         self._taps[self._tap_key(seed)] = self.tap
 
     def close(self) -> None:
@@ -198,7 +200,7 @@ class BatchRunner:
             # one extra random model at a time (VGG-16 is half a gigabyte)
             for k in [k for k in self._taps if self._taps[k] is not self.tap]:
                 del self._taps[k]
-            self._taps[key] = load_tap(self.arch, self.layer, self.weights, seed=job.config.seed)
+            self._taps[key] = load_tap(self.arch, self.layer, self.weights, seed=job.config.seed).to(self.dev)
         return key, self._taps[key]
 
     def model_identity(self, job: Job) -> dict:
@@ -212,16 +214,14 @@ class BatchRunner:
     def target_for(self, job: Job):
         """``collide.target_of`` for the job's target, computed once per (model, target file,
         size, vertices, first unit) and reused by every job that shares them."""
-        from .models import resolve_device
         from .runs import load_input
 
         key_tap, tap = self.tap_for(job)
         c = job.config
         key = (key_tap, job.target, c.size, c.vertices, c.first_unit)
         if key not in self._targets:
-            dev = resolve_device(self.device)
             img = load_input(job.target, c.size, "target")
-            t = target_of(tap.to(dev), to_tensor(img).to(dev), c.vertices, c.first_unit)
+            t = target_of(tap, to_tensor(img).to(self.dev), c.vertices, c.first_unit)
             self._targets[key] = t
         return self._targets[key]
 

@@ -257,6 +257,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
+def tap_on(tap: "Tap", device: torch.device) -> "Tap":
+    """``tap`` on ``device`` without moving the caller's: the same object when it is there
+    already, else a copy there (nn.Module.to would move the caller's model in place)."""
+    here = next(iter(tap.buffers())).device
+    if here.type == device.type and (device.index is None or here.index == device.index):
+        return tap
+    import copy
+
+    return copy.deepcopy(tap).to(device)
+
+
 # --------------------------------------------------------------------------------------------
 # Any torchvision model by name, with seeded random or loaded weights (exact collisions, nullities)
 # --------------------------------------------------------------------------------------------

@@ -102,13 +102,12 @@ def contact_sheet(images: list[tuple[str, np.ndarray]], scale: int = 1) -> Image
 
 
 def loss_plot(history: dict, path: str, title: str = "") -> str:
-    """Loss terms and the worst vertex's relative error per step (log scale) as a PNG."""
-    import matplotlib
+    """Loss terms and the worst vertex's relative error per step (log scale) as a PNG. Drawn on
+    a bare Figure: the caller's pyplot state and backend stay as they were."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     steps = np.arange(1, len(history["pos"]) + 1)
     ax = axes[0]
     ax.semilogy(steps, np.maximum(history["pos"], 1e-12), label="L+ (mean over vertices)")
@@ -127,11 +126,8 @@ def loss_plot(history: dict, path: str, title: str = "") -> str:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
-        with files.atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=90, format="png")
-    finally:
-        plt.close(fig)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     return path
 
 

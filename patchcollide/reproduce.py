@@ -202,15 +202,14 @@ def digit_table(result: dict) -> str:
 
 
 def digit_figure(result: dict, path: str) -> str:
-    """Table 1 as a picture: per polytope the target, the start and the vertices (grey, [0, 1])."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Table 1 as a picture: per polytope the target, the start and the vertices (grey, [0, 1]).
+    Drawn on a bare Figure: the caller's pyplot state and backend stay as they were."""
+    from matplotlib.figure import Figure
 
     rows = result["rows"]
     V = len(rows[0]["vertices"])
-    fig, axes = plt.subplots(len(rows), V + 2, figsize=(1.3 * (V + 2), 1.5 * len(rows) + 0.6), squeeze=False)
+    fig = Figure(figsize=(1.3 * (V + 2), 1.5 * len(rows) + 0.6))
+    axes = fig.subplots(len(rows), V + 2, squeeze=False)
     for i, r in enumerate(rows):
         panels = [("target", result["target_image"]), (f"start ({r['init']})", r["start_image"])]
         panels += [(f"vertex {v}", r["vertices"][v]) for v in range(V)]
@@ -221,5 +220,4 @@ def digit_figure(result: dict, path: str) -> str:
     fig.suptitle(f"{result['model']} {result['layer']} collisions, {result['data']}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -29,7 +29,7 @@ import torch
 from .collide import CollideConfig, CollideError, CollideResult, collide, quantised_metrics
 from .files import atomic_open, check_out, staged_dir, versions, write_json
 from .images import Preprocess, load_rgb
-from .models import Tap, load_tap, resolve_device
+from .models import Tap, load_tap, resolve_device, tap_on
 from .objectives import Target
 from .polytope import difference_boxes, pairwise_l2, sample_polytope
 from .report import RUN_KIND, contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
@@ -216,7 +216,7 @@ def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int
     target = Target(tz, units, report["target"]["label"], report["target"]["top_prob"])
     tap = tap or tap_for_run(report)
     dev = resolve_device(device)
-    tap = tap.to(dev)
+    tap = tap_on(tap, dev)
     x = torch.from_numpy(vertices).permute(0, 3, 1, 2).float() / 255.0
     try:
         check = sample_polytope(tap, x, target, samples=samples, seed=seed, batch_size=batch_size, device=dev)

@@ -449,3 +449,33 @@ def test_seam_tables_are_chunked_and_equal_the_whole_comparison():
     for budget in (1, 7 * 36 * 2 * 3, 1 << 27):
         match, alone = _seam_tables(a, b, budget=budget)
         assert torch.equal(match, want_match) and torch.equal(alone, want_alone), budget
+
+
+def test_library_calls_leave_the_callers_world_as_they_found_it(tap, tmp_path):
+    """Two collide() calls with different seeds, between draws of the caller's own, leave the
+    caller's torch and numpy streams where they would be without them; loss_plot leaves the
+    caller's matplotlib backend."""
+    import matplotlib
+
+    from patchcollide.report import loss_plot
+
+    src, tgt = photo("astronaut"), photo("chelsea")
+
+    def draws(with_calls: bool):
+        torch.manual_seed(123)
+        np.random.seed(123)
+        out = [torch.rand(3), np.random.rand(3)]
+        if with_calls:
+            for seed in (1, 2):
+                collide(tap, src, tgt, CollideConfig(mode="pixel", vertices=2, steps=2, min_steps=0, size=S,
+                                                     device="cpu", seed=seed))
+        out += [torch.rand(3), np.random.rand(3)]
+        return out
+
+    want, got = draws(False), draws(True)
+    for a, b in zip(want, got):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    backend = matplotlib.get_backend()
+    h = {"pos": [1.0, 0.5], "neg": [-1.0, -2.0], "worst_rel_error": [0.3, 0.2], "mean_rel_error": [0.2, 0.1]}
+    loss_plot(h, str(tmp_path / "loss.png"))
+    assert matplotlib.get_backend() == backend and (tmp_path / "loss.png").stat().st_size > 1000

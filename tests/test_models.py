@@ -98,3 +98,13 @@ def test_missing_imagenet_weights_say_how_to_supply_them(tmp_path, monkeypatch):
         load_imagenet_state("vgg16", allow_download=False)
     msg = str(e.value)
     assert "--weights PATH" in msg and str(tmp_path) in msg and "vgg16-397923af.pth" in msg
+
+
+def test_tap_on_never_moves_the_callers_model():
+    from patchcollide.models import load_tap, tap_on
+
+    tap = load_tap("vgg16", "fc6", "random", seed=0)
+    assert tap_on(tap, torch.device("cpu")) is tap  # already there: no copy
+    moved = tap_on(tap, torch.device("meta"))  # any other device: a copy goes there
+    assert moved is not tap and next(moved.parameters()).device.type == "meta"
+    assert all(p.device.type == "cpu" for p in tap.parameters()) and tap.mean.device.type == "cpu"

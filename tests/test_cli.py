@@ -77,7 +77,8 @@ def test_python_m_entry_point():
         (["extract", "{photos}", "--out", "{tmp}/s.h5", "--seed", "-1"], "--seed must be >= 0"),
         (["extract", "{photos}", "--out", "{tmp}/s.json"], "must end in .h5"),
         (["extract", "{photos}", "--out", "{tmp}/s.h5", "--resize", "big"], "'none'"),
-        (["index", "eval", "--index", "{flat}", "--queries", "{query}", "--stride", "0"], "--stride must be >= 1"),
+        (["index", "eval", "--index", "{flat}", "--queries", "{query}", "--grid-stride", "0"], "--grid-stride must be >= 1"),
+        (["index", "search", "{query}", "--index", "{flat}", "--grid-stride", "0"], "--grid-stride must be >= 1"),
         (["index", "eval", "--index", "{flat}", "--queries", "{query}", "-k", "-1"], "k must be >= 1"),
         (["index", "search", "{query}", "--index", "{flat}", "--nprobe", "-1"], "--nprobe must be >= 1"),
     ],
@@ -102,6 +103,14 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, photos_dir, query_i
     assert code == 2, out
     line = one_line_error(out)
     assert needle in line, line
+
+
+def test_index_search_grid_stride_and_its_old_name(flat_index, query_image):
+    code, out = run("index", "search", query_image, "--index", flat_index, "--grid-stride", "16", "-k", "2")
+    assert code == 0 and "169 locations x 2 neighbours" in out and "deprecated" not in out, out
+    code, out = run("index", "search", query_image, "--index", flat_index, "--stride", "16", "-k", "2")
+    assert code == 0 and "169 locations x 2 neighbours" in out, out
+    assert "--stride of index search/eval is deprecated; use --grid-stride" in out
 
 
 def test_resize_none_and_bad_resize(tmp_path, photos_dir):

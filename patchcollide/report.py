@@ -131,15 +131,6 @@ def loss_plot(history: dict, path: str, title: str = "") -> str:
     return path
 
 
-install_dir = files.install_dir  # nullspace.py imports it from here; it lives in files.py now
-
-
-def write_json(obj: dict, path: str) -> str:
-    """``files.write_json(path, obj)`` with the arguments the other way round, for nullspace.py
-    and cli/exact.py until they call files.py; new code calls ``files.write_json``."""
-    return files.write_json(path, obj)
-
-
 # --- Static HTML report of a run directory or a batch directory (``patchcollide report``) ---------
 # One self-contained page per directory, opened from disk: relative image URLs, inline CSS and
 # JS, nothing fetched from a network. Every string read from a file is HTML-escaped.

@@ -296,7 +296,8 @@ def write_nullspace_run(out: str, res: NullspaceResult, image: np.ndarray, model
     """
     from PIL import Image
 
-    from ..report import install_dir, save_png, write_json
+    from ..files import install_dir, write_json
+    from ..report import save_png
 
     check_out(out, overwrite)
     parent = os.path.dirname(os.path.abspath(out)) or "."
@@ -332,7 +333,7 @@ def write_nullspace_run(out: str, res: NullspaceResult, image: np.ndarray, model
                 "top1_png": int(l1.argmax()), "top1_start": int(l0.argmax()),
                 "note": "collider.png is rounded to integers and clipped to 0..255: it is for viewing and does not "
                         "collide exactly; collider.npy holds the exact float32 collider in the model's input space"}
-        write_json(report, os.path.join(tmp, "report.json"))
+        write_json(os.path.join(tmp, "report.json"), report)
         check_out(out, overwrite)
         install_dir(tmp, out)
         tmp = None

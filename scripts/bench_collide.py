@@ -212,12 +212,22 @@ def sweep(args, tap, index, index_desc, dev, size, work) -> None:
                "sharpness": ">= 0.8", "sources": "<= 2"}
     path = os.path.join(args.out, f"bench_collide-sweep-{tag}.json")
     runs = []
+    if args.append and os.path.exists(path):  # keep what an earlier (cut-short) sweep measured
+        with open(path) as fh:
+            old = json.load(fh)
+        if old["setting"]["size"] != size or old["setting"]["vertices"] != args.vertices:
+            sys.exit(f"--append: {path} was measured at {old['setting']['size']} px with "
+                     f"{old['setting']['vertices']} vertices; run with the same --size and --vertices")
+        for r in old["runs"]:  # runs saved before runs carried their own commit ran on the file's
+            r.setdefault("git", old.get("git") or old["versions"].get("git"))
+        runs = old["runs"]
+    planned = {name for name, *_ in SWEEP} | {"default, second pair"}
 
     def save(complete: bool) -> None:
         """Written after every run, so a sweep cut short keeps what it measured."""
         result = {
             "benchmark": "bench_collide --sweep", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
-            "versions": versions(), "complete": complete,
+            "versions": versions(), "complete": complete and planned <= {r["name"] for r in runs},
             "notice": "RANDOM WEIGHTS (smoke runs): these colliders say nothing about a trained network" if random else None,
             "setting": {"size": size, "vertices": args.vertices, "weights": tap.weights.name, "index": index_desc,
                         "device": str(dev), "threads": torch.get_num_threads()},
@@ -233,8 +243,9 @@ def sweep(args, tap, index, index_desc, dev, size, work) -> None:
             continue
         cfg = CollideConfig(**{**base, **over})
         rec, res = run_one(tap, index, *pairs[p], cfg)
-        rec.update(name=name, what=what, pair=list(PAIRS[p]), config=dataclasses.asdict(cfg))
-        runs.append(rec)
+        rec.update(name=name, what=what, pair=list(PAIRS[p]), config=dataclasses.asdict(cfg),
+                   git=versions()["git"])
+        runs[:] = [r for r in runs if r["name"] != name] + [rec]
         print(f"{name:>14}: worst PNG error {rec['worst_rel_error_png']:.3g}, push >= {rec['min_push']:.2f} "
               f"(own lowest: {rec['all_own_lowest']}), sharpness {rec.get('sharpness_mean', float('nan')):.3f}, "
               f"sources {rec.get('sources_mean', float('nan')):.2f}, {rec['steps']} steps, {rec['seconds']:.0f} s",
@@ -315,6 +326,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", action="store_true", help="the levers' frontier (else: batched against one at a time)")
     ap.add_argument("--only", default=None, help="comma-separated sweep run names (default: all)")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the runs already in the sweep JSON (a run of the same name is replaced)")
     ap.add_argument("--size", type=int, default=None, help="input side (default 224 on GPU, 128 on CPU)")
     ap.add_argument("--steps", type=int, default=None, help="step budget (default: the config's)")
     ap.add_argument("--vertices", type=int, default=5)

@@ -10,10 +10,12 @@ nothing of ours (the package version aside).
 * Directories: :func:`staged_dir` gives a fresh directory beside the output and
   :func:`install_dir` puts it at the output's name whole.
 * Run folders: :func:`check_out` refuses an output that holds something other than a run
-  of the expected kind.
+  of the expected kind; :func:`check_writable` refuses, before any long computation, an
+  output that could not be written (no permission, read-only, too little space).
 * Locks: exclusive ``flock`` locks on lock files (:func:`try_lock`, :func:`locked`), which
   die with their process, even on SIGKILL; :func:`is_locked` probes one without waiting.
-* :func:`versions`: the software a result was made with, the git commit of the code included.
+* :func:`versions`: the software a result was made with, the git commit of the code included;
+  :func:`machine`: the machine it ran on.
 """
 from __future__ import annotations
 
@@ -131,16 +133,25 @@ def write_json(path: str, obj, indent: int | None = 2, default: Callable = plain
 # Directories
 
 
+def umask() -> int:
+    """The process's file-mode creation mask (read without changing it for good)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def staged_dir(out: str) -> Iterator[str]:
-    """A fresh, empty directory ``NAME.tmp-XXXXXX`` beside ``out`` (mode 0700, as
-    ``tempfile.mkdtemp`` makes it) to write a whole output into; when the block ends without
-    error it is put at ``out`` by :func:`install_dir`, on any error it is removed. Check
-    ``out`` once more as the block's last step: something may have appeared meanwhile."""
+    """A fresh, empty directory ``NAME.tmp-XXXXXX`` beside ``out`` to write a whole output
+    into, with the permissions the umask gives a new folder (``mkdir``'s, not ``mkdtemp``'s
+    private 0700: collaborators and web servers read runs); when the block ends without error
+    it is put at ``out`` by :func:`install_dir`, on any error it is removed. Check ``out``
+    once more as the block's last step: something may have appeared meanwhile."""
     parent = os.path.dirname(os.path.abspath(out)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".tmp-", dir=parent)
     try:
+        os.chmod(tmp, 0o777 & ~umask())
         yield tmp
         install_dir(tmp, out)
     except BaseException:
@@ -195,6 +206,31 @@ def check_out(out: str, overwrite: bool, kind: str, what: str, error: type[Excep
         raise error(f"--out {out} already exists; choose another name or pass --overwrite")
     if not is_run(out, kind):
         raise error(f"--out {out} holds files that are not a {what}; --overwrite only replaces runs")
+
+
+def check_writable(out: str, need: int, error: type[Exception], option: str = "--out") -> None:
+    """Before a long computation: refuse an output ``out`` (a file or folder still to be made)
+    that could not be written at the end. Its nearest existing ancestor must be a folder this
+    process can create files in (probed with a real file, so read-only mounts and ACLs count)
+    with at least ``need`` bytes free. Raises ``error`` with a one-line message naming
+    ``option``."""
+    where = os.path.dirname(os.path.abspath(out)) or "."
+    while not os.path.exists(where):
+        where = os.path.dirname(where)
+    if not os.path.isdir(where):
+        raise error(f"{option} {out}: {where} is a file, not a folder; choose another {option}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".patchcollide-probe-", dir=where)
+    except OSError as e:
+        raise error(f"{option} {out}: cannot write in {where} ({e.strerror or e}); choose another {option} "
+                    "or fix the folder's permissions") from None
+    os.close(fd)
+    os.remove(probe)
+    st = os.statvfs(where)
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise error(f"{option} {out}: only {free / 2**20:.1f} MiB free in {where}, the outputs need about "
+                    f"{need / 2**20:.1f} MiB; free space or choose another {option}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +332,24 @@ def versions() -> dict:
         out["hdf5"] = None
     out["git"] = _code_commit()
     return out
+
+
+def machine() -> dict:
+    """The machine a result is measured on: platform, CPU model, cores, memory, torch's
+    threads and the GPU (None without one). Imports torch."""
+    import torch
+
+    cpu, ram = platform.processor() or "unknown", None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        ram = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "ram_gb": ram,
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 @functools.lru_cache(maxsize=1)

@@ -198,7 +198,7 @@ def frontier_plot(runs: list[dict], path: str, title: str) -> None:
 
 def sweep(args, tap, index, index_desc, dev, size, work) -> None:
     from patchcollide.collide import CollideConfig
-    from patchcollide.files import versions, write_json
+    from patchcollide.files import machine, versions, write_json
 
     random = tap.weights.kind == "random"
     tag = f"{'gpu' if dev.type == 'cuda' else 'cpu'}-{size}"
@@ -263,7 +263,7 @@ def sweep(args, tap, index, index_desc, dev, size, work) -> None:
 
 def batched_vs_single(args, tap, index, index_desc, dev, size, work) -> None:
     from patchcollide.collide import CollideConfig, collide
-    from patchcollide.files import versions, write_json
+    from patchcollide.files import machine, versions, write_json
 
     src, tgt = load_pair(work, PAIRS[0], size)
     V = args.vertices
@@ -306,20 +306,6 @@ def batched_vs_single(args, tap, index, index_desc, dev, size, work) -> None:
     path = os.path.join(args.out, f"bench_collide-{'gpu' if dev.type == 'cuda' else 'cpu'}-{size}.json")
     write_json(path, result)
     print(f"speed-up per vertex {result['speedup_per_vertex']:.2f}x; wrote {path}")
-
-
-def machine() -> dict:
-    import platform
-
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "platform": platform.platform()}
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -41,19 +40,10 @@ K = 50
 
 def machine() -> dict:
     import faiss
-    import torch
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    import psutil
+    from patchcollide.files import machine as base
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "gpu": gpu, "faiss_gpus": faiss.get_num_gpus(), "platform": platform.platform()}
+    return {**base(), "faiss_gpus": faiss.get_num_gpus()}
 
 
 def _child(q, fn_name, args):

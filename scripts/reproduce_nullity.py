@@ -41,7 +41,7 @@ def main() -> None:
     m, v = table["machine"], table["versions"]
     head = (f"# Nullities of weight matrices (Ozbulak et al. 2022, Table 1)\n\n"
             f"`python scripts/reproduce_nullity.py{' --weights ' + args.weights if args.weights != 'random' else ''}`"
-            f" on {m['cpu']} ({m['cpus']} cores, torch threads {m['torch_threads']}); torch {v['torch']}, "
+            f" on {m['cpu']} ({m.get('cores', m.get('cpus'))} cores, torch threads {m['torch_threads']}); torch {v['torch']}, "
             f"torchvision {v['torchvision']}; {table['seconds']:.0f} s.\n\n"
             "Columns: n_theta weights counted (Conv/Linear weights and attention in-projections; no biases, norms, "
             "tokens, position embeddings or transposed convolutions), nu with nullity >= 1, mu with fewer rows than "

@@ -147,6 +147,39 @@ class RunError(PatchcollideError):
     pass
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
+def test_a_staged_directory_gets_the_permissions_the_umask_implies(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        with files.staged_dir(str(tmp_path / "run")) as tmp:
+            pathlib.Path(tmp, "a.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "run").st_mode) == 0o777 & ~mask  # not mkdtemp's 0700
+
+
+def test_check_writable_refuses_a_file_parent_a_read_only_folder_and_too_little_space(tmp_path, monkeypatch):
+    class Bad(Exception):
+        pass
+
+    files.check_writable(str(tmp_path / "new" / "deeper" / "run"), need=1, error=Bad)  # missing folders are made later
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(Bad, match=r"^--out .*f/run: .*f is a file, not a folder; choose another --out$"):
+        files.check_writable(str(tmp_path / "f" / "run"), need=1, error=Bad)
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    with pytest.raises(Bad, match=r"MiB free in .*, the outputs need about .* MiB; free space or choose another --out$"):
+        files.check_writable(str(tmp_path / "run"), need=free + 2**30, error=Bad)
+    # a read-only mount (root writes in a 0555 folder, so the refusal is injected where the probe writes)
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    with pytest.raises(Bad, match=r"^--out .*/run: cannot write in .* \(Read-only file system\); choose another --out"):
+        files.check_writable(str(tmp_path / "run"), need=1, error=Bad)
+    monkeypatch.undo()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".patchcollide-probe")]
+
+
 def test_check_out_allows_new_or_empty_and_replaces_only_runs_of_its_kind(tmp_path):
     check = lambda out, overwrite: files.check_out(str(out), overwrite, "k-run", "k run", RunError)  # noqa: E731
     check(tmp_path / "new", False)

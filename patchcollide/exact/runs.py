@@ -16,8 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -28,9 +26,12 @@ import torch.nn as nn
 from ..models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from .kernel import NullspaceConfig, linear_perturbation, patch_perturbation
 from .spectra import conv_map_analysis, naive_tiling
-from .table import RANDOM_NOTICE, NullspaceError, machine, versions
+from .table import RANDOM_NOTICE, NullspaceError
 from .verify import layer_residual, model_output, perturbation_size, pgd, verify
-from ..files import atomic_open
+from .. import files
+from ..files import atomic_open, machine, staged_dir, versions
+
+RUN_KIND = "patchcollide-nullspace"  # report.json's kind
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,17 +297,13 @@ def write_nullspace_run(out: str, res: NullspaceResult, image: np.ndarray, model
     """
     from PIL import Image
 
-    from ..files import install_dir, write_json
+    from ..files import write_json
     from ..report import save_png
 
     check_out(out, overwrite)
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".tmp-", dir=parent)
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the run directory is an ordinary folder
-    report = {"kind": "patchcollide-nullspace", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta,
+    report = {"kind": RUN_KIND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta,
               "versions": versions(), "machine": machine(), "result": result_json(res)}
-    try:
+    with staged_dir(out) as tmp:
         save_png(Image.fromarray(image), os.path.join(tmp, "original.png"))
         if res.pgd:
             save_png(Image.fromarray(np.clip(np.rint(imagenet_pixels(res.start)), 0, 255).astype(np.uint8)),
@@ -335,27 +332,8 @@ def write_nullspace_run(out: str, res: NullspaceResult, image: np.ndarray, model
                         "collide exactly; collider.npy holds the exact float32 collider in the model's input space"}
         write_json(os.path.join(tmp, "report.json"), report)
         check_out(out, overwrite)
-        install_dir(tmp, out)
-        tmp = None
-    except BaseException:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 
 def check_out(out: str, overwrite: bool) -> None:
-    occupied = os.path.isfile(out) or (os.path.isdir(out) and bool(os.listdir(out)))
-    if not occupied:
-        return
-    if not overwrite:
-        raise NullspaceError(f"--out {out} already exists; choose another name or pass --overwrite")
-    try:
-        import json
-
-        with open(os.path.join(out, "report.json")) as fh:
-            ok = json.load(fh).get("kind") == "patchcollide-nullspace"
-    except (OSError, ValueError, AttributeError):
-        ok = False
-    if not ok:
-        raise NullspaceError(f"--out {out} holds files that are not a nullspace run; --overwrite only replaces those")
+    files.check_out(out, overwrite, RUN_KIND, "nullspace run", NullspaceError)

@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
-import platform
 import time
 from collections.abc import Callable
 
@@ -34,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import PatchcollideError
-from ..files import versions
+from ..files import machine, versions
 from ..models import ModelError, build_model
 
 log = logging.getLogger(__name__)
@@ -311,18 +309,4 @@ def table_markdown(table: dict) -> str:
         lines += ["", "Not in torchvision (no row): " + ", ".join(table["not_in_torchvision"]) + "."]
     return "\n".join(lines) + "\n"
 
-
-# --------------------------------------------------------------------------------------------
-# Provenance, saved beside every table and run
-# --------------------------------------------------------------------------------------------
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available()}
 

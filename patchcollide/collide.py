@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from .checkpoints import Checkpointer, Interrupted
 from .errors import PatchcollideError
 from .models import Tap
 from .objectives import OBJECTIVES, Target, choose_units, collision_metrics, loss_terms, push_ratio
@@ -238,25 +240,45 @@ def prune(param: PatchParam, opt: torch.optim.Optimizer, keep: int) -> None:
                                   for k, v in state.items()}
 
 
+def make_optimizer(param: torch.nn.Module, config: CollideConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(param.parameters(), lr=config.learning_rate, momentum=0.9)
+    return torch.optim.Adam(param.parameters(), lr=config.learning_rate, betas=config.betas)
+
+
 def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideConfig,
-             progress: Callable[[int, int, float, float], None] | None = None) -> tuple[dict, int, bool]:
+             progress: Callable[[int, int, float, float], None] | None = None,
+             checkpoint: Checkpointer | None = None, resume: dict | None = None) -> tuple[dict, int, bool]:
     """The loop shared by every search space (module docstring: the schedule). Returns
     (history, steps taken, converged); converged means every vertex met ``config.tol`` as
     8-bit pixels.
 
     progress(step, total, loss, worst relative error) after every step.
+    checkpoint: saves the loop's state when due, after the last step, and on SIGINT/SIGTERM
+    (then raises checkpoints.Interrupted). resume: a checkpoint to go on from (``param``
+    already restored from it); the loop draws no random numbers, so the run ends as if it had
+    never stopped.
     """
-    if config.optimizer == "sgd":
-        opt = torch.optim.SGD(param.parameters(), lr=config.learning_rate, momentum=0.9)
-    else:
-        opt = torch.optim.Adam(param.parameters(), lr=config.learning_rate, betas=config.betas)
+    opt = make_optimizer(param, config)
     ph = config.phases()
     mixing = isinstance(param, PatchParam)
     hist: dict[str, list] = {"pos": [], "neg": [], "tv": [], "entropy": [], "worst_rel_error": [],
                              "mean_rel_error": [], "min_push": []}
     post_norm = target.post.norm().clamp_min(1e-12)
-    converged, step = False, 0
-    for step in range(1, config.steps + 1):
+    converged, step, first, before = False, 0, 1, 0.0
+    if resume is not None:
+        opt.load_state_dict(resume["opt"])
+        hist, step, converged, before = resume["history"], resume["step"], resume["converged"], resume["seconds"]
+        if resume["done"]:
+            return hist, step, converged
+        first = step + 1
+    started = time.time()
+
+    def state(done: bool) -> dict:
+        return {"step": step, "done": done, "converged": converged, "param": param.core_state(),
+                "opt": opt.state_dict(), "history": hist, "seconds": before + time.time() - started}
+
+    for step in range(first, config.steps + 1):
         if mixing and step in ph["prune"]:
             prune(param, opt, ph["prune"][step])
         late = step > ph["switch"]
@@ -293,17 +315,30 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
             if float(now.max()) <= config.tol:
                 converged = True
                 break
+        if checkpoint is not None and step < config.steps and checkpoint.due(step):
+            where = checkpoint.save(state(done=False))
+            if checkpoint.stopping:
+                name = signal.Signals(checkpoint.stop.signum).name
+                raise Interrupted(f"{name} at step {step}/{config.steps}: "
+                                  + (f"checkpoint saved in {where}" if where else "the checkpoint could not be saved"),
+                                  checkpoint.stop.signum)
+    if checkpoint is not None:
+        checkpoint.save(state(done=True), final=True)
     return hist, step, converged
 
 
 def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: CollideConfig = CollideConfig(),
-            index=None, progress: Callable | None = None, target: Target | None = None) -> CollideResult:
+            index=None, progress: Callable | None = None, target: Target | None = None,
+            checkpoint: Checkpointer | None = None, resume: dict | None = None) -> CollideResult:
     """Find ``config.vertices`` colliders of ``target_img`` ((S, S, 3) uint8, S = config.size).
 
     Patch mode retrieves candidates for ``source_img`` from ``index`` (a knn.PatchIndex);
     pixel mode starts from the source (or the target, ``init="target"``).
     ``target``: a precomputed ``target_of(tap, target_img, config.vertices, config.first_unit)``
     (batch jobs that share a target compute it once); None computes it here.
+    ``checkpoint``: saves the loop's state (checkpoints.Checkpointer); ``resume``: a checkpoint
+    of this run (``Checkpointer.load``) to go on from: its target and candidates are used, so
+    the run ends as if it had never stopped.
     """
     from .models import resolve_device, tap_on
 
@@ -317,15 +352,30 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     dev = resolve_device(config.device)
     tap = tap_on(tap, dev)
     src, tgt = to_tensor(source_img).to(dev), to_tensor(target_img).to(dev)
+    if resume is not None:
+        t = resume["target"]
+        target = Target(t["z"], t["units"], t["label"], t["prob"])
     if target is None:
         target = target_of(tap, tgt, config.vertices, config.first_unit)
-    else:
-        if len(target.units) != config.vertices:
-            raise CollideError(f"the precomputed target has {len(target.units)} units for {config.vertices} vertices")
-        target = Target(target.z.to(dev), target.units.to(dev), target.label, target.prob)
-    candidates = retrieve_candidates(index, source_img, config.k, config.grid_stride) if config.mode == "patches" else None
+    elif len(target.units) != config.vertices:
+        raise CollideError(f"the precomputed target has {len(target.units)} units for {config.vertices} vertices")
+    target = Target(target.z.to(dev), target.units.to(dev), target.label, target.prob)
+    candidates = None
+    if config.mode == "patches":
+        if resume is not None:  # the same candidates, by id: no search, whatever the index would answer now
+            c = resume["candidates"]
+            L, K = c["ids"].shape
+            candidates = {**c, "patches": index.store.get(c["ids"].ravel()).reshape(L, K, PATCH, PATCH, 3)}
+        else:
+            candidates = retrieve_candidates(index, source_img, config.k, config.grid_stride)
+    cand_meta = None if candidates is None else {k: candidates[k] for k in ("ids", "yx", "distances")}
     param = make_param(config, src, tgt, candidates).to(dev)
-    hist, steps, converged = optimise(tap, param, target, config, progress)
+    if resume is not None:
+        param.restore(resume["param"])
+    if checkpoint is not None:
+        checkpoint.static.update(target={"z": target.z.cpu(), "units": target.units.cpu(), "label": target.label,
+                                         "prob": target.prob}, candidates=cand_meta)
+    hist, steps, converged = optimise(tap, param, target, config, progress, checkpoint, resume)
     mixing = hard = None
     with torch.no_grad():
         x = param().detach()
@@ -335,12 +385,11 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
             hard = param.argmax_image()
             post_norm = target.post.norm().clamp_min(1e-12)
             mixing["argmax_rel_error"] = ((torch.relu(tap.pre(hard)) - target.post).norm(dim=1) / post_norm).tolist()
-    state = {k: v.detach().cpu() for k, v in param.state_dict().items() if k in ("theta", "x", "entries", "valid")}
-    cand_meta = None if candidates is None else {k: candidates[k] for k in ("ids", "yx", "distances")}
+    before = resume["seconds"] if resume is not None else 0.0
     return CollideResult(vertices=x.cpu(), target=Target(target.z.cpu(), target.units.cpu(), target.label, target.prob),
-                         metrics=metrics, history=hist, steps=steps, converged=converged, seconds=time.time() - t0,
-                         param_state=state, candidates=cand_meta, mixing=mixing,
-                         argmax_vertices=None if hard is None else hard.cpu())
+                         metrics=metrics, history=hist, steps=steps, converged=converged,
+                         seconds=before + time.time() - t0, param_state=param.core_state(), candidates=cand_meta,
+                         mixing=mixing, argmax_vertices=None if hard is None else hard.cpu())
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ import time
 import traceback
 from collections.abc import Iterator
 
+from .checkpoints import EVERY, Interrupted
 from .collide import CollideError, target_of, to_tensor
 from .errors import PatchcollideError
 from .files import install_dir, is_locked, locked, try_lock, unlock, write_json, write_text, versions
@@ -144,8 +145,9 @@ class BatchRunner:
 
     def __init__(self, jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = "fc6",
                  weights: str = "imagenet", index_dir: str | None = "index", device: str = "auto",
-                 dataset: str | None = None, skip_invalid: bool = False):
+                 dataset: str | None = None, skip_invalid: bool = False, checkpoint_every: int = EVERY):
         self.jobfile, self.out_dir = jobfile, os.path.abspath(out_dir)
+        self.checkpoint_every = checkpoint_every
         self.arch, self.layer, self.weights, self.device = arch, layer, weights, device
         self.uses_index = any(j.config.mode == "patches" for j in jobfile.jobs)
         self.index_dir = os.path.abspath(index_dir) if self.uses_index and index_dir else None
@@ -339,6 +341,8 @@ class BatchRunner:
             t0 = time.time()
             try:
                 self._run_into(job, scratch, t0, progress)
+            except Interrupted:  # a signal: the checkpoint is saved, the batch stops, the job is not a failure
+                raise
             except Exception as e:  # noqa: BLE001 - a failing job is recorded; the batch goes on
                 fatal = _fatal_oserror(e)
                 if fatal is None:
@@ -371,7 +375,9 @@ class BatchRunner:
         run_collide(job.source, job.target, run_dir, job.config, arch=self.arch, layer=self.layer,
                     weights=self.weights, index_dir=self.index_dir, tap=tap,
                     pindex=self.pindex if job.config.mode == "patches" else None, progress=progress,
-                    target_stats=target)
+                    target_stats=target, checkpoint_dir=self.checkpoint_dir(job),
+                    checkpoint_every=self.checkpoint_every, resume="auto",
+                    again="the same `patchcollide batch` command (finished jobs are kept, this one resumes)")
         if job.samples:
             run_sample(run_dir, samples=job.samples, seed=0, device=self.device,
                        dataset_images=self.dataset_for(job.config.size), tap=tap)
@@ -381,6 +387,11 @@ class BatchRunner:
         write_json(os.path.join(run_dir, "report.json"), report)
         # The new run goes in whole: an older (stale) run is moved into the scratch space first.
         install_dir(run_dir, final, aside=os.path.join(scratch, "old"))
+        shutil.rmtree(self.checkpoint_dir(job), ignore_errors=True)  # only now: a kill before resumes from it
+
+    def checkpoint_dir(self, job: Job) -> str:
+        """DIR/.partial/<out>: the job's checkpoint, kept across kills until the job is installed."""
+        return os.path.join(self.out_dir, ".partial", job.out)
 
     def _record_failure(self, job: Job, exc: Exception, seconds: float, scratch: str) -> None:
         d = os.path.join(self.out_dir, ".failed")
@@ -497,8 +508,12 @@ class BatchResult:
 def run_batch(jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet",
               index_dir: str | None = "index", device: str = "auto", dataset: str | None = None,
               shard: tuple[int, int] | None = None, retry_failed: bool = False, skip_invalid: bool = False,
-              events: BatchEvents | None = None) -> BatchResult:
+              events: BatchEvents | None = None, checkpoint_every: int = EVERY) -> BatchResult:
     """Run this process's share of ``jobfile`` into ``out_dir``.
+
+    A job saves a checkpoint in DIR/.partial/<out>/ every ``checkpoint_every`` steps (and on
+    SIGINT/SIGTERM, which stop the batch with checkpoints.Interrupted); the next run of the
+    batch goes on from it, to the same outputs as a run never stopped.
 
     Runs every job of the shard that is not done (pending and failed ones); with
     ``retry_failed`` only those whose recorded status is failed. Holds the shard's batch
@@ -514,7 +529,8 @@ def run_batch(jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = 
     if dataset and not os.path.isdir(dataset):
         raise JobsError(f"--dataset {dataset}: no such folder; give an image folder or leave it out")
     created = not os.path.exists(out_dir)
-    runner = BatchRunner(jobfile, out_dir, arch, layer, weights, index_dir, device, dataset, skip_invalid)
+    runner = BatchRunner(jobfile, out_dir, arch, layer, weights, index_dir, device, dataset, skip_invalid,
+                         checkpoint_every)
     ran: list[str] = []
     try:
         with batch_lock(out_dir, shard):

@@ -30,6 +30,14 @@ class PixelParam(nn.Module):
     def project(self) -> None:
         self.x.clamp_(0, 1)
 
+    def core_state(self) -> dict:
+        """What :meth:`restore` needs to continue from here (on the CPU)."""
+        return {"x": self.x.detach().cpu().clone()}
+
+    @torch.no_grad()
+    def restore(self, state: dict) -> None:
+        self.x = nn.Parameter(state["x"].to(self.x.device).clone())
+
     def mixing_weights(self) -> torch.Tensor | None:
         return None
 
@@ -234,3 +242,16 @@ class PatchParam(nn.Module):
     @torch.no_grad()
     def project(self) -> None:
         self.theta.clamp_(-self.CLAMP, self.CLAMP)
+
+    def core_state(self) -> dict:
+        """What :meth:`restore` needs to continue from here, pruning included (on the CPU):
+        the logits and, per slot, its entry and validity."""
+        return {"theta": self.theta.detach().cpu().clone(), "entries": self.entries.cpu().clone(),
+                "valid": self.valid.cpu().clone()}
+
+    @torch.no_grad()
+    def restore(self, state: dict) -> None:
+        """Continue from a :meth:`core_state` of a mixture over the same candidates."""
+        dev = self.table.device
+        self.theta = nn.Parameter(state["theta"].to(dev).clone())
+        self._set_entries(state["entries"].to(dev), state["valid"].to(dev))

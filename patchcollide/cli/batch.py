@@ -8,6 +8,7 @@ import time
 import click
 
 from ..jobfile import JobsError, parse_shard, read_jobs
+from ..checkpoints import EVERY
 from ..jobs import BatchEvents, run_batch
 from .common import UserError, show_progress, user_errors
 
@@ -108,9 +109,12 @@ def print_summary(entries: list[dict]) -> None:
               help="Run only share I of N (1-based): the job lines at positions I-1, I-1+N, ... of the file.")
 @click.option("--retry-failed", is_flag=True, help="Run only the jobs whose recorded status is failed.")
 @click.option("--skip-invalid", is_flag=True, help="Run the valid jobs even if some lines are invalid.")
+@click.option("--checkpoint-every", default=EVERY, show_default=True, type=click.IntRange(min=0),
+              help="Steps between a job's checkpoints in DIR/.partial/ (also on Ctrl-C / SIGTERM); a job killed or "
+                   "interrupted goes on from its checkpoint when the batch runs again.")
 @click.pass_context
 def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samples, dataset, shard, retry_failed,
-          skip_invalid):
+          skip_invalid, checkpoint_every):
     """Run many collide + sample jobs from JOBS.jsonl (one JSON object per line) into --out.
 
     \b
@@ -125,7 +129,8 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
     polytope check is done. Running the same command again skips the finished jobs and runs
     the rest, failed ones included; --retry-failed runs only the failed ones. A failing job is
     recorded (error in DIR/batch.json, traceback in DIR/.failed/) and the batch goes on.
-    Several processes may share one job file and DIR with --shard 1/N ... N/N; a second
+    A job saves a checkpoint every --checkpoint-every steps; Ctrl-C or SIGTERM saves it and
+    stops the batch, and the same command later goes on from it. Several processes may share one job file and DIR with --shard 1/N ... N/N; a second
     process on the same DIR and shard is refused. Exit code 0 when every job of this shard is
     done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
     """
@@ -149,7 +154,7 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
                 raise UserError(f"{n} invalid lines; fix them or pass --skip-invalid")
             res = run_batch(jobfile, out_dir, arch=arch, layer=layer, weights=weights, index_dir=index_dir,
                             device=device, dataset=dataset, shard=shard_, retry_failed=retry_failed,
-                            skip_invalid=skip_invalid, events=progress)
+                            skip_invalid=skip_invalid, events=progress, checkpoint_every=checkpoint_every)
         finally:
             progress.close()
     for line, msg in jobfile.problems() if skip_invalid else []:

@@ -5,9 +5,11 @@ import os
 import sys
 
 import click
+from click.core import ParameterSource
 
+from ..checkpoints import EVERY
 from ..collide import CollideConfig
-from ..runs import dataset_images, dataset_paths, read_report, run_collide, run_sample
+from ..runs import dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample
 from .common import UserError, show_progress, user_errors
 
 
@@ -93,15 +95,22 @@ def parse_prune(text: str) -> tuple[float, int]:
 
 
 D = CollideConfig()  # the defaults shown in --help are the config's own
-RUN_OPTIONS = ("source", "target", "out", "index_dir", "model", "layer", "weights", "overwrite", "strict")  # not config fields
+RUN_OPTIONS = ("source", "target", "out", "index_dir", "model", "layer", "weights", "overwrite", "strict", "resume",
+               "checkpoint_every")  # not config fields
+RESUME_KEEPS = ("resume", "checkpoint_every", "strict")  # the options --resume takes; the rest come from the run
 NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
 DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --loss-late
 
 
 @click.command()
-@click.option("--source", required=True, type=click.Path(), help="Image whose locations the patches are retrieved for.")
-@click.option("--target", required=True, type=click.Path(), help="Image to collide with (may be the source).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--source", type=click.Path(), help="Image whose locations the patches are retrieved for.  [required]")
+@click.option("--target", type=click.Path(), help="Image to collide with (may be the source).  [required]")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory to write.  [required]")
+@click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
+              help="Continue the interrupted or killed run that was writing RUN, from its checkpoint "
+                   "(RUN.partial/), with the inputs and settings it started with.")
+@click.option("--checkpoint-every", default=EVERY, show_default=True, type=click.IntRange(min=0),
+              help="Steps between checkpoints (also saved after the last step and on Ctrl-C / SIGTERM; 0: only then).")
 @click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
               help="Patch index (patch mode).")
 @click.option("--model", default="vgg16", show_default=True, help="torchvision classifier.")
@@ -160,9 +169,32 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
 @click.option("--strict", is_flag=True,
               help=f"Exit with code {NOT_CONVERGED_EXIT} when a vertex misses --tol (the run is still written).")
 @click.pass_context
-def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrite, strict, loss, prune, **fields):
-    """Find polytope vertices whose layer activation collides with TARGET's."""
+def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrite, strict, resume, checkpoint_every,
+            loss, prune, **fields):
+    """Find polytope vertices whose layer activation collides with TARGET's.
+
+    A run saves a checkpoint every --checkpoint-every steps and on Ctrl-C / SIGTERM;
+    `patchcollide collide --resume RUN` goes on from it and ends as the run would have."""
+    if resume:
+        given = [p.opts[-1] for p in ctx.command.params if p.name not in RESUME_KEEPS
+                 and ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+        if given:
+            raise UserError(f"--resume {resume} goes on with the run's own inputs and settings; leave out "
+                            f"{', '.join(given)}")
+    else:
+        missing = [f"--{n}" for n, v in (("source", source), ("target", target), ("out", out)) if not v]
+        if missing:
+            raise UserError(f"missing {', '.join(missing)}; give --source, --target and --out, or --resume RUN "
+                            "to continue an interrupted run")
     bar = _Bar(show_progress(ctx))
+    if resume:
+        with user_errors():
+            try:
+                report = resume_collide(resume, progress=bar, checkpoint_every=checkpoint_every)
+            finally:
+                bar.close()
+        finish(report, resume, strict, report["config"]["tol"])
+        return
     with user_errors():
         if loss:
             click.echo("warning: --loss is deprecated; use --loss-early A B and --loss-late A B", err=True)
@@ -174,14 +206,20 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         cfg = CollideConfig(**fields)
         try:
             report = run_collide(source, target, out, cfg, arch=model, layer=layer, weights=weights,
-                                 index_dir=index_dir, overwrite=overwrite, progress=bar)
+                                 index_dir=index_dir, overwrite=overwrite, progress=bar,
+                                 checkpoint_every=checkpoint_every)
         finally:
             bar.close()
+    finish(report, out, strict, cfg.tol)
+
+
+def finish(report: dict, out: str, strict: bool, tol: float) -> None:
+    """A finished run's table, and the warning (and --strict's exit code) when it missed tol."""
     print_vertices(report)
     click.echo(f"wrote {out}/ (contact_sheet.png, vertex_*.png, indicator.png, loss.png, report.json)")
     if not report["converged"]:
         worst = max(report["vertices"]["png"]["rel_error"])
-        click.echo(f"warning: not converged: worst PNG relative error {worst:.2e} > --tol {cfg.tol:g} after "
+        click.echo(f"warning: not converged: worst PNG relative error {worst:.2e} > --tol {tol:g} after "
                    f"{report['steps']} steps; give more --steps or a looser --tol", err=True)
         if strict:
             sys.exit(NOT_CONVERGED_EXIT)

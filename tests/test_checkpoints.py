@@ -1,0 +1,279 @@
+"""No lost work in `collide` and `batch`: checkpoints every N steps and on SIGINT/SIGTERM, a
+resumed run ends bit-identical to one never stopped (CPU), a failed final write keeps the
+optimised state, and the output is checked before any optimising. Random VGG-16 at 64 x 64
+(smoke runs: only the mechanics are judged here)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import sample
+from patchcollide.checkpoints import Checkpointer, Interrupted, partial_dir
+from patchcollide.cli import cli
+from patchcollide.collide import CollideConfig, CollideError, collide
+from patchcollide.images import resize_crop
+from patchcollide.models import load_tap
+
+S = 64
+CFG = dict(mode="patches", vertices=2, steps=40, size=S, k=4, device="cpu", tol=1e-6)  # prunes at steps 13 and 20
+
+
+def photo(name: str) -> np.ndarray:
+    return np.asarray(resize_crop(Image.fromarray(sample(name)).convert("RGB"), S))
+
+
+@pytest.fixture(scope="module")
+def tap():
+    return load_tap("vgg16", "fc6", "random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def pidx(flat_index):
+    from patchcollide.knn import PatchIndex
+
+    with PatchIndex(flat_index) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def clean(tap, pidx):
+    return collide(tap, photo("astronaut"), photo("chelsea"), CollideConfig(**CFG), index=pidx)
+
+
+class FakeSignals:
+    """Stands for checkpoints.StopSignals: a signal 'arrives' when the loop reports ``at``."""
+
+    def __init__(self, at: int):
+        self.at, self.signum = at, None
+
+    def progress(self, step, total, loss, worst):
+        if step == self.at:
+            self.signum = signal.SIGINT
+
+
+def test_a_run_interrupted_between_prunes_resumes_bit_identical(tmp_path, tap, pidx, clean):
+    cfg = CollideConfig(**CFG)
+    stop = FakeSignals(at=17)
+    ck = Checkpointer(str(tmp_path / "ck"), {"run": "a"}, every=7, stop=stop)
+    with pytest.raises(Interrupted, match=r"^SIGINT at step 17/40: checkpoint saved in .*checkpoint.pt$") as e:
+        collide(tap, photo("astronaut"), photo("chelsea"), cfg, index=pidx, checkpoint=ck, progress=stop.progress)
+    assert e.value.exit_code == 130
+    state = ck.load()
+    assert state["step"] == 17 and not state["done"] and state["param"]["theta"].shape[2] == 8  # between the prunes
+    stop.signum = None
+    steps = []
+    res = collide(tap, photo("astronaut"), photo("chelsea"), cfg, index=pidx, checkpoint=ck, resume=state,
+                  progress=lambda s, *a: steps.append(s))
+    assert steps[0] == 18 and res.steps == clean.steps == 40
+    assert torch.equal(res.vertices, clean.vertices)  # bit-identical
+    assert res.history == clean.history and res.mixing == clean.mixing
+    # the optimiser's moments are part of it: without them the run ends elsewhere
+    state["opt"]["state"] = {}
+    other = collide(tap, photo("astronaut"), photo("chelsea"), cfg, index=pidx, resume=state)
+    assert not torch.equal(other.vertices, clean.vertices)
+
+
+def test_a_checkpoint_of_other_settings_is_refused(tmp_path, tap, pidx):
+    cfg = CollideConfig(**{**CFG, "steps": 3, "min_steps": 0})
+    ck = Checkpointer(str(tmp_path / "ck"), {"config": {"steps": 3}}, every=1)
+    collide(tap, photo("astronaut"), photo("chelsea"), cfg, index=pidx, checkpoint=ck)
+    assert ck.load()["done"]
+    with pytest.raises(Exception, match=r"belongs to a run with other config; resume with the same settings, or "
+                                        r"delete it and start again$"):
+        Checkpointer(ck.directory, {"config": {"steps": 4}}).load()
+    (tmp_path / "ck" / "checkpoint.pt").write_bytes(b"torn")
+    with pytest.raises(Exception, match=r"is not a readable checkpoint \(.*\); delete it and start the run again$"):
+        ck.load()
+
+
+def _files(tmp_path):
+    src, tgt = tmp_path / "src.png", tmp_path / "tgt.png"
+    Image.fromarray(sample("astronaut")).save(src)
+    Image.fromarray(sample("chelsea")).save(tgt)
+    return str(src), str(tgt)
+
+
+def _pngs(run) -> dict:
+    return {f: (run / f).read_bytes() for f in sorted(os.listdir(run)) if f.startswith(("vertex_", "argmax_"))}
+
+
+def test_a_failed_final_write_keeps_the_state_and_resume_writes_without_optimising(tmp_path, tap, pidx, flat_index,
+                                                                                   monkeypatch):
+    from patchcollide import runs
+
+    src, tgt = _files(tmp_path)
+    cfg = CollideConfig(**{**CFG, "steps": 20})
+    runs.run_collide(src, tgt, str(tmp_path / "clean"), cfg, tap=tap, pindex=pidx, index_dir=flat_index)
+    real = runs.write_run
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run" / "vertex_0.png"))
+
+    monkeypatch.setattr(runs, "write_run", full_disk)
+    out = str(tmp_path / "run")
+    with pytest.raises(CollideError, match=r"^could not write the run to .*run \(No space left on device\); the "
+                                           r"optimised state is saved in .*run.partial/checkpoint.pt: free space, "
+                                           r"then `patchcollide collide --resume .*run` writes the run without "
+                                           r"optimising again$"):
+        runs.run_collide(src, tgt, out, cfg, tap=tap, pindex=pidx, index_dir=flat_index)
+    assert os.path.isfile(os.path.join(partial_dir(out), "checkpoint.pt")) and not os.path.exists(out)
+    monkeypatch.setattr(runs, "write_run", real)
+    monkeypatch.setattr(runs, "load_tap", lambda *a, **k: tap)  # resume rebuilds the model from the record
+    steps = []
+    report = runs.resume_collide(out, progress=lambda s, *a: steps.append(s))
+    assert steps == []  # nothing optimised again
+    assert report["steps"] == 20 and _pngs(tmp_path / "run") == _pngs(tmp_path / "clean")
+    assert not os.path.exists(partial_dir(out))  # the checkpoint goes once the run is complete
+
+
+def test_sigterm_stops_a_run_with_its_checkpoint_and_exit_code(tmp_path, tap, flat_index):
+    from patchcollide import runs
+
+    src, tgt = _files(tmp_path)
+    out = str(tmp_path / "run")
+
+    def progress(step, *a):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, caught by the run's handler
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match=r"^SIGTERM at step 3/40: checkpoint saved in .*; continue with "
+                                          r"`patchcollide collide --resume .*run`$") as e:
+        runs.run_collide(src, tgt, out, CollideConfig(**{**CFG, "mode": "pixel"}), tap=tap, index_dir=flat_index,
+                         progress=progress, checkpoint_every=0)
+    assert e.value.exit_code == 143 and signal.getsignal(signal.SIGTERM) is before  # the handler is given back
+    assert Checkpointer(partial_dir(out), {}).read()["step"] == 3 and not os.path.exists(out)
+
+
+def test_the_output_is_checked_before_the_model_loads(tmp_path, query_image, monkeypatch):
+    from patchcollide import runs
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(runs, "load_tap", no_model)
+    (tmp_path / "file").write_text("x")
+    args = ["collide", "--source", query_image, "--target", query_image, "--mode", "pixel", "--size", "64",
+            "--weights", "random"]
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "file" / "run")])
+    assert r.exit_code == 2 and "is a file, not a folder; choose another --out" in r.output, r.output
+    monkeypatch.setattr(os, "statvfs", lambda p: os.statvfs_result((4096, 4096, 100, 10, 10, 100, 50, 50, 0, 255)))
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "only 0.0 MiB free" in r.output and "free space or choose another --out" in r.output, \
+        r.output
+
+
+def test_resume_errors_are_one_line(tmp_path, query_image):
+    run = CliRunner()
+    r = run.invoke(cli, ["collide", "--resume", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "no checkpoint to resume at" in r.output and "start the run with --out" in r.output
+    r = run.invoke(cli, ["collide", "--resume", str(tmp_path / "x"), "--steps", "9", "--source", query_image])
+    assert r.exit_code == 2 and "goes on with the run's own inputs and settings; leave out --source, --steps" \
+        in r.output, r.output
+    r = run.invoke(cli, ["collide", "--target", query_image])
+    assert r.exit_code == 2 and "missing --source, --out" in r.output and "--resume RUN" in r.output, r.output
+    os.makedirs(partial_dir(str(tmp_path / "old")))
+    (tmp_path / "old.partial" / "checkpoint.pt").write_bytes(b"x")
+    r = run.invoke(cli, ["collide", "--source", query_image, "--target", query_image, "--mode", "pixel",
+                         "--weights", "random", "--size", "64", "--out", str(tmp_path / "old")])
+    assert r.exit_code == 2 and "has the checkpoint of an unfinished run" in r.output \
+        and f"`patchcollide collide --resume {tmp_path / 'old'}` or start over with --overwrite" in r.output, r.output
+
+
+# ------------------------------------------------------------------- real processes, real signals
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "patchcollide", "-q", *map(str, args)]
+
+
+def _collide_cmd(src, tgt, out, index):
+    return _cli("collide", "--source", src, "--target", tgt, "--out", out, "--index", index, "--weights", "random",
+                "--size", S, "--vertices", 2, "-k", 4, "--steps", 24, "--tol", 1e-6, "--device", "cpu",
+                "--checkpoint-every", 4)
+
+
+def signal_when(cmd, ready, signum, timeout=300) -> tuple[bool, subprocess.CompletedProcess]:
+    """Start cmd and send ``signum`` as soon as ready() (a real progress signal); returns
+    (whether the signal landed on the running process, the finished process)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t = time.time()
+    landed = False
+    while p.poll() is None:
+        if ready():
+            landed = True
+            p.send_signal(signum)
+            break
+        if time.time() - t > timeout:
+            p.kill()
+            raise AssertionError(f"{cmd} never reached its first checkpoint")
+        time.sleep(0.01)
+    out, err = p.communicate()
+    return landed, subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def clean_cli(tmp_path_factory, flat_index):
+    d = tmp_path_factory.mktemp("clean_cli")
+    src, tgt = _files(d)
+    subprocess.run(_collide_cmd(src, tgt, d / "run", flat_index), check=True, capture_output=True)
+    return {"src": src, "tgt": tgt, "pngs": _pngs(d / "run")}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT])
+def test_a_killed_or_interrupted_cli_run_resumes_to_the_same_vertices(tmp_path, flat_index, clean_cli, signum,
+                                                                      record_property):
+    out = tmp_path / "run"
+    ck = os.path.join(partial_dir(str(out)), "checkpoint.pt")
+    landed, p = signal_when(_collide_cmd(clean_cli["src"], clean_cli["tgt"], out, flat_index),
+                            lambda: os.path.exists(ck), signum)
+    landed = landed and p.returncode == (-signal.SIGKILL if signum == signal.SIGKILL else 130)
+    record_property("kills", json.dumps([{"landed": landed, "phase": "optimising, after the first checkpoint"}]))
+    assert landed, f"the signal did not stop the running process (exit {p.returncode}): {p.stderr}"
+    if signum == signal.SIGINT:
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and "SIGINT at step" in lines[0] and f"collide --resume {out}" in lines[0], p.stderr
+    step = Checkpointer(partial_dir(str(out)), {}).read()["step"]
+    assert 4 <= step < 24 and not out.exists()  # stopped mid-run, nothing at the final name
+    r = subprocess.run(_cli("collide", "--resume", out), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert _pngs(out) == clean_cli["pngs"]  # bit-identical to the run never stopped
+    assert json.loads((out / "report.json").read_text())["steps"] == 24
+    assert not os.path.exists(partial_dir(str(out)))
+
+
+def test_a_batch_killed_mid_job_resumes_that_job_from_its_checkpoint(tmp_path, flat_index, record_property):
+    src, tgt = _files(tmp_path)
+    job = {"id": "j", "source": src, "target": tgt, "size": S, "vertices": 2, "k": 4, "steps": 30, "tol": 1e-6,
+           "samples": 0}
+    (tmp_path / "jobs.jsonl").write_text(json.dumps(job) + "\n")
+
+    def cmd(out):
+        return _cli("-v", "batch", tmp_path / "jobs.jsonl", "--out", out, "--index", flat_index, "--weights", "random",
+                    "--device", "cpu", "--checkpoint-every", 4)
+
+    subprocess.run(cmd(tmp_path / "clean"), check=True, capture_output=True)
+    out = tmp_path / "out"
+    ck = out / ".partial" / "j" / "checkpoint.pt"
+    landed, p = signal_when(cmd(out), ck.exists, signal.SIGKILL)
+    landed = landed and p.returncode == -signal.SIGKILL
+    record_property("kills", json.dumps([{"landed": landed, "phase": "optimising, after the first checkpoint"}]))
+    assert landed, p.stderr
+    step = Checkpointer(str(ck.parent), {}).read()["step"]
+    assert 4 <= step < 30
+    r = subprocess.run(cmd(out), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming {out / '.tmp' / 'j' / 'run'} from step {step}/30" in r.stderr, r.stderr
+    assert _pngs(out / "j") == _pngs(tmp_path / "clean" / "j")
+    assert not ck.parent.exists()

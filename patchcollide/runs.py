@@ -9,9 +9,10 @@ Run directory (written under ``NAME.tmp-*`` and renamed into place only when com
     indicator.png                 purple boxes where the vertices differ most
     contact_sheet.png             source, target, vertices, indicator
     loss.png                      loss terms and relative error per step
-    state.npz                     final logits theta (V, H*W, slots) and their entries into the
+    state.npz                     the float vertices (V, 3, H, W) before 8-bit rounding; final
+                                  logits theta (V, H*W, slots) and their entries into the
                                   candidates (patch mode) or pixels, candidate ids and
-                                  locations, target pre-activation and units
+                                  locations, target pre-activation and units (load_run reads it)
     report.json                   config, versions, model and weights identity, the target's
                                   values at the vertices' units, per-vertex metrics (float and
                                   PNG read back; push, mixing), polytope check
@@ -20,19 +21,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import shutil
 import time
+import typing
 
 import numpy as np
 import torch
 
+from .checkpoints import EVERY, NAME as CHECKPOINT, CheckpointError, Checkpointer, Interrupted, StopSignals, partial_dir
 from .collide import CollideConfig, CollideError, CollideResult, collide, quantised_metrics
-from .files import atomic_open, check_out, staged_dir, versions, write_json
+from .files import atomic_open, check_out, check_writable, is_run, staged_dir, versions, write_json
 from .images import Preprocess, load_rgb
 from .models import Tap, load_tap, resolve_device, tap_on
 from .objectives import Target
 from .polytope import difference_boxes, pairwise_l2, sample_polytope
 from .report import RUN_KIND, contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
+
+log = logging.getLogger(__name__)
 
 RANDOM_NOTICE = "RANDOM WEIGHTS (smoke run): these colliders say nothing about a trained network"
 
@@ -59,28 +66,118 @@ def _check_out(out: str, overwrite: bool) -> None:
     check_out(out, overwrite, RUN_KIND, "patchcollide run", CollideError)
 
 
+def expected_bytes(config: CollideConfig) -> int:
+    """A generous bound on what a run writes: its PNGs (uncompressed), state.npz and the
+    largest checkpoint (logits, their entries and Adam's moments before the first prune)."""
+    P, V = config.size * config.size, config.vertices
+    scale = max(1, 224 // config.size)
+    pngs = P * 3 * (2 * V + 3) + (V + 3) * P * scale * scale * 3 + 2**20
+    per_value = 4 * 3 + 8 + 1 if config.mode == "patches" else 4 * 3
+    state = V * P * (config.slots if config.mode == "patches" else 3) * per_value
+    return pngs + 2 * state + 2**20
+
+
+RESUMES = ("no", "yes", "auto")
+
+
 def run_collide(source: str, target: str, out: str, config: CollideConfig = CollideConfig(), arch: str = "vgg16",
                 layer: str = "fc6", weights: str = "imagenet", index_dir: str | None = "index", tap: Tap | None = None,
-                pindex=None, overwrite: bool = False, progress=None, target_stats: Target | None = None) -> dict:
+                pindex=None, overwrite: bool = False, progress=None, target_stats: Target | None = None,
+                checkpoint_dir: str | None = None, checkpoint_every: int = EVERY, resume: str = "no",
+                again: str | None = None) -> dict:
     """Collide ``source`` -> ``target`` and write the run directory ``out``. Returns the report.
 
-    target_stats: the target's precomputed ``collide.target_of`` (see ``collide.collide``)."""
-    _check_out(out, overwrite)
+    target_stats: the target's precomputed ``collide.target_of`` (see ``collide.collide``).
+
+    Checkpoints (checkpoints.py) go to ``checkpoint_dir`` (default ``OUT.partial``) every
+    ``checkpoint_every`` steps, after the last step and on SIGINT/SIGTERM, and are removed
+    once ``out`` is complete. resume: "no" refuses to start over an interrupted run's
+    checkpoint unless ``overwrite``; "yes" goes on from it (an error when there is none);
+    "auto" goes on from one of this very run and starts afresh otherwise (batch jobs).
+    again: the command that continues the run, for messages (default ``collide --resume``).
+    """
+    if resume not in RESUMES:
+        raise CollideError(f"resume must be one of {', '.join(RESUMES)}, got {resume!r}")
+    ckdir = checkpoint_dir or partial_dir(out)
+    again = again or f"patchcollide collide --resume {out}"
+    ck_path = os.path.join(ckdir, CHECKPOINT)
+    if resume == "no" and os.path.isfile(ck_path):
+        if not overwrite:
+            raise CollideError(f"--out {out} has the checkpoint of an unfinished run ({ck_path}); continue it with "
+                               f"`{again}` or start over with --overwrite")
+        shutil.rmtree(ckdir, ignore_errors=True)
+    if resume == "yes" and not os.path.isfile(ck_path):
+        raise CollideError(f"{out}: no checkpoint to resume at {ck_path}; start the run with --out {out}")
+    if resume != "yes":  # a resumed run writes over what its start checked
+        _check_out(out, overwrite)
+    check_writable(out, expected_bytes(config), CollideError)
     src, tgt = load_pair(source, target, config.size)
     own_index = None
     if config.mode == "patches" and pindex is None:
         from .knn import PatchIndex
 
         pindex = own_index = PatchIndex(index_dir)  # before the model: a bad index fails in a second
+    meta = {"source": os.path.abspath(source), "target": os.path.abspath(target),
+            "index": os.path.abspath(index_dir) if config.mode == "patches" and index_dir else None}
     try:
         tap = tap or load_tap(arch, layer, weights, seed=config.seed)
-        res = collide(tap, src, tgt, config, index=pindex, progress=progress, target=target_stats)
+        ck = Checkpointer(ckdir, {"inputs": meta, "config": dataclasses.asdict(config), "model": tap.identity()},
+                          every=checkpoint_every)
+        state = None
+        if resume == "yes":
+            state = ck.load()
+        elif resume == "auto" and ck.exists():
+            try:
+                state = ck.load()
+            except CheckpointError as e:
+                log.info("starting afresh: %s", e)
+                ck.discard()
+        if state is not None:
+            log.info("resuming %s from step %d/%d", out, state["step"], config.steps)
+        with StopSignals() as stop:
+            ck.stop = stop
+            ck.static["run"] = {"source": meta["source"], "target": meta["target"], "arch": arch, "layer": layer,
+                                "weights": _abs_if_file(weights), "index_dir": meta["index"], "overwrite": overwrite}
+            try:
+                res = collide(tap, src, tgt, config, index=pindex, progress=progress, target=target_stats,
+                              checkpoint=ck, resume=state)
+            except Interrupted as e:
+                raise Interrupted(f"{e}; continue with `{again}`", e.signum) from None
     finally:
         if own_index is not None:
             own_index.close()
-    meta = {"source": os.path.abspath(source), "target": os.path.abspath(target),
-            "index": os.path.abspath(index_dir) if config.mode == "patches" and index_dir else None}
-    return write_run(out, res, src, tgt, tap, config, meta, overwrite=overwrite)
+    try:
+        report = write_run(out, res, src, tgt, tap, config, meta, overwrite=overwrite or resume != "no")
+    except OSError as e:
+        where = ck.saved_to or "nowhere (the checkpoint could not be written either)"
+        fix = (f"free space, then `{again}` writes the run without optimising again" if ck.saved_to == ck.path else
+               f"free space, move it to {ck.path} and run `{again}`: it writes the run without optimising again")
+        raise CollideError(f"could not write the run to {out} ({e.strerror or e}); the optimised state is saved "
+                           f"in {where}: {fix}") from e  # the cause: a batch stops on a full disk
+    if checkpoint_dir is None:
+        ck.discard()
+    return report
+
+
+def _abs_if_file(weights: str) -> str:
+    """A weights file as an absolute path (a resume may start elsewhere); names stay names."""
+    return os.path.abspath(weights) if os.path.isfile(weights) else weights
+
+
+def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY) -> dict:
+    """Go on with the run that was writing ``out`` (``collide --resume``) from its checkpoint,
+    with the inputs, settings and model it started with. Returns the report."""
+    ck = Checkpointer(partial_dir(out), {})
+    if not ck.exists():
+        if is_run(out, RUN_KIND):
+            raise CollideError(f"{out} is a finished run; nothing to resume (run `patchcollide sample {out}` "
+                               "or start a new run)")
+        raise CollideError(f"{out}: no checkpoint to resume at {ck.path}; start the run with --out {out}")
+    saved = ck.read()
+    r = saved["run"]
+    return run_collide(r["source"], r["target"], out, CollideConfig(**saved["key"]["config"]), arch=r["arch"],
+                       layer=r["layer"], weights=r["weights"], index_dir=r["index_dir"], overwrite=r["overwrite"],
+                       progress=progress, checkpoint_every=checkpoint_every, resume="yes")
 
 
 def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, tap: Tap, config: CollideConfig,
@@ -108,7 +205,8 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
         loss_plot(res.history, os.path.join(tmp, "loss.png"),
                   title=f"{tap.arch}:{tap.layer}, {config.mode}, {len(back)} vertices" + (" - RANDOM WEIGHTS" if random else ""))
         state = {k: v.numpy() for k, v in res.param_state.items()}
-        state.update(target_z=res.target.z.numpy(), units=res.target.units.numpy())
+        state.update(target_z=res.target.z.numpy(), units=res.target.units.numpy(),
+                     vertices=res.vertices.numpy().astype(np.float32))
         if res.candidates is not None:
             state.update(candidate_ids=res.candidates["ids"], candidate_yx=res.candidates["yx"],
                          candidate_distances=res.candidates["distances"])
@@ -148,6 +246,75 @@ def read_report(run_dir: str) -> dict:
     except (OSError, ValueError, AssertionError):
         raise CollideError(f"{run_dir}: not a finished patchcollide run (no valid report.json); "
                            "give a directory written by `patchcollide collide`") from None
+
+
+def _check_complete(run_dir: str, vertices: int) -> None:
+    missing = [f for f in [*(f"vertex_{i}.png" for i in range(vertices)), "state.npz"]
+               if not os.path.isfile(os.path.join(run_dir, f))]
+    if missing:
+        raise CollideError(f"{run_dir}: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} missing, so it is "
+                           "not a complete run; restore the files or make the run again with `patchcollide collide`")
+
+
+@dataclasses.dataclass
+class Run:
+    """A finished run as ``load_run`` gives it.
+
+    vertices: (V, 3, H, W) float32 in [0, 1], the optimised images before 8-bit rounding
+    (runs written before they were saved: the PNGs read back, ``exact`` False).
+    png: (V, H, W, 3) uint8, the saved vertex PNGs. config: the CollideConfig it ran with.
+    metrics: report.json's "vertices" (float, png, mixing, ...); target: its "target".
+    mixing (patch mode, else None): per vertex and pixel the kept candidates' normalised
+    ``weights`` (V, H*W, M) float32 (0 on padding) and the store ``patch_ids`` (V, H*W, M)
+    int64 they come from (-1 on padding), with ``pixel`` (V, H*W, M, 2): the (y, x) inside
+    that 32 x 32 patch.
+    """
+
+    path: str
+    config: CollideConfig
+    report: dict
+    vertices: torch.Tensor
+    png: np.ndarray
+    metrics: dict
+    target: dict
+    mixing: dict | None
+    exact: bool
+
+
+def load_run(path: str) -> Run:
+    """Load a finished ``collide`` run (or a batch job's folder) for analysis: the float
+    vertices, the PNGs, the mixing weights and their source patches, the metrics and the
+    config. Needs neither the model nor the index."""
+    from .jobfile import convert
+    from .params import PATCH
+
+    report = read_report(path)
+    hints = typing.get_type_hints(CollideConfig)
+    config = CollideConfig(**{k: convert(hints[k], v) if isinstance(v, list) else v
+                              for k, v in report["config"].items() if k in hints})
+    V = len(report["vertices"]["png"]["rel_error"])
+    _check_complete(path, V)
+    png = np.stack([read_png(os.path.join(path, f"vertex_{i}.png")) for i in range(V)])
+    with np.load(os.path.join(path, "state.npz")) as z:
+        state = {k: z[k] for k in z.files}
+    exact = "vertices" in state
+    vertices = torch.from_numpy(state["vertices"]) if exact else torch.from_numpy(png).permute(0, 3, 1, 2).float() / 255
+    mixing = None
+    if "theta" in state:
+        theta, entries, valid = state["theta"], state["entries"], state["valid"]
+        w = np.where(valid, theta, -np.inf)
+        w = np.exp(w - w.max(axis=2, keepdims=True))
+        w = np.where(valid, w, 0.0)
+        w /= w.sum(axis=2, keepdims=True)
+        ids = state["candidate_ids"]  # (L, K)
+        K = ids.shape[1]
+        cand = entries // (PATCH * PATCH)  # location * K + rank
+        pid = np.where(valid, ids.reshape(-1)[np.clip(cand, 0, ids.size - 1)], -1)
+        pixel = np.stack([(entries // PATCH) % PATCH, entries % PATCH], axis=-1)
+        mixing = {"weights": w.astype(np.float32), "patch_ids": pid.astype(np.int64), "pixel": pixel,
+                  "candidates_per_location": K}
+    return Run(path=path, config=config, report=report, vertices=vertices, png=png, metrics=report["vertices"],
+               target=report["target"], mixing=mixing, exact=exact)
 
 
 def tap_for_run(report: dict) -> Tap:
@@ -210,6 +377,7 @@ def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int
     """
     report = read_report(run_dir)
     V = len(report["vertices"]["png"]["rel_error"])
+    _check_complete(run_dir, V)
     vertices = np.stack([read_png(os.path.join(run_dir, f"vertex_{i}.png")) for i in range(V)])
     with np.load(os.path.join(run_dir, "state.npz")) as z:
         tz, units = torch.from_numpy(z["target_z"]), torch.from_numpy(z["units"])

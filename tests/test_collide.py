@@ -252,6 +252,28 @@ def test_saved_vertices_are_convex_combinations_of_the_retrieved_patches(run_dir
         assert (v >= lo - 1).all() and (v <= hi + 1).all()
 
 
+def test_load_run_gives_the_float_vertices_and_their_real_patches(run_dir, flat_index):
+    import patchcollide
+    from patchcollide.knn import PatchIndex
+    from patchcollide.report import to_uint8
+
+    run = patchcollide.load_run(str(run_dir))
+    assert run.exact and run.config == CollideConfig(mode="patches", vertices=3, steps=60, size=S, k=4, device="cpu")
+    assert run.vertices.shape == (3, 3, S, S) and np.array_equal(to_uint8(run.vertices), run.png)
+    w, ids, pix = run.mixing["weights"], run.mixing["patch_ids"], run.mixing["pixel"]
+    assert np.allclose(w.sum(2), 1, atol=1e-5) and (w[ids < 0] == 0).all()
+    # every float pixel is the weighted sum of the stored pixels its mixture names
+    with PatchIndex(flat_index) as pidx:
+        patches = pidx.store.get(np.unique(ids[ids >= 0]))
+        row = {int(i): r for r, i in enumerate(np.unique(ids[ids >= 0]))}
+    lut = np.vectorize(lambda i: row.get(int(i), 0))(ids)
+    colours = patches[lut, pix[..., 0], pix[..., 1]].astype(np.float32) / 255  # (V, P, M, 3)
+    again = np.einsum("vpm,vpmc->vcp", w, colours).reshape(3, 3, S, S)
+    assert np.abs(again - run.vertices.numpy()).max() < 1e-5
+    assert run.metrics["png"]["rel_error"] == json.loads((run_dir / "report.json").read_text())["vertices"]["png"][
+        "rel_error"]
+
+
 def test_sample_cli_adds_the_polytope_check(run_dir):
     r = CliRunner().invoke(cli, ["-q", "sample", str(run_dir), "--samples", "40", "--device", "cpu"], catch_exceptions=False)
     assert r.exit_code == 0, r.output

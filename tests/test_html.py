@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 
 import numpy as np
@@ -33,6 +34,9 @@ def chromium(tmp_path_factory):
     """A function running headless Chromium on a page: dump-dom -> DOM text, or screenshot."""
     exe = find_chromium()
     if exe is None:
+        if os.environ.get("CI"):  # in CI the browser checks must run: a skip there would pass without them
+            pytest.fail("CI is set but no Chromium was found: the browser checks must run in CI; install it "
+                        "(apt-get install chromium; .ci/run does) or set CHROMIUM to a browser binary")
         pytest.skip("no Chromium binary found (Debian: apt-get install chromium; .ci/run installs it)")
     profile = str(tmp_path_factory.mktemp("chromium-profile"))
 
@@ -296,3 +300,15 @@ def test_sparse_run_report(tmp_path):
     text = open(write_html(str(d)), encoding="utf-8").read()
     assert "<img" not in text and "vertex_0.png is missing" in text and "contact_sheet.png is missing" in text
     assert "Polytope check" not in text and "\u2013" in text
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_without_a_browser_ci_fails_and_a_local_run_skips_with_its_reason(ci, tmp_path):
+    env = {**os.environ, "CHROMIUM": "no-such-browser-here", "CI": ci}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        os.path.abspath(__file__), "-k", "test_run_pages_in_chromium"],
+                       capture_output=True, text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    if ci:
+        assert r.returncode == 1 and "the browser checks must run in CI" in r.stdout, r.stdout[-2000:]
+    else:
+        assert r.returncode == 0 and "SKIPPED" in r.stdout and "no Chromium binary found" in r.stdout, r.stdout[-2000:]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .errors import PatchcollideError
-from .files import versions
+from .files import check_writable, versions
 from .images import PATCH, BadImage, Preprocess, cut_patches, grid_positions, load_rgb
 from .store import Part, PatchStore, StoreError, StoreWriter, restore_manifest, store_lock
 
@@ -263,6 +263,7 @@ def check_store_path(out: str) -> None:
         raise ExtractError(f"--out {out!r} would clash with the FAISS manifest index.json; use e.g. patches.h5")
     if os.path.isdir(out):
         raise ExtractError(f"--out {out!r} is a folder; give a file path such as {os.path.join(out, 'patches.h5')}")
+    check_writable(out, 0, ExtractError)  # a file where a folder must be, no permission: before any work
 
 
 def _make_part(decoded: list[tuple[InputFile, tuple]], label_of: dict[str, int], root_dirs: list[str],

@@ -228,9 +228,10 @@ def check_writable(out: str, need: int, error: type[Exception], option: str = "-
     os.remove(probe)
     st = os.statvfs(where)
     free = st.f_bavail * st.f_frsize
-    if free < need:
+    if free < need:  # the cause says "disk full" to callers that stop on it (a batch)
         raise error(f"{option} {out}: only {free / 2**20:.1f} MiB free in {where}, the outputs need about "
-                    f"{need / 2**20:.1f} MiB; free space or choose another {option}")
+                    f"{need / 2**20:.1f} MiB; free space or choose another {option}") \
+            from OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where)
 
 
 # ---------------------------------------------------------------------------------------------

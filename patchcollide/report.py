@@ -204,9 +204,10 @@ def _read_kind(f: str, want: str) -> dict:
         with open(f, encoding="utf-8") as fh:
             doc = json.load(fh)
     except OSError as e:
-        raise ReportError(f"{f}: cannot be read ({e.strerror or e})") from None
+        raise ReportError(f"{f}: cannot be read ({e.strerror or e}); fix its permissions or {_HINT}") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise ReportError(f"{f}: not valid JSON ({e}); the file is truncated or damaged: {_HINT}") from None
+        raise ReportError(f"{f}: not valid JSON ({e}), so the file is truncated or damaged; make it again with "
+                          "`patchcollide collide` or `patchcollide batch`, or give another directory") from None
     kind = doc.get("kind") if isinstance(doc, dict) else None
     if kind != want:
         raise ReportError(f"{f}: not a {want} file (kind {kind!r}); {_HINT}")

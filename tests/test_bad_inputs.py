@@ -47,8 +47,12 @@ from patchcollide.cli import cli
 
 pytestmark = pytest.mark.slow
 
-HINT = re.compile(r"\b(use|give|pass|choose|fix|delete|rebuild|run|save|check|remove|put|write|build|extract|free|"
-                  r"move|create|convert|wait|raise|lower)\b", re.IGNORECASE)
+# The fix is its own clause, after "; ", and starts with what to do: "...is truncated; rebuild it
+# with ...", "...; pass --store ...", "...; free space and run again". A verb anywhere else (the
+# "use" in "in use") does not count.
+HINT = re.compile(r";\s*(?:or\s+|then\s+)?(use|give|pass|choose|fix|delete|rebuild|run|save|check|remove|put|write|"
+                  r"build|extract|free|move|create|convert|wait|raise|lower|restore|start|install|set|resume|"
+                  r"leave|make|rename|retry|continue|keep|open|select)\b", re.IGNORECASE)
 HASH_LIMIT = 10 * 1024 * 1024
 
 
@@ -182,6 +186,10 @@ def _make_runs(d) -> None:
     run = json.dumps({"kind": "patchcollide-run", "config": {"size": 32, "mode": "pixel"}, "inputs": {}})
     (d / "trunc_run" / "report.json").write_text(run[: len(run) // 2])
     (d / "foreign_run" / "report.json").write_text('{"kind": "something-else"}')
+    (d / "hollow_run").mkdir()  # a finished run's report.json, its vertices and state.npz gone
+    (d / "hollow_run" / "report.json").write_text(json.dumps({
+        "kind": "patchcollide-run", "config": {"size": 32}, "inputs": {"index": None},
+        "target": {"label": 1, "top_prob": 0.5}, "vertices": {"png": {"rel_error": [0.1, 0.2]}}}))
     bat = json.dumps({"kind": "patchcollide-batch", "jobs": [{"id": "a", "status": "done"}]})
     (d / "trunc_batch" / "batch.json").write_text(bat[: len(bat) // 2])
     (d / "foreign_batch" / "batch.json").write_text("[1, 2]")
@@ -293,7 +301,7 @@ def check_message(code: int, out: str, extra: list[str], needle: str, names: str
     assert line.startswith("Error: "), line
     assert needle in line, f"{needle!r} not in {line!r}"
     assert names in line, f"the offending file {names!r} is not named in {line!r}"
-    assert HINT.search(line.replace(names, "")), f"no hint of what to do in {line!r}"
+    assert HINT.search(line.replace(names, "")), f"no '; <what to do>' clause in {line!r}"
     return line
 
 
@@ -381,6 +389,8 @@ def _cases():
 
     # extract: bad images inside a folder are skipped (see the test below); these are errors
     add("extract", "no such folder", ["extract", "nothere", "--out", "s.h5"], "does not exist", "nothere")
+    add("extract", "--out inside a file", ["extract", "{jobs}", "--out", "{img.png}/s.h5"],
+        "is a file, not a folder; choose another --out", "img.png")
     for kind, f, needle in STORES[:2]:  # an existing bad file at --out is refused, not replaced ({jobs}: any folder)
         add("extract", f"--out is a {kind}", ["extract", "{jobs}", "--out", f"{{{f}}}"], "already exists", f)
     for kind, f, needle in STORES + [("no such store", "nothere.h5", "no such store")]:
@@ -423,6 +433,13 @@ def _cases():
         add("report", kind, ["report", f"{{{d}}}"], report_needle, d)
     add("report", "foreign batch.json", ["report", "{foreign_batch}"], "not a patchcollide-batch file",
         "foreign_batch")
+    add("sample", "run without its vertices and state.npz", ["sample", "{hollow_run}", "--samples", "2"],
+        "vertex_0.png, vertex_1.png, state.npz missing, so it is not a complete run; restore the files", "hollow_run")
+    add("collide", "--out inside a file", [*COLLIDE[:1], "--source", "{img.png}", "--target", "{img.png}",
+                                          "--weights", "random", *COLLIDE[3:], "--out", "{img.png}/run"],
+        "is a file, not a folder; choose another --out", "img.png")
+    add("collide", "--resume of a folder without a checkpoint", ["collide", "--resume", "{notrun}"],
+        "no checkpoint to resume at", "notrun")
     # batch: the job file, then --weights and --index (opened before anything is written)
     for kind, f, needle in JOBS:
         add("batch", kind, [*BATCH, "--weights", "random", f"{{jobs}}/{f}"], needle, f)

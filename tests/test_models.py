@@ -1,6 +1,7 @@
 """models.py: the pre-activation tap (and the in-place ReLU pitfall), architectures, weights."""
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -59,7 +60,13 @@ def test_weights_file_is_loaded_and_identified(tmp_path, vgg):
     p = tmp_path / "w.pth"
     torch.save(vgg.model.state_dict(), p)
     tap = load_tap("vgg16", "fc6", str(p))
-    assert tap.weights.kind == "file" and len(tap.weights.sha256) == 64
+    assert tap.weights.kind == "file" and tap.weights.name == str(p.resolve())
+    assert tap.weights.sha256 == hashlib.sha256(p.read_bytes()).hexdigest()  # the file's own digest
+    other = tmp_path / "w2.pth"  # one value changed: another identity
+    sd = vgg.model.state_dict()
+    sd["classifier.0.bias"] = sd["classifier.0.bias"] + 1
+    torch.save(sd, other)
+    assert load_tap("vgg16", "fc6", str(other)).weights.sha256 != tap.weights.sha256
     x = _x()
     with torch.no_grad():
         assert torch.allclose(tap.pre(x), vgg.pre(x))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import sys
@@ -9,6 +10,7 @@ import warnings
 
 import click
 
+from ..checkpoints import Interrupted
 from ..errors import PatchcollideError
 from ..images import BadImage
 
@@ -30,14 +32,34 @@ def user_errors():
             # noise on top of our one-line error
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             yield
+    except Interrupted as e:  # a signal stopped a run after its checkpoint: the shell's exit code
+        err = UserError(str(e))
+        err.exit_code = e.exit_code
+        raise err from None
     except BadImage as e:
         where = f"{e.path}: " if e.path and e.path not in str(e) else ""
         raise UserError(f"{where}{e}; pass a readable image file (PNG, JPEG, ...)") from None
     except USER_ERRORS as e:
         raise UserError(str(e)) from None
-    except OSError as e:  # full disk, permissions, file-size limit: name the file and the cause
-        where = e.filename or "output"
-        raise UserError(f"{where}: {e.strerror or e}; free space or fix permissions and run again") from None
+    except OSError as e:  # full disk, permissions, something in the way: name the file, the cause and its fix
+        raise UserError(os_error_message(e)) from None
+
+
+FIXES = {  # errno -> what to do
+    errno.ENOSPC: "free space and run again", errno.EDQUOT: "free space (disk quota) and run again",
+    errno.EFBIG: "the file-size limit (ulimit -f) is too low for it; raise it and run again",
+    errno.EACCES: "fix the permissions or choose another location", errno.EPERM: "fix the permissions or choose another "
+    "location", errno.EROFS: "the file system is read-only; choose another location",
+    errno.EEXIST: "a file is in the way of a folder that is needed; move it or choose another path",
+    errno.ENOTDIR: "a file is in the way of a folder that is needed; move it or choose another path",
+    errno.ENOENT: "check the path", errno.EISDIR: "it is a folder; give a file",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError that reached the CLI: the file, the cause and the fix for that cause."""
+    where = e.filename or "output"
+    return f"{where}: {e.strerror or e}; {FIXES.get(e.errno, 'check the path and the disk, and run again')}"
 
 
 class _WarningFormatter(logging.Formatter):

@@ -11,15 +11,17 @@ pytest's JUnit XML and fills the counts into the table of docs/reliability.md.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, ROOT)
 
 # (fault, how it is tested, expected outcome, selector: test-id prefixes)
 ROWS = [
@@ -39,6 +41,19 @@ ROWS = [
      "no job reported done or present at its name unless complete; final vertex PNGs and state.npz "
      "byte-identical to an uninterrupted batch",
      ["tests/test_faults.py::test_batch_killed_at_random_moment"]),
+    ("`collide` killed (SIGKILL) or interrupted (SIGINT, SIGTERM) mid-run, then `collide --resume`",
+     "real process, 64 x 64, 24 steps, checkpoint every 4; the signal sent when the first checkpoint appears; "
+     "SIGTERM through the run's own handler",
+     "exit 130 / 143 with one line naming `--resume RUN`; nothing at the final name; the resumed run's vertex "
+     "and argmax PNGs byte-identical to an uninterrupted run; the checkpoint removed once the run is complete",
+     ["tests/test_checkpoints.py::test_a_killed_or_interrupted", "tests/test_checkpoints.py::test_sigterm",
+      "tests/test_checkpoints.py::test_a_run_interrupted"]),
+    ("`batch` killed (SIGKILL) mid-job, then run again", "real process; killed when the job's first checkpoint appears",
+     "the job resumes from its checkpoint (logged) and ends byte-identical to an uninterrupted batch",
+     ["tests/test_checkpoints.py::test_a_batch_killed"]),
+    ("`collide`'s final write fails (no space)", "ENOSPC injected where the run is written",
+     "one line naming the saved checkpoint; `--resume` writes the run without optimising again, equal to a clean run",
+     ["tests/test_checkpoints.py::test_a_failed_final_write"]),
     ("Full disk: file-size limit (RLIMIT_FSIZE) during `extract`'s merge",
      "limit = half the store: parts fit, the merged store does not",
      "one-line error, exit 2; finished parts kept; a run with room equals the clean store",
@@ -69,6 +84,11 @@ ROWS = [
 ]
 
 
+def _phase(text: str) -> str:
+    """A kill's phase without its counts ("extract (3/8 parts)" -> "extract"), to tally them."""
+    return text.split(" (")[0].split(",")[0]
+
+
 def main() -> None:
     import argparse
 
@@ -90,28 +110,40 @@ def main() -> None:
         path = tc.get("classname", "").replace(".", "/") + ".py"  # tests.test_x -> tests/test_x.py
         failed = any(child.tag in ("failure", "error") for child in tc)
         skipped = any(child.tag == "skipped" for child in tc)
-        cases.append((f"{path}::{tc.get('name')}", failed, skipped))
-    from bench_knn import machine
+        kills = [k for prop in tc.iter("property") if prop.get("name") == "kills" for k in json.loads(prop.get("value"))]
+        cases.append((f"{path}::{tc.get('name')}", failed, skipped, kills))
+    from patchcollide.files import git_commit, machine
 
     m = machine()
+    git = git_commit(ROOT) or {}
+    commit = (git.get("commit", "unknown")[:12] + (" (with uncommitted changes)" if git.get("dirty") else ""))
     lines = [
         "# Reliability: faults and bad inputs",
         "",
         "Each row is a fault or bad input, how the tests create it, what must hold, and the outcome",
         "of the last run (trials = pytest cases; each kill moment and each bad input is its own case).",
-        f"Last run: {time.strftime('%Y-%m-%d %H:%M')}, {m['cpu']} ({m['cores']} cores), pytest run of {seconds:.0f} s; "
-        "regenerate with `python scripts/reliability_report.py`. The same tests run in CI.",
+        f"Last run: {time.strftime('%Y-%m-%d %H:%M')} on commit `{commit}`, {m['cpu']} ({m['cores']} cores), "
+        f"pytest run of {seconds:.0f} s; regenerate with `python scripts/reliability_report.py`. The same tests run "
+        "in CI.",
         "",
-        "| Fault or bad input | How | Must hold | Trials | Failures | Skipped |",
-        "|---|---|---|---|---|---|",
+        "Kills: landed / attempted. A kill has landed when the process was still running when the SIGKILL or",
+        "signal went out and died of it; every trial asserts that all its kills landed (a kill that came too",
+        "late would test nothing). Phases: where the kills hit, read from the files just before each kill.",
+        "",
+        "| Fault or bad input | How | Must hold | Trials | Failures | Skipped | Kills | Phases hit |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    total = [0, 0, 0]
+    total = [0, 0, 0, 0, 0]
     for fault, how, outcome, sels in ROWS:
         hit = [c for c in cases if any(c[0].startswith(s) for s in sels)]
         n, f, s = len(hit), sum(c[1] for c in hit), sum(c[2] for c in hit)
-        total = [total[0] + n, total[1] + f, total[2] + s]
-        lines.append(f"| {fault} | {how} | {outcome} | {n} | {f} | {s} |")
-    lines.append(f"| **all** | | | **{total[0]}** | **{total[1]}** | **{total[2]}** |")
+        kills = [k for c in hit for k in c[3]]
+        landed = sum(bool(k["landed"]) for k in kills)
+        total = [total[0] + n, total[1] + f, total[2] + s, total[3] + landed, total[4] + len(kills)]
+        phases = "; ".join(f"{p} ({c})" for p, c in sorted(Counter(_phase(k["phase"]) for k in kills).items()))
+        lines.append(f"| {fault} | {how} | {outcome} | {n} | {f} | {s} | "
+                     f"{f'{landed} / {len(kills)}' if kills else '-'} | {phases or '-'} |")
+    lines.append(f"| **all** | | | **{total[0]}** | **{total[1]}** | **{total[2]}** | **{total[3]} / {total[4]}** | |")
     with open(os.path.join(ROOT, "docs", "reliability-details.md")) as fh:
         details = fh.read()
     os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -44,26 +45,49 @@ def sha(path) -> str:
     return h.hexdigest()
 
 
-def kill_at_random_moment(cmd, started, rng, window, timeout=300) -> bool:
-    """Start cmd, wait until ``started()`` (its real work has begun), then SIGKILL it after a
-    seeded uniform delay in [0, window) seconds. False when it finished before the kill."""
+def kill_at_random_moment(cmd, started, rng, window, phase=lambda: "", timeout=300) -> dict:
+    """Start cmd, wait until ``started()`` (a real progress signal: its work has begun), then
+    SIGKILL it after a seeded uniform delay in [0, 0.8 window) seconds (``window``: the clean
+    run's time from the same signal to its end; 0.8 so the kill lands on a loaded machine
+    too). Returns the trial's record: landed (the process was still running when the kill
+    went out and died of it), phase (``phase()`` just before the kill), delay."""
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t = time.time()
     while not started():
         if p.poll() is not None:
-            return False
+            return {"landed": False, "phase": "finished before its work was seen", "delay": 0.0}
         if time.time() - t > timeout:
             p.kill()
             raise AssertionError(f"{cmd} never started its work")
         time.sleep(0.005)
-    deadline = time.time() + float(rng.uniform(0, window))
+    delay = float(rng.uniform(0, 0.8 * window))
+    deadline = time.time() + delay
     while time.time() < deadline:
         if p.poll() is not None:
-            return False
+            return {"landed": False, "phase": "finished before the kill", "delay": delay}
         time.sleep(0.005)
+    where = phase()
     p.send_signal(signal.SIGKILL)
     p.wait()
-    return True
+    return {"landed": p.returncode == -signal.SIGKILL, "phase": where, "delay": round(delay, 3)}
+
+
+def record_kills(record_property, kills: list[dict]) -> None:
+    """Every kill must have landed (else the trial tested nothing); the records go into the
+    JUnit XML, where scripts/reliability_report.py counts them per row of docs/reliability.md."""
+    record_property("kills", json.dumps(kills))
+    missed = [k for k in kills if not k["landed"]]
+    assert not missed, f"kills that did not land: {missed}"
+
+
+def _parts_phase(out, total) -> Callable[[], str]:
+    def phase() -> str:
+        if os.path.exists(f"{out}.tmp"):
+            return "merge"
+        n = len([f for f in os.listdir(f"{out}.parts") if f.startswith("part-")]) if os.path.isdir(f"{out}.parts") else 0
+        return f"extract ({n}/{total} parts)"
+
+    return phase
 
 
 def timed_run(cmd, started) -> float:
@@ -126,15 +150,17 @@ def _store_digest(path) -> str:
 
 
 @pytest.mark.parametrize("seed", KILL_SEEDS)
-def test_extract_killed_at_random_moment(tmp_path, photos, clean_store, seed):
+def test_extract_killed_at_random_moment(tmp_path, photos, clean_store, seed, record_property):
     out = tmp_path / "s.h5"
     cmd = cli("extract", photos, "--out", out, *EXTRACT_ARGS)
     rng = np.random.default_rng(1000 + seed)
-    killed = kill_at_random_moment(cmd, lambda: os.path.exists(f"{out}.lock"), rng, clean_store["window"])
-    if killed and os.path.exists(out):
+    kill = kill_at_random_moment(cmd, lambda: os.path.exists(f"{out}.lock"), rng, clean_store["window"],
+                                 _parts_phase(out, len(NAMES)))
+    record_kills(record_property, [kill])
+    if os.path.exists(out):
         # a store at the final name must be the complete one
         assert _store_digest(out) == clean_store["sha_patches"]
-    elif killed:
+    else:
         r = subprocess.run(cli("store", "info", out), capture_output=True, text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr  # not reported as a store
     subprocess.run(cmd, check=True, capture_output=True)
@@ -196,18 +222,28 @@ def _index_opens_or_absent(d) -> bool:
         return False
 
 
+def _index_phase(d) -> Callable[[], str]:
+    def phase() -> str:
+        tmp = [f for f in os.listdir(d) if ".tmp" in f] if os.path.isdir(d) else []
+        return "writing the index" if tmp else "training / adding"
+
+    return phase
+
+
 @pytest.mark.parametrize("seed", KILL_SEEDS)
-def test_index_build_killed_at_random_moment(tmp_path, clean_store, clean_index, seed):
+def test_index_build_killed_at_random_moment(tmp_path, clean_store, clean_index, seed, record_property):
     d = tmp_path / "idx"
     cmd = cli("index", "build", "--index", d, "--store", clean_store["path"], *INDEX_ARGS)
     rng = np.random.default_rng(2000 + seed)
     if seed % 2:  # odd seeds kill a rebuild over an existing index: the old one must survive or be replaced whole
         subprocess.run(cmd, check=True, capture_output=True)
         os.remove(d / "index.lock")
-    killed = kill_at_random_moment(cmd, lambda: os.path.exists(d / "index.lock"), rng, clean_index["window"])
+    kill = kill_at_random_moment(cmd, lambda: os.path.exists(d / "index.lock"), rng, clean_index["window"],
+                                 _index_phase(d))
+    record_kills(record_property, [kill])
     if _index_opens_or_absent(d):
         assert sha(d / "index.faiss") == clean_index["sha"]
-    elif killed and os.path.exists(d / "index.json"):
+    elif os.path.exists(d / "index.json"):
         r = subprocess.run(cli("index", "eval", "--index", d, "--store", clean_store["path"]), capture_output=True,
                            text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -276,10 +312,42 @@ def _batch_outputs(out) -> dict:
     return res
 
 
+def _rewritten(path) -> Callable[[], bool]:
+    """True once ``path`` is (re)written after this call: a new file or a new inode (atomic
+    writes replace the file). The batch writes batch.json once its model and index are open,
+    and after every job: a progress signal of this very process, unlike the lock file, which
+    a killed batch leaves behind."""
+    try:
+        before = os.stat(path).st_ino
+    except FileNotFoundError:
+        before = None
+
+    def ready() -> bool:
+        try:
+            return os.stat(path).st_ino != before
+        except FileNotFoundError:
+            return False
+
+    return ready
+
+
+def _batch_phase(out) -> Callable[[], str]:
+    def phase() -> str:
+        try:
+            jobs = json.load(open(os.path.join(out, "batch.json")))["jobs"]
+        except (OSError, ValueError):
+            return "opening"
+        done = sum(j["status"] == "done" for j in jobs)
+        ck = [d for d in os.listdir(os.path.join(out, ".partial"))] if os.path.isdir(os.path.join(out, ".partial")) else []
+        return f"{done}/{len(jobs)} jobs done" + (f", checkpoint of {', '.join(sorted(ck))}" if ck else "")
+
+    return phase
+
+
 @pytest.fixture(scope="module")
 def clean_batch(tmp_path_factory, jobs):
     out = tmp_path_factory.mktemp("clean_batch") / "out"
-    window = timed_run(_batch_cmd(jobs, out), lambda: os.path.exists(out / ".lock-all"))
+    window = timed_run(_batch_cmd(jobs, out), _rewritten(out / "batch.json"))
     got = _batch_outputs(out)
     assert all(isinstance(v, list) for v in got.values()), got
     return {"outputs": got, "window": window}
@@ -301,13 +369,17 @@ def _no_partial_job_looks_done(out) -> None:
 
 
 @pytest.mark.parametrize("seed", KILL_SEEDS)
-def test_batch_killed_at_random_moment(tmp_path, jobs, clean_batch, seed):
+def test_batch_killed_at_random_moment(tmp_path, jobs, clean_batch, seed, record_property):
     out = tmp_path / "out"
     cmd = _batch_cmd(jobs, out)
     rng = np.random.default_rng(3000 + seed)
-    for _ in range(2):  # two kills, then a run to the end
-        kill_at_random_moment(cmd, lambda: os.path.exists(out / ".lock-all"), rng, clean_batch["window"])
+    kills = []
+    for i in range(2):  # two kills, each timed from its own process's first write, then a run to the end
+        # the second process has only what the first left to do: its moments are drawn over that
+        window = clean_batch["window"] - (kills[0]["delay"] if kills else 0.0)
+        kills.append(kill_at_random_moment(cmd, _rewritten(out / "batch.json"), rng, window, _batch_phase(out)))
         _no_partial_job_looks_done(out)
+    record_kills(record_property, kills)
     subprocess.run(cmd, check=True, capture_output=True)
     assert _batch_outputs(out) == clean_batch["outputs"]
     assert not os.path.exists(out / ".tmp") or not os.listdir(out / ".tmp")
@@ -336,5 +408,6 @@ def test_batch_second_writer_refused(tmp_path, jobs):
     with batch_lock(str(out), None):
         r = subprocess.run(_batch_cmd(jobs, out), capture_output=True, text=True)
     msg = one_line_error(r)
-    assert "out" in msg and "another" in msg
+    assert msg == f"Error: {out}: another process is already running this batch here; wait for it to finish (or " \
+                  "stop it), or give another --out or --shard", msg
     assert sorted(os.listdir(out)) == [".lock-all"]

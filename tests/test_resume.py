@@ -3,6 +3,7 @@ patches of an uninterrupted run: no duplicates, no gaps, no corrupt file."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -62,32 +63,57 @@ def clean(tmp_path_factory, folder):
     return _content(out)
 
 
+def _new_file(path):
+    """True once ``path`` exists as a file it was not at this call (a new inode): the kill
+    is timed from this process's own write, not from a leftover of the one killed before."""
+    try:
+        before = os.stat(path).st_ino
+    except FileNotFoundError:
+        before = None
+
+    def ready() -> bool:
+        try:
+            return os.stat(path).st_ino != before
+        except FileNotFoundError:
+            return False
+
+    return ready
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
-def test_resume_after_sigkill_equals_clean_run(tmp_path, folder, clean, seed):
+def test_resume_after_sigkill_equals_clean_run(tmp_path, folder, clean, seed, record_property):
     out = tmp_path / "s.h5"
     parts = str(out) + ".parts"
+    merging = str(out) + ".tmp"
     rng = np.random.default_rng(seed)
-    # Kill 1: after a seeded number of finished parts. Kill 2: during the merge, when the
-    # temporary store exists (or, if the merge was too quick to catch, at a seeded delay).
+    # Kill 1: after a seeded number of finished parts. Kill 2: once the merge has begun (the
+    # temporary store appears). Kill 3: a fresh attempt, a seeded moment after its own merge
+    # begins (the temporary store made anew). Each is timed from the process's own progress.
     target = int(rng.integers(1, len(NAMES) - 1))
-    kills = 0
+    kills = []
     p = subprocess.Popen(_cmd(folder, out))
-    assert _kill_when(p, lambda: len(glob.glob(os.path.join(parts, "part-*.npz"))) >= target), "first kill missed"
-    kills += 1
+    kills.append({"landed": _kill_when(p, lambda: len(glob.glob(os.path.join(parts, "part-*.npz"))) >= target),
+                  "phase": f"after {target} parts"})
     assert not os.path.exists(out), "a killed run must not leave a finished-looking store"
     p = subprocess.Popen(_cmd(folder, out))
-    kills += _kill_when(p, lambda: os.path.exists(str(out) + ".tmp"))
-    # Kill 3: at a seeded random moment of a fresh attempt (anywhere, the merge included).
+    kills.append({"landed": _kill_when(p, _new_file(merging)), "phase": "merge begun"})
     p = subprocess.Popen(_cmd(folder, out))
-    delay = float(rng.uniform(0.5, 2.5))
-    t = time.time()
-    kills += _kill_when(p, lambda: time.time() - t > delay)
+    delay = float(rng.uniform(0, 0.3))
+    begun, t = _new_file(merging), [None]
+
+    def later() -> bool:
+        if t[0] is None and begun():
+            t[0] = time.time()
+        return t[0] is not None and time.time() - t[0] >= delay
+
+    kills.append({"landed": _kill_when(p, later), "phase": f"merge + {delay:.2f} s"})
     if not os.path.exists(out):
         # the store may not be reported complete until it is complete
         assert not os.path.exists(str(out) + ".json") or os.path.exists(out)
     subprocess.run(_cmd(folder, out), check=True)
-    assert kills >= 1
+    record_property("kills", json.dumps(kills))
+    assert all(k["landed"] for k in kills), kills  # three kills, three faults injected
     got = _content(out)
     assert got["fingerprint"] == clean["fingerprint"]
     assert np.array_equal(got["patches"], clean["patches"])

@@ -43,6 +43,7 @@ from .jobfile import Job, JobFile, JobsError, _first_line, _replaceable, in_shar
 log = logging.getLogger(__name__)
 
 BATCH_JSON = "batch.json"
+BATCH_CSV = "batch.csv"  # the same jobs, one row each, with every metric
 FATAL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}  # stop the batch: every next job would fail too
 BUSY_WAIT = 2.0  # seconds to wait for a job lock held briefly (a start-up sweep) before calling the job busy
 
@@ -451,6 +452,8 @@ class BatchRunner:
                 created = json.load(fh).get("created")
             data = self.batch_json(created)
             write_json(path, data, default=str, tmp=os.path.join(self.out_dir, ".batch.json.tmp"))
+            write_text(os.path.join(self.out_dir, BATCH_CSV), batch_csv(data["jobs"]),
+                       tmp=os.path.join(self.out_dir, ".batch.csv.tmp"))
             return data
 
 
@@ -460,15 +463,39 @@ def polytope_samples(report: dict) -> int | None:
     return poly.get("samples", poly.get("n"))
 
 
+CSV_COLUMNS = ("id", "line", "out", "status", "seconds", "error")
+
+
+def batch_csv(entries: list[dict]) -> str:
+    """DIR/batch.csv: one row per job line, batch.json's status columns then every metric
+    (empty where a job has none), for spreadsheets and pandas."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*CSV_COLUMNS, *METRICS])
+    for e in entries:
+        m = e.get("metrics") or {}
+        w.writerow([*("" if e.get(c) is None else e[c] for c in CSV_COLUMNS),
+                    *("" if m.get(k) is None else m[k] for k in METRICS)])
+    return buf.getvalue()
+
+
+METRICS = ("worst_rel_error", "worst_rel_error_png", "min_push", "all_own_unit_lowest", "mean_sharpness",
+           "mean_sources", "worst_argmax_rel_error", "mean_pairwise_l2", "share_target_class",
+           "mean_top_prob_samples", "top_prob_target", "target_label", "steps", "converged")  # metrics_of's keys
+
+
 def metrics_of(report: dict) -> dict:
-    """batch.json's key metrics of a finished run's report."""
+    """batch.json's key metrics of a finished run's report (the keys: METRICS)."""
     v, poly, tgt = report["vertices"], report.get("polytope") or {}, report.get("target") or {}
     mix = v.get("mixing") or {}
 
     def mean(xs):
         return sum(xs) / len(xs) if xs else None
 
-    return {
+    out = {
         "worst_rel_error": max(v["float"]["rel_error"]),
         "worst_rel_error_png": max(v["png"]["rel_error"]),
         "min_push": min(v["png"]["push"]) if v["png"].get("push") else None,
@@ -484,6 +511,7 @@ def metrics_of(report: dict) -> dict:
         "steps": report.get("steps"),
         "converged": report.get("converged"),
     }
+    return out
 
 
 class BatchEvents:

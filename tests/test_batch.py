@@ -150,6 +150,27 @@ def test_a_failing_job_is_recorded_and_the_batch_goes_on(base):
     assert rep["batch"]["id"] == "A" and rep["config"]["mode"] == "patches"
 
 
+def test_batch_csv_has_one_row_per_job_with_every_metric(base):
+    import csv
+
+    from patchcollide.jobs import METRICS as CSV_METRICS
+
+    out = base["out"]
+    with open(os.path.join(out, "batch.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    data = {e["id"]: e for e in batch_json(out)["jobs"]}
+    assert [r["id"] for r in rows] == ["A", "B", "C"] and set(CSV_METRICS) == METRICS
+    assert list(rows[0]) == ["id", "line", "out", "status", "seconds", "error", *CSV_METRICS]
+    for r in rows:
+        e = data[r["id"]]
+        assert r["status"] == e["status"] and r["line"] == str(e["line"])
+        for k in CSV_METRICS:
+            v = (e["metrics"] or {}).get(k)
+            assert r[k] == ("" if v is None else str(v)), (r["id"], k)
+    assert rows[2]["error"] == "RuntimeError: simulated failure" and rows[2]["worst_rel_error"] == ""
+    assert float(rows[0]["worst_rel_error_png"]) == data["A"]["metrics"]["worst_rel_error_png"]
+
+
 def test_jobs_that_share_a_target_compute_it_once(base, tmp_path, jobs_dir):
     from patchcollide.collide import CollideConfig
     from patchcollide.models import load_tap

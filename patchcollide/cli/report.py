@@ -17,8 +17,9 @@ def report(path, open_page):
     """Write PATH/report.html for a run directory (PATH/report.json) or a batch directory
     (PATH/batch.json; then also a page in each done job's run directory).
 
-    The page is static and self-contained: open it from disk, no server or network needed.
-    Prints its file:// URL.
+    The page is static: open it from disk, no server or network needed. It is not a single
+    file: it shows the run's PNGs through relative links, so keep it in its directory (copy
+    the whole directory to share it). Prints its file:// URL.
     """
     with user_errors():
         page = write_html(path)

@@ -409,7 +409,8 @@ class PatchIndex:
 
 
 def exact_search(store: PatchStore, queries: np.ndarray, k: int, descriptor=None, device: str = "auto",
-                 batch_size: int = 65536, timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 batch_size: int = 65536, timings: dict | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force k-NN of (nq, 32, 32, 3) uint8 query patches over the whole store.
 
     Streams the store in batches (memory independent of N): faiss' BLAS brute force on the
@@ -417,7 +418,7 @@ def exact_search(store: PatchStore, queries: np.ndarray, k: int, descriptor=None
     ids (nq, k) int64), ascending. The ground truth for ``evaluate`` and a search path for
     stores without an index. ``timings["compute"]`` accumulates the seconds spent in the
     search itself (excluding reading and converting the store), the fair baseline to
-    compare an index with.
+    compare an index with. progress(done, total) counts the store's patches searched.
     """
     if k < 1:
         raise IndexError_(f"k must be >= 1, got {k}")
@@ -447,6 +448,8 @@ def exact_search(store: PatchStore, queries: np.ndarray, k: int, descriptor=None
         sel = np.argsort(cd, axis=1, kind="stable")[:, :k]
         best_d, best_i = np.take_along_axis(cd, sel, 1), np.take_along_axis(ci, sel, 1)
         compute += time.time() - t
+        if progress:
+            progress(start + len(xv), len(store))
     if timings is not None:
         timings["compute"] = timings.get("compute", 0.0) + compute
     return np.sqrt(np.maximum(best_d, 0)).astype(np.float32), best_i
@@ -478,12 +481,15 @@ def recall_at_k(approx_ids: np.ndarray, approx_d: np.ndarray, exact_ids: np.ndar
     return hits / (k * len(exact_ids))
 
 
-def evaluate(pindex: PatchIndex, queries: np.ndarray, k: int = 50, device: str = "auto", repeats: int = 1) -> dict:
+def evaluate(pindex: PatchIndex, queries: np.ndarray, k: int = 50, device: str = "auto", repeats: int = 1,
+             progress: Callable[[int, int], None] | None = None) -> dict:
     """recall@k of ``pindex`` against exact search on (nq, 32, 32, 3) uint8 held-out queries,
-    and queries per second of both (best of ``repeats`` timings for the index)."""
+    and queries per second of both (best of ``repeats`` timings for the index).
+    progress(done, total): the exact search's patches (most of the time)."""
     timings: dict = {}
     t = time.time()
-    ed, ei = exact_search(pindex.store, queries, k, pindex.descriptor, device=device, timings=timings)
+    ed, ei = exact_search(pindex.store, queries, k, pindex.descriptor, device=device, timings=timings,
+                          progress=progress)
     t_exact_io = time.time() - t
     t_exact = timings["compute"]  # search only: reading the store is not charged to exact search
     t_index = float("inf")

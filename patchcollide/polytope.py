@@ -11,6 +11,7 @@ the vertices' (the project's demo, random VGG-16 at 128 x 128: mean 0.11 against
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,12 +31,14 @@ def pairwise_l2(images: np.ndarray) -> float:
 
 @torch.no_grad()
 def sample_polytope(tap: Tap, vertices: torch.Tensor, target: Target, samples: int = 2000, seed: int = 0,
-                    batch_size: int = 32, device: str | torch.device = "cpu") -> dict:
+                    batch_size: int = 32, device: str | torch.device = "cpu",
+                    progress: Callable[[int, int], None] | None = None) -> dict:
     """Classify ``samples`` Dirichlet(1) convex combinations of vertices (V, 3, H, W) in [0, 1].
 
     Returns the share of samples whose top-1 class is the target's, the mean top-class
     probability of the samples and the target's, and the samples' relative fc6 error
-    (mean and max). Seeded: the same seed gives the same combinations.
+    (mean and max). Seeded: the same seed gives the same combinations. progress(done, total)
+    after every batch of samples.
     """
     if samples < 1:
         raise ValueError(f"--samples must be >= 1, got {samples}")
@@ -54,6 +57,8 @@ def sample_polytope(tap: Tap, vertices: torch.Tensor, target: Target, samples: i
         probs.append(prob.cpu())
         r = (torch.relu(z) - post).norm(dim=1) / post.norm().clamp_min(1e-12)
         rel.append(r.cpu())
+        if progress:
+            progress(min(s + batch_size, n), n)
     rel_t = torch.cat(rel)
     return {
         "samples": n, "seed": seed, "share_target_class": same / n, "target_class": target.label,

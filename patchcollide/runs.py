@@ -365,7 +365,7 @@ def dataset_paths(dataset: str | None = None, store=None, index_dir: str | None 
 
 
 def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int = 32, device: str = "auto",
-               dataset_images: np.ndarray | None = None, tap: Tap | None = None) -> dict:
+               dataset_images: np.ndarray | None = None, tap: Tap | None = None, progress=None) -> dict:
     """The polytope check on a finished run: results go into its report.json (rewritten atomically).
 
     At a ReLU layer the convex combinations of colliding vertices collide only approximately
@@ -387,7 +387,8 @@ def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int
     tap = tap_on(tap, dev)
     x = torch.from_numpy(vertices).permute(0, 3, 1, 2).float() / 255.0
     try:
-        check = sample_polytope(tap, x, target, samples=samples, seed=seed, batch_size=batch_size, device=dev)
+        check = sample_polytope(tap, x, target, samples=samples, seed=seed, batch_size=batch_size, device=dev,
+                                progress=progress)
     except ValueError as e:
         raise CollideError(str(e)) from None
     check["vertex_mean_pairwise_l2"] = pairwise_l2(vertices)

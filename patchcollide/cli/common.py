@@ -77,10 +77,12 @@ def setup_logging(level: int) -> None:
 
 
 class Progress:
-    """A click progress bar (with ETA) fed by a library ``progress(done, total)`` callback."""
+    """A click progress bar (with ETA) fed by a library ``progress(done, total)`` callback; drawn
+    only on a terminal (silent under -q, in logs and in CI)."""
 
     def __init__(self, label: str, enabled: bool = True):
-        self.label, self.enabled, self.bar, self.done = label, enabled, None, 0
+        self.label, self.bar, self.done = label, None, 0
+        self.enabled = enabled and sys.stderr.isatty()
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:

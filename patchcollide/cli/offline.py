@@ -190,7 +190,8 @@ def index_eval(queries, index_dir, store_path, k, grid_stride, stride_deprecated
     with user_errors(), PatchIndex(index_dir, store_path, nprobe=nprobe, k_factor=k_factor,
                                          store_option="--store") as pidx:
         qp = query_patches(list(queries), pidx.preprocess, stride)
-        r = evaluate(pidx, qp, k=k, device=device, repeats=3)
+        with Progress("exact search (ground truth)", show_progress(click.get_current_context()) and not as_json) as bar:
+            r = evaluate(pidx, qp, k=k, device=device, repeats=3, progress=bar)
     if as_json:
         echo_json(r)
         return

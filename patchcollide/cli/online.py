@@ -10,7 +10,7 @@ from click.core import ParameterSource
 from ..checkpoints import EVERY
 from ..collide import CollideConfig
 from ..runs import dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample
-from .common import UserError, show_progress, user_errors
+from .common import Progress, UserError, show_progress, user_errors
 
 
 def print_vertices(report: dict) -> None:
@@ -234,7 +234,8 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--dataset", default=None, type=click.Path(file_okay=False),
               help="Image folder for the mean distance between dataset images [default: the run index's images].")
-def sample(run_dir, samples, n_deprecated, seed, batch_size, device, dataset):
+@click.pass_context
+def sample(ctx, run_dir, samples, n_deprecated, seed, batch_size, device, dataset):
     """Check the polytope of a finished run: Dirichlet(1) combinations of its vertices."""
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir!r} is not a run directory; give one written by `patchcollide collide`")
@@ -248,6 +249,8 @@ def sample(run_dir, samples, n_deprecated, seed, batch_size, device, dataset):
         size = report["config"]["size"]
         paths = dataset_paths(dataset, index_dir=report["inputs"].get("index"))
         images = dataset_images(paths, size, seed=seed) if paths else None
-        report = run_sample(run_dir, samples=samples, seed=seed, batch_size=batch_size, device=device, dataset_images=images)
+        with Progress("polytope samples", show_progress(ctx)) as bar:
+            report = run_sample(run_dir, samples=samples, seed=seed, batch_size=batch_size, device=device,
+                                dataset_images=images, progress=bar)
     print_polytope(report["polytope"], report.get("notice"))
     click.echo(f"updated {os.path.join(run_dir, 'report.json')}")

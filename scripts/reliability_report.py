@@ -54,6 +54,12 @@ ROWS = [
     ("`collide`'s final write fails (no space)", "ENOSPC injected where the run is written",
      "one line naming the saved checkpoint; `--resume` writes the run without optimising again, equal to a clean run",
      ["tests/test_checkpoints.py::test_a_failed_final_write"]),
+    ("Full disk, for real: a small tmpfs the test mounts, for `extract`, `index build`, `collide` and `batch`",
+     "tmpfs of 4 MiB (store), 8 MiB (index), 256 KiB (collide) or filled to 100 kB (batch, after one job); "
+     "then remounted larger",
+     "one line naming the cause and the fix, exit 2; collide refuses before optimising; the finished job "
+     "untouched; nothing half-written at a final name; success once there is room",
+     ["tests/test_full_disk.py"]),
     ("Full disk: file-size limit (RLIMIT_FSIZE) during `extract`'s merge",
      "limit = half the store: parts fit, the merged store does not",
      "one-line error, exit 2; finished parts kept; a run with room equals the clean store",

@@ -225,7 +225,7 @@ def make_param(config: CollideConfig, source: torch.Tensor, target: torch.Tensor
 
 
 def quantise(x: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] rounded to the 8-bit levels a PNG stores (report.to_uint8's rounding)."""
+    """Images in [0, 1] rounded to the 8-bit levels a PNG stores (pictures.to_uint8's rounding)."""
     return torch.round(x.clamp(0, 1) * 255.0) / 255.0
 
 
@@ -393,7 +393,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
 
 
 @torch.no_grad()
-def quantised_metrics(tap: Tap, vertices_u8: np.ndarray, target: Target, device: str = "auto") -> dict:
+def quantised_metrics(tap: Tap, vertices_u8: np.ndarray, target: Target, device: "str | torch.device" = "auto") -> dict:
     """Metrics of the vertices as saved: (V, H, W, 3) uint8 (e.g. PNGs read back from disk)."""
     from .models import resolve_device, tap_on
 

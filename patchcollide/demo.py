@@ -22,7 +22,7 @@ from PIL import Image
 from .extract import ExtractConfig, extract_store
 from .files import atomic_path, write_json, versions
 from .knn import MANIFEST_FILE, STORE_FILE, IndexConfig, IndexError_, PatchIndex, build_index
-from .report import neighbour_mosaic, save_png
+from .pictures import neighbour_mosaic, save_png
 from .store import PatchStore, StoreError
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ import warnings
 from .collide import CollideConfig, CollideError
 from .errors import PatchcollideError
 from .files import is_run
-from .report import RUN_KIND
+from .formats import RUN_KIND
 
 RESERVED = ("batch.json", "batch.html", "index.html", "report.html")  # names DIR keeps for itself (any case)
 MAX_OUT_BYTES = 200  # leaves room for ".traceback.txt" and friends under the usual 255-byte name limit

@@ -38,6 +38,7 @@ from .checkpoints import EVERY, Interrupted
 from .collide import CollideError, target_of, to_tensor
 from .errors import PatchcollideError
 from .files import install_dir, is_locked, locked, try_lock, unlock, write_json, write_text, versions
+from .formats import BATCH_METRICS
 from .jobfile import Job, JobFile, JobsError, _first_line, _replaceable, in_shard
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,6 @@ BATCH_CSV = "batch.csv"  # the same jobs, one row each, with every metric
 FATAL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}  # stop the batch: every next job would fail too
 BUSY_WAIT = 2.0  # seconds to wait for a job lock held briefly (a start-up sweep) before calling the job busy
 
-METRIC_KEYS = ("worst_rel_error", "worst_rel_error_png", "min_push", "all_own_unit_lowest", "mean_sharpness",
-               "mean_sources", "worst_argmax_rel_error", "mean_pairwise_l2", "share_target_class",
-               "mean_top_prob_samples", "top_prob_target", "target_label", "steps", "converged")
-STATUSES = ("done", "failed", "pending", "invalid", "busy")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,11 +204,11 @@ class BatchRunner:
         return key, self._taps[key]
 
     def model_identity(self, job: Job) -> dict:
+        """models.py's record of the model this job runs with (random weights: seeded by the job)."""
         if self.weights == "random":
-            from .models import WeightsInfo
+            from .models import model_identity, random_weights
 
-            w = WeightsInfo("random", f"random(seed={job.config.seed})", None, False)
-            return {"arch": self.arch, "layer": self.layer, **dataclasses.asdict(w)}
+            return model_identity(self.arch, self.layer, random_weights(job.config.seed))
         return self.tap.identity()
 
     def target_for(self, job: Job):
@@ -482,9 +479,7 @@ def batch_csv(entries: list[dict]) -> str:
     return buf.getvalue()
 
 
-METRICS = ("worst_rel_error", "worst_rel_error_png", "min_push", "all_own_unit_lowest", "mean_sharpness",
-           "mean_sources", "worst_argmax_rel_error", "mean_pairwise_l2", "share_target_class",
-           "mean_top_prob_samples", "top_prob_target", "target_label", "steps", "converged")  # metrics_of's keys
+METRICS = tuple(BATCH_METRICS)  # metrics_of's keys, in column order (formats.py)
 
 
 def metrics_of(report: dict) -> dict:

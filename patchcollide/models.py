@@ -120,7 +120,18 @@ class Tap(nn.Module):
         return self.model(self.normalise(x))
 
     def identity(self) -> dict:
-        return {"arch": self.arch, "layer": self.layer, **dataclasses.asdict(self.weights)}
+        return model_identity(self.arch, self.layer, self.weights)
+
+
+def model_identity(arch: str, layer: str, weights: WeightsInfo) -> dict:
+    """What a report records as the model: architecture, layer and where the weights came
+    from. A batch compares it with finished jobs' to know whether they are still current."""
+    return {"arch": arch, "layer": layer, **dataclasses.asdict(weights)}
+
+
+def random_weights(seed: int) -> WeightsInfo:
+    """The identity of ``load_tap(..., "random", seed)``'s weights, without building the model."""
+    return WeightsInfo("random", f"random(seed={seed})", None, False)
 
 
 def _builder(arch: str):
@@ -176,7 +187,7 @@ def load_tap(arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet",
         with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG stream is left as it was
             torch.manual_seed(seed)
             model = builder(weights=None)
-        info = WeightsInfo("random", f"random(seed={seed})", None, False)
+        info = random_weights(seed)
     elif weights == "imagenet":
         model = builder(weights=None)
         state, where = load_imagenet_state(arch, allow_download)
@@ -248,8 +259,11 @@ def _fit_detail(e: RuntimeError) -> str:
     return detail if len(detail) <= 120 else detail[:117] + "..."
 
 
-def resolve_device(device: str) -> torch.device:
-    """auto -> cuda when available, else cpu; cuda without a GPU is an error."""
+def resolve_device(device: "str | torch.device") -> torch.device:
+    """auto -> cuda when available, else cpu; cuda without a GPU is an error. A torch.device
+    (resolved before) is returned as it is."""
+    if isinstance(device, torch.device):
+        return device
     if device not in ("auto", "cpu", "cuda"):
         raise ModelError(f"--device must be auto, cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():

@@ -37,7 +37,8 @@ from .images import Preprocess, load_rgb
 from .models import Tap, load_tap, resolve_device, tap_on
 from .objectives import Target
 from .polytope import difference_boxes, pairwise_l2, sample_polytope
-from .report import RUN_KIND, contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
+from .formats import RUN_KIND
+from .pictures import contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
     meta = {"source": os.path.abspath(source), "target": os.path.abspath(target),
             "index": os.path.abspath(index_dir) if config.mode == "patches" and index_dir else None}
     try:
-        tap = tap or load_tap(arch, layer, weights, seed=config.seed)
+        dev = resolve_device(config.device)  # once for the run: the model moves there once
+        tap = tap_on(tap or load_tap(arch, layer, weights, seed=config.seed), dev)
         ck = Checkpointer(ckdir, {"inputs": meta, "config": dataclasses.asdict(config), "model": tap.identity()},
                           every=checkpoint_every)
         state = None
@@ -147,7 +149,7 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
         if own_index is not None:
             own_index.close()
     try:
-        report = write_run(out, res, src, tgt, tap, config, meta, overwrite=overwrite or resume != "no")
+        report = write_run(out, res, src, tgt, tap, config, meta, overwrite=overwrite or resume != "no", device=dev)
     except OSError as e:
         where = ck.saved_to or "nowhere (the checkpoint could not be written either)"
         fix = (f"free space, then `{again}` writes the run without optimising again" if ck.saved_to == ck.path else
@@ -181,8 +183,9 @@ def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY) -> di
 
 
 def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, tap: Tap, config: CollideConfig,
-              meta: dict, overwrite: bool = False) -> dict:
-    """Write every output of a run into ``out`` atomically; returns the report."""
+              meta: dict, overwrite: bool = False, device=None) -> dict:
+    """Write every output of a run into ``out`` atomically; returns the report. device: where
+    the PNGs read back are measured (default: the config's)."""
     with staged_dir(out) as tmp:
         save_png(_img(src), os.path.join(tmp, "source.png"))
         save_png(_img(tgt), os.path.join(tmp, "target.png"))
@@ -193,7 +196,7 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
             for i, v in enumerate(to_uint8(res.argmax_vertices)):
                 save_png(_img(v), os.path.join(tmp, f"argmax_{i}.png"))
         back = np.stack([read_png(os.path.join(tmp, f"vertex_{i}.png")) for i in range(len(v8))])
-        png_metrics = quantised_metrics(tap, back, res.target, config.device)
+        png_metrics = quantised_metrics(tap, back, res.target, config.device if device is None else device)
         boxes = difference_boxes(back)
         save_png(indicator_image(back[0], boxes), os.path.join(tmp, "indicator.png"))
         random = tap.weights.kind == "random"

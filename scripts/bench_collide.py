@@ -126,7 +126,7 @@ def load_pair(work: str, pair: tuple[str, str], size: int):
 def run_one(tap, index, src, tgt, cfg) -> tuple[dict, object]:
     """One collide run: the metrics of its PNGs (8-bit), its mixing and its error curve."""
     from patchcollide.collide import collide, quantised_metrics
-    from patchcollide.report import to_uint8
+    from patchcollide.pictures import to_uint8
 
     res = collide(tap, src, tgt, cfg, index=index)
     png = quantised_metrics(tap, to_uint8(res.vertices), res.target, cfg.device)
@@ -152,7 +152,7 @@ def run_one(tap, index, src, tgt, cfg) -> tuple[dict, object]:
 def sheet(res, src, tgt, path: str, random: bool) -> None:
     from PIL import Image
 
-    from patchcollide.report import contact_sheet, to_uint8
+    from patchcollide.pictures import contact_sheet, to_uint8
 
     items = [("source", src), ("target" + (" (RANDOM WEIGHTS)" if random else ""), tgt)]
     items += [(f"vertex {i}", v) for i, v in enumerate(to_uint8(res.vertices))]

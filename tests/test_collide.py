@@ -219,7 +219,7 @@ def test_patch_mode_error_falls_and_outputs_are_complete(run_dir):
 
 def test_png_round_trip_is_measured(run_dir, tap):
     from patchcollide.collide import quantised_metrics
-    from patchcollide.report import read_png
+    from patchcollide.pictures import read_png
 
     rep = json.load(open(run_dir / "report.json"))
     f, p = np.asarray(rep["vertices"]["float"]["rel_error"]), np.asarray(rep["vertices"]["png"]["rel_error"])
@@ -238,7 +238,7 @@ def test_saved_vertices_are_convex_combinations_of_the_retrieved_patches(run_dir
     """Every pixel of every vertex PNG lies within the range of the retrieved candidates'
     pixels covering it (up to the 8-bit rounding)."""
     from patchcollide.knn import PatchIndex
-    from patchcollide.report import read_png
+    from patchcollide.pictures import read_png
 
     with np.load(run_dir / "state.npz") as z, PatchIndex(flat_index) as pidx:
         ids, yx = z["candidate_ids"], z["candidate_yx"]
@@ -293,7 +293,7 @@ def test_sample_shows_a_progress_bar_on_a_terminal_only(run_dir, tmp_path):
 def test_load_run_gives_the_float_vertices_and_their_real_patches(run_dir, flat_index):
     import patchcollide
     from patchcollide.knn import PatchIndex
-    from patchcollide.report import to_uint8
+    from patchcollide.pictures import to_uint8
 
     run = patchcollide.load_run(str(run_dir))
     assert run.exact and run.config == CollideConfig(mode="patches", vertices=3, steps=60, size=S, k=4, device="cpu")
@@ -517,7 +517,7 @@ def test_library_calls_leave_the_callers_world_as_they_found_it(tap, tmp_path):
     caller's matplotlib backend."""
     import matplotlib
 
-    from patchcollide.report import loss_plot
+    from patchcollide.pictures import loss_plot
 
     src, tgt = photo("astronaut"), photo("chelsea")
 

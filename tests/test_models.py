@@ -115,3 +115,14 @@ def test_tap_on_never_moves_the_callers_model():
     moved = tap_on(tap, torch.device("meta"))  # any other device: a copy goes there
     assert moved is not tap and next(moved.parameters()).device.type == "meta"
     assert all(p.device.type == "cpu" for p in tap.parameters()) and tap.mean.device.type == "cpu"
+
+
+def test_the_identity_a_batch_predicts_is_the_one_the_model_reports():
+    """A batch decides whether finished jobs are current by comparing identities it computes
+    without building the model; models.py builds both, so they cannot drift apart."""
+    from patchcollide.models import model_identity, random_weights
+
+    for seed in (0, 3):
+        assert model_identity("alexnet", "fc6", random_weights(seed)) == \
+            load_tap("alexnet", "fc6", "random", seed=seed).identity()
+    assert random_weights(0) != random_weights(3)

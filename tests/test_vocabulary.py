@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 from click.testing import CliRunner
 
@@ -78,3 +79,12 @@ def test_deprecated_names_still_work_with_a_notice(tmp_path, query_image):
     r = CliRunner().invoke(cli, ["-q", "sample", str(tmp_path / "r"), "--n", "3", "--device", "cpu"])
     assert r.exit_code == 0 and "warning: --n is deprecated; use --samples" in r.stderr
     assert json.load(open(tmp_path / "r" / "report.json"))["polytope"]["samples"] == 3
+
+
+def test_batch_help_lists_every_job_key():
+    from patchcollide.cli.batch import batch
+
+    r = CliRunner().invoke(batch, ["--help"])
+    text = " ".join(r.output.split())
+    missing = [k for k in job_keys() if not re.search(rf"\b{k}\b", text)]
+    assert r.exit_code == 0 and not missing, missing

@@ -45,7 +45,8 @@ class OneLineErrors(click.Group):
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="patchcollide")
 @click.option("-v", "--verbose", is_flag=True, help="Log library details (debug level).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors; no warnings or progress bars.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only errors (and notices of deprecated options); no other warnings, no progress bars.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Find feature collisions made of real image patches.

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 import time
 
 import click
 
 from ..jobfile import JobsError, parse_shard, read_jobs
 from ..checkpoints import EVERY
+from ..jobfile import config_fields
 from ..jobs import BatchEvents, run_batch
 from .common import UserError, show_progress, user_errors
 
@@ -89,7 +91,28 @@ def print_summary(entries: list[dict]) -> None:
                    f"{_num(m.get('mean_pairwise_l2'), '9.1f'):>9}")
 
 
-@click.command()
+BATCH_HELP = """Run many collide + sample jobs from JOBS.jsonl (one JSON object per line) into --out.
+
+\b
+Keys per line: id (required; also the output name), source, target (required; relative
+to the job file's folder), out, samples, and any of collide's options with "_" for "-"
+(--grid-stride: "grid_stride"; pairs as arrays, "loss_early": [1, 0.3]):
+{config_keys}.
+
+The whole file is checked first: without --skip-invalid nothing runs while a line is
+invalid. The model and the index are loaded once; jobs with the same target reuse its
+activation. Each job is written under DIR/.tmp and renamed to DIR/<out> only when its
+polytope check is done. Running the same command again skips the finished jobs and runs
+the rest, failed ones included; --retry-failed runs only the failed ones. A failing job is
+recorded (error in DIR/batch.json, traceback in DIR/.failed/) and the batch goes on.
+A job saves a checkpoint every --checkpoint-every steps; Ctrl-C or SIGTERM saves it and
+stops the batch, and the same command later goes on from it. Several processes may share one job file and DIR with --shard 1/N ... N/N; a second
+process on the same DIR and shard is refused. Exit code 0 when every job of this shard is
+done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
+""".format(config_keys=textwrap.fill(", ".join(config_fields()), 88))
+
+
+@click.command(help=BATCH_HELP)
 @click.argument("jobs_file", metavar="JOBS.jsonl", type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Directory for the jobs' runs and batch.json.")
 @click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
@@ -115,25 +138,6 @@ def print_summary(entries: list[dict]) -> None:
 @click.pass_context
 def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samples, dataset, shard, retry_failed,
           skip_invalid, checkpoint_every):
-    """Run many collide + sample jobs from JOBS.jsonl (one JSON object per line) into --out.
-
-    \b
-    Keys per line: id (required; also the output name), source, target (required; relative
-    to the job file's folder), mode (patches|pixel), out, samples, and collide's options:
-    vertices, steps, min_steps, tol, lr, tv, size, k, grid_stride, init, first_unit, seed,
-    objective, noise, loss [a, b].
-
-    The whole file is checked first: without --skip-invalid nothing runs while a line is
-    invalid. The model and the index are loaded once; jobs with the same target reuse its
-    activation. Each job is written under DIR/.tmp and renamed to DIR/<out> only when its
-    polytope check is done. Running the same command again skips the finished jobs and runs
-    the rest, failed ones included; --retry-failed runs only the failed ones. A failing job is
-    recorded (error in DIR/batch.json, traceback in DIR/.failed/) and the batch goes on.
-    A job saves a checkpoint every --checkpoint-every steps; Ctrl-C or SIGTERM saves it and
-    stops the batch, and the same command later goes on from it. Several processes may share one job file and DIR with --shard 1/N ... N/N; a second
-    process on the same DIR and shard is refused. Exit code 0 when every job of this shard is
-    done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
-    """
     progress = _BatchProgress(show_progress(ctx))
     with user_errors():
         try:

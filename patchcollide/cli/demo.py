@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..demo import run_demo
-from .common import Progress, show_progress, user_errors
+from .common import Progress, deprecated, show_progress, user_errors
 from .online import _Bar, print_polytope, print_vertices
 
 
@@ -24,7 +24,7 @@ from .online import _Bar, print_polytope, print_vertices
 def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, weights, device):
     """Build the index from scikit-image's sample photos, collide two of them, check the polytope."""
     if n_deprecated is not None:
-        click.echo("warning: --n is deprecated; use --samples", err=True)
+        deprecated("--n", "--samples")
         samples = n_deprecated
     bar = _Bar(show_progress(ctx))
     with user_errors(), Progress("extracting sample photos", show_progress(ctx)) as xbar:

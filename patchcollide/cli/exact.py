@@ -5,7 +5,7 @@ import os
 
 import click
 
-from .common import UserError, echo_json, show_progress, user_errors
+from .common import UserError, deprecated, echo_json, show_progress, user_errors
 
 
 def _say(enabled: bool):
@@ -81,12 +81,6 @@ def print_nullspace(report: dict) -> None:
                    f"change {png['logits_rel_change_png']:.2e}; not exact, collider.npy is")
 
 
-def _deprecated(old: str, new: str) -> None:
-    """One line on stderr for an old name that still works for a release (as ``collide --loss``
-    and ``sample --n``: shown with -q too, so that scripts learn of it)."""
-    click.echo(f"warning: {old} is deprecated; use {new}", err=True)
-
-
 @click.command()
 @click.option("--model", "model", default=None,
               help="torchvision classifier: vit_b_32 (patch embedding), resnet50, alexnet, ...  [required]")
@@ -129,7 +123,7 @@ def nullspace(ctx, model, arch, weights, image, size, mode, beta, vectors, seed,
     if arch is not None:
         if model is not None:
             raise UserError("--arch is the deprecated name of --model; pass --model only")
-        _deprecated("--arch", "--model")
+        deprecated("--arch", "--model")
         model = arch
     if model is None:
         raise click.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "model"))
@@ -227,7 +221,7 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, outs, as_json):
 
     legacy = ctx.meta.get("nullity_json_paths", [])
     if legacy:
-        _deprecated("--json PATH", "--out PATH.json (--json alone prints JSON)")
+        deprecated("--json PATH", "--out PATH.json (--json alone prints JSON)")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     names = list(models) or list(PAPER_MODELS if paper_all else CLASSIFICATION_MODELS)

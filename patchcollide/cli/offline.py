@@ -8,9 +8,9 @@ import numpy as np
 
 from ..extract import ExtractConfig, extract_store
 from ..knn import STORE_FILE, IndexConfig, PatchIndex, build_index, evaluate, query_patches
-from ..report import neighbour_mosaic, save_png
+from ..pictures import neighbour_mosaic, save_png
 from ..store import PatchStore
-from .common import Progress, UserError, echo_json, human_bytes, show_progress, user_errors
+from .common import Progress, UserError, deprecated, echo_json, human_bytes, show_progress, user_errors
 
 DEFAULT_INDEX = "index"
 
@@ -127,8 +127,7 @@ def index_build(ctx, index_dir, store_path, factory, nprobe, k_factor, train_siz
 def _grid_stride(grid_stride: int, stride_deprecated: int | None) -> int:
     """The query grid's step: --grid-stride, or the old --stride of index search/eval (one release)."""
     if stride_deprecated is not None:
-        click.echo("warning: --stride of index search/eval is deprecated; use --grid-stride (--stride is extract's "
-                   "patch spacing)", err=True)
+        deprecated("--stride of index search/eval", "--grid-stride (--stride is extract's patch spacing)")
         grid_stride = stride_deprecated
     if grid_stride < 1:
         raise UserError(f"--grid-stride must be >= 1, got {grid_stride}")

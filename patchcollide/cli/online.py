@@ -10,7 +10,7 @@ from click.core import ParameterSource
 from ..checkpoints import EVERY
 from ..collide import CollideConfig
 from ..runs import dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample
-from .common import Progress, UserError, show_progress, user_errors
+from .common import Progress, UserError, deprecated, show_progress, user_errors
 
 
 def print_vertices(report: dict) -> None:
@@ -197,7 +197,7 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         return
     with user_errors():
         if loss:
-            click.echo("warning: --loss is deprecated; use --loss-early A B and --loss-late A B", err=True)
+            deprecated("--loss", "--loss-early A B and --loss-late A B")
             fields.update(loss_early=tuple(loss), loss_late=tuple(loss))
         if prune:
             fields["prune"] = () if prune == ("none",) else tuple(parse_prune(p) for p in prune)
@@ -240,7 +240,7 @@ def sample(ctx, run_dir, samples, n_deprecated, seed, batch_size, device, datase
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir!r} is not a run directory; give one written by `patchcollide collide`")
     if n_deprecated is not None:
-        click.echo("warning: --n is deprecated; use --samples", err=True)
+        deprecated("--n", "--samples")
         samples = n_deprecated
     if batch_size < 1 or seed < 0:
         raise UserError(f"--batch-size must be >= 1 and --seed >= 0, got {batch_size} and {seed}")

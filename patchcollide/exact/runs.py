@@ -298,7 +298,7 @@ def write_nullspace_run(out: str, res: NullspaceResult, image: np.ndarray, model
     from PIL import Image
 
     from ..files import write_json
-    from ..report import save_png
+    from ..pictures import save_png
 
     check_out(out, overwrite)
     report = {"kind": RUN_KIND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta,

@@ -103,6 +103,67 @@ def resolve_gpu(device: str) -> bool:
     return device != "cpu" and n > 0
 
 
+KMEANS_MIN_POINTS = 39  # faiss' own threshold for its "please provide at least" advice
+
+
+@contextlib.contextmanager
+def _kmeans_progress(ivf, progress: Callable[[int, int], None] | None):
+    """While the block trains ``ivf``, call progress(iteration, iterations) from faiss' verbose
+    k-means report ("Iteration i ..."), which is read from the C library's stdout: fd 1 goes to
+    a pipe for the block (flushed by a reader thread) and comes back after, so nothing of it
+    reaches the terminal. Without ``progress`` or an IVF index the block just runs."""
+    if progress is None or ivf is None:
+        yield
+        return
+    import ctypes
+    import threading
+
+    try:
+        libc = ctypes.CDLL(None)
+        saved = os.dup(1)
+    except OSError:
+        yield
+        return
+    total = int(ivf.cp.niter)
+    r, w = os.pipe()
+    os.dup2(w, 1)
+    os.close(w)
+    os.set_blocking(r, False)
+    done = threading.Event()
+
+    def read() -> None:
+        tail = b""
+        while True:
+            libc.fflush(None)
+            try:
+                chunk = os.read(r, 1 << 16)
+            except BlockingIOError:
+                chunk = b""
+            if chunk:
+                found = re.findall(rb"Iteration (\d+)", tail + chunk)
+                if found:
+                    progress(min(int(found[-1]) + 1, total), total)
+                tail = chunk[-32:]
+            elif done.is_set():
+                return
+            else:
+                time.sleep(0.05)
+
+    reader = threading.Thread(target=read, name="faiss-kmeans-progress", daemon=True)
+    ivf.cp.verbose = True
+    reader.start()
+    try:
+        yield
+    finally:
+        libc.fflush(None)
+        done.set()
+        reader.join()
+        ivf.cp.verbose = False
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(r)
+
+
 def _sample_ids(n: int, size: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=min(size, n), replace=False))
@@ -113,17 +174,19 @@ def build_index(
     store_path: str | None = None,
     config: IndexConfig = IndexConfig(),
     progress: Callable[[int, int], None] | None = None,
+    train_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Build ``index_dir/index.faiss`` over the store (default ``index_dir/patches.h5``).
 
     Written atomically (temporary names, then renamed: files.py). Returns the manifest.
-    progress(done, total) counts patches added.
+    progress(done, total) counts patches added; train_progress(done, total) the k-means
+    iterations of an IVF index's training (read from faiss' own report, which is not shown).
     """
     created = not os.path.exists(index_dir)
     os.makedirs(index_dir, exist_ok=True)
     try:
         with store_lock(os.path.join(index_dir, "index"), "index", IndexError_):
-            return _build_index(index_dir, store_path, config, progress)
+            return _build_index(index_dir, store_path, config, progress, train_progress)
     except BaseException:
         if created:  # a refused build (bad store, bad factory) leaves no new, empty index folder behind
             with contextlib.suppress(OSError):
@@ -133,7 +196,7 @@ def build_index(
         raise
 
 
-def _build_index(index_dir, store_path, config, progress) -> dict:
+def _build_index(index_dir, store_path, config, progress, train_progress=None) -> dict:
     t0 = time.time()
     store_path = store_path or os.path.join(index_dir, STORE_FILE)
     desc = make_descriptor(config.descriptor)
@@ -151,6 +214,7 @@ def _build_index(index_dir, store_path, config, progress) -> dict:
         ivf = _extract_ivf(index)
         if ivf is not None:
             ivf.cp.seed = config.seed
+            ivf.cp.min_points_per_centroid = 1  # faiss' advice goes to stderr raw; ours is one warning line below
             if use_gpu:
                 ivf.clustering_index = _gpu_flat(ivf.d)  # k-means assignment on the GPU; None on failure
         t_train = 0.0
@@ -161,11 +225,16 @@ def _build_index(index_dir, store_path, config, progress) -> dict:
             if ivf is not None and train_n < ivf.nlist:
                 raise IndexError_(f"{factory} needs at least {ivf.nlist} training patches, got {train_n}; "
                                   "raise --train-size or use a factory with fewer IVF lists")
+            if ivf is not None and train_n < KMEANS_MIN_POINTS * ivf.nlist:
+                log.warning("training %s on %d patches: k-means wants at least %d (%d per list) to place its lists "
+                            "well; raise --train-size or use fewer IVF lists", factory, train_n,
+                            KMEANS_MIN_POINTS * ivf.nlist, KMEANS_MIN_POINTS)
             xt = desc(store.get(_sample_ids(n, train_n, config.seed)))
             t = time.time()
             try:
                 _train_pca_numpy(index, xt)  # the PCA first, about 10x faster than faiss' own eigensolver
-                index.train(xt)
+                with _kmeans_progress(ivf, train_progress):
+                    index.train(xt)
             except RuntimeError as e:
                 msg = str(e).strip().splitlines()[-1][:200]
                 raise IndexError_(f"training {factory} on {train_n} patches failed ({msg}); "

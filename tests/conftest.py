@@ -29,6 +29,32 @@ def write_photos(folder, names=PHOTOS) -> list[str]:
     return out
 
 
+def on_a_terminal(args, returncode: int = 0, stdout_too: bool = False) -> str:
+    """Run the CLI with stderr (and stdout with ``stdout_too``) on a pseudo-terminal; returns
+    what the terminal showed."""
+    import pty
+    import subprocess
+    import sys
+
+    main, sub = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "patchcollide", *args],
+                         stdout=sub if stdout_too else subprocess.DEVNULL, stderr=sub)
+    os.close(sub)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not data:
+            break
+        chunks.append(data)
+    p.wait()
+    os.close(main)
+    assert p.returncode == returncode, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
 @pytest.fixture(scope="session")
 def photos_dir(tmp_path_factory):
     """A flat folder of six real photos (colour and greyscale)."""

@@ -124,3 +124,22 @@ def test_resize_none_and_bad_resize(tmp_path, photos_dir):
         line = one_line_error(out)
         assert "--resize must be" in line and "'none'" in line and bad in line, line
         assert not (tmp_path / f"bad{bad}.h5").exists()
+
+
+def test_index_build_shows_k_means_on_a_terminal_and_no_raw_faiss_text(tmp_path, small_store):
+    from conftest import on_a_terminal
+
+    shown = on_a_terminal(["index", "build", "--index", str(tmp_path / "a"), "--store", small_store,
+                           "--factory", "IVF16,Flat", "--train-size", "3000"], stdout_too=True)
+    assert "k-means (IVF lists)" in shown and "10/10" in shown and "adding patches" in shown, shown
+    assert "Iteration" not in shown and "WARNING clustering" not in shown and "wrote " in shown, shown
+    # too few training patches for the lists: one line of ours instead of faiss' raw advice
+    shown = on_a_terminal(["index", "build", "--index", str(tmp_path / "b"), "--store", small_store,
+                           "--factory", "IVF256,Flat", "--train-size", "3000"], stdout_too=True)
+    assert "warning: training IVF256,Flat on 3000 patches: k-means wants at least 9984 (39 per list)" in shown, shown
+    assert "WARNING clustering" not in shown and "please provide" not in shown, shown
+    # the same index whether or not anyone watches the training
+    plain = CliRunner().invoke(cli, ["-q", "index", "build", "--index", str(tmp_path / "c"), "--store", small_store,
+                                     "--factory", "IVF16,Flat", "--train-size", "3000"])
+    assert plain.exit_code == 0, plain.output
+    assert (tmp_path / "a" / "index.faiss").read_bytes() == (tmp_path / "c" / "index.faiss").read_bytes()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import sample
+from conftest import on_a_terminal, sample
 from patchcollide.cli import cli
 from patchcollide.collide import CollideConfig, collide, target_of, to_tensor
 from patchcollide.images import resize_crop
@@ -252,40 +252,16 @@ def test_saved_vertices_are_convex_combinations_of_the_retrieved_patches(run_dir
         assert (v >= lo - 1).all() and (v <= hi + 1).all()
 
 
-def _on_a_terminal(args) -> str:
-    """Run the CLI with stderr on a pseudo-terminal; returns what the terminal showed."""
-    import pty
-    import subprocess
-    import sys
-
-    main, sub = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "patchcollide", *args], stdout=subprocess.DEVNULL, stderr=sub)
-    os.close(sub)
-    chunks = []
-    while True:
-        try:
-            data = os.read(main, 4096)
-        except OSError:  # the terminal closed with the process
-            break
-        if not data:
-            break
-        chunks.append(data)
-    p.wait()
-    os.close(main)
-    assert p.returncode == 0, b"".join(chunks).decode(errors="replace")
-    return b"".join(chunks).decode(errors="replace")
-
-
 def test_sample_shows_a_progress_bar_on_a_terminal_only(run_dir, tmp_path):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    shown = _on_a_terminal(["sample", str(run), "--samples", "64", "--batch-size", "8", "--device", "cpu"])
+    shown = on_a_terminal(["sample", str(run), "--samples", "64", "--batch-size", "8", "--device", "cpu"])
     import re
 
     assert "polytope samples" in shown and "64/64" in shown and re.search(r"\d\d:\d\d:\d\d", shown), shown  # ETA
-    assert _on_a_terminal(["-q", "sample", str(run), "--samples", "16", "--batch-size", "8", "--device", "cpu"]) == ""
+    assert on_a_terminal(["-q", "sample", str(run), "--samples", "16", "--batch-size", "8", "--device", "cpu"]) == ""
     r = CliRunner().invoke(cli, ["sample", str(run), "--samples", "16", "--batch-size", "8", "--device", "cpu"])
     assert r.exit_code == 0 and "polytope samples" not in r.output  # not a terminal: no bar in the log
 

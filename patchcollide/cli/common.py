@@ -85,7 +85,7 @@ class Progress:
         self.enabled = enabled and sys.stderr.isatty()
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
+        if not self.enabled or self.done >= total > 0:  # a finished bar stays finished
             return
         if self.bar is None:
             self.bar = click.progressbar(length=total, label=self.label, show_eta=True, show_pos=True,
@@ -93,6 +93,8 @@ class Progress:
             self.bar.__enter__()
         self.bar.update(done - self.done)
         self.done = done
+        if done >= total:  # its line is complete: the next phase's bar starts below it
+            self.close()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -117,8 +117,9 @@ def index_build(ctx, index_dir, store_path, factory, nprobe, k_factor, train_siz
     with user_errors():
         cfg = IndexConfig(factory=factory, nprobe=nprobe, k_factor=k_factor, train_size=train_size, seed=seed,
                           device=device)
-        with Progress("adding patches", show_progress(ctx)) as bar:
-            m = build_index(index_dir, store_path, cfg, progress=bar)
+        with Progress("k-means (IVF lists)", show_progress(ctx)) as kbar, \
+                Progress("adding patches", show_progress(ctx)) as bar:
+            m = build_index(index_dir, store_path, cfg, progress=bar, train_progress=kbar)
     click.echo(f"wrote {os.path.join(index_dir, 'index.faiss')}: {m['factory']}, {m['n']} patches, "
                f"{human_bytes(m['bytes'])}, trained on {m['train_size']} in {m['seconds']['train']:.1f} s, "
                f"total {m['seconds']['total']:.1f} s")

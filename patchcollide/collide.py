@@ -92,6 +92,7 @@ class CollideConfig:
     start: str = "distinct"  # patch mode: distinct | nearest | tent (params.PatchParam)
     spatial: float = 4.0  # patch mode: sharpness of the start's spatial window (1: the authors' tent)
     slots: int = 32  # patch mode: entries kept per pixel from the start (of up to 16 locations x k covering it)
+    block: int = 1  # patch mode: side of the pixel squares whose candidates share one learnt logit (1: per pixel)
     size: int = 224  # side of the square input (the store's geometry; smaller for CPU smoke runs)
     k: int = 16  # candidates per location (patch mode)
     grid_stride: int = 8  # location grid on the source: 25 x 25 = 625 locations at 224
@@ -124,6 +125,7 @@ class CollideConfig:
             (self.start in STARTS, "start", f"must be one of {', '.join(STARTS)}, got {self.start!r}"),
             (self.spatial > 0, "spatial", f"must be > 0, got {self.spatial}"),
             (self.slots >= 1, "slots", f"must be >= 1, got {self.slots}"),
+            (1 <= self.block <= PATCH, "block", f"must be between 1 and {PATCH}, got {self.block}"),
             (PATCH <= self.size <= 1024, "size", f"must be between {PATCH} and 1024, got {self.size}"),
             (self.k >= 1, "k", f"must be >= 1, got {self.k}"),
             (1 <= self.grid_stride <= PATCH, "grid_stride", f"must be between 1 and {PATCH}, got {self.grid_stride}"),
@@ -221,7 +223,7 @@ def make_param(config: CollideConfig, source: torch.Tensor, target: torch.Tensor
         return PixelParam(init.expand(V, -1, -1, -1))
     cand = torch.from_numpy(candidates["patches"]).permute(0, 1, 4, 2, 3).float() / 255.0  # (L, K, 3, 32, 32)
     return PatchParam(cand, candidates["yx"], (config.size, config.size), V, noise=config.noise, seed=config.seed,
-                      start=config.start, spatial=config.spatial, slots=config.slots)
+                      start=config.start, spatial=config.spatial, slots=config.slots, block=config.block)
 
 
 def quantise(x: torch.Tensor) -> torch.Tensor:
@@ -230,9 +232,12 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
 
 
 def prune(param: PatchParam, opt: torch.optim.Optimizer, keep: int) -> None:
-    """``param.prune(keep)`` with Adam's moments carried over to the kept slots."""
-    old = param.theta
+    """``param.prune(keep)`` with Adam's moments carried over to the kept slots (shared logits
+    stay the same parameter: nothing to carry)."""
+    old = next(param.parameters())
     top = param.prune(keep)
+    if next(param.parameters()) is old:
+        return
     state = opt.state.pop(old, {})
     opt.param_groups[0]["params"] = [param.theta]
     if state:

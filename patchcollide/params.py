@@ -117,6 +117,11 @@ class PatchParam(nn.Module):
     mixture then draws each pixel from at most ``keep`` real pixels, and every step after it
     costs less.
 
+    ``block`` > 1 shares the learnt logits: within each block x block square of pixels, one
+    trainable logit per candidate (``shared``, (V, U)) is added to every pixel's fixed start
+    score of that candidate (``offset``, (V, P, M)), so a square moves to another candidate as
+    a whole (``inv`` (V, P, M): each slot's shared logit). 1: every pixel its own logits.
+
     Memory: theta holds V * H*W * slots float32 (V=5 at 224, 32 slots: 32 MB), Adam two more
     copies, the entries' colours three times theta, the candidates L * K * 3072 float32
     (123 MB at 224, k = 16). Logits are clamped to [-30, 30].
@@ -126,8 +131,9 @@ class PatchParam(nn.Module):
 
     def __init__(self, candidates: torch.Tensor, yx: np.ndarray | torch.Tensor, size: tuple[int, int], vertices: int,
                  noise: float = 0.01, seed: int = 0, start: str = "tent", spatial: float = 1.0, bonus: float = 5.0,
-                 slots: int = 0):
+                 slots: int = 0, block: int = 1):
         super().__init__()
+        self.block = block
         L, K = candidates.shape[:2]
         H, W = size
         self.size = (H, W)
@@ -156,8 +162,34 @@ class PatchParam(nn.Module):
         ent = entries[None].expand(vertices, -1, -1).gather(2, top)
         ok = valid[None].expand(vertices, -1, -1).gather(2, top)
         start_logits = score.gather(2, top).masked_fill(~ok, 0.0).clamp(-self.CLAMP, self.CLAMP)
-        self.theta = nn.Parameter(start_logits)
         self._set_entries(ent, ok)
+        if block == 1:
+            self.theta = nn.Parameter(start_logits)
+        else:
+            self.register_buffer("offset", start_logits)
+            self._share(ent)
+
+    def _share(self, entries: torch.Tensor) -> None:
+        """One logit per (vertex, block, candidate): ``inv`` and a zero ``shared`` parameter."""
+        H, W = self.size
+        V, P, M = entries.shape
+        y, x = torch.arange(P, device=entries.device) // W, torch.arange(P, device=entries.device) % W
+        bid = (y // self.block) * ((W + self.block - 1) // self.block) + x // self.block  # (P,)
+        key = bid[None, :, None] * (int(self.table.shape[0]) // (PATCH * PATCH)) + entries // (PATCH * PATCH)
+        inv, sizes = [], []
+        for v in range(V):
+            u, i = torch.unique(key[v], return_inverse=True)
+            inv.append(i)
+            sizes.append(len(u))
+        self.register_buffer("inv", torch.stack(inv))
+        self.shared = nn.Parameter(torch.zeros(V, max(sizes), device=entries.device))
+
+    def logits(self) -> torch.Tensor:
+        """(V, H*W, M): every pixel's logits over its kept entries."""
+        if self.block == 1:
+            return self.theta
+        V = self.inv.shape[0]
+        return self.offset + self.shared.gather(1, self.inv.view(V, -1)).view_as(self.inv)
 
     def _set_entries(self, entries: torch.Tensor, valid: torch.Tensor) -> None:
         """Entries (V, P, M) int64 and their validity; the colours and the seam tables follow."""
@@ -181,7 +213,7 @@ class PatchParam(nn.Module):
     def mixing_weights(self) -> torch.Tensor:
         """Normalised weight of every kept entry at every pixel: (V, H*W, M); each pixel's
         weights sum to 1 (padding and pruned slots hold 0)."""
-        return torch.softmax(self.theta.masked_fill(~self.valid, -float("inf")), dim=2)
+        return torch.softmax(self.logits().masked_fill(~self.valid, -float("inf")), dim=2)
 
     def render(self, w: torch.Tensor) -> torch.Tensor:
         """Images (V, 3, H, W) of per-pixel weights w (V, H*W, M)."""
@@ -216,10 +248,14 @@ class PatchParam(nn.Module):
     def prune(self, keep: int) -> torch.Tensor:
         """Keep only the ``keep`` heaviest entries of every pixel from now on. theta becomes a
         new parameter; returns the kept slots (V, P, keep), to carry an optimiser's state over."""
-        keep = min(keep, self.theta.shape[2])
+        keep = min(keep, self.entries.shape[2])
         top = torch.topk(self.mixing_weights(), keep, dim=2).indices
         ok = self.valid.gather(2, top)
-        self.theta = nn.Parameter(self.theta.detach().gather(2, top))
+        if self.block == 1:
+            self.theta = nn.Parameter(self.theta.detach().gather(2, top))
+        else:  # the shared logits stay as they are; the slots' links to them are pruned
+            self.offset = self.offset.gather(2, top)
+            self.inv = self.inv.gather(2, top)
         self._set_entries(self.entries.gather(2, top), ok)
         return top
 
@@ -241,17 +277,26 @@ class PatchParam(nn.Module):
 
     @torch.no_grad()
     def project(self) -> None:
-        self.theta.clamp_(-self.CLAMP, self.CLAMP)
+        (self.theta if self.block == 1 else self.shared).clamp_(-self.CLAMP, self.CLAMP)
 
     def core_state(self) -> dict:
         """What :meth:`restore` needs to continue from here, pruning included (on the CPU):
-        the logits and, per slot, its entry and validity."""
-        return {"theta": self.theta.detach().cpu().clone(), "entries": self.entries.cpu().clone(),
-                "valid": self.valid.cpu().clone()}
+        the logits ``theta`` of every slot and, per slot, its entry and validity; with shared
+        logits also ``shared``, ``offset`` and ``inv``."""
+        out = {"theta": self.logits().detach().cpu().clone(), "entries": self.entries.cpu().clone(),
+               "valid": self.valid.cpu().clone()}
+        if self.block > 1:
+            out.update(shared=self.shared.detach().cpu().clone(), offset=self.offset.cpu().clone(),
+                       inv=self.inv.cpu().clone())
+        return out
 
     @torch.no_grad()
     def restore(self, state: dict) -> None:
         """Continue from a :meth:`core_state` of a mixture over the same candidates."""
         dev = self.table.device
-        self.theta = nn.Parameter(state["theta"].to(dev).clone())
         self._set_entries(state["entries"].to(dev), state["valid"].to(dev))
+        if self.block == 1:
+            self.theta = nn.Parameter(state["theta"].to(dev).clone())
+        else:
+            self.offset, self.inv = state["offset"].to(dev).clone(), state["inv"].to(dev).clone()
+            self.shared = nn.Parameter(state["shared"].to(dev).clone())

@@ -56,6 +56,8 @@ SWEEP = (
     ("start-nearest", "every vertex starts on the nearest candidates", {"start": "nearest"}),
     ("start-tent", "the authors' start: tent blend of every candidate", {"start": "tent", "spatial": 1.0}),
     ("steps-600", "twice the step budget", {"steps": 600}),
+    ("block-4", "logits shared per 4 x 4 block of pixels", {"block": 4}),
+    ("block-8", "logits shared per 8 x 8 block of pixels", {"block": 8}),
     ("old-default", "the project's previous defaults: paper objective, (1000, 1), tent start, 256 slots, no TV",
      {"objective": "paper", "loss_early": (1000.0, 1.0), "loss_late": (1000.0, 1.0), "switch": 0.7,
       "tv": 0.0, "entropy": 0.0, "prune": (), "start": "tent", "spatial": 1.0, "slots": 256, "lr": 0.1,
@@ -252,6 +254,9 @@ def sweep(args, tap, index, index_desc, dev, size, work) -> None:
               flush=True)
         if over == {}:
             sheet(res, *pairs[p], os.path.join(args.out, f"contact_sheet-{PAIRS[p][0]}-{PAIRS[p][1]}-{tag}.png"), random)
+        elif "block" in over:  # a lever that changes the look: its own sheet to compare with the default's
+            sheet(res, *pairs[p], os.path.join(args.out, f"contact_sheet-{PAIRS[p][0]}-{PAIRS[p][1]}-{tag}-{name}.png"),
+                  random)
         save(complete=False)
     save(complete=True)
     frontier_plot([r for r in runs if r["pair"] == list(PAIRS[0])],

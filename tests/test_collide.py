@@ -126,6 +126,29 @@ def test_patch_mixture_is_convex_and_sums_to_one():
     assert (flat >= lo - 1e-5).all() and (flat <= hi + 1e-5).all()
 
 
+def test_shared_logits_move_a_whole_block_and_survive_prune_and_restore():
+    p, cand, _ = _mixture(start="distinct", spatial=4.0, slots=16, block=8)
+    assert not hasattr(p, "theta") and [n for n, _ in p.named_parameters()] == ["shared"]
+    start = p.logits().detach().clone()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        p.shared.add_(torch.randn(p.shared.shape, generator=g))
+    moved = p.logits().detach() - start
+    # one learnt value per (vertex, 8 x 8 square, candidate): equal across the square's pixels
+    cid = p.entries // (32 * 32)
+    y, x = torch.arange(48 * 48) // 48, torch.arange(48 * 48) % 48
+    square = ((y // 8) * 6 + x // 8)[None, :, None].expand_as(cid)
+    for v in range(2):
+        for key in torch.unique(square[v] * 10_000 + cid[v])[:50]:
+            m = (square[v] * 10_000 + cid[v]) == key
+            assert torch.allclose(moved[v][m], moved[v][m][0], atol=1e-5)  # (offset + s) - offset: rounding
+    assert len(torch.unique(p.inv)) < p.inv.numel() / 10  # far fewer learnt values than slots
+    p.prune(4)
+    q, _, _ = _mixture(start="distinct", spatial=4.0, slots=16, block=8)
+    q.restore(p.core_state())
+    assert torch.equal(q.logits(), p.logits()) and torch.equal(q(), p())
+
+
 def test_prune_keeps_the_heaviest_entries_and_argmax_is_a_pure_composition():
     p, cand, _ = _mixture(start="distinct", spatial=4.0, slots=16)
     w0 = p.mixing_weights().detach()
@@ -347,6 +370,12 @@ def test_default_patch_mixture_is_sharp_and_uniform_mixing_is_not(tap, flat_inde
     assert max(blend.mixing["sharpness"]) < 0.2 and min(blend.mixing["sources"]) > 4, blend.mixing
     # the pure composition is reported, and it is further from the collision than the mixture
     assert all(a > f for a, f in zip(sharp_run.mixing["argmax_rel_error"], sharp_run.metrics["rel_error"]))
+
+
+def test_shared_block_logits_make_fewer_seams(tap, flat_index, sharp_run):
+    blocks = _patch_run(tap, flat_index, block=8)
+    assert blocks.history["tv"][-1] < 0.6 * sharp_run.history["tv"][-1], (blocks.history["tv"][-1],
+                                                                          sharp_run.history["tv"][-1])
 
 
 def test_tv_term_makes_fewer_seams(tap, flat_index, sharp_run):

@@ -317,14 +317,18 @@ def _rewritten(path) -> Callable[[], bool]:
     writes replace the file). The batch writes batch.json once its model and index are open,
     and after every job: a progress signal of this very process, unlike the lock file, which
     a killed batch leaves behind."""
+    def identity():  # the inode alone is not enough: a file made anew may get the old one's number
+        st = os.stat(path)
+        return st.st_ino, st.st_ctime_ns
+
     try:
-        before = os.stat(path).st_ino
+        before = identity()
     except FileNotFoundError:
         before = None
 
     def ready() -> bool:
         try:
-            return os.stat(path).st_ino != before
+            return identity() != before
         except FileNotFoundError:
             return False
 

@@ -64,16 +64,20 @@ def clean(tmp_path_factory, folder):
 
 
 def _new_file(path):
-    """True once ``path`` exists as a file it was not at this call (a new inode): the kill
+    """True once ``path`` exists as a file it was not at this call (made or changed since): the kill
     is timed from this process's own write, not from a leftover of the one killed before."""
+    def identity():  # the inode alone is not enough: a file made anew may get the old one's number
+        st = os.stat(path)
+        return st.st_ino, st.st_ctime_ns
+
     try:
-        before = os.stat(path).st_ino
+        before = identity()
     except FileNotFoundError:
         before = None
 
     def ready() -> bool:
         try:
-            return os.stat(path).st_ino != before
+            return identity() != before
         except FileNotFoundError:
             return False
 

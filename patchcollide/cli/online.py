@@ -154,6 +154,8 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
               help="Patch mode: sharpness of the start's spatial window (1: the authors' tent).")
 @click.option("--slots", default=D.slots, show_default=True, type=int,
               help="Patch mode: candidate pixels kept per image pixel from the start.")
+@click.option("--block", default=D.block, show_default=True, type=int,
+              help="Patch mode: side of the pixel squares that share one learnt logit per candidate (1: per pixel).")
 @click.option("--size", default=D.size, show_default=True, type=int, help="Input side in pixels.")
 @click.option("-k", default=D.k, show_default=True, type=int, help="Candidates per location (patch mode).")
 @click.option("--grid-stride", default=D.grid_stride, show_default=True, type=int,

@@ -295,7 +295,7 @@ def jobs(tmp_path_factory, photos):
 
 
 def _batch_cmd(jobs, out):
-    return cli("batch", jobs, "--out", out, "--weights", "random", "--device", "cpu")
+    return cli("batch", jobs, "--out", out, "--weights", "random", "--device", "cpu", "--checkpoint-every", "10")
 
 
 def _batch_outputs(out) -> dict:
@@ -374,14 +374,25 @@ def _no_partial_job_looks_done(out) -> None:
 
 @pytest.mark.parametrize("seed", KILL_SEEDS)
 def test_batch_killed_at_random_moment(tmp_path, jobs, clean_batch, seed, record_property):
+    """Two kills, then a run to the end. Each kill point is drawn (seeded) from this process's
+    own progress: a job's scratch folder made (its start) or its checkpoint written (every 10
+    steps), plus a delay of up to half a second; a point in time measured on an idle machine
+    would miss on a loaded one."""
     out = tmp_path / "out"
     cmd = _batch_cmd(jobs, out)
     rng = np.random.default_rng(3000 + seed)
-    kills = []
-    for i in range(2):  # two kills, each timed from its own process's first write, then a run to the end
-        # the second process has only what the first left to do: its moments are drawn over that
-        window = clean_batch["window"] - (kills[0]["delay"] if kills else 0.0)
-        kills.append(kill_at_random_moment(cmd, _rewritten(out / "batch.json"), rng, window, _batch_phase(out)))
+    ids = [json.loads(line)["id"] for line in open(jobs)]
+    kills, interrupted = [], None
+    for _ in range(2):
+        left = [j for j in ids if not (out / j).exists()]
+        points = [(j, kind) for j in left for kind in ("start", "checkpoint")
+                  if not (j == interrupted and kind == "checkpoint")]  # a resumed job may have no checkpoint left
+        job, kind = points[int(rng.integers(len(points)))]
+        path = out / ".tmp" / job if kind == "start" else out / ".partial" / job / "checkpoint.pt"
+        kill = kill_at_random_moment(cmd, _rewritten(path), rng, 0.625, _batch_phase(out))  # delay < 0.5 s
+        kill["phase"] = f"{job} {kind}: {kill['phase']}"
+        kills.append(kill)
+        interrupted = job
         _no_partial_job_looks_done(out)
     record_kills(record_property, kills)
     subprocess.run(cmd, check=True, capture_output=True)

@@ -29,6 +29,28 @@ def write_photos(folder, names=PHOTOS) -> list[str]:
     return out
 
 
+def changed_after_now(path):
+    """A progress signal of the process about to start: a function that is true once ``path``
+    (a file or folder) is made or changed after this call, as (inode, ctime): a file made anew
+    may get a removed one's inode number, and a leftover of a killed process does not count."""
+    def identity():
+        st = os.stat(path)
+        return st.st_ino, st.st_ctime_ns
+
+    try:
+        before = identity()
+    except FileNotFoundError:
+        before = None
+
+    def ready() -> bool:
+        try:
+            return identity() != before
+        except FileNotFoundError:
+            return False
+
+    return ready
+
+
 def on_a_terminal(args, returncode: int = 0, stdout_too: bool = False) -> str:
     """Run the CLI with stderr (and stdout with ``stdout_too``) on a pseudo-terminal; returns
     what the terminal showed."""

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from conftest import write_photos
+from conftest import changed_after_now, write_photos
 
 pytestmark = pytest.mark.slow
 
@@ -312,29 +312,6 @@ def _batch_outputs(out) -> dict:
     return res
 
 
-def _rewritten(path) -> Callable[[], bool]:
-    """True once ``path`` is (re)written after this call: a new file or a new inode (atomic
-    writes replace the file). The batch writes batch.json once its model and index are open,
-    and after every job: a progress signal of this very process, unlike the lock file, which
-    a killed batch leaves behind."""
-    def identity():  # the inode alone is not enough: a file made anew may get the old one's number
-        st = os.stat(path)
-        return st.st_ino, st.st_ctime_ns
-
-    try:
-        before = identity()
-    except FileNotFoundError:
-        before = None
-
-    def ready() -> bool:
-        try:
-            return identity() != before
-        except FileNotFoundError:
-            return False
-
-    return ready
-
-
 def _batch_phase(out) -> Callable[[], str]:
     def phase() -> str:
         try:
@@ -351,7 +328,7 @@ def _batch_phase(out) -> Callable[[], str]:
 @pytest.fixture(scope="module")
 def clean_batch(tmp_path_factory, jobs):
     out = tmp_path_factory.mktemp("clean_batch") / "out"
-    window = timed_run(_batch_cmd(jobs, out), _rewritten(out / "batch.json"))
+    window = timed_run(_batch_cmd(jobs, out), changed_after_now(out / "batch.json"))
     got = _batch_outputs(out)
     assert all(isinstance(v, list) for v in got.values()), got
     return {"outputs": got, "window": window}
@@ -389,7 +366,7 @@ def test_batch_killed_at_random_moment(tmp_path, jobs, clean_batch, seed, record
                   if not (j == interrupted and kind == "checkpoint")]  # a resumed job may have no checkpoint left
         job, kind = points[int(rng.integers(len(points)))]
         path = out / ".tmp" / job if kind == "start" else out / ".partial" / job / "checkpoint.pt"
-        kill = kill_at_random_moment(cmd, _rewritten(path), rng, 0.625, _batch_phase(out))  # delay < 0.5 s
+        kill = kill_at_random_moment(cmd, changed_after_now(path), rng, 0.625, _batch_phase(out))  # delay < 0.5 s
         kill["phase"] = f"{job} {kind}: {kill['phase']}"
         kills.append(kill)
         interrupted = job

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import write_photos
+from conftest import changed_after_now, write_photos
 from patchcollide.store import PatchStore
 
 NAMES = ("chelsea", "coffee", "rocket", "camera", "immunohistochemistry", "colorwheel", "astronaut", "brick",
@@ -63,27 +63,6 @@ def clean(tmp_path_factory, folder):
     return _content(out)
 
 
-def _new_file(path):
-    """True once ``path`` exists as a file it was not at this call (made or changed since): the kill
-    is timed from this process's own write, not from a leftover of the one killed before."""
-    def identity():  # the inode alone is not enough: a file made anew may get the old one's number
-        st = os.stat(path)
-        return st.st_ino, st.st_ctime_ns
-
-    try:
-        before = identity()
-    except FileNotFoundError:
-        before = None
-
-    def ready() -> bool:
-        try:
-            return identity() != before
-        except FileNotFoundError:
-            return False
-
-    return ready
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_resume_after_sigkill_equals_clean_run(tmp_path, folder, clean, seed, record_property):
@@ -101,10 +80,10 @@ def test_resume_after_sigkill_equals_clean_run(tmp_path, folder, clean, seed, re
                   "phase": f"after {target} parts"})
     assert not os.path.exists(out), "a killed run must not leave a finished-looking store"
     p = subprocess.Popen(_cmd(folder, out))
-    kills.append({"landed": _kill_when(p, _new_file(merging)), "phase": "merge begun"})
+    kills.append({"landed": _kill_when(p, changed_after_now(merging)), "phase": "merge begun"})
     p = subprocess.Popen(_cmd(folder, out))
     delay = float(rng.uniform(0, 0.3))
-    begun, t = _new_file(merging), [None]
+    begun, t = changed_after_now(merging), [None]
 
     def later() -> bool:
         if t[0] is None and begun():

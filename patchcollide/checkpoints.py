@@ -163,7 +163,7 @@ class Checkpointer:
         """The checkpoint as saved, whatever run it belongs to; CheckpointError when missing
         or unreadable."""
         try:
-            obj = torch.load(self.path, map_location="cpu", weights_only=False)
+            obj = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain values only
         except FileNotFoundError:
             raise CheckpointError(f"no checkpoint at {self.path}; start the run without --resume") from None
         except Exception as e:  # noqa: BLE001 - a torn or foreign file: one line

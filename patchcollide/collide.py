@@ -368,7 +368,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     candidates = None
     if config.mode == "patches":
         if resume is not None:  # the same candidates, by id: no search, whatever the index would answer now
-            c = resume["candidates"]
+            c = {k: v.numpy() for k, v in resume["candidates"].items()}
             L, K = c["ids"].shape
             candidates = {**c, "patches": index.store.get(c["ids"].ravel()).reshape(L, K, PATCH, PATCH, 3)}
         else:
@@ -378,8 +378,9 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     if resume is not None:
         param.restore(resume["param"])
     if checkpoint is not None:
-        checkpoint.static.update(target={"z": target.z.cpu(), "units": target.units.cpu(), "label": target.label,
-                                         "prob": target.prob}, candidates=cand_meta)
+        checkpoint.static.update(  # tensors and plain values only: the file loads with weights_only=True
+            target={"z": target.z.cpu(), "units": target.units.cpu(), "label": target.label, "prob": target.prob},
+            candidates=None if cand_meta is None else {k: torch.from_numpy(np.asarray(v)) for k, v in cand_meta.items()})
     hist, steps, converged = optimise(tap, param, target, config, progress, checkpoint, resume)
     mixing = hard = None
     with torch.no_grad():

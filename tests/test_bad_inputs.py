@@ -152,6 +152,7 @@ def _make_indexes(d, photos_dir) -> None:
     variant("idx_trunc_store", lambda v: _cut(v / "patches.h5", v / "patches.h5"))
     variant("idx_foreign_store", lambda v: shutil.copy(d / "foreign.h5", v / "patches.h5"))
     variant("idx_no_json", lambda v: os.remove(v / "index.json"))
+    variant("idx_moved", lambda v: os.remove(v / "patches.h5"))  # the index folder without its store
     os.makedirs(d / "idx_empty")
     # demo: a folder holding only a store (no index.json) that is foreign, cut, or a real non-demo store
     for name, src in (("demo_foreign_store", d / "foreign.h5"), ("demo_trunc_store", d / "trunc.h5"),
@@ -219,6 +220,7 @@ def _make_jobs(d) -> None:
     write("abs.jsonl", {**ok, "out": os.path.abspath(d / "abs_out")})
     write("pixel.jsonl", ok)  # valid: for bad --weights
     write("patch.jsonl", {**ok, "mode": "patches", "k": 2})  # valid: for bad --index
+    (j / "array.jsonl").write_text(json.dumps([ok, {**ok, "id": "b"}], indent=2) + "\n")  # pretty-printed array
 
 
 @pytest.fixture(scope="session")
@@ -365,6 +367,7 @@ JOBS = [
     ("out escaping DIR (../escape)", "escape.jsonl", "leads outside"),
     ("absolute out", "abs.jsonl", "absolute path"),
     ("no such job file", "nothere.jsonl", "no such job file"),
+    ("pretty-printed JSON array", "array.jsonl", "one JSON array of 2 jobs; write it as JSON Lines"),
 ]
 RUNS = [  # kind, folder, needle of sample, needle of report
     ("folder that is not a run", "notrun", "not a finished patchcollide run", "neither report.json nor batch.json"),
@@ -440,6 +443,18 @@ def _cases():
         "is a file, not a folder; choose another --out", "img.png")
     add("collide", "--resume of a folder without a checkpoint", ["collide", "--resume", "{notrun}"],
         "no checkpoint to resume at", "notrun")
+    add("collide", "--source a folder", [*COLLIDE, "--source", "{jobs}", "--target", "{img.png}", "--weights", "random"],
+        "is a folder; pass one image file", "jobs")
+    # an index folder moved away from its store: each command names its own fix
+    add("index search", "index moved away from its store", ["index", "search", "{img.png}", "--index", "{idx_moved}"],
+        "pass its store with --store PATH", "idx_moved")
+    add("collide", "index moved away from its store", ["collide", "--out", "run_out", "--mode", "patches", "--size",
+                                                       "32", "--steps", "1", "--source", "{img.png}", "--target",
+                                                       "{img.png}", "--weights", "random", "-i", "{idx_moved}"],
+        "move the index folder back beside its store", "idx_moved")
+    add("index build", "--factory that faiss does not know", ["index", "build", "--index", "new_idx", "--store",
+                                                              "{idx_good}/patches.h5", "--factory", "IVF99999,Bogus"],
+        "is not a valid faiss index_factory string", "IVF99999,Bogus")
     # batch: the job file, then --weights and --index (opened before anything is written)
     for kind, f, needle in JOBS:
         add("batch", kind, [*BATCH, "--weights", "random", f"{{jobs}}/{f}"], needle, f)

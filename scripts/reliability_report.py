@@ -83,7 +83,7 @@ ROWS = [
      ["tests/test_batch.py::test_a_half_written", "tests/test_batch.py::test_a_failing_job",
       "tests/test_batch.py::test_retry_failed", "tests/test_batch.py::test_resume_runs",
       "tests/test_batch.py::test_shards_share"]),
-    ("Bad inputs, every command (143 cases: stores, indexes, weights, images, job files, run/batch dirs)",
+    ("Bad inputs, every command (stores, indexes, weights, images, job files, run/batch dirs, outputs in the way)",
      "CliRunner and real processes; directory snapshot (size, mtime, sha256) before and after",
      "one line naming the file and what to do, exit 2, no traceback, nothing already written touched",
      ["tests/test_bad_inputs.py"]),

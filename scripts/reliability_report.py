@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 # (fault, how it is tested, expected outcome, selector: test-id prefixes)
 ROWS = [
     ("`extract` killed (SIGKILL) at a seeded random moment, then run again",
-     "real process; moment uniform over the work window after the lock appears; 5 seeds",
+     "real process; delay uniform over 0.8 x the clean run's work window, from the lock appearing; 5 seeds",
      "no store at the final name unless complete; restart equals the clean store (patches, provenance, "
      "image table, fingerprint); no leftovers",
      ["tests/test_faults.py::test_extract_killed_at_random_moment"]),
@@ -36,8 +36,9 @@ ROWS = [
      "real process; IVF16,Flat over 19,208 patches; 5 seeds",
      "the index there opens and equals the clean one, or is refused at open; restart gives identical bytes",
      ["tests/test_faults.py::test_index_build_killed_at_random_moment"]),
-    ("`batch` killed twice at seeded random moments, then run to the end",
-     "real process, 3 jobs (pixel, 32 x 32, 30 steps, 20 samples); 5 seeds",
+    ("`batch` killed twice at seeded points of its own progress, then run to the end",
+     "real process, 3 jobs (pixel, 32 x 32, 30 steps, 20 samples, checkpoint every 10); each kill at a seeded "
+     "job's start or checkpoint plus up to 0.5 s; 5 seeds",
      "no job reported done or present at its name unless complete; final vertex PNGs and state.npz "
      "byte-identical to an uninterrupted batch",
      ["tests/test_faults.py::test_batch_killed_at_random_moment"]),
@@ -100,6 +101,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--junit", default=None, help="read this JUnit XML instead of running the suites")
+    ap.add_argument("--commit", default=None,
+                    help="with --junit: the commit the suites ran on (default: this checkout's)")
     args = ap.parse_args()
     if args.junit:
         xml = args.junit
@@ -123,6 +126,8 @@ def main() -> None:
     m = machine()
     git = git_commit(ROOT) or {}
     commit = (git.get("commit", "unknown")[:12] + (" (with uncommitted changes)" if git.get("dirty") else ""))
+    if args.commit:
+        commit = args.commit[:12]
     lines = [
         "# Reliability: faults and bad inputs",
         "",

@@ -334,12 +334,16 @@ def test_every_user_error_is_a_patchcollide_error(cls):
 
 @pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
 def test_the_cli_turns_every_user_error_into_one_line(cls):
+    import signal
+
+    from patchcollide.checkpoints import Interrupted
     from patchcollide.cli.common import UserError, user_errors
 
+    stopped = issubclass(cls, Interrupted)  # a signal stopped the run: the shell's exit code, 128 + signal
     with pytest.raises(UserError) as info:
         with user_errors():
-            raise cls("something is wrong; fix it")
-    assert isinstance(info.value, click.ClickException) and info.value.exit_code == 2
+            raise cls("something is wrong; fix it", signal.SIGTERM) if stopped else cls("something is wrong; fix it")
+    assert isinstance(info.value, click.ClickException) and info.value.exit_code == (143 if stopped else 2)
     assert "something is wrong; fix it" in info.value.format_message()
 
 

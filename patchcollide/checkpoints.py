@@ -174,13 +174,5 @@ class Checkpointer:
                                   "delete it and start the run again")
         return obj
 
-    def matches(self) -> bool:
-        """True when a checkpoint of this run is there (a batch resumes it, else starts afresh)."""
-        try:
-            self.load()
-            return True
-        except CheckpointError:
-            return False
-
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

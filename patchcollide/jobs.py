@@ -38,7 +38,7 @@ from .checkpoints import EVERY, Interrupted
 from .collide import CollideError, target_of, to_tensor
 from .errors import PatchcollideError
 from .files import install_dir, is_locked, locked, try_lock, unlock, write_json, write_text, versions
-from .formats import BATCH_METRICS
+from .formats import batch_csv, metrics_of, polytope_samples
 from .jobfile import Job, JobFile, JobsError, _first_line, _replaceable, in_shard
 
 log = logging.getLogger(__name__)
@@ -452,61 +452,6 @@ class BatchRunner:
             write_text(os.path.join(self.out_dir, BATCH_CSV), batch_csv(data["jobs"]),
                        tmp=os.path.join(self.out_dir, ".batch.csv.tmp"))
             return data
-
-
-def polytope_samples(report: dict) -> int | None:
-    """How many combinations a run's polytope check took (``n`` in reports before 0.2)."""
-    poly = report.get("polytope") or {}
-    return poly.get("samples", poly.get("n"))
-
-
-CSV_COLUMNS = ("id", "line", "out", "status", "seconds", "error")
-
-
-def batch_csv(entries: list[dict]) -> str:
-    """DIR/batch.csv: one row per job line, batch.json's status columns then every metric
-    (empty where a job has none), for spreadsheets and pandas."""
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*CSV_COLUMNS, *METRICS])
-    for e in entries:
-        m = e.get("metrics") or {}
-        w.writerow([*("" if e.get(c) is None else e[c] for c in CSV_COLUMNS),
-                    *("" if m.get(k) is None else m[k] for k in METRICS)])
-    return buf.getvalue()
-
-
-METRICS = tuple(BATCH_METRICS)  # metrics_of's keys, in column order (formats.py)
-
-
-def metrics_of(report: dict) -> dict:
-    """batch.json's key metrics of a finished run's report (the keys: METRICS)."""
-    v, poly, tgt = report["vertices"], report.get("polytope") or {}, report.get("target") or {}
-    mix = v.get("mixing") or {}
-
-    def mean(xs):
-        return sum(xs) / len(xs) if xs else None
-
-    out = {
-        "worst_rel_error": max(v["float"]["rel_error"]),
-        "worst_rel_error_png": max(v["png"]["rel_error"]),
-        "min_push": min(v["png"]["push"]) if v["png"].get("push") else None,
-        "all_own_unit_lowest": all(v["png"]["own_unit_lowest"]) if v["png"].get("own_unit_lowest") else None,
-        "mean_sharpness": mean(mix.get("sharpness")),
-        "mean_sources": mean(mix.get("sources")),
-        "worst_argmax_rel_error": max(mix["argmax_rel_error"]) if mix.get("argmax_rel_error") else None,
-        "mean_pairwise_l2": v.get("mean_pairwise_l2"),
-        "share_target_class": poly.get("share_target_class"),
-        "mean_top_prob_samples": poly.get("mean_top_prob_samples"),
-        "top_prob_target": poly.get("top_prob_target", tgt.get("top_prob")),
-        "target_label": tgt.get("label"),
-        "steps": report.get("steps"),
-        "converged": report.get("converged"),
-    }
-    return out
 
 
 class BatchEvents:

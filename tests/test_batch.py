@@ -153,7 +153,7 @@ def test_a_failing_job_is_recorded_and_the_batch_goes_on(base):
 def test_batch_csv_has_one_row_per_job_with_every_metric(base):
     import csv
 
-    from patchcollide.jobs import METRICS as CSV_METRICS
+    from patchcollide.formats import METRICS as CSV_METRICS
 
     out = base["out"]
     with open(os.path.join(out, "batch.csv"), newline="") as fh:

@@ -8,6 +8,7 @@ logged once each.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,7 +17,7 @@ import multiprocessing as mp
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -179,14 +180,25 @@ def extract_store(
     workers: int = 1,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> ExtractResult:
     """Build (or resume, or find complete) the patch store ``out`` from image ``folders``.
 
-    progress(done_images, total_images) is called as images are processed.
+    progress(done_images, total_images) is called as images are processed. ``executor`` "local"
+    decodes in this process (``workers`` processes); "ray" on the Ray cluster at ``address``
+    (None: a new one on this machine), in chunks of ``config.part_images`` images (see
+    ray_executor.py). Either way the store is the same: patches, provenance and fingerprint.
     """
     t0 = time.time()
     if workers < 1:
         raise ExtractError(f"--workers must be >= 1, got {workers}")
+    from .ray_executor import check_options
+
+    check_options(executor, address)
+    if executor == "ray" and workers != 1:
+        raise ExtractError(f"--workers {workers} is for --executor local (Ray uses its cluster's CPUs); "
+                           "leave out --workers")
     roots, files, ignored = scan_inputs(folders)
     classes = sorted({f.cls for f in files})
     label_of = {c: i for i, c in enumerate(classes)}
@@ -220,36 +232,55 @@ def extract_store(
         n_parts, done = writer.resume_point()
         if progress:
             progress(done, len(selected))
-        pool = mp.get_context("fork").Pool(workers) if workers > 1 and done < len(selected) else None
-        window = max(8, 4 * workers)  # images decoded at a time: bounds memory, keeps workers busy
-        buf: list[tuple[InputFile, tuple]] = []
-        buf_patches, first = 0, done
-        try:
-            for w0 in range(done, len(selected), window):
-                files_w = selected[w0 : w0 + window]
-                jobs = [(os.path.join(roots[f.root], f.path), config.preprocess, config.stride) for f in files_w]
-                for f, res in zip(files_w, pool.map(_decode, jobs) if pool else map(_decode, jobs)):
-                    buf.append((f, res))
-                    buf_patches += 0 if res[1] is None else len(res[1])
-                    if len(buf) >= config.part_images or buf_patches >= config.part_patches:
-                        writer.write_part(n_parts, _make_part(buf, label_of, roots, first))
-                        n_parts, first, buf, buf_patches = n_parts + 1, first + len(buf), [], 0
-                        if progress:
-                            progress(first, len(selected))
-            if buf:
-                writer.write_part(n_parts, _make_part(buf, label_of, roots, first))
-                n_parts, first = n_parts + 1, first + len(buf)
-                if progress:
-                    progress(first, len(selected))
-        finally:
-            if pool:
-                pool.terminate()
+        if executor == "ray":
+            from .ray_executor import write_parts
+
+            n_parts = write_parts(writer, selected, roots, label_of, config, n_parts, done, progress, address)
+        else:
+            with contextlib.closing(decode_files(selected[done:], roots, config, workers)) as decoded:
+                for part in cut_parts(decoded, label_of, roots, done, config):
+                    writer.write_part(n_parts, part)
+                    n_parts += 1
+                    if progress:
+                        progress(part.first_selected + part.n_selected, len(selected))
         manifest = {
             "config": cfg, "content_key": content_key, "inputs": roots, "classes": classes,
             "n_files_found": len(files), "n_files_selected": len(selected), "versions": versions(),
         }
         manifest = writer.finalize(n_parts, classes, roots, manifest, skipped_before=ignored, t0=t0)
     return ExtractResult(out, manifest, resumed=writer.resumed, already_complete=False, seconds=time.time() - t0)
+
+
+def decode_files(files: Sequence[InputFile], roots: list[str], config: ExtractConfig,
+                 workers: int = 1) -> Iterator[tuple[InputFile, tuple]]:
+    """(file, _decode result) for each of ``files`` in order, decoded by ``workers`` processes a
+    window of images at a time (memory stays bounded, the workers busy). Close it when done."""
+    pool = mp.get_context("fork").Pool(workers) if workers > 1 and files else None
+    window = max(8, 4 * workers)
+    try:
+        for w0 in range(0, len(files), window):
+            files_w = files[w0 : w0 + window]
+            jobs = [(os.path.join(roots[f.root], f.path), config.preprocess, config.stride) for f in files_w]
+            yield from zip(files_w, pool.map(_decode, jobs) if pool else map(_decode, jobs))
+    finally:
+        if pool:
+            pool.terminate()
+
+
+def cut_parts(decoded: Iterable[tuple[InputFile, tuple]], label_of: dict[str, int], roots: list[str],
+              first: int, config: ExtractConfig) -> Iterator[Part]:
+    """Consecutive decoded files, the first being selected file ``first``, grouped into parts: a
+    part closes at ``config.part_images`` files or ``config.part_patches`` patches."""
+    buf: list[tuple[InputFile, tuple]] = []
+    n_patches = 0
+    for f, res in decoded:
+        buf.append((f, res))
+        n_patches += 0 if res[1] is None else len(res[1])
+        if len(buf) >= config.part_images or n_patches >= config.part_patches:
+            yield _make_part(buf, label_of, roots, first)
+            first, buf, n_patches = first + len(buf), [], 0
+    if buf:
+        yield _make_part(buf, label_of, roots, first)
 
 
 def check_store_path(out: str) -> None:

@@ -168,7 +168,8 @@ class BatchRunner:
                 "index": self.index_dir, "device": self.device, "dataset": self.dataset,
                 "skip_invalid": self.skip_invalid}
 
-    def open(self) -> None:
+    def open(self, device: str | None = None) -> None:
+        """Load the model (on ``device`` if given, else the batch's --device) and open the index."""
         from .models import load_tap, resolve_device
 
         if self.uses_index and not self.index_dir:
@@ -178,7 +179,7 @@ class BatchRunner:
 
             self.pindex = PatchIndex(self.index_dir)
         seed = self.jobfile.jobs[0].config.seed if self.jobfile.jobs else 0
-        self.dev = resolve_device(self.device)  # once; the batch's own models live there
+        self.dev = resolve_device(device or self.device)  # once; the batch's own models live there
         self.tap = load_tap(self.arch, self.layer, self.weights, seed=seed).to(self.dev)
         self._taps[self._tap_key(seed)] = self.tap
 
@@ -391,13 +392,32 @@ class BatchRunner:
         """DIR/.partial/<out>: the job's checkpoint, kept across kills until the job is installed."""
         return os.path.join(self.out_dir, ".partial", job.out)
 
-    def _record_failure(self, job: Job, exc: Exception, seconds: float, scratch: str) -> None:
+    def record_failure(self, job: Job, exc: BaseException, seconds: float, tb: str) -> None:
+        """Record that ``job`` failed outside ``run`` (an executor lost it; ``tb``: what it
+        knows of the traceback), unless it is done or running again."""
+        lock = JobLock.acquire(self.out_dir, job.out)
+        if lock is None:  # someone works on it again
+            return
+        scratch = os.path.join(self.out_dir, ".tmp", job.out)
+        try:
+            if not self.is_done(job):
+                os.makedirs(scratch, exist_ok=True)
+                self._record_failure(job, exc, seconds, scratch, tb)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            lock.release()
+
+    def _record_failure(self, job: Job, exc: BaseException, seconds: float, scratch: str,
+                        tb: str | None = None) -> None:
         d = os.path.join(self.out_dir, ".failed")
         os.makedirs(d, exist_ok=True)
         tb_rel = posixpath.join(".failed", job.out + ".traceback.txt")
-        write_text(os.path.join(self.out_dir, tb_rel), traceback.format_exc(),
+        write_text(os.path.join(self.out_dir, tb_rel), tb or traceback.format_exc(),
                    tmp=os.path.join(scratch, os.path.basename(tb_rel)))
         msg = _first_line(str(exc))
+        path = getattr(exc, "path", None)  # an image that did not decode: name it (BadImage's message does not)
+        if isinstance(path, str) and path and path not in msg:
+            msg = f"{path}: {msg}"
         # a user error's message stands alone; a bug keeps its class name (IndexError_ is ours, not for users)
         error = msg if isinstance(exc, PatchcollideError) and msg else (
             f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__)
@@ -473,11 +493,33 @@ class BatchResult:
     ran: list[str]  # ids of the jobs this process ran (done or failed)
 
 
+def run_here(runner: BatchRunner, todo: list[Job], events: BatchEvents) -> list[str]:
+    """The local executor: run ``todo`` one after another in this process, rewriting batch.json
+    after each. Returns the ids of the jobs run (done or failed)."""
+    ran = []
+    for job in todo:
+        events.job_start(job)
+        t0 = time.time()
+        status = runner.run(job, progress=events.step)
+        if status == "failed" or job.id in runner.seconds:
+            ran.append(job.id)
+        events.job_end(job, status, time.time() - t0)
+        runner.write_batch_json()
+    return ran
+
+
 def run_batch(jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet",
               index_dir: str | None = "index", device: str = "auto", dataset: str | None = None,
               shard: tuple[int, int] | None = None, retry_failed: bool = False, skip_invalid: bool = False,
-              events: BatchEvents | None = None, checkpoint_every: int = EVERY) -> BatchResult:
+              events: BatchEvents | None = None, checkpoint_every: int = EVERY, executor: str = "local",
+              address: str | None = None, gpus_per_job: float | None = None,
+              cpus_per_job: float | None = None) -> BatchResult:
     """Run this process's share of ``jobfile`` into ``out_dir``.
+
+    ``executor`` "local" runs the jobs one after another in this process; "ray" runs them as
+    tasks on the Ray cluster at ``address`` (None: a new one on this machine), each asking for
+    ``gpus_per_job`` GPUs (None: 1 where the cluster has GPUs, else 0) and ``cpus_per_job``
+    CPUs (None: 1); see ray_executor.py. The outputs are the same.
 
     A job saves a checkpoint in DIR/.partial/<out>/ every ``checkpoint_every`` steps (and on
     SIGINT/SIGTERM, which stop the batch with checkpoints.Interrupted); the next run of the
@@ -496,14 +538,20 @@ def run_batch(jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = 
         raise JobsError(f"{jobfile.path}: no valid jobs ({len(jobfile.invalid)} invalid lines)")
     if dataset and not os.path.isdir(dataset):
         raise JobsError(f"--dataset {dataset}: no such folder; give an image folder or leave it out")
+    from .ray_executor import check_options, cluster, job_resources
+
+    check_options(executor, address, **{"--gpus-per-job": gpus_per_job, "--cpus-per-job": cpus_per_job})
     created = not os.path.exists(out_dir)
     runner = BatchRunner(jobfile, out_dir, arch, layer, weights, index_dir, device, dataset, skip_invalid,
                          checkpoint_every)
-    ran: list[str] = []
     try:
-        with batch_lock(out_dir, shard):
+        with batch_lock(out_dir, shard), contextlib.ExitStack() as stack:
             try:
-                runner.open()  # a bad model or index: nothing is written
+                if executor == "ray":  # an unreachable or too small cluster fails before the model loads
+                    stack.enter_context(cluster(address))
+                    resources = job_resources(gpus_per_job, cpus_per_job)
+                # a bad model or index: nothing is written. Ray's driver only checks the model (on the CPU)
+                runner.open(device="cpu" if executor == "ray" else None)
             except BaseException:
                 if created:  # leave no empty directory behind
                     with contextlib.suppress(OSError):
@@ -518,19 +566,17 @@ def run_batch(jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = 
                 todo = [j for j in mine if not runner.is_done(j)]
             runner.write_batch_json()
             events.start(todo)
-            for job in todo:
-                events.job_start(job)
-                t0 = time.time()
-                try:
-                    status = runner.run(job, progress=events.step)
-                except JobsError:
-                    with contextlib.suppress(OSError):
-                        runner.write_batch_json()
-                    raise
-                if status == "failed" or job.id in runner.seconds:
-                    ran.append(job.id)
-                events.job_end(job, status, time.time() - t0)
-                runner.write_batch_json()
+            try:
+                if executor == "ray":
+                    from .ray_executor import run_jobs
+
+                    ran = run_jobs(runner, todo, events, *resources)
+                else:
+                    ran = run_here(runner, todo, events)
+            except JobsError:  # a full disk: batch.json says what is done so far
+                with contextlib.suppress(OSError):
+                    runner.write_batch_json()
+                raise
             batch = runner.write_batch_json()
     finally:
         runner.close()

@@ -12,7 +12,7 @@ from ..jobfile import JobsError, parse_shard, read_jobs
 from ..checkpoints import EVERY
 from ..jobfile import config_fields
 from ..jobs import BatchEvents, run_batch
-from .common import UserError, show_progress, user_errors
+from .common import UserError, executor_options, show_progress, user_errors
 
 
 class _BatchProgress(BatchEvents):
@@ -107,7 +107,9 @@ the rest, failed ones included; --retry-failed runs only the failed ones. A fail
 recorded (error in DIR/batch.json, traceback in DIR/.failed/) and the batch goes on.
 A job saves a checkpoint every --checkpoint-every steps; Ctrl-C or SIGTERM saves it and
 stops the batch, and the same command later goes on from it. Several processes may share one job file and DIR with --shard 1/N ... N/N; a second
-process on the same DIR and shard is refused. Exit code 0 when every job of this shard is
+process on the same DIR and shard is refused. With --executor ray the jobs run as tasks on
+a Ray cluster (every node must see DIR, the index and the inputs at the same paths), each
+worker keeping its model and index for its next jobs; a worker that dies is retried. Exit code 0 when every job of this shard is
 done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
 """.format(config_keys=textwrap.fill(", ".join(config_fields()), 88))
 
@@ -135,9 +137,14 @@ done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
 @click.option("--checkpoint-every", default=EVERY, show_default=True, type=click.IntRange(min=0),
               help="Steps between a job's checkpoints in DIR/.partial/ (also on Ctrl-C / SIGTERM); a job killed or "
                    "interrupted goes on from its checkpoint when the batch runs again.")
+@executor_options
+@click.option("--gpus-per-job", default=None, type=click.FloatRange(min=0),
+              help="GPUs each job asks Ray for (0.5: two jobs share one) [default: 1 on a cluster with GPUs, else 0].")
+@click.option("--cpus-per-job", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="CPUs each job asks Ray for; also its torch threads [default: 1].")
 @click.pass_context
 def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samples, dataset, shard, retry_failed,
-          skip_invalid, checkpoint_every):
+          skip_invalid, checkpoint_every, executor, address, gpus_per_job, cpus_per_job):
     progress = _BatchProgress(show_progress(ctx))
     with user_errors():
         try:
@@ -158,7 +165,9 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
                 raise UserError(f"{n} invalid lines; fix them or pass --skip-invalid")
             res = run_batch(jobfile, out_dir, arch=arch, layer=layer, weights=weights, index_dir=index_dir,
                             device=device, dataset=dataset, shard=shard_, retry_failed=retry_failed,
-                            skip_invalid=skip_invalid, events=progress, checkpoint_every=checkpoint_every)
+                            skip_invalid=skip_invalid, events=progress, checkpoint_every=checkpoint_every,
+                            executor=executor, address=address, gpus_per_job=gpus_per_job,
+                            cpus_per_job=cpus_per_job)
         finally:
             progress.close()
     for line, msg in jobfile.problems() if skip_invalid else []:

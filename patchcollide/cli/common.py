@@ -128,3 +128,13 @@ def human_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def executor_options(f):
+    """--executor and --address, shared by the commands that can run on a Ray cluster."""
+    f = click.option("--address", default=None, metavar="auto|HOST:PORT",
+                     help="Ray cluster to use with --executor ray: 'auto' for the one `ray start` runs on this "
+                          "machine, or a head node's HOST:PORT [default: start one on this machine].")(f)
+    return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="Where the work runs: this process, or the workers of a Ray cluster "
+                             "(pip install 'patchcollide[ray]').")(f)

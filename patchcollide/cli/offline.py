@@ -10,7 +10,8 @@ from ..extract import ExtractConfig, extract_store
 from ..knn import STORE_FILE, IndexConfig, PatchIndex, build_index, evaluate, query_patches
 from ..pictures import neighbour_mosaic, save_png
 from ..store import PatchStore
-from .common import Progress, UserError, deprecated, echo_json, human_bytes, show_progress, user_errors
+from .common import (Progress, UserError, deprecated, echo_json, executor_options, human_bytes, show_progress,
+                     user_errors)
 
 DEFAULT_INDEX = "index"
 
@@ -34,7 +35,9 @@ def _resize(value: str) -> int | None:
               help="Shorter side to N and centre crop N x N (the model's input), or 'none' for native size.")
 @click.option("--stride", default=16, show_default=True, type=int, help="Pixels between 32 x 32 patches.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the --fraction choice.")
-@click.option("--workers", default=1, show_default=True, type=int, help="Processes decoding images.")
+@click.option("--workers", default=1, show_default=True, type=int,
+              help="Processes decoding images (--executor local; Ray uses its cluster's CPUs).")
+@executor_options
 @click.option("--compression", type=click.Choice(["none", "lzf", "gzip"]), default="none", show_default=True,
               help="HDF5 filter on the patches (none keeps random reads fastest).")
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=int,
@@ -43,19 +46,22 @@ def _resize(value: str) -> int | None:
               help="Images per resumable part file.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built from other arguments.")
 @click.pass_context
-def extract(ctx, folders, out, fraction, resize, stride, seed, workers, compression, max_pixels, part_images,
-            overwrite):
+def extract(ctx, folders, out, fraction, resize, stride, seed, workers, executor, address, compression, max_pixels,
+            part_images, overwrite):
     """Cut 32 x 32 patches from image FOLDERS into an HDF5 patch store.
 
     Each folder is ImageFolder layout (class subfolders) or flat. Bad files are skipped with
-    a warning and listed in the manifest; a killed run resumes where it stopped.
+    a warning and listed in the manifest; a killed run resumes where it stopped. With
+    --executor ray the images are decoded by the tasks of a Ray cluster (every node must see
+    FOLDERS and --out at the same paths); the store is the same.
     """
     with user_errors():
         cfg = ExtractConfig(resize=_resize(resize), stride=stride, fraction=fraction, seed=seed,
                             max_pixels=max_pixels, part_images=part_images,
                             compression=None if compression == "none" else compression)
         with Progress("extracting images", show_progress(ctx)) as bar:
-            res = extract_store(list(folders), out, cfg, workers=workers, overwrite=overwrite, progress=bar)
+            res = extract_store(list(folders), out, cfg, workers=workers, overwrite=overwrite, progress=bar,
+                                executor=executor, address=address)
     m = res.manifest
     if res.already_complete:
         click.echo(f"{out} is already complete with these arguments ({m.get('n_patches', '?')} patches); nothing to do")

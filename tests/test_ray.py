@@ -302,3 +302,21 @@ def test_ray_options_that_cannot_work_are_one_line(ray_cluster, tmp_path, photos
     r = batch(jobs, "--out", tmp_path / "out", *args)
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and needle in r.output, r.output
     assert not os.path.exists(tmp_path / "out")  # checked before anything is loaded or written
+
+
+def test_a_ray_batch_by_address_shows_its_jobs_on_a_terminal(ray_cluster, tmp_path, photos_dir):
+    """Another process joins the running cluster with --address HOST:PORT; its bar names the
+    running jobs and counts them as they end, and the summary table follows, as with local."""
+    from conftest import on_a_terminal
+
+    address = ray_cluster.get_runtime_context().gcs_address
+    src = os.path.join(photos_dir, "coffee.png")
+    jobs = write_jobs(tmp_path / "j.jsonl", [{"id": f"j{i}", "source": src, "target": os.path.join(photos_dir, t),
+                                              "mode": "pixel", **TINY} for i, t in enumerate(["rocket.png", "chelsea.png"])])
+    out = str(tmp_path / "out")
+    shown = on_a_terminal(["batch", jobs, "--out", out, "--weights", "random", "--device", "cpu", "--executor", "ray",
+                           "--address", address], stdout_too=True)
+    assert "running j0" in shown or "running j1" in shown, shown
+    assert "2/2" in shown and "all 2 jobs done, 2 run now" in shown, shown
+    assert "NOTE: RANDOM WEIGHTS" in shown and "conv.   rel.err" in shown  # the summary table
+    assert [e["status"] for e in json.loads(Path(out, "batch.json").read_text())["jobs"]] == ["done", "done"]

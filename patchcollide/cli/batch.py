@@ -16,13 +16,15 @@ from .common import UserError, executor_options, show_progress, user_errors
 
 
 class _BatchProgress(BatchEvents):
-    """A bar over this process's jobs with ETA, labelled with the current job (and its step) on
-    a terminal; elsewhere one line per finished job, so logs stay readable."""
+    """A bar over this process's jobs with ETA, labelled with the running jobs (the step of a
+    single one) and the failures so far, on a terminal; elsewhere one line per finished job, so
+    logs stay readable. The same for both executors."""
 
     def __init__(self, enabled: bool):
         self.enabled, self.bar, self.done, self.total, self.t0 = enabled, None, 0, 0, time.time()
         self.tty = sys.stderr.isatty()
-        self.job, self.last_render = None, 0.0
+        self.running: list[str] = []
+        self.failed, self.last_render, self.at = 0, 0.0, ""
 
     def start(self, todo) -> None:
         self.total, self.t0 = len(todo), time.time()
@@ -31,23 +33,36 @@ class _BatchProgress(BatchEvents):
                                          file=sys.stderr)
             self.bar.__enter__()
 
+    def _render(self) -> None:
+        if self.bar is None:
+            return
+        names = ", ".join(self.running[:3]) + (f" +{len(self.running) - 3}" if len(self.running) > 3 else "")
+        label = f"running {names}{self.at}" if self.running else ""
+        if self.failed:
+            label += f"{'; ' if label else ''}{self.failed} failed"
+        self.bar.label = label
+        self.bar.render_progress()
+        self.last_render = time.time()
+
     def job_start(self, job) -> None:
-        self.job = job
-        if self.bar is not None:
-            self.bar.label = job.id
-            self.bar.render_progress()
+        self.running.append(job.id)
+        self.at = ""
+        self._render()
 
     def step(self, step, total, loss, worst) -> None:
-        if self.bar is not None and time.time() - self.last_render > 0.5:
-            self.bar.label = f"{self.job.id} step {step}/{total} worst rel.err {worst:.2e}"
-            self.bar.render_progress()
-            self.last_render = time.time()
+        if self.bar is not None and len(self.running) == 1 and time.time() - self.last_render > 0.5:
+            self.at = f" step {step}/{total} worst rel.err {worst:.2e}"
+            self._render()
 
     def job_end(self, job, status, seconds) -> None:
         self.done += 1
+        self.failed += status == "failed"
+        if job.id in self.running:
+            self.running.remove(job.id)
+        self.at = ""
         if self.bar is not None:
-            self.bar.label = job.id
             self.bar.update(1)
+            self._render()
         elif self.enabled:
             left = (time.time() - self.t0) / self.done * (self.total - self.done)
             eta = f", ETA {_hms(left)}" if self.done < self.total else ""

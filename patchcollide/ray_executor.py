@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -179,6 +181,9 @@ def run_jobs(runner, todo: list, events, gpus: float, cpus: float) -> list[str]:
     task = ray.remote(run_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=WORKER_RETRIES,
                                        retry_exceptions=False, name="patchcollide-job")
     spec_ref = ray.put(spec)
+    total = ray.cluster_resources()
+    slots = min(total.get("CPU", 0) / cpus if cpus else math.inf, total.get("GPU", 0) / gpus if gpus else math.inf)
+    probe = 2 * int(min(slots, 10_000)) + 8  # jobs whose locks the driver looks at for the bar
     refs = {task.remote(spec_ref, job): job for job in todo}
     running: list = []
     ran: list[str] = []
@@ -187,7 +192,8 @@ def run_jobs(runner, todo: list, events, gpus: float, cpus: float) -> list[str]:
         with StopSignals() as stop:
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=1, timeout=POLL)
-                now = [job for job in refs.values() if _held(runner.out_dir, job.out)]
+                # Ray starts tasks about in order: only the first few waiting jobs can be running
+                now = [job for job in itertools.islice(refs.values(), probe) if _held(runner.out_dir, job.out)]
                 for job in now:
                     if job not in running:
                         t0[job.id] = time.time()
@@ -205,6 +211,9 @@ def run_jobs(runner, todo: list, events, gpus: float, cpus: float) -> list[str]:
                         ran.append(job.id)
                     if seconds is not None:
                         runner.seconds[job.id] = seconds
+                    if status == "failed":  # as the local executor says it
+                        log.warning("job %s (line %d) failed: %s", job.id, job.line,
+                                    (runner.failure(job) or {}).get("error"))
                     events.job_end(job, status, time.time() - t0[job.id])
                     runner.write_batch_json()
     except BaseException:  # a full disk (JobsError), Ctrl-C twice, a bug: nothing keeps running
@@ -228,7 +237,6 @@ def _outcome(ray, ref, runner, job, seconds: float) -> tuple[str, float | None]:
     except ray.exceptions.RayError as e:  # its worker died WORKER_RETRIES + 1 times, was killed for memory, ...
         exc, tb = e, f"{type(e).__name__}: {e}"
     runner.record_failure(job, exc, seconds, tb)
-    log.warning("job %s (line %d) failed: %s", job.id, job.line, (runner.failure(job) or {}).get("error"))
     return "failed", None
 
 

@@ -93,6 +93,9 @@ class CollideConfig:
     spatial: float = 4.0  # patch mode: sharpness of the start's spatial window (1: the authors' tent)
     slots: int = 32  # patch mode: entries kept per pixel from the start (of up to 16 locations x k covering it)
     block: int = 1  # patch mode: side of the pixel squares whose candidates share one learnt logit (1: per pixel)
+    # patch mode: side of each candidate. 32: the retrieved patch; more: its context window in its
+    # source image, the patch in the middle (the authors': 112 at 224, with k = 1), re-cut from the files
+    window: int = PATCH
     size: int = 224  # side of the square input (the store's geometry; smaller for CPU smoke runs)
     k: int = 16  # candidates per location (patch mode)
     grid_stride: int = 8  # location grid on the source: 25 x 25 = 625 locations at 224
@@ -126,6 +129,8 @@ class CollideConfig:
             (self.spatial > 0, "spatial", f"must be > 0, got {self.spatial}"),
             (self.slots >= 1, "slots", f"must be >= 1, got {self.slots}"),
             (1 <= self.block <= PATCH, "block", f"must be between 1 and {PATCH}, got {self.block}"),
+            (PATCH <= self.window <= 1024 and self.window % 2 == 0, "window",
+             f"must be an even side between {PATCH} and 1024, got {self.window}"),
             (PATCH <= self.size <= 1024, "size", f"must be between {PATCH} and 1024, got {self.size}"),
             (self.k >= 1, "k", f"must be >= 1, got {self.k}"),
             (1 <= self.grid_stride <= PATCH, "grid_stride", f"must be between 1 and {PATCH}, got {self.grid_stride}"),
@@ -141,11 +146,11 @@ class CollideConfig:
         if self.mode == "patches":
             L = len(grid_positions((self.size, self.size), self.grid_stride, PATCH, cover=True))
             P = self.size * self.size
-            covering = min(L, (PATCH // self.grid_stride + 1) ** 2) * self.k  # entries over one pixel, at most
+            covering = min(L, (self.window // self.grid_stride + 1) ** 2) * self.k  # entries over one pixel, at most
             # the start scores every covering entry of every pixel (float32 + int64 index); the loop
             # keeps `slots` of them: logits, gradient, Adam's two moments and three colour channels
             need = (self.vertices * P * covering * 12 + self.vertices * P * min(self.slots, covering) * 4 * 7
-                    + L * self.k * PATCH * PATCH * 3 * 4)
+                    + L * self.k * self.window * self.window * 3 * 4)
             if need > MAX_PARAM_BYTES:
                 raise field_error("k", f"{self.k} with {self.vertices} vertices at {self.size}x{self.size} needs about "
                                        f"{need / 2**30:.1f} GiB for the patch mixture; lower -k, --slots or --vertices")
@@ -207,13 +212,25 @@ def target_of(tap: Tap, target: torch.Tensor, vertices: int, first_unit: int = 0
     return Target(z=z, units=units, label=int(p.argmax()), prob=float(p.max()))
 
 
-def retrieve_candidates(index, source_img: np.ndarray, k: int, grid_stride: int) -> dict:
+def retrieve_candidates(index, source_img: np.ndarray, k: int, grid_stride: int, window: int = PATCH) -> dict:
     """k nearest stored patches for every location of the covering grid on ``source_img``
-    (H, W, 3) uint8: patches (L, K, 32, 32, 3) uint8, ids, distances, yx."""
+    (H, W, 3) uint8: ids, distances, yx (L, 2) and the candidates' pixels, ``patches``
+    (L, K, S, S, 3) uint8 (``candidate_pixels``)."""
     res = index.search_image(source_img, k=k, stride=grid_stride)
-    L = len(res.ids)
-    patches = index.store.get(res.ids.ravel()).reshape(L, k, PATCH, PATCH, 3)
-    return {"patches": patches, "ids": res.ids, "distances": res.distances, "yx": res.query_yx}
+    c = {"ids": res.ids, "distances": res.distances, "yx": res.query_yx}
+    return {**c, "patches": candidate_pixels(index.store, res.ids, window)}
+
+
+def candidate_pixels(store, ids: np.ndarray, window: int = PATCH) -> np.ndarray:
+    """(L, K, S, S, 3) uint8 for candidate ids (L, K): the stored patches (``window`` 32), or
+    each patch's ``window`` x ``window`` context in its source image, the patch in the middle
+    (extract.context_windows: the authors' candidates, re-cut from the source files)."""
+    L, K = ids.shape
+    if window == PATCH:
+        return store.get(ids.ravel()).reshape(L, K, PATCH, PATCH, 3)
+    from .extract import context_windows
+
+    return context_windows(store, ids.ravel(), window).reshape(L, K, window, window, 3)
 
 
 def make_param(config: CollideConfig, source: torch.Tensor, target: torch.Tensor, candidates: dict | None):
@@ -221,8 +238,9 @@ def make_param(config: CollideConfig, source: torch.Tensor, target: torch.Tensor
     if config.mode == "pixel":
         init = source if config.init == "source" else target
         return PixelParam(init.expand(V, -1, -1, -1))
-    cand = torch.from_numpy(candidates["patches"]).permute(0, 1, 4, 2, 3).float() / 255.0  # (L, K, 3, 32, 32)
-    return PatchParam(cand, candidates["yx"], (config.size, config.size), V, noise=config.noise, seed=config.seed,
+    cand = torch.from_numpy(candidates["patches"]).permute(0, 1, 4, 2, 3).float() / 255.0  # (L, K, 3, S, S)
+    corner = np.asarray(candidates["yx"]) - (config.window - PATCH) // 2  # a window's corner: the patch in its middle
+    return PatchParam(cand, corner, (config.size, config.size), V, noise=config.noise, seed=config.seed,
                       start=config.start, spatial=config.spatial, slots=config.slots, block=config.block)
 
 
@@ -369,10 +387,9 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     if config.mode == "patches":
         if resume is not None:  # the same candidates, by id: no search, whatever the index would answer now
             c = {k: v.numpy() for k, v in resume["candidates"].items()}
-            L, K = c["ids"].shape
-            candidates = {**c, "patches": index.store.get(c["ids"].ravel()).reshape(L, K, PATCH, PATCH, 3)}
+            candidates = {**c, "patches": candidate_pixels(index.store, c["ids"], config.window)}
         else:
-            candidates = retrieve_candidates(index, source_img, config.k, config.grid_stride)
+            candidates = retrieve_candidates(index, source_img, config.k, config.grid_stride, config.window)
     cand_meta = None if candidates is None else {k: candidates[k] for k in ("ids", "yx", "distances")}
     param = make_param(config, src, tgt, candidates).to(dev)
     if resume is not None:

@@ -332,3 +332,37 @@ def reproduce_patch(store: PatchStore, patch_id: int) -> np.ndarray:
     pre = Preprocess(**store.config["preprocess"])
     img, _ = load_rgb(rec["abspath"], pre)
     return img[y : y + PATCH, x : x + PATCH].copy()
+
+
+def context_windows(store: PatchStore, ids: Sequence[int] | np.ndarray, side: int) -> np.ndarray:
+    """(N, side, side, 3) uint8: for each stored patch, the ``side`` x ``side`` window of its
+    source image centred on it (the patch in the middle; mirrored past the image's edges),
+    re-cut from the source file with the store's recorded preprocessing: the authors' context
+    candidates. Each source image is decoded once. ExtractError (one line) when a source file
+    cannot be read or no longer holds the stored patch."""
+    ids = np.asarray(ids, dtype=np.int64)
+    pad = (side - PATCH) // 2
+    pre = Preprocess(**store.config["preprocess"])
+    prov = store.provenance[ids]
+    stored = store.get(ids)
+    out = np.empty((len(ids), side, side, 3), np.uint8)
+    for img_idx in np.unique(prov[:, 0]):
+        path = store.image_record(int(img_idx))["abspath"]
+        try:
+            img, _ = load_rgb(path, pre)
+        except (BadImage, OSError) as e:
+            raise ExtractError(f"--window {side} re-cuts candidates from the store's source images, and {path} cannot "
+                               f"be read ({_first(e)}); restore the store's image folders or use --window {PATCH}") from None
+        padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+        for i in np.flatnonzero(prov[:, 0] == img_idx):
+            y, x = int(prov[i, 1]), int(prov[i, 2])
+            out[i] = padded[y : y + side, x : x + side]
+            if not np.array_equal(out[i, pad : pad + PATCH, pad : pad + PATCH], stored[i]):
+                raise ExtractError(f"{path} changed since the store was built (patch {int(ids[i])} differs); restore "
+                                   f"it, rebuild the store, or use --window {PATCH}")
+    return out
+
+
+def _first(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+

@@ -52,18 +52,23 @@ def tent(size: int = PATCH) -> torch.Tensor:
 STARTS = ("distinct", "nearest", "tent")
 
 
-def covering_entries(yx: torch.Tensor, K: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every pixel's entries: the (location, candidate, patch row, patch column) that cover it.
+def covering_entries(yx: torch.Tensor, K: int, size: tuple[int, int], side: int = PATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pixel's entries: the (location, candidate, row, column) that cover it.
 
-    yx (L, 2) top-left corners of 32 x 32 locations in an (H, W) image. Returns ``entries``
-    (H*W, C) int64, the flat index into (L, K, 32, 32), padded with 0 where a pixel has fewer
-    than C = max coverage, and ``valid`` (H*W, C) bool. Entries of a pixel are ordered by
-    location, then candidate.
+    yx (L, 2) top-left corners of the ``side`` x ``side`` candidates in an (H, W) image (a
+    context window may reach past the image's edge: those of its pixels are no entries). Returns
+    ``entries`` (H*W, C) int64, the flat index into (L, K, side, side), padded with 0 where a
+    pixel has fewer than C = max coverage, and ``valid`` (H*W, C) bool. Entries of a pixel are
+    ordered by location, then candidate.
     """
     L = len(yx)
     H, W = size
-    dy, dx = torch.meshgrid(torch.arange(PATCH), torch.arange(PATCH), indexing="ij")
-    pix = ((yx[:, 0, None, None] + dy) * W + (yx[:, 1, None, None] + dx)).reshape(L, 1, -1).expand(L, K, -1).reshape(-1)
+    dy, dx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    y, x = yx[:, 0, None, None] + dy, yx[:, 1, None, None] + dx  # (L, side, side)
+    inside = ((y >= 0) & (y < H) & (x >= 0) & (x < W)).reshape(L, 1, -1).expand(L, K, -1).reshape(-1)
+    pix = (y * W + x).reshape(L, 1, -1).expand(L, K, -1).reshape(-1)
+    flat = torch.arange(len(pix))[inside]
+    pix = pix[inside]
     order = torch.argsort(pix, stable=True)  # entries grouped by pixel, in (location, candidate) order
     counts = torch.bincount(pix, minlength=H * W)
     if (counts == 0).any():
@@ -73,7 +78,7 @@ def covering_entries(yx: torch.Tensor, K: int, size: tuple[int, int]) -> tuple[t
     slot = torch.arange(len(pix)) - starts[pix[order]]
     entries = torch.zeros(H * W, C, dtype=torch.int64)
     valid = torch.zeros(H * W, C, dtype=torch.bool)
-    entries[pix[order], slot] = order
+    entries[pix[order], slot] = flat[order]
     valid[pix[order], slot] = True
     return entries, valid
 
@@ -97,10 +102,12 @@ def _seam_tables(a: torch.Tensor, b: torch.Tensor, budget: int = 1 << 27) -> tup
 class PatchParam(nn.Module):
     """Per-pixel softmax mixture of retrieved real patches.
 
-    candidates: (L, K, 3, 32, 32) float32 in [0, 1]: the K nearest stored patches for each
-    of L locations, nearest first; yx: (L, 2) top-left corners of the locations in the (H, W)
-    image. Every image pixel is covered by up to 16 locations x K candidates: its *entries*
-    (the candidate's pixel that falls on it). Each pixel keeps ``slots`` of them; the logits
+    candidates: (L, K, 3, S, S) float32 in [0, 1]: for each of L locations the K nearest
+    stored patches (S = 32), nearest first, or their S x S context windows in their source images
+    (S > 32, the authors' candidates: the matched patch in the middle); yx: (L, 2) top-left
+    corners of the candidates in the (H, W) image (a window's may lie outside it). Every image
+    pixel is covered by up to (S / stride)^2 locations x K candidates: its *entries* (the
+    candidate's pixel that falls on it). Each pixel keeps ``slots`` of them; the logits
     theta (V, H*W, slots) give, per vertex and pixel, a softmax over the kept entries, so each
     output pixel is a convex combination of retrieved patch pixels.
 
@@ -135,24 +142,25 @@ class PatchParam(nn.Module):
         super().__init__()
         self.block = block
         L, K = candidates.shape[:2]
+        S = self.side = int(candidates.shape[-1])
         H, W = size
         self.size = (H, W)
         if start not in STARTS:
             raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
         yx = torch.as_tensor(np.asarray(yx), dtype=torch.int64)
-        if yx.shape != (L, 2) or int(yx[:, 0].max()) + PATCH > H or int(yx[:, 1].max()) + PATCH > W:
+        if yx.shape != (L, 2) or (S == PATCH and (int(yx[:, 0].max()) + S > H or int(yx[:, 1].max()) + S > W)):
             raise ValueError(f"locations {tuple(yx.shape)} do not fit candidates {tuple(candidates.shape)} in {size}")
         self.K = K
-        # the candidates' pixels as a table (L*K*32*32, 3), indexed by flat entry
+        # the candidates' pixels as a table (L*K*S*S, 3), indexed by flat entry
         self.register_buffer("table", candidates.float().permute(0, 1, 3, 4, 2).reshape(-1, 3).contiguous())
-        entries, valid = covering_entries(yx, K, size)
+        entries, valid = covering_entries(yx, K, size, S)
         P, C = entries.shape
         g = torch.Generator().manual_seed(seed)
-        y_in, x_in = (entries // PATCH) % PATCH, entries % PATCH
-        t = tent()
+        y_in, x_in = (entries // S) % S, entries % S
+        t = tent(S)
         score = (spatial * t[y_in, x_in].log()).expand(vertices, P, C).clone()
         if start != "tent":
-            rank = (entries // (PATCH * PATCH)) % K  # the entry's candidate rank at its location
+            rank = (entries // (S * S)) % K  # the entry's candidate rank at its location
             want = torch.tensor([v % K if start == "distinct" else 0 for v in range(vertices)])
             score += bonus * (rank[None] == want[:, None, None])
         score += noise * torch.randn(score.shape, generator=g)
@@ -175,7 +183,8 @@ class PatchParam(nn.Module):
         V, P, M = entries.shape
         y, x = torch.arange(P, device=entries.device) // W, torch.arange(P, device=entries.device) % W
         bid = (y // self.block) * ((W + self.block - 1) // self.block) + x // self.block  # (P,)
-        key = bid[None, :, None] * (int(self.table.shape[0]) // (PATCH * PATCH)) + entries // (PATCH * PATCH)
+        area = self.side * self.side
+        key = bid[None, :, None] * (int(self.table.shape[0]) // area) + entries // area
         inv, sizes = [], []
         for v in range(V):
             u, i = torch.unique(key[v], return_inverse=True)
@@ -199,7 +208,7 @@ class PatchParam(nn.Module):
         # TV's neighbour tables: which slot of the right / lower neighbour holds the same candidate
         H, W = self.size
         V, P, M = entries.shape
-        cid = torch.where(valid, entries // (PATCH * PATCH), -1 - torch.arange(M, device=entries.device))
+        cid = torch.where(valid, entries // (self.side * self.side), -1 - torch.arange(M, device=entries.device))
         grid = cid.view(V, H, W, M)
         for name, a, b in (("right", grid[:, :, :-1], grid[:, :, 1:]), ("down", grid[:, :-1], grid[:, 1:])):
             match, alone = _seam_tables(a, b)

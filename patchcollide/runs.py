@@ -270,7 +270,8 @@ class Run:
     mixing (patch mode, else None): per vertex and pixel the kept candidates' normalised
     ``weights`` (V, H*W, M) float32 (0 on padding) and the store ``patch_ids`` (V, H*W, M)
     int64 they come from (-1 on padding), with ``pixel`` (V, H*W, M, 2): the (y, x) inside
-    that 32 x 32 patch.
+    that 32 x 32 patch, or, with ``config.window`` > 32, inside its window x window context in
+    the patch's source image (the patch at (window - 32) / 2 in both axes; ``extract.context_windows``).
     """
 
     path: str
@@ -289,7 +290,6 @@ def load_run(path: str) -> Run:
     vertices, the PNGs, the mixing weights and their source patches, the metrics and the
     config. Needs neither the model nor the index."""
     from .jobfile import convert
-    from .params import PATCH
 
     report = read_report(path)
     hints = typing.get_type_hints(CollideConfig)
@@ -311,9 +311,10 @@ def load_run(path: str) -> Run:
         w /= w.sum(axis=2, keepdims=True)
         ids = state["candidate_ids"]  # (L, K)
         K = ids.shape[1]
-        cand = entries // (PATCH * PATCH)  # location * K + rank
+        side = config.window  # the candidates' side: 32, or their context windows'
+        cand = entries // (side * side)  # location * K + rank
         pid = np.where(valid, ids.reshape(-1)[np.clip(cand, 0, ids.size - 1)], -1)
-        pixel = np.stack([(entries // PATCH) % PATCH, entries % PATCH], axis=-1)
+        pixel = np.stack([(entries // side) % side, entries % side], axis=-1)
         mixing = {"weights": w.astype(np.float32), "patch_ids": pid.astype(np.int64), "pixel": pixel,
                   "candidates_per_location": K}
     return Run(path=path, config=config, report=report, vertices=vertices, png=png, metrics=report["vertices"],

@@ -58,6 +58,9 @@ SWEEP = (
     ("steps-600", "twice the step budget", {"steps": 600}),
     ("block-4", "logits shared per 4 x 4 block of pixels", {"block": 4}),
     ("block-8", "logits shared per 8 x 8 block of pixels", {"block": 8}),
+    ("window-64-k1", "the authors' candidates: the nearest patch's 64 x 64 context in its source image (112 at 224), "
+     "k = 1", {"k": 1, "window": 64}),
+    ("window-64-k4", "64 x 64 context windows of the 4 nearest patches", {"k": 4, "window": 64}),
     ("old-default", "the project's previous defaults: paper objective, (1000, 1), tent start, 256 slots, no TV",
      {"objective": "paper", "loss_early": (1000.0, 1.0), "loss_late": (1000.0, 1.0), "switch": 0.7,
       "tv": 0.0, "entropy": 0.0, "prune": (), "start": "tent", "spatial": 1.0, "slots": 256, "lr": 0.1,
@@ -254,7 +257,7 @@ def sweep(args, tap, index, index_desc, dev, size, work) -> None:
               flush=True)
         if over == {}:
             sheet(res, *pairs[p], os.path.join(args.out, f"contact_sheet-{PAIRS[p][0]}-{PAIRS[p][1]}-{tag}.png"), random)
-        elif "block" in over:  # a lever that changes the look: its own sheet to compare with the default's
+        elif "block" in over or "window" in over:  # a lever that changes the look: its own sheet beside the default's
             sheet(res, *pairs[p], os.path.join(args.out, f"contact_sheet-{PAIRS[p][0]}-{PAIRS[p][1]}-{tag}-{name}.png"),
                   random)
         save(complete=False)

@@ -544,3 +544,46 @@ def test_library_calls_leave_the_callers_world_as_they_found_it(tap, tmp_path):
     h = {"pos": [1.0, 0.5], "neg": [-1.0, -2.0], "worst_rel_error": [0.3, 0.2], "mean_rel_error": [0.2, 0.1]}
     loss_plot(h, str(tmp_path / "loss.png"))
     assert matplotlib.get_backend() == backend and (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_context_window_candidates_come_from_their_source_images(tmp_path, tap, flat_index):
+    """--window 48: each candidate is the stored patch's 48 x 48 context in its source photo (the
+    patch in the middle, the rest the photo's own pixels); a run's float vertices re-render from
+    those windows through load_run's (patch id, pixel) pairs; a moved photo gives one line."""
+    import patchcollide
+    from patchcollide.extract import ExtractError, context_windows
+    from patchcollide.images import Preprocess, load_rgb
+    from patchcollide.knn import PatchIndex
+    from patchcollide.runs import run_collide
+    from PIL import Image
+
+    with PatchIndex(flat_index) as pidx:
+        ids = np.array([0, 7, 130, len(pidx.store) - 1])
+        win = context_windows(pidx.store, ids, 48)
+        assert np.array_equal(win[:, 8:40, 8:40], pidx.store.get(ids))
+        img_idx, y, x = (int(v) for v in pidx.store.provenance[130])
+        rec = pidx.store.image_record(img_idx)
+        photo_px = load_rgb(rec["abspath"], Preprocess(**pidx.store.config["preprocess"]))[0]
+        assert y >= 8 and x >= 8  # an inner patch: its window is the photo itself, no mirroring
+        assert np.array_equal(win[2], photo_px[y - 8:y + 40, x - 8:x + 40])
+        Image.fromarray(sample("astronaut")).save(tmp_path / "src.png")
+        Image.fromarray(sample("chelsea")).save(tmp_path / "tgt.png")
+        cfg = CollideConfig(mode="patches", vertices=2, steps=4, min_steps=0, size=S, k=1, window=48, device="cpu")
+        run_collide(str(tmp_path / "src.png"), str(tmp_path / "tgt.png"), str(tmp_path / "run"), cfg, tap=tap,
+                    pindex=pidx, index_dir=flat_index)
+        run = patchcollide.load_run(str(tmp_path / "run"))
+        w, pid, pix = run.mixing["weights"], run.mixing["patch_ids"], run.mixing["pixel"]
+        assert pix.max() == 47  # entries reach past the 32 x 32 patch into its context
+        used = np.unique(pid[pid >= 0])
+        wins = context_windows(pidx.store, used, 48)
+        lut = np.searchsorted(used, np.where(pid >= 0, pid, used[0]))
+        again = np.einsum("vpm,vpmc->vcp", w, wins[lut, pix[..., 0], pix[..., 1]].astype(np.float32) / 255)
+        assert np.abs(again.reshape(2, 3, S, S) - run.vertices.numpy()).max() < 1e-5
+        moved = rec["abspath"] + ".moved"
+        os.rename(rec["abspath"], moved)
+        try:
+            with pytest.raises(ExtractError, match=r"cannot be read .*; restore the store's image folders or use "
+                                                   r"--window 32$"):
+                context_windows(pidx.store, [130], 48)
+        finally:
+            os.rename(moved, rec["abspath"])

@@ -156,6 +156,9 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
               help="Patch mode: candidate pixels kept per image pixel from the start.")
 @click.option("--block", default=D.block, show_default=True, type=int,
               help="Patch mode: side of the pixel squares that share one learnt logit per candidate (1: per pixel).")
+@click.option("--window", default=D.window, show_default=True, type=int,
+              help="Patch mode: side of each candidate: 32, the retrieved patch; more, its context in its source image "
+                   "(the authors: 112 at 224 with -k 1), re-cut from the store's image files.")
 @click.option("--size", default=D.size, show_default=True, type=int, help="Input side in pixels.")
 @click.option("-k", default=D.k, show_default=True, type=int, help="Candidates per location (patch mode).")
 @click.option("--grid-stride", default=D.grid_stride, show_default=True, type=int,

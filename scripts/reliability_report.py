@@ -84,6 +84,16 @@ ROWS = [
      ["tests/test_batch.py::test_a_half_written", "tests/test_batch.py::test_a_failing_job",
       "tests/test_batch.py::test_retry_failed", "tests/test_batch.py::test_resume_runs",
       "tests/test_batch.py::test_shards_share"]),
+    ("`batch --executor ray`: the worker process running a job killed (SIGKILL) mid-job",
+     "a local Ray cluster of 2 CPUs; the worker holding the job's lock killed once its first checkpoint is saved",
+     "Ray runs the task again on another worker; the batch ends with the job done, its vertex PNGs, state.npz "
+     "and figures byte-identical to the local executor's",
+     ["tests/test_ray.py::test_a_worker_killed"]),
+    ("`batch --executor ray`: a job failing in its worker; `extract --executor ray` after a killed local run",
+     "a truncated target PNG that passes the job file's check; a local extraction stopped after its first part",
+     "the failure recorded with the worker's traceback, the other job done, --retry-failed reruns only it; "
+     "the Ray extraction keeps the local part and equals a store made in one go",
+     ["tests/test_ray.py::test_a_failing_job", "tests/test_ray.py::test_a_ray_extraction_goes_on"]),
     ("Bad inputs, every command (stores, indexes, weights, images, job files, run/batch dirs, outputs in the way)",
      "CliRunner and real processes; directory snapshot (size, mtime, sha256) before and after",
      "one line naming the file and what to do, exit 2, no traceback, nothing already written touched",

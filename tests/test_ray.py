@@ -170,7 +170,8 @@ def holders(path: str) -> list[int]:
     return pids
 
 
-def test_a_worker_killed_mid_job_is_retried_and_the_batch_ends_byte_identical(ray_cluster, tmp_path, photos_dir):
+def test_a_worker_killed_mid_job_is_retried_and_the_batch_ends_byte_identical(ray_cluster, tmp_path, photos_dir,
+                                                                              record_property):
     """SIGKILL to the worker process that runs job L, after its first checkpoint: Ray runs the task
     again on another worker, and the batch ends with outputs byte-identical to the local executor's
     (both with 2 torch threads)."""
@@ -209,13 +210,17 @@ def test_a_worker_killed_mid_job_is_retried_and_the_batch_ends_byte_identical(ra
                 os.kill(victim, signal.SIGKILL)
                 break
         time.sleep(0.05)
-    assert victim is not None, "the kill did not land: no worker was seen holding the job after a checkpoint"
-    assert not os.path.exists(os.path.join(out, "L", "report.json")), "the job had finished before the kill"
+    finished_before = os.path.exists(os.path.join(out, "L", "report.json"))
     for _ in range(100):
-        if not os.path.exists(f"/proc/{victim}"):
+        if victim is None or not os.path.exists(f"/proc/{victim}"):
             break
         time.sleep(0.05)
-    assert not os.path.exists(f"/proc/{victim}"), "the killed worker is still alive"
+    landed = victim is not None and not finished_before and not os.path.exists(f"/proc/{victim}")
+    record_property("kills", json.dumps([{"landed": landed, "phase": "a Ray worker optimising, after the job's first "
+                                                                      "checkpoint"}]))
+    assert victim is not None, "the kill did not land: no worker was seen holding the job after a checkpoint"
+    assert not finished_before, "the job had finished before the kill"
+    assert landed, "the killed worker is still alive"
     t.join(300)
     assert not t.is_alive() and "error" not in result, result.get("error")
     assert result["res"].ran == ["L"] and result["res"].mine[0]["status"] == "done"

@@ -573,6 +573,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the largest size's store, index and ground truth")
     ap.add_argument("--compare", action="store_true",
                     help="at the largest size, also build and sweep the flat-quantizer factory (disk: a second index)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the sizes that the existing JSON holds complete; measure only the others")
     ap.add_argument("--grid-only", metavar="SIZE", choices=[*SIZES, *SMOKE], default=None,
                     help="only repeat the single-grid measurement on SIZE's kept index; append it to the JSON")
     args = ap.parse_args()
@@ -594,8 +596,15 @@ def main() -> None:
                        "rotated 90 degrees", "k": [GRID_K, K], "target": TARGET,
               "sweep_grid": {"nprobe": NPROBES, "k_factor": K_FACTORS}, "sizes_planned": sizes, "complete": False,
               "runs": {}}
+    if args.resume and os.path.exists(path):
+        with open(path) as fh:
+            done = {k: v for k, v in json.load(fh)["runs"].items() if v.get("complete") and k in sizes}
+        result["runs"].update(done)
+        result["resumed"] = {k: "measured by an earlier run of this script (its commit may differ)" for k in done}
     queries = query_grids(work)
     for size in sizes:  # the JSON is rewritten after every stage, so a stopped run keeps what it finished
+        if size in result["runs"]:
+            continue
 
         def save(run, size=size):
             result["runs"][size] = run

@@ -564,6 +564,80 @@ def grid_only(path: str, size: str, work: str) -> None:
           f"other cores busy {g['grid_warm']['other_cores_busy']}; appended to {path}")
 
 
+PROJECT_N = (37_000_000, 1_000_000_000)  # the paper's store; ImageNet-21k at about 1B patches
+PROJECT_CORES = 16
+PROJECT_DISK_BYTES_S = 2e9  # sequential SSD throughput assumed for the streamed write (NVMe, one drive)
+
+
+def _fit_grid_cost(rows: list[dict]) -> dict:
+    """Least squares on the sweep: one grid's seconds (one thread, k = 16) = a + b nprobe + c k_factor.
+    b is the IVF scan (grows with the list length), c the exact re-ranking (per candidate, constant in N)."""
+    x = np.array([[1.0, r["nprobe"], r["k_factor"]] for r in rows])
+    y = np.array([r["grid_seconds_k16"] for r in rows])
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    resid = y - x @ coef
+    return {"a": float(coef[0]), "b_per_nprobe": float(coef[1]), "c_per_k_factor": float(coef[2]),
+            "rms_seconds": float(np.sqrt((resid ** 2).mean()))}
+
+
+def project(result: dict) -> dict:
+    """Scale the largest measured size to PROJECT_N on one PROJECT_CORES-core machine. Every number
+    is a projection; the assumptions are written beside them."""
+    from patchcollide.index_build import default_factory, default_nlist
+
+    name = max((k for k, r in result["runs"].items() if r.get("complete")), key=lambda k: result["runs"][k]["n"])
+    r = result["runs"][name]
+    n0, b = r["n"], r["build"]
+    nlist0 = default_nlist(n0)
+    sample = lambda n: min(n, max(65_536, 64 * default_nlist(n)))  # noqa: E731 - the training sample of the rule
+    speed = PROJECT_CORES / 2
+    fit = _fit_grid_cost(r["sweep"]["rows"])
+    nprobe, k_factor = r["grid"]["nprobe"], r["grid"]["k_factor"]
+    warm0, cold0 = r["grid"]["grid_warm"]["seconds_minus_runq_wait"], r["grid"]["grid_cold"]["seconds_minus_runq_wait"]
+    out = {"from": name, "n_measured": n0, "cores": PROJECT_CORES, "grid_cost_fit_4_2M_one_thread": fit,
+           "assumptions": [
+               f"CPU-bound stages (extraction, training, adding, exact search, one grid's 625 queries) scale "
+               f"linearly from 2 to {PROJECT_CORES} cores ({speed:g}x); the measured seconds are taken minus "
+               "run-queue wait where the stage was single-threaded, else as measured on the shared machine "
+               "(pessimistic)",
+               "training scales with the rule's sample (64 nlist patches), adding with N",
+               f"writing the refine copy is bound by the disk: N x 3,072 bytes at {PROJECT_DISK_BYTES_S / 1e9:g} GB/s",
+               "one grid = a + b nprobe (L / L_measured) + c k_factor, fitted on the measured sweep (one "
+               "thread), L = N / nlist the mean list length; the re-ranking term does not grow with N while "
+               "the refine copy's pages are in the page cache",
+               "refine copy not in RAM: each grid adds the measured cold penalty (cold minus warm grid at the "
+               "measured size, where the page cache was emptied of the index file), unchanged by cores",
+               "RAM while building: measured peak minus the IVF lists (40 B/patch) and training sample (512 B "
+               "a patch in PCA space) at the measured size, plus those at N",
+               "private RAM while searching: measured peak minus the provenance table (12 B/patch, read whole by "
+               "search_image) and the quantizer (about 768 B a list) at the measured size, plus those at N"],
+           "sizes": {}}
+    for n in PROJECT_N:
+        nlist = default_nlist(n)
+        lists_ratio = (n / nlist) / (n0 / nlist0)
+        scan = fit["b_per_nprobe"] * nprobe * lists_ratio
+        warm = (fit["a"] + scan + fit["c_per_k_factor"] * k_factor) / speed
+        store_b, index_b = r["extract"]["store_bytes_per_patch"] * n, r["build"]["index_bytes_per_patch"] * n
+        build_ram = (r["build"]["peak_anon_mib"] * 2**20 - 40 * n0 - 512 * sample(n0) + 40 * n + 512 * sample(n))
+        search_ram = (r["grid"]["peak_anon_mib"] * 2**20 - 12 * n0 - 768 * nlist0 + 12 * n + 768 * nlist)
+        train = b["seconds"]["train"] * sample(n) / sample(n0) / speed
+        add = b["seconds"]["add"] * n / n0 / speed
+        write = max(b["seconds"].get("write", 0.0) * n / n0 / speed, 3072 * n / PROJECT_DISK_BYTES_S)
+        out["sizes"][str(n)] = {
+            "projected": True, "factory": default_factory(n), "nlist": nlist, "mean_list_length": n / nlist,
+            "disk_gb": {"store": store_b / 1e9, "index": index_b / 1e9, "total": (store_b + index_b) / 1e9},
+            "ram_build_gib": build_ram / 2**30, "ram_search_private_gib": search_ram / 2**30,
+            "page_cache_for_warm_search_gib": 3072 * n / 2**30,
+            "extract_hours": n / (r["extract"]["patches_per_s"] * speed) / 3600,
+            "build_hours": {"train": train / 3600, "add": add / 3600, "write": write / 3600,
+                            "total": (train + add + write) / 3600},
+            "grid_seconds": {"refine_copy_in_page_cache": warm,
+                             "refine_copy_on_disk": warm + max(0.0, cold0 - warm0),
+                             "nprobe": nprobe, "k_factor": k_factor},
+            "exact_grid_seconds_cpu": r["exact"]["seconds_compute"] * n / n0 / speed}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=[*SIZES, *SMOKE])
@@ -575,6 +649,8 @@ def main() -> None:
                     help="at the largest size, also build and sweep the flat-quantizer factory (disk: a second index)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the sizes that the existing JSON holds complete; measure only the others")
+    ap.add_argument("--project", action="store_true",
+                    help=f"only add to the JSON a projection of its largest size to {PROJECT_N} patches")
     ap.add_argument("--grid-only", metavar="SIZE", choices=[*SIZES, *SMOKE], default=None,
                     help="only repeat the single-grid measurement on SIZE's kept index; append it to the JSON")
     args = ap.parse_args()
@@ -586,6 +662,13 @@ def main() -> None:
     path = os.path.join(args.out, f"bench_knn-curve-{tag}.json")
     if args.grid_only:
         grid_only(path, args.grid_only, work)
+        return
+    if args.project:
+        with open(path) as fh:
+            result = json.load(fh)
+        result["projection"] = project(result)
+        _write(path, result)
+        print(json.dumps(result["projection"]["sizes"], indent=1))
         return
     order = [*SMOKE, *SIZES].index
     sizes = sorted(args.sizes, key=order)
@@ -615,6 +698,7 @@ def main() -> None:
                  save=save)
     result["complete"] = True
     result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    result["projection"] = project(result)
     _write(path, result)
     print(f"wrote {path}")
 

@@ -583,58 +583,64 @@ def _fit_grid_cost(rows: list[dict]) -> dict:
 def project(result: dict) -> dict:
     """Scale the largest measured size to PROJECT_N on one PROJECT_CORES-core machine. Every number
     is a projection; the assumptions are written beside them."""
-    from patchcollide.index_build import default_factory, default_nlist
+    from patchcollide.index_build import default_factory, default_nlist, default_search_params
+    from patchcollide.store import CHUNK
 
     name = max((k for k, r in result["runs"].items() if r.get("complete")), key=lambda k: result["runs"][k]["n"])
     r = result["runs"][name]
     n0, b = r["n"], r["build"]
     nlist0 = default_nlist(n0)
     sample = lambda n: min(n, max(65_536, 64 * default_nlist(n)))  # noqa: E731 - the training sample of the rule
-    speed = PROJECT_CORES / 2
+    touched = lambda k, n: 1 - (1 - k / n) ** CHUNK  # noqa: E731 - share of the store's chunks a sample of k reads
+    speed, disk = PROJECT_CORES / 2, PROJECT_DISK_BYTES_S
     fit = _fit_grid_cost(r["sweep"]["rows"])
-    nprobe, k_factor = r["grid"]["nprobe"], r["grid"]["k_factor"]
     warm0, cold0 = r["grid"]["grid_warm"]["seconds_minus_runq_wait"], r["grid"]["grid_cold"]["seconds_minus_runq_wait"]
-    out = {"from": name, "n_measured": n0, "cores": PROJECT_CORES, "grid_cost_fit_4_2M_one_thread": fit,
+    out = {"from": name, "n_measured": n0, "cores": PROJECT_CORES, "grid_cost_fit_one_thread": fit,
            "assumptions": [
-               f"CPU-bound stages (extraction, training, adding, exact search, one grid's 625 queries) scale "
+               f"CPU-bound work (extraction, training, adding, exact search, one grid's 625 queries) scales "
                f"linearly from 2 to {PROJECT_CORES} cores ({speed:g}x); the measured seconds are taken minus "
                "run-queue wait where the stage was single-threaded, else as measured on the shared machine "
                "(pessimistic)",
-               "training scales with the rule's sample (64 nlist patches), adding with N",
-               f"writing the refine copy is bound by the disk: N x 3,072 bytes at {PROJECT_DISK_BYTES_S / 1e9:g} GB/s",
-               "one grid = a + b nprobe (L / L_measured) + c k_factor, fitted on the measured sweep (one "
-               "thread), L = N / nlist the mean list length; the re-ranking term does not grow with N while "
-               "the refine copy's pages are in the page cache",
-               "refine copy not in RAM: each grid adds the measured cold penalty (cold minus warm grid at the "
-               "measured size, where the page cache was emptied of the index file), unchanged by cores",
-               "RAM while building: measured peak minus the IVF lists (40 B/patch) and training sample (512 B "
-               "a patch in PCA space) at the measured size, plus those at N",
-               "private RAM while searching: measured peak minus the provenance table (12 B/patch, read whole by "
-               "search_image) and the quantizer (about 768 B a list) at the measured size, plus those at N"],
+               "training work scales with the rule's sample (64 nlist patches), adding and writing with N",
+               f"every pass over the store is bound below by the disk at {disk / 1e9:g} GB/s sequential (NVMe): "
+               "training reads the chunks its samples fall in twice (PCA, then the PCA-space sample), adding "
+               "reads the store, writing reads it and writes the 3,072-byte refine copy",
+               "one grid at the rule's search defaults for N = a + b nprobe (L / L_measured) + c k_factor, "
+               "fitted on the measured sweep (one thread), L = N / nlist the mean list length; the re-ranking "
+               "term does not grow with N while the refine copy's pages are in the page cache",
+               "refine copy not in the page cache: each grid adds the measured cold penalty (cold minus warm "
+               "grid at the measured size, the index file evicted), unchanged by cores or disk (pessimistic "
+               "for NVMe with parallel reads)",
+               "RAM while building: measured peak minus the IVF lists (40 B/patch) and the training sample "
+               "(512 B a patch in PCA space) at the measured size, plus those at N",
+               "private RAM while searching: measured peak minus the provenance table (12 B/patch, read whole "
+               "by search_image) and the quantizer (about 768 B a list) at the measured size, plus those at N"],
            "sizes": {}}
     for n in PROJECT_N:
         nlist = default_nlist(n)
-        lists_ratio = (n / nlist) / (n0 / nlist0)
-        scan = fit["b_per_nprobe"] * nprobe * lists_ratio
+        nprobe, k_factor = default_search_params(n)
+        scan = fit["b_per_nprobe"] * nprobe * (n / nlist) / (n0 / nlist0)
         warm = (fit["a"] + scan + fit["c_per_k_factor"] * k_factor) / speed
-        store_b, index_b = r["extract"]["store_bytes_per_patch"] * n, r["build"]["index_bytes_per_patch"] * n
+        store_b = r["extract"]["store_bytes_per_patch"] * n
+        index_b = r["build"]["index_bytes_per_patch"] * n
         build_ram = (r["build"]["peak_anon_mib"] * 2**20 - 40 * n0 - 512 * sample(n0) + 40 * n + 512 * sample(n))
         search_ram = (r["grid"]["peak_anon_mib"] * 2**20 - 12 * n0 - 768 * nlist0 + 12 * n + 768 * nlist)
-        train = b["seconds"]["train"] * sample(n) / sample(n0) / speed
-        add = b["seconds"]["add"] * n / n0 / speed
-        write = max(b["seconds"].get("write", 0.0) * n / n0 / speed, 3072 * n / PROJECT_DISK_BYTES_S)
+        train = max(b["seconds"]["train"] * sample(n) / sample(n0) / speed,
+                    (touched(65_536, n) + touched(sample(n), n)) * store_b / disk)
+        add = max(b["seconds"]["add"] * n / n0 / speed, store_b / disk)
+        write = max(b["seconds"].get("write", 0.0) * n / n0 / speed, (store_b + 3072 * n) / disk)
         out["sizes"][str(n)] = {
             "projected": True, "factory": default_factory(n), "nlist": nlist, "mean_list_length": n / nlist,
             "disk_gb": {"store": store_b / 1e9, "index": index_b / 1e9, "total": (store_b + index_b) / 1e9},
             "ram_build_gib": build_ram / 2**30, "ram_search_private_gib": search_ram / 2**30,
             "page_cache_for_warm_search_gib": 3072 * n / 2**30,
-            "extract_hours": n / (r["extract"]["patches_per_s"] * speed) / 3600,
+            "extract_hours": max(n / (r["extract"]["patches_per_s"] * speed), store_b / disk) / 3600,
             "build_hours": {"train": train / 3600, "add": add / 3600, "write": write / 3600,
                             "total": (train + add + write) / 3600},
             "grid_seconds": {"refine_copy_in_page_cache": warm,
                              "refine_copy_on_disk": warm + max(0.0, cold0 - warm0),
                              "nprobe": nprobe, "k_factor": k_factor},
-            "exact_grid_seconds_cpu": r["exact"]["seconds_compute"] * n / n0 / speed}
+            "exact_grid_seconds_cpu": max(r["exact"]["seconds_compute"] * n / n0 / speed, store_b / disk)}
     return out
 
 

@@ -687,9 +687,13 @@ def main() -> None:
               "runs": {}}
     if args.resume and os.path.exists(path):
         with open(path) as fh:
-            done = {k: v for k, v in json.load(fh)["runs"].items() if v.get("complete") and k in sizes}
+            earlier = json.load(fh)
+        done = {k: v for k, v in earlier["runs"].items() if v.get("complete") and k in sizes}
         result["runs"].update(done)
-        result["resumed"] = {k: "measured by an earlier run of this script (its commit may differ)" for k in done}
+        result["resumed"] = {k: {"note": "measured by an earlier run of this script, kept by --resume",
+                                 "software_git": earlier.get("software", {}).get("git"),
+                                 "started": earlier.get("started"), "machine_same": earlier.get("machine") == info}
+                             for k in done}
     queries = query_grids(work)
     for size in sizes:  # the JSON is rewritten after every stage, so a stopped run keeps what it finished
         if size in result["runs"]:

@@ -9,9 +9,11 @@ import faiss
 import numpy as np
 import pytest
 
+from patchcollide import index_build
 from patchcollide.extract import ExtractConfig, extract_store
-from patchcollide.knn import (FLAT_MAX_N, IndexConfig, IndexError_, PatchIndex, build_index, default_factory, evaluate,
-                              exact_search, query_patches, recall_at_k)
+from patchcollide.index_build import (FLAT_MAX_N, HNSW_ABOVE_N, SEARCH_DEFAULTS_HNSW, SEARCH_DEFAULTS_IVF, IndexConfig,
+                                      IndexError_, build_index, default_factory, default_search_params)
+from patchcollide.knn import PatchIndex, evaluate, exact_search, query_patches, recall_at_k
 from patchcollide.store import PatchStore
 
 
@@ -38,11 +40,20 @@ def test_exact_search_matches_float64_numpy(small_store, query_image):
 
 
 def test_default_factory_by_size():
+    """The rule of index/README.md at each boundary: fails if a boundary or a tier moves."""
+    assert (FLAT_MAX_N, HNSW_ABOVE_N) == (50_000, 2_000_000)
     assert default_factory(10_000) == "Flat"
-    assert default_factory(FLAT_MAX_N) == "Flat" and FLAT_MAX_N == 50_000  # the boundary: exact up to 50,000
-    assert default_factory(FLAT_MAX_N + 1).startswith("PCA128,IVF256,")
-    f = default_factory(1_000_000)
-    assert f.startswith("PCA128,IVF1024,PQ32") and f.endswith("Refine(SQ8_direct)")
+    assert default_factory(50_000) == "Flat"  # exact up to 50,000
+    assert default_factory(50_001) == "PCA128,IVF256,PQ32,Refine(SQ8_direct)"  # at least 256 lists
+    assert default_factory(1_000_000) == "PCA128,IVF1024,PQ32,Refine(SQ8_direct)"  # nearest sqrt N
+    assert default_factory(2_000_000) == "PCA128,IVF1024,PQ32,Refine(SQ8_direct)"  # still a flat quantizer
+    assert default_factory(2_000_001) == "PCA128,IVF4096_HNSW32,PQ32,Refine(SQ8_direct)"  # nearest 4 sqrt N, HNSW
+    assert default_factory(4_200_000) == "PCA128,IVF8192_HNSW32,PQ32,Refine(SQ8_direct)"
+    assert default_factory(37_000_000) == "PCA128,IVF32768_HNSW32,PQ32,Refine(SQ8_direct)"
+    assert default_factory(1_000_000_000) == "PCA128,IVF131072_HNSW32,PQ32,Refine(SQ8_direct)"
+    assert default_factory(1_000_000, lossless_uint8=False).endswith("Refine(Flat)")
+    assert default_search_params(50_001) == default_search_params(HNSW_ABOVE_N) == SEARCH_DEFAULTS_IVF
+    assert default_search_params(HNSW_ABOVE_N + 1) == default_search_params(10**9) == SEARCH_DEFAULTS_HNSW
 
 
 def test_flat_index_equals_exact_and_search_grid(flat_index, query_image):
@@ -82,6 +93,56 @@ def test_ivf_refine_recall_against_exact(ivf_setup, query_image):
         weak = PatchIndex(d, nprobe=1, k_factor=1)
         assert evaluate(weak, q, k=20)["recall"] < r["recall"]
         weak.close()
+
+
+def test_hnsw_tier_reaches_recall(ivf_setup, query_image, monkeypatch, tmp_path):
+    """The large-N tier on real patches, its boundaries scaled down: the rule picks an IVF behind
+    an HNSW quantizer; the same structure (PQ made smaller: PQ32's training alone takes a minute
+    here) is built with the PCA fitted on a capped sample and the rest trained in PCA space,
+    the refine copy streamed, the tier's search defaults and the quantizer's efSearch applied,
+    and it finds the exact neighbours."""
+    monkeypatch.setattr(index_build, "FLAT_MAX_N", 1_000)
+    monkeypatch.setattr(index_build, "HNSW_ABOVE_N", 5_000)
+    monkeypatch.setattr(index_build, "PCA_TRAIN_MAX", 2_048)  # the PCA sees 2,048 of the 6,000-patch sample
+    store = os.path.join(ivf_setup, "patches.h5")
+    with PatchStore(store) as st:
+        assert default_factory(len(st)) == "PCA128,IVF512_HNSW32,PQ32,Refine(SQ8_direct)"  # 4 sqrt(14,406) -> 512
+    d = str(tmp_path / "hnsw")
+    m = build_index(d, store, IndexConfig(factory="PCA64,IVF128_HNSW32,PQ8,Refine(SQ8_direct)", train_size=6000))
+    assert (m["nprobe"], m["k_factor"]) == SEARCH_DEFAULTS_HNSW and m["refine_streamed"]
+    with PatchIndex(d) as pidx:
+        q = query_patches([query_image], pidx.preprocess, 8)
+        quantizer = faiss.downcast_index(faiss.extract_index_ivf(pidx.index).quantizer)
+        assert isinstance(quantizer, faiss.IndexHNSWFlat) and quantizer.ntotal == 128
+        assert quantizer.hnsw.efSearch == max(index_build.HNSW_EF_MIN, 2 * m["nprobe"])  # finds all nprobe lists
+        r = evaluate(pidx, q, k=16)
+    assert r["recall"] >= 0.95, r
+    with PatchIndex(d, nprobe=2, k_factor=1) as weak:  # the measurement can fail
+        assert evaluate(weak, q, k=16)["recall"] < r["recall"] - 0.05
+
+
+def test_streamed_refine_copy_is_byte_identical(small_store, tmp_path):
+    """The refine copy streamed from the store gives the very file faiss writes for the in-RAM index."""
+    cfg = dict(factory="IVF16,SQ8,Refine(SQ8_direct)", train_size=2000, nprobe=4, k_factor=4)
+    a = build_index(str(tmp_path / "a"), small_store, IndexConfig(**cfg))
+    b = build_index(str(tmp_path / "b"), small_store, IndexConfig(**cfg, stream_refine=False))
+    assert a["refine_streamed"] and not b["refine_streamed"]
+    assert open(tmp_path / "a" / "index.faiss", "rb").read() == open(tmp_path / "b" / "index.faiss", "rb").read()
+    with PatchIndex(str(tmp_path / "a")) as pidx, PatchStore(small_store) as st:
+        ids = [0, len(st) // 2, len(st) - 1]
+        assert np.array_equal(pidx.index.reconstruct_batch(np.array(ids)).astype(np.uint8),
+                              st.get(ids).reshape(3, -1))  # SQ8_direct: the refine copy is the pixels
+
+
+def test_streamed_write_refuses_an_unknown_layout(small_store, tmp_path, monkeypatch):
+    """Where faiss' file layout is not the one the streaming writer expects, the build stops with
+    a clear error and leaves no index file behind (not a silently corrupt one)."""
+    real = faiss.serialize_index
+    monkeypatch.setattr(faiss, "serialize_index", lambda ix: np.append(real(ix), np.uint8(7)))
+    d = tmp_path / "idx"
+    with pytest.raises(IndexError_, match="stream_refine=False"):
+        build_index(str(d), small_store, IndexConfig(factory="IVF16,SQ8,Refine(SQ8_direct)", train_size=2000))
+    assert not list(d.glob("index.faiss*")) and not list(d.glob("index.json*"))
 
 
 def test_build_is_seeded(ivf_setup, tmp_path):
@@ -208,7 +269,7 @@ def test_cuda_requested_without_gpu_is_refused(small_store, tmp_path):
 
 def test_numpy_pca_training_matches_faiss():
     """The fast PCA fills faiss' PCAMatrix so that it projects as faiss' own training does."""
-    from patchcollide.knn import _train_pca_numpy
+    from patchcollide.index_build import _train_pca_numpy
 
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(3000, 48)) * np.linspace(5, 0.1, 48)).astype(np.float32)

@@ -7,7 +7,8 @@ import click
 import numpy as np
 
 from ..extract import ExtractConfig, extract_store
-from ..knn import STORE_FILE, IndexConfig, PatchIndex, build_index, evaluate, query_patches
+from ..index_build import STORE_FILE, IndexConfig, build_index
+from ..knn import PatchIndex, evaluate, query_patches
 from ..pictures import neighbour_mosaic, save_png
 from ..store import PatchStore
 from .common import (Progress, UserError, deprecated, echo_json, executor_options, human_bytes, show_progress,
@@ -112,8 +113,9 @@ _store_opt = click.option("--store", "store_path", default=None, type=click.Path
 @_index_dir
 @_store_opt
 @click.option("--factory", default=None, help="faiss index_factory string [default: chosen from N].")
-@click.option("--nprobe", default=32, show_default=True, type=int, help="IVF lists visited per query.")
-@click.option("--k-factor", default=16, show_default=True, type=int, help="Candidates re-ranked exactly per neighbour.")
+@click.option("--nprobe", default=None, type=int, help="IVF lists visited per query [default: chosen from N].")
+@click.option("--k-factor", default=None, type=int,
+              help="Candidates re-ranked exactly per neighbour [default: chosen from N].")
 @click.option("--train-size", default=None, type=int, help="Training sample [default: max(65536, 64 nlist)].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -124,7 +126,7 @@ def index_build(ctx, index_dir, store_path, factory, nprobe, k_factor, train_siz
         cfg = IndexConfig(factory=factory, nprobe=nprobe, k_factor=k_factor, train_size=train_size, seed=seed,
                           device=device)
         with Progress("k-means (IVF lists)", show_progress(ctx)) as kbar, \
-                Progress("adding patches", show_progress(ctx)) as bar:
+                Progress("adding patches, writing the index", show_progress(ctx)) as bar:
             m = build_index(index_dir, store_path, cfg, progress=bar, train_progress=kbar)
     click.echo(f"wrote {os.path.join(index_dir, 'index.faiss')}: {m['factory']}, {m['n']} patches, "
                f"{human_bytes(m['bytes'])}, trained on {m['train_size']} in {m['seconds']['train']:.1f} s, "

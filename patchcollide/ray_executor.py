@@ -98,8 +98,9 @@ def cluster(address: str | None) -> Iterator:
 
 
 def _cancel(ray, refs, grace: float) -> None:
-    """Cancel ``refs``: first politely (a running job saves its checkpoint and stops), then, after
-    ``grace`` seconds, by killing the workers that still run one."""
+    """Cancel ``refs``: first politely (Ray raises KeyboardInterrupt in a running task; the job
+    keeps its last checkpoint in DIR/.partial/), then, after ``grace`` seconds, by killing the
+    workers that still run one."""
     for ref in refs:
         with contextlib.suppress(Exception):
             ray.cancel(ref, force=False)
@@ -169,7 +170,7 @@ def run_jobs(runner, todo: list, events, gpus: float, cpus: float) -> list[str]:
     cluster (``cluster``), each asking for ``gpus`` GPUs and ``cpus`` CPUs (``job_resources``).
     Returns the ids of the jobs run (done or failed).
 
-    SIGINT or SIGTERM cancels the running jobs, which save their checkpoints first, and raises
+    SIGINT or SIGTERM cancels the running jobs, which keep their last checkpoints, and raises
     ``checkpoints.Interrupted``; a full disk in a job raises its JobsError after cancelling the rest.
     """
     from .checkpoints import Interrupted, StopSignals
@@ -202,7 +203,7 @@ def run_jobs(runner, todo: list, events, gpus: float, cpus: float) -> list[str]:
                 if stop.signum is not None:
                     _cancel(ray, list(refs), CANCEL_GRACE)
                     refs.clear()
-                    raise Interrupted("batch interrupted; the running jobs saved their checkpoints; continue with "
+                    raise Interrupted("batch interrupted; the running jobs keep their last checkpoints; continue with "
                                       "the same `patchcollide batch` command (finished jobs are kept)", stop.signum)
                 for ref in ready:
                     job = refs.pop(ref)

@@ -275,6 +275,8 @@ def write_parts(writer, selected: list, roots: list[str], label_of: dict, config
                 progress: Callable[[int, int], None] | None, address: str | None = None) -> int:
     """Write the parts of ``selected[done:]`` as Ray tasks and number them after the store's
     ``n_parts`` finished ones, in order; returns the store's number of parts."""
+    from .files import replace
+
     chunks_dir = os.path.join(writer.parts_dir, "ray")
     shutil.rmtree(chunks_dir, ignore_errors=True)  # a killed run's unfinished chunks are done again
     step = config.part_images
@@ -300,7 +302,7 @@ def write_parts(writer, selected: list, roots: list[str], label_of: dict, config
                 while installed in finished:  # the next chunk in order is in: number its parts
                     chunk = os.path.join(chunks_dir, f"chunk-{installed:09d}")
                     for i in range(finished.pop(installed)):
-                        os.replace(os.path.join(chunk, f"part-{i:06d}.npz"), writer.part_path(n_parts))
+                        replace(os.path.join(chunk, f"part-{i:06d}.npz"), writer.part_path(n_parts))
                         n_parts += 1
                     shutil.rmtree(chunk, ignore_errors=True)
                     installed = min(installed + step, len(selected))

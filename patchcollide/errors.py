@@ -9,3 +9,9 @@ with exit code 2; anything else is a bug and keeps its traceback.
 
 class PatchcollideError(Exception):
     """A user error; ``str(e)`` is a one-line message that says how to fix it."""
+
+
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its class name when empty), for the reason
+    part of a one-line error."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import PatchcollideError
+from .errors import PatchcollideError, first_line
 from .files import check_writable, versions
 from .images import PATCH, BadImage, Preprocess, cut_patches, grid_positions, load_rgb
 from .store import Part, PatchStore, StoreError, StoreWriter, restore_manifest, store_lock
@@ -352,7 +352,7 @@ def context_windows(store: PatchStore, ids: Sequence[int] | np.ndarray, side: in
             img, _ = load_rgb(path, pre)
         except (BadImage, OSError) as e:
             raise ExtractError(f"--window {side} re-cuts candidates from the store's source images, and {path} cannot "
-                               f"be read ({_first(e)}); restore the store's image folders or use --window {PATCH}") from None
+                               f"be read ({first_line(e)}); restore the store's image folders or use --window {PATCH}") from None
         padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
         for i in np.flatnonzero(prov[:, 0] == img_idx):
             y, x = int(prov[i, 1]), int(prov[i, 2])
@@ -361,8 +361,4 @@ def context_windows(store: PatchStore, ids: Sequence[int] | np.ndarray, side: in
                 raise ExtractError(f"{path} changed since the store was built (patch {int(ids[i])} differs); restore "
                                    f"it, rebuild the store, or use --window {PATCH}")
     return out
-
-
-def _first(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 

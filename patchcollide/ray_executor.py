@@ -30,7 +30,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 
-from .errors import PatchcollideError
+from .errors import PatchcollideError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def cluster(address: str | None) -> Iterator:
     try:
         ray.init(logging_level=logging.ERROR, log_to_driver=False, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = first_line(e)
         where = f"--address {address}" if address else "--executor ray"
         fix = ("start one with `ray start --head` there, or leave out --address to start one on this machine"
                if address else "check that this machine can start Ray (`ray start --head`), or use --executor local")

@@ -48,6 +48,8 @@ from .params import PATCH, STARTS, PatchParam, PixelParam
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd")
+ANCHORS = ("source", "nearest")
+RETRIEVE = ("source", "source+target")  # whose patches the candidates are the neighbours of  # what the least-change term measures each vertex's distance to
 MAX_PARAM_BYTES = 16 * 2**30  # refuse patch-mode settings whose logits alone would need more
 
 
@@ -99,9 +101,20 @@ class CollideConfig:
     size: int = 224  # side of the square input (the store's geometry; smaller for CPU smoke runs)
     k: int = 16  # candidates per location (patch mode)
     grid_stride: int = 8  # location grid on the source: 25 x 25 = 625 locations at 224
+    # patch mode: whose locations the candidates are retrieved for. source: the paper's, k per
+    # location; source+target: also the k nearest of the target's patch at the same location
+    # (2k per location, the source's first), so that what the collision needs can be composed of
+    # real patches where the source's neighbours cannot provide it (a black background has only
+    # black neighbours)
+    retrieve: str = "source"
     init: str = "source"  # pixel mode: start from the source or from the target
     noise: float = 0.01  # patch mode: seeded noise on the initial logits
     first_unit: int = 0  # skip the target's first (most negative) units: more vertices in a later run
+    # weight of the least-change term: the RMS distance (pixels in [0, 1]) of each vertex to its
+    # anchor, added to every step's loss, so a vertex collides as close to its source as it can
+    # (Poison Frogs' beta term; the paper's loss has none and drifts from the start)
+    least_change: float = 0.0
+    least_change_to: str = "source"  # source: the source image; nearest: its nearest-neighbour composition (patches)
     seed: int = 0
     device: str = "auto"
 
@@ -135,8 +148,14 @@ class CollideConfig:
             (self.k >= 1, "k", f"must be >= 1, got {self.k}"),
             (1 <= self.grid_stride <= PATCH, "grid_stride", f"must be between 1 and {PATCH}, got {self.grid_stride}"),
             (self.init in ("source", "target"), "init", f"must be source or target, got {self.init!r}"),
+            (self.retrieve in RETRIEVE, "retrieve", f"must be one of {', '.join(RETRIEVE)}, got {self.retrieve!r}"),
             (self.noise >= 0, "noise", f"must be >= 0, got {self.noise}"),
             (self.first_unit >= 0, "first_unit", f"must be >= 0, got {self.first_unit}"),
+            (self.least_change >= 0, "least_change", f"must be >= 0, got {self.least_change}"),
+            (self.least_change_to in ANCHORS, "least_change_to",
+             f"must be one of {', '.join(ANCHORS)}, got {self.least_change_to!r}"),
+            (self.least_change_to == "source" or self.mode == "patches", "least_change_to",
+             "nearest needs --mode patches (the nearest-neighbour composition of the retrieved patches)"),
             (self.seed >= 0, "seed", f"must be >= 0, got {self.seed}"),
             (self.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, got {self.device!r}"),
         ]
@@ -146,11 +165,12 @@ class CollideConfig:
         if self.mode == "patches":
             L = len(grid_positions((self.size, self.size), self.grid_stride, PATCH, cover=True))
             P = self.size * self.size
-            covering = min(L, (self.window // self.grid_stride + 1) ** 2) * self.k  # entries over one pixel, at most
+            K = self.k * (2 if self.retrieve == "source+target" else 1)
+            covering = min(L, (self.window // self.grid_stride + 1) ** 2) * K  # entries over one pixel, at most
             # the start scores every covering entry of every pixel (float32 + int64 index); the loop
             # keeps `slots` of them: logits, gradient, Adam's two moments and three colour channels
             need = (self.vertices * P * covering * 12 + self.vertices * P * min(self.slots, covering) * 4 * 7
-                    + L * self.k * self.window * self.window * 3 * 4)
+                    + L * K * self.window * self.window * 3 * 4)
             if need > MAX_PARAM_BYTES:
                 raise field_error("k", f"{self.k} with {self.vertices} vertices at {self.size}x{self.size} needs about "
                                        f"{need / 2**30:.1f} GiB for the patch mixture; lower -k, --slots or --vertices")
@@ -212,13 +232,19 @@ def target_of(tap: Tap, target: torch.Tensor, vertices: int, first_unit: int = 0
     return Target(z=z, units=units, label=int(p.argmax()), prob=float(p.max()))
 
 
-def retrieve_candidates(index, source_img: np.ndarray, k: int, grid_stride: int, window: int = PATCH) -> dict:
+def retrieve_candidates(index, source_img: np.ndarray, k: int, grid_stride: int, window: int = PATCH,
+                        target_img: np.ndarray | None = None) -> dict:
     """k nearest stored patches for every location of the covering grid on ``source_img``
     (H, W, 3) uint8: ids, distances, yx (L, 2) and the candidates' pixels, ``patches``
-    (L, K, S, S, 3) uint8 (``candidate_pixels``)."""
+    (L, K, S, S, 3) uint8 (``candidate_pixels``). With ``target_img`` the k nearest of the
+    target's patch at each location follow the source's (K = 2k; distances to the target's patch)."""
     res = index.search_image(source_img, k=k, stride=grid_stride)
     c = {"ids": res.ids, "distances": res.distances, "yx": res.query_yx}
-    return {**c, "patches": candidate_pixels(index.store, res.ids, window)}
+    if target_img is not None:
+        t = index.search_image(target_img, k=k, stride=grid_stride)
+        c = {"ids": np.concatenate([res.ids, t.ids], 1), "distances": np.concatenate([res.distances, t.distances], 1),
+             "yx": res.query_yx}
+    return {**c, "patches": candidate_pixels(index.store, c["ids"], window)}
 
 
 def candidate_pixels(store, ids: np.ndarray, window: int = PATCH) -> np.ndarray:
@@ -242,6 +268,16 @@ def make_param(config: CollideConfig, source: torch.Tensor, target: torch.Tensor
     corner = np.asarray(candidates["yx"]) - (config.window - PATCH) // 2  # a window's corner: the patch in its middle
     return PatchParam(cand, corner, (config.size, config.size), V, noise=config.noise, seed=config.seed,
                       start=config.start, spatial=config.spatial, slots=config.slots, block=config.block)
+
+
+def least_change_anchor(config: CollideConfig, source: torch.Tensor, candidates: dict | None) -> torch.Tensor:
+    """(1, 3, H, W): the source image, or (``least_change_to="nearest"``, patch mode) its
+    nearest-neighbour composition: every pixel from the nearest candidate of its location."""
+    if config.least_change_to == "source":
+        return source
+    one = dataclasses.replace(config, vertices=1, start="nearest", noise=0.0)
+    with torch.no_grad():
+        return make_param(one, source, source, candidates).argmax_image().to(source.device)
 
 
 def quantise(x: torch.Tensor) -> torch.Tensor:
@@ -269,9 +305,27 @@ def make_optimizer(param: torch.nn.Module, config: CollideConfig) -> torch.optim
     return torch.optim.Adam(param.parameters(), lr=config.learning_rate, betas=config.betas)
 
 
+def least_change_distance(x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """RMS distance (V,) of images x (V, 3, H, W) to ``anchor`` (1, 3, H, W), pixels in [0, 1]."""
+    return ((x - anchor) ** 2).flatten(1).mean(1).add(1e-12).sqrt()
+
+
+def least_change_weight(config: CollideConfig, worst: list[float]) -> float:
+    """The least-change weight at the next step, from the worst relative errors so far: the full
+    ``least_change`` once the collision is within ``tol``, ``least_change * (tol / worst)^2``
+    while it is further: the term yields while the collision is far and holds each vertex
+    near its anchor as it arrives (one fixed weight either stalls a hard pair far from the
+    target or lets an easy one drift to it). A function of the history: a resumed run
+    takes the same weights."""
+    if not worst or config.least_change == 0:
+        return config.least_change * (0.0 if not worst else 1.0)
+    return config.least_change * min(1.0, config.tol / max(worst[-1], 1e-12)) ** 2
+
+
 def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideConfig,
              progress: Callable[[int, int, float, float], None] | None = None,
-             checkpoint: Checkpointer | None = None, resume: dict | None = None) -> tuple[dict, int, bool]:
+             checkpoint: Checkpointer | None = None, resume: dict | None = None,
+             anchor: torch.Tensor | None = None) -> tuple[dict, int, bool]:
     """The loop shared by every search space (module docstring: the schedule). Returns
     (history, steps taken, converged); converged means every vertex met ``config.tol`` as
     8-bit pixels.
@@ -280,18 +334,20 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
     checkpoint: saves the loop's state when due, after the last step, and on SIGINT/SIGTERM
     (then raises checkpoints.Interrupted). resume: a checkpoint to go on from (``param``
     already restored from it); the loop draws no random numbers, so the run ends as if it had
-    never stopped.
+    never stopped. anchor (1, 3, H, W): what the least-change term (``config.least_change``)
+    keeps each vertex close to.
     """
     opt = make_optimizer(param, config)
     ph = config.phases()
     mixing = isinstance(param, PatchParam)
     hist: dict[str, list] = {"pos": [], "neg": [], "tv": [], "entropy": [], "worst_rel_error": [],
-                             "mean_rel_error": [], "min_push": []}
+                             "mean_rel_error": [], "min_push": [], "least_change": []}
     post_norm = target.post.norm().clamp_min(1e-12)
     converged, step, first, before = False, 0, 1, 0.0
     if resume is not None:
         opt.load_state_dict(resume["opt"])
         hist, step, converged, before = resume["history"], resume["step"], resume["converged"], resume["seconds"]
+        hist.setdefault("least_change", [])
         if resume["done"]:
             return hist, step, converged
         first = step + 1
@@ -312,6 +368,10 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
         z = tap.pre(x)
         pos, neg = loss_terms(z, target, config.objective, config.push_margin)
         loss = a * pos + b * neg
+        lc = torch.zeros_like(pos)
+        if anchor is not None:
+            lc = least_change_distance(x, anchor)
+            loss = loss + least_change_weight(config, hist["worst_rel_error"]) * lc
         tv = ent = torch.zeros_like(pos)
         if mixing:  # measured every step (cheap), in the loss where weighted
             w = param.mixing_weights()
@@ -324,7 +384,7 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
         with torch.no_grad():
             rel = (torch.relu(z) - target.post).norm(dim=1) / post_norm
             push = push_ratio(z, target)
-        for key, v in (("pos", pos), ("neg", neg), ("tv", tv), ("entropy", ent)):
+        for key, v in (("pos", pos), ("neg", neg), ("tv", tv), ("entropy", ent), ("least_change", lc)):
             hist[key].append(float(v.detach().mean()))
         hist["worst_rel_error"].append(float(rel.max()))
         hist["mean_rel_error"].append(float(rel.mean()))
@@ -389,7 +449,8 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
             c = {k: v.numpy() for k, v in resume["candidates"].items()}
             candidates = {**c, "patches": candidate_pixels(index.store, c["ids"], config.window)}
         else:
-            candidates = retrieve_candidates(index, source_img, config.k, config.grid_stride, config.window)
+            candidates = retrieve_candidates(index, source_img, config.k, config.grid_stride, config.window,
+                                             target_img if config.retrieve == "source+target" else None)
     cand_meta = None if candidates is None else {k: candidates[k] for k in ("ids", "yx", "distances")}
     param = make_param(config, src, tgt, candidates).to(dev)
     if resume is not None:
@@ -398,7 +459,8 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
         checkpoint.static.update(  # tensors and plain values only: the file loads with weights_only=True
             target={"z": target.z.cpu(), "units": target.units.cpu(), "label": target.label, "prob": target.prob},
             candidates=None if cand_meta is None else {k: torch.from_numpy(np.asarray(v)) for k, v in cand_meta.items()})
-    hist, steps, converged = optimise(tap, param, target, config, progress, checkpoint, resume)
+    anchor = least_change_anchor(config, src, candidates).to(dev) if config.least_change > 0 else None
+    hist, steps, converged = optimise(tap, param, target, config, progress, checkpoint, resume, anchor)
     mixing = hard = None
     with torch.no_grad():
         x = param().detach()

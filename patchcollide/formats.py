@@ -10,8 +10,10 @@ BATCH_METRICS = {  # batch.json / batch.csv job metrics, in column order: key ->
     "worst_rel_error": "worst rel. err", "worst_rel_error_png": "worst rel. err (PNG)", "min_push": "min push",
     "all_own_unit_lowest": "each lowest on its unit", "mean_sharpness": "sharpness", "mean_sources": "sources",
     "worst_argmax_rel_error": "worst argmax rel. err", "mean_pairwise_l2": "mean pairwise L2", "share_target_class": "share target class",
-    "mean_top_prob_samples": "mean top p (samples)", "top_prob_target": "top p (target)",
-    "target_label": "target class", "steps": "steps", "converged": "converged"}
+    "share_target_close": "share fooling (p within 0.01)", "mean_top_prob_samples": "mean top p (samples)",
+    "top_prob_target": "top p (target)", "target_label": "target class", "mean_source_l2": "mean L2 to source",
+    "judge_reads_source": "judge: vertices as source", "judge_share_source": "judge: samples as source",
+    "steps": "steps", "converged": "converged"}
 VERTEX_METRICS = {  # report.json vertices.float / vertices.png -> column label
     "rel_error": "rel. error", "max_abs_active": "max |\u0394z| active", "n_inactive_positive": "inactive > 0",
     "unit_value": "z[unit]", "push": "push z[unit] / z_t[unit]", "own_unit_lowest": "lowest on its unit",
@@ -21,7 +23,10 @@ MIXING_METRICS = {  # report.json vertices.mixing -> column label
 POLYTOPE_LABELS = {
     "samples": "Dirichlet(1) samples", "n": "Dirichlet(1) samples", "seed": "seed", "share_target_class": "share in the target's class",
     "target_class": "target class", "mean_top_prob_samples": "mean top-class prob. (samples)",
-    "top_prob_target": "top-class prob. (target)", "rel_error_mean": "rel. error, mean",
+    "top_prob_target": "top-class prob. (target)", "share_target_close": "share in the target's class, top prob. within prob_gap",
+    "prob_gap": "prob_gap", "max_prob_gap": "largest |top prob. - target's|", "fools_net": "fools the net (every sample)",
+    "judge_source_class": "judge: source class", "judge_share_source": "judge: share read as the source",
+    "judge_mean_source_prob": "judge: mean prob. of the source class", "rel_error_mean": "rel. error, mean",
     "rel_error_max": "rel. error, max", "vertex_mean_pairwise_l2": "mean pairwise L2, vertices",
     "dataset_mean_pairwise_l2": "mean pairwise L2, dataset images", "dataset_n_images": "dataset images",
     "units": "distance units"}
@@ -73,9 +78,14 @@ def metrics_of(report: dict) -> dict:
         "worst_argmax_rel_error": max(mix["argmax_rel_error"]) if mix.get("argmax_rel_error") else None,
         "mean_pairwise_l2": v.get("mean_pairwise_l2"),
         "share_target_class": poly.get("share_target_class"),
+        "share_target_close": poly.get("share_target_close"),
         "mean_top_prob_samples": poly.get("mean_top_prob_samples"),
         "top_prob_target": poly.get("top_prob_target", tgt.get("top_prob")),
         "target_label": tgt.get("label"),
+        "mean_source_l2": mean((report.get("distances") or {}).get("vertex_source_l2") or []),
+        "judge_reads_source": (None if not report.get("judge") else
+                               report["judge"]["n_reads_as_source"] / len(report["judge"]["vertices"]["class"])),
+        "judge_share_source": poly.get("judge_share_source"),
         "steps": report.get("steps"),
         "converged": report.get("converged"),
     }

@@ -143,8 +143,12 @@ class BatchRunner:
 
     def __init__(self, jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = "fc6",
                  weights: str = "imagenet", index_dir: str | None = "index", device: str = "auto",
-                 dataset: str | None = None, skip_invalid: bool = False, checkpoint_every: int = EVERY):
+                 dataset: str | None = None, skip_invalid: bool = False, checkpoint_every: int = EVERY,
+                 judge: str | None = None, judge_model: str = "digits_lenet5"):
         self.jobfile, self.out_dir = jobfile, os.path.abspath(out_dir)
+        self.judge_weights = os.path.abspath(judge) if judge and os.path.isfile(judge) else judge
+        self.judge_model = judge_model
+        self.judge = None  # judge.Judge, loaded by open()
         self.checkpoint_every = checkpoint_every
         self.arch, self.layer, self.weights, self.device = arch, layer, weights, device
         self.uses_index = any(j.config.mode == "patches" for j in jobfile.jobs)
@@ -166,7 +170,7 @@ class BatchRunner:
     def options(self) -> dict:
         return {"out": self.out_dir, "model": self.arch, "layer": self.layer, "weights": self.weights,
                 "index": self.index_dir, "device": self.device, "dataset": self.dataset,
-                "skip_invalid": self.skip_invalid}
+                "skip_invalid": self.skip_invalid, "judge": self.judge_weights, "judge_model": self.judge_model}
 
     def open(self, device: str | None = None) -> None:
         """Load the model (on ``device`` if given, else the batch's --device) and open the index."""
@@ -178,6 +182,10 @@ class BatchRunner:
             from .knn import PatchIndex
 
             self.pindex = PatchIndex(self.index_dir)
+        if self.judge_weights:  # before the model: a bad judge fails in a second
+            from .judge import load_judge
+
+            self.judge = load_judge(self.judge_weights, self.judge_model)
         seed = self.jobfile.jobs[0].config.seed if self.jobfile.jobs else 0
         self.dev = resolve_device(device or self.device)  # once; the batch's own models live there
         self.tap = load_tap(self.arch, self.layer, self.weights, seed=seed).to(self.dev)
@@ -376,10 +384,11 @@ class BatchRunner:
                     pindex=self.pindex if job.config.mode == "patches" else None, progress=progress,
                     target_stats=target, checkpoint_dir=self.checkpoint_dir(job),
                     checkpoint_every=self.checkpoint_every, resume="auto",
-                    again="the same `patchcollide batch` command (finished jobs are kept, this one resumes)")
+                    again="the same `patchcollide batch` command (finished jobs are kept, this one resumes)",
+                    judge=self.judge)
         if job.samples:
             run_sample(run_dir, samples=job.samples, seed=0, device=self.device,
-                       dataset_images=self.dataset_for(job.config.size), tap=tap)
+                       dataset_images=self.dataset_for(job.config.size), tap=tap, judge=self.judge)
         report = read_report(run_dir)
         report["batch"] = {"id": job.id, "jobs_file": self.jobfile.path, "line": job.line,
                            "seconds": round(time.time() - t0, 3)}
@@ -513,7 +522,8 @@ def run_batch(jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = 
               shard: tuple[int, int] | None = None, retry_failed: bool = False, skip_invalid: bool = False,
               events: BatchEvents | None = None, checkpoint_every: int = EVERY, executor: str = "local",
               address: str | None = None, gpus_per_job: float | None = None,
-              cpus_per_job: float | None = None) -> BatchResult:
+              cpus_per_job: float | None = None, judge: str | None = None,
+              judge_model: str = "digits_lenet5") -> BatchResult:
     """Run this process's share of ``jobfile`` into ``out_dir``.
 
     ``executor`` "local" runs the jobs one after another in this process; "ray" runs them as
@@ -543,7 +553,7 @@ def run_batch(jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = 
     check_options(executor, address, **{"--gpus-per-job": gpus_per_job, "--cpus-per-job": cpus_per_job})
     created = not os.path.exists(out_dir)
     runner = BatchRunner(jobfile, out_dir, arch, layer, weights, index_dir, device, dataset, skip_invalid,
-                         checkpoint_every)
+                         checkpoint_every, judge, judge_model)
     try:
         with batch_lock(out_dir, shard), contextlib.ExitStack() as stack:
             try:

@@ -30,6 +30,7 @@ import warnings
 import torch
 import torch.nn as nn
 from .errors import PatchcollideError
+from .nets import BUILDERS as OWN_MODELS, HEADS as OWN_HEADS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,6 +40,7 @@ KNOWN_HEADS = {
     "vgg16": {"fc6": 0, "fc7": 3},
     "vgg19": {"fc6": 0, "fc7": 3},
     "alexnet": {"fc6": 1, "fc7": 4},
+    **OWN_HEADS,  # the trained digits world's attacked net (nets.py)
 }
 
 
@@ -137,6 +139,8 @@ def random_weights(seed: int) -> WeightsInfo:
 def _builder(arch: str):
     import torchvision.models as tvm
 
+    if arch in OWN_MODELS:  # the digits world's nets: built like torchvision's, weights from a file
+        return lambda weights=None: OWN_MODELS[arch]()
     try:
         return tvm.get_model_builder(arch)
     except (ValueError, KeyError):
@@ -189,6 +193,9 @@ def load_tap(arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet",
             model = builder(weights=None)
         info = random_weights(seed)
     elif weights == "imagenet":
+        if arch in OWN_MODELS:
+            raise ModelError(f"{arch} has no ImageNet weights; train it with `patchcollide world build` and pass "
+                             "--weights PATH (the world's weights/ folder), or --weights random")
         model = builder(weights=None)
         state, where = load_imagenet_state(arch, allow_download)
         model.load_state_dict(state)

@@ -19,6 +19,8 @@ import torch
 from .models import Tap
 from .objectives import Target
 
+PROB_GAP = 0.01  # a sample fools the net when it is in the target's class with a top-class prob. this close to the target's
+
 
 def pairwise_l2(images: np.ndarray) -> float:
     """Mean pairwise L2 distance of (N, H, W, 3) images in 0..255 pixel units (the paper's
@@ -32,13 +34,20 @@ def pairwise_l2(images: np.ndarray) -> float:
 @torch.no_grad()
 def sample_polytope(tap: Tap, vertices: torch.Tensor, target: Target, samples: int = 2000, seed: int = 0,
                     batch_size: int = 32, device: str | torch.device = "cpu",
-                    progress: Callable[[int, int], None] | None = None) -> dict:
+                    progress: Callable[[int, int], None] | None = None, prob_gap: float = PROB_GAP,
+                    judge=None, source_class: int | None = None, keep_samples: bool = False) -> dict:
     """Classify ``samples`` Dirichlet(1) convex combinations of vertices (V, 3, H, W) in [0, 1].
 
-    Returns the share of samples whose top-1 class is the target's, the mean top-class
-    probability of the samples and the target's, and the samples' relative fc6 error
-    (mean and max). Seeded: the same seed gives the same combinations. progress(done, total)
-    after every batch of samples.
+    Returns the share of samples whose top-1 class is the target's, the share that also have a
+    top-class probability within ``prob_gap`` of the target's (``share_target_close``: the
+    paper's functional test, "the target's class, with the target's confidence"; 1.0 makes
+    ``fools_net`` true), the largest such gap, the mean top-class probability of the samples
+    and the target's, and the samples' relative fc6 error (mean and max). With a ``judge``
+    (judge.Judge) and the judge's ``source_class``: the share of samples it reads as the
+    source, and their mean probability of that class. Seeded: the same seed gives the same
+    combinations. progress(done, total) after every batch of samples. keep_samples: also
+    return ``per_sample`` = {"rel_error", "in_class", "prob_gap"} (lists of ``samples``), the
+    data of the tolerance curve (scripts/bench_tolerance.py).
     """
     if samples < 1:
         raise ValueError(f"--samples must be >= 1, got {samples}")
@@ -47,24 +56,42 @@ def sample_polytope(tap: Tap, vertices: torch.Tensor, target: Target, samples: i
     w = torch.from_numpy(np.random.default_rng(seed).dirichlet(np.ones(V), size=n)).float()
     vertices = vertices.to(device)
     post = torch.relu(target.z.to(device))
-    same, probs, rel = 0, [], []
+    same, close, gaps, probs, rel, judged, judge_p, hits = 0, 0, [], [], [], 0, [], []
     for s in range(0, n, batch_size):
         x = torch.einsum("nv,vchw->nchw", w[s : s + batch_size].to(device), vertices)
         z, logits = tap.pre_and_logits(x)
         p = torch.softmax(logits.float(), 1)
         prob, top = p.max(1)
-        same += int((top == target.label).sum())
+        hit = top == target.label
+        gap = (prob - target.prob).abs()
+        same += int(hit.sum())
+        close += int((hit & (gap <= prob_gap)).sum())
+        gaps.append(gap.cpu())
+        hits.append(hit.cpu())
         probs.append(prob.cpu())
+        if judge is not None:
+            pj = judge.probs(x)
+            judged += int((pj.argmax(1) == source_class).sum())
+            judge_p.append(pj[:, source_class])
         r = (torch.relu(z) - post).norm(dim=1) / post.norm().clamp_min(1e-12)
         rel.append(r.cpu())
         if progress:
             progress(min(s + batch_size, n), n)
     rel_t = torch.cat(rel)
-    return {
+    out = {
         "samples": n, "seed": seed, "share_target_class": same / n, "target_class": target.label,
+        "share_target_close": close / n, "prob_gap": prob_gap, "max_prob_gap": float(torch.cat(gaps).max()),
+        "fools_net": close == n,
         "mean_top_prob_samples": float(torch.cat(probs).mean()), "top_prob_target": target.prob,
         "rel_error_mean": float(rel_t.mean()), "rel_error_max": float(rel_t.max()),
     }
+    if keep_samples:
+        out["per_sample"] = {"rel_error": rel_t.tolist(), "in_class": torch.cat(hits).tolist(),
+                             "prob_gap": torch.cat(gaps).tolist()}
+    if judge is not None:
+        out.update(judge_source_class=source_class, judge_share_source=judged / n,
+                   judge_mean_source_prob=float(torch.cat(judge_p).mean()))
+    return out
 
 
 def difference_boxes(vertices_u8: np.ndarray, n_boxes: int = 4, box: int = 32) -> list[tuple[int, int]]:

@@ -245,7 +245,8 @@ def _runner_args(runner) -> dict:
     return {"jobfile": runner.jobfile, "out_dir": runner.out_dir, "arch": runner.arch, "layer": runner.layer,
             "weights": runner.weights, "index_dir": runner.index_dir, "device": runner.device,
             "dataset": runner.dataset, "skip_invalid": runner.skip_invalid,
-            "checkpoint_every": runner.checkpoint_every}
+            "checkpoint_every": runner.checkpoint_every, "judge": runner.judge_weights,
+            "judge_model": runner.judge_model}
 
 
 def _spec_key(runner) -> str:

@@ -194,6 +194,9 @@ def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
         ("converged", _fmt(r.get("converged"))), ("time", f"{_fmt(r.get('seconds'))} s"),
         ("mean pairwise L2", (f"vertices {_fmt(verts.get('mean_pairwise_l2'))}, source-target "
                               f"{_fmt(dist.get('source_target_l2'))} (0..255 pixel units)")),
+        *([("L2 to the source", ", ".join(_fmt(d) for d in dist["vertex_source_l2"]) + " (per vertex)")]
+          if dist.get("vertex_source_l2") else []),
+        *([("judge", _judge_line(r["judge"]))] if isinstance(r.get("judge"), dict) else []),
         ("created", r.get("created")),
     ]
     out = [f'<p class="nav"><a href="{_e(back)}">&larr; batch</a></p>' if back else "",
@@ -219,13 +222,35 @@ def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
                     cls="wide"),
             '<h2 id="vertices">Per-vertex metrics</h2>',
             _vertex_table(fl, png, n_vertices, _d(verts.get("mixing")), tgt.get("unit_values"))]
+    if isinstance(r.get("judge"), dict):
+        out += ['<h2 id="judge">Judge</h2>', _judge_table(r["judge"], n_vertices)]
     poly = r.get("polytope")
     if isinstance(poly, dict):
         out += ['<h2 id="polytope">Polytope check</h2>',
-                _kv_table(poly, POLYTOPE_LABELS, pct=("share_target_class",), cls="kv polytope")]
+                _kv_table({k: v for k, v in poly.items() if k != "per_sample"}, POLYTOPE_LABELS,
+                          pct=("share_target_class", "share_target_close", "judge_share_source"), cls="kv polytope")]
     out += ['<h2 id="model">Model</h2>', _kv_table(model), '<h2 id="config">Config</h2>', _kv_table(cfg),
             '<h2 id="versions">Versions</h2>', _kv_table(_d(r.get("versions")))]
     return _page(f"patchcollide run {name}", "\n".join(x for x in out if x))
+
+
+def _judge_line(j: dict) -> str:
+    src, tgt = _d(j.get("source")), _d(j.get("target"))
+    return (f"{_d(j.get('model')).get('arch', '?')}: source read as {_fmt(src.get('class'))} (p = {_fmt(src.get('prob'))}), "
+            f"target as {_fmt(tgt.get('class'))} (p = {_fmt(tgt.get('prob'))}); {_fmt(j.get('n_reads_as_source'))} / "
+            f"{len(_d(j.get('vertices')).get('class') or [])} vertices read as the source")
+
+
+def _judge_table(j: dict, n: int) -> str:
+    """The judge's reading of each vertex: class, probability, probability of the source's class."""
+    v = _d(j.get("vertices"))
+    rows = "".join(f'<tr><td class="n">{i}</td><td class="n">{_e(_fmt(_at(v.get("class"), i)))}</td>'
+                   f'<td class="n">{_e(_fmt(_at(v.get("prob"), i)))}</td>'
+                   f'<td class="n">{_e(_fmt(_at(v.get("source_class_prob"), i)))}</td>'
+                   f'<td>{"yes" if _at(v.get("reads_as_source"), i) else "no"}</td></tr>' for i in range(n))
+    return (f'<p>{_e(_judge_line(j))}. {_e(j.get("rule", ""))}.</p><table class="judge"><thead><tr><th>vertex</th>'
+            "<th>judge's class</th><th>p</th><th>p(source's class)</th><th>reads as the source</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
 
 
 def _vertex_table(fl: dict, png: dict, n: int, mixing: dict | None = None, target_units: list | None = None) -> str:

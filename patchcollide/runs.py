@@ -85,7 +85,7 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
                 layer: str = "fc6", weights: str = "imagenet", index_dir: str | None = "index", tap: Tap | None = None,
                 pindex=None, overwrite: bool = False, progress=None, target_stats: Target | None = None,
                 checkpoint_dir: str | None = None, checkpoint_every: int = EVERY, resume: str = "no",
-                again: str | None = None) -> dict:
+                again: str | None = None, judge=None) -> dict:
     """Collide ``source`` -> ``target`` and write the run directory ``out``. Returns the report.
 
     target_stats: the target's precomputed ``collide.target_of`` (see ``collide.collide``).
@@ -96,6 +96,8 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
     checkpoint unless ``overwrite``; "yes" goes on from it (an error when there is none);
     "auto" goes on from one of this very run and starts afresh otherwise (batch jobs).
     again: the command that continues the run, for messages (default ``collide --resume``).
+    judge: a ``judge.Judge`` that reads the source, the target and every vertex (report.json's
+    ``judge``); None for none.
     """
     if resume not in RESUMES:
         raise CollideError(f"resume must be one of {', '.join(RESUMES)}, got {resume!r}")
@@ -139,7 +141,8 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
         with StopSignals() as stop:
             ck.stop = stop
             ck.static["run"] = {"source": meta["source"], "target": meta["target"], "arch": arch, "layer": layer,
-                                "weights": _abs_if_file(weights), "index_dir": meta["index"], "overwrite": overwrite}
+                                "weights": _abs_if_file(weights), "index_dir": meta["index"], "overwrite": overwrite,
+                                "judge": None if judge is None else [judge.weights.name, judge.arch]}
             try:
                 res = collide(tap, src, tgt, config, index=pindex, progress=progress, target=target_stats,
                               checkpoint=ck, resume=state)
@@ -149,7 +152,8 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
         if own_index is not None:
             own_index.close()
     try:
-        report = write_run(out, res, src, tgt, tap, config, meta, overwrite=overwrite or resume != "no", device=dev)
+        report = write_run(out, res, src, tgt, tap, config, meta, overwrite=overwrite or resume != "no", device=dev,
+                           judge=judge)
     except OSError as e:
         where = ck.saved_to or "nowhere (the checkpoint could not be written either)"
         fix = (f"free space, then `{again}` writes the run without optimising again" if ck.saved_to == ck.path else
@@ -177,13 +181,18 @@ def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY) -> di
         raise CollideError(f"{out}: no checkpoint to resume at {ck.path}; start the run with --out {out}")
     saved = ck.read()
     r = saved["run"]
+    judge = None
+    if r.get("judge"):
+        from .judge import load_judge
+
+        judge = load_judge(*r["judge"])
     return run_collide(r["source"], r["target"], out, CollideConfig(**saved["key"]["config"]), arch=r["arch"],
                        layer=r["layer"], weights=r["weights"], index_dir=r["index_dir"], overwrite=r["overwrite"],
-                       progress=progress, checkpoint_every=checkpoint_every, resume="yes")
+                       progress=progress, checkpoint_every=checkpoint_every, resume="yes", judge=judge)
 
 
 def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, tap: Tap, config: CollideConfig,
-              meta: dict, overwrite: bool = False, device=None) -> dict:
+              meta: dict, overwrite: bool = False, device=None, judge=None) -> dict:
     """Write every output of a run into ``out`` atomically; returns the report. device: where
     the PNGs read back are measured (default: the config's)."""
     with staged_dir(out) as tmp:
@@ -225,12 +234,38 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
             "steps": res.steps, "converged": res.converged, "seconds": round(res.seconds, 3),
             "vertices": {"float": res.metrics, "png": png_metrics, "mixing": res.mixing, "boxes": boxes,
                          "mean_pairwise_l2": pairwise_l2(back), "size": config.size},
-            "distances": {"source_target_l2": pairwise_l2(np.stack([src, tgt]))},
+            "distances": {"source_target_l2": pairwise_l2(np.stack([src, tgt])),
+                          "vertex_source_l2": source_distances(back, src)},
             "history": res.history,
         }
+        if judge is not None:
+            from .judge import judge_run
+
+            report["judge"] = judge_run(judge, src, tgt, back)
         write_json(os.path.join(tmp, "report.json"), report)
         _check_out(out, overwrite)  # again: something may have appeared while the run was going
     return report
+
+
+def source_distances(vertices_u8: np.ndarray, source_u8: np.ndarray) -> list[float]:
+    """L2 distance of each vertex (V, H, W, 3) uint8 to the source (H, W, 3) uint8, in 0..255
+    pixel units (the paper's units), one float per vertex."""
+    d = vertices_u8.reshape(len(vertices_u8), -1).astype(np.float64) - source_u8.reshape(1, -1).astype(np.float64)
+    return np.linalg.norm(d, axis=1).tolist()
+
+
+def judge_for_run(report: dict):
+    """The judge a run was read by, from its recorded identity (None for a run without one)."""
+    j = (report.get("judge") or {}).get("model")
+    if not j:
+        return None
+    from .judge import load_judge
+
+    judge = load_judge(j["name"] if j["kind"] == "file" else j["kind"], j["arch"])
+    if j["kind"] == "file" and judge.weights.sha256 != j["sha256"]:
+        raise CollideError(f"judge weights {j['name']} changed since the run (sha256 differs); restore them or "
+                           "pass --judge")
+    return judge
 
 
 def _img(a: np.ndarray):
@@ -369,7 +404,7 @@ def dataset_paths(dataset: str | None = None, store=None, index_dir: str | None 
 
 
 def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int = 32, device: str = "auto",
-               dataset_images: np.ndarray | None = None, tap: Tap | None = None, progress=None) -> dict:
+               dataset_images: np.ndarray | None = None, tap: Tap | None = None, progress=None, judge=None) -> dict:
     """The polytope check on a finished run: results go into its report.json (rewritten atomically).
 
     At a ReLU layer the convex combinations of colliding vertices collide only approximately
@@ -378,6 +413,9 @@ def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int
 
     dataset_images (N, H, W, 3) uint8 at the run's size give the mean distance between
     dataset images to compare the vertices' with (the paper's Tables 2, 4, 6).
+
+    judge: a ``judge.Judge`` that also reads every sample (default: the run's own judge, if it
+    had one); a judge given here that the run did not have reads its source and vertices too.
     """
     report = read_report(run_dir)
     V = len(report["vertices"]["png"]["rel_error"])
@@ -387,12 +425,19 @@ def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int
         tz, units = torch.from_numpy(z["target_z"]), torch.from_numpy(z["units"])
     target = Target(tz, units, report["target"]["label"], report["target"]["top_prob"])
     tap = tap or tap_for_run(report)
+    judge = judge or judge_for_run(report)
+    if judge is not None and (report.get("judge") or {}).get("model") != judge.identity():
+        from .judge import judge_run
+
+        src, tgt = (read_png(os.path.join(run_dir, f)) for f in ("source.png", "target.png"))
+        report["judge"] = judge_run(judge, src, tgt, vertices)
     dev = resolve_device(device)
     tap = tap_on(tap, dev)
     x = torch.from_numpy(vertices).permute(0, 3, 1, 2).float() / 255.0
     try:
         check = sample_polytope(tap, x, target, samples=samples, seed=seed, batch_size=batch_size, device=dev,
-                                progress=progress)
+                                progress=progress, judge=judge,
+                                source_class=report["judge"]["source"]["class"] if judge is not None else None)
     except ValueError as e:
         raise CollideError(str(e)) from None
     check["vertex_mean_pairwise_l2"] = pairwise_l2(vertices)

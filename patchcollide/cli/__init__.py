@@ -18,6 +18,7 @@ from .exact import nullity, nullspace
 from .offline import extract, index, store
 from .online import collide, sample
 from .report import report
+from .world import world
 
 
 class OneLineErrors(click.Group):
@@ -56,6 +57,7 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     `demo` runs the whole pipeline on scikit-image's sample photos. Exact collisions
     (Ozbulak et al. 2022): `nullspace` builds colliders from the kernel of the first layer,
     `nullity` computes the kernel dimensions of every weight matrix (their Table 1).
+    `world build` makes the trained digits world where colliders are judged by trained nets.
     """
     setup_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
     ctx.obj = {"quiet": quiet}
@@ -71,6 +73,7 @@ cli.add_command(demo)
 cli.add_command(report)
 cli.add_command(nullspace)
 cli.add_command(nullity)
+cli.add_command(world)
 
 
 def main() -> None:

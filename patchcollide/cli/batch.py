@@ -87,13 +87,18 @@ def _num(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
 def print_summary(entries: list[dict]) -> None:
     """One row per job: id, status, seconds, converged (every vertex within tol), worst relative
     error (PNGs), smallest push, sharpness, polytope share, vertex L2."""
     w = max([len("id")] + [len(str(e["id"] or f"line {e['line']}")) for e in entries])
     w = min(w, 40)
+    judged = any((e["metrics"] or {}).get("judge_reads_source") is not None for e in entries)
     click.echo(f"{'id':<{w}} {'status':<8} {'seconds':>8} {'conv.':>5} {'rel.err':>9} {'push':>5} {'sharp':>5} {'share':>6} "
-               f"{'vertex L2':>9}")
+               f"{'vertex L2':>9}" + (f" {'fooling':>7} {'judge':>5}" if judged else ""))
     for e in entries:
         m = e["metrics"] or {}
         share = m.get("share_target_class")
@@ -103,7 +108,11 @@ def print_summary(entries: list[dict]) -> None:
                    f"{_num(m.get('worst_rel_error_png'), '9.2e'):>9} {_num(m.get('min_push'), '5.2f'):>5} "
                    f"{_num(m.get('mean_sharpness'), '5.2f'):>5} "
                    f"{('-' if share is None else f'{100 * share:.0f}%'):>6} "
-                   f"{_num(m.get('mean_pairwise_l2'), '9.1f'):>9}")
+                   f"{_num(m.get('mean_pairwise_l2'), '9.1f'):>9}"
+                   + (f" {_pct(m.get('share_target_close')):>7} {_pct(m.get('judge_reads_source')):>5}" if judged else ""))
+    if judged:
+        click.echo("fooling: samples in the target's class with top p within 0.01 of the target's; judge: vertices the "
+                   "judge reads as the source")
 
 
 BATCH_HELP = """Run many collide + sample jobs from JOBS.jsonl (one JSON object per line) into --out.
@@ -152,6 +161,10 @@ done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
 @click.option("--checkpoint-every", default=EVERY, show_default=True, type=click.IntRange(min=0),
               help="Steps between a job's checkpoints in DIR/.partial/ (also on Ctrl-C / SIGTERM); a job killed or "
                    "interrupted goes on from its checkpoint when the batch runs again.")
+@click.option("--judge", default=None, type=click.Path(), metavar="PATH",
+              help="A judge's state dict (--judge-model) that reads each job's source, target, vertices and samples.")
+@click.option("--judge-model", default="digits_lenet5", show_default=True,
+              help="The judge's architecture: digits_lenet5 or a torchvision classifier.")
 @executor_options
 @click.option("--gpus-per-job", default=None, type=click.FloatRange(min=0),
               help="GPUs each job asks Ray for (0.5: two jobs share one) [default: 1 on a cluster with GPUs, else 0].")
@@ -159,7 +172,7 @@ done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
               help="CPUs each job asks Ray for; also its torch threads [default: 1].")
 @click.pass_context
 def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samples, dataset, shard, retry_failed,
-          skip_invalid, checkpoint_every, executor, address, gpus_per_job, cpus_per_job):
+          skip_invalid, checkpoint_every, judge, judge_model, executor, address, gpus_per_job, cpus_per_job):
     progress = _BatchProgress(show_progress(ctx))
     with user_errors():
         try:
@@ -182,7 +195,7 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
                             device=device, dataset=dataset, shard=shard_, retry_failed=retry_failed,
                             skip_invalid=skip_invalid, events=progress, checkpoint_every=checkpoint_every,
                             executor=executor, address=address, gpus_per_job=gpus_per_job,
-                            cpus_per_job=cpus_per_job)
+                            cpus_per_job=cpus_per_job, judge=judge, judge_model=judge_model)
         finally:
             progress.close()
     for line, msg in jobfile.problems() if skip_invalid else []:

@@ -20,9 +20,19 @@ from .online import _Bar, print_polytope, print_vertices
 @click.option("--weights", default="auto", show_default=True,
               help="auto (ImageNet if available, else random), imagenet, random or a state-dict PATH.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--world", "world_name", type=click.Choice(["photos", "digits"]), default="photos", show_default=True,
+              help="photos: scikit-image's photos at VGG-16 (random weights here); digits: the trained digits "
+                   "world (real MNIST, a trained net and a judge; built into --world-dir once).")
+@click.option("--world-dir", default="worlds/digits", show_default=True, type=click.Path(file_okay=False),
+              help="Where the digits world is built (once).")
+@click.option("--pair", default=0, show_default=True, type=int, help="Digits world: which of its 45 test pairs.")
 @click.pass_context
-def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, weights, device):
-    """Build the index from scikit-image's sample photos, collide two of them, check the polytope."""
+def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, weights, device, world_name, world_dir,
+         pair):
+    """Build the index from scikit-image's sample photos, collide two of them, check the polytope
+    (--world digits: the same path on the trained digits world, judged by networks)."""
+    if world_name == "digits":
+        return _digits(ctx, world_dir, out_dir if out_dir != "runs/demo" else "runs/world-demo", pair, device)
     if n_deprecated is not None:
         deprecated("--n", "--samples")
         samples = n_deprecated
@@ -42,3 +52,21 @@ def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, 
     print_vertices(r.report)
     print_polytope(r.report["polytope"], r.report.get("notice"))
     click.echo(f"pictures  {r.mosaic}, {r.run_dir}/contact_sheet.png, {r.run_dir}/loss.png")
+
+
+def _digits(ctx, world_dir, out_dir, pair, device):
+    from ..world import run_world_demo, success
+
+    bar = _Bar(show_progress(ctx))
+    with user_errors():
+        try:
+            reports = run_world_demo(world_dir, out_dir, pair=pair, device=device,
+                                     progress=lambda m: click.echo(m, err=True), collide_progress=bar)
+        finally:
+            bar.close()
+    for mode, report in reports.items():
+        click.echo(f"== {mode} mode: {out_dir}/{mode}/")
+        print_vertices(report)
+        print_polytope(report["polytope"], report.get("notice"))
+        click.echo(f"verdict: {'SUCCESS' if success(report) else 'not a success'} (every sample fools digits_vgg "
+                   "within 0.01 of the target's probability, and >= 4 of 5 vertices read as the source)")

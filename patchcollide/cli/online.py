@@ -9,6 +9,7 @@ from click.core import ParameterSource
 
 from ..checkpoints import EVERY
 from ..collide import CollideConfig
+from ..judge import DEFAULT_JUDGE_MODEL as JUDGE_MODEL, load_judge
 from ..runs import dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample
 from .common import Progress, UserError, deprecated, show_progress, user_errors
 
@@ -28,6 +29,12 @@ def print_vertices(report: dict) -> None:
             f"{'png':>8} {'inact>0':>7} {'top1':>5} {'p(top1)':>7}")
     if mix:
         head += f" {'sharp':>5} {'srcs':>5} {'argmax':>8}"
+    dsrc = (report.get("distances") or {}).get("vertex_source_l2")
+    if dsrc:
+        head += f" {'L2 src':>7}"
+    judge = report.get("judge")
+    if judge:
+        head += f" {'judge':>5} {'p':>5}"
     click.echo(head)
     for i in range(len(f["rel_error"])):
         line = (f"{i:>6} {f['unit'][i]:>5} {zt[i]:>7.3f} {p['unit_value'][i]:>7.3f} {p['push'][i]:>5.2f} "
@@ -35,13 +42,24 @@ def print_vertices(report: dict) -> None:
                 f"{p['n_inactive_positive'][i]:>7} {p['top1'][i]:>5} {p['top1_prob'][i]:>7.3f}")
         if mix:
             line += f" {mix['sharpness'][i]:>5.2f} {mix['sources'][i]:>5.2f} {mix['argmax_rel_error'][i]:>8.2e}"
+        if dsrc:
+            line += f" {dsrc[i]:>7.1f}"
+        if judge:
+            jv = judge["vertices"]
+            line += f" {jv['class'][i]:>5} {jv['prob'][i]:>5.2f}"
         click.echo(line)
     click.echo("push: z[u] / z_t[u], the vertex's own unit against the target's value (2 = twice as far below zero); "
                "lowest: below every other vertex there" + ("; sharp: mean largest mixing weight, srcs: mean "
                                                             "exp(entropy), argmax: error of the pure composition"
                                                             if mix else ""))
     click.echo(f"mean pairwise L2 between vertices: {report['vertices']['mean_pairwise_l2']:.1f} "
-               f"(0..255 units at {report['vertices']['size']}^2 x 3)")
+               f"(0..255 units at {report['vertices']['size']}^2 x 3)" + ("; L2 src: each vertex's distance to the "
+                                                                          "source" if dsrc else ""))
+    if judge:
+        click.echo(f"judge {judge['model']['arch']}: source read as {judge['source']['class']} "
+                   f"(p={judge['source']['prob']:.3f}), target as {judge['target']['class']} "
+                   f"(p={judge['target']['prob']:.3f}); {judge['n_reads_as_source']}/{len(judge['vertices']['class'])} "
+                   "vertices read as the source")
 
 
 def print_polytope(check: dict, notice: str | None = None) -> None:
@@ -51,6 +69,13 @@ def print_polytope(check: dict, notice: str | None = None) -> None:
                f"class {check['target_class']}; top-class prob samples {check['mean_top_prob_samples']:.3f} / target "
                f"{check['top_prob_target']:.3f}; rel. fc6 error mean {check['rel_error_mean']:.2e}, "
                f"max {check['rel_error_max']:.2e}")
+    if "share_target_close" in check:
+        click.echo(f"fooling: {100 * check['share_target_close']:.1f}% of samples in the target's class with a top-class "
+                   f"prob. within {check['prob_gap']:g} of the target's (largest gap {check['max_prob_gap']:.3g})"
+                   + ("" if check["fools_net"] else "; NOT every sample"))
+    if "judge_share_source" in check:
+        click.echo(f"judge: {100 * check['judge_share_source']:.1f}% of samples read as the source's class "
+                   f"{check['judge_source_class']} (mean p {check['judge_mean_source_prob']:.3f})")
     ds = check.get("dataset_mean_pairwise_l2")
     click.echo(f"distances: vertices {check['vertex_mean_pairwise_l2']:.1f}"
                + (f" vs dataset images {ds:.1f}" if ds is not None else "") + f" ({check['units']})")
@@ -96,7 +121,7 @@ def parse_prune(text: str) -> tuple[float, int]:
 
 D = CollideConfig()  # the defaults shown in --help are the config's own
 RUN_OPTIONS = ("source", "target", "out", "index_dir", "model", "layer", "weights", "overwrite", "strict", "resume",
-               "checkpoint_every")  # not config fields
+               "checkpoint_every", "judge", "judge_model")  # not config fields
 RESUME_KEEPS = ("resume", "checkpoint_every", "strict")  # the options --resume takes; the rest come from the run
 NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
 DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --loss-late
@@ -163,19 +188,32 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
 @click.option("-k", default=D.k, show_default=True, type=int, help="Candidates per location (patch mode).")
 @click.option("--grid-stride", default=D.grid_stride, show_default=True, type=int,
               help="Step of the location grid on the source (8: 25 x 25 locations at 224).")
+@click.option("--retrieve", type=click.Choice(["source", "source+target"]), default=D.retrieve, show_default=True,
+              help="Patch mode: candidates are the neighbours of the source's patches, or of the source's and the "
+                   "target's at each location (2k; where the source's neighbours cannot make what the collision needs).")
 @click.option("--init", type=click.Choice(["source", "target"]), default=D.init, show_default=True,
               help="Pixel mode: start from the source or from the target.")
 @click.option("--noise", default=D.noise, show_default=True, type=float, help="Patch mode: seeded noise on the start logits.")
 @click.option("--first-unit", default=D.first_unit, show_default=True, type=int,
               help="Skip the target's first N most negative units (more vertices of the same polytope).")
+@click.option("--least-change", default=D.least_change, show_default=True, type=float,
+              help="Weight of the least-change term: each vertex's RMS distance to its anchor (pixels in [0, 1]), "
+                   "so it collides as close to the source as it can.")
+@click.option("--least-change-to", type=click.Choice(["source", "nearest"]), default=D.least_change_to,
+              show_default=True, help="The anchor: the source image, or (patch mode) its nearest-neighbour composition.")
 @click.option("--seed", default=D.seed, show_default=True, type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=D.device, show_default=True)
+@click.option("--judge", default=None, type=click.Path(), metavar="PATH",
+              help="A second classifier's state dict (--judge-model) that reads the source, the target and each "
+                   "vertex: a vertex reads as its source when the judge gives it the source's class.")
+@click.option("--judge-model", default=JUDGE_MODEL, show_default=True,
+              help="The judge's architecture: digits_lenet5 (`patchcollide world build`) or a torchvision classifier.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only once the new run is complete).")
 @click.option("--strict", is_flag=True,
               help=f"Exit with code {NOT_CONVERGED_EXIT} when a vertex misses --tol (the run is still written).")
 @click.pass_context
 def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrite, strict, resume, checkpoint_every,
-            loss, prune, **fields):
+            loss, prune, judge, judge_model, **fields):
     """Find polytope vertices whose layer activation collides with TARGET's.
 
     A run saves a checkpoint every --checkpoint-every steps and on Ctrl-C / SIGTERM;
@@ -209,10 +247,11 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         fields.update(betas=tuple(fields["betas"]), loss_early=tuple(fields["loss_early"]),
                       loss_late=tuple(fields["loss_late"]))
         cfg = CollideConfig(**fields)
+        the_judge = load_judge(judge, judge_model) if judge else None  # before any work: a bad file fails now
         try:
             report = run_collide(source, target, out, cfg, arch=model, layer=layer, weights=weights,
                                  index_dir=index_dir, overwrite=overwrite, progress=bar,
-                                 checkpoint_every=checkpoint_every)
+                                 checkpoint_every=checkpoint_every, judge=the_judge)
         finally:
             bar.close()
     finish(report, out, strict, cfg.tol)
@@ -239,8 +278,11 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--dataset", default=None, type=click.Path(file_okay=False),
               help="Image folder for the mean distance between dataset images [default: the run index's images].")
+@click.option("--judge", default=None, type=click.Path(), metavar="PATH",
+              help="A judge's state dict (--judge-model) to read every sample [default: the run's own judge, if any].")
+@click.option("--judge-model", default=JUDGE_MODEL, show_default=True, help="The judge's architecture.")
 @click.pass_context
-def sample(ctx, run_dir, samples, n_deprecated, seed, batch_size, device, dataset):
+def sample(ctx, run_dir, samples, n_deprecated, seed, batch_size, device, dataset, judge, judge_model):
     """Check the polytope of a finished run: Dirichlet(1) combinations of its vertices."""
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir!r} is not a run directory; give one written by `patchcollide collide`")
@@ -250,12 +292,13 @@ def sample(ctx, run_dir, samples, n_deprecated, seed, batch_size, device, datase
     if batch_size < 1 or seed < 0:
         raise UserError(f"--batch-size must be >= 1 and --seed >= 0, got {batch_size} and {seed}")
     with user_errors():
+        the_judge = load_judge(judge, judge_model) if judge else None
         report = read_report(run_dir)
         size = report["config"]["size"]
         paths = dataset_paths(dataset, index_dir=report["inputs"].get("index"))
         images = dataset_images(paths, size, seed=seed) if paths else None
         with Progress("polytope samples", show_progress(ctx)) as bar:
             report = run_sample(run_dir, samples=samples, seed=seed, batch_size=batch_size, device=device,
-                                dataset_images=images, progress=bar)
+                                dataset_images=images, progress=bar, judge=the_judge)
     print_polytope(report["polytope"], report.get("notice"))
     click.echo(f"updated {os.path.join(run_dir, 'report.json')}")

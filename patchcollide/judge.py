@@ -1,0 +1,107 @@
+"""The judge: a second classifier that stands in for the person looking at a collider.
+
+A collider is *perceptually distinct* from its target when it still reads as its source.
+``collide --judge PATH`` has a second net, of another architecture and seed than the attacked
+one, classify the source, the target, every vertex and every polytope sample: a vertex
+*reads as its source* when the judge gives it the class it gives the source.
+
+The judge is built by name (``--judge-model``: ``digits_lenet5``, the digits world's LeNet-5,
+or any torchvision classifier) with weights from a state-dict file (``--judge PATH``) or, for a
+torchvision classifier, ``imagenet``. It never sees the attacked net's layer, only pixels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .models import IMAGENET_MEAN, IMAGENET_STD, ModelError, WeightsInfo, build_model, file_sha256, fit_state, \
+    load_state_file
+from .nets import BUILDERS as OWN_MODELS, JUDGE_NORMALISED
+
+DEFAULT_JUDGE_MODEL = "digits_lenet5"
+
+
+@dataclasses.dataclass
+class Judge:
+    """A classifier of (B, 3, H, W) images in [0, 1]; ``probs`` gives (B, C) softmax probabilities."""
+
+    model: nn.Module
+    arch: str
+    weights: WeightsInfo
+    normalised: bool  # the model takes ImageNet-normalised inputs
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        dev = next(iter(self.model.parameters())).device
+        out = []
+        for s in range(0, len(x), batch_size):
+            h = x[s : s + batch_size].to(dev)
+            if self.normalised:
+                mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
+                std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
+                h = (h - mean) / std
+            out.append(torch.softmax(self.model(h).float(), 1).cpu())
+        return torch.cat(out)
+
+    def to(self, device) -> "Judge":
+        self.model.to(device)
+        return self
+
+    def identity(self) -> dict:
+        return {"arch": self.arch, **dataclasses.asdict(self.weights)}
+
+
+def load_judge(weights: str, arch: str = DEFAULT_JUDGE_MODEL) -> Judge:
+    """The judge ``arch`` with ``weights``: a state-dict PATH, or ``imagenet`` for a torchvision
+    classifier. ModelError (one line, naming --judge) otherwise."""
+    if arch in OWN_MODELS:
+        if weights in ("imagenet", "random"):
+            raise ModelError(f"--judge {weights}: the {arch} judge needs trained weights; pass --judge PATH "
+                             "(`patchcollide world build` writes weights/judge_digits_lenet5.pt)")
+        if not os.path.isfile(weights):
+            raise ModelError(f"--judge {weights!r}: no such file; give the judge's state dict, e.g. "
+                             "worlds/digits/weights/judge_digits_lenet5.pt from `patchcollide world build`")
+        state = load_state_file(weights)
+        model = OWN_MODELS[arch]()
+        fit_state(model, state, arch, weights)
+        info = WeightsInfo("file", os.path.abspath(weights), file_sha256(weights), True)
+        normalised = JUDGE_NORMALISED[arch]
+    else:
+        if weights == "random":
+            raise ModelError("--judge random: a judge with random weights says nothing about a look; pass "
+                             "--judge PATH or --judge imagenet")
+        model, info = build_model(arch, weights)
+        normalised = True
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Judge(model, arch, info, normalised)
+
+
+def read_as(judge: Judge, x: torch.Tensor, source_class: int) -> dict:
+    """The judge's reading of images (N, 3, H, W) in [0, 1]: per image its class and probability,
+    the probability of ``source_class``, and whether it reads as the source (lists of N)."""
+    p = judge.probs(x)
+    prob, top = p.max(1)
+    return {"class": top.tolist(), "prob": prob.tolist(), "source_class_prob": p[:, source_class].tolist(),
+            "reads_as_source": (top == source_class).tolist()}
+
+
+def judge_run(judge: Judge, source: np.ndarray, target: np.ndarray, vertices: np.ndarray) -> dict:
+    """report.json's ``judge``: the judge's class of the source and the target ((H, W, 3)
+    uint8) and its reading of each vertex ((V, H, W, 3) uint8, the PNGs)."""
+    def t(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255.0
+
+    ps = judge.probs(t(np.stack([source, target])))
+    src_class, tgt_class = int(ps[0].argmax()), int(ps[1].argmax())
+    verts = read_as(judge, t(vertices), src_class)
+    return {"model": judge.identity(),
+            "source": {"class": src_class, "prob": float(ps[0].max())},
+            "target": {"class": tgt_class, "prob": float(ps[1].max())},
+            "vertices": verts, "n_reads_as_source": int(sum(verts["reads_as_source"])),
+            "rule": "a vertex reads as its source when the judge gives it the class it gives the source"}

@@ -1,0 +1,69 @@
+"""The networks of the trained digits world (``world.py``), built by name like torchvision's.
+
+``digits_vgg``: the attacked net. VGG's shape, narrow enough to train on 2 cores: four conv
+blocks (16, 32, 64, 64 channels, 3 x 3 convs, ReLU, 2 x 2 max pool), an adaptive average pool
+to 7 x 7, then ``classifier`` = fc6 (3,136 -> 256), ReLU, dropout, fc7 (256 -> 256), ReLU,
+dropout, fc8 (256 -> 10). The same attribute names as torchvision's VGG (``features``,
+``avgpool``, ``classifier``), so ``models.Tap`` taps its fc6 / fc7 the way it taps VGG-16's.
+Inputs (B, 3, H, W) ImageNet-normalised, any H, W >= 32 (112 in the world: 37,632 input values
+against 256 fc6 units, an under-determined collision layer).
+
+``digits_lenet5``: the judge. ``digits.LeNet5`` (another architecture) behind a fixed view of
+the input: the mean of the three channels, area-downsampled to 28 x 28, the MNIST geometry.
+Inputs (B, 3, H, W) in [0, 1], not normalised (``JUDGE_NORMALISED`` says so).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .digits import LeNet5
+
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+
+
+class DigitVGG(nn.Module):
+    """A narrow VGG for 10 digit classes (see the module docstring)."""
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64, 64), fc: int = 256,
+                 dropout: float = 0.3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = 3
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(7)
+        self.classifier = nn.Sequential(
+            nn.Linear(c * 49, fc), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(fc, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def judge_view(x: torch.Tensor, side: int = 28) -> torch.Tensor:
+    """What the digit judge sees of (B, 3, H, W) images in [0, 1]: (B, 1, side, side), the
+    channel mean, area-downsampled (the inverse of ``world.render``'s upsampling)."""
+    grey = x.mean(1, keepdim=True)
+    return grey if grey.shape[-1] == side else F.adaptive_avg_pool2d(grey, side)
+
+
+class DigitJudge(nn.Module):
+    """LeNet-5 on ``judge_view`` of an RGB image: (B, 3, H, W) in [0, 1] -> (B, 10) logits.
+    ``net`` holds the LeNet-5, so its state dict is LeNet-5's under ``net.``."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = LeNet5()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(judge_view(x))
+
+
+BUILDERS = {"digits_vgg": DigitVGG, "digits_lenet5": DigitJudge}
+HEADS = {"digits_vgg": {"fc6": 0, "fc7": 3}}  # the classifier index of each tappable Linear
+JUDGE_NORMALISED = {"digits_vgg": True, "digits_lenet5": False}  # does the net take ImageNet-normalised inputs

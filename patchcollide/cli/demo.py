@@ -32,7 +32,8 @@ def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, 
     """Build the index from scikit-image's sample photos, collide two of them, check the polytope
     (--world digits: the same path on the trained digits world, judged by networks)."""
     if world_name == "digits":
-        return _digits(ctx, world_dir, out_dir if out_dir != "runs/demo" else "runs/world-demo", pair, device)
+        return _digits(ctx, world_dir, out_dir if out_dir != "runs/demo" else "runs/world-demo", pair, device, steps,
+                       samples if samples != 200 else 2000)
     if n_deprecated is not None:
         deprecated("--n", "--samples")
         samples = n_deprecated
@@ -54,13 +55,13 @@ def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, 
     click.echo(f"pictures  {r.mosaic}, {r.run_dir}/contact_sheet.png, {r.run_dir}/loss.png")
 
 
-def _digits(ctx, world_dir, out_dir, pair, device):
+def _digits(ctx, world_dir, out_dir, pair, device, steps, samples):
     from ..world import run_world_demo, success
 
     bar = _Bar(show_progress(ctx))
     with user_errors():
         try:
-            reports = run_world_demo(world_dir, out_dir, pair=pair, device=device,
+            reports = run_world_demo(world_dir, out_dir, pair=pair, device=device, steps=steps, samples=samples,
                                      progress=lambda m: click.echo(m, err=True), collide_progress=bar)
         finally:
             bar.close()

@@ -315,6 +315,13 @@ def least_change_distance(x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor
     return ((x - anchor) ** 2).flatten(1).mean(1).add(1e-12).sqrt()
 
 
+def frontier_of(tap) -> str:
+    """What the least-change weights follow: "decision", the net's class and confidence on each
+    vertex (a trained net), or "tol", the collision within ``tol`` (random weights, whose
+    decision is degenerate: random VGG-16 puts 88% of photos in one class)."""
+    return "tol" if getattr(getattr(tap, "weights", None), "kind", None) == "random" else "decision"
+
+
 FOOL_GAP = 0.002  # a vertex "fools" the net: the target's class, top-class prob. this close to the target's
 
 
@@ -356,6 +363,7 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
     """
     opt = make_optimizer(param, config)
     ph = config.phases()
+    by_decision = frontier_of(tap) == "decision"
     mixing = isinstance(param, PatchParam)
     hist: dict[str, list] = {"pos": [], "neg": [], "tv": [], "entropy": [], "worst_rel_error": [],
                              "mean_rel_error": [], "min_push": [], "least_change": [],
@@ -385,8 +393,8 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
         tv_w, ent_w = calm * config.tv, calm * config.entropy * late
         x = param()
         if anchor is not None:  # the least-change weights follow the net's decision on each vertex and their centroid
-            z, logits = tap.pre_and_logits(torch.cat([x, x.mean(0, keepdim=True)]))
-            z, logits = z[:-1], logits.detach()
+            z_all, logits = tap.pre_and_logits(torch.cat([x, x.mean(0, keepdim=True)]))
+            z, logits = z_all[:-1], logits.detach()
         else:
             z = tap.pre(x)
         pos, neg = loss_terms(z, target, config.objective, config.push_margin)
@@ -412,9 +420,12 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
             hist[key].append(float(v.detach().mean()))
         if anchor is not None:
             with torch.no_grad():
-                p = torch.softmax(logits.float(), 1)
-                prob, top = p.max(1)
-                fooled = (top == target.label) & ((prob - target.prob).abs() <= FOOL_GAP)
+                if by_decision:
+                    p = torch.softmax(logits.float(), 1)
+                    prob, top = p.max(1)
+                    fooled = (top == target.label) & ((prob - target.prob).abs() <= FOOL_GAP)
+                else:  # random weights: the net's decision says nothing; the collision within tol instead
+                    fooled = (torch.relu(z_all.detach()) - target.post).norm(dim=1) / post_norm <= config.tol
                 fooled = fooled[:-1] & fooled[-1]  # the polytope's samples lie between the vertices
             hist["least_change_weight"].append(least_change_weights(
                 config, hist["least_change_weight"][-1] if hist["least_change_weight"] else None, fooled,

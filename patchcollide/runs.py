@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .checkpoints import EVERY, NAME as CHECKPOINT, CheckpointError, Checkpointer, Interrupted, StopSignals, partial_dir
-from .collide import CollideConfig, CollideError, CollideResult, collide, quantised_metrics
+from .collide import CollideConfig, CollideError, CollideResult, collide, frontier_of, quantised_metrics
 from .files import atomic_open, check_out, check_writable, is_run, staged_dir, versions, write_json
 from .images import Preprocess, load_rgb
 from .models import Tap, load_tap, resolve_device, tap_on
@@ -232,6 +232,7 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
                        "unit_values": res.target.z[res.target.units].tolist(),
                        "n_active": int((res.target.z > 0).sum()), "dim": int(res.target.z.numel())},
             "steps": res.steps, "converged": res.converged, "seconds": round(res.seconds, 3),
+            "least_change_frontier": None if not config.least_change else frontier_of(tap),
             "vertices": {"float": res.metrics, "png": png_metrics, "mixing": res.mixing, "boxes": boxes,
                          "mean_pairwise_l2": pairwise_l2(back), "size": config.size},
             "distances": {"source_target_l2": pairwise_l2(np.stack([src, tgt])),

@@ -2,6 +2,7 @@
 convexity, the PNG round trip, the polytope count, run directories and CLI errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -232,7 +233,7 @@ def test_patch_mode_error_falls_and_outputs_are_complete(run_dir):
     assert rep["notice"] and "RANDOM" in rep["notice"] and rep["model"]["kind"] == "random"
     with np.load(run_dir / "state.npz") as z:
         assert z["theta"].shape[:2] == (3, 64 * 64) and z["entries"].shape == z["theta"].shape
-        assert z["candidate_ids"].shape == (25, 4)  # 5 x 5 locations
+        assert z["candidate_ids"].shape == (25, 8)  # 5 x 5 locations; k = 4 of the source's, then 4 of the target's
     assert len(rep["target"]["unit_values"]) == 3 and all(v < 0 for v in rep["target"]["unit_values"])
     mixing = rep["vertices"]["mixing"]
     for key in ("sharpness", "sources", "argmax_rel_error"):
@@ -329,11 +330,14 @@ def test_sample_cli_adds_the_polytope_check(run_dir):
 def test_early_stop_and_first_unit(tap):
     src, tgt = photo("astronaut"), photo("chelsea")
     # init=target starts at zero error: the run must still take min_steps steps (and finish the
-    # separate phase, a third of the steps), then stop
+    # separate phase, a third of the steps), then stop (the tol stop: without the least-change term)
     cfg = CollideConfig(mode="pixel", vertices=2, steps=60, min_steps=5, tol=0.05, size=S, init="target",
-                        device="cpu", first_unit=3, push_margin=0.0)
+                        device="cpu", first_unit=3, push_margin=0.0, least_change=0.0)
     res = collide(tap, src, tgt, cfg)
     assert res.converged and cfg.phases()["settle"] == 21 <= res.steps < 60
+    # with it, the run holds at the edge of the collision (random weights: tol) for all its steps
+    held = collide(tap, src, tgt, dataclasses.replace(cfg, least_change=3.0))
+    assert held.steps == 60 and len(held.history["least_change_weight"]) == 60
     default_units = choose_units(target_of(tap, to_tensor(tgt), 5).z, 5)
     assert res.metrics["unit"] == default_units[3:5].tolist()
     assert np.all(np.asarray(res.metrics["unit_value"]) < 0)

@@ -60,11 +60,12 @@ class WorldConfig:
 
     def check(self) -> None:
         if not 32 <= self.size <= 448:
-            raise WorldError(f"--size must be between 32 and 448, got {self.size}")
+            raise WorldError(f"--size must be between 32 and 448, got {self.size}; use 112 (the default) or another "
+                             "side in that range")
         if self.epochs < 1 or self.judge_epochs < 1:
-            raise WorldError(f"epochs must be >= 1, got {self.epochs} and {self.judge_epochs}")
+            raise WorldError(f"--epochs must be >= 1, got {self.epochs} (judge: {self.judge_epochs}); give at least 1")
         if not 0 < self.store_fraction <= 1:
-            raise WorldError(f"store_fraction must be in (0, 1], got {self.store_fraction}")
+            raise WorldError(f"store_fraction must be in (0, 1], got {self.store_fraction}; give a share such as 0.3")
 
 
 def render(x28: torch.Tensor, size: int) -> torch.Tensor:

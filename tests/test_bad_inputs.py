@@ -479,6 +479,9 @@ def _cases():
         "its folder does not exist", "t.json")
     add("nullity", "old --json PATH without a suffix", ["nullity", "--json", "table"], "--json is a flag now",
         "table")
+    # world: its settings are checked before anything is rendered or trained
+    add("world", "--size too small", ["world", "build", "--size", "20", "--out", "w"],
+        "--size must be between 32 and 448", "20")
     # demo: everything is checked before the photos, the store or the run are written
     for kind, d, needle in INDEXES[4:6] + INDEXES[8:10]:
         add("demo", f"--index {kind}", [*DEMO, "--index", f"{{{d}}}"], needle, d)

@@ -19,7 +19,8 @@ from patchcollide.jobs import JobLock, batch_lock
 TINY = {"size": 32, "steps": 2, "min_steps": 0, "vertices": 2, "samples": 4}
 METRICS = {"worst_rel_error", "worst_rel_error_png", "min_push", "all_own_unit_lowest", "mean_sharpness", "mean_sources",
            "worst_argmax_rel_error", "mean_pairwise_l2", "share_target_class", "mean_top_prob_samples",
-           "top_prob_target", "target_label", "steps", "converged"}
+           "top_prob_target", "target_label", "steps", "converged", "share_target_close", "mean_source_l2",
+           "judge_reads_source", "judge_share_source"}
 
 
 def batch(*args):

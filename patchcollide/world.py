@@ -108,6 +108,7 @@ def _accuracy(model: torch.nn.Module, batches: Callable, n: int) -> float:
 def train_nets(data, config: WorldConfig, weights_dir: str, progress: Callable[[str], None] | None = None) -> dict:
     """Train the attacked net and the judge on ``data``'s training split (digits.DigitData);
     save both state dicts into ``weights_dir``. Returns their test accuracies and seconds."""
+    from .files import atomic_path
     from .models import IMAGENET_MEAN, IMAGENET_STD
     from .nets import BUILDERS
 
@@ -131,9 +132,8 @@ def train_nets(data, config: WorldConfig, weights_dir: str, progress: Callable[[
                           progress=progress, name=arch)
         acc = _accuracy(model, batches(data.test_x, data.test_y), len(data.test_y))
         path = os.path.join(weights_dir, weights_name(arch))
-        tmp = path + ".tmp"
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # a kill leaves the old file or none, never half a state dict
+            torch.save(model.state_dict(), tmp)
         out[arch] = {"test_accuracy": acc, "seconds": round(secs, 1), "epochs": epochs, "seed": seed,
                      "weights": path}
         if progress:

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .models import IMAGENET_MEAN, IMAGENET_STD, ModelError, WeightsInfo, build_model, file_sha256, fit_state, \
-    load_state_file
+from .models import ModelError, WeightsInfo, build_model, file_sha256, fit_state, imagenet_normalise, load_state_file
 from .nets import BUILDERS as OWN_MODELS, JUDGE_NORMALISED
 
 DEFAULT_JUDGE_MODEL = "digits_lenet5"
@@ -41,9 +40,7 @@ class Judge:
         for s in range(0, len(x), batch_size):
             h = x[s : s + batch_size].to(dev)
             if self.normalised:
-                mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
-                std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
-                h = (h - mean) / std
+                h = imagenet_normalise(h)
             out.append(torch.softmax(self.model(h).float(), 1).cpu())
         return torch.cat(out)
 

@@ -44,6 +44,13 @@ KNOWN_HEADS = {
 }
 
 
+def imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> ImageNet-normalised, as ``Tap.normalise`` (for nets outside a Tap)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 class ModelError(PatchcollideError):
     """Bad model, layer or weights; ``str(e)`` is a one-line message."""
 

@@ -109,14 +109,11 @@ def train_nets(data, config: WorldConfig, weights_dir: str, progress: Callable[[
     """Train the attacked net and the judge on ``data``'s training split (digits.DigitData);
     save both state dicts into ``weights_dir``. Returns their test accuracies and seconds."""
     from .files import atomic_path
-    from .models import IMAGENET_MEAN, IMAGENET_STD
+    from .models import imagenet_normalise
     from .nets import BUILDERS
 
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
     def vgg_batches(xs, ys):
-        return lambda idx: ((render(xs[idx], config.size) - mean) / std, ys[idx])
+        return lambda idx: (imagenet_normalise(render(xs[idx], config.size)), ys[idx])
 
     def judge_batches(xs, ys):
         return lambda idx: (render(xs[idx], config.size), ys[idx])

@@ -121,6 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--world", default=os.path.join(ROOT, "worlds", "digits"))
     ap.add_argument("--pairs", type=int, default=45)
     ap.add_argument("--pair-seed", type=int, default=0)
+    ap.add_argument("--every", type=int, default=1,
+                    help="keep every K-th of the pairs (a subset spread over all digits, for frontier points)")
     ap.add_argument("--modes", nargs="+", default=["patches", "pixel"], choices=["patches", "pixel"])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="CollideConfig overrides")
     ap.add_argument("--samples", type=int, default=2000)
@@ -148,9 +150,12 @@ def main(argv=None) -> int:
     tap = load_tap(ATTACKED, "fc6", world.weights)
     judge = load_judge(world.judge, JUDGE)
     pairs = world.pairs(args.pairs, args.pair_seed)
+    if args.every < 1:
+        ap.error(f"--every must be >= 1, got {args.every}")
+    kept = list(range(0, len(pairs), args.every))
     runs = args.runs or tempfile.mkdtemp(prefix="bench_world-")
     settings = {"overrides": {k: v for k, v in overrides.items()}, "samples": args.samples,
-                "pair_seed": args.pair_seed, "pairs": args.pairs}
+                "pair_seed": args.pair_seed, "pairs": args.pairs, "every": args.every}
     records: list[dict] = []
     if args.resume and os.path.isfile(args.out):
         with open(args.out) as fh:
@@ -163,7 +168,8 @@ def main(argv=None) -> int:
         for mode in args.modes:
             config = CollideConfig(**{"mode": mode, "size": world.config.size, "device": "cpu",
                                       **{k: v for k, v in overrides.items() if k not in ("mode",)}})
-            for i, p in enumerate(pairs):
+            for i in kept:
+                p = pairs[i]
                 if (i, mode) in done:
                     continue
                 out = os.path.join(runs, mode, f"{i:02d}-{p['source_digit']}to{p['target_digit']}")

@@ -7,12 +7,12 @@ Offline stage: image folders -> HDF5 patch store (``extract_store``) -> FAISS in
 metrics and config) is imported on first use.
 """
 
-__version__ = "0.1.0"
+from .core.version import __version__
 
 
 def __getattr__(name: str):
     if name == "load_run":
-        from .runs import load_run
+        from .runs.run import load_run
 
         return load_run
     raise AttributeError(f"module 'patchcollide' has no attribute {name!r}")

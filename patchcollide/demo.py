@@ -19,11 +19,15 @@ import time
 import numpy as np
 from PIL import Image
 
-from .extract import ExtractConfig, extract_store
-from .files import atomic_path, write_json, versions
-from .knn import MANIFEST_FILE, STORE_FILE, IndexConfig, IndexError_, PatchIndex, build_index
-from .pictures import neighbour_mosaic, save_png
-from .store import PatchStore, StoreError
+from .core.files import atomic_path, versions, write_json
+from .core.images import sample_photo
+from .engine.collide import CollideConfig
+from .engine.models import ModelError, load_tap
+from .offline.extract import ExtractConfig, extract_store
+from .offline.knn import MANIFEST_FILE, STORE_FILE, IndexConfig, IndexError_, PatchIndex, build_index
+from .offline.store import PatchStore, StoreError
+from .runs.pictures import neighbour_mosaic, save_png
+from .runs.run import dataset_images, dataset_paths, run_collide, run_sample
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +54,6 @@ class DemoResult:
     seconds: dict
     run_dir: str | None = None
     report: dict | None = None  # the collision run's report (with the polytope check)
-
-
-def sample_photo(name: str) -> np.ndarray:
-    """A scikit-image sample photo by name, as stored in the package (uint8, grey, RGB or RGBA)."""
-    from skimage import data
-
-    img = getattr(data, name)()
-    return img[0] if isinstance(img, tuple) else img
 
 
 def write_sample_photos(folder: str, names: tuple[str, ...]) -> list[str]:
@@ -112,8 +108,6 @@ def demo_tap(weights: str = "auto", seed: int = 0):
     else random weights (logged). weights: auto | imagenet | random | PATH."""
     import socket
 
-    from .models import ModelError, load_tap
-
     if weights != "auto":
         return load_tap("vgg16", "fc6", weights, seed=seed)
     old = socket.getdefaulttimeout()
@@ -135,9 +129,6 @@ def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int =
              collide_progress=None) -> DemoResult:
     """Build the embedded index (once), search the held-out photo's grid, collide it with the
     target photo in patch space and check the polytope."""
-    from .collide import CollideConfig
-    from .runs import dataset_images, dataset_paths, run_collide, run_sample
-
     t = {"start": time.time()}
     _check_index_dir(index_dir)  # a foreign or broken index, and then bad --weights, are refused
     tap = demo_tap(weights)  # before anything is written

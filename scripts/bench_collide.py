@@ -85,8 +85,8 @@ class TorchPatchIndex:
         return self.patches[np.asarray(ids)]
 
     def search_image(self, image: np.ndarray, k: int = 16, stride: int = 8):
-        from patchcollide.images import cut_patches, grid_positions
-        from patchcollide.knn import SearchResult
+        from patchcollide.core.images import cut_patches, grid_positions
+        from patchcollide.offline.knn import SearchResult
 
         yx = grid_positions(image.shape[:2], stride, 32, cover=True)
         q = torch.from_numpy(cut_patches(image, yx).reshape(len(yx), -1)).to(self.device, torch.float32)
@@ -101,16 +101,16 @@ def build_index(work: str, device: torch.device):
     """The demo's store (extracted once) and an index over it: faiss where it imports, else
     exact torch search. Returns (index, description)."""
     from patchcollide.demo import STORE_PHOTOS, write_sample_photos
-    from patchcollide.extract import ExtractConfig, extract_store
+    from patchcollide.offline.extract import ExtractConfig, extract_store
 
     write_sample_photos(os.path.join(work, "photos"), STORE_PHOTOS)
     store = os.path.join(work, "patches.h5")
     extract_store([os.path.join(work, "photos")], store, ExtractConfig(stride=4))
     try:
-        from patchcollide.knn import IndexConfig, PatchIndex
-        from patchcollide.knn import build_index as faiss_build
+        from patchcollide.offline.knn import IndexConfig, PatchIndex
+        from patchcollide.offline.knn import build_index as faiss_build
     except ImportError:
-        from patchcollide.store import PatchStore
+        from patchcollide.offline.store import PatchStore
 
         with PatchStore(store) as st:
             patches = st.get(np.arange(len(st)))
@@ -122,7 +122,7 @@ def build_index(work: str, device: torch.device):
 
 def load_pair(work: str, pair: tuple[str, str], size: int):
     from patchcollide.demo import write_sample_photos
-    from patchcollide.runs import load_input
+    from patchcollide.runs.run import load_input
 
     paths = write_sample_photos(os.path.join(work, "pairs"), pair)
     return load_input(paths[0], size, "--source"), load_input(paths[1], size, "--target")
@@ -130,8 +130,8 @@ def load_pair(work: str, pair: tuple[str, str], size: int):
 
 def run_one(tap, index, src, tgt, cfg) -> tuple[dict, object]:
     """One collide run: the metrics of its PNGs (8-bit), its mixing and its error curve."""
-    from patchcollide.collide import collide, quantised_metrics
-    from patchcollide.pictures import to_uint8
+    from patchcollide.engine.collide import collide, quantised_metrics
+    from patchcollide.runs.pictures import to_uint8
 
     res = collide(tap, src, tgt, cfg, index=index)
     png = quantised_metrics(tap, to_uint8(res.vertices), res.target, cfg.device)
@@ -157,7 +157,7 @@ def run_one(tap, index, src, tgt, cfg) -> tuple[dict, object]:
 def sheet(res, src, tgt, path: str, random: bool) -> None:
     from PIL import Image
 
-    from patchcollide.pictures import contact_sheet, to_uint8
+    from patchcollide.runs.pictures import contact_sheet, to_uint8
 
     items = [("source", src), ("target" + (" (RANDOM WEIGHTS)" if random else ""), tgt)]
     items += [(f"vertex {i}", v) for i, v in enumerate(to_uint8(res.vertices))]
@@ -202,8 +202,8 @@ def frontier_plot(runs: list[dict], path: str, title: str) -> None:
 
 
 def sweep(args, tap, index, index_desc, dev, size, work) -> None:
-    from patchcollide.collide import CollideConfig
-    from patchcollide.files import machine, versions, write_json
+    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.core.files import machine, versions, write_json
 
     random = tap.weights.kind == "random"
     tag = f"{'gpu' if dev.type == 'cuda' else 'cpu'}-{size}"
@@ -270,8 +270,8 @@ def sweep(args, tap, index, index_desc, dev, size, work) -> None:
 
 
 def batched_vs_single(args, tap, index, index_desc, dev, size, work) -> None:
-    from patchcollide.collide import CollideConfig, collide
-    from patchcollide.files import machine, versions, write_json
+    from patchcollide.engine.collide import CollideConfig, collide
+    from patchcollide.core.files import machine, versions, write_json
 
     src, tgt = load_pair(work, PAIRS[0], size)
     V = args.vertices
@@ -341,7 +341,7 @@ def main() -> None:
                       + ("" if d.get("complete") else f" ({len(d['runs'])} runs: the sweep was cut short)"))
         return
 
-    from patchcollide.models import load_tap, resolve_device
+    from patchcollide.engine.models import load_tap, resolve_device
 
     dev = resolve_device(args.device)
     size = args.size or (224 if dev.type == "cuda" else 128)

@@ -87,7 +87,7 @@ def machine() -> dict:
     import faiss
     import psutil
 
-    from patchcollide.files import machine as base
+    from patchcollide.core.files import machine as base
 
     return {**base(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "faiss_gpus": faiss.get_num_gpus(),
             "faiss_omp_threads": faiss.omp_get_max_threads(), "nice": os.nice(0)}
@@ -98,7 +98,7 @@ def software() -> dict:
     import psutil
     import skimage
 
-    from patchcollide.files import versions
+    from patchcollide.core.files import versions
 
     return {**versions(), "scikit-image": skimage.__version__, "psutil": psutil.__version__}
 
@@ -251,7 +251,7 @@ def write_photos(folder: str, recipe: Recipe) -> list[str]:
     """Each photo of the recipe x flips x scales as a PNG (names say which)."""
     from PIL import Image
 
-    from patchcollide.demo import sample_photo
+    from patchcollide.core.images import sample_photo
 
     os.makedirs(folder, exist_ok=True)
     out = []
@@ -283,7 +283,7 @@ def query_grids(work: str) -> dict:
 
 # ------------------------------------------------------------------------------------ stages
 def stage_extract(folder: str, store: str, stride: int) -> dict:
-    from patchcollide.extract import ExtractConfig, extract_store
+    from patchcollide.offline.extract import ExtractConfig, extract_store
 
     with Meter(threads=2) as m:
         r = extract_store([folder], store, ExtractConfig(resize=None, stride=stride), workers=2)
@@ -292,7 +292,7 @@ def stage_extract(folder: str, store: str, stride: int) -> dict:
 
 
 def stage_build(index_dir: str, store: str, factory: str | None) -> dict:
-    from patchcollide.index_build import IndexConfig, build_index
+    from patchcollide.offline.index_build import IndexConfig, build_index
 
     with Meter(threads=2) as m:
         man = build_index(index_dir, store, IndexConfig(factory=factory))
@@ -302,16 +302,16 @@ def stage_build(index_dir: str, store: str, factory: str | None) -> dict:
 
 
 def _grid(path: str, preprocess) -> np.ndarray:
-    from patchcollide.knn import query_patches
+    from patchcollide.offline.knn import query_patches
 
     return query_patches([path], preprocess, 8)
 
 
 def stage_exact(store_path: str, query: str, out_npz: str) -> dict:
-    from patchcollide.descriptors import make_descriptor
-    from patchcollide.images import Preprocess
-    from patchcollide.knn import exact_search
-    from patchcollide.store import PatchStore
+    from patchcollide.offline.descriptors import make_descriptor
+    from patchcollide.core.images import Preprocess
+    from patchcollide.offline.knn import exact_search
+    from patchcollide.offline.store import PatchStore
 
     q = _grid(query, Preprocess(resize=224))  # the stores are native size; queries are 224 x 224
     timings: dict = {}
@@ -324,10 +324,10 @@ def stage_exact(store_path: str, query: str, out_npz: str) -> dict:
 def stage_sweep(index_dir: str, query: str, truth_npz: str, nprobes, k_factors) -> dict:
     """recall@16, recall@50 and grid seconds over nprobe x k_factor, index memory-mapped, its file
     read into the page cache first (so every point sees the same cache)."""
-    from patchcollide.images import Preprocess
+    from patchcollide.core.images import Preprocess
     import faiss
 
-    from patchcollide.knn import INDEX_FILE, PatchIndex, recall_at_k, set_search_params
+    from patchcollide.offline.knn import INDEX_FILE, PatchIndex, recall_at_k, set_search_params
 
     faiss.omp_set_num_threads(1)  # one thread: wall minus run-queue wait is then the idle-machine time
     ipath = os.path.join(index_dir, INDEX_FILE)
@@ -367,8 +367,8 @@ def stage_grid(index_dir: str, queries: dict, nprobe: int, k_factor: int) -> dic
     The caller evicted index.faiss from the page cache before starting it."""
     import psutil
 
-    from patchcollide.images import Preprocess, load_rgb
-    from patchcollide.knn import INDEX_FILE, PatchIndex
+    from patchcollide.core.images import Preprocess, load_rgb
+    from patchcollide.offline.knn import INDEX_FILE, PatchIndex
 
     def grid(path: str):  # decode, resize to 224 x 224, cut the 625 patches, search, look up their sources
         return pidx.search_image(load_rgb(path, Preprocess(resize=224))[0], k=GRID_K)
@@ -432,7 +432,7 @@ def grid_note() -> str:
 def run_size(name: str, work: str, queries: dict, compare: bool, keep: bool, save) -> dict:
     """Every stage for one size; ``run`` is filled stage by stage and ``save()`` called after
     each, so that a stopped run keeps what it measured."""
-    from patchcollide.knn import INDEX_FILE, default_factory
+    from patchcollide.offline.knn import INDEX_FILE, default_factory
 
     recipe = {**SIZES, **SMOKE}[name]
     folder = os.path.join(work, f"photos_{name}")
@@ -534,7 +534,7 @@ def target_check(runs: dict, largest: str) -> dict | None:
 
 
 def _write(path: str, result: dict) -> None:
-    from patchcollide.files import write_json
+    from patchcollide.core.files import write_json
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json(path, result)
@@ -542,7 +542,7 @@ def _write(path: str, result: dict) -> None:
 
 def grid_only(path: str, size: str, work: str) -> None:
     """Repeat the single-grid measurement on a kept index (--keep) and append it to the JSON."""
-    from patchcollide.knn import INDEX_FILE
+    from patchcollide.offline.knn import INDEX_FILE
 
     with open(path) as fh:
         result = json.load(fh)
@@ -583,8 +583,8 @@ def _fit_grid_cost(rows: list[dict]) -> dict:
 def project(result: dict) -> dict:
     """Scale the largest measured size to PROJECT_N on one PROJECT_CORES-core machine. Every number
     is a projection; the assumptions are written beside them."""
-    from patchcollide.index_build import default_factory, default_nlist, default_search_params
-    from patchcollide.store import CHUNK
+    from patchcollide.offline.index_build import default_factory, default_nlist, default_search_params
+    from patchcollide.offline.store import CHUNK
 
     name = max((k for k, r in result["runs"].items() if r.get("complete")), key=lambda k: result["runs"][k]["n"])
     r = result["runs"][name]

@@ -104,13 +104,13 @@ def main(argv=None) -> int:
 
     import torch
 
-    from patchcollide.collide import (CollideConfig, least_change_anchor, make_param, optimise, quantise,
+    from patchcollide.engine.collide import (CollideConfig, least_change_anchor, make_param, optimise, quantise,
                                       target_of, to_tensor)
-    from patchcollide.files import machine, versions, write_json
-    from patchcollide.models import load_tap
-    from patchcollide.polytope import sample_polytope
-    from patchcollide.runs import load_pair
-    from patchcollide.world import ATTACKED, world_at
+    from patchcollide.core.files import machine, versions, write_json
+    from patchcollide.engine.models import load_tap
+    from patchcollide.engine.polytope import sample_polytope
+    from patchcollide.runs.run import load_pair
+    from patchcollide.papers.world import ATTACKED, world_at
 
     world = world_at(args.world)
     tap = load_tap(ATTACKED, "fc6", world.weights)

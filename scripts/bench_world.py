@@ -42,8 +42,8 @@ MIN_READS = 4  # of 5 vertices read as the source by the judge
 
 
 def parse_set(items: list[str]) -> dict:
-    from patchcollide.collide import CollideConfig
-    from patchcollide.jobfile import convert
+    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.batch.jobfile import convert
 
     hints = typing.get_type_hints(CollideConfig)
     out = {}
@@ -103,7 +103,7 @@ def contact_sheet(records: list[dict], mode: str, path: str, rows: int = 10) -> 
 def combine(paths: list[str], out: str) -> int:
     """One result from several (e.g. one process per mode): records concatenated, the summary
     recomputed, each part's config, settings, machine and versions kept under ``parts``."""
-    from patchcollide.files import write_json
+    from patchcollide.core.files import write_json
 
     parts = [json.load(open(p)) for p in paths]
     records = [r for p in parts for r in p["records"]]
@@ -137,13 +137,13 @@ def main(argv=None) -> int:
 
     import torch
 
-    from patchcollide.collide import CollideConfig
-    from patchcollide.files import machine, versions, write_json
-    from patchcollide.judge import load_judge
-    from patchcollide.knn import PatchIndex
-    from patchcollide.models import load_tap
-    from patchcollide.runs import run_collide, run_sample
-    from patchcollide.world import ATTACKED, JUDGE, world_at
+    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.core.files import machine, versions, write_json
+    from patchcollide.engine.judge import load_judge
+    from patchcollide.offline.knn import PatchIndex
+    from patchcollide.engine.models import load_tap
+    from patchcollide.runs.run import run_collide, run_sample
+    from patchcollide.papers.world import ATTACKED, JUDGE, world_at
 
     world = world_at(args.world)
     overrides = parse_set(args.set)

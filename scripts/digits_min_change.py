@@ -40,9 +40,9 @@ def describe(x: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, W, b, zt, acti
 
 
 def main() -> None:
-    from patchcollide.digits import TrainConfig, load_digit_data, make_model, train
-    from patchcollide.files import machine, versions, write_json
-    from patchcollide.reproduce import DigitProtocolConfig, first_correct
+    from patchcollide.papers.digits import TrainConfig, load_digit_data, make_model, train
+    from patchcollide.core.files import machine, versions, write_json
+    from patchcollide.papers.reproduce import DigitProtocolConfig, first_correct
 
     t0 = time.time()
     cfg = DigitProtocolConfig()  # the reproduction's seed, classes and training

@@ -131,7 +131,7 @@ def main() -> None:
         skipped = any(child.tag == "skipped" for child in tc)
         kills = [k for prop in tc.iter("property") if prop.get("name") == "kills" for k in json.loads(prop.get("value"))]
         cases.append((f"{path}::{tc.get('name')}", failed, skipped, kills))
-    from patchcollide.files import git_commit, machine
+    from patchcollide.core.files import git_commit, machine
 
     m = machine()
     git = git_commit(ROOT) or {}

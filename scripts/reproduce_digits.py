@@ -52,8 +52,8 @@ def main() -> None:
 
     from bench_knn import machine
 
-    from patchcollide.digits import DigitsError, TrainConfig
-    from patchcollide.reproduce import DigitComparisonConfig, DigitProtocolConfig, run_digit_comparison, \
+    from patchcollide.papers.digits import DigitsError, TrainConfig
+    from patchcollide.papers.reproduce import DigitComparisonConfig, DigitProtocolConfig, run_digit_comparison, \
         run_digit_protocol
 
     epochs = args.epochs or (10 if args.data_root else 30)
@@ -97,8 +97,8 @@ def main() -> None:
 def protocol_outputs(res: dict, cfg, tag: str, args, epochs: int, command: str, machine) -> tuple[str, dict]:
     """One net, two polytopes (--arch lenet5, --layer fc2): writes the figure; returns the
     Markdown and the JSON summary."""
-    from patchcollide.files import versions
-    from patchcollide.reproduce import digit_figure, digit_table
+    from patchcollide.core.files import versions
+    from patchcollide.papers.reproduce import digit_figure, digit_table
 
     fig = digit_figure(res, os.path.join(args.out, f"{tag}.png"))
     acc = res["accuracy"]["test_accuracy"]
@@ -141,8 +141,8 @@ def protocol_outputs(res: dict, cfg, tag: str, args, epochs: int, command: str, 
 def comparison_outputs(res: dict, ccfg, tag: str, out: str, command: str, machine) -> tuple[str, dict]:
     """Two nets, two paths at the MLP's fc1 (reproduce.run_digit_comparison): writes the figure;
     returns the Markdown and the JSON summary (no images; config, versions with the commit, machine)."""
-    from patchcollide.files import versions
-    from patchcollide.reproduce import PAPER_TABLE2, comparison_figure, comparison_table
+    from patchcollide.core.files import versions
+    from patchcollide.papers.reproduce import PAPER_TABLE2, comparison_figure, comparison_table
 
     fig = comparison_figure(res, os.path.join(out, f"{tag}.png"))
     cfg, lc, judge = ccfg.protocol, ccfg.least_change, res["judge"]

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 def main() -> None:
     from patchcollide.exact import PAPER_MODELS, nullity_table, table_markdown
-    from patchcollide.files import write_json, write_text
+    from patchcollide.core.files import write_json, write_text
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", help="default: the paper's rows torchvision can build, and squeezenet1_0")

@@ -56,15 +56,15 @@ def main() -> None:
     from PIL import Image
 
     from patchcollide.cli.common import USER_ERRORS
-    from patchcollide.collide import CollideConfig
+    from patchcollide.engine.collide import CollideConfig
     from patchcollide.demo import QUERY_PHOTO, STORE_PHOTOS, TARGET_PHOTO, demo_tap, write_sample_photos
-    from patchcollide.extract import ExtractConfig, extract_store
-    from patchcollide.images import Preprocess, load_rgb
-    from patchcollide.knn import IndexConfig, PatchIndex, build_index
-    from patchcollide.models import resolve_device
-    from patchcollide.polytope import pairwise_l2
-    from patchcollide.files import versions
-    from patchcollide.runs import RANDOM_NOTICE, run_collide, run_sample
+    from patchcollide.offline.extract import ExtractConfig, extract_store
+    from patchcollide.core.images import Preprocess, load_rgb
+    from patchcollide.offline.knn import IndexConfig, PatchIndex, build_index
+    from patchcollide.engine.models import resolve_device
+    from patchcollide.engine.polytope import pairwise_l2
+    from patchcollide.core.files import versions
+    from patchcollide.runs.run import RANDOM_NOTICE, run_collide, run_sample
 
     t0 = time.time()
     try:

@@ -14,7 +14,7 @@ PHOTOS = ("chelsea", "coffee", "rocket", "camera", "immunohistochemistry", "colo
 
 
 def sample(name: str) -> np.ndarray:
-    from patchcollide.demo import sample_photo
+    from patchcollide.core.images import sample_photo
 
     return sample_photo(name)
 
@@ -95,7 +95,7 @@ def query_image(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_store(tmp_path_factory, photos_dir):
     """Store of photos_dir at 224 x 224, stride 8: 6 x 625 = 3750 patches."""
-    from patchcollide.extract import ExtractConfig, extract_store
+    from patchcollide.offline.extract import ExtractConfig, extract_store
 
     d = tmp_path_factory.mktemp("store")
     path = str(d / "patches.h5")
@@ -106,7 +106,7 @@ def small_store(tmp_path_factory, photos_dir):
 @pytest.fixture(scope="session")
 def flat_index(tmp_path_factory, small_store):
     """A Flat (exact) index over small_store, in its own directory."""
-    from patchcollide.knn import IndexConfig, build_index
+    from patchcollide.offline.knn import IndexConfig, build_index
 
     d = str(tmp_path_factory.mktemp("flat_index"))
     build_index(d, small_store, IndexConfig())

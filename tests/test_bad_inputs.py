@@ -109,8 +109,8 @@ def _make_stores(d, small_store) -> None:
 
 
 def _make_indexes(d, photos_dir) -> None:
-    from patchcollide.extract import ExtractConfig, extract_store
-    from patchcollide.knn import IndexConfig, build_index, quick_checksum
+    from patchcollide.offline.extract import ExtractConfig, extract_store
+    from patchcollide.offline.knn import IndexConfig, build_index, quick_checksum
 
     good = d / "idx_good"  # a small real index with its store inside: 6 x 49 patches
     extract_store([photos_dir], str(good / "patches.h5"), ExtractConfig(stride=32))

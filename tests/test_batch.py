@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from patchcollide.cli import cli
-from patchcollide.jobfile import in_shard, parse_shard, read_jobs
-from patchcollide.jobs import JobLock, batch_lock
+from patchcollide.batch.jobfile import in_shard, parse_shard, read_jobs
+from patchcollide.batch.runner import JobLock, batch_lock
 
 TINY = {"size": 32, "steps": 2, "min_steps": 0, "vertices": 2, "samples": 4}
 METRICS = {"worst_rel_error", "worst_rel_error_png", "min_push", "all_own_unit_lowest", "mean_sharpness", "mean_sources",
@@ -59,8 +59,7 @@ def statuses(out) -> dict:
 @pytest.fixture(scope="module")
 def one_model():
     """Every batch in this module builds random VGG-16 once per seed (a few seconds each time otherwise)."""
-    from patchcollide import models
-
+    from patchcollide.engine import models
     real, cache = models.load_tap, {}
 
     def load(arch="vgg16", layer="fc6", weights="imagenet", seed=0, allow_download=True):
@@ -94,9 +93,9 @@ def jobs_dir(tmp_path_factory, photos_dir, query_image):
 def base(tmp_path_factory, jobs_dir, flat_index, one_model):
     """One clean batch of abc.jsonl in which C fails (after its collide step), with calls of
     target_of counted."""
-    import patchcollide.collide as collide_mod
-    import patchcollide.jobs as jobs_mod
-    import patchcollide.runs as runs_mod
+    import patchcollide.engine.collide as collide_mod
+    import patchcollide.batch.runner as jobs_mod
+    import patchcollide.runs.run as runs_mod
 
     out = str(tmp_path_factory.mktemp("base") / "out")
     calls = {"jobs": 0, "collide": 0}
@@ -154,7 +153,7 @@ def test_a_failing_job_is_recorded_and_the_batch_goes_on(base):
 def test_batch_csv_has_one_row_per_job_with_every_metric(base):
     import csv
 
-    from patchcollide.formats import METRICS as CSV_METRICS
+    from patchcollide.core.formats import METRICS as CSV_METRICS
 
     out = base["out"]
     with open(os.path.join(out, "batch.csv"), newline="") as fh:
@@ -173,9 +172,9 @@ def test_batch_csv_has_one_row_per_job_with_every_metric(base):
 
 
 def test_jobs_that_share_a_target_compute_it_once(base, tmp_path, jobs_dir):
-    from patchcollide.collide import CollideConfig
-    from patchcollide.models import load_tap
-    from patchcollide.runs import run_collide
+    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.models import load_tap
+    from patchcollide.runs.run import run_collide
 
     # A and B share chelsea at the same size and vertices: one target_of in the batch, none in collide
     assert base["calls"] == {"jobs": 2, "collide": 0}, base["calls"]  # chelsea once, rocket (C) once

@@ -20,11 +20,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import sample
-from patchcollide.checkpoints import Checkpointer, Interrupted, partial_dir
+from patchcollide.engine.checkpoints import Checkpointer, Interrupted, partial_dir
 from patchcollide.cli import cli
-from patchcollide.collide import CollideConfig, CollideError, collide
-from patchcollide.images import resize_crop
-from patchcollide.models import load_tap
+from patchcollide.engine.collide import CollideConfig, CollideError, collide
+from patchcollide.core.images import resize_crop
+from patchcollide.engine.models import load_tap
 
 S = 64
 CFG = dict(mode="patches", vertices=2, steps=40, size=S, k=4, device="cpu", tol=1e-6)  # prunes at steps 13 and 20
@@ -41,7 +41,7 @@ def tap():
 
 @pytest.fixture(scope="module")
 def pidx(flat_index):
-    from patchcollide.knn import PatchIndex
+    from patchcollide.offline.knn import PatchIndex
 
     with PatchIndex(flat_index) as p:
         yield p
@@ -111,8 +111,7 @@ def _pngs(run) -> dict:
 
 def test_a_failed_final_write_keeps_the_state_and_resume_writes_without_optimising(tmp_path, tap, pidx, flat_index,
                                                                                    monkeypatch):
-    from patchcollide import runs
-
+    from patchcollide.runs import run as runs
     src, tgt = _files(tmp_path)
     cfg = CollideConfig(**{**CFG, "steps": 20})
     runs.run_collide(src, tgt, str(tmp_path / "clean"), cfg, tap=tap, pindex=pidx, index_dir=flat_index)
@@ -139,8 +138,7 @@ def test_a_failed_final_write_keeps_the_state_and_resume_writes_without_optimisi
 
 
 def test_sigterm_stops_a_run_with_its_checkpoint_and_exit_code(tmp_path, tap, flat_index):
-    from patchcollide import runs
-
+    from patchcollide.runs import run as runs
     src, tgt = _files(tmp_path)
     out = str(tmp_path / "run")
 
@@ -158,8 +156,7 @@ def test_sigterm_stops_a_run_with_its_checkpoint_and_exit_code(tmp_path, tap, fl
 
 
 def test_the_output_is_checked_before_the_model_loads(tmp_path, query_image, monkeypatch):
-    from patchcollide import runs
-
+    from patchcollide.runs import run as runs
     def no_model(*a, **k):
         raise AssertionError("the model was loaded before --out was checked")
 

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 
 from conftest import on_a_terminal, sample
 from patchcollide.cli import cli
-from patchcollide.collide import CollideConfig, collide, target_of, to_tensor
-from patchcollide.images import resize_crop
-from patchcollide.models import load_tap
-from patchcollide.objectives import Target, choose_units, loss_terms
-from patchcollide.params import PatchParam
-from patchcollide.polytope import difference_boxes, sample_polytope
+from patchcollide.engine.collide import CollideConfig, collide, target_of, to_tensor
+from patchcollide.core.images import resize_crop
+from patchcollide.engine.models import load_tap
+from patchcollide.engine.objectives import Target, choose_units, loss_terms
+from patchcollide.engine.params import PatchParam
+from patchcollide.engine.polytope import difference_boxes, sample_polytope
 
 S = 64
 
@@ -84,7 +84,7 @@ def test_relative_objective_is_normalised_and_the_push_is_a_hinge():
 
 
 def test_push_and_own_unit_metrics():
-    from patchcollide.objectives import collision_metrics, own_unit_lowest
+    from patchcollide.engine.objectives import collision_metrics, own_unit_lowest
 
     z_t = torch.tensor([1.0, -1.0, -2.0])
     t = Target(z_t, torch.tensor([1, 2]), 0, 1.0)
@@ -95,7 +95,7 @@ def test_push_and_own_unit_metrics():
 
 
 def _mixture(V=2, K=3, size=48, seed=0, **kw):
-    from patchcollide.images import grid_positions
+    from patchcollide.core.images import grid_positions
 
     g = torch.Generator().manual_seed(seed)
     yx = grid_positions((size, size), 8, cover=True)
@@ -209,8 +209,8 @@ def test_total_variation_counts_seams():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tap, flat_index):
     """A finished patch-mode run at 64 x 64 with few steps (random weights)."""
-    from patchcollide.knn import PatchIndex
-    from patchcollide.runs import run_collide
+    from patchcollide.offline.knn import PatchIndex
+    from patchcollide.runs.run import run_collide
     from PIL import Image
 
     d = tmp_path_factory.mktemp("run")
@@ -242,8 +242,8 @@ def test_patch_mode_error_falls_and_outputs_are_complete(run_dir):
 
 
 def test_png_round_trip_is_measured(run_dir, tap):
-    from patchcollide.collide import quantised_metrics
-    from patchcollide.pictures import read_png
+    from patchcollide.engine.collide import quantised_metrics
+    from patchcollide.runs.pictures import read_png
 
     rep = json.load(open(run_dir / "report.json"))
     f, p = np.asarray(rep["vertices"]["float"]["rel_error"]), np.asarray(rep["vertices"]["png"]["rel_error"])
@@ -261,8 +261,8 @@ def test_png_round_trip_is_measured(run_dir, tap):
 def test_saved_vertices_are_convex_combinations_of_the_retrieved_patches(run_dir, flat_index):
     """Every pixel of every vertex PNG lies within the range of the retrieved candidates'
     pixels covering it (up to the 8-bit rounding)."""
-    from patchcollide.knn import PatchIndex
-    from patchcollide.pictures import read_png
+    from patchcollide.offline.knn import PatchIndex
+    from patchcollide.runs.pictures import read_png
 
     with np.load(run_dir / "state.npz") as z, PatchIndex(flat_index) as pidx:
         ids, yx = z["candidate_ids"], z["candidate_yx"]
@@ -292,8 +292,8 @@ def test_sample_shows_a_progress_bar_on_a_terminal_only(run_dir, tmp_path):
 
 def test_load_run_gives_the_float_vertices_and_their_real_patches(run_dir, flat_index):
     import patchcollide
-    from patchcollide.knn import PatchIndex
-    from patchcollide.pictures import to_uint8
+    from patchcollide.offline.knn import PatchIndex
+    from patchcollide.runs.pictures import to_uint8
 
     run = patchcollide.load_run(str(run_dir))
     assert run.exact and run.config == CollideConfig(mode="patches", vertices=3, steps=60, size=S, k=4, device="cpu")
@@ -355,7 +355,7 @@ def test_push_moves_each_vertex_to_its_own_corner(tap):
 
 
 def _patch_run(tap, flat_index, **kw):
-    from patchcollide.knn import PatchIndex
+    from patchcollide.offline.knn import PatchIndex
 
     cfg = CollideConfig(**{**dict(mode="patches", vertices=2, steps=60, size=S, k=4, device="cpu", tol=1e-6), **kw})
     with PatchIndex(flat_index) as pidx:
@@ -460,7 +460,7 @@ def test_bad_collide_arguments(tmp_path, flat_index, query_image, small_store):
     torch.save(load_tap("alexnet", "fc6", "random").model.state_dict(), wrong)
     import shutil
 
-    from patchcollide.extract import ExtractConfig, extract_store
+    from patchcollide.offline.extract import ExtractConfig, extract_store
 
     mismatched = tmp_path / "mismatched"
     shutil.copytree(flat_index, mismatched)  # its manifest points at a store that is not beside it
@@ -508,7 +508,7 @@ def test_bad_collide_arguments(tmp_path, flat_index, query_image, small_store):
 def test_seam_tables_are_chunked_and_equal_the_whole_comparison():
     """The seam tables' (M x M) comparison runs a few rows at a time (256 slots at 128 x 128 once
     needed 23 GB and was killed): any budget gives the tables of the whole comparison."""
-    from patchcollide.params import _seam_tables
+    from patchcollide.engine.params import _seam_tables
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randint(0, 12, (2, 9, 7, 6), generator=g), torch.randint(0, 12, (2, 9, 7, 6), generator=g)
@@ -526,7 +526,7 @@ def test_library_calls_leave_the_callers_world_as_they_found_it(tap, tmp_path):
     caller's matplotlib backend."""
     import matplotlib
 
-    from patchcollide.pictures import loss_plot
+    from patchcollide.runs.pictures import loss_plot
 
     src, tgt = photo("astronaut"), photo("chelsea")
 
@@ -555,10 +555,10 @@ def test_context_window_candidates_come_from_their_source_images(tmp_path, tap, 
     patch in the middle, the rest the photo's own pixels); a run's float vertices re-render from
     those windows through load_run's (patch id, pixel) pairs; a moved photo gives one line."""
     import patchcollide
-    from patchcollide.extract import ExtractError, context_windows
-    from patchcollide.images import Preprocess, load_rgb
-    from patchcollide.knn import PatchIndex
-    from patchcollide.runs import run_collide
+    from patchcollide.offline.extract import ExtractError, context_windows
+    from patchcollide.core.images import Preprocess, load_rgb
+    from patchcollide.offline.knn import PatchIndex
+    from patchcollide.runs.run import run_collide
     from PIL import Image
 
     with PatchIndex(flat_index) as pidx:

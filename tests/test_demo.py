@@ -11,7 +11,7 @@ from patchcollide.cli import cli
 
 
 def test_demo_end_to_end_then_reuses_the_index(tmp_path, monkeypatch):
-    import patchcollide.models as models
+    import patchcollide.engine.models as models
 
     def unavailable(arch, allow_download=True):  # hermetic: as on a machine without the weights
         raise models.ModelError(f"{arch} weights are not in the torch cache and could not be downloaded")
@@ -35,8 +35,8 @@ def test_demo_end_to_end_then_reuses_the_index(tmp_path, monkeypatch):
     # the search works: the nearest stored patch is far closer than a random stored patch
     import numpy as np
 
-    from patchcollide.images import cut_patches, grid_positions, load_rgb
-    from patchcollide.store import PatchStore
+    from patchcollide.core.images import cut_patches, grid_positions, load_rgb
+    from patchcollide.offline.store import PatchStore
 
     with PatchStore(idx / "patches.h5") as st:
         q = cut_patches(load_rgb(out / "astronaut.png")[0], grid_positions((224, 224), 8, cover=True))
@@ -44,7 +44,7 @@ def test_demo_end_to_end_then_reuses_the_index(tmp_path, monkeypatch):
     random_l2 = np.sqrt(((q.astype(float) - rand.astype(float)) ** 2).sum((1, 2, 3)))
     nearest = summary["result"]["median_nearest_l2"]
     assert nearest < 0.6 * np.median(random_l2), (nearest, np.median(random_l2))
-    from patchcollide.knn import PatchIndex
+    from patchcollide.offline.knn import PatchIndex
 
     with PatchIndex(idx) as pidx:  # per location: the nearest is never farther than a random stored patch
         res = pidx.search_image(str(out / "astronaut.png"), k=1)

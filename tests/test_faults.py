@@ -136,7 +136,7 @@ def _store_digest(path) -> str:
     """Everything a user reads from a store: patches, provenance, image table, fingerprint."""
     import h5py
 
-    from patchcollide.store import PatchStore
+    from patchcollide.offline.store import PatchStore
 
     h = hashlib.sha256()
     with PatchStore(str(path)) as st, h5py.File(str(path), "r") as f:
@@ -187,7 +187,7 @@ def test_extract_full_disk_then_room(tmp_path, photos, clean_store):
 
 
 def test_extract_second_writer_refused(tmp_path, photos):
-    from patchcollide.store import store_lock
+    from patchcollide.offline.store import store_lock
 
     out = tmp_path / "s.h5"
     with store_lock(str(out)):
@@ -210,7 +210,7 @@ def clean_index(tmp_path_factory, clean_store):
 def _index_opens_or_absent(d) -> bool:
     """True when a complete index is there (it opens and searches); False when there is none.
     Anything else (a pair of files that do not belong together) must be refused at open."""
-    from patchcollide.knn import IndexError_, PatchIndex
+    from patchcollide.offline.knn import IndexError_, PatchIndex
 
     if not os.path.exists(os.path.join(d, "index.json")):
         return False
@@ -268,8 +268,8 @@ def test_index_build_full_disk_keeps_old_index(tmp_path, clean_store, clean_inde
 
 
 def test_index_build_second_writer_refused(tmp_path, clean_store):
-    from patchcollide.knn import IndexError_
-    from patchcollide.store import store_lock
+    from patchcollide.offline.knn import IndexError_
+    from patchcollide.offline.store import store_lock
 
     d = tmp_path / "idx"
     os.makedirs(d)
@@ -336,7 +336,7 @@ def clean_batch(tmp_path_factory, jobs):
 
 def _no_partial_job_looks_done(out) -> None:
     """Every job batch.json calls done is complete and valid; no other directory at a job's name."""
-    from patchcollide.runs import read_report
+    from patchcollide.runs.run import read_report
 
     if not os.path.exists(os.path.join(out, "batch.json")):
         return
@@ -393,7 +393,7 @@ def test_batch_full_disk_then_room(tmp_path, jobs, clean_batch):
 
 
 def test_batch_second_writer_refused(tmp_path, jobs):
-    from patchcollide.jobs import batch_lock
+    from patchcollide.batch.runner import batch_lock
 
     out = tmp_path / "out"
     os.makedirs(out)

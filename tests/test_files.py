@@ -19,8 +19,8 @@ import click
 import pytest
 
 import patchcollide
-from patchcollide import files
-from patchcollide.errors import PatchcollideError
+from patchcollide.core import files
+from patchcollide.core.errors import PatchcollideError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = pathlib.Path(patchcollide.__file__).resolve().parent
@@ -205,7 +205,7 @@ def test_check_out_allows_new_or_empty_and_replaces_only_runs_of_its_kind(tmp_pa
 
 HOLDER = """
 import sys
-from patchcollide.files import try_lock
+from patchcollide.core.files import try_lock
 fd = try_lock(sys.argv[1])
 print("held" if fd is not None else "busy", flush=True)
 sys.stdin.readline()
@@ -336,7 +336,7 @@ def test_every_user_error_is_a_patchcollide_error(cls):
 def test_the_cli_turns_every_user_error_into_one_line(cls):
     import signal
 
-    from patchcollide.checkpoints import Interrupted
+    from patchcollide.engine.checkpoints import Interrupted
     from patchcollide.cli.common import UserError, user_errors
 
     stopped = issubclass(cls, Interrupted)  # a signal stopped the run: the shell's exit code, 128 + signal
@@ -384,5 +384,5 @@ def test_only_files_py_renames_files():
         if rel == "files.py" or rel in NOT_YET_FILES:
             continue
         offenders += [f"{rel}:{n}" for n in renames_in(p.read_text(encoding="utf-8"))]
-    assert offenders == [], "rename through patchcollide.files (atomic_path, write_json, install_dir, replace)"
+    assert offenders == [], "rename through patchcollide.core.files (atomic_path, write_json, install_dir, replace)"
     assert len(renames_in((PACKAGE / "files.py").read_text(encoding="utf-8"))) == 1  # in files.replace

@@ -69,7 +69,7 @@ def digest(path) -> str:
 
 
 def store_digest(path) -> str:
-    from patchcollide.store import PatchStore
+    from patchcollide.offline.store import PatchStore
 
     with PatchStore(str(path)) as st:
         return hashlib.sha256(st.patches[...].tobytes()).hexdigest()
@@ -97,7 +97,7 @@ def test_index_build_on_a_full_disk_keeps_nothing_half_written(tmp_path, small_s
     assert not [f for f in os.listdir(idx) if ".tmp" in f] if os.path.isdir(idx) else True
     d.grow(128 * 2**20)
     subprocess.run(cmd, check=True, capture_output=True)
-    from patchcollide.knn import PatchIndex
+    from patchcollide.offline.knn import PatchIndex
 
     with PatchIndex(idx) as p:
         assert p.index.ntotal == 3750

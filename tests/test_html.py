@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from patchcollide.cli import cli
-from patchcollide.report import ReportError, write_html
+from patchcollide.runs.report import ReportError, write_html
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 EVIL_ID = "<script>alert(1)</script>&"
@@ -139,9 +139,9 @@ def batch_dir(tmp_path_factory, photos_dir, query_image):
     """A batch of four jobs: a (done, polytope checked), b (done), a failed one with an id that
     needs escaping and a traceback file, d (pending, no run directory). Two real tiny runs with
     one random VGG-16 (pixel mode, 32 x 32, 3 steps, 3 and 2 vertices)."""
-    from patchcollide.collide import CollideConfig
-    from patchcollide.models import load_tap
-    from patchcollide.runs import read_report, run_collide, run_sample
+    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.models import load_tap
+    from patchcollide.runs.run import read_report, run_collide, run_sample
 
     d = str(tmp_path_factory.mktemp("batch"))
     tap = load_tap("vgg16", "fc6", "random", seed=0)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchcollide.images import BadImage, Preprocess, cut_patches, grid_positions, load_rgb, resize_crop
+from patchcollide.core.images import BadImage, Preprocess, cut_patches, grid_positions, load_rgb, resize_crop
 
 
 def test_resize_crop_matches_torchvision(tmp_path):
@@ -77,7 +77,7 @@ def test_imagenet_crop_matches_torchvision_eval_transform():
     from torchvision import transforms
 
     from conftest import sample
-    from patchcollide.images import imagenet_crop
+    from patchcollide.core.images import imagenet_crop
 
     img = sample("rocket")
     theirs = np.asarray(transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])(Image.fromarray(img)))

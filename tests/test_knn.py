@@ -9,12 +9,12 @@ import faiss
 import numpy as np
 import pytest
 
-from patchcollide import index_build
-from patchcollide.extract import ExtractConfig, extract_store
-from patchcollide.index_build import (FLAT_MAX_N, HNSW_ABOVE_N, SEARCH_DEFAULTS_HNSW, SEARCH_DEFAULTS_IVF, IndexConfig,
+from patchcollide.offline import index_build
+from patchcollide.offline.extract import ExtractConfig, extract_store
+from patchcollide.offline.index_build import (FLAT_MAX_N, HNSW_ABOVE_N, SEARCH_DEFAULTS_HNSW, SEARCH_DEFAULTS_IVF, IndexConfig,
                                       IndexError_, build_index, default_factory, default_search_params)
-from patchcollide.knn import PatchIndex, evaluate, exact_search, query_patches, recall_at_k
-from patchcollide.store import PatchStore
+from patchcollide.offline.knn import PatchIndex, evaluate, exact_search, query_patches, recall_at_k
+from patchcollide.offline.store import PatchStore
 
 
 def _numpy_knn(store_path, queries, k):
@@ -28,7 +28,7 @@ def _numpy_knn(store_path, queries, k):
 
 def test_exact_search_matches_float64_numpy(small_store, query_image):
     with PatchStore(small_store) as st:
-        from patchcollide.images import Preprocess
+        from patchcollide.core.images import Preprocess
 
         q = query_patches([query_image], Preprocess(**st.config["preprocess"]), stride=32)[:40]
         d, i = exact_search(st, q, 10, batch_size=1000)  # several batches: the merge is exercised
@@ -269,7 +269,7 @@ def test_cuda_requested_without_gpu_is_refused(small_store, tmp_path):
 
 def test_numpy_pca_training_matches_faiss():
     """The fast PCA fills faiss' PCAMatrix so that it projects as faiss' own training does."""
-    from patchcollide.index_build import _train_pca_numpy
+    from patchcollide.offline.index_build import _train_pca_numpy
 
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(3000, 48)) * np.linspace(5, 0.1, 48)).astype(np.float32)

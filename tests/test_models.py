@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from patchcollide.models import ModelError, load_imagenet_state, load_tap
+from patchcollide.engine.models import ModelError, load_imagenet_state, load_tap
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_missing_imagenet_weights_say_how_to_supply_them(tmp_path, monkeypatch):
 
 
 def test_tap_on_never_moves_the_callers_model():
-    from patchcollide.models import load_tap, tap_on
+    from patchcollide.engine.models import load_tap, tap_on
 
     tap = load_tap("vgg16", "fc6", "random", seed=0)
     assert tap_on(tap, torch.device("cpu")) is tap  # already there: no copy
@@ -120,7 +120,7 @@ def test_tap_on_never_moves_the_callers_model():
 def test_the_identity_a_batch_predicts_is_the_one_the_model_reports():
     """A batch decides whether finished jobs are current by comparing identities it computes
     without building the model; models.py builds both, so they cannot drift apart."""
-    from patchcollide.models import model_identity, random_weights
+    from patchcollide.engine.models import model_identity, random_weights
 
     for seed in (0, 3):
         assert model_identity("alexnet", "fc6", random_weights(seed)) == \

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from patchcollide.cli import cli
+from patchcollide.executors import make_executor
 
 TINY = {"size": 32, "steps": 3, "min_steps": 0, "vertices": 2, "samples": 4}
 TIMING = {"seconds", "created", "updated", "time", "date"}  # values that differ between any two runs
@@ -175,8 +176,8 @@ def test_a_worker_killed_mid_job_is_retried_and_the_batch_ends_byte_identical(ra
     """SIGKILL to the worker process that runs job L, after its first checkpoint: Ray runs the task
     again on another worker, and the batch ends with outputs byte-identical to the local executor's
     (both with 2 torch threads)."""
-    from patchcollide.jobfile import read_jobs
-    from patchcollide.jobs import run_batch
+    from patchcollide.batch.jobfile import read_jobs
+    from patchcollide.batch.runner import run_batch
 
     long = {**TINY, "steps": 24}
     spec = [{"id": "L", "source": os.path.join(photos_dir, "coffee.png"),
@@ -193,7 +194,7 @@ def test_a_worker_killed_mid_job_is_retried_and_the_batch_ends_byte_identical(ra
     def go():
         try:
             result["res"] = run_batch(jobfile, out, weights="random", device="cpu", checkpoint_every=3,
-                                      executor="ray", cpus_per_job=2)
+                                      executor=make_executor("ray", cpus_per_job=2))
         except BaseException as e:  # noqa: BLE001 - reported by the assertions below
             result["error"] = e
 
@@ -229,7 +230,7 @@ def test_a_worker_killed_mid_job_is_retried_and_the_batch_ends_byte_identical(ra
 
 def test_a_ray_extraction_equals_the_local_one(ray_cluster, tmp_path, photos_dir):
     """Two images per chunk, so the parts come from three tasks and are renumbered in order."""
-    from patchcollide.store import PatchStore
+    from patchcollide.offline.store import PatchStore
 
     stores = {}
     for executor in ("local", "ray"):
@@ -250,8 +251,8 @@ def test_a_ray_extraction_equals_the_local_one(ray_cluster, tmp_path, photos_dir
 def test_a_ray_extraction_goes_on_from_a_local_ones_parts(ray_cluster, tmp_path, photos_dir):
     """Kill semantics stay: the parts a killed local run left are kept, Ray adds the rest, and the
     store equals one made in one go."""
-    from patchcollide.extract import ExtractConfig, extract_store
-    from patchcollide.store import PatchStore, StoreWriter
+    from patchcollide.offline.extract import ExtractConfig, extract_store
+    from patchcollide.offline.store import PatchStore, StoreWriter
 
     cfg = ExtractConfig(stride=16, part_images=2)
     whole = extract_store([photos_dir], str(tmp_path / "whole.h5"), cfg)
@@ -269,7 +270,7 @@ def test_a_ray_extraction_goes_on_from_a_local_ones_parts(ray_cluster, tmp_path,
         mp.setattr(StoreWriter, "write_part", die_after_one)
         extract_store([photos_dir], out, cfg)
     assert sorted(os.listdir(out + ".parts")) == ["part-000000.npz", "state.json"]  # the fault landed
-    res = extract_store([photos_dir], out, cfg, executor="ray")
+    res = extract_store([photos_dir], out, cfg, executor=make_executor("ray"))
     assert res.resumed
     with PatchStore(whole.path) as a, PatchStore(out) as b:
         assert a.fingerprint == b.fingerprint and np.array_equal(a.provenance, b.provenance)

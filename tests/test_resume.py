@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import changed_after_now, write_photos
-from patchcollide.store import PatchStore
+from patchcollide.offline.store import PatchStore
 
 NAMES = ("chelsea", "coffee", "rocket", "camera", "immunohistochemistry", "colorwheel", "astronaut", "brick",
          "grass", "gravel", "coins", "moon")

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from patchcollide.cli import cli
 from patchcollide.cli.online import DEPRECATED_OPTIONS, RUN_OPTIONS, collide
-from patchcollide.collide import CollideConfig, option_name
-from patchcollide.jobfile import BATCH_WIDE, JOB_FIELDS, config_fields, job_keys, read_jobs
+from patchcollide.engine.collide import CollideConfig, option_name
+from patchcollide.batch.jobfile import BATCH_WIDE, JOB_FIELDS, config_fields, job_keys, read_jobs
 
 
 def _fields() -> set[str]:

@@ -13,8 +13,8 @@ import torch
 from click.testing import CliRunner
 
 from patchcollide.cli import cli
-from patchcollide.collide import CollideConfig, collide, least_change_weights, retrieve_candidates
-from patchcollide.world import ATTACKED, JUDGE, WorldConfig, build_world
+from patchcollide.engine.collide import CollideConfig, collide, least_change_weights, retrieve_candidates
+from patchcollide.papers.world import ATTACKED, JUDGE, WorldConfig, build_world
 
 S = 64  # a tiny world: 64 px digits, one epoch; collisions at digits_vgg's fc6 (256 units, 12,288 inputs)
 TINY = WorldConfig(size=S, epochs=1, judge_epochs=3, store_fraction=0.05)
@@ -42,7 +42,7 @@ def test_world_is_built_once_from_the_training_split(world):
     again = build_world(world.root, TINY)  # cached: nothing is trained again
     assert os.stat(world.weights).st_mtime_ns == stamp and again.record["nets"] == rec["nets"]
     # the store holds training digits only: no test image is a source of a stored patch
-    from patchcollide.knn import PatchIndex
+    from patchcollide.offline.knn import PatchIndex
 
     with PatchIndex(world.index) as idx:
         paths = {idx.store.image_record(i)["abspath"] for i in range(idx.store.n_images)}
@@ -54,15 +54,15 @@ def test_world_is_built_once_from_the_training_split(world):
 
 
 def test_a_different_config_on_a_built_world_is_refused(world):
-    from patchcollide.world import WorldError
+    from patchcollide.papers.world import WorldError
 
     with pytest.raises(WorldError, match="another config"):
         build_world(world.root, WorldConfig(size=S, epochs=2, judge_epochs=3, store_fraction=0.05))
 
 
 def test_world_nets_load_through_the_users_weights_path(world):
-    from patchcollide.judge import load_judge
-    from patchcollide.models import ModelError, load_tap
+    from patchcollide.engine.judge import load_judge
+    from patchcollide.engine.models import ModelError, load_tap
 
     tap = load_tap(ATTACKED, "fc6", world.weights)
     assert tap.weights.kind == "file" and tap.weights.sha256
@@ -98,7 +98,7 @@ def test_collide_and_sample_with_a_judge(world, tmp_path):
     poly = json.load(open(os.path.join(out, "report.json")))["polytope"]
     assert poly["judge_source_class"] == p["source_digit"] and 0 <= poly["judge_share_source"] <= 1
     assert poly["fools_net"] == (poly["share_target_close"] == 1.0) and "% of samples read as the source" in r.output
-    from patchcollide.report import write_html
+    from patchcollide.runs.report import write_html
 
     html = open(write_html(out)).read()
     assert 'id="judge"' in html and "reads as the source" in html
@@ -118,7 +118,7 @@ def test_a_bad_judge_is_one_line_before_any_work(world, tmp_path):
 
 
 def test_least_change_keeps_vertices_closer_to_the_source(world):
-    from patchcollide.models import load_tap
+    from patchcollide.engine.models import load_tap
 
     tap = load_tap(ATTACKED, "fc6", world.weights)
     p = world.pairs()[2]
@@ -144,7 +144,7 @@ def test_least_change_weights_follow_the_nets_decision():
 
 
 def test_source_and_target_candidates(world):
-    from patchcollide.knn import PatchIndex
+    from patchcollide.offline.knn import PatchIndex
 
     p = world.pairs()[0]
     src, tgt = _u8(p["source"]), _u8(p["target"])

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from .. import __version__
+from ..core.version import __version__
 from .batch import batch
 from .common import setup_logging
 from .demo import demo

@@ -8,10 +8,10 @@ import time
 
 import click
 
-from ..jobfile import JobsError, parse_shard, read_jobs
-from ..checkpoints import EVERY
-from ..jobfile import config_fields
-from ..jobs import BatchEvents, run_batch
+from ..batch.jobfile import JobsError, config_fields, parse_shard, read_jobs
+from ..batch.runner import BatchEvents, run_batch
+from ..engine.checkpoints import EVERY
+from ..executors import make_executor
 from .common import UserError, executor_options, show_progress, user_errors
 
 
@@ -194,8 +194,8 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
             res = run_batch(jobfile, out_dir, arch=arch, layer=layer, weights=weights, index_dir=index_dir,
                             device=device, dataset=dataset, shard=shard_, retry_failed=retry_failed,
                             skip_invalid=skip_invalid, events=progress, checkpoint_every=checkpoint_every,
-                            executor=executor, address=address, gpus_per_job=gpus_per_job,
-                            cpus_per_job=cpus_per_job, judge=judge, judge_model=judge_model)
+                            executor=make_executor(executor, address, gpus_per_job, cpus_per_job),
+                            judge=judge, judge_model=judge_model)
         finally:
             progress.close()
     for line, msg in jobfile.problems() if skip_invalid else []:

@@ -10,9 +10,10 @@ import warnings
 
 import click
 
-from ..checkpoints import Interrupted
-from ..errors import PatchcollideError
-from ..images import BadImage
+from ..core.errors import PatchcollideError
+from ..core.images import BadImage
+from ..engine.checkpoints import Interrupted
+from ..executors import EXECUTORS
 
 USER_ERRORS = (PatchcollideError,)  # every user error derives from it (errors.py)
 
@@ -135,6 +136,6 @@ def executor_options(f):
     f = click.option("--address", default=None, metavar="auto|HOST:PORT",
                      help="Ray cluster to use with --executor ray: 'auto' for the one `ray start` runs on this "
                           "machine, or a head node's HOST:PORT [default: start one on this machine].")(f)
-    return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    return click.option("--executor", type=click.Choice(list(EXECUTORS)), default="local", show_default=True,
                         help="Where the work runs: this process, or the workers of a Ray cluster "
                              "(pip install 'patchcollide[ray]').")(f)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import click
 
 from ..demo import run_demo
+from ..papers.world import run_world_demo, success
 from .common import Progress, deprecated, show_progress, user_errors
-from .online import _Bar, print_polytope, print_vertices
+from .online import Bar, print_polytope, print_vertices
 
 
 @click.command()
@@ -37,7 +38,7 @@ def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, 
     if n_deprecated is not None:
         deprecated("--n", "--samples")
         samples = n_deprecated
-    bar = _Bar(show_progress(ctx))
+    bar = Bar(show_progress(ctx))
     with user_errors(), Progress("extracting sample photos", show_progress(ctx)) as xbar:
         try:
             r = run_demo(index_dir, out_dir, size=size, steps=steps, vertices=vertices, samples=samples,
@@ -56,9 +57,7 @@ def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, 
 
 
 def _digits(ctx, world_dir, out_dir, pair, device, steps, samples):
-    from ..world import run_world_demo, success
-
-    bar = _Bar(show_progress(ctx))
+    bar = Bar(show_progress(ctx))
     with user_errors():
         try:
             reports = run_world_demo(world_dir, out_dir, pair=pair, device=device, steps=steps, samples=samples,

@@ -5,6 +5,17 @@ import os
 
 import click
 
+from ..core.files import write_json, write_text
+from ..engine.models import ModelError, builder
+from ..exact import (
+    CLASSIFICATION_MODELS,
+    PAPER_MODELS,
+    NullspaceConfig,
+    NullspaceError,
+    nullity_table,
+    run_nullspace,
+    table_markdown,
+)
 from .common import UserError, deprecated, echo_json, show_progress, user_errors
 
 
@@ -118,8 +129,6 @@ def nullspace(ctx, model, arch, weights, image, size, mode, beta, vectors, seed,
     that are verified in float32 and float64. Overlapping convolutions (ResNet, AlexNet) are
     analysed as linear maps on the whole image; no collider is claimed.
     """
-    from ..exact import NullspaceConfig, run_nullspace
-
     if arch is not None:
         if model is not None:
             raise UserError("--arch is the deprecated name of --model; pass --model only")
@@ -215,10 +224,6 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, outs, as_json):
     torchvision]. An unknown name is refused up front (exit code 2); a model that fails to
     build or load later is one line of the table, not a crash.
     """
-    from ..exact import CLASSIFICATION_MODELS, PAPER_MODELS, NullspaceError, nullity_table, table_markdown
-    from ..models import ModelError, builder
-    from ..files import write_json, write_text
-
     legacy = ctx.meta.get("nullity_json_paths", [])
     if legacy:
         deprecated("--json PATH", "--out PATH.json (--json alone prints JSON)")

@@ -6,13 +6,22 @@ import os
 import click
 import numpy as np
 
-from ..extract import ExtractConfig, extract_store
-from ..index_build import STORE_FILE, IndexConfig, build_index
-from ..knn import PatchIndex, evaluate, query_patches
-from ..pictures import neighbour_mosaic, save_png
-from ..store import PatchStore
-from .common import (Progress, UserError, deprecated, echo_json, executor_options, human_bytes, show_progress,
-                     user_errors)
+from ..executors import make_executor
+from ..offline.extract import ExtractConfig, extract_store
+from ..offline.index_build import STORE_FILE, IndexConfig, build_index
+from ..offline.knn import PatchIndex, evaluate, query_patches
+from ..offline.store import PatchStore
+from ..runs.pictures import neighbour_mosaic, save_png
+from .common import (
+    Progress,
+    UserError,
+    deprecated,
+    echo_json,
+    executor_options,
+    human_bytes,
+    show_progress,
+    user_errors,
+)
 
 DEFAULT_INDEX = "index"
 
@@ -62,7 +71,7 @@ def extract(ctx, folders, out, fraction, resize, stride, seed, workers, executor
                             compression=None if compression == "none" else compression)
         with Progress("extracting images", show_progress(ctx)) as bar:
             res = extract_store(list(folders), out, cfg, workers=workers, overwrite=overwrite, progress=bar,
-                                executor=executor, address=address)
+                                executor=make_executor(executor, address))
     m = res.manifest
     if res.already_complete:
         click.echo(f"{out} is already complete with these arguments ({m.get('n_patches', '?')} patches); nothing to do")

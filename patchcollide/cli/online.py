@@ -7,10 +7,11 @@ import sys
 import click
 from click.core import ParameterSource
 
-from ..checkpoints import EVERY
-from ..collide import CollideConfig
-from ..judge import DEFAULT_JUDGE_MODEL as JUDGE_MODEL, load_judge
-from ..runs import dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample
+from ..engine.checkpoints import EVERY
+from ..engine.collide import CollideConfig
+from ..engine.judge import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
+from ..engine.judge import load_judge
+from ..runs.run import dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample
 from .common import Progress, UserError, deprecated, show_progress, user_errors
 
 
@@ -81,7 +82,7 @@ def print_polytope(check: dict, notice: str | None = None) -> None:
                + (f" vs dataset images {ds:.1f}" if ds is not None else "") + f" ({check['units']})")
 
 
-class _Bar:
+class Bar:
     """Progress with the loss and the worst vertex's error: a bar on a terminal, else a line
     every tenth of the steps (so logs of batch jobs stay readable)."""
 
@@ -237,7 +238,7 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         if missing:
             raise UserError(f"missing {', '.join(missing)}; give --source, --target and --out, or --resume RUN "
                             "to continue an interrupted run")
-    bar = _Bar(show_progress(ctx))
+    bar = Bar(show_progress(ctx))
     if resume:
         with user_errors():
             try:

@@ -5,7 +5,7 @@ import pathlib
 
 import click
 
-from ..report import write_html
+from ..runs.report import write_html
 from .common import user_errors
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..world import WorldConfig, build_world
+from ..papers.world import WorldConfig, build_world
 from .common import user_errors
 
 

@@ -23,13 +23,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from ..core import files
+from ..core.errors import first_line
+from ..core.files import atomic_open, machine, staged_dir, versions, write_json
+from ..core.images import Preprocess, imagenet_crop, load_rgb, sample_photo
+from ..engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from ..runs.pictures import save_png
 from .kernel import NullspaceConfig, linear_perturbation, patch_perturbation
 from .spectra import conv_map_analysis, naive_tiling
 from .table import RANDOM_NOTICE, NullspaceError
 from .verify import layer_residual, model_output, perturbation_size, pgd, verify
-from .. import files
-from ..files import atomic_open, machine, staged_dir, versions
 
 RUN_KIND = "patchcollide-nullspace"  # report.json's kind
 
@@ -89,7 +92,7 @@ def find_first_layer(model: nn.Module, x: torch.Tensor) -> FirstLayer:
     except _Stop:
         pass
     except (AssertionError, RuntimeError, ValueError) as e:
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise NullspaceError(f"the model does not accept input {tuple(x.shape[1:])} ({msg}); use the input size "
                              "it was built for (ViT: --size 224)") from None
     finally:
@@ -259,14 +262,10 @@ def run_nullspace(model: str, out: str, size: int = 224, config: NullspaceConfig
     one line per stage. Bad inputs raise a one-line NullspaceError, ModelError or BadImage
     before anything is written.
     """
-    from ..images import Preprocess, imagenet_crop, load_rgb
-
     if not 32 <= size <= 1024:
         raise NullspaceError(f"--size must be between 32 and 1024, got {size}")
     check_out(out, overwrite)
     if image is None:
-        from ..demo import sample_photo
-
         img = imagenet_crop(sample_photo("astronaut"), size)
     else:
         if not os.path.isfile(image):
@@ -296,9 +295,6 @@ def write_nullspace_run(out: str, res: NullspaceResult, image: np.ndarray, model
     report.json    config, versions, weights, first layer, kernel analysis, verification
     """
     from PIL import Image
-
-    from ..files import write_json
-    from ..pictures import save_png
 
     check_out(out, overwrite)
     report = {"kind": RUN_KIND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta,

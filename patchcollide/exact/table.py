@@ -31,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import PatchcollideError
-from ..files import machine, versions
-from ..models import ModelError, build_model
+from ..core.errors import PatchcollideError, first_line
+from ..core.files import machine, versions
+from ..engine.models import ModelError, build_model
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def nullity_table(models: list[str], weights: str = "random", seed: int = 0, rto
         try:
             model, info = build_model(name, weights, seed)
         except (ModelError, NullspaceError, RuntimeError, ValueError, TypeError) as e:
-            failed.append({"model": name, "reason": str(e).strip().splitlines()[0][:200] or type(e).__name__})
+            failed.append({"model": name, "reason": first_line(e, 200)})
             log.info("%s: %s", name, failed[-1]["reason"])
             continue
         row = nullity_row(model, rtol, (lambda d, t, _n=name: progress(_n, d, t)) if progress else None)

@@ -8,8 +8,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import files
-from .images import PATCH
+from ..core import files
+from ..core.images import PATCH
 
 
 def neighbour_mosaic(query_image: np.ndarray, query_yx: np.ndarray, neighbours: np.ndarray, distances: np.ndarray,

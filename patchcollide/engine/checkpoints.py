@@ -27,8 +27,8 @@ import threading
 
 import torch
 
-from .errors import PatchcollideError
-from .files import atomic_open
+from ..core.errors import PatchcollideError
+from ..core.files import atomic_open
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,10 @@ import warnings
 
 import torch
 import torch.nn as nn
-from .errors import PatchcollideError
-from .nets import BUILDERS as OWN_MODELS, HEADS as OWN_HEADS
+
+from ..core.errors import PatchcollideError, first_line
+from .nets import BUILDERS as OWN_MODELS
+from .nets import HEADS as OWN_HEADS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -237,12 +239,12 @@ def load_state_file(path: str) -> dict:
             why = detail.group(1).strip().splitlines()[0][:80] if detail else "not tensors only"
             reason = f"not a torch.save file of tensors only; weights_only=True loading refused it: {why}"
         else:
-            reason = _first_line(e)
+            reason = first_line(e, 100)
         raise ModelError(f"--weights {path}: not a loadable state dict ({reason}); save one with "
                          "torch.save(model.state_dict(), PATH)") from None
     except Exception as e:  # noqa: BLE001 - zip errors, EOF, random bytes
         raise ModelError(f"--weights {path}: not a loadable state dict (not a file written by torch.save: "
-                         f"{_first_line(e)}); save one with torch.save(model.state_dict(), PATH)") from None
+                         f"{first_line(e, 100)}); save one with torch.save(model.state_dict(), PATH)") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -258,12 +260,6 @@ def fit_state(model: nn.Module, state: dict, arch: str, source: str) -> None:
     except RuntimeError as e:
         raise ModelError(f"--weights {source} does not fit {arch} ({_fit_detail(e)}); pass a state dict saved "
                          f"from {arch}, or the --model it was saved from") from None
-
-
-def _first_line(e: BaseException, n: int = 100) -> str:
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else type(e).__name__
-    return line if len(line) <= n else line[: n - 3] + "..."
 
 
 def _fit_detail(e: RuntimeError) -> str:

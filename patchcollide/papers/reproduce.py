@@ -42,12 +42,22 @@ import time
 import numpy as np
 import torch
 
-from .collide import CollideConfig, optimise
-from .digits import ARCHS, AUTHORS_RECIPE, DigitData, DigitTap, DigitsError, TrainConfig, load_digit_data, \
-    make_model, mean_pairwise_l2, train
-from .objectives import Target, choose_units, collision_metrics, push_ratio
-from .params import PixelParam
-from .polytope import sample_polytope
+from ..engine.collide import CollideConfig, optimise
+from ..engine.objectives import Target, choose_units, collision_metrics, push_ratio
+from ..engine.params import PixelParam
+from ..engine.polytope import sample_polytope
+from .digits import (
+    ARCHS,
+    AUTHORS_RECIPE,
+    DigitData,
+    DigitsError,
+    DigitTap,
+    TrainConfig,
+    load_digit_data,
+    make_model,
+    mean_pairwise_l2,
+    train,
+)
 
 # The paper's Table 2 (MNIST MLP), for the comparison rows of our tables.
 PAPER_TABLE2 = {"test_accuracy": 0.9664, "rows": [

@@ -33,6 +33,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO
 
+from .version import __version__
+
 # ---------------------------------------------------------------------------------------------
 # Atomic writes
 
@@ -306,7 +308,7 @@ def is_locked(path: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # The versions record
 
-CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding patchcollide/
+CODE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the folder holding patchcollide/
 LIBRARIES = (("torch", "torch"), ("torchvision", "torchvision"), ("faiss", "faiss"), ("numpy", "numpy"),
              ("h5py", "h5py"), ("pillow", "PIL"), ("scipy", "scipy"))  # (key, module)
 
@@ -317,8 +319,6 @@ def versions() -> dict:
     library's, and ``git``: ``{"commit", "dirty"}`` of the code when it runs from a git
     checkout (dirty: tracked files changed), else None. Imports the libraries (once per
     process: a few seconds for torch)."""
-    from . import __version__
-
     out = {"patchcollide": __version__, "python": platform.python_version(), "platform": platform.platform()}
     for key, module in LIBRARIES:
         try:

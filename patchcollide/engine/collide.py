@@ -38,11 +38,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..core.errors import PatchcollideError, first_line
+from ..core.images import grid_positions
 from .checkpoints import Checkpointer, Interrupted
-from .errors import PatchcollideError
-from .models import Tap
+from .models import Tap, resolve_device, tap_on
 from .objectives import OBJECTIVES, Target, choose_units, collision_metrics, loss_terms, push_ratio
-from .images import grid_positions
 from .params import PATCH, STARTS, PatchParam, PixelParam
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def target_of(tap: Tap, target: torch.Tensor, vertices: int, first_unit: int = 0
     try:
         z, logits = tap.pre_and_logits(target)
     except RuntimeError as e:
-        msg = str(e).strip().splitlines()[0][:160]
+        msg = first_line(e)
         raise CollideError(f"{tap.arch} cannot take a {target.shape[-1]}x{target.shape[-2]} input ({msg}); "
                            "use another --size") from None
     z = z[0]
@@ -241,7 +241,7 @@ def retrieve_candidates(index, source_img: np.ndarray, k: int, grid_stride: int,
                         target_img: np.ndarray | None = None) -> dict:
     """k nearest stored patches for every location of the covering grid on ``source_img``
     (H, W, 3) uint8: ids, distances, yx (L, 2) and the candidates' pixels, ``patches``
-    (L, K, S, S, 3) uint8 (``candidate_pixels``). With ``target_img`` the k nearest of the
+    (L, K, S, S, 3) uint8 (``index.candidate_pixels``). With ``target_img`` the k nearest of the
     target's patch at each location follow the source's (K = 2k; distances to the target's patch)."""
     res = index.search_image(source_img, k=k, stride=grid_stride)
     c = {"ids": res.ids, "distances": res.distances, "yx": res.query_yx}
@@ -249,19 +249,7 @@ def retrieve_candidates(index, source_img: np.ndarray, k: int, grid_stride: int,
         t = index.search_image(target_img, k=k, stride=grid_stride)
         c = {"ids": np.concatenate([res.ids, t.ids], 1), "distances": np.concatenate([res.distances, t.distances], 1),
              "yx": res.query_yx}
-    return {**c, "patches": candidate_pixels(index.store, c["ids"], window)}
-
-
-def candidate_pixels(store, ids: np.ndarray, window: int = PATCH) -> np.ndarray:
-    """(L, K, S, S, 3) uint8 for candidate ids (L, K): the stored patches (``window`` 32), or
-    each patch's ``window`` x ``window`` context in its source image, the patch in the middle
-    (extract.context_windows: the authors' candidates, re-cut from the source files)."""
-    L, K = ids.shape
-    if window == PATCH:
-        return store.get(ids.ravel()).reshape(L, K, PATCH, PATCH, 3)
-    from .extract import context_windows
-
-    return context_windows(store, ids.ravel(), window).reshape(L, K, window, window, 3)
+    return {**c, "patches": index.candidate_pixels(c["ids"], window)}
 
 
 def make_param(config: CollideConfig, source: torch.Tensor, target: torch.Tensor, candidates: dict | None):
@@ -472,8 +460,6 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     of this run (``Checkpointer.load``) to go on from: its target and candidates are used, so
     the run ends as if it had never stopped.
     """
-    from .models import resolve_device, tap_on
-
     t0 = time.time()
     S = config.size
     for name, img in (("source", source_img), ("target", target_img)):
@@ -496,7 +482,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     if config.mode == "patches":
         if resume is not None:  # the same candidates, by id: no search, whatever the index would answer now
             c = {k: v.numpy() for k, v in resume["candidates"].items()}
-            candidates = {**c, "patches": candidate_pixels(index.store, c["ids"], config.window)}
+            candidates = {**c, "patches": index.candidate_pixels(c["ids"], config.window)}
         else:
             candidates = retrieve_candidates(index, source_img, config.k, config.grid_stride, config.window,
                                              target_img if config.retrieve == "source+target" else None)
@@ -529,8 +515,6 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
 @torch.no_grad()
 def quantised_metrics(tap: Tap, vertices_u8: np.ndarray, target: Target, device: "str | torch.device" = "auto") -> dict:
     """Metrics of the vertices as saved: (V, H, W, 3) uint8 (e.g. PNGs read back from disk)."""
-    from .models import resolve_device, tap_on
-
     dev = resolve_device(device)
     tap = tap_on(tap, dev)
     x = torch.from_numpy(np.ascontiguousarray(vertices_u8)).permute(0, 3, 1, 2).float().to(dev) / 255.0

@@ -14,4 +14,5 @@ class PatchcollideError(Exception):
 def first_line(e: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message (its class name when empty), for the reason
     part of a one-line error."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import PatchcollideError
+from .errors import PatchcollideError, first_line
 
 PATCH = 32  # patch side in pixels; fixed by the method (Li et al. 2019 use 32 x 32)
 
@@ -148,8 +148,7 @@ def _load_rgb(path: str, pre: Preprocess) -> tuple[np.ndarray, tuple[int, int]]:
             raise BadImage(f"declared size of {n.group(1) if n else 'too many'} pixels exceeds the decompression-bomb "
                            f"guard of {limit} pixels") from None
         except (OSError, SyntaxError, ValueError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise BadImage(f"cannot decode ({msg})") from None
+            raise BadImage(f"cannot decode ({first_line(e)})") from None
     return arr, (h, w)
 
 
@@ -187,3 +186,11 @@ def cut_patches(img: np.ndarray, yx: np.ndarray, patch: int = PATCH) -> np.ndarr
     win = np.lib.stride_tricks.sliding_window_view(img, (patch, patch), axis=(0, 1))  # (H', W', 3, p, p)
     out = win[yx[:, 0], yx[:, 1]]  # (L, 3, p, p)
     return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+
+
+def sample_photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo by name, as stored in the package (uint8, grey, RGB or RGBA)."""
+    from skimage import data
+
+    img = getattr(data, name)()
+    return img[0] if isinstance(img, tuple) else img

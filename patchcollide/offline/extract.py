@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import PatchcollideError, first_line
-from .files import check_writable, versions
-from .images import PATCH, BadImage, Preprocess, cut_patches, grid_positions, load_rgb
+from ..core.errors import PatchcollideError, first_line
+from ..core.files import check_writable, versions
+from ..core.images import PATCH, BadImage, Preprocess, cut_patches, grid_positions, load_rgb
 from .store import Part, PatchStore, StoreError, StoreWriter, restore_manifest, store_lock
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def _decode(job: tuple[str, Preprocess, int]) -> tuple[str, np.ndarray | None, n
     except MemoryError:
         return "out of memory while decoding", None, None, (0, 0), (0, 0)
     except Exception as e:  # noqa: BLE001 - a decoder plugin's own error must not stop the run
-        return f"cannot decode ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", None, None, (0, 0), (0, 0)
+        return f"cannot decode ({type(e).__name__}: {first_line(e)})", None, None, (0, 0), (0, 0)
     yx = grid_positions(img.shape[:2], stride)
     return "", cut_patches(img, yx), yx, img.shape[:2], native
 
@@ -180,25 +180,21 @@ def extract_store(
     workers: int = 1,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
-    executor: str = "local",
-    address: str | None = None,
+    executor=None,
 ) -> ExtractResult:
     """Build (or resume, or find complete) the patch store ``out`` from image ``folders``.
 
-    progress(done_images, total_images) is called as images are processed. ``executor`` "local"
-    decodes in this process (``workers`` processes); "ray" on the Ray cluster at ``address``
-    (None: a new one on this machine), in chunks of ``config.part_images`` images (see
-    ray_executor.py). Either way the store is the same: patches, provenance and fingerprint.
+    progress(done_images, total_images) is called as images are processed. ``executor`` None
+    decodes in this process (``workers`` processes); an executor object (``executors``, e.g.
+    Ray's, in chunks of ``config.part_images`` images) writes the parts its way. Either way the
+    store is the same: patches, provenance and fingerprint.
     """
     t0 = time.time()
     if workers < 1:
         raise ExtractError(f"--workers must be >= 1, got {workers}")
-    from .ray_executor import check_options
-
-    check_options(executor, address)
-    if executor == "ray" and workers != 1:
-        raise ExtractError(f"--workers {workers} is for --executor local (Ray uses its cluster's CPUs); "
-                           "leave out --workers")
+    if executor is not None and not executor.local and workers != 1:
+        raise ExtractError(f"--workers {workers} is for --executor local (--executor {executor.name} uses its "
+                           "cluster's CPUs); leave out --workers")
     roots, files, ignored = scan_inputs(folders)
     classes = sorted({f.cls for f in files})
     label_of = {c: i for i, c in enumerate(classes)}
@@ -232,23 +228,29 @@ def extract_store(
         n_parts, done = writer.resume_point()
         if progress:
             progress(done, len(selected))
-        if executor == "ray":
-            from .ray_executor import write_parts
-
-            n_parts = write_parts(writer, selected, roots, label_of, config, n_parts, done, progress, address)
-        else:
-            with contextlib.closing(decode_files(selected[done:], roots, config, workers)) as decoded:
-                for part in cut_parts(decoded, label_of, roots, done, config):
-                    writer.write_part(n_parts, part)
-                    n_parts += 1
-                    if progress:
-                        progress(part.first_selected + part.n_selected, len(selected))
+        write = executor.write_parts if executor is not None else write_parts_here
+        n_parts = write(writer, selected, roots, label_of, config, n_parts, done, progress, workers)
         manifest = {
             "config": cfg, "content_key": content_key, "inputs": roots, "classes": classes,
             "n_files_found": len(files), "n_files_selected": len(selected), "versions": versions(),
         }
         manifest = writer.finalize(n_parts, classes, roots, manifest, skipped_before=ignored, t0=t0)
     return ExtractResult(out, manifest, resumed=writer.resumed, already_complete=False, seconds=time.time() - t0)
+
+
+def write_parts_here(writer: StoreWriter, selected: list[InputFile], roots: list[str], label_of: dict[str, int],
+                     config: ExtractConfig, n_parts: int, done: int, progress: Callable[[int, int], None] | None,
+                     workers: int = 1) -> int:
+    """The local way to write the parts of ``selected[done:]``: decoded by ``workers`` processes of
+    this machine, numbered after ``writer``'s ``n_parts`` finished ones. Returns the store's
+    number of parts."""
+    with contextlib.closing(decode_files(selected[done:], roots, config, workers)) as decoded:
+        for part in cut_parts(decoded, label_of, roots, done, config):
+            writer.write_part(n_parts, part)
+            n_parts += 1
+            if progress:
+                progress(part.first_selected + part.n_selected, len(selected))
+    return n_parts
 
 
 def decode_files(files: Sequence[InputFile], roots: list[str], config: ExtractConfig,

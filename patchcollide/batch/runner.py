@@ -34,12 +34,16 @@ import time
 import traceback
 from collections.abc import Iterator
 
-from .checkpoints import EVERY, Interrupted
-from .collide import CollideError, target_of, to_tensor
-from .errors import PatchcollideError
-from .files import install_dir, is_locked, locked, try_lock, unlock, write_json, write_text, versions
-from .formats import batch_csv, metrics_of, polytope_samples
-from .jobfile import Job, JobFile, JobsError, _first_line, _replaceable, in_shard
+from ..core.errors import PatchcollideError, first_line
+from ..core.files import install_dir, is_locked, locked, try_lock, unlock, versions, write_json, write_text
+from ..core.formats import batch_csv, metrics_of, polytope_samples
+from ..engine.checkpoints import EVERY, Interrupted
+from ..engine.collide import CollideError, target_of, to_tensor
+from ..engine.judge import load_judge
+from ..engine.models import load_tap, model_identity, random_weights, resolve_device
+from ..offline.knn import PatchIndex
+from ..runs.run import dataset_images, dataset_paths, load_input, read_report, run_collide, run_sample
+from .jobfile import Job, JobFile, JobsError, in_shard, replaceable
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +107,7 @@ class JobLock:
             unlock(self.fd)
 
 
-def _held(out_dir: str, out: str) -> bool:
+def job_held(out_dir: str, out: str) -> bool:
     """True when a process (this one included) holds the job's lock now (a probe: never waits)."""
     try:
         return is_locked(os.path.join(out_dir, ".locks", out + ".lock"))
@@ -174,16 +178,12 @@ class BatchRunner:
 
     def open(self, device: str | None = None) -> None:
         """Load the model (on ``device`` if given, else the batch's --device) and open the index."""
-        from .models import load_tap, resolve_device
-
         if self.uses_index and not self.index_dir:
             raise JobsError("patch-mode jobs need an index (-i/--index); build one with `patchcollide index build`")
         if self.uses_index:  # before the model: a bad index fails in a second
-            from .knn import PatchIndex
 
             self.pindex = PatchIndex(self.index_dir)
         if self.judge_weights:  # before the model: a bad judge fails in a second
-            from .judge import load_judge
 
             self.judge = load_judge(self.judge_weights, self.judge_model)
         seed = self.jobfile.jobs[0].config.seed if self.jobfile.jobs else 0
@@ -202,8 +202,6 @@ class BatchRunner:
         return seed if self.weights == "random" else None
 
     def tap_for(self, job: Job):
-        from .models import load_tap
-
         key = self._tap_key(job.config.seed)
         if key not in self._taps:
             # one extra random model at a time (VGG-16 is half a gigabyte)
@@ -215,16 +213,12 @@ class BatchRunner:
     def model_identity(self, job: Job) -> dict:
         """models.py's record of the model this job runs with (random weights: seeded by the job)."""
         if self.weights == "random":
-            from .models import model_identity, random_weights
-
             return model_identity(self.arch, self.layer, random_weights(job.config.seed))
         return self.tap.identity()
 
     def target_for(self, job: Job):
         """``collide.target_of`` for the job's target, computed once per (model, target file,
         size, vertices, first unit) and reused by every job that shares them."""
-        from .runs import load_input
-
         key_tap, tap = self.tap_for(job)
         c = job.config
         key = (key_tap, job.target, c.size, c.vertices, c.first_unit)
@@ -237,8 +231,6 @@ class BatchRunner:
     def dataset_for(self, size: int):
         """Dataset images (N, size, size, 3) uint8 for the polytope check's distance comparison:
         the --dataset folder, else the index's store images when the batch uses an index, else None."""
-        from .runs import dataset_images, dataset_paths
-
         if self._dataset_paths is None:
             self._dataset_paths = dataset_paths(self.dataset, self.pindex.store if self.pindex is not None else None)
         if size not in self._datasets:
@@ -309,7 +301,7 @@ class BatchRunner:
         """done | busy (a process works on it now) | failed | pending, from the files in DIR."""
         if self.is_done(job):
             return "done"
-        if _held(self.out_dir, job.out):
+        if job_held(self.out_dir, job.out):
             return "busy"
         return "failed" if self.failure(job) else "pending"
 
@@ -371,10 +363,8 @@ class BatchRunner:
             lock.release()
 
     def _run_into(self, job: Job, scratch: str, t0: float, progress) -> None:
-        from .runs import read_report, run_collide, run_sample
-
         final = self.job_dir(job)
-        if os.path.lexists(final) and not _replaceable(final):
+        if os.path.lexists(final) and not replaceable(final):
             raise CollideError(f"{final} holds files that are not a patchcollide run; move them away")
         _, tap = self.tap_for(job)
         target = self.target_for(job)
@@ -423,7 +413,7 @@ class BatchRunner:
         tb_rel = posixpath.join(".failed", job.out + ".traceback.txt")
         write_text(os.path.join(self.out_dir, tb_rel), tb or traceback.format_exc(),
                    tmp=os.path.join(scratch, os.path.basename(tb_rel)))
-        msg = _first_line(str(exc))
+        msg = first_line(exc, 200) if str(exc).strip() else ""
         path = getattr(exc, "path", None)  # an image that did not decode: name it (BadImage's message does not)
         if isinstance(path, str) and path and path not in msg:
             msg = f"{path}: {msg}"
@@ -520,16 +510,13 @@ def run_here(runner: BatchRunner, todo: list[Job], events: BatchEvents) -> list[
 def run_batch(jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet",
               index_dir: str | None = "index", device: str = "auto", dataset: str | None = None,
               shard: tuple[int, int] | None = None, retry_failed: bool = False, skip_invalid: bool = False,
-              events: BatchEvents | None = None, checkpoint_every: int = EVERY, executor: str = "local",
-              address: str | None = None, gpus_per_job: float | None = None,
-              cpus_per_job: float | None = None, judge: str | None = None,
-              judge_model: str = "digits_lenet5") -> BatchResult:
+              events: BatchEvents | None = None, checkpoint_every: int = EVERY, executor=None,
+              judge: str | None = None, judge_model: str = "digits_lenet5") -> BatchResult:
     """Run this process's share of ``jobfile`` into ``out_dir``.
 
-    ``executor`` "local" runs the jobs one after another in this process; "ray" runs them as
-    tasks on the Ray cluster at ``address`` (None: a new one on this machine), each asking for
-    ``gpus_per_job`` GPUs (None: 1 where the cluster has GPUs, else 0) and ``cpus_per_job``
-    CPUs (None: 1); see ray_executor.py. The outputs are the same.
+    ``executor`` None runs the jobs one after another in this process (``run_here``); an
+    executor object (``executors.make_executor``, e.g. Ray's) runs them its way. The outputs
+    are the same.
 
     A job saves a checkpoint in DIR/.partial/<out>/ every ``checkpoint_every`` steps (and on
     SIGINT/SIGTERM, which stop the batch with checkpoints.Interrupted); the next run of the
@@ -548,20 +535,16 @@ def run_batch(jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = 
         raise JobsError(f"{jobfile.path}: no valid jobs ({len(jobfile.invalid)} invalid lines)")
     if dataset and not os.path.isdir(dataset):
         raise JobsError(f"--dataset {dataset}: no such folder; give an image folder or leave it out")
-    from .ray_executor import check_options, cluster, job_resources
-
-    check_options(executor, address, **{"--gpus-per-job": gpus_per_job, "--cpus-per-job": cpus_per_job})
     created = not os.path.exists(out_dir)
     runner = BatchRunner(jobfile, out_dir, arch, layer, weights, index_dir, device, dataset, skip_invalid,
                          checkpoint_every, judge, judge_model)
     try:
         with batch_lock(out_dir, shard), contextlib.ExitStack() as stack:
             try:
-                if executor == "ray":  # an unreachable or too small cluster fails before the model loads
-                    stack.enter_context(cluster(address))
-                    resources = job_resources(gpus_per_job, cpus_per_job)
+                if executor is not None:  # an unreachable or too small cluster fails before the model loads
+                    stack.enter_context(executor.connect())
                 # a bad model or index: nothing is written. Ray's driver only checks the model (on the CPU)
-                runner.open(device="cpu" if executor == "ray" else None)
+                runner.open(device=executor.driver_device if executor is not None else None)
             except BaseException:
                 if created:  # leave no empty directory behind
                     with contextlib.suppress(OSError):
@@ -577,12 +560,7 @@ def run_batch(jobfile: JobFile, out_dir: str, arch: str = "vgg16", layer: str = 
             runner.write_batch_json()
             events.start(todo)
             try:
-                if executor == "ray":
-                    from .ray_executor import run_jobs
-
-                    ran = run_jobs(runner, todo, events, *resources)
-                else:
-                    ran = run_here(runner, todo, events)
+                ran = (executor.run_jobs if executor is not None else run_here)(runner, todo, events)
             except JobsError:  # a full disk: batch.json says what is done so far
                 with contextlib.suppress(OSError):
                     runner.write_batch_json()

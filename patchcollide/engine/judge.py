@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 from .models import ModelError, WeightsInfo, build_model, file_sha256, fit_state, imagenet_normalise, load_state_file
-from .nets import BUILDERS as OWN_MODELS, JUDGE_NORMALISED
+from .nets import BUILDERS as OWN_MODELS
+from .nets import JUDGE_NORMALISED
 
 DEFAULT_JUDGE_MODEL = "digits_lenet5"
 

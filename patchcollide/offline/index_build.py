@@ -36,9 +36,9 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
+from ..core.errors import PatchcollideError, first_line
+from ..core.files import atomic_open, atomic_path, versions
 from .descriptors import make_descriptor
-from .errors import PatchcollideError
-from .files import atomic_open, atomic_path, versions
 from .store import PatchStore, store_lock
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def _build_index(index_dir, store_path, config, progress, train_progress=None) -
         except RuntimeError as e:
             raise IndexError_(f"--factory {factory!r} is not a valid faiss index_factory string "
                               f"({_faiss_reason(e)}); use one like Flat, IVF1024,Flat or IVF4096,PQ16x8") from None
-        ivf = _extract_ivf(index)
+        ivf = extract_ivf(index)
         if ivf is not None:
             ivf.cp.seed = config.seed
             ivf.cp.min_points_per_centroid = 1  # faiss' advice goes to stderr raw; ours is one warning line below
@@ -450,7 +450,7 @@ def quick_checksum(path: str, span: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _extract_ivf(index):
+def extract_ivf(index):
     try:
         return faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -494,7 +494,7 @@ def _gpu_flat(d: int):
     try:
         return faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(d))
     except Exception as e:  # noqa: BLE001 - any failure means: train on the CPU
-        log.warning("GPU k-means unavailable (%s); training on the CPU", str(e).splitlines()[0][:120])
+        log.warning("GPU k-means unavailable (%s); training on the CPU", first_line(e, 120))
         return None
 
 
@@ -502,7 +502,7 @@ def set_search_params(index, nprobe: int, k_factor: int) -> None:
     """Apply nprobe (IVF lists visited) and k_factor (refine candidates per neighbour) to a faiss
     index; an HNSW coarse quantizer gets efSearch max(HNSW_EF_MIN, 2 nprobe) so that it finds
     the nprobe nearest lists. Indexes without those parts ignore them."""
-    ivf = _extract_ivf(index)
+    ivf = extract_ivf(index)
     if ivf is not None:
         ivf.nprobe = nprobe
         quantizer = faiss.downcast_index(ivf.quantizer)

@@ -1,0 +1,35 @@
+"""The local executor: batch jobs one after another in this process, extraction parts decoded by
+``--workers`` processes of this machine. The default; ``batch.runner`` and ``offline.extract``
+do the same when no executor is given."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from ..batch.runner import run_here
+from ..offline.extract import write_parts_here
+from .base import ExecutorError
+
+
+class LocalExecutor:
+    name = "local"
+    local = True
+    driver_device = None
+
+    def __init__(self, address: str | None = None, gpus_per_job: float | None = None,
+                 cpus_per_job: float | None = None):
+        given = [name for name, v in (("--address", address), ("--gpus-per-job", gpus_per_job),
+                                      ("--cpus-per-job", cpus_per_job)) if v is not None]
+        if given:
+            raise ExecutorError(f"{given[0]} is an option of the Ray executor; add --executor ray or leave out "
+                                f"{given[0]}")
+
+    def connect(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def run_jobs(self, runner, todo: list, events) -> list[str]:
+        return run_here(runner, todo, events)
+
+    def write_parts(self, writer, selected: list, roots: list[str], label_of: dict, config, n_parts: int,
+                    done: int, progress: Callable[[int, int], None] | None, workers: int) -> int:
+        return write_parts_here(writer, selected, roots, label_of, config, n_parts, done, progress, workers)

@@ -1,0 +1,3 @@
+"""The offline stage, run once: image folders -> HDF5 patch store (``extract``, ``store``) ->
+patch vectors (``descriptors``) -> FAISS index (``index_build``, searched by ``knn``). Imports only
+``core``; the engine never imports it (``collide`` receives the index as an object)."""

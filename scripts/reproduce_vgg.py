@@ -64,7 +64,8 @@ def main() -> None:
     from patchcollide.engine.models import resolve_device
     from patchcollide.engine.polytope import pairwise_l2
     from patchcollide.core.files import versions
-    from patchcollide.runs.run import RANDOM_NOTICE, run_collide, run_sample
+    from patchcollide.core.formats import RANDOM_NOTICE
+    from patchcollide.runs.run import run_collide, run_sample
 
     t0 = time.time()
     try:

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from patchcollide.cli import cli
+from patchcollide.batch.folder import BatchOptions
 from patchcollide.executors import make_executor
 
 TINY = {"size": 32, "steps": 3, "min_steps": 0, "vertices": 2, "samples": 4}
@@ -193,8 +194,8 @@ def test_a_worker_killed_mid_job_is_retried_and_the_batch_ends_byte_identical(ra
 
     def go():
         try:
-            result["res"] = run_batch(jobfile, out, weights="random", device="cpu", checkpoint_every=3,
-                                      executor=make_executor("ray", cpus_per_job=2))
+            options = BatchOptions(weights="random", device="cpu", checkpoint_every=3)
+            result["res"] = run_batch(jobfile, out, options, executor=make_executor("ray", cpus_per_job=2))
         except BaseException as e:  # noqa: BLE001 - reported by the assertions below
             result["error"] = e
 

@@ -9,7 +9,9 @@ import time
 import click
 
 from ..batch.jobfile import JobsError, config_fields, parse_shard, read_jobs
+from ..batch.folder import BatchOptions
 from ..batch.runner import BatchEvents, run_batch
+from ..core.formats import RANDOM_NOTICE
 from ..engine.checkpoints import EVERY
 from ..executors import make_executor
 from .common import UserError, executor_options, show_progress, user_errors
@@ -191,17 +193,17 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
                 for line, msg in jobfile.problems():
                     click.echo(f"{jobs_file}:{line}: {msg}", err=True)
                 raise UserError(f"{n} invalid lines; fix them or pass --skip-invalid")
-            res = run_batch(jobfile, out_dir, arch=arch, layer=layer, weights=weights, index_dir=index_dir,
-                            device=device, dataset=dataset, shard=shard_, retry_failed=retry_failed,
-                            skip_invalid=skip_invalid, events=progress, checkpoint_every=checkpoint_every,
-                            executor=make_executor(executor, address, gpus_per_job, cpus_per_job),
-                            judge=judge, judge_model=judge_model)
+            options = BatchOptions(arch=arch, layer=layer, weights=weights, index_dir=index_dir, device=device,
+                                   dataset=dataset, skip_invalid=skip_invalid, checkpoint_every=checkpoint_every,
+                                   judge=judge, judge_model=judge_model)
+            res = run_batch(jobfile, out_dir, options, shard=shard_, retry_failed=retry_failed, events=progress,
+                            executor=make_executor(executor, address, gpus_per_job, cpus_per_job))
         finally:
             progress.close()
     for line, msg in jobfile.problems() if skip_invalid else []:
         click.echo(f"{jobs_file}:{line}: skipped: {msg}", err=True)
     if (res.batch.get("model") or {}).get("kind") == "random":
-        click.echo("NOTE: RANDOM WEIGHTS (smoke run): these colliders say nothing about a trained network")
+        click.echo(f"NOTE: {RANDOM_NOTICE}")
     print_summary(res.mine)
     click.echo(f"wrote {os.path.join(out_dir, 'batch.json')}")
     counts: dict[str, int] = {}

@@ -13,6 +13,7 @@ import click
 from ..core.errors import PatchcollideError
 from ..core.images import BadImage
 from ..engine.checkpoints import Interrupted
+from ..engine.collide import CollideError
 from ..executors import EXECUTORS
 
 USER_ERRORS = (PatchcollideError,)  # every user error derives from it (errors.py)
@@ -22,6 +23,14 @@ class UserError(click.ClickException):
     """A mistake in the user's input: one line on stderr, exit code 2, no traceback."""
 
     exit_code = 2
+
+
+FLAGS = {"k": ("-k",)}  # CollideConfig fields whose collide option is not --field-name
+
+
+def flag_of(field: str) -> str:
+    """The collide option of a CollideConfig field: ``min_steps`` -> ``--min-steps``, ``k`` -> ``-k``."""
+    return FLAGS.get(field, ("--" + field.replace("_", "-"),))[0]
 
 
 @contextlib.contextmanager
@@ -40,6 +49,8 @@ def user_errors():
     except BadImage as e:
         where = f"{e.path}: " if e.path and e.path not in str(e) else ""
         raise UserError(f"{where}{e}; pass a readable image file (PNG, JPEG, ...)") from None
+    except CollideError as e:  # a config field's error names its option
+        raise UserError(f"{flag_of(e.field)} {e.problem}" if e.field else str(e)) from None
     except USER_ERRORS as e:
         raise UserError(str(e)) from None
     except OSError as e:  # full disk, permissions, something in the way: name the file, the cause and its fix

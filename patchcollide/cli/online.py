@@ -1,8 +1,11 @@
 """Online commands: ``collide`` and ``sample``."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import types
+import typing
 
 import click
 from click.core import ParameterSource
@@ -12,7 +15,7 @@ from ..engine.collide import CollideConfig
 from ..engine.judge import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..engine.judge import load_judge
 from ..runs.run import dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample
-from .common import Progress, UserError, deprecated, show_progress, user_errors
+from .common import FLAGS, Progress, UserError, flag_of, deprecated, show_progress, user_errors
 
 
 def print_vertices(report: dict) -> None:
@@ -110,14 +113,50 @@ class Bar:
             self.bar.__exit__(None, None, None)
 
 
-def parse_prune(text: str) -> tuple[float, int]:
-    """"0.33:8" -> (0.33, 8); a one-line UserError otherwise."""
-    try:
-        share, keep = text.split(":")
-        return float(share), int(keep)
-    except ValueError:
-        raise UserError(f"--prune {text!r}: give SHARE:KEEP, e.g. 0.33:8 (at a third of the steps keep 8 "
-                        "candidates per pixel)") from None
+def config_options(f):
+    """One option per CollideConfig field, derived from the field: its type (int, float, a
+    choice, a pair, X | None, repeated A:B pairs), its default and its metadata (help, choices,
+    metavar; ``collide.setting``). A new engine parameter is added in CollideConfig alone."""
+    hints = typing.get_type_hints(CollideConfig)
+    for field in reversed(dataclasses.fields(CollideConfig)):
+        meta, hint = field.metadata, hints[field.name]
+        kw: dict = {"help": meta["help"], "default": field.default, "show_default": True}
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if meta.get("choices") is not None:
+            kw["type"] = click.Choice(list(meta["choices"]))
+        elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # repeated A:B pairs
+            kw.update(multiple=True, type=str, default=(), show_default=False)
+            kw["help"] += " [default: " + (" ".join(":".join(map(str, p)) for p in field.default) or "none") + "]"
+        elif origin is tuple:
+            kw.update(nargs=len(args), type=args[0])
+        elif origin in (typing.Union, types.UnionType):
+            kw["type"] = next(a for a in args if a is not type(None))
+        else:
+            kw["type"] = hint
+        if meta.get("default_text"):
+            kw.update(show_default=False)
+            kw["help"] += f" [default: {meta['default_text']}]"
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        f = click.option(*FLAGS.get(field.name, ("--" + field.name.replace("_", "-"),)), field.name, **kw)(f)
+    return f
+
+
+def parse_pairs(field: str, values: tuple[str, ...]) -> tuple:
+    """Repeated ``A:B`` values of a tuple[tuple[A, B], ...] field (``--prune 0.33:8``); 'none'
+    alone: the empty tuple. A one-line UserError otherwise."""
+    if values == ("none",):
+        return ()
+    a_type, b_type = typing.get_args(typing.get_args(typing.get_type_hints(CollideConfig)[field])[0])
+    out = []
+    for text in values:
+        try:
+            a, b = text.split(":")
+            out.append((a_type(a), b_type(b)))
+        except ValueError:
+            raise UserError(f"{flag_of(field)} {text!r}: give SHARE:KEEP, e.g. 0.33:8 (at a third of the steps keep 8 "
+                            "candidates per pixel), or none") from None
+    return tuple(out)
 
 
 D = CollideConfig()  # the defaults shown in --help are the config's own
@@ -142,76 +181,9 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
 @click.option("--model", default="vgg16", show_default=True, help="torchvision classifier.")
 @click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, random (smoke runs) or a state-dict PATH.")
-@click.option("--mode", type=click.Choice(["patches", "pixel"]), default=D.mode, show_default=True)
-@click.option("--vertices", default=D.vertices, show_default=True, type=int)
-@click.option("--steps", default=D.steps, show_default=True, type=int,
-              help="At most; stops once every vertex meets --tol (not before the last phase).")
-@click.option("--min-steps", default=D.min_steps, show_default=True, type=int, help="Never stop before this step.")
-@click.option("--tol", default=D.tol, show_default=True, type=float,
-              help="Relative error of the layer's post-activation (8-bit images) that counts as a collision; the "
-                   "run stops there unless the least-change term is on. 3e-2: on the trained digits world every run "
-                   "at or below it fooled the net with every polytope sample (bench_tolerance-digits-cpu.json); the "
-                   "same value for every model, as no other trained net is here to measure.")
-@click.option("--lr", default=None, type=float, help="[default: 0.4 patches, 5e-3 pixel]")
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=D.optimizer, show_default=True,
-              help="adam, or sgd (momentum 0.9, like the authors' gradient EMA).")
-@click.option("--betas", nargs=2, type=float, default=D.betas, show_default=True, metavar="B1 B2", help="Adam's betas.")
-@click.option("--objective", type=click.Choice(["relative", "paper", "post"]), default=D.objective, show_default=True,
-              help="relative: normalised L+ and a hinge push; paper: the authors' sums (L+ on active units); "
-                   "post: the authors' sums with L+ on the whole post-activation.")
-@click.option("--push-margin", default=D.push_margin, show_default=True, type=float,
-              help="relative objective: push each vertex's unit to this many times the target's value.")
-@click.option("--loss-early", nargs=2, type=float, default=D.loss_early, show_default=True, metavar="A B",
-              help="Weights a, b of L+ and L-^i in the separate phase (the authors': 100 10, objective paper).")
-@click.option("--loss-late", nargs=2, type=float, default=D.loss_late, show_default=True, metavar="A B",
-              help="Weights a, b of L+ and L-^i after --switch (the authors': 1000 1, objective paper).")
+@config_options
 @click.option("--loss", nargs=2, type=float, default=None, metavar="A B", hidden=True,
               help="Deprecated: both --loss-early and --loss-late.")
-@click.option("--switch", default=D.switch, show_default=True, type=float, help="Share of the steps in the separate phase.")
-@click.option("--tv", default=D.tv, show_default=True, type=float,
-              help="Weight of the mixing weights' seams (TV, per pixel): coherent regions over speckle.")
-@click.option("--entropy", default=D.entropy, show_default=True, type=float,
-              help="Weight of the mixing weights' entropy after --switch: sharper mixtures.")
-@click.option("--prune", multiple=True, metavar="SHARE:KEEP",
-              help="At SHARE of the steps keep KEEP candidates per pixel (repeatable; 'none' for no pruning) "
-                   "[default: " + " ".join(f"{f}:{k}" for f, k in D.prune) + "].")
-@click.option("--settle-factor", default=D.settle_factor, show_default=True, type=float,
-              help="TV and entropy weights are multiplied by this after the last prune.")
-@click.option("--start", type=click.Choice(["distinct", "nearest", "tent"]), default=D.start, show_default=True,
-              help="Patch mode start: each vertex on a different neighbour rank, all on the nearest, or a blend.")
-@click.option("--spatial", default=D.spatial, show_default=True, type=float,
-              help="Patch mode: sharpness of the start's spatial window (1: the authors' tent).")
-@click.option("--slots", default=D.slots, show_default=True, type=int,
-              help="Patch mode: candidate pixels kept per image pixel from the start.")
-@click.option("--block", default=D.block, show_default=True, type=int,
-              help="Patch mode: side of the pixel squares that share one learnt logit per candidate (1: per pixel).")
-@click.option("--window", default=D.window, show_default=True, type=int,
-              help="Patch mode: side of each candidate: 32, the retrieved patch; more, its context in its source image "
-                   "(the authors: 112 at 224 with -k 1), re-cut from the store's image files.")
-@click.option("--size", default=D.size, show_default=True, type=int, help="Input side in pixels.")
-@click.option("-k", default=D.k, show_default=True, type=int, help="Candidates per location (patch mode).")
-@click.option("--grid-stride", default=D.grid_stride, show_default=True, type=int,
-              help="Step of the location grid on the source (8: 25 x 25 locations at 224).")
-@click.option("--retrieve", type=click.Choice(["source", "source+target"]), default=D.retrieve, show_default=True,
-              help="Patch mode: candidates are the neighbours of the source's patches, or of the source's and the "
-                   "target's at each location (2k; where the source's neighbours cannot make what the collision needs).")
-@click.option("--init", type=click.Choice(["source", "target"]), default=D.init, show_default=True,
-              help="Pixel mode: start from the source or from the target.")
-@click.option("--noise", default=D.noise, show_default=True, type=float, help="Patch mode: seeded noise on the start logits.")
-@click.option("--first-unit", default=D.first_unit, show_default=True, type=int,
-              help="Skip the target's first N most negative units (more vertices of the same polytope).")
-@click.option("--least-change", default=D.least_change, show_default=True, type=float,
-              help="Start weight of the least-change term: each vertex's RMS distance to its anchor (pixels in [0, "
-                   "1]), so it collides as close to the source as the net's decision allows (0: off).")
-@click.option("--least-change-to", type=click.Choice(["source", "nearest"]), default=D.least_change_to,
-              show_default=True, help="The anchor: the source image, or (patch mode) its nearest-neighbour composition.")
-@click.option("--least-change-rate", default=D.least_change_rate, show_default=True, type=float,
-              help="Per step, a vertex's least-change weight grows by this factor while the vertex fools the net "
-                   "(it and the vertices' centroid in the target's class, top-class prob. within 0.002 of the target's; "
-                   "not in the last fifth of the "
-                   "steps) and shrinks by its cube otherwise.")
-@click.option("--seed", default=D.seed, show_default=True, type=int)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=D.device, show_default=True)
 @click.option("--judge", default=None, type=click.Path(), metavar="PATH",
               help="A second classifier's state dict (--judge-model) that reads the source, the target and each "
                    "vertex: a vertex reads as its source when the judge gives it the source's class.")
@@ -222,7 +194,7 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
               help=f"Exit with code {NOT_CONVERGED_EXIT} when a vertex misses --tol (the run is still written).")
 @click.pass_context
 def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrite, strict, resume, checkpoint_every,
-            loss, prune, judge, judge_model, **fields):
+            loss, judge, judge_model, **fields):
     """Find polytope vertices whose layer activation collides with TARGET's.
 
     A run saves a checkpoint every --checkpoint-every steps and on Ctrl-C / SIGTERM;
@@ -251,10 +223,13 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         if loss:
             deprecated("--loss", "--loss-early A B and --loss-late A B")
             fields.update(loss_early=tuple(loss), loss_late=tuple(loss))
-        if prune:
-            fields["prune"] = () if prune == ("none",) else tuple(parse_prune(p) for p in prune)
-        fields.update(betas=tuple(fields["betas"]), loss_early=tuple(fields["loss_early"]),
-                      loss_late=tuple(fields["loss_late"]))
+        hints = typing.get_type_hints(CollideConfig)
+        for name, value in list(fields.items()):
+            if typing.get_origin(hints[name]) is tuple:  # click gives lists and () for an absent repeated option
+                if typing.get_args(hints[name])[-1] is Ellipsis:
+                    fields[name] = parse_pairs(name, value) if value else CollideConfig.__dataclass_fields__[name].default
+                else:
+                    fields[name] = tuple(value)
         cfg = CollideConfig(**fields)
         the_judge = load_judge(judge, judge_model) if judge else None  # before any work: a bad file fails now
         try:

@@ -90,3 +90,6 @@ def metrics_of(report: dict) -> dict:
         "converged": report.get("converged"),
     }
     return out
+
+RANDOM_LABEL = "RANDOM WEIGHTS"  # every output of a run with random weights carries it
+RANDOM_NOTICE = f"{RANDOM_LABEL} (smoke run): these colliders say nothing about a trained network"

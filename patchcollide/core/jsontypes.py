@@ -3,6 +3,7 @@ type (int, float, str, X | None, tuple[A, B], tuple[A, ...]), ``describe`` what 
 words. Job files and ``load_run`` read configs through it."""
 from __future__ import annotations
 
+import json
 import math
 import types
 import typing
@@ -57,3 +58,9 @@ def describe(hint) -> str:
     if origin is tuple:
         return "[" + ", ".join(describe(a) for a in args) + "]"
     return str(hint)
+
+
+def canonical(obj) -> str:
+    """One text for equal JSON values: sorted keys, tuples as arrays (for content keys and
+    comparisons of configs and states)."""
+    return json.dumps(obj, sort_keys=True, default=list)

@@ -39,18 +39,17 @@ import numpy as np
 import torch
 
 from ..core.errors import PatchcollideError, first_line
-from ..core.images import grid_positions
+from ..core.images import PATCH
 from .checkpoints import Checkpointer, Interrupted
 from .models import Tap, resolve_device, tap_on
 from .objectives import OBJECTIVES, Target, choose_units, collision_metrics, loss_terms, push_ratio
-from .params import PATCH, STARTS, PatchParam, PixelParam
+from .params import SPACES, STARTS, PatchParam
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd")
-ANCHORS = ("source", "nearest")
-RETRIEVE = ("source", "source+target")  # whose patches the candidates are the neighbours of  # what the least-change term measures each vertex's distance to
-MAX_PARAM_BYTES = 16 * 2**30  # refuse patch-mode settings whose logits alone would need more
+ANCHORS = ("source", "nearest")  # what the least-change term measures each vertex's distance to
+RETRIEVE = ("source", "source+target")  # whose patches the candidates are the neighbours of
 
 
 class CollideError(PatchcollideError):
@@ -63,68 +62,93 @@ class CollideError(PatchcollideError):
         self.field, self.problem = field, problem
 
 
-def option_name(field: str) -> str:
-    """The CLI option of a CollideConfig field: ``min_steps`` -> ``--min-steps``, ``k`` -> ``-k``."""
-    return "-k" if field == "k" else "--" + field.replace("_", "-")
-
-
 def field_error(field: str, problem: str) -> CollideError:
-    return CollideError(f"{option_name(field)} {problem}", field, problem)
+    """An error about one config field: ``str(e)`` names the field; the CLI and job files name
+    their own spelling of it (``--min-steps``, ``"min_steps"``) from ``field`` and ``problem``."""
+    return CollideError(f"{field} {problem}", field, problem)
+
+
+INITS = ("source", "target")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def setting(default, help: str, *, choices=None, metavar: str | None = None, default_text: str | None = None):
+    """A CollideConfig field with what every interface shows of it: ``help`` (one paragraph),
+    ``choices`` (a tuple, or a registry dict whose keys are the choices, read when asked),
+    ``metavar`` and ``default_text`` (where the default is not a plain value). The ``collide``
+    command's options and the job files' keys are derived from these."""
+    meta = {"help": help, "choices": choices, "metavar": metavar, "default_text": default_text}
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass(frozen=True)
 class CollideConfig:
-    mode: str = "patches"  # patches | pixel
-    vertices: int = 5
-    steps: int = 300  # at most; stops earlier when every vertex meets tol (after the last phase began)
-    min_steps: int = 50  # never stop before: a start that already collides (init=target) must still move
-    # relative post-activation error ||relu(z)-relu(z_t)|| / ||relu(z_t)|| of the 8-bit images that counts as a
-    # collision: on the trained digits world every snapshot at or below 0.0295 put every polytope sample in the
-    # target's class within 0.01 of its confidence (benchmarks/results/bench_tolerance-digits-cpu.json)
-    tol: float = 3e-2
-    lr: float | None = None  # None: 0.4 on patch logits, 5e-3 on pixels
-    optimizer: str = "adam"  # adam | sgd (momentum 0.9, like the authors' gradient EMA; pixel-space digits)
-    betas: tuple[float, float] = (0.8, 0.9)  # Adam's; shorter memories than (0.9, 0.999) converge faster here
-    objective: str = "relative"  # relative: normalised L+ and hinge L-^i; paper / post: the authors' sums
-    push_margin: float = 2.2  # relative objective: push z[j_i] to -push_margin * |z_t[j_i]| (the target: <= 2x)
-    loss_early: tuple[float, float] = (1.0, 0.3)  # weights (a, b) of (L+, L-^i) until `switch`
-    loss_late: tuple[float, float] = (1.0, 0.1)  # after `switch`
-    switch: float = 0.33  # share of the steps in the separate phase (authors: 14,000 / 20,000)
-    tv: float = 0.003  # weight of TV on the mixing weights, per pixel (patch mode)
-    entropy: float = 0.003  # weight of the mixing weights' mean entropy after `switch` (patch mode)
-    prune: tuple[tuple[float, int], ...] = ((0.33, 8), (0.5, 4))  # (share of steps, candidates kept per pixel)
-    settle_factor: float = 1.0  # TV and entropy weights are multiplied by this after the last prune
-    start: str = "distinct"  # patch mode: distinct | nearest | tent (params.PatchParam)
-    spatial: float = 4.0  # patch mode: sharpness of the start's spatial window (1: the authors' tent)
-    slots: int = 32  # patch mode: entries kept per pixel from the start (of up to 16 locations x k covering it)
-    block: int = 1  # patch mode: side of the pixel squares whose candidates share one learnt logit (1: per pixel)
-    # patch mode: side of each candidate. 32: the retrieved patch; more: its context window in its
-    # source image, the patch in the middle (the authors': 112 at 224, with k = 1), re-cut from the files
-    window: int = PATCH
-    size: int = 224  # side of the square input (the store's geometry; smaller for CPU smoke runs)
-    k: int = 16  # candidates per location (patch mode)
-    grid_stride: int = 8  # location grid on the source: 25 x 25 = 625 locations at 224
-    # patch mode: whose locations the candidates are retrieved for. source: the paper's, k per
-    # location; source+target: also the k nearest of the target's patch at the same location
-    # (2k per location, the source's first), so that what the collision needs can be composed of
-    # real patches where the source's neighbours cannot provide it (a black background has only
-    # black neighbours)
-    retrieve: str = "source+target"  # the digits world: "source" alone never collided (error > 0.8)
-    init: str = "source"  # pixel mode: start from the source or from the target
-    noise: float = 0.01  # patch mode: seeded noise on the initial logits
-    first_unit: int = 0  # skip the target's first (most negative) units: more vertices in a later run
-    # weight of the least-change term: the RMS distance (pixels in [0, 1]) of each vertex to its
-    # anchor, added to every step's loss, so a vertex collides as close to its source as it can
-    # (Poison Frogs' beta term; the paper's loss has none and drifts from the start)
-    least_change: float = 3.0  # the digits world's 10-pair sweep: 3 kept the look of more pairs than 1 or 10
-    least_change_to: str = "source"  # source: the source image; nearest: its nearest-neighbour composition (patches)
-    least_change_rate: float = 1.03  # per step, a vertex's least-change weight grows by this while it fools the net, else shrinks
-    seed: int = 0
-    device: str = "auto"
+    mode: str = setting("patches", "Search space: patches (a per-pixel mixture of retrieved real patches) or "
+                        "pixel (the pixels themselves).", choices=SPACES)
+    vertices: int = setting(5, "Vertices of the polytope; each pushes its own inactive unit of the target down.")
+    steps: int = setting(300, "At most; stops once every vertex meets tol (not before the last phase).")
+    min_steps: int = setting(50, "Never stop before this step (a start that already collides must still move).")
+    tol: float = setting(3e-2, "Relative error of the layer's post-activation (8-bit images) that counts as a "
+                         "collision; the run stops there unless the least-change term is on. 3e-2: on the trained "
+                         "digits world every run at or below it fooled the net with every polytope sample "
+                         "(bench_tolerance-digits-cpu.json); the same value for every model, as no other trained "
+                         "net is here to measure.")
+    lr: float | None = setting(None, "Learning rate.", default_text="the search space's: patches 0.4, pixel 5e-3")
+    optimizer: str = setting("adam", "adam, or sgd (momentum 0.9, like the authors' gradient EMA).",
+                             choices=OPTIMIZERS)
+    betas: tuple[float, float] = setting((0.8, 0.9), "Adam's betas (shorter memories than (0.9, 0.999) converge "
+                                         "faster here).", metavar="B1 B2")
+    objective: str = setting("relative", "relative: normalised L+ and a hinge push; paper: the authors' sums (L+ on "
+                             "active units); post: the authors' sums with L+ on the whole post-activation.",
+                             choices=OBJECTIVES)
+    push_margin: float = setting(2.2, "relative objective: push each vertex's unit to this many times the target's "
+                                 "value.")
+    loss_early: tuple[float, float] = setting((1.0, 0.3), "Weights a, b of L+ and L-^i in the separate phase (the "
+                                              "authors': 100 10, objective paper).", metavar="A B")
+    loss_late: tuple[float, float] = setting((1.0, 0.1), "Weights a, b of L+ and L-^i after switch (the authors': "
+                                             "1000 1, objective paper).", metavar="A B")
+    switch: float = setting(0.33, "Share of the steps in the separate phase (the authors': 14,000 of 20,000).")
+    tv: float = setting(0.003, "Weight of the mixing weights' seams (TV, per pixel): coherent regions over speckle.")
+    entropy: float = setting(0.003, "Weight of the mixing weights' entropy after switch: sharper mixtures.")
+    prune: tuple[tuple[float, int], ...] = setting(((0.33, 8), (0.5, 4)), "At SHARE of the steps keep KEEP "
+                                                   "candidates per pixel (repeatable; 'none' for no pruning).",
+                                                   metavar="SHARE:KEEP")
+    settle_factor: float = setting(1.0, "TV and entropy weights are multiplied by this after the last prune.")
+    start: str = setting("distinct", "Patch mode start: each vertex on a different neighbour rank, all on the "
+                         "nearest, or a blend (the authors' tent).", choices=STARTS)
+    spatial: float = setting(4.0, "Patch mode: sharpness of the start's spatial window (1: the authors' tent).")
+    slots: int = setting(32, "Patch mode: candidate pixels kept per image pixel from the start.")
+    block: int = setting(1, "Patch mode: side of the pixel squares that share one learnt logit per candidate "
+                         "(1: per pixel).")
+    window: int = setting(PATCH, "Patch mode: side of each candidate: 32, the retrieved patch; more, its context "
+                          "in its source image (the authors: 112 at 224 with k 1), re-cut from the store's image "
+                          "files.")
+    size: int = setting(224, "Input side in pixels.")
+    k: int = setting(16, "Candidates per location (patch mode).")
+    grid_stride: int = setting(8, "Step of the location grid on the source (8: 25 x 25 locations at 224).")
+    retrieve: str = setting("source+target", "Patch mode: candidates are the neighbours of the source's patches, or "
+                            "of the source's and the target's at each location (2k; where the source's neighbours "
+                            "cannot make what the collision needs: a black background has only black neighbours).",
+                            choices=RETRIEVE)
+    init: str = setting("source", "Pixel mode: start from the source or from the target.", choices=INITS)
+    noise: float = setting(0.01, "Patch mode: seeded noise on the start logits.")
+    first_unit: int = setting(0, "Skip the target's first N most negative units (more vertices of the same "
+                              "polytope).")
+    least_change: float = setting(3.0, "Start weight of the least-change term: each vertex's RMS distance to its "
+                                  "anchor (pixels in [0, 1]), so it collides as close to the source as the net's "
+                                  "decision allows (0: off).")
+    least_change_to: str = setting("source", "The anchor: the source image, or (patch mode) its nearest-neighbour "
+                                   "composition.", choices=ANCHORS)
+    least_change_rate: float = setting(1.03, "Per step, a vertex's least-change weight grows by this factor while "
+                                       "the vertex fools the net (it and the vertices' centroid in the target's "
+                                       "class, top-class prob. within 0.002 of the target's; not in the last fifth "
+                                       "of the steps) and shrinks by its cube otherwise.")
+    seed: int = setting(0, "Seed of everything random in the run (through generators).")
+    device: str = setting("auto", "Where the run computes (auto: CUDA when present).", choices=DEVICES)
 
     def __post_init__(self):
         checks = [  # (fine, field, what is wrong otherwise)
-            (self.mode in ("patches", "pixel"), "mode", f"must be patches or pixel, got {self.mode!r}"),
+            (self.mode in SPACES, "mode", f"must be {' or '.join(SPACES)}, got {self.mode!r}"),
             (1 <= self.vertices <= 64, "vertices", f"must be between 1 and 64, got {self.vertices}"),
             (self.steps >= 1, "steps", f"must be >= 1, got {self.steps}"),
             (self.min_steps >= 0, "min_steps", f"must be >= 0, got {self.min_steps}"),
@@ -151,7 +175,7 @@ class CollideConfig:
             (PATCH <= self.size <= 1024, "size", f"must be between {PATCH} and 1024, got {self.size}"),
             (self.k >= 1, "k", f"must be >= 1, got {self.k}"),
             (1 <= self.grid_stride <= PATCH, "grid_stride", f"must be between 1 and {PATCH}, got {self.grid_stride}"),
-            (self.init in ("source", "target"), "init", f"must be source or target, got {self.init!r}"),
+            (self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}"),
             (self.retrieve in RETRIEVE, "retrieve", f"must be one of {', '.join(RETRIEVE)}, got {self.retrieve!r}"),
             (self.noise >= 0, "noise", f"must be >= 0, got {self.noise}"),
             (self.first_unit >= 0, "first_unit", f"must be >= 0, got {self.first_unit}"),
@@ -159,39 +183,48 @@ class CollideConfig:
             (self.least_change_rate >= 1, "least_change_rate", f"must be >= 1, got {self.least_change_rate}"),
             (self.least_change_to in ANCHORS, "least_change_to",
              f"must be one of {', '.join(ANCHORS)}, got {self.least_change_to!r}"),
-            (self.least_change_to == "source" or self.mode == "patches", "least_change_to",
-             "nearest needs --mode patches (the nearest-neighbour composition of the retrieved patches)"),
+            (self.least_change_to == "source" or self.space.needs_index, "least_change_to",
+             "nearest needs a search space of retrieved patches (mode patches: the nearest-neighbour composition)"),
             (self.seed >= 0, "seed", f"must be >= 0, got {self.seed}"),
-            (self.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, got {self.device!r}"),
+            (self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}"),
         ]
         for ok, field, problem in checks:
             if not ok:
                 raise field_error(field, problem)
-        if self.mode == "patches":
-            L = len(grid_positions((self.size, self.size), self.grid_stride, PATCH, cover=True))
-            P = self.size * self.size
-            K = self.k * (2 if self.retrieve == "source+target" else 1)
-            covering = min(L, (self.window // self.grid_stride + 1) ** 2) * K  # entries over one pixel, at most
-            # the start scores every covering entry of every pixel (float32 + int64 index); the loop
-            # keeps `slots` of them: logits, gradient, Adam's two moments and three colour channels
-            need = (self.vertices * P * covering * 12 + self.vertices * P * min(self.slots, covering) * 4 * 7
-                    + L * K * self.window * self.window * 3 * 4)
-            if need > MAX_PARAM_BYTES:
-                raise field_error("k", f"{self.k} with {self.vertices} vertices at {self.size}x{self.size} needs about "
-                                       f"{need / 2**30:.1f} GiB for the patch mixture; lower -k, --slots or --vertices")
+        try:
+            self.space.check_config(self)
+        except ValueError as e:
+            raise field_error(*e.args) from None
+
+    @property
+    def space(self) -> type:
+        """The search space ``mode`` names (``params.SPACES``)."""
+        return SPACES[self.mode]
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (0.4 if self.mode == "patches" else 5e-3)
+        return self.lr if self.lr is not None else self.space.default_lr
 
     def phases(self) -> dict:
         """Step numbers of the schedule: ``switch`` (last step of the separate phase), ``prune``
         ({step: keep}, patch mode only) and ``settle`` (no early stop before it)."""
         switch = int(round(self.switch * self.steps))
-        prune = {max(1, int(round(f * self.steps))): keep for f, keep in self.prune} if self.mode == "patches" else {}
+        prune = {max(1, int(round(f * self.steps))): keep for f, keep in self.prune} if self.space.mixes else {}
         last = max([switch + 1, *prune])
         return {"switch": switch, "prune": prune, "last_prune": max(prune, default=0), "settle": max(self.min_steps, last)}
 
+
+
+def _config_doc() -> str:
+    lines = ["The settings of one collide run (frozen). A bad value raises a one-line CollideError",
+             "naming the field. Every field, with its default:", ""]
+    for f in dataclasses.fields(CollideConfig):
+        shown = f.metadata.get("default_text") or repr(f.default)
+        lines.append(f"{f.name} = {shown}: {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+CollideConfig.__doc__ = _config_doc()
 
 @dataclasses.dataclass
 class CollideResult:
@@ -253,14 +286,8 @@ def retrieve_candidates(index, source_img: np.ndarray, k: int, grid_stride: int,
 
 
 def make_param(config: CollideConfig, source: torch.Tensor, target: torch.Tensor, candidates: dict | None):
-    V = config.vertices
-    if config.mode == "pixel":
-        init = source if config.init == "source" else target
-        return PixelParam(init.expand(V, -1, -1, -1))
-    cand = torch.from_numpy(candidates["patches"]).permute(0, 1, 4, 2, 3).float() / 255.0  # (L, K, 3, S, S)
-    corner = np.asarray(candidates["yx"]) - (config.window - PATCH) // 2  # a window's corner: the patch in its middle
-    return PatchParam(cand, corner, (config.size, config.size), V, noise=config.noise, seed=config.seed,
-                      start=config.start, spatial=config.spatial, slots=config.slots, block=config.block)
+    """The search space's parameters for this run (``params.SPACES[config.mode].from_config``)."""
+    return config.space.from_config(config, source, target, candidates)
 
 
 def least_change_anchor(config: CollideConfig, source: torch.Tensor, candidates: dict | None) -> torch.Tensor:
@@ -352,7 +379,7 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
     opt = make_optimizer(param, config)
     ph = config.phases()
     by_decision = frontier_of(tap) == "decision"
-    mixing = isinstance(param, PatchParam)
+    mixing = param.mixes
     hist: dict[str, list] = {"pos": [], "neg": [], "tv": [], "entropy": [], "worst_rel_error": [],
                              "mean_rel_error": [], "min_push": [], "least_change": [],
                              "least_change_weight": [], "fooled": []}
@@ -465,7 +492,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     for name, img in (("source", source_img), ("target", target_img)):
         if img.shape != (S, S, 3):
             raise CollideError(f"{name} image is {img.shape[1]}x{img.shape[0]}, expected {S}x{S} (the --size)")
-    if config.mode == "patches" and index is None:
+    if config.space.needs_index and index is None:
         raise CollideError("patch mode needs an index; build one with `patchcollide index build` or use --mode pixel")
     dev = resolve_device(config.device)
     tap = tap_on(tap, dev)
@@ -479,7 +506,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
         raise CollideError(f"the precomputed target has {len(target.units)} units for {config.vertices} vertices")
     target = Target(target.z.to(dev), target.units.to(dev), target.label, target.prob)
     candidates = None
-    if config.mode == "patches":
+    if config.space.needs_index:
         if resume is not None:  # the same candidates, by id: no search, whatever the index would answer now
             c = {k: v.numpy() for k, v in resume["candidates"].items()}
             candidates = {**c, "patches": index.candidate_pixels(c["ids"], config.window)}
@@ -496,13 +523,11 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
             candidates=None if cand_meta is None else {k: torch.from_numpy(np.asarray(v)) for k, v in cand_meta.items()})
     anchor = least_change_anchor(config, src, candidates).to(dev) if config.least_change > 0 else None
     hist, steps, converged = optimise(tap, param, target, config, progress, checkpoint, resume, anchor)
-    mixing = hard = None
     with torch.no_grad():
         x = param().detach()
         metrics = collision_metrics(tap.pre(x), tap.logits(x), target)
-        if isinstance(param, PatchParam):
-            mixing = param.mixing_stats()
-            hard = param.argmax_image()
+        mixing, hard = param.mixing_stats(), param.argmax_image()
+        if hard is not None:
             post_norm = target.post.norm().clamp_min(1e-12)
             mixing["argmax_rel_error"] = ((torch.relu(tap.pre(hard)) - target.post).norm(dim=1) / post_norm).tolist()
     before = resume["seconds"] if resume is not None else 0.0

@@ -164,15 +164,40 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def imagenet_weights(arch: str):
+    """torchvision's ImageNet weights enum member for ``arch``: IMAGENET1K_V1 where present."""
+    import torchvision.models as tvm
+
+    enum = tvm.get_model_weights(arch)
+    return enum.IMAGENET1K_V1 if hasattr(enum, "IMAGENET1K_V1") else enum.DEFAULT
+
+
+def load_weights(model: nn.Module, arch: str, weights: str, allow_download: bool = True) -> WeightsInfo:
+    """Put ``weights`` ("imagenet": torchvision's, via the torch cache; or a state-dict PATH,
+    loaded with weights_only=True) into ``model`` (built by ``arch``'s builder) and say where
+    they came from. One-line ModelError for a model without ImageNet weights, a missing or
+    foreign file, or a state dict that does not fit."""
+    if weights == "imagenet":
+        if arch in OWN_MODELS:
+            raise ModelError(f"{arch} has no ImageNet weights; train it with `patchcollide world build` and pass "
+                             "--weights PATH (the world's weights/ folder), or --weights random")
+        if arch in _SHAPE_ONLY:
+            raise ModelError(f"{arch} has no torchvision weights (only its shapes are built); use --weights random")
+        state, where = load_imagenet_state(arch, allow_download)
+        fit_state(model, state, arch, "imagenet")
+        return WeightsInfo("imagenet", imagenet_weights(arch).name,
+                           file_sha256(where) if os.path.exists(where) else None, True)
+    state = load_state_file(weights)
+    fit_state(model, state, arch, weights)
+    return WeightsInfo("file", os.path.abspath(weights), file_sha256(weights), True)
+
+
 def load_imagenet_state(arch: str, allow_download: bool = True) -> tuple[dict, str]:
     """torchvision's IMAGENET1K_V1 state dict from the torch hub cache, or by download.
 
     Raises ModelError, saying where to put the file, when neither works.
     """
-    import torchvision.models as tvm
-
-    enum = tvm.get_model_weights(arch)
-    w = enum.IMAGENET1K_V1 if hasattr(enum, "IMAGENET1K_V1") else enum.DEFAULT
+    w = imagenet_weights(arch)
     fname = os.path.basename(w.url)
     cache = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
     if os.path.exists(cache):
@@ -198,22 +223,12 @@ def load_tap(arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet",
     builder = _builder(arch)
     if weights == "random":
         with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG stream is left as it was
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             model = builder(weights=None)
         info = random_weights(seed)
-    elif weights == "imagenet":
-        if arch in OWN_MODELS:
-            raise ModelError(f"{arch} has no ImageNet weights; train it with `patchcollide world build` and pass "
-                             "--weights PATH (the world's weights/ folder), or --weights random")
-        model = builder(weights=None)
-        state, where = load_imagenet_state(arch, allow_download)
-        model.load_state_dict(state)
-        info = WeightsInfo("imagenet", "IMAGENET1K_V1", file_sha256(where) if os.path.exists(where) else None, True)
     else:
-        state = load_state_file(weights)
         model = builder(weights=None)
-        fit_state(model, state, arch, weights)
-        info = WeightsInfo("file", os.path.abspath(weights), file_sha256(weights), True)
+        info = load_weights(model, arch, weights, allow_download)
     return Tap(model, arch, layer, info)
 
 
@@ -361,17 +376,8 @@ def build_model(name: str, weights: str = "random", seed: int = 0,
     if weights == "random":
         info = WeightsInfo("random", f"random(seed={seed})" + (f"; zero-initialised {', '.join(redrawn)} redrawn"
                                                                if redrawn else ""), None, False)
-    elif weights == "imagenet":
-        if name in _SHAPE_ONLY:
-            raise ModelError(f"{name} has no torchvision weights (only its shapes are built); use --weights random")
-        state, where = load_imagenet_state(name)
-        fit_state(model, state, name, "imagenet")
-        info = WeightsInfo("imagenet", "torchvision default (IMAGENET1K_V1 where present)",
-                           file_sha256(where) if os.path.exists(where) else None, True)
     else:
-        state = load_state_file(weights)
-        fit_state(model, state, name, weights)
-        info = WeightsInfo("file", os.path.abspath(weights), file_sha256(weights), True)
+        info = load_weights(model, name, weights)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

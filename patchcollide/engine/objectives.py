@@ -35,6 +35,7 @@ inactive unit down for each vertex spreads the vertices over that polytope.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -71,7 +72,16 @@ def choose_units(z_t: torch.Tensor, n: int) -> torch.Tensor:
     return inactive[order[:n]]
 
 
-OBJECTIVES = ("relative", "paper", "post")
+OBJECTIVES: dict[str, Callable] = {}  # --objective: name -> fn(z, target, push_margin) -> (L+ (V,), L-^v (V,))
+
+
+def objective(name: str) -> Callable[[Callable], Callable]:
+    """Register ``fn(z (V, D), target, push_margin) -> (L+ (V,), L-^v (V,))`` as objective ``name``:
+    a new objective is one such function plus this decorator."""
+    def register(fn: Callable) -> Callable:
+        OBJECTIVES[name] = fn
+        return fn
+    return register
 
 
 def unit_values(z: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -96,28 +106,52 @@ def own_unit_lowest(z: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     return own < others.amin(0)
 
 
-def loss_terms(z: torch.Tensor, target: Target, objective: str = "relative",
-               push_margin: float = 2.2) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L+ (V,), L-^v (V,)) for pre-activations z (V, D), vertex v using target.units[v].
-
-    objective "relative": normalised L+ (the relative post-activation error) and the hinge
-    L-^v that pushes z[j_v] to -push_margin * |z_t[j_v]|; "paper": the authors' sums, L+ over
-    the target's active units; "post": the authors' sums, L+ over the whole post-activation,
-    so target-inactive units that turn positive are pulled back."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+def _reached(z: torch.Tensor, target: Target, whole_post: bool) -> torch.Tensor:
+    """z on the target's active units; with ``whole_post`` also relu(z) on its inactive ones."""
     active = target.active
     reached = z * active
-    if objective in ("post", "relative"):
+    if whole_post:
         reached = reached + torch.relu(z) * (~active)
-    if objective == "relative":
-        pos = (target.post - reached).norm(dim=1) / target.post.norm().clamp_min(1e-12)
-        neg = torch.relu(push_margin - push_ratio(z, target))
-        return pos, neg
+    return reached
+
+
+def _authors_sums(z: torch.Tensor, target: Target, reached: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     pos = 0.5 * ((target.post - reached) ** 2).sum(1)
     own = unit_values(z, target.units)
-    neg = (z.abs() * (~active)).sum(1) - own.abs() + own
+    neg = (z.abs() * (~target.active)).sum(1) - own.abs() + own
     return pos, neg
+
+
+@objective("relative")
+def relative(z: torch.Tensor, target: Target, push_margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised L+ (the relative post-activation error) and the hinge L-^v that pushes z[j_v]
+    to -push_margin * |z_t[j_v]|."""
+    reached = _reached(z, target, whole_post=True)
+    pos = (target.post - reached).norm(dim=1) / target.post.norm().clamp_min(1e-12)
+    neg = torch.relu(push_margin - push_ratio(z, target))
+    return pos, neg
+
+
+@objective("paper")
+def paper(z: torch.Tensor, target: Target, push_margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' sums, L+ over the target's active units."""
+    return _authors_sums(z, target, _reached(z, target, whole_post=False))
+
+
+@objective("post")
+def post(z: torch.Tensor, target: Target, push_margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' sums, L+ over the whole post-activation, so target-inactive units that turn
+    positive are pulled back."""
+    return _authors_sums(z, target, _reached(z, target, whole_post=True))
+
+
+def loss_terms(z: torch.Tensor, target: Target, objective: str = "relative",
+               push_margin: float = 2.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L+ (V,), L-^v (V,)) for pre-activations z (V, D), vertex v using target.units[v], by the
+    registered ``objective`` (``OBJECTIVES``)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    return OBJECTIVES[objective](z, target, push_margin)
 
 
 @torch.no_grad()

@@ -1,8 +1,16 @@
 """Search spaces: what the vertex loop optimises, and how it draws the image.
 
-Each parameterisation is an ``nn.Module`` whose ``forward()`` returns the V vertex images
-(V, 3, H, W) float32 in [0, 1], with ``project()`` to apply after each optimiser step and
-``mixing_weights()`` (or None) for the TV term. Pixel and patch space share one loop.
+A search space is one ``nn.Module`` class, registered by name in ``SPACES`` (``--mode``). Its
+instances: ``forward()`` renders the V vertex images (V, 3, H, W) float32 in [0, 1];
+``project()`` after each optimiser step; ``core_state()`` / ``restore()`` for checkpoints and
+state.npz; ``mixing_weights()``, ``mixing_stats()`` and ``argmax_image()`` (None where the space
+mixes nothing); ``total_variation()`` / ``entropy()`` and ``prune()`` where ``mixes``. Its class:
+``needs_index`` (candidates are retrieved from a patch index), ``mixes``, ``default_lr``,
+``check_config(config)``, ``from_config(config, source, target, candidates)``,
+``state_bytes(config)`` (per checkpoint, for the free-space check) and
+``mixing_from_state(state, window)`` (``load_run``'s view of a saved state, or None). The loop,
+the run folder and ``load_run`` ask only these. Pixel and patch space share one loop; a third
+space is one class plus one line in ``SPACES`` (the README shows one).
 """
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-PATCH = 32
+from ..core.images import PATCH, grid_positions
 
 
 class PixelParam(nn.Module):
@@ -18,6 +26,28 @@ class PixelParam(nn.Module):
 
     init (V, 3, H, W) in [0, 1]: the target or another image, repeated per vertex.
     """
+
+    needs_index = False
+    mixes = False
+    default_lr = 5e-3
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Nothing beyond CollideConfig's own checks."""
+
+    @classmethod
+    def from_config(cls, config, source: torch.Tensor, target: torch.Tensor, candidates: dict | None) -> "PixelParam":
+        init = source if config.init == "source" else target
+        return cls(init.expand(config.vertices, -1, -1, -1))
+
+    @classmethod
+    def state_bytes(cls, config) -> int:
+        """A checkpoint's bound: the pixels, Adam's two moments (float32)."""
+        return config.vertices * config.size * config.size * 3 * 4 * 3
+
+    @staticmethod
+    def mixing_from_state(state: dict, window: int) -> dict | None:
+        return None
 
     def __init__(self, init: torch.Tensor):
         super().__init__()
@@ -41,6 +71,12 @@ class PixelParam(nn.Module):
     def mixing_weights(self) -> torch.Tensor | None:
         return None
 
+    def mixing_stats(self) -> dict | None:
+        return None
+
+    def argmax_image(self) -> torch.Tensor | None:
+        return None
+
 
 def tent(size: int = PATCH) -> torch.Tensor:
     """Separable tent (bilinear) window (size, size), positive everywhere, peak in the middle."""
@@ -50,6 +86,12 @@ def tent(size: int = PATCH) -> torch.Tensor:
 
 
 STARTS = ("distinct", "nearest", "tent")
+MAX_PARAM_BYTES = 16 * 2**30  # refuse patch-mode settings whose logits alone would need more
+
+
+def masked_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis of the valid entries only (0 on the others)."""
+    return torch.softmax(logits.masked_fill(~valid, -float("inf")), dim=-1)
 
 
 def covering_entries(yx: torch.Tensor, K: int, size: tuple[int, int], side: int = PATCH) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +177,51 @@ class PatchParam(nn.Module):
     """
 
     CLAMP = 30.0
+    needs_index = True
+    mixes = True
+    default_lr = 0.4
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """ValueError (field, problem) when the mixture would not fit in memory."""
+        L = len(grid_positions((config.size, config.size), config.grid_stride, PATCH, cover=True))
+        P = config.size * config.size
+        K = config.k * (2 if config.retrieve == "source+target" else 1)
+        covering = min(L, (config.window // config.grid_stride + 1) ** 2) * K  # entries over one pixel, at most
+        # the start scores every covering entry of every pixel (float32 + int64 index); the loop
+        # keeps `slots` of them: logits, gradient, Adam's two moments and three colour channels
+        need = (config.vertices * P * covering * 12 + config.vertices * P * min(config.slots, covering) * 4 * 7
+                + L * K * config.window * config.window * 3 * 4)
+        if need > MAX_PARAM_BYTES:
+            raise ValueError("k", f"{config.k} with {config.vertices} vertices at {config.size}x{config.size} needs "
+                                  f"about {need / 2**30:.1f} GiB for the patch mixture; lower -k, --slots or --vertices")
+
+    @classmethod
+    def from_config(cls, config, source: torch.Tensor, target: torch.Tensor, candidates: dict) -> "PatchParam":
+        cand = torch.from_numpy(candidates["patches"]).permute(0, 1, 4, 2, 3).float() / 255.0  # (L, K, 3, S, S)
+        corner = np.asarray(candidates["yx"]) - (config.window - PATCH) // 2  # a window's corner: the patch in its middle
+        return cls(cand, corner, (config.size, config.size), config.vertices, noise=config.noise, seed=config.seed,
+                   start=config.start, spatial=config.spatial, slots=config.slots, block=config.block)
+
+    @classmethod
+    def state_bytes(cls, config) -> int:
+        """A checkpoint's bound before the first prune: per slot its logit, Adam's two moments,
+        its entry (int64) and validity."""
+        return config.vertices * config.size * config.size * config.slots * (4 * 3 + 8 + 1)
+
+    @staticmethod
+    def mixing_from_state(state: dict, window: int) -> dict:
+        """From a saved state (numpy arrays: ``theta``, ``entries``, ``valid``, ``candidate_ids``):
+        per vertex and pixel the kept candidates' normalised ``weights`` (V, H*W, M), the store
+        ``patch_ids`` they come from (-1 on padding) and ``pixel`` (y, x) inside each candidate."""
+        theta, entries, valid = state["theta"], state["entries"], state["valid"]
+        w = masked_softmax(torch.from_numpy(theta).float(), torch.from_numpy(valid)).numpy()
+        ids = state["candidate_ids"]  # (L, K)
+        cand = entries // (window * window)  # location * K + rank
+        pid = np.where(valid, ids.reshape(-1)[np.clip(cand, 0, ids.size - 1)], -1)
+        pixel = np.stack([(entries // window) % window, entries % window], axis=-1)
+        return {"weights": w.astype(np.float32), "patch_ids": pid.astype(np.int64), "pixel": pixel,
+                "candidates_per_location": ids.shape[1]}
 
     def __init__(self, candidates: torch.Tensor, yx: np.ndarray | torch.Tensor, size: tuple[int, int], vertices: int,
                  noise: float = 0.01, seed: int = 0, start: str = "tent", spatial: float = 1.0, bonus: float = 5.0,
@@ -222,7 +309,7 @@ class PatchParam(nn.Module):
     def mixing_weights(self) -> torch.Tensor:
         """Normalised weight of every kept entry at every pixel: (V, H*W, M); each pixel's
         weights sum to 1 (padding and pruned slots hold 0)."""
-        return torch.softmax(self.logits().masked_fill(~self.valid, -float("inf")), dim=2)
+        return masked_softmax(self.logits(), self.valid)
 
     def render(self, w: torch.Tensor) -> torch.Tensor:
         """Images (V, 3, H, W) of per-pixel weights w (V, H*W, M)."""
@@ -309,3 +396,6 @@ class PatchParam(nn.Module):
         else:
             self.offset, self.inv = state["offset"].to(dev).clone(), state["inv"].to(dev).clone()
             self.shared = nn.Parameter(state["shared"].to(dev).clone())
+
+
+SPACES: dict[str, type[nn.Module]] = {"patches": PatchParam, "pixel": PixelParam}  # --mode: its search space

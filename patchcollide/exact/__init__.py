@@ -43,7 +43,7 @@ from .table import (
     EPS64,
     PAPER_MODELS,
     PAPER_TABLE1,
-    RANDOM_NOTICE,
+    EXACT_RANDOM_NOTICE,
     NullspaceError,
     PaperRow,
     Rank,
@@ -66,7 +66,7 @@ from .verify import layer_residual, model_output, perturbation_size, pgd
 
 __all__ = [
     # table
-    "CLASSIFICATION_MODELS", "EPS32", "EPS64", "PAPER_MODELS", "PAPER_TABLE1", "RANDOM_NOTICE", "NullspaceError",
+    "CLASSIFICATION_MODELS", "EPS32", "EPS64", "PAPER_MODELS", "PAPER_TABLE1", "EXACT_RANDOM_NOTICE", "NullspaceError",
     "PaperRow", "Rank", "compare_with_paper", "default_rtol", "machine", "matrix_rank", "nullity_row",
     "nullity_table", "paper_row", "pct_matches", "singular_values", "structure_row", "table_markdown",
     "tolerance_rule", "versions", "weight_matrices",

@@ -31,7 +31,7 @@ from ..engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from ..runs.pictures import save_png
 from .kernel import NullspaceConfig, linear_perturbation, patch_perturbation
 from .spectra import conv_map_analysis, naive_tiling
-from .table import RANDOM_NOTICE, NullspaceError
+from .table import EXACT_RANDOM_NOTICE, NullspaceError
 from .verify import layer_residual, model_output, perturbation_size, pgd, verify
 
 RUN_KIND = "patchcollide-nullspace"  # report.json's kind
@@ -276,7 +276,7 @@ def run_nullspace(model: str, out: str, size: int = 224, config: NullspaceConfig
     net, info = build_model(model, weights, config.seed, image_size=size)
     res = nullspace_search(net, imagenet_input(img), config, pixel_scale=PIXEL_SCALE, bounds=imagenet_bounds(),
                            progress=progress)
-    meta = {"notice": RANDOM_NOTICE if info.kind == "random" else None, "config": dataclasses.asdict(config),
+    meta = {"notice": EXACT_RANDOM_NOTICE if info.kind == "random" else None, "config": dataclasses.asdict(config),
             "model": {"arch": model, **dataclasses.asdict(info)},
             "inputs": {"image": os.path.abspath(image) if image else "skimage.data.astronaut()", "size": size,
                        "space": "ImageNet-normalised model input ((x / 255 - mean) / std)"}}

@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from ..core.errors import PatchcollideError, first_line
 from ..core.files import machine, versions
+from ..core.formats import RANDOM_LABEL
 from ..engine.models import ModelError, build_model
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
 SVD_MAX_SIDE = 512  # min(out, in) up to this: svdvals; above: eigenvalues of the Gram matrix
-RANDOM_NOTICE = ("RANDOM WEIGHTS: no pretrained weights here, so only the structure is tested; the kernel of a "
+EXACT_RANDOM_NOTICE = (f"{RANDOM_LABEL}: no pretrained weights here, so only the structure is tested; the kernel of a "
                  "trained layer can be larger (pretrained weights are often numerically rank-deficient)")
 
 
@@ -273,7 +274,7 @@ def nullity_table(models: list[str], weights: str = "random", seed: int = 0, rto
                      "seconds": round(time.perf_counter() - t0, 2)})
     return {"kind": "patchcollide-nullity", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "weights": weights, "seed": seed, "tolerance": tolerance_rule(rtol),
-            "notice": RANDOM_NOTICE if weights == "random" else None,
+            "notice": EXACT_RANDOM_NOTICE if weights == "random" else None,
             "rows": rows, "failed": failed,
             "not_in_torchvision": [r.name for r in PAPER_TABLE1 if r.model is None],
             "versions": versions(), "machine": machine(), "seconds": round(time.perf_counter() - t_all, 1)}

@@ -26,7 +26,7 @@ class Executor(Protocol):
 
     def run_jobs(self, runner, todo: list, events) -> list[str]:
         """Run the batch jobs ``todo`` through the open ``runner`` (``BatchRunner.run(job)``;
-        ``runner.write_batch_json()`` after each) and tell ``events``; returns the ids run."""
+        ``runner.folder.write_batch_json()`` after each) and tell ``events``; returns the ids run."""
 
     def write_parts(self, writer, selected: list, roots: list[str], label_of: dict, config, n_parts: int,
                     done: int, progress: Callable[[int, int], None] | None, workers: int) -> int:

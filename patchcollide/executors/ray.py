@@ -31,7 +31,8 @@ import time
 from collections.abc import Callable, Iterator
 
 from ..batch.jobfile import JobsError
-from ..batch.runner import BatchRunner, job_held
+from ..batch.locks import job_held
+from ..batch.runner import BatchRunner
 from ..core.errors import first_line
 from ..core.files import replace
 from ..engine.checkpoints import Interrupted, StopSignals
@@ -131,7 +132,7 @@ def run_job(spec: dict, job) -> tuple[str, float | None]:
     this run took, or None when nothing ran). JobsError (a full disk) propagates to the driver."""
     runner = _worker_runner(spec)
     status = runner.run(job)
-    return status, runner.seconds.pop(job.id, None)
+    return status, runner.folder.seconds.pop(job.id, None)
 
 
 def job_resources(gpus_per_job: float | None, cpus_per_job: float | None) -> tuple[float, float]:
@@ -193,12 +194,12 @@ def run_jobs(runner, todo: list, events, gpus: float, cpus: float) -> list[str]:
                     if status == "failed" or seconds is not None:
                         ran.append(job.id)
                     if seconds is not None:
-                        runner.seconds[job.id] = seconds
+                        runner.folder.seconds[job.id] = seconds
                     if status == "failed":  # as the local executor says it
                         log.warning("job %s (line %d) failed: %s", job.id, job.line,
-                                    (runner.failure(job) or {}).get("error"))
+                                    (runner.folder.failure(job) or {}).get("error"))
                     events.job_end(job, status, time.time() - t0[job.id])
-                    runner.write_batch_json()
+                    runner.folder.write_batch_json()
     except BaseException:  # a full disk (JobsError), Ctrl-C twice, a bug: nothing keeps running
         _cancel(ray, list(refs), 0)
         raise
@@ -216,20 +217,16 @@ def _outcome(ray, ref, runner, job, seconds: float) -> tuple[str, float | None]:
         exc, tb = (cause if isinstance(cause, Exception) else e), str(e)  # str(e): the worker's traceback
     except ray.exceptions.RayError as e:  # its worker died WORKER_RETRIES + 1 times, was killed for memory, ...
         exc, tb = e, f"{type(e).__name__}: {e}"
-    runner.record_failure(job, exc, seconds, tb)
+    runner.folder.record_failure(job, exc, seconds, tb)
     return "failed", None
 
 
 def _runner_args(runner) -> dict:
-    return {"jobfile": runner.jobfile, "out_dir": runner.out_dir, "arch": runner.arch, "layer": runner.layer,
-            "weights": runner.weights, "index_dir": runner.index_dir, "device": runner.device,
-            "dataset": runner.dataset, "skip_invalid": runner.skip_invalid,
-            "checkpoint_every": runner.checkpoint_every, "judge": runner.judge_weights,
-            "judge_model": runner.judge_model}
+    return {"jobfile": runner.jobfile, "out_dir": runner.out_dir, "options": runner.options}
 
 
 def _spec_key(runner) -> str:
-    what = {**runner.options, "jobs_sha256": runner.jobfile.sha256, "checkpoint_every": runner.checkpoint_every,
+    what = {**runner.folder.options, "jobs_sha256": runner.jobfile.sha256, "checkpoint_every": runner.checkpoint_every,
             "arch": runner.arch, "layer": runner.layer, "weights": runner.weights}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..core.errors import PatchcollideError
 from ..core.files import atomic_open, fsync_file, locked, replace, write_json
+from ..core.jsontypes import canonical
 
 FORMAT = "patchcollide-store"
 FORMAT_VERSION = 1
@@ -127,7 +128,7 @@ class StoreWriter:
                     old = json.load(f)
             except (OSError, ValueError):
                 old = None
-            if old is not None and old.get("content") == _canon(self.state):
+            if old is not None and old.get("content") == canonical(self.state):
                 self.store_id = old["store_id"]
                 self.resumed = True
                 return
@@ -138,7 +139,7 @@ class StoreWriter:
         os.makedirs(self.parts_dir, exist_ok=True)
         self.store_id = uuid.uuid4().hex
         self.resumed = False
-        write_json(state_path, {"store_id": self.store_id, "content": _canon(self.state)}, indent=None)
+        write_json(state_path, {"store_id": self.store_id, "content": canonical(self.state)}, indent=None)
 
     def part_path(self, i: int) -> str:
         return os.path.join(self.parts_dir, f"part-{i:06d}.npz")
@@ -293,10 +294,6 @@ def fingerprint_of(h_patches, h_prov) -> str:
 
 def _cat(arrs: list[np.ndarray], dtype, empty_shape) -> np.ndarray:
     return np.concatenate(arrs).astype(dtype) if arrs else np.zeros(empty_shape, dtype)
-
-
-def _canon(obj) -> str:
-    return json.dumps(obj, sort_keys=True)
 
 
 def write_manifest(store_path: str, manifest: dict) -> str:

@@ -18,6 +18,7 @@ from ..core.formats import (
     JOB_STATUSES,
     MIXING_METRICS,
     POLYTOPE_LABELS,
+    RANDOM_LABEL,
     RUN_KIND,
     VERTEX_METRICS,
 )
@@ -181,7 +182,7 @@ def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
     if not n_vertices:
         n_vertices = sum(1 for n in os.listdir(run_dir) if n.startswith("vertex_") and n.endswith(".png"))
     name = os.path.basename(os.path.abspath(run_dir))
-    notice = r.get("notice") or ("RANDOM WEIGHTS (smoke run)" if model.get("kind") == "random" else None)
+    notice = r.get("notice") or (f"{RANDOM_LABEL} (smoke run)" if model.get("kind") == "random" else None)
     weights = str(model.get("name", model.get("kind", DASH)))
     if model.get("sha256"):
         weights += f" (sha256 {str(model['sha256'])[:12]})"
@@ -316,7 +317,7 @@ def batch_pages(batch_dir: str, batch: dict) -> list[tuple[str, str]]:
         rows.append((order, job, run_dir, page))
     model = batch.get("model")
     if isinstance(model, dict) and model.get("kind") == "random" and not any(notices):
-        notices.append("RANDOM WEIGHTS (smoke run)")
+        notices.append(f"{RANDOM_LABEL} (smoke run)")
     name = os.path.basename(os.path.abspath(batch_dir))
     counts: dict = {}
     for j in jobs:

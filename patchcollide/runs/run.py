@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..core.files import atomic_open, check_out, check_writable, is_run, staged_dir, versions, write_json
-from ..core.formats import RUN_KIND
+from ..core.formats import RANDOM_LABEL, RANDOM_NOTICE, RUN_KIND
 from ..core.images import BadImage, Preprocess, imagenet_crop, load_rgb
 from ..core.jsontypes import convert
 from ..engine.checkpoints import EVERY
@@ -48,7 +48,6 @@ from .pictures import contact_sheet, indicator_image, loss_plot, read_png, save_
 
 log = logging.getLogger(__name__)
 
-RANDOM_NOTICE = "RANDOM WEIGHTS (smoke run): these colliders say nothing about a trained network"
 
 
 def load_pair(source: str, target: str, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,9 +76,7 @@ def expected_bytes(config: CollideConfig) -> int:
     P, V = config.size * config.size, config.vertices
     scale = max(1, 224 // config.size)
     pngs = P * 3 * (2 * V + 3) + (V + 3) * P * scale * scale * 3 + 2**20
-    per_value = 4 * 3 + 8 + 1 if config.mode == "patches" else 4 * 3
-    state = V * P * (config.slots if config.mode == "patches" else 3) * per_value
-    return pngs + 2 * state + 2**20
+    return pngs + 2 * config.space.state_bytes(config) + 2**20
 
 
 RESUMES = ("no", "yes", "auto")
@@ -120,10 +117,10 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
     check_writable(out, expected_bytes(config), CollideError)
     src, tgt = load_pair(source, target, config.size)
     own_index = None
-    if config.mode == "patches" and pindex is None:
+    if config.space.needs_index and pindex is None:
         pindex = own_index = PatchIndex(index_dir)  # before the model: a bad index fails in a second
     meta = {"source": os.path.abspath(source), "target": os.path.abspath(target),
-            "index": os.path.abspath(index_dir) if config.mode == "patches" and index_dir else None}
+            "index": os.path.abspath(index_dir) if config.space.needs_index and index_dir else None}
     try:
         dev = resolve_device(config.device)  # once for the run: the model moves there once
         tap = tap_on(tap or load_tap(arch, layer, weights, seed=config.seed), dev)
@@ -209,13 +206,13 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
         boxes = difference_boxes(back)
         save_png(indicator_image(back[0], boxes), os.path.join(tmp, "indicator.png"))
         random = tap.weights.kind == "random"
-        items = [("source", src), ("target" + (" (RANDOM WEIGHTS)" if random else ""), tgt)]
+        items = [("source", src), ("target" + (f" ({RANDOM_LABEL})" if random else ""), tgt)]
         items += [(f"vertex {i}", v) for i, v in enumerate(back)]
         items.append(("indicator", np.asarray(indicator_image(back[0], boxes, scale=1))))
         sheet = contact_sheet(items, scale=max(1, 224 // config.size))
         save_png(sheet, os.path.join(tmp, "contact_sheet.png"))
         loss_plot(res.history, os.path.join(tmp, "loss.png"),
-                  title=f"{tap.arch}:{tap.layer}, {config.mode}, {len(back)} vertices" + (" - RANDOM WEIGHTS" if random else ""))
+                  title=f"{tap.arch}:{tap.layer}, {config.mode}, {len(back)} vertices" + (f" - {RANDOM_LABEL}" if random else ""))
         state = {k: v.numpy() for k, v in res.param_state.items()}
         state.update(target_z=res.target.z.numpy(), units=res.target.units.numpy(),
                      vertices=res.vertices.numpy().astype(np.float32))
@@ -333,21 +330,7 @@ def load_run(path: str) -> Run:
         state = {k: z[k] for k in z.files}
     exact = "vertices" in state
     vertices = torch.from_numpy(state["vertices"]) if exact else torch.from_numpy(png).permute(0, 3, 1, 2).float() / 255
-    mixing = None
-    if "theta" in state:
-        theta, entries, valid = state["theta"], state["entries"], state["valid"]
-        w = np.where(valid, theta, -np.inf)
-        w = np.exp(w - w.max(axis=2, keepdims=True))
-        w = np.where(valid, w, 0.0)
-        w /= w.sum(axis=2, keepdims=True)
-        ids = state["candidate_ids"]  # (L, K)
-        K = ids.shape[1]
-        side = config.window  # the candidates' side: 32, or their context windows'
-        cand = entries // (side * side)  # location * K + rank
-        pid = np.where(valid, ids.reshape(-1)[np.clip(cand, 0, ids.size - 1)], -1)
-        pixel = np.stack([(entries // side) % side, entries % side], axis=-1)
-        mixing = {"weights": w.astype(np.float32), "patch_ids": pid.astype(np.int64), "pixel": pixel,
-                  "candidates_per_location": K}
+    mixing = config.space.mixing_from_state(state, config.window)
     return Run(path=path, config=config, report=report, vertices=vertices, png=png, metrics=report["vertices"],
                target=report["target"], mixing=mixing, exact=exact)
 

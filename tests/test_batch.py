@@ -59,6 +59,7 @@ def statuses(out) -> dict:
 @pytest.fixture(scope="module")
 def one_model():
     """Every batch in this module builds random VGG-16 once per seed (a few seconds each time otherwise)."""
+    from patchcollide.batch import runner
     from patchcollide.engine import models
     real, cache = models.load_tap, {}
 
@@ -70,6 +71,7 @@ def one_model():
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(models, "load_tap", load)
+        mp.setattr(runner, "load_tap", load)  # the runner's own name for it
         yield
 
 
@@ -113,7 +115,7 @@ def base(tmp_path_factory, jobs_dir, flat_index, one_model):
         return wrapper
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runs_mod, "run_sample", failing_sample)
+        mp.setattr(jobs_mod, "run_sample", failing_sample)  # the runner's own name for it
         mp.setattr(jobs_mod, "target_of", counted("jobs", jobs_mod.target_of))
         mp.setattr(collide_mod, "target_of", counted("collide", collide_mod.target_of))
         r = CliRunner().invoke(cli, ["batch", str(jobs_dir / "abc.jsonl"), "--out", out, "-i", flat_index,

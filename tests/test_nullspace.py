@@ -369,7 +369,7 @@ def test_cli_nullity_table(tmp_path):
 def test_arch_is_a_deprecated_name_of_model(tmp_path, monkeypatch):
     """--arch works for one more release, with one warning line on stderr (with -q too, as
     collide --loss and sample --n: scripts, which run with -q, are the ones to tell)."""
-    import patchcollide.exact
+    import patchcollide.cli.exact
 
     calls = []
 
@@ -377,7 +377,7 @@ def test_arch_is_a_deprecated_name_of_model(tmp_path, monkeypatch):
         calls.append((model, out, size))
         return {"kind": "patchcollide-nullspace", "model": {"arch": model}}
 
-    monkeypatch.setattr(patchcollide.exact, "run_nullspace", fake_run)
+    monkeypatch.setattr(patchcollide.cli.exact, "run_nullspace", fake_run)
     args = ["nullspace", "--size", "32", "--out", str(tmp_path / "o"), "--json"]
     r = CliRunner().invoke(cli, [*args, "--arch", "resnet18"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
@@ -404,9 +404,9 @@ def test_cli_nullity_json_flag_and_the_deprecated_json_path(tmp_path, monkeypatc
     assert [row["model"] for row in printed["rows"]] == ["squeezenet1_1"]
     assert json.loads((tmp_path / "t.json").read_text()) == printed
     assert (tmp_path / "t.md").read_text().startswith("Weights: random")
-    import patchcollide.exact  # the same table again, without computing it: only the options are tested below
+    import patchcollide.cli.exact  # the same table again, without computing it: only the options are tested below
 
-    monkeypatch.setattr(patchcollide.exact, "nullity_table", lambda names, *a, **kw: printed)
+    monkeypatch.setattr(patchcollide.cli.exact, "nullity_table", lambda names, *a, **kw: printed)
     for form in (["--json", "old.json"], ["--json=old.json"]):
         r = CliRunner().invoke(cli, ["nullity", "squeezenet1_1", *form, "--out", "new.md"], catch_exceptions=False)
         assert r.exit_code == 0, r.output

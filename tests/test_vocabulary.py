@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from patchcollide.cli import cli
 from patchcollide.cli.online import DEPRECATED_OPTIONS, RUN_OPTIONS, collide
-from patchcollide.engine.collide import CollideConfig, option_name
+from patchcollide.cli.common import flag_of
+from patchcollide.engine.collide import CollideConfig
 from patchcollide.batch.jobfile import BATCH_WIDE, JOB_FIELDS, config_fields, job_keys, read_jobs
 
 
@@ -24,7 +25,7 @@ def test_every_config_field_has_its_cli_option_and_every_option_a_field():
     extra = set(params) - _fields() - set(RUN_OPTIONS) - set(DEPRECATED_OPTIONS)
     assert extra == set(), "collide options that map to no config field"
     for name in _fields():  # the option is spelled as the field: min_steps -> --min-steps
-        assert option_name(name) in params[name].opts, (name, params[name].opts)
+        assert flag_of(name) in params[name].opts, (name, params[name].opts)
         default = CollideConfig.__dataclass_fields__[name].default
         if params[name].default not in (None, ()) and not params[name].multiple:
             assert params[name].default == default, (name, params[name].default, default)

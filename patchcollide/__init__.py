@@ -1,18 +1,28 @@
 """patchcollide: feature collisions made of real image patches.
 
-Offline stage: image folders -> HDF5 patch store (``extract_store``) -> FAISS index
-(``build_index``). The API functions live in their modules; import them from there, e.g.
-``from patchcollide.extract import extract_store``. Importing this package does nothing else;
-``patchcollide.load_run(path)`` (runs.load_run: a finished run's float vertices, mixing weights,
-metrics and config) is imported on first use.
+The public names, imported on first use (importing the package loads nothing else):
+``collide`` (the vertex loop: ``engine.collide.collide``), ``CollideConfig`` (its settings,
+every field documented), ``load_run`` (a finished run's float vertices, mixing weights, metrics
+and config: ``runs.run.load_run``) and ``__version__``. Everything else lives in the stage
+folders (README, "Module map"): for example ``from patchcollide.offline.extract import
+extract_store``.
 """
 
 from .core.version import __version__
 
+_LAZY = {"collide": ("engine.collide", "collide"), "CollideConfig": ("engine.collide", "CollideConfig"),
+         "load_run": ("runs.run", "load_run")}
+__all__ = ["CollideConfig", "collide", "load_run", "__version__"]
+
 
 def __getattr__(name: str):
-    if name == "load_run":
-        from .runs.run import load_run
+    if name in _LAZY:
+        import importlib
 
-        return load_run
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
     raise AttributeError(f"module 'patchcollide' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

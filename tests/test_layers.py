@@ -209,3 +209,15 @@ def test_allowed_imports_pass_on_a_planted_tree(tmp_path):
         "__init__.py": "def __getattr__(name):\n    from .engine.b import f\n    return f\n",
     })
     assert violations(root, "pkg") == []
+
+
+def test_the_public_names_stay_and_are_listed():
+    from patchcollide.engine.collide import CollideConfig, collide
+    from patchcollide.runs.run import load_run
+
+    assert patchcollide.collide is collide and patchcollide.CollideConfig is CollideConfig
+    assert patchcollide.load_run is load_run
+    assert {"collide", "CollideConfig", "load_run", "__version__"} <= set(dir(patchcollide))
+    assert all(f"{f} = " in CollideConfig.__doc__ for f in CollideConfig.__dataclass_fields__)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        patchcollide.nothing  # noqa: B018

@@ -5,8 +5,8 @@ collision polytope of ``target`` at the tap's layer, all optimised together as o
 (one forward/backward per step for all of them). In patch mode the vertices are mixtures of
 real patches retrieved from the index for every location of a grid on ``source``.
 
-Schedule (fractions of ``steps``; every number here was measured on random VGG-16 at
-128 x 128 with ``scripts/bench_collide.py --sweep``, see benchmarks/README.md):
+Schedule (fractions of ``steps``; the measurements behind each default are in
+benchmarks/README.md):
 
 1. *separate* (until ``switch``): weights ``loss_early`` = (a, b) on the normalised
    (L+, L-^i): each vertex pushes its own unit below ``push_margin`` times the target's
@@ -22,8 +22,7 @@ The run stops early once every vertex meets ``tol`` *as it would be saved* (8-bi
 as in the PNG), but never before the separate and sharpen phases are over.
 
 Optimiser: Adam with betas (0.8, 0.9): the shorter memories track the shrinking gradients of
-the tightening phase (150 steps, one vertex: worst error 0.024 against 0.034 with the
-default (0.9, 0.999)). The authors used a gradient EMA with a hand-made 8-step learning-rate
+the tightening phase. The authors used a gradient EMA with a hand-made 8-step learning-rate
 ramp over 20,000 iterations and the unnormalised weights (100, 10) then (1000, 1):
 ``objective="paper"`` with those weights reproduces their loss.
 """

@@ -461,7 +461,7 @@ def _train_pca_numpy(index, x: np.ndarray) -> None:
     """Train every untrained plain PCAMatrix in the index's transform chain with numpy's
     eigh (LAPACK dsyevd), filling the same fields faiss' PCAMatrix.train would: mean,
     eigenvalues (of the summed scatter matrix, descending) and PCAMat (row i = eigenvector i).
-    faiss' own solver takes about 32 s for 3072 dims on 2 cores; this about 3 s. IndexPreTransform
+    faiss' own solver is much slower at 3072 dims. IndexPreTransform
     then skips the trained PCA and trains the rest on the transformed vectors."""
     if isinstance(index, faiss.IndexRefine):
         index = faiss.downcast_index(index.base_index)

@@ -1,4 +1,4 @@
-"""A batch's job file: reading, checking and sharding it. The runner is ``jobs.py``.
+"""A batch's job file: reading, checking and sharding it. The runner is ``batch.runner``.
 
 Job file, one JSON object per line (blank lines are ignored)::
 

@@ -107,7 +107,7 @@ class BatchRunner:
         return key, self._taps[key]
 
     def model_identity(self, job: Job) -> dict:
-        """models.py's record of the model this job runs with (random weights: seeded by the job)."""
+        """``engine.models``' record of the model this job runs with (random weights: seeded by the job)."""
         if self.weights == "random":
             return model_identity(self.arch, self.layer, random_weights(job.config.seed))
         return self.tap.identity()

@@ -28,9 +28,14 @@ class UserError(click.ClickException):
 FLAGS = {"k": ("-k",)}  # CollideConfig fields whose collide option is not --field-name
 
 
+def flags_of(field: str) -> tuple[str, ...]:
+    """The collide option's spellings of a CollideConfig field: ``min_steps`` -> ``--min-steps``."""
+    return FLAGS.get(field, ("--" + field.replace("_", "-"),))
+
+
 def flag_of(field: str) -> str:
     """The collide option of a CollideConfig field: ``min_steps`` -> ``--min-steps``, ``k`` -> ``-k``."""
-    return FLAGS.get(field, ("--" + field.replace("_", "-"),))[0]
+    return flags_of(field)[0]
 
 
 @contextlib.contextmanager

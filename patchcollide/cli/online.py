@@ -15,7 +15,7 @@ from ..engine.collide import CollideConfig
 from ..engine.judge import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..engine.judge import load_judge
 from ..runs.run import dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample
-from .common import FLAGS, Progress, UserError, flag_of, deprecated, show_progress, user_errors
+from .common import Progress, UserError, flag_of, flags_of, deprecated, show_progress, user_errors
 
 
 def print_vertices(report: dict) -> None:
@@ -138,7 +138,7 @@ def config_options(f):
             kw["help"] += f" [default: {meta['default_text']}]"
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
-        f = click.option(*FLAGS.get(field.name, ("--" + field.name.replace("_", "-"),)), field.name, **kw)(f)
+        f = click.option(*flags_of(field.name), field.name, **kw)(f)
     return f
 
 

@@ -1,4 +1,4 @@
-"""``patchcollide world build``: the trained digits world (world.py)."""
+"""``patchcollide world build``: the trained digits world (papers.world)."""
 from __future__ import annotations
 
 import click

@@ -1,5 +1,5 @@
 """Checkpoints of the vertex loop, so that a killed or interrupted ``collide`` loses at most a
-few steps. Imports nothing of ours but files.py and errors.py.
+few steps. Imports only ``core``.
 
 A run writing ``OUT`` keeps its checkpoint in ``OUT.partial/checkpoint.pt`` (batch: in
 ``DIR/.partial/<job>/``) until ``OUT`` is complete. The file is rewritten atomically every

@@ -1,4 +1,4 @@
-"""The networks of the trained digits world (``world.py``), built by name like torchvision's.
+"""The networks of the trained digits world (``papers.world``), built by name like torchvision's.
 
 ``digits_vgg``: the attacked net. VGG's shape, narrow enough to train on 2 cores: four conv
 blocks (16, 32, 64, 64 channels, 3 x 3 convs, ReLU, 2 x 2 max pool), an adaptive average pool

@@ -1,5 +1,5 @@
 """Store -> index: build a FAISS index over a patch store (``index build``), and the index
-directory's format, which knn.py opens and searches.
+directory's format, which ``knn`` opens and searches.
 
 Index directory (``index/`` by default)::
 
@@ -222,7 +222,7 @@ def build_index(
 ) -> dict:
     """Build ``index_dir/index.faiss`` over the store (default ``index_dir/patches.h5``).
 
-    Written atomically (temporary names, then renamed: files.py). Returns the manifest.
+    Written atomically (temporary names, then renamed: core.files). Returns the manifest.
     progress(done, total) counts patches added (and, when the refine copy is streamed into the
     file, its patches written after: total 2 N); train_progress(done, total) the k-means
     iterations of an IVF index's training (read from faiss' own report, which is not shown).

@@ -1,6 +1,6 @@
 """Index -> neighbours: open a built index with its store, search it, evaluate it; and exact search.
 
-The index directory's format and its building (``index build``) are in index_build.py; its
+The index directory's format and its building (``index build``) are in ``index_build``; its
 public names are importable from here too. ``PatchIndex`` opens ``index.faiss`` memory-mapped
 and checks it against ``index.json`` and the store; ``search_image`` gives the k nearest
 stored patches of every location of a query grid. ``exact_search`` is the brute-force

@@ -17,7 +17,7 @@ Writing is crash-safe: each batch of images becomes a part file, written under a
 name and renamed into place; only when every part exists are they merged into
 ``STORE.tmp``, which is fsynced and renamed over ``STORE``. A run killed at any moment and
 started again with the same arguments ends with exactly the patches of an uninterrupted
-run. Imports only ``files.py`` and ``errors.py`` of ours.
+run. Imports only ``core``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The paper's digit experiments (Li et al. 2019, Tables 1 and 2; LeNet-5 in the appendix) as one
 protocol: train the net, find two colliding polytopes for one target, sample them, tabulate.
 
-Protocol (``run_digit_protocol``): train ``arch`` (seeded) on real MNIST (digits.py); the
+Protocol (``run_digit_protocol``): train ``arch`` (seeded) on real MNIST (papers.digits); the
 target is the first test image of ``target_class`` the net classifies correctly; polytope 1
 starts every vertex from the target, polytope 2 from the first correctly classified test
 image of ``other_class``. Each polytope has ``vertices`` vertices, vertex v pushing down the

@@ -255,7 +255,6 @@ def judge_for_run(report: dict):
     j = (report.get("judge") or {}).get("model")
     if not j:
         return None
-
     judge = load_judge(j["name"] if j["kind"] == "file" else j["kind"], j["arch"])
     if j["kind"] == "file" and judge.weights.sha256 != j["sha256"]:
         raise CollideError(f"judge weights {j['name']} changed since the run (sha256 differs); restore them or "

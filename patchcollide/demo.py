@@ -22,7 +22,7 @@ from PIL import Image
 from .core.files import atomic_path, versions, write_json
 from .core.images import sample_photo
 from .engine.collide import CollideConfig
-from .engine.models import ModelError, load_tap
+from .engine.models import load_tap
 from .offline.extract import ExtractConfig, extract_store
 from .offline.knn import MANIFEST_FILE, STORE_FILE, IndexConfig, IndexError_, PatchIndex, build_index
 from .offline.store import PatchStore, StoreError
@@ -104,23 +104,10 @@ def _ensure_index(index_dir: str, store_path: str) -> None:
 
 
 def demo_tap(weights: str = "auto", seed: int = 0):
-    """VGG-16 fc6 with ImageNet weights when they are in the torch cache or can be downloaded,
-    else random weights (logged). weights: auto | imagenet | random | PATH."""
-    import socket
-
-    if weights != "auto":
-        return load_tap("vgg16", "fc6", weights, seed=seed)
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(20)  # a closed network should fail fast, not hang the demo
-    try:
-        return load_tap("vgg16", "fc6", "imagenet")
-    except ModelError as e:
-        log.debug("%s", e)
-        log.warning("pretrained VGG-16 weights are not in the torch cache and could not be downloaded: the demo uses "
-                    "RANDOM weights (pass --weights PATH with vgg16-397923af.pth for a real run)")
-        return load_tap("vgg16", "fc6", "random", seed=seed)
-    finally:
-        socket.setdefaulttimeout(old)
+    """VGG-16 fc6 with ``weights`` (auto | imagenet | random | PATH; engine.models.WEIGHTS_RULE):
+    by default ImageNet weights when they are in the torch cache or download, else random
+    weights (one warning line)."""
+    return load_tap("vgg16", "fc6", weights, seed=seed)
 
 
 def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int = 4, k: int = 16,

@@ -14,9 +14,9 @@ def test_demo_end_to_end_then_reuses_the_index(tmp_path, monkeypatch):
     import patchcollide.engine.models as models
 
     def unavailable(arch, allow_download=True):  # hermetic: as on a machine without the weights
-        raise models.ModelError(f"{arch} weights are not in the torch cache and could not be downloaded")
+        raise models.WeightsUnavailable(f"{arch} weights are not in the torch cache and could not be downloaded")
 
-    monkeypatch.setattr(models, "load_imagenet_state", unavailable)
+    monkeypatch.setattr(models, "imagenet_file", unavailable)
     idx, out = tmp_path / "index", tmp_path / "runs" / "demo"
     small = ["--size", "64", "--steps", "15", "--vertices", "2", "--samples", "16", "--device", "cpu"]
     r = CliRunner().invoke(cli, ["-q", "demo", "--index", str(idx), "--out", str(out), *small], catch_exceptions=False)

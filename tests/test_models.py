@@ -62,6 +62,7 @@ def test_weights_file_is_loaded_and_identified(tmp_path, vgg):
     tap = load_tap("vgg16", "fc6", str(p))
     assert tap.weights.kind == "file" and tap.weights.name == str(p.resolve())
     assert tap.weights.sha256 == hashlib.sha256(p.read_bytes()).hexdigest()  # the file's own digest
+    assert not tap.weights.pretrained and tap.weights.label == "user weights"  # nothing says what it was trained on
     other = tmp_path / "w2.pth"  # one value changed: another identity
     sd = vgg.model.state_dict()
     sd["classifier.0.bias"] = sd["classifier.0.bias"] + 1
@@ -105,6 +106,58 @@ def test_missing_imagenet_weights_say_how_to_supply_them(tmp_path, monkeypatch):
         load_imagenet_state("vgg16", allow_download=False)
     msg = str(e.value)
     assert "--weights PATH" in msg and str(tmp_path) in msg and "vgg16-397923af.pth" in msg
+
+
+def test_one_weights_rule_in_every_command_and_auto_falls_back_once(tmp_path, monkeypatch, caplog):
+    """--weights has one default (auto) and one rule, stated in every command's --help; offline,
+    auto falls back to random weights with one warning, and imagenet is an error naming
+    --weights random."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from patchcollide.cli import cli
+    from patchcollide.engine.models import WEIGHTS_RULE, resolve_weights
+
+    for cmd in (["collide"], ["batch"], ["demo"], ["nullspace"], ["nullity"]):
+        out = CliRunner().invoke(cli, [*cmd, "--help"], terminal_width=400)
+        assert out.exit_code == 0, out.output
+        text = " ".join(out.output.split())
+        assert "[default: auto]" in text and " ".join(WEIGHTS_RULE.split())[1:] in text, cmd
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache, no download
+    with caplog.at_level(logging.WARNING, logger="patchcollide.engine.models"):
+        assert resolve_weights("auto", "vgg16", allow_download=False) == "random"
+        assert resolve_weights("random", "vgg16", allow_download=False) == "random"
+        assert resolve_weights("auto", "digits_vgg", allow_download=False) == "random"
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and all(m.startswith("--weights auto: ") and "RANDOM weights" in m for m in warned)
+    with pytest.raises(ModelError, match="--weights random"):
+        load_tap("vgg16", "fc6", "imagenet", allow_download=False)
+
+
+def test_cached_weights_are_taken_only_when_their_sha256_matches_their_name(tmp_path, monkeypatch, vgg):
+    from types import SimpleNamespace
+
+    from patchcollide.engine import models
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    planted = cache / "vgg16-397923af.pth"  # torchvision's own name, random weights inside
+    torch.save(vgg.model.state_dict(), planted)
+    sha = hashlib.sha256(planted.read_bytes()).hexdigest()
+    with pytest.raises(ModelError) as e:
+        load_tap("vgg16", "fc6", "imagenet", allow_download=False)
+    assert str(e.value) == (f"{planted}: its sha256 ({sha[:12]}...) does not start with 397923af, as torchvision's "
+                            "file name says, so it is not torchvision's vgg16 weights; delete it to download them "
+                            "again, or pass your own file with --weights PATH")
+    # a file whose name carries its own prefix is taken, and recorded as torchvision's
+    named = cache / f"vgg16-{sha[:8]}.pth"
+    planted.rename(named)
+    monkeypatch.setattr(models, "imagenet_weights",
+                        lambda arch: SimpleNamespace(url=f"https://x/{named.name}", name="IMAGENET1K_V1"))
+    tap = load_tap("vgg16", "fc6", "imagenet", allow_download=False)
+    assert tap.weights.pretrained and tap.weights.sha256 == sha and tap.weights.label == "torchvision IMAGENET1K_V1"
 
 
 def test_tap_on_never_moves_the_callers_model():

@@ -13,8 +13,9 @@ from ..batch.folder import BatchOptions
 from ..batch.runner import BatchEvents, run_batch
 from ..core.formats import RANDOM_NOTICE
 from ..engine.checkpoints import EVERY
+from ..engine.models import resolve_weights
 from ..executors import make_executor
-from .common import UserError, executor_options, show_progress, user_errors
+from .common import UserError, executor_options, show_progress, user_errors, weights_option
 
 
 class _BatchProgress(BatchEvents):
@@ -147,9 +148,7 @@ done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
               help="Patch index (opened once; only when some job is in patch mode).")
 @click.option("--model", "arch", default="vgg16", show_default=True, help="torchvision classifier.")
 @click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
-@click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet, random (smoke runs; each job's seed seeds the model, as in collide) "
-                   "or a state-dict PATH.")
+@weights_option("Random weights: each job's seed seeds the model, as in collide.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--samples", default=2000, show_default=True, type=int,
               help="Polytope check size for jobs without their own \"samples\" (0: no check).")
@@ -193,6 +192,7 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
                 for line, msg in jobfile.problems():
                     click.echo(f"{jobs_file}:{line}: {msg}", err=True)
                 raise UserError(f"{n} invalid lines; fix them or pass --skip-invalid")
+            weights = resolve_weights(weights, arch)  # auto made concrete once, for every job and worker
             options = BatchOptions(arch=arch, layer=layer, weights=weights, index_dir=index_dir, device=device,
                                    dataset=dataset, skip_invalid=skip_invalid, checkpoint_every=checkpoint_every,
                                    judge=judge, judge_model=judge_model)

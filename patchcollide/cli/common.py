@@ -14,6 +14,7 @@ from ..core.errors import PatchcollideError
 from ..core.images import BadImage
 from ..engine.checkpoints import Interrupted
 from ..engine.collide import CollideError
+from ..engine.models import WEIGHTS_RULE
 from ..executors import EXECUTORS
 
 USER_ERRORS = (PatchcollideError,)  # every user error derives from it (errors.py)
@@ -26,6 +27,12 @@ class UserError(click.ClickException):
 
 
 FLAGS = {"k": ("-k",)}  # CollideConfig fields whose collide option is not --field-name
+
+
+def weights_option(note: str = ""):
+    """``--weights``, the same default (auto) and rule in every command (engine.models.WEIGHTS_RULE)."""
+    return click.option("--weights", default="auto", show_default=True, metavar="auto|imagenet|random|PATH",
+                        help=WEIGHTS_RULE[0].upper() + WEIGHTS_RULE[1:] + "." + (f" {note}" if note else ""))
 
 
 def flags_of(field: str) -> tuple[str, ...]:

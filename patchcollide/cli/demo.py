@@ -5,7 +5,7 @@ import click
 
 from ..demo import run_demo
 from ..papers.world import run_world_demo, success
-from .common import Progress, deprecated, show_progress, user_errors
+from .common import Progress, deprecated, show_progress, user_errors, weights_option
 from .online import Bar, print_polytope, print_vertices
 
 
@@ -18,8 +18,7 @@ from .online import Bar, print_polytope, print_vertices
 @click.option("--vertices", default=5, show_default=True, type=int)
 @click.option("--samples", default=200, show_default=True, type=int, help="Polytope samples.")
 @click.option("--n", "n_deprecated", default=None, type=int, hidden=True, help="Deprecated: --samples.")
-@click.option("--weights", default="auto", show_default=True,
-              help="auto (ImageNet if available, else random), imagenet, random or a state-dict PATH.")
+@weights_option()
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--world", "world_name", type=click.Choice(["photos", "digits"]), default="photos", show_default=True,
               help="photos: scikit-image's photos at VGG-16 (random weights here); digits: the trained digits "

@@ -16,7 +16,7 @@ from ..exact import (
     run_nullspace,
     table_markdown,
 )
-from .common import UserError, deprecated, echo_json, show_progress, user_errors
+from .common import UserError, deprecated, echo_json, show_progress, user_errors, weights_option
 
 
 def _say(enabled: bool):
@@ -96,8 +96,7 @@ def print_nullspace(report: dict) -> None:
 @click.option("--model", "model", default=None,
               help="torchvision classifier: vit_b_32 (patch embedding), resnet50, alexnet, ...  [required]")
 @click.option("--arch", "arch", default=None, hidden=True, help="Deprecated: --model.")
-@click.option("--weights", default="random", show_default=True,
-              help="random (structure only: no pretrained weights needed), imagenet or a state-dict PATH.")
+@weights_option("Random weights test the structure only; pretrained ViT needs --size 224.")
 @click.option("--image", type=click.Path(), default=None, help="Image file [default: scikit-image's astronaut].")
 @click.option("--size", default=224, show_default=True, type=int,
               help="Input side (ViT with random weights is built for it; pretrained ViT needs 224).")
@@ -205,8 +204,7 @@ class _JsonPathStillWorks(click.Command):
 
 @click.command(cls=_JsonPathStillWorks)
 @click.argument("models", nargs=-1)
-@click.option("--weights", type=click.Choice(["random", "imagenet"]), default="random", show_default=True,
-              help="random: structure only (seeded); imagenet: torchvision's pretrained weights from the torch cache.")
+@weights_option("Per model; random weights test the structure only (seeded); no PATH here.")
 @click.option("--paper", "paper_all", is_flag=True,
               help="Every row of the paper's Table 1 that torchvision can build (segmentation, detection, DeiT shapes) "
                    "instead of the classification models.")

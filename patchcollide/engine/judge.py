@@ -66,7 +66,7 @@ def load_judge(weights: str, arch: str = DEFAULT_JUDGE_MODEL) -> Judge:
         state = load_state_file(weights)
         model = OWN_MODELS[arch]()
         fit_state(model, state, arch, weights)
-        info = WeightsInfo("file", os.path.abspath(weights), file_sha256(weights), True)
+        info = WeightsInfo("file", os.path.abspath(weights), file_sha256(weights), False, "user weights")
         normalised = JUDGE_NORMALISED[arch]
     else:
         if weights == "random":

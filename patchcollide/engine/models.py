@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
 import os
 import pickle
@@ -33,6 +34,8 @@ import torch.nn as nn
 from ..core.errors import PatchcollideError, first_line
 from .nets import BUILDERS as OWN_MODELS
 from .nets import HEADS as OWN_HEADS
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,7 +67,8 @@ class WeightsInfo:
     kind: str  # "imagenet" | "file" | "random"
     name: str  # IMAGENET1K_V1, the file path, or "random(seed=N)"
     sha256: str | None  # of the state dict file, where there is one
-    pretrained: bool
+    pretrained: bool  # torchvision's published weights, their sha256 checked against the file name's prefix
+    label: str  # what is known, in words: "torchvision IMAGENET1K_V1", "user weights", "random weights"
 
 
 class _Stop(Exception):
@@ -142,7 +146,7 @@ def model_identity(arch: str, layer: str, weights: WeightsInfo) -> dict:
 
 def random_weights(seed: int) -> WeightsInfo:
     """The identity of ``load_tap(..., "random", seed)``'s weights, without building the model."""
-    return WeightsInfo("random", f"random(seed={seed})", None, False)
+    return WeightsInfo("random", f"random(seed={seed})", None, False, "random weights")
 
 
 def _builder(arch: str):
@@ -183,44 +187,118 @@ def load_weights(model: nn.Module, arch: str, weights: str, allow_download: bool
                              "--weights PATH (the world's weights/ folder), or --weights random")
         if arch in _SHAPE_ONLY:
             raise ModelError(f"{arch} has no torchvision weights (only its shapes are built); use --weights random")
-        state, where = load_imagenet_state(arch, allow_download)
+        state, where, sha = load_imagenet_state(arch, allow_download)
         fit_state(model, state, arch, "imagenet")
-        return WeightsInfo("imagenet", imagenet_weights(arch).name,
-                           file_sha256(where) if os.path.exists(where) else None, True)
+        name = imagenet_weights(arch).name
+        return WeightsInfo("imagenet", name, sha, True, f"torchvision {name}")
     state = load_state_file(weights)
     fit_state(model, state, arch, weights)
-    return WeightsInfo("file", os.path.abspath(weights), file_sha256(weights), True)
+    # nothing says what a user's file was trained on: its path and sha256 are what is known
+    return WeightsInfo("file", os.path.abspath(weights), file_sha256(weights), False, "user weights")
 
 
-def load_imagenet_state(arch: str, allow_download: bool = True) -> tuple[dict, str]:
-    """torchvision's IMAGENET1K_V1 state dict from the torch hub cache, or by download.
+HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")  # torchvision's file names end in -<sha256 prefix>.pth
 
-    Raises ModelError, saying where to put the file, when neither works.
-    """
+
+def check_cached_hash(path: str, arch: str) -> str:
+    """The sha256 of a cached torchvision weights file, checked against the prefix its name
+    carries (as torch.hub's ``check_hash`` does on download); a file taken on its name alone
+    could hold anything. One-line ModelError on a mismatch."""
+    sha = file_sha256(path)
+    want = HASH_PREFIX.search(os.path.basename(path))
+    if want and not sha.startswith(want.group(1)):
+        raise ModelError(f"{path}: its sha256 ({sha[:12]}...) does not start with {want.group(1)}, as torchvision's "
+                         f"file name says, so it is not torchvision's {arch} weights; delete it to download them "
+                         "again, or pass your own file with --weights PATH")
+    return sha
+
+
+WEIGHTS_RULE = ("auto (the default of every command): torchvision's ImageNet weights when the torch cache holds "
+                "them (sha256 checked) or they download, else seeded random weights, said in a warning and in every "
+                "output; imagenet: those weights or an error; random: seeded random weights (smoke runs); PATH: a "
+                "state dict (recorded as user weights)")
+WEIGHTS = ("auto", "imagenet", "random")  # besides a PATH
+
+
+class WeightsUnavailable(ModelError):
+    """torchvision's weights are neither in the torch cache nor downloadable (``--weights auto``
+    then takes random weights); a file that is there but wrong is a plain ModelError."""
+
+
+_checked: dict = {}  # (path, size, mtime) -> sha256: a file is hashed once per process
+
+
+def imagenet_file(arch: str, allow_download: bool = True) -> tuple[str, str]:
+    """The path and sha256 of torchvision's IMAGENET1K_V1 file for ``arch`` in the torch hub
+    cache, downloaded there (hash checked by torch.hub, 20 s socket timeout) when missing.
+    WeightsUnavailable, naming the cache path and every way out, when neither works."""
     w = imagenet_weights(arch)
-    fname = os.path.basename(w.url)
-    cache = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
-    if os.path.exists(cache):
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(w.url))
+    if not os.path.exists(cache) and allow_download:
+        import socket
+
+        want = HASH_PREFIX.search(os.path.basename(cache))
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(20)  # a closed network fails fast instead of hanging
         try:
-            return torch.load(cache, map_location="cpu", weights_only=True), cache
-        except Exception as e:  # noqa: BLE001 - a truncated or foreign file in the cache
-            raise ModelError(f"{cache}: cached {arch} weights do not load ({type(e).__name__}); delete the file "
-                             "to download it again, or pass --weights PATH") from None
-    if allow_download:
-        try:
-            return w.get_state_dict(progress=False, check_hash=True), cache
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            torch.hub.download_url_to_file(w.url, cache, hash_prefix=want.group(1) if want else None, progress=False)
         except Exception:  # noqa: BLE001 - no network, proxy, hash mismatch: all mean the same to the user
             pass
-    raise ModelError(
-        f"{arch} weights {w} are not in the torch cache ({cache}) and could not be downloaded; "
-        f"fetch {w.url} on a machine with internet and pass --weights PATH, or copy it to that cache path"
-    )
+        finally:
+            socket.setdefaulttimeout(old)
+    if not os.path.exists(cache):
+        raise WeightsUnavailable(
+            f"{arch} weights {w} are not in the torch cache ({cache}) and could not be downloaded; fetch {w.url} on "
+            "a machine with internet and pass --weights PATH or copy it to that cache path, or use --weights "
+            "random for a smoke run")
+    st = os.stat(cache)
+    key = (cache, st.st_size, st.st_mtime_ns)
+    if key not in _checked:
+        _checked[key] = check_cached_hash(cache, arch)
+    return cache, _checked[key]
+
+
+def resolve_weights(weights: str, arch: str, allow_download: bool = True) -> str:
+    """``weights`` with ``auto`` made concrete (see WEIGHTS_RULE): "imagenet" when torchvision's
+    file for ``arch`` is in the torch cache or downloads, else "random" with one warning line.
+    Any other value is returned as it is. A cached file that fails its sha256 check is an error,
+    not a reason to fall back."""
+    if weights != "auto":
+        return weights
+    if arch in OWN_MODELS or arch in _SHAPE_ONLY:
+        why = f"{arch} has no torchvision ImageNet weights"
+    else:
+        try:
+            imagenet_file(arch, allow_download)
+            return "imagenet"
+        except WeightsUnavailable as e:
+            why = str(e).split(";")[0]
+    log.warning("--weights auto: %s; using RANDOM weights (seeded): the run tests only the mechanics (pass "
+                "--weights PATH for a real run)", why)
+    return "random"
+
+
+def load_imagenet_state(arch: str, allow_download: bool = True) -> tuple[dict, str, str]:
+    """torchvision's IMAGENET1K_V1 state dict from the torch hub cache (its sha256 checked
+    against its name), downloaded there first when missing. Returns (state, path, sha256).
+
+    Raises WeightsUnavailable, saying where to put the file, when neither works.
+    """
+    cache, sha = imagenet_file(arch, allow_download)
+    try:
+        return torch.load(cache, map_location="cpu", weights_only=True), cache, sha
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file in the cache
+        raise ModelError(f"{cache}: cached {arch} weights do not load ({type(e).__name__}); delete the file "
+                         "to download it again, or pass --weights PATH") from None
 
 
 def load_tap(arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet", seed: int = 0,
              allow_download: bool = True) -> Tap:
-    """Build ``arch`` with ``weights`` ("imagenet", "random" or a state-dict PATH) and tap ``layer``."""
+    """Build ``arch`` with ``weights`` ("auto", "imagenet", "random" or a state-dict PATH; see
+    WEIGHTS_RULE) and tap ``layer``."""
     builder = _builder(arch)
+    weights = resolve_weights(weights, arch, allow_download)
     if weights == "random":
         with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG stream is left as it was
             torch.default_generator.manual_seed(seed)
@@ -237,7 +315,7 @@ def load_state_file(path: str) -> dict:
     (no arbitrary pickled objects); ModelError with a one-line reason otherwise. A checkpoint
     dict holding the tensors under "state_dict" is unwrapped."""
     if not os.path.isfile(path):
-        raise ModelError(f"--weights {path!r}: no such file; give a state dict file, 'imagenet' or 'random'")
+        raise ModelError(f"--weights {path!r}: no such file; give a state dict file, or auto, imagenet or random")
     try:
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of files that it then refuses anyway
@@ -364,8 +442,9 @@ def build_model(name: str, weights: str = "random", seed: int = 0,
 
     The random weights are drawn from torch's CPU generator seeded with ``seed`` inside
     ``torch.random.fork_rng``: the caller's random stream is left exactly as it was, and the
-    same seed gives the same weights."""
+    same seed gives the same weights. "auto": see WEIGHTS_RULE."""
     build = builder(name)
+    weights = resolve_weights(weights, name)
     kw = {}
     if image_size and name.startswith("vit_") and weights == "random":
         kw["image_size"] = image_size
@@ -375,7 +454,7 @@ def build_model(name: str, weights: str = "random", seed: int = 0,
         redrawn = _redraw_zero_weights(model) if weights == "random" else []
     if weights == "random":
         info = WeightsInfo("random", f"random(seed={seed})" + (f"; zero-initialised {', '.join(redrawn)} redrawn"
-                                                               if redrawn else ""), None, False)
+                                                               if redrawn else ""), None, False, "random weights")
     else:
         info = load_weights(model, name, weights)
     model.eval()

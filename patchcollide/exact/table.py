@@ -251,11 +251,11 @@ def nullity_table(models: list[str], weights: str = "random", seed: int = 0, rto
                   progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Table 1 for ``models``; a model that cannot be built or loaded is one entry in
     ``failed`` (name, one-line reason), not an exception. Returns a JSON-able dict."""
-    if weights not in ("random", "imagenet"):
-        raise NullspaceError(f"--weights must be random or imagenet for the table, got {weights!r}")
+    if weights not in ("auto", "random", "imagenet"):
+        raise NullspaceError(f"--weights must be auto, random or imagenet for the table, got {weights!r}")
     if rtol is not None and not (math.isfinite(rtol) and 0 < rtol < 1):
         raise NullspaceError(f"--rtol must be in (0, 1), got {rtol}")
-    rows, failed = [], []
+    rows, failed, kinds = [], [], set()
     t_all = time.perf_counter()
     for name in models:
         t0 = time.perf_counter()
@@ -267,14 +267,16 @@ def nullity_table(models: list[str], weights: str = "random", seed: int = 0, rto
             continue
         row = nullity_row(model, rtol, (lambda d, t, _n=name: progress(_n, d, t)) if progress else None)
         del model
+        kinds.add(info.kind)
         paper = paper_row(name)
         rows.append({"model": name, "weights": dataclasses.asdict(info), **row,
                      "paper": dataclasses.asdict(paper) if paper else None,
                      "check": compare_with_paper(row, paper) if paper else None,
                      "seconds": round(time.perf_counter() - t0, 2)})
+    used = sorted(kinds) or [weights]  # auto: decided per model
     return {"kind": "patchcollide-nullity", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "weights": weights, "seed": seed, "tolerance": tolerance_rule(rtol),
-            "notice": EXACT_RANDOM_NOTICE if weights == "random" else None,
+            "weights": "/".join(used), "seed": seed, "tolerance": tolerance_rule(rtol),
+            "notice": EXACT_RANDOM_NOTICE if "random" in used else None,
             "rows": rows, "failed": failed,
             "not_in_torchvision": [r.name for r in PAPER_TABLE1 if r.model is None],
             "versions": versions(), "machine": machine(), "seconds": round(time.perf_counter() - t_all, 1)}
@@ -289,7 +291,7 @@ def tolerance_rule(rtol: float | None) -> str:
 
 def table_markdown(table: dict) -> str:
     """The table as Markdown: ours beside the paper's, and what structure decides."""
-    lines = [f"Weights: {table['weights']}" + (f" (seed {table['seed']})" if table["weights"] == "random" else ""),
+    lines = [f"Weights: {table['weights']}" + (f" (seed {table['seed']})" if "random" in table["weights"] else ""),
              f"Tolerance: {table['tolerance']}.", ""]
     if table.get("notice"):
         lines += [f"**{table['notice']}.**", ""]

@@ -77,6 +77,12 @@ ROWS = [
      ["tests/test_faults.py::test_extract_second_writer", "tests/test_faults.py::test_index_build_second_writer",
       "tests/test_faults.py::test_batch_second_writer", "tests/test_extract.py::test_second_writer",
       "tests/test_extract.py::test_overwrite_waits_for_the_lock", "tests/test_batch.py::test_a_second_process"]),
+    ("Two writers of one `collide` run; a `collide --resume` of a run that is already complete",
+     "real processes: a second `collide` (and `--resume`, `--overwrite`) on the `--out` a running one holds, "
+     "then the first SIGKILLed; a finished run resumed without and with `--overwrite`",
+     "the second refused at once with one line naming `OUT.lock`, exit 2, before the model loads; after the "
+     "kill the lock is free and the run completes; a complete run is never replaced without `--overwrite`",
+     ["tests/test_checkpoints.py::test_a_second_writer", "tests/test_checkpoints.py::test_a_resume_never"]),
     ("Half-written or failed batch jobs; shards sharing one directory",
      "a temp dir left behind / a job dir without its check; a job failing mid-batch; shards 1/2 and 2/2",
      "half jobs are not done and rerun; failures recorded with traceback, the batch goes on; "

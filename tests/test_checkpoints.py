@@ -276,3 +276,69 @@ def test_a_batch_killed_mid_job_resumes_that_job_from_its_checkpoint(tmp_path, f
     assert f"resuming {out / '.tmp' / 'j' / 'run'} from step {step}/30" in r.stderr, r.stderr
     assert _pngs(out / "j") == _pngs(tmp_path / "clean" / "j")
     assert not ck.parent.exists()
+
+
+# ------------------------------------------------------------------- two writers of one run
+
+
+def _snapshot(path) -> dict:
+    return {os.path.relpath(os.path.join(d, f), path): open(os.path.join(d, f), "rb").read()
+            for d, _, fs in os.walk(path) for f in fs}
+
+
+def test_a_second_writer_of_a_run_is_refused_at_once_and_the_lock_dies_with_the_first(tmp_path, flat_index, clean_cli,
+                                                                                      record_property):
+    out = tmp_path / "run"
+    ck = os.path.join(partial_dir(str(out)), "checkpoint.pt")
+    cmd = _collide_cmd(clean_cli["src"], clean_cli["tgt"], out, flat_index)
+    long = [*cmd[:cmd.index("--steps")], "--steps", "20000", *cmd[cmd.index("--steps") + 2:]]  # outlives the refusals
+    first = subprocess.Popen(long, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t = time.time()
+    while not os.path.exists(ck) and first.poll() is None:
+        assert time.time() - t < 300, "the first run never reached its first checkpoint"
+        time.sleep(0.01)
+    assert first.poll() is None, first.communicate()
+    held = Checkpointer(partial_dir(str(out)), {}).read()
+    for second in (cmd, _cli("collide", "--resume", out), [*cmd, "--overwrite"]):
+        r = subprocess.run(second, capture_output=True, text=True)
+        lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        assert lines[0] == (f"Error: --out {out}: another process is writing this run now (it holds {out}.lock); "
+                            "wait for it to finish or stop it, or give another --out"), lines[0]
+    assert first.poll() is None  # refused while the first still ran, without touching its checkpoint
+    assert Checkpointer(partial_dir(str(out)), {}).read()["step"] >= held["step"]
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    landed = first.returncode == -signal.SIGKILL
+    record_property("kills", json.dumps([{"landed": landed, "phase": "optimising, a second writer refused"}]))
+    assert landed, first.returncode
+    assert not out.exists() and os.path.exists(f"{out}.lock")  # the file stays; its lock died with the process
+    r = subprocess.run([*cmd, "--overwrite"], capture_output=True, text=True)  # a new writer takes it at once
+    assert r.returncode == 0, r.stderr
+    assert _pngs(out) == clean_cli["pngs"] and not os.path.exists(f"{out}.lock")
+
+
+def test_a_resume_never_replaces_a_complete_run_without_overwrite(tmp_path, flat_index, clean_cli, record_property):
+    out = tmp_path / "run"
+    ck = os.path.join(partial_dir(str(out)), "checkpoint.pt")
+    landed, p = signal_when(_collide_cmd(clean_cli["src"], clean_cli["tgt"], out, flat_index),
+                            lambda: os.path.exists(ck), signal.SIGKILL)
+    landed = landed and p.returncode == -signal.SIGKILL
+    record_property("kills", json.dumps([{"landed": landed, "phase": "optimising, after the first checkpoint"}]))
+    assert landed, p.stderr
+    # meanwhile a complete run lands at --out (another run, moved into place)
+    other = tmp_path / "other"
+    cmd = _collide_cmd(clean_cli["src"], clean_cli["src"], other, flat_index)
+    subprocess.run([*cmd[:cmd.index("--steps")], "--steps", "4", *cmd[cmd.index("--steps") + 2:]], check=True,
+                   capture_output=True)
+    os.replace(other, out)
+    before = _snapshot(out)
+    r = subprocess.run(_cli("collide", "--resume", out), capture_output=True, text=True)
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
+    assert f"--out {out} now holds a complete run that this checkpoint did not write" in lines[0] \
+        and f"`patchcollide collide --resume {out} --overwrite`" in lines[0], lines[0]
+    assert _snapshot(out) == before and os.path.isfile(ck)  # the complete run and the checkpoint both kept
+    r = subprocess.run(_cli("collide", "--resume", out, "--overwrite"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert _pngs(out) == clean_cli["pngs"] and not os.path.exists(partial_dir(str(out)))

@@ -264,24 +264,42 @@ def unlock(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: str, busy: Exception | None = None) -> Iterator[int]:
+def locked(path: str, busy: Exception | None = None, remove: bool = False) -> Iterator[int]:
     """Hold an exclusive lock on ``path`` for the block (yields its descriptor). Without
-    ``busy`` wait for it; with ``busy`` do not wait: raise ``busy`` when another holds it."""
-    if busy is None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-    else:
-        fd = try_lock(path)
-        if fd is None:
-            raise busy
+    ``busy`` wait for it; with ``busy`` do not wait: raise ``busy`` when another holds it.
+    remove: delete the lock file when the block ends (while still holding it); a process that
+    locked the file just before it went retries on the new one, so two never hold it at once."""
+    while True:
+        if busy is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+        else:
+            fd = try_lock(path)
+            if fd is None:
+                raise busy
+        if not remove or _same_file(fd, path):
+            break
+        unlock(fd)  # its holder removed this file as we locked it: lock the one at ``path`` now
     try:
         yield fd
     finally:
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
         unlock(fd)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def is_locked(path: str) -> bool:

@@ -19,6 +19,7 @@ Run directory (written under ``NAME.tmp-*`` and renamed into place only when com
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -26,11 +27,13 @@ import os
 import shutil
 import time
 import typing
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from ..core.files import atomic_open, check_out, check_writable, is_run, staged_dir, versions, write_json
+from ..core.files import (atomic_open, check_out, check_writable, is_run, locked, occupied, staged_dir, versions,
+                          write_json)
 from ..core.formats import RANDOM_LABEL, RANDOM_NOTICE, RUN_KIND
 from ..core.images import BadImage, Preprocess, imagenet_crop, load_rgb
 from ..core.jsontypes import convert
@@ -39,7 +42,7 @@ from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import Checkpointer, CheckpointError, Interrupted, StopSignals, partial_dir
 from ..engine.collide import CollideConfig, CollideError, CollideResult, collide, frontier_of, quantised_metrics
 from ..engine.judge import judge_run, load_judge
-from ..engine.models import Tap, load_tap, resolve_device, tap_on
+from ..engine.models import Tap, load_tap, resolve_device, resolve_weights, tap_on
 from ..engine.objectives import Target
 from ..engine.polytope import difference_boxes, pairwise_l2, sample_polytope
 from ..offline.extract import scan_inputs
@@ -102,6 +105,40 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
     """
     if resume not in RESUMES:
         raise CollideError(f"resume must be one of {', '.join(RESUMES)}, got {resume!r}")
+    if checkpoint_dir is not None:  # a batch job: the batch holds the job's lock
+        return _run_collide(source, target, out, config, arch, layer, weights, index_dir, tap, pindex, overwrite,
+                            progress, target_stats, checkpoint_dir, checkpoint_every, resume, again, judge)
+    with run_lock(out):
+        return _run_collide(source, target, out, config, arch, layer, weights, index_dir, tap, pindex, overwrite,
+                            progress, target_stats, checkpoint_dir, checkpoint_every, resume, again, judge)
+
+
+@contextlib.contextmanager
+def run_lock(out: str) -> Iterator[None]:
+    """Hold ``OUT.lock`` (flock) for a whole ``collide`` on ``out``, from before any check to the
+    installed run: a second writer of the same run (a second ``collide --out OUT`` or
+    ``--resume OUT``) is refused at once. The lock dies with its process, even on SIGKILL; the
+    file is removed when the run ends."""
+    path = os.path.abspath(out).rstrip(os.sep) + ".lock"
+    check_writable(out, 0, CollideError)  # a file in the way gets its own line, not makedirs' errno
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    busy = CollideError(f"--out {out}: another process is writing this run now (it holds {path}); wait for it to "
+                        "finish or stop it, or give another --out")
+    with locked(path, busy=busy, remove=True):
+        yield
+
+
+def _refuse_taken(out: str, ckdir: str, again: str, overwrite: bool) -> None:
+    """A resume never replaces what was written at ``out`` since its run started, unless ``overwrite``."""
+    if occupied(out) and not overwrite:
+        raise CollideError(f"--out {out} now holds a complete run that this checkpoint did not write; keep it "
+                           f"and delete {ckdir}, or replace it with `{again} --overwrite`"
+                           if is_run(out, RUN_KIND) else
+                           f"--out {out} now holds other files; move them away, then `{again}`")
+
+
+def _run_collide(source, target, out, config, arch, layer, weights, index_dir, tap, pindex, overwrite, progress,
+                 target_stats, checkpoint_dir, checkpoint_every, resume, again, judge) -> dict:
     ckdir = checkpoint_dir or partial_dir(out)
     again = again or f"patchcollide collide --resume {out}"
     ck_path = os.path.join(ckdir, CHECKPOINT)
@@ -112,7 +149,9 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
         shutil.rmtree(ckdir, ignore_errors=True)
     if resume == "yes" and not os.path.isfile(ck_path):
         raise CollideError(f"{out}: no checkpoint to resume at {ck_path}; start the run with --out {out}")
-    if resume != "yes":  # a resumed run writes over what its start checked
+    if resume == "yes":
+        _refuse_taken(out, ckdir, again, overwrite)
+    else:
         _check_out(out, overwrite)
     check_writable(out, expected_bytes(config), CollideError)
     src, tgt = load_pair(source, target, config.size)
@@ -123,6 +162,8 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
             "index": os.path.abspath(index_dir) if config.space.needs_index and index_dir else None}
     try:
         dev = resolve_device(config.device)  # once for the run: the model moves there once
+        if tap is None:  # auto made concrete once: a resume goes on with the same weights
+            weights = resolve_weights(weights, arch)
         tap = tap_on(tap or load_tap(arch, layer, weights, seed=config.seed), dev)
         ck = Checkpointer(ckdir, {"inputs": meta, "config": dataclasses.asdict(config), "model": tap.identity()},
                           every=checkpoint_every)
@@ -151,8 +192,13 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
         if own_index is not None:
             own_index.close()
     try:
-        report = write_run(out, res, src, tgt, tap, config, meta, overwrite=overwrite or resume != "no", device=dev,
-                           judge=judge)
+        report = write_run(out, res, src, tgt, tap, config, meta, overwrite=overwrite or resume == "auto",
+                           device=dev, judge=judge)
+    except CollideError as e:  # --out taken meanwhile by something that holds no lock
+        if ck.saved_to != ck.path:
+            raise
+        raise CollideError(f"{e}; the optimised state is kept in {ck.path}: `{again} --overwrite` writes it over "
+                           "without optimising again") from None
     except OSError as e:
         where = ck.saved_to or "nowhere (the checkpoint could not be written either)"
         fix = (f"free space, then `{again}` writes the run without optimising again" if ck.saved_to == ck.path else
@@ -169,23 +215,30 @@ def _abs_if_file(weights: str) -> str:
     return os.path.abspath(weights) if os.path.isfile(weights) else weights
 
 
-def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY) -> dict:
+def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY, overwrite: bool = False,
+                   on_resume=None) -> dict:
     """Go on with the run that was writing ``out`` (``collide --resume``) from its checkpoint,
-    with the inputs, settings and model it started with. Returns the report."""
-    ck = Checkpointer(partial_dir(out), {})
-    if not ck.exists():
-        if is_run(out, RUN_KIND):
-            raise CollideError(f"{out} is a finished run; nothing to resume (run `patchcollide sample {out}` "
-                               "or start a new run)")
-        raise CollideError(f"{out}: no checkpoint to resume at {ck.path}; start the run with --out {out}")
-    saved = ck.read()
-    r = saved["run"]
-    judge = None
-    if r.get("judge"):
-        judge = load_judge(*r["judge"])
-    return run_collide(r["source"], r["target"], out, CollideConfig(**saved["key"]["config"]), arch=r["arch"],
-                       layer=r["layer"], weights=r["weights"], index_dir=r["index_dir"], overwrite=r["overwrite"],
-                       progress=progress, checkpoint_every=checkpoint_every, resume="yes", judge=judge)
+    with the inputs, settings and model it started with. Returns the report.
+
+    overwrite: replace a complete run found at ``out`` (one this checkpoint did not write is
+    refused otherwise; a run started with --overwrite keeps it). on_resume(step, steps):
+    called once the checkpoint is read, with the step the run goes on from."""
+    with run_lock(out):  # before the checkpoint is read: a second writer is refused at once
+        ck = Checkpointer(partial_dir(out), {})
+        if not ck.exists():
+            if is_run(out, RUN_KIND):
+                raise CollideError(f"{out} is a finished run; nothing to resume (run `patchcollide sample {out}` "
+                                   "or start a new run)")
+            raise CollideError(f"{out}: no checkpoint to resume at {ck.path}; start the run with --out {out}")
+        saved = ck.read()
+        r = saved["run"]
+        _refuse_taken(out, partial_dir(out), f"patchcollide collide --resume {out}", r["overwrite"] or overwrite)
+        judge = load_judge(*r["judge"]) if r.get("judge") else None
+        if on_resume is not None:
+            on_resume(saved["step"], saved["key"]["config"]["steps"])
+        return _run_collide(r["source"], r["target"], out, CollideConfig(**saved["key"]["config"]), r["arch"],
+                            r["layer"], r["weights"], r["index_dir"], None, None, r["overwrite"] or overwrite,
+                            progress, None, None, checkpoint_every, "yes", None, judge)
 
 
 def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, tap: Tap, config: CollideConfig,

@@ -143,3 +143,30 @@ def test_index_build_shows_k_means_on_a_terminal_and_no_raw_faiss_text(tmp_path,
                                      "--factory", "IVF16,Flat", "--train-size", "3000"])
     assert plain.exit_code == 0, plain.output
     assert (tmp_path / "a" / "index.faiss").read_bytes() == (tmp_path / "c" / "index.faiss").read_bytes()
+
+
+def test_the_non_convergence_hint_follows_the_runs_own_history(tmp_path, query_image):
+    """Still falling at the end: more steps; flat: the constraints, never "more steps"."""
+    from PIL import Image
+
+    from patchcollide.cli.online import convergence_hint
+
+    falling = [1.0 / (1 + i) for i in range(200)]
+    flat = [0.5 / (1 + i) for i in range(100)] + [0.05 + 0.001 * (i % 3) for i in range(100)]
+    assert "give more --steps" in convergence_hint({"worst_rel_error": falling}, "patches")
+    for mode in ("patches", "pixel"):
+        hint = convergence_hint({"worst_rel_error": flat}, mode)
+        assert "more steps will not help" in hint and "--push-margin" in hint and "give more --steps" not in hint
+        assert ("-k" in hint) == (mode == "patches")
+    assert "give more --steps" in convergence_hint({"worst_rel_error": [0.3, 0.2]}, "pixel")
+    # wired: the warning of a real run that missed tol carries the hint its report's history gives
+    target = tmp_path / "target.png"
+    Image.open(query_image).convert("RGB").transpose(Image.Transpose.ROTATE_90).save(target)
+    r = CliRunner().invoke(cli, ["-q", "collide", "--source", query_image, "--target", str(target), "--out",
+                                 str(tmp_path / "r"), "--mode", "pixel", "--weights", "random", "--size", "64",
+                                 "--steps", "12", "--min-steps", "12", "--tol", "1e-9", "--vertices", "1",
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rep = json.load(open(tmp_path / "r" / "report.json"))
+    warning = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: not converged")]
+    assert len(warning) == 1 and warning[0].endswith(convergence_hint(rep["history"], "pixel")), r.stderr

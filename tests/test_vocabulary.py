@@ -89,3 +89,21 @@ def test_batch_help_lists_every_job_key():
     text = " ".join(r.output.split())
     missing = [k for k in job_keys() if not re.search(rf"\b{k}\b", text)]
     assert r.exit_code == 0 and not missing, missing
+
+
+def test_push_margin_zero_with_several_vertices_is_warned_in_the_cli_and_the_job_file(tmp_path, query_image):
+    from patchcollide.engine.collide import CollideConfig
+
+    assert CollideConfig().doubts() == [] and CollideConfig(push_margin=0, vertices=1).doubts() == []
+    assert [f for f, _ in CollideConfig(push_margin=0, vertices=3).doubts()] == ["push_margin"]
+    r = CliRunner().invoke(
+        cli, ["-q", "collide", "--source", query_image, "--target", query_image, "--out", str(tmp_path / "r"),
+              "--mode", "pixel", "--weights", "random", "--size", "64", "--steps", "1", "--min-steps", "0",
+              "--push-margin", "0", "--vertices", "2", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.splitlines()[0].startswith("warning: --push-margin 0 with 2 vertices: nothing pushes the "
+                                               "vertices apart"), r.stderr
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "source": query_image, "target": query_image, "push_margin": 0}) + "\n")
+    jf = read_jobs(str(jobs), str(tmp_path / "out"))
+    assert len(jf.notices) == 1 and jf.notices[0][1].startswith('"push_margin" 0 with 5 vertices')

@@ -256,6 +256,7 @@ def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, i
         problems.append(f'"{e.field}" {e.problem}' if e.field else str(e))
     if problems:
         return jid, out, problems, None
+    notices += [f'"{field}" {why}' for field, why in config.doubts()]
     return jid, out, problems, {"source": paths["source"], "target": paths["target"], "samples": n, "config": config}
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import sys
 import types
 import typing
@@ -15,7 +16,7 @@ from ..engine.collide import CollideConfig
 from ..engine.judge import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..engine.judge import load_judge
 from ..runs.run import dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample
-from .common import Progress, UserError, flag_of, flags_of, deprecated, show_progress, user_errors
+from .common import Progress, UserError, flag_of, flags_of, deprecated, show_progress, user_errors, weights_option
 
 
 def print_vertices(report: dict) -> None:
@@ -162,7 +163,7 @@ def parse_pairs(field: str, values: tuple[str, ...]) -> tuple:
 D = CollideConfig()  # the defaults shown in --help are the config's own
 RUN_OPTIONS = ("source", "target", "out", "index_dir", "model", "layer", "weights", "overwrite", "strict", "resume",
                "checkpoint_every", "judge", "judge_model")  # not config fields
-RESUME_KEEPS = ("resume", "checkpoint_every", "strict")  # the options --resume takes; the rest come from the run
+RESUME_KEEPS = ("resume", "checkpoint_every", "strict", "overwrite")  # the options --resume takes; the rest come from the run
 NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
 DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --loss-late
 
@@ -180,7 +181,7 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
               help="Patch index (patch mode).")
 @click.option("--model", default="vgg16", show_default=True, help="torchvision classifier.")
 @click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet, random (smoke runs) or a state-dict PATH.")
+@weights_option()
 @config_options
 @click.option("--loss", nargs=2, type=float, default=None, metavar="A B", hidden=True,
               help="Deprecated: both --loss-early and --loss-late.")
@@ -189,7 +190,8 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
                    "vertex: a vertex reads as its source when the judge gives it the source's class.")
 @click.option("--judge-model", default=JUDGE_MODEL, show_default=True,
               help="The judge's architecture: digits_lenet5 (`patchcollide world build`) or a torchvision classifier.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only once the new run is complete).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only once the new run is complete); "
+              "with --resume: replace a complete run that another process wrote at RUN meanwhile.")
 @click.option("--strict", is_flag=True,
               help=f"Exit with code {NOT_CONVERGED_EXIT} when a vertex misses --tol (the run is still written).")
 @click.pass_context
@@ -214,7 +216,9 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
     if resume:
         with user_errors():
             try:
-                report = resume_collide(resume, progress=bar, checkpoint_every=checkpoint_every)
+                report = resume_collide(resume, progress=bar, checkpoint_every=checkpoint_every, overwrite=overwrite,
+                                        on_resume=lambda step, steps: click.echo(
+                                            f"resuming {resume} from step {step}/{steps}", err=True))
             finally:
                 bar.close()
         finish(report, resume, strict, report["config"]["tol"])
@@ -231,6 +235,8 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
                 else:
                     fields[name] = tuple(value)
         cfg = CollideConfig(**fields)
+        for field, why in cfg.doubts():
+            click.echo(f"warning: {flag_of(field)} {why}", err=True)
         the_judge = load_judge(judge, judge_model) if judge else None  # before any work: a bad file fails now
         try:
             report = run_collide(source, target, out, cfg, arch=model, layer=layer, weights=weights,
@@ -241,14 +247,39 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
     finish(report, out, strict, cfg.tol)
 
 
+FALLING = 0.10  # the worst error still fell by more than this share over the last quarter: more steps help
+
+
+def convergence_hint(history: dict, mode: str) -> str:
+    """What this run's own history says to change when it missed tol: the worst relative error
+    over the last quarter of the steps (the median of its first and last fifths, so one noisy
+    step decides nothing). Still falling by more than FALLING: more steps. Flat: more steps will
+    not help; the constraints (push, least change, and in patch mode the candidates) hold it."""
+    worst = [w for w in history.get("worst_rel_error", []) if w == w]
+    if len(worst) < 8:
+        return f"it ran only {len(worst)} steps: give more --steps"
+    q = len(worst) // 4
+    edge = max(1, q // 5)
+    first, last = statistics.median(worst[-q:][:edge]), statistics.median(worst[-edge:])
+    if last < (1 - FALLING) * first:
+        return (f"it was still falling over the last {q} steps ({first:.2e} -> {last:.2e}): give more --steps, "
+                "or a looser --tol")
+    held = "the push (--push-margin), the least-change term (--least-change)"
+    if mode == "patches":
+        held += ", the patch constraint (more candidates -k, --slots, or a larger store)"
+    return (f"it was flat over the last {q} steps ({first:.2e} -> {last:.2e}), so more steps will not help: "
+            f"loosen {held}, or take a looser --tol")
+
+
 def finish(report: dict, out: str, strict: bool, tol: float) -> None:
     """A finished run's table, and the warning (and --strict's exit code) when it missed tol."""
     print_vertices(report)
     click.echo(f"wrote {out}/ (contact_sheet.png, vertex_*.png, indicator.png, loss.png, report.json)")
     if not report["converged"]:
         worst = max(report["vertices"]["png"]["rel_error"])
+        hint = convergence_hint(report.get("history", {}), report.get("config", {}).get("mode", "patches"))
         click.echo(f"warning: not converged: worst PNG relative error {worst:.2e} > --tol {tol:g} after "
-                   f"{report['steps']} steps; give more --steps or a looser --tol", err=True)
+                   f"{report['steps']} steps; {hint}", err=True)
         if strict:
             sys.exit(NOT_CONVERGED_EXIT)
 

@@ -195,6 +195,16 @@ class CollideConfig:
         except ValueError as e:
             raise field_error(*e.args) from None
 
+    def doubts(self) -> list[tuple[str, str]]:
+        """Valid settings that defeat the method: (field, why) pairs the CLI and the job file
+        turn into one warning line each, naming the option or key."""
+        out = []
+        if self.push_margin == 0 and self.vertices > 1 and self.objective == "relative":
+            out.append(("push_margin", f"0 with {self.vertices} vertices: nothing pushes the vertices apart, so "
+                                       "they come out nearly identical; give a margin > 0 (the default "
+                                       f"{CollideConfig.__dataclass_fields__['push_margin'].default}) or one vertex"))
+        return out
+
     @property
     def space(self) -> type:
         """The search space ``mode`` names (``params.SPACES``)."""

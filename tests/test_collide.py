@@ -298,6 +298,11 @@ def test_load_run_gives_the_float_vertices_and_their_real_patches(run_dir, flat_
     run = patchcollide.load_run(str(run_dir))
     assert run.exact and run.config == CollideConfig(mode="patches", vertices=3, steps=60, size=S, k=4, device="cpu")
     assert run.vertices.shape == (3, 3, S, S) and np.array_equal(to_uint8(run.vertices), run.png)
+    arrays = [run.vertices, run.png, run.mixing["weights"], run.mixing["patch_ids"], run.mixing["pixel"]]
+    assert all(isinstance(a, np.ndarray) for a in arrays) and run.vertices.dtype == np.float32  # numpy throughout
+    text = repr(run)  # a short summary, not the report and the arrays
+    assert len(text.splitlines()) <= 8 and len(text) < 1000 and text.startswith(f"Run({str(run_dir)!r})"), text
+    assert "3 vertices" in text and f"{S} x {S}" in text and "PNG relative error" in text
     w, ids, pix = run.mixing["weights"], run.mixing["patch_ids"], run.mixing["pixel"]
     assert np.allclose(w.sum(2), 1, atol=1e-5) and (w[ids < 0] == 0).all()
     # every float pixel is the weighted sum of the stored pixels its mixture names
@@ -307,7 +312,7 @@ def test_load_run_gives_the_float_vertices_and_their_real_patches(run_dir, flat_
     lut = np.vectorize(lambda i: row.get(int(i), 0))(ids)
     colours = patches[lut, pix[..., 0], pix[..., 1]].astype(np.float32) / 255  # (V, P, M, 3)
     again = np.einsum("vpm,vpmc->vcp", w, colours).reshape(3, 3, S, S)
-    assert np.abs(again - run.vertices.numpy()).max() < 1e-5
+    assert np.abs(again - run.vertices).max() < 1e-5
     assert run.metrics["png"]["rel_error"] == json.loads((run_dir / "report.json").read_text())["vertices"]["png"][
         "rel_error"]
 
@@ -582,7 +587,7 @@ def test_context_window_candidates_come_from_their_source_images(tmp_path, tap, 
         wins = context_windows(pidx.store, used, 48)
         lut = np.searchsorted(used, np.where(pid >= 0, pid, used[0]))
         again = np.einsum("vpm,vpmc->vcp", w, wins[lut, pix[..., 0], pix[..., 1]].astype(np.float32) / 255)
-        assert np.abs(again.reshape(2, 3, S, S) - run.vertices.numpy()).max() < 1e-5
+        assert np.abs(again.reshape(2, 3, S, S) - run.vertices).max() < 1e-5
         moved = rec["abspath"] + ".moved"
         os.rename(rec["abspath"], moved)
         try:

@@ -359,12 +359,33 @@ class Run:
     path: str
     config: CollideConfig
     report: dict
-    vertices: torch.Tensor
+    vertices: np.ndarray
     png: np.ndarray
     metrics: dict
     target: dict
     mixing: dict | None
     exact: bool
+
+    def __repr__(self) -> str:
+        """A few lines (the whole report and arrays would be tens of thousands of characters)."""
+        png = self.metrics.get("png", {})
+        err, push = png.get("rel_error", []), png.get("push", [])
+        V, _, H, W = self.vertices.shape
+        m = self.report.get("model", {})
+        lines = [f"Run({self.path!r})",
+                 f"  {V} vertices, {H} x {W}, mode {self.config.mode}, {self.report.get('steps', '?')} steps, "
+                 f"converged: {self.report.get('converged')}",
+                 f"  model {m.get('arch', '?')} {m.get('layer', '?')}, weights: {m.get('label', m.get('kind', '?'))}"]
+        if err:
+            lines.append(f"  PNG relative error {min(err):.3g} .. {max(err):.3g} (tol {self.config.tol:g})"
+                         + (f", push {min(push):.3g} .. {max(push):.3g}" if push else ""))
+        poly = self.report.get("polytope")
+        if poly:
+            lines.append(f"  polytope: {poly['samples']} samples, {100 * poly['share_target_class']:.1f}% in the "
+                         "target's class")
+        lines.append("  fields: vertices (V, 3, H, W) float32, png (V, H, W, 3) uint8, mixing, metrics, target, "
+                     "config, report")
+        return "\n".join(lines)
 
 
 def load_run(path: str) -> Run:
@@ -381,7 +402,7 @@ def load_run(path: str) -> Run:
     with np.load(os.path.join(path, "state.npz")) as z:
         state = {k: z[k] for k in z.files}
     exact = "vertices" in state
-    vertices = torch.from_numpy(state["vertices"]) if exact else torch.from_numpy(png).permute(0, 3, 1, 2).float() / 255
+    vertices = (state["vertices"] if exact else png.transpose(0, 3, 1, 2) / np.float32(255)).astype(np.float32)
     mixing = config.space.mixing_from_state(state, config.window)
     return Run(path=path, config=config, report=report, vertices=vertices, png=png, metrics=report["vertices"],
                target=report["target"], mixing=mixing, exact=exact)

@@ -122,10 +122,12 @@ def build_index(work: str, device: torch.device):
 
 def load_pair(work: str, pair: tuple[str, str], size: int):
     from patchcollide.demo import write_sample_photos
+    from patchcollide.engine.collide import CollideConfig
     from patchcollide.runs.run import load_input
 
     paths = write_sample_photos(os.path.join(work, "pairs"), pair)
-    return load_input(paths[0], size, "--source"), load_input(paths[1], size, "--target")
+    config = CollideConfig(size=size)
+    return load_input(paths[0], config, "--source"), load_input(paths[1], config, "--target")
 
 
 def run_one(tap, index, src, tgt, cfg) -> tuple[dict, object]:

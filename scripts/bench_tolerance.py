@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     points, all_samples = [], {"rel_error": [], "in_class": [], "prob_gap": []}
     t0 = time.time()
     for i, p in enumerate(world.pairs(args.pairs, args.pair_seed)):
-        src_u8, tgt_u8 = load_pair(p["source"], p["target"], config.size)
+        src_u8, tgt_u8 = load_pair(p["source"], p["target"], config)
         src, tgt = to_tensor(src_u8), to_tensor(tgt_u8)
         target = target_of(tap, tgt, config.vertices, config.first_unit)
         param = make_param(config, src, tgt, None)

@@ -349,9 +349,9 @@ WEIGHTS = [  # the last two build a random VGG-16 before they fail (a few second
     ("dict with a non-tensor value", "w_dict_str.pt", "not a state dict"),
     ("list of tensors", "w_list.pt", "not a state dict"),
     ("whole nn.Module (weights_only refuses)", "w_module.pt", "refused"),
-    ("plain pickle of an object (weights_only refuses)", "w_pickle.pt", "weights_only=True loading refused"),
-    ("random bytes", "w_random.pt", "not a loadable state dict"),
-    ("empty file", "w_empty.pt", "not a loadable state dict"),
+    ("plain pickle of an object (weights_only refuses)", "w_pickle.pt", "not a file of tensors written by torch.save"),
+    ("random bytes", "w_random.pt", "not a torch state dict"),
+    ("empty file", "w_empty.pt", "not a torch state dict"),
     ("state dict of another architecture", "w_other_arch.pt", "does not fit vgg16"),
     ("right keys, wrong shapes", "w_vgg_shapes.pt", "does not fit vgg16"),
 ]
@@ -432,11 +432,11 @@ def _cases():
                                                "--weights", "random", "-i", f"{{{d}}}"], needle, d)
     # sample and report
     for kind, d, sample_needle, report_needle in RUNS:
-        add("sample", kind, ["sample", f"{{{d}}}", "--samples", "2", "--device", "cpu"], sample_needle, d)
+        add("sample", kind, ["sample", "--out", f"{{{d}}}", "--samples", "2", "--device", "cpu"], sample_needle, d)
         add("report", kind, ["report", f"{{{d}}}"], report_needle, d)
     add("report", "foreign batch.json", ["report", "{foreign_batch}"], "not a patchcollide-batch file",
         "foreign_batch")
-    add("sample", "run without its vertices and state.npz", ["sample", "{hollow_run}", "--samples", "2"],
+    add("sample", "run without its vertices and state.npz", ["sample", "--out", "{hollow_run}", "--samples", "2"],
         "vertex_0.png, vertex_1.png, state.npz missing, so it is not a complete run; restore the files", "hollow_run")
     add("collide", "--out inside a file", [*COLLIDE[:1], "--source", "{img.png}", "--target", "{img.png}",
                                           "--weights", "random", *COLLIDE[3:], "--out", "{img.png}/run"],
@@ -466,10 +466,10 @@ def _cases():
     # nullspace (resnet18 at 32 x 32: cheap). Left out: weights that do not fit resnet18, whose message
     # (models.build_model) says no more than "does not fit"
     for kind, f, needle in WEIGHTS[:6]:
-        needle = needle if needle == "not a state dict" else "not a loadable state dict"
+        needle = needle if needle == "not a state dict" else "not a torch state dict"
         add("nullspace", f"--weights {kind}", [*NULLSPACE, "--weights", f"{{{f}}}"], needle, f)
     for kind, f, needle in IMAGES:
-        add("nullspace", f"--image {kind}", [*NULLSPACE, "--image", f"{{{f}}}"], needle, f)
+        add("nullspace", f"--source {kind}", [*NULLSPACE, "--source", f"{{{f}}}"], needle, f)
     add("nullspace", "unknown --model", ["nullspace", "--model", "resnet99", "--out", "ns_out"], "unknown model",
         "resnet99")
     # nullity: model names and output folders are checked before any weight matrix is decomposed
@@ -523,8 +523,8 @@ PROCESS_CASES = [
     pytest.param(["index", "eval", "--index", "{idx_random_faiss_sum}", "--queries", "{img.png}"],
                  "not a readable faiss index", "idx_random_faiss_sum", id="index eval | random index.faiss"),
     pytest.param([*COLLIDE, "--source", "{img.png}", "--target", "{img.png}", "--weights", "{w_pickle.pt}"],
-                 "refused", "w_pickle.pt", id="collide | plain pickle as --weights"),
-    pytest.param([*NULLSPACE, "--weights", "{w_pickle.pt}"], "not a loadable state dict", "w_pickle.pt",
+                 "not a torch state dict", "w_pickle.pt", id="collide | plain pickle as --weights"),
+    pytest.param([*NULLSPACE, "--weights", "{w_pickle.pt}"], "not a torch state dict", "w_pickle.pt",
                  id="nullspace | plain pickle as --weights"),
     pytest.param([*BATCH, "--weights", "random", "{jobs}/escape.jsonl"], "leads outside", "escape.jsonl",
                  id="batch | out escaping DIR"),

@@ -170,3 +170,48 @@ def test_the_non_convergence_hint_follows_the_runs_own_history(tmp_path, query_i
     rep = json.load(open(tmp_path / "r" / "report.json"))
     warning = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: not converged")]
     assert len(warning) == 1 and warning[0].endswith(convergence_hint(rep["history"], "pixel")), r.stderr
+
+
+def test_single_messages_name_the_option_and_the_right_fix(tmp_path, query_image, flat_index):
+    """Each bad input of the new-user trial gets one line that names its option and the fix."""
+    from PIL import Image
+
+    from patchcollide.offline.knn import PatchIndex
+
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "tiny.png")
+    with PatchIndex(flat_index) as pidx:
+        n = len(pidx.store)
+    base = ["-q", "collide", "--target", query_image, "--weights", "random", "--device", "cpu"]
+    cases = [
+        (["--source", str(tmp_path / "tiny.png"), "--mode", "pixel"],
+         f"--source {tmp_path / 'tiny.png'}: image 16x16 is smaller than a 32-pixel patch; give an image at least "
+         "32 x 32 pixels"),
+        (["--source", query_image, "-i", str(tmp_path / "none")], "(both write to index/, the default of --index)"),
+        (["--source", query_image, "--mode", "pixel", "--model", "resnet18", "--layer", "fc6"],
+         "unknown layer 'fc6' for resnet18; use one of conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4, "
+         "avgpool, fc"),
+        (["--source", query_image, "-i", flat_index, "-k", "100000"],
+         f"-k 100000: the store behind {flat_index} holds only {n:,} patches; give -k <= {n}"),
+        (["--source", query_image, "--mode", "pixel", "--weights", query_image],
+         f"--weights {query_image}: not a torch state dict (it is a PNG image)"),
+    ]
+    for i, (args, needle) in enumerate(cases):
+        r = CliRunner().invoke(cli, [*base, *args, "--out", str(tmp_path / f"r{i}")])
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and needle in lines[0], (args, r.output)
+        assert "GiB" not in lines[0] and "pickle" not in lines[0] and "weights_only" not in lines[0]
+
+
+def test_progress_off_a_terminal_is_a_timed_line_with_elapsed_rate_and_eta():
+    from patchcollide.cli.common import Ticker
+
+    now = [0.0]
+    t = Ticker("step", "steps", every=30, clock=lambda: now[0])
+    lines = []
+    for step in range(1, 301):  # one step a second for 300 steps
+        now[0] = float(step)
+        lines.append(t.line(step, 300, "loss 1"))
+    shown = [ln for ln in lines if ln is not None]
+    assert 10 <= len(shown) <= 12 and lines[0] is not None and lines[-1] is not None  # first, every 30 s, last
+    assert shown[1] == "step: 31/300 (10%), 0:30 elapsed, 1 steps/s, ETA 4:29; loss 1", shown[1]
+    assert shown[-1].startswith("step: 300/300 (100%), 4:59 elapsed") and "ETA" not in shown[-1]

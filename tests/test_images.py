@@ -82,3 +82,47 @@ def test_imagenet_crop_matches_torchvision_eval_transform():
     img = sample("rocket")
     theirs = np.asarray(transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])(Image.fromarray(img)))
     assert np.array_equal(imagenet_crop(img, 224), theirs)
+
+
+def test_transparency_and_a_wide_image_are_said_and_handled_as_the_options_ask(tmp_path):
+    """RGBA becomes black no more: it is composited on --background; a wide image is cut to its
+    centre only with a warning, and --fit pad keeps all of it. Through a real collide run."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from patchcollide.cli import cli
+    from patchcollide.core.images import fit_square, transparency
+
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[:, 32:, 3] = 255  # left half fully transparent (its colour channels say red)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "logo.png")
+    wide = np.zeros((40, 160, 3), dtype=np.uint8)
+    wide[:, :40] = (0, 0, 255)  # a blue left quarter: cut away by the crop, kept by pad
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    alpha = transparency(tmp_path / "logo.png")
+    assert alpha is not None and alpha[:, :32].max() == 0 and alpha[:, 32:].min() == 1
+    assert transparency(tmp_path / "wide.png") is None
+    out, said = fit_square(rgba[..., :3], 64, "crop", (255, 255, 255), alpha)
+    assert (out[:, :20] == 255).all() and len(said) == 1 and "50% of its pixels are transparent" in said[0]
+    cropped, said = fit_square(wide, 64, "crop")
+    assert not (cropped[..., 2] > 128).any() and "only the centre 22% of its width is kept" in said[0]
+    padded, said = fit_square(wide, 64, "pad", (0, 255, 0))
+    assert (padded[..., 2] > 128).any() and (padded[0, 32] == (0, 255, 0)).all() and "padded to 160x160" in said[0]
+    # the CLI: one warning line per change, naming the input, and the run's source is what it said
+    args = ["collide", "--target", str(tmp_path / "wide.png"), "--mode", "pixel", "--weights", "random",
+            "--size", "64", "--steps", "1", "--min-steps", "0", "--vertices", "1", "--device", "cpu"]
+    r = CliRunner().invoke(cli, [*args, "--source", str(tmp_path / "logo.png"), "--out", str(tmp_path / "a"),
+                                 "--background", "0", "0", "255"])
+    assert r.exit_code == 0, r.output
+    warned = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: --")]
+    assert warned[0].startswith(f"warning: --source {tmp_path / 'logo.png'}: 50% of its pixels are transparent")
+    assert warned[1].startswith(f"warning: --target {tmp_path / 'wide.png'}: 160x40 is not square"), warned
+    src = np.asarray(Image.open(tmp_path / "a" / "source.png").convert("RGB"))
+    assert (src[:, :20] == (0, 0, 255)).all()  # composited on the --background, not black
+    r = CliRunner().invoke(cli, [*args, "--source", str(tmp_path / "wide.png"), "--out", str(tmp_path / "b"),
+                                 "--fit", "pad"])
+    assert r.exit_code == 0, r.output
+    assert np.asarray(Image.open(tmp_path / "b" / "source.png").convert("RGB"))[..., 2].max() > 128
+    assert "only the centre" not in r.stderr

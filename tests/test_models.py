@@ -79,7 +79,7 @@ def test_bad_weights_are_refused(tmp_path):
 
     with open(pickled, "wb") as fh:
         pickle.dump({"layer": os.getcwd}, fh)  # a function reference: refused by weights_only
-    with pytest.raises(ModelError, match="not a loadable state dict"):
+    with pytest.raises(ModelError, match="not a torch state dict"):
         load_tap("vgg16", "fc6", str(pickled))
     wrong = tmp_path / "alexnet.pth"
     torch.save(load_tap("alexnet", "fc6", "random").model.state_dict(), wrong)
@@ -179,3 +179,38 @@ def test_the_identity_a_batch_predicts_is_the_one_the_model_reports():
         assert model_identity("alexnet", "fc6", random_weights(seed)) == \
             load_tap("alexnet", "fc6", "random", seed=seed).identity()
     assert random_weights(0) != random_weights(3)
+
+
+def test_pretrained_runs_name_the_class_and_warn_once_at_another_size(tmp_path, monkeypatch, caplog, query_image):
+    """torchvision's weights (here a planted file whose name carries its own sha256 prefix, as
+    torchvision's do) give class names in report.json and one warning at a size other than 224."""
+    import logging
+    from types import SimpleNamespace
+
+    from patchcollide.engine import models
+    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.runs import run as runs
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    planted = cache / "alexnet.pth"
+    torch.save(load_tap("alexnet", "fc6", "random").model.state_dict(), planted)
+    sha = hashlib.sha256(planted.read_bytes()).hexdigest()
+    named = cache / f"alexnet-{sha[:8]}.pth"
+    planted.rename(named)
+    names = [f"class-{i}" for i in range(1000)]
+    monkeypatch.setattr(models, "imagenet_weights", lambda arch: SimpleNamespace(
+        url=f"https://x/{named.name}", name="IMAGENET1K_V1", meta={"categories": names}))
+    monkeypatch.setattr(runs, "_size_warned", set())
+    cfg = CollideConfig(mode="pixel", vertices=1, steps=2, min_steps=0, size=64, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="patchcollide.runs.run"):
+        for out in ("a", "b"):
+            runs.run_collide(query_image, query_image, str(tmp_path / out), cfg, arch="alexnet", weights="imagenet")
+    warned = [r.getMessage() for r in caplog.records if "trained at 224 x 224" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("--size 64: alexnet's ImageNet weights"), warned
+    rep = runs.run_sample(str(tmp_path / "a"), samples=4, device="cpu")
+    poly = rep["polytope"]
+    assert poly["target_class_name"] == names[poly["target_class"]]
+    runs.run_collide(query_image, query_image, str(tmp_path / "c"), cfg, arch="alexnet", weights="random")
+    assert runs.run_sample(str(tmp_path / "c"), samples=4, device="cpu")["polytope"]["target_class_name"] is None

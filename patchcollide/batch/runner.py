@@ -117,9 +117,9 @@ class BatchRunner:
         size, vertices, first unit) and reused by every job that shares them."""
         key_tap, tap = self.tap_for(job)
         c = job.config
-        key = (key_tap, job.target, c.size, c.vertices, c.first_unit)
+        key = (key_tap, job.target, c.size, c.fit, c.background, c.vertices, c.first_unit)
         if key not in self._targets:
-            img = load_input(job.target, c.size, "target")
+            img = load_input(job.target, c, "target")
             t = target_of(tap, to_tensor(img).to(self.dev), c.vertices, c.first_unit)
             self._targets[key] = t
         return self._targets[key]
@@ -152,7 +152,7 @@ class BatchRunner:
             os.makedirs(scratch)
             t0 = time.time()
             try:
-                self._run_into(job, scratch, t0, progress)
+                seconds = self._run_into(job, scratch, progress)
             except Interrupted:  # a signal: the checkpoint is saved, the batch stops, the job is not a failure
                 raise
             except Exception as e:  # noqa: BLE001 - a failing job is recorded; the batch goes on
@@ -168,14 +168,16 @@ class BatchRunner:
                 raise JobsError(f"{self.out_dir}: {fatal.strerror or fatal} while writing job {job.id!r} (disk "
                                 "full or file-size limit); free space and run again: finished jobs are kept and "
                                 "this one runs again") from None
-            self.folder.seconds[job.id] = time.time() - t0
+            self.folder.seconds[job.id] = seconds
             self.folder.forget_failure(job)
             return "done"
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             lock.release()
 
-    def _run_into(self, job: Job, scratch: str, t0: float, progress) -> None:
+    def _run_into(self, job: Job, scratch: str, progress) -> float:
+        """Run, check and install one job; returns its seconds: the optimisation's, earlier
+        processes' share of a resumed job included (report.json's), plus the check's."""
         final = self.folder.job_dir(job)
         if os.path.lexists(final) and not replaceable(final):
             raise CollideError(f"{final} holds files that are not a patchcollide run; move them away")
@@ -189,16 +191,18 @@ class BatchRunner:
                     checkpoint_every=self.checkpoint_every, resume="auto",
                     again="the same `patchcollide batch` command (finished jobs are kept, this one resumes)",
                     judge=self.judge)
+        collided = time.time()
         if job.samples:
             run_sample(run_dir, samples=job.samples, seed=0, device=self.device,
                        dataset_images=self.dataset_for(job.config.size), tap=tap, judge=self.judge)
         report = read_report(run_dir)
-        report["batch"] = {"id": job.id, "jobs_file": self.jobfile.path, "line": job.line,
-                           "seconds": round(time.time() - t0, 3)}
+        seconds = float(report["seconds"]) + time.time() - collided
+        report["batch"] = {"id": job.id, "jobs_file": self.jobfile.path, "line": job.line, "seconds": round(seconds, 3)}
         write_json(os.path.join(run_dir, "report.json"), report)
         # The new run goes in whole: an older (stale) run is moved into the scratch space first.
         install_dir(run_dir, final, aside=os.path.join(scratch, "old"))
         shutil.rmtree(self.folder.checkpoint_dir(job), ignore_errors=True)  # only now: a kill before resumes from it
+        return seconds
 
 
 
@@ -287,7 +291,7 @@ def run_batch(jobfile: JobFile, out_dir: str, options: BatchOptions = BatchOptio
             events.start(todo)
             try:
                 ran = (executor.run_jobs if executor is not None else run_here)(runner, todo, events)
-            except JobsError:  # a full disk: batch.json says what is done so far
+            except (JobsError, Interrupted):  # a full disk or a signal: batch.json says what is done so far
                 with contextlib.suppress(OSError):
                     runner.folder.write_batch_json()
                 raise

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import json
 import logging
 import sys
+import time
 import warnings
 
 import click
@@ -60,7 +62,7 @@ def user_errors():
         raise err from None
     except BadImage as e:
         where = f"{e.path}: " if e.path and e.path not in str(e) else ""
-        raise UserError(f"{where}{e}; pass a readable image file (PNG, JPEG, ...)") from None
+        raise UserError(f"{where}{e}; {e.fix}") from None
     except CollideError as e:  # a config field's error names its option
         raise UserError(f"{flag_of(e.field)} {e.problem}" if e.field else str(e)) from None
     except USER_ERRORS as e:
@@ -100,16 +102,61 @@ def setup_logging(level: int) -> None:
     root.setLevel(level)
 
 
+LOG_EVERY = float(os.environ.get("PATCHCOLLIDE_LOG_EVERY", 30))  # seconds between progress lines off a terminal
+
+
+def hms(s: float) -> str:
+    s = round(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class Ticker:
+    """Progress off a terminal (logs, CI, notebooks): one line at the first update, then at most
+    every ``every`` seconds, and at the end, each with the elapsed time, the rate and the ETA.
+    ``clock`` is for tests."""
+
+    def __init__(self, label: str, unit: str = "", every: float | None = None, clock=time.monotonic):
+        self.label, self.unit, self.clock = label, unit, clock
+        self.every = LOG_EVERY if every is None else every
+        self.t0 = self.last = None
+        self.start_done = 0
+
+    def line(self, done: int, total: int, extra: str = "") -> str | None:
+        """The line to print for this update, or None when it is not due."""
+        now = self.clock()
+        if self.t0 is None:
+            self.t0, self.start_done = now, done
+        elif done < total and now - self.last < self.every:
+            return None
+        self.last = now
+        spent = now - self.t0
+        rate = (done - self.start_done) / spent if spent > 0 else 0.0
+        pct = f" ({100 * done / total:.0f}%)" if total else ""
+        eta = f", ETA {hms((total - done) / rate)}" if rate > 0 and done < total else ""
+        speed = f", {rate:.3g} {self.unit or 'items'}/s" if rate > 0 else ""
+        return f"{self.label}: {done}/{total}{pct}, {hms(spent)} elapsed{speed}{eta}" + (f"; {extra}" if extra else "")
+
+    def __call__(self, done: int, total: int, extra: str = "") -> None:
+        text = self.line(done, total, extra)
+        if text is not None:
+            click.echo(text, err=True)
+
+
 class Progress:
-    """A click progress bar (with ETA) fed by a library ``progress(done, total)`` callback; drawn
-    only on a terminal (silent under -q, in logs and in CI)."""
+    """A click progress bar (with ETA) fed by a library ``progress(done, total)`` callback on a
+    terminal; elsewhere (logs, CI) a Ticker line at most every LOG_EVERY seconds; silent under -q."""
 
     def __init__(self, label: str, enabled: bool = True):
         self.label, self.bar, self.done = label, None, 0
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self.ticker = None if sys.stderr.isatty() else Ticker(label)
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled or self.done >= total > 0:  # a finished bar stays finished
+            return
+        if self.ticker is not None:
+            self.ticker(done, total)
+            self.done = done
             return
         if self.bar is None:
             self.bar = click.progressbar(length=total, label=self.label, show_eta=True, show_pos=True,

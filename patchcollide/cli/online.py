@@ -12,11 +12,12 @@ import click
 from click.core import ParameterSource
 
 from ..engine.checkpoints import EVERY
-from ..engine.collide import CollideConfig
+from ..engine.collide import CollideConfig, CollideError
 from ..engine.judge import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..engine.judge import load_judge
-from ..runs.run import dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample
-from .common import Progress, UserError, flag_of, flags_of, deprecated, show_progress, user_errors, weights_option
+from ..runs.run import (check_k, dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample,
+                        store_size)
+from .common import Progress, Ticker, UserError, flag_of, flags_of, deprecated, show_progress, user_errors, weights_option
 
 
 def print_vertices(report: dict) -> None:
@@ -71,7 +72,8 @@ def print_polytope(check: dict, notice: str | None = None) -> None:
     if notice:
         click.echo(f"NOTE: {notice}")
     click.echo(f"polytope: {check['samples']} Dirichlet(1) samples, {100 * check['share_target_class']:.1f}% in the target's "
-               f"class {check['target_class']}; top-class prob samples {check['mean_top_prob_samples']:.3f} / target "
+               f"class {check['target_class']}" + (f" ({check['target_class_name']})" if check.get("target_class_name") else "")
+               + f"; top-class prob samples {check['mean_top_prob_samples']:.3f} / target "
                f"{check['top_prob_target']:.3f}; rel. fc6 error mean {check['rel_error_mean']:.2e}, "
                f"max {check['rel_error_max']:.2e}")
     if "share_target_close" in check:
@@ -88,19 +90,19 @@ def print_polytope(check: dict, notice: str | None = None) -> None:
 
 class Bar:
     """Progress with the loss and the worst vertex's error: a bar on a terminal, else a line
-    every tenth of the steps (so logs of batch jobs stay readable)."""
+    at most every LOG_EVERY seconds with the elapsed time, the rate and the ETA (Ticker)."""
 
     def __init__(self, enabled: bool):
         self.enabled, self.bar, self.last = enabled, None, 0
         self.tty = sys.stderr.isatty()
+        self.ticker = Ticker("step", "steps")
 
     def __call__(self, step: int, total: int, loss: float, worst: float) -> None:
         if not self.enabled:
             return
         label = f"loss {loss:.3g} worst rel.err {worst:.2e}"
         if not self.tty:
-            if step == 1 or step == total or step % max(1, total // 10) == 0:
-                click.echo(f"step {step}/{total}: {label}", err=True)
+            self.ticker(step, total, label)
             return
         if self.bar is None:
             self.bar = click.progressbar(length=total, show_eta=True, show_pos=True, file=sys.stderr)
@@ -171,7 +173,7 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
 @click.command()
 @click.option("--source", type=click.Path(), help="Image whose locations the patches are retrieved for.  [required]")
 @click.option("--target", type=click.Path(), help="Image to collide with (may be the source).  [required]")
-@click.option("--out", type=click.Path(file_okay=False), help="Run directory to write.  [required]")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Run directory to write.  [required]")
 @click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
               help="Continue the interrupted or killed run that was writing RUN, from its checkpoint "
                    "(RUN.partial/), with the inputs and settings it started with.")
@@ -234,8 +236,13 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
                     fields[name] = parse_pairs(name, value) if value else CollideConfig.__dataclass_fields__[name].default
                 else:
                     fields[name] = tuple(value)
-        cfg = CollideConfig(**fields)
-        for field, why in cfg.doubts():
+        try:
+            cfg = CollideConfig(**fields)
+        except CollideError as e:  # -k beyond the store says that before it talks of memory
+            if e.field == "k" and fields.get("mode") != "pixel" and (n := store_size(index_dir)) is not None:
+                check_k(fields["k"], n, index_dir)
+            raise
+        for field, why in cfg.doubts() if show_progress(ctx) else []:  # -q: errors only
             click.echo(f"warning: {flag_of(field)} {why}", err=True)
         the_judge = load_judge(judge, judge_model) if judge else None  # before any work: a bad file fails now
         try:
@@ -257,7 +264,7 @@ def convergence_hint(history: dict, mode: str) -> str:
     not help; the constraints (push, least change, and in patch mode the candidates) hold it."""
     worst = [w for w in history.get("worst_rel_error", []) if w == w]
     if len(worst) < 8:
-        return f"it ran only {len(worst)} steps: give more --steps"
+        return f"it ran only {len(worst)} step{'' if len(worst) == 1 else 's'}: give more --steps"
     q = len(worst) // 4
     edge = max(1, q // 5)
     first, last = statistics.median(worst[-q:][:edge]), statistics.median(worst[-edge:])
@@ -285,7 +292,9 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_deprecated", metavar="[RUN]", required=False, type=click.Path(file_okay=False))
+@click.option("-o", "--out", "run_dir", type=click.Path(file_okay=False), metavar="RUN",
+              help="The run to check (collide's --out); its report.json gets the polytope.  [required]")
 @click.option("--samples", default=2000, show_default=True, type=int, help="Random convex combinations.")
 @click.option("--n", "n_deprecated", default=None, type=int, hidden=True, help="Deprecated: --samples.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -297,8 +306,18 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
               help="A judge's state dict (--judge-model) to read every sample [default: the run's own judge, if any].")
 @click.option("--judge-model", default=JUDGE_MODEL, show_default=True, help="The judge's architecture.")
 @click.pass_context
-def sample(ctx, run_dir, samples, n_deprecated, seed, batch_size, device, dataset, judge, judge_model):
-    """Check the polytope of a finished run: Dirichlet(1) combinations of its vertices."""
+def sample(ctx, run_deprecated, run_dir, samples, n_deprecated, seed, batch_size, device, dataset, judge, judge_model):
+    """Check the polytope of a finished run: Dirichlet(1) combinations of its vertices.
+
+    The run is given with --out RUN, as collide names it (a positional RUN still works, with a
+    notice, for one release)."""
+    if run_deprecated is not None:
+        if run_dir is not None:
+            raise UserError(f"two runs given ({run_deprecated} and --out {run_dir}); give one, with --out RUN")
+        deprecated("`sample RUN`", "`sample --out RUN`")
+        run_dir = run_deprecated
+    if run_dir is None:
+        raise UserError("no run given; name it with --out RUN (the directory collide wrote)")
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir!r} is not a run directory; give one written by `patchcollide collide`")
     if n_deprecated is not None:

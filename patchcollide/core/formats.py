@@ -5,7 +5,7 @@ and the functions that read a run's report into those metrics and write batch.cs
 Imports nothing of ours."""
 
 RUN_KIND, BATCH_KIND = "patchcollide-run", "patchcollide-batch"
-JOB_STATUSES = ("done", "failed", "busy", "pending", "invalid")
+JOB_STATUSES = ("done", "failed", "busy", "interrupted", "pending", "invalid")  # interrupted: pending, with a checkpoint at "step"
 BATCH_METRICS = {  # batch.json / batch.csv job metrics, in column order: key -> column label
     "worst_rel_error": "worst rel. err", "worst_rel_error_png": "worst rel. err (PNG)", "min_push": "min push",
     "all_own_unit_lowest": "each lowest on its unit", "mean_sharpness": "sharpness", "mean_sources": "sources",
@@ -22,7 +22,7 @@ MIXING_METRICS = {  # report.json vertices.mixing -> column label
     "sharpness": "sharpness", "sources": "sources", "argmax_rel_error": "argmax rel. error"}
 POLYTOPE_LABELS = {
     "samples": "Dirichlet(1) samples", "n": "Dirichlet(1) samples", "seed": "seed", "share_target_class": "share in the target's class",
-    "target_class": "target class", "mean_top_prob_samples": "mean top-class prob. (samples)",
+    "target_class": "target class", "target_class_name": "target class name (the weights' categories)", "mean_top_prob_samples": "mean top-class prob. (samples)",
     "top_prob_target": "top-class prob. (target)", "share_target_close": "share in the target's class, top prob. within prob_gap",
     "prob_gap": "prob_gap", "max_prob_gap": "largest |top prob. - target's|", "fools_net": "fools the net (every sample)",
     "judge_source_class": "judge: source class", "judge_share_source": "judge: share read as the source",

@@ -25,9 +25,10 @@ class BadImage(PatchcollideError):
     """A file that cannot be used as an image; ``str(e)`` is the one-line reason and
     ``e.path`` the file (set by :func:`load_rgb`), so a caller can name it."""
 
-    def __init__(self, reason: str, path: str | None = None):
+    def __init__(self, reason: str, path: str | None = None, fix: str = "pass a readable image file (PNG, JPEG, ...)"):
         super().__init__(reason)
         self.path = path
+        self.fix = fix  # what the user should do, for the one-line message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,48 @@ def imagenet_crop(img: np.ndarray, size: int = 224) -> np.ndarray:
     return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
 
 
+def transparency(path: str | os.PathLike) -> np.ndarray | None:
+    """The (H, W) alpha in [0, 1] of an image that has transparent pixels (RGBA, LA, palette with
+    a transparent entry), in the orientation ``load_rgb`` gives; None when it is fully opaque."""
+    with Image.open(path) as img:
+        if img.mode not in ("RGBA", "LA", "PA", "La", "RGBa") and "transparency" not in img.info:
+            return None
+        a = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
+    return a if (a < 1).any() else None
+
+
+def fit_square(img: np.ndarray, size: int, fit: str = "crop", background=(255, 255, 255),
+               alpha: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    """An (H, W, 3) uint8 image as (size, size, 3), and what was changed, in words (for one
+    warning line each). Transparent pixels (``alpha``, straight) are composited on
+    ``background``. fit "crop": torchvision's ImageNet geometry (``imagenet_crop``), which cuts
+    a non-square image to its centre square; "pad": the whole image centred on a square of
+    ``background``, then resized to size."""
+    said = []
+    bg = np.asarray(background, dtype=np.float32)
+    if alpha is not None:
+        a = alpha[..., None]
+        img = np.rint(img.astype(np.float32) * a + bg * (1 - a)).clip(0, 255).astype(np.uint8)
+        said.append(f"{100 * float((alpha < 1).mean()):.0f}% of its pixels are transparent: composited on "
+                    f"R G B {' '.join(str(int(c)) for c in background)} (--background)")
+    h, w = img.shape[:2]
+    if fit == "pad":
+        side = max(h, w)
+        sq = np.empty((side, side, 3), dtype=np.uint8)
+        sq[:] = bg.astype(np.uint8)
+        top, left = (side - h) // 2, (side - w) // 2
+        sq[top:top + h, left:left + w] = img
+        if h != w:
+            said.append(f"{w}x{h} is not square: padded to {side}x{side} with --background")
+        out = np.asarray(Image.fromarray(sq).resize((size, size), Image.BILINEAR), dtype=np.uint8).copy()
+        return out, said
+    kept = min(h, w) * 224 / 256 / max(h, w)  # the share of the longer side the crop keeps
+    if kept < 0.8:
+        said.append(f"{w}x{h} is not square: only the centre {100 * kept:.0f}% of its "
+                    f"{'width' if w > h else 'height'} is kept (--fit crop); --fit pad keeps the whole image")
+    return imagenet_crop(img, size), said
+
+
 def load_rgb(path: str | os.PathLike, pre: Preprocess = Preprocess()) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode ``path`` into ((H, W, 3) uint8 RGB after preprocessing, native (H, W)).
 
@@ -129,7 +172,8 @@ def _load_rgb(path: str, pre: Preprocess) -> tuple[np.ndarray, tuple[int, int]]:
                         f"declared size {w}x{h} exceeds the decompression-bomb guard of {pre.max_pixels} pixels"
                     )
                 if min(w, h) < pre.min_side:
-                    raise BadImage(f"image {w}x{h} is smaller than a {pre.min_side}-pixel patch")
+                    raise BadImage(f"image {w}x{h} is smaller than a {pre.min_side}-pixel patch",
+                                   fix=f"give an image at least {pre.min_side} x {pre.min_side} pixels")
                 img.load()  # decode now, so a truncated file fails here
                 if pre.resize is not None:
                     # Convert first: resizing palette or 1-bit images is not meaningful.

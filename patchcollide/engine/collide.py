@@ -69,6 +69,7 @@ def field_error(field: str, problem: str) -> CollideError:
 
 INITS = ("source", "target")
 DEVICES = ("auto", "cpu", "cuda")
+FITS = ("crop", "pad")  # how a non-square source or target becomes size x size (core.images.fit_square)
 
 
 def setting(default, help: str, *, choices=None, metavar: str | None = None, default_text: str | None = None):
@@ -123,6 +124,12 @@ class CollideConfig:
                           "in its source image (the authors: 112 at 224 with k 1), re-cut from the store's image "
                           "files.")
     size: int = setting(224, "Input side in pixels.")
+    fit: str = setting("crop", "How a non-square source or target becomes size x size: crop, the centre square "
+                       "(torchvision's ImageNet geometry; a warning says how much is cut); pad, the whole image "
+                       "on a --background border.", choices=FITS)
+    background: tuple[int, int, int] = setting((255, 255, 255), "R G B (0..255) that transparent pixels of the "
+                                               "source and target are composited on, and that --fit pad pads with.",
+                                               metavar="R G B")
     k: int = setting(16, "Candidates per location (patch mode).")
     grid_stride: int = setting(8, "Step of the location grid on the source (8: 25 x 25 locations at 224).")
     retrieve: str = setting("source+target", "Patch mode: candidates are the neighbours of the source's patches, or "
@@ -172,6 +179,9 @@ class CollideConfig:
             (PATCH <= self.window <= 1024 and self.window % 2 == 0, "window",
              f"must be an even side between {PATCH} and 1024, got {self.window}"),
             (PATCH <= self.size <= 1024, "size", f"must be between {PATCH} and 1024, got {self.size}"),
+            (self.fit in FITS, "fit", f"must be one of {', '.join(FITS)}, got {self.fit!r}"),
+            (len(self.background) == 3 and all(0 <= c <= 255 for c in self.background), "background",
+             f"must be three values R G B in 0..255, got {self.background}"),
             (self.k >= 1, "k", f"must be >= 1, got {self.k}"),
             (1 <= self.grid_stride <= PATCH, "grid_stride", f"must be between 1 and {PATCH}, got {self.grid_stride}"),
             (self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}"),
@@ -483,6 +493,27 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
     return hist, step, converged
 
 
+def progress_callback(progress):
+    """``progress`` as the loop's ``fn(step, total, loss, worst)``: a callable as it is, a
+    tqdm-compatible bar (``update(n)``, ``total``) advanced by the steps done, None as None."""
+    if progress is None or callable(progress):
+        return progress
+    if not hasattr(progress, "update"):
+        raise CollideError(f"progress must be a callable(step, total, loss, worst) or a bar with update(n) (tqdm), "
+                           f"got {type(progress).__name__}")
+    done = [0]
+
+    def advance(step: int, total: int, loss: float, worst: float) -> None:
+        if getattr(progress, "total", None) in (None, 0):
+            progress.total = total
+        if hasattr(progress, "set_postfix_str"):
+            progress.set_postfix_str(f"worst rel.err {worst:.2e}", refresh=False)
+        progress.update(step - done[0])
+        done[0] = step
+
+    return advance
+
+
 def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: CollideConfig = CollideConfig(),
             index=None, progress: Callable | None = None, target: Target | None = None,
             checkpoint: Checkpointer | None = None, resume: dict | None = None) -> CollideResult:
@@ -495,8 +526,11 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     ``checkpoint``: saves the loop's state (checkpoints.Checkpointer); ``resume``: a checkpoint
     of this run (``Checkpointer.load``) to go on from: its target and candidates are used, so
     the run ends as if it had never stopped.
+    ``progress``: off by default; a callable ``progress(step, total, loss, worst)``, or a
+    tqdm-compatible bar (anything with ``update(n)``; its ``total`` is set when unset).
     """
     t0 = time.time()
+    progress = progress_callback(progress)
     S = config.size
     for name, img in (("source", source_img), ("target", target_img)):
         if img.shape != (S, S, 3):

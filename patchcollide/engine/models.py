@@ -75,6 +75,17 @@ class _Stop(Exception):
     pass
 
 
+def layer_choices(model: nn.Module, arch: str, limit: int = 24) -> list[str]:
+    """The layer names a CLI user is likely to want: the known heads, the Linear layers and the
+    top-level blocks, in model order (at most ``limit``, then "...")."""
+    names = list(KNOWN_HEADS.get(arch, {}))
+    top = {n for n, _ in model.named_children()}
+    for name, m in model.named_modules():
+        if name and (isinstance(m, nn.Linear) or name in top) and name not in names:
+            names.append(name)
+    return names[:limit] + (["..."] if len(names) > limit else [])
+
+
 class Tap(nn.Module):
     """A classifier with a tap on one ReLU layer's pre-activation. Eval mode, frozen."""
 
@@ -90,8 +101,8 @@ class Tap(nn.Module):
         if self._head_index is None:
             modules = dict(self.model.named_modules())
             if layer not in modules or layer == "":
-                known = ", ".join(sorted(KNOWN_HEADS.get(arch, {}))) or "a module name from model.named_modules()"
-                raise ModelError(f"unknown layer {layer!r} for {arch}; use {known}")
+                raise ModelError(f"unknown layer {layer!r} for {arch}; use one of {', '.join(layer_choices(self.model, arch))}"
+                                 " (any name in model.named_modules() works)")
             self._module = modules[layer]
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -310,6 +321,25 @@ def load_tap(arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet",
     return Tap(model, arch, layer, info)
 
 
+MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+         (b"\x89HDF", "an HDF5 file (a patch store?)"), (b"%PDF", "a PDF"))
+
+
+def _file_kind(path: str) -> str | None:
+    """What a file that is not a state dict is, from its first bytes, in words (None: unknown)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None
+    for magic, what in MAGIC:
+        if head.startswith(magic):
+            return what
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "a text file"
+    return None
+
+
 def load_state_file(path: str) -> dict:
     """The state dict (a dict of tensors) in the file ``path``, loaded with ``weights_only=True``
     (no arbitrary pickled objects); ModelError with a one-line reason otherwise. A checkpoint
@@ -328,16 +358,18 @@ def load_state_file(path: str) -> dict:
         if glob:
             reason = (f"it pickles the Python object {glob.group(1)}, not only tensors: refused, as weights load "
                       "with weights_only=True")
-        elif "Weights only load failed" in text:
-            why = detail.group(1).strip().splitlines()[0][:80] if detail else "not tensors only"
-            reason = f"not a torch.save file of tensors only; weights_only=True loading refused it: {why}"
+        elif _file_kind(path):
+            reason = f"it is {_file_kind(path)}"
+        elif "Weights only load failed" in text and detail and "GLOBAL" not in text:
+            reason = "not a file of tensors written by torch.save"
         else:
             reason = first_line(e, 100)
-        raise ModelError(f"--weights {path}: not a loadable state dict ({reason}); save one with "
+        raise ModelError(f"--weights {path}: not a torch state dict ({reason}); save one with "
                          "torch.save(model.state_dict(), PATH)") from None
     except Exception as e:  # noqa: BLE001 - zip errors, EOF, random bytes
-        raise ModelError(f"--weights {path}: not a loadable state dict (not a file written by torch.save: "
-                         f"{first_line(e, 100)}); save one with torch.save(model.state_dict(), PATH)") from None
+        what = f"it is {_file_kind(path)}" if _file_kind(path) else f"not a file written by torch.save: {first_line(e, 100)}"
+        raise ModelError(f"--weights {path}: not a torch state dict ({what}); save one with "
+                         "torch.save(model.state_dict(), PATH)") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

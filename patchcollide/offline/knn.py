@@ -87,8 +87,9 @@ class PatchIndex:
         self.dir = os.fspath(index_dir)
         mpath, ipath = os.path.join(self.dir, MANIFEST_FILE), os.path.join(self.dir, INDEX_FILE)
         if not os.path.isfile(mpath) or not os.path.isfile(ipath):
-            raise IndexError_(f"{self.dir}: no built index here (need {INDEX_FILE} and {MANIFEST_FILE}); "
-                              "run `patchcollide index build` first")
+            raise IndexError_(f"{self.dir}: no built index here (need {INDEX_FILE} and {MANIFEST_FILE}); build it with "
+                              "`patchcollide extract` and `patchcollide index build` (both write to index/, the "
+                              "default of --index), or point --index at a built index")
         for name, v in (("--nprobe", nprobe), ("--k-factor", k_factor)):
             if v is not None and v < 1:
                 raise IndexError_(f"{name} must be >= 1, got {v}")

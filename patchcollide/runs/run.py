@@ -32,10 +32,11 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..core.errors import PatchcollideError
 from ..core.files import (atomic_open, check_out, check_writable, is_run, locked, occupied, staged_dir, versions,
                           write_json)
 from ..core.formats import RANDOM_LABEL, RANDOM_NOTICE, RUN_KIND
-from ..core.images import BadImage, Preprocess, imagenet_crop, load_rgb
+from ..core.images import BadImage, Preprocess, fit_square, load_rgb, transparency
 from ..core.jsontypes import convert
 from ..engine.checkpoints import EVERY
 from ..engine.checkpoints import NAME as CHECKPOINT
@@ -53,20 +54,32 @@ log = logging.getLogger(__name__)
 
 
 
-def load_pair(source: str, target: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source and target as (size, size, 3) uint8 with torchvision's ImageNet geometry:
-    shorter side to size * 256 / 224 (256 for 224), centre crop size x size."""
-    return load_input(source, size, "--source"), load_input(target, size, "--target")
+def load_pair(source: str, target: str, config: CollideConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Source and target as (size, size, 3) uint8 with the config's geometry (``load_input``)."""
+    return load_input(source, config, "--source"), load_input(target, config, "--target")
 
 
-def load_input(path: str, size: int, name: str = "image") -> np.ndarray:
-    """One input of a run as (size, size, 3) uint8, with the geometry of ``load_pair``."""
+def load_input(path: str, config: CollideConfig, name: str = "image") -> np.ndarray:
+    """One input of a run as (size, size, 3) uint8: ``config.fit`` (crop: torchvision's ImageNet
+    geometry, shorter side to size * 256 / 224, centre crop; pad: the whole image on a
+    ``config.background`` square), transparency composited on ``config.background``. Each change
+    to what the file shows is one warning line naming the input."""
     if os.path.isdir(path):
         raise CollideError(f"{name} {path!r} is a folder; pass one image file (a folder of jobs goes into "
                            "`patchcollide batch`)")
     if not os.path.isfile(path):
         raise CollideError(f"{name} {path!r} does not exist; pass an image file")
-    return imagenet_crop(load_rgb(path, Preprocess(resize=None))[0], size)
+    try:
+        img = load_rgb(path, Preprocess(resize=None))[0]
+        alpha = transparency(path)
+    except BadImage as e:  # the option that named the file, the reason and its own fix
+        raise CollideError(f"{name} {path}: {e}; {e.fix}") from None
+    if alpha is not None and alpha.shape != img.shape[:2]:  # an orientation load_rgb changed: keep it opaque
+        alpha = None
+    out, said = fit_square(img, config.size, config.fit, config.background, alpha)
+    for what in said:
+        log.warning("%s %s: %s", name, path, what)
+    return out
 
 
 def _check_out(out: str, overwrite: bool) -> None:
@@ -128,6 +141,44 @@ def run_lock(out: str) -> Iterator[None]:
         yield
 
 
+def class_name(tap: Tap, label: int) -> str | None:
+    """The class name of ``label`` for torchvision's published weights (their meta["categories"]);
+    None for random or user weights, whose classes nothing names."""
+    if tap.weights.kind != "imagenet":
+        return None
+    from ..engine.models import imagenet_weights
+
+    names = imagenet_weights(tap.arch).meta.get("categories") or []
+    return names[label] if 0 <= label < len(names) else None
+
+
+_size_warned: set = set()
+
+
+def warn_pretrained_size(tap: Tap, size: int) -> None:
+    """Once per process and (model, size): pretrained weights run at a size they were not trained at."""
+    if tap.weights.kind == "imagenet" and size != 224 and (tap.arch, size) not in _size_warned:
+        _size_warned.add((tap.arch, size))
+        log.warning("--size %d: %s's ImageNet weights were trained at 224 x 224; at %d its classes and features "
+                    "are less reliable (use --size 224 for a real study)", size, tap.arch, size)
+
+
+def check_k(k: int, patches: int, index_dir: str | None) -> None:
+    """-k neighbours per location cannot exceed the store: say so before anything else about -k."""
+    if k > patches:
+        raise CollideError(f"-k {k}: the store behind {index_dir or 'the index'} holds only {patches:,} patches; "
+                           f"give -k <= {patches}, or a larger store (`patchcollide extract`)")
+
+
+def store_size(index_dir: str) -> int | None:
+    """The number of patches behind a built index, or None when there is none to read."""
+    try:
+        with PatchIndex(index_dir) as pidx:
+            return len(pidx.store)
+    except (PatchcollideError, OSError):
+        return None
+
+
 def _refuse_taken(out: str, ckdir: str, again: str, overwrite: bool) -> None:
     """A resume never replaces what was written at ``out`` since its run started, unless ``overwrite``."""
     if occupied(out) and not overwrite:
@@ -154,10 +205,12 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
     else:
         _check_out(out, overwrite)
     check_writable(out, expected_bytes(config), CollideError)
-    src, tgt = load_pair(source, target, config.size)
+    src, tgt = load_pair(source, target, config)
     own_index = None
     if config.space.needs_index and pindex is None:
         pindex = own_index = PatchIndex(index_dir)  # before the model: a bad index fails in a second
+    if config.space.needs_index:
+        check_k(config.k, len(pindex.store), index_dir)
     meta = {"source": os.path.abspath(source), "target": os.path.abspath(target),
             "index": os.path.abspath(index_dir) if config.space.needs_index and index_dir else None}
     try:
@@ -165,6 +218,7 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
         if tap is None:  # auto made concrete once: a resume goes on with the same weights
             weights = resolve_weights(weights, arch)
         tap = tap_on(tap or load_tap(arch, layer, weights, seed=config.seed), dev)
+        warn_pretrained_size(tap, config.size)
         ck = Checkpointer(ckdir, {"inputs": meta, "config": dataclasses.asdict(config), "model": tap.identity()},
                           every=checkpoint_every)
         state = None
@@ -187,7 +241,8 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
                 res = collide(tap, src, tgt, config, index=pindex, progress=progress, target=target_stats,
                               checkpoint=ck, resume=state)
             except Interrupted as e:
-                raise Interrupted(f"{e}; continue with `{again}`", e.signum) from None
+                how = again if "`" in again else f"`{again}`"  # a phrase that quotes its own command is not quoted again
+                raise Interrupted(f"{e}; continue with {how}", e.signum) from None
     finally:
         if own_index is not None:
             own_index.close()
@@ -227,7 +282,7 @@ def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY, overw
         ck = Checkpointer(partial_dir(out), {})
         if not ck.exists():
             if is_run(out, RUN_KIND):
-                raise CollideError(f"{out} is a finished run; nothing to resume (run `patchcollide sample {out}` "
+                raise CollideError(f"{out} is a finished run; nothing to resume (run `patchcollide sample --out {out}` "
                                    "or start a new run)")
             raise CollideError(f"{out}: no checkpoint to resume at {ck.path}; start the run with --out {out}")
         saved = ck.read()
@@ -484,6 +539,7 @@ def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int
                                 source_class=report["judge"]["source"]["class"] if judge is not None else None)
     except ValueError as e:
         raise CollideError(str(e)) from None
+    check["target_class_name"] = class_name(tap, check["target_class"])
     check["vertex_mean_pairwise_l2"] = pairwise_l2(vertices)
     check["dataset_mean_pairwise_l2"] = pairwise_l2(dataset_images) if dataset_images is not None else None
     check["dataset_n_images"] = 0 if dataset_images is None else len(dataset_images)

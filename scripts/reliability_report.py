@@ -52,6 +52,10 @@ ROWS = [
     ("`batch` killed (SIGKILL) mid-job, then run again", "real process; killed when the job's first checkpoint appears",
      "the job resumes from its checkpoint (logged) and ends byte-identical to an uninterrupted batch",
      ["tests/test_checkpoints.py::test_a_batch_killed"]),
+    ("`batch` interrupted (SIGINT) mid-job, then run again", "real process; SIGINT when the job's first checkpoint appears",
+     "exit 130 with one line; batch.json says `interrupted` at the checkpoint's step; the rerun resumes it and "
+     "its seconds agree across batch.json, batch.csv and report.json",
+     ["tests/test_checkpoints.py::test_a_batch_interrupted"]),
     ("`collide`'s final write fails (no space)", "ENOSPC injected where the run is written",
      "one line naming the saved checkpoint; `--resume` writes the run without optimising again, equal to a clean run",
      ["tests/test_checkpoints.py::test_a_failed_final_write"]),

@@ -278,6 +278,38 @@ def test_a_batch_killed_mid_job_resumes_that_job_from_its_checkpoint(tmp_path, f
     assert not ck.parent.exists()
 
 
+def test_a_batch_interrupted_mid_job_says_so_in_one_line_and_in_batch_json(tmp_path, flat_index, record_property):
+    """Ctrl-C in a local batch: one line (no quotes nested in quotes), batch.json says the job was
+    interrupted at its checkpoint's step, and once resumed its seconds agree across batch.json,
+    batch.csv and report.json, the time before the interrupt included."""
+    src, tgt = _files(tmp_path)
+    job = {"id": "j", "source": src, "target": tgt, "size": S, "vertices": 2, "k": 4, "steps": 30, "tol": 1e-6,
+           "samples": 0}
+    (tmp_path / "jobs.jsonl").write_text(json.dumps(job) + "\n")
+    out = tmp_path / "out"
+    cmd = _cli("batch", tmp_path / "jobs.jsonl", "--out", out, "--index", flat_index, "--weights", "random",
+               "--model", "alexnet", "--device", "cpu", "--checkpoint-every", 4)
+    ck = out / ".partial" / "j" / "checkpoint.pt"
+    landed, p = signal_when(cmd, ck.exists, signal.SIGINT)
+    landed = landed and p.returncode == 130
+    record_property("kills", json.dumps([{"landed": landed, "phase": "optimising, SIGINT after the first checkpoint"}]))
+    assert landed, p.stderr
+    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("Error")]
+    assert len(lines) == 1 and "``" not in lines[0] and lines[0].count("`") == 2, p.stdout + p.stderr
+    assert "continue with the same `patchcollide batch` command" in lines[0], lines[0]
+    step = Checkpointer(str(ck.parent), {}).read()["step"]
+    entry = json.loads((out / "batch.json").read_text())["jobs"][0]
+    assert (entry["status"], entry["step"], entry["steps"]) == ("interrupted", step, 30), entry
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    entry = json.loads((out / "batch.json").read_text())["jobs"][0]
+    report = json.loads((out / "j" / "report.json").read_text())
+    assert entry["status"] == "done" and entry["seconds"] == report["batch"]["seconds"] >= report["seconds"]
+    csv = (out / "batch.csv").read_text().splitlines()
+    col = csv[0].split(",").index("seconds")
+    assert float(csv[1].split(",")[col]) == entry["seconds"]
+
+
 # ------------------------------------------------------------------- two writers of one run
 
 

@@ -276,18 +276,22 @@ def test_saved_vertices_are_convex_combinations_of_the_retrieved_patches(run_dir
         assert (v >= lo - 1).all() and (v <= hi + 1).all()
 
 
-def test_sample_shows_a_progress_bar_on_a_terminal_only(run_dir, tmp_path):
+def test_sample_shows_a_bar_on_a_terminal_and_timed_lines_elsewhere(run_dir, tmp_path):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    shown = on_a_terminal(["sample", str(run), "--samples", "64", "--batch-size", "8", "--device", "cpu"])
+    shown = on_a_terminal(["sample", "--out", str(run), "--samples", "64", "--batch-size", "8", "--device", "cpu"])
     import re
 
     assert "polytope samples" in shown and "64/64" in shown and re.search(r"\d\d:\d\d:\d\d", shown), shown  # ETA
-    assert on_a_terminal(["-q", "sample", str(run), "--samples", "16", "--batch-size", "8", "--device", "cpu"]) == ""
-    r = CliRunner().invoke(cli, ["sample", str(run), "--samples", "16", "--batch-size", "8", "--device", "cpu"])
-    assert r.exit_code == 0 and "polytope samples" not in r.output  # not a terminal: no bar in the log
+    assert on_a_terminal(["-q", "sample", "--out", str(run), "--samples", "16", "--batch-size", "8", "--device", "cpu"]) == ""
+    r = CliRunner().invoke(cli, ["sample", "--out", str(run), "--samples", "16", "--batch-size", "8", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    # not a terminal: no bar drawing in the log, but timed lines: the first and the last at least
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("polytope samples: ")]
+    assert 2 <= len(lines) <= 3 and "\r" not in r.stderr and lines[-1].startswith("polytope samples: 16/16 (100%), "), lines
+    assert all(re.search(r"\d+:\d\d elapsed", ln) for ln in lines)
 
 
 def test_load_run_gives_the_float_vertices_and_their_real_patches(run_dir, flat_index):
@@ -318,7 +322,7 @@ def test_load_run_gives_the_float_vertices_and_their_real_patches(run_dir, flat_
 
 
 def test_sample_cli_adds_the_polytope_check(run_dir):
-    r = CliRunner().invoke(cli, ["-q", "sample", str(run_dir), "--samples", "40", "--device", "cpu"], catch_exceptions=False)
+    r = CliRunner().invoke(cli, ["-q", "sample", "--out", str(run_dir), "--samples", "40", "--device", "cpu"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     rep = json.load(open(run_dir / "report.json"))
     check = rep["polytope"]
@@ -328,7 +332,7 @@ def test_sample_cli_adds_the_polytope_check(run_dir):
     assert check["dataset_n_images"] == 6
     assert check["dataset_mean_pairwise_l2"] > check["vertex_mean_pairwise_l2"]
     # the same seed gives the same check
-    r2 = CliRunner().invoke(cli, ["-q", "sample", str(run_dir), "--samples", "40", "--device", "cpu"], catch_exceptions=False)
+    r2 = CliRunner().invoke(cli, ["-q", "sample", "--out", str(run_dir), "--samples", "40", "--device", "cpu"], catch_exceptions=False)
     assert json.load(open(run_dir / "report.json"))["polytope"] == check and r2.exit_code == 0
 
 
@@ -596,3 +600,29 @@ def test_context_window_candidates_come_from_their_source_images(tmp_path, tap, 
                 context_windows(pidx.store, [130], 48)
         finally:
             os.rename(moved, rec["abspath"])
+
+
+def test_progress_from_python_takes_a_callback_or_a_tqdm_like_bar():
+    from patchcollide.engine.collide import CollideError, collide, progress_callback
+    from patchcollide.engine.models import load_tap
+
+    class Bar:  # what tqdm offers: total, update(n), set_postfix_str
+        total, n, postfix = None, 0, ""
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix_str(self, s, refresh=True):
+            self.postfix = s
+
+    tap = load_tap("alexnet", "fc6", "random", seed=0)
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    cfg = CollideConfig(mode="pixel", vertices=1, steps=6, min_steps=6, size=64, tol=1e-9, device="cpu")
+    bar, calls = Bar(), []
+    collide(tap, img, img[::-1].copy(), cfg, progress=bar)
+    assert bar.total == 6 and bar.n == 6 and bar.postfix.startswith("worst rel.err")
+    collide(tap, img, img[::-1].copy(), cfg, progress=lambda *a: calls.append(a[:2]))
+    assert calls == [(s, 6) for s in range(1, 7)]
+    assert progress_callback(None) is None
+    with pytest.raises(CollideError, match="progress must be a callable"):
+        progress_callback(42)

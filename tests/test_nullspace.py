@@ -424,11 +424,11 @@ def test_cli_nullity_json_flag_and_the_deprecated_json_path(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("args,needle", [
     (["nullspace", "--model", "no_such_net", "--out", "{tmp}/o"], "unknown model"),
-    (["nullspace", "--model", "resnet18", "--weights", "{textfile}", "--out", "{tmp}/o"], "not a loadable state dict"),
+    (["nullspace", "--model", "resnet18", "--weights", "{textfile}", "--out", "{tmp}/o"], "not a torch state dict"),
     (["nullspace", "--model", "resnet18", "--weights", "{listfile}", "--out", "{tmp}/o"], "not a state dict"),
     (["nullspace", "--model", "resnet18", "--weights", "{tmp}/none.pt", "--out", "{tmp}/o"], "no such file"),
-    (["nullspace", "--model", "resnet18", "--image", "{tmp}/nope.png", "--out", "{tmp}/o"], "does not exist"),
-    (["nullspace", "--model", "resnet18", "--image", "{textfile}", "--out", "{tmp}/o"], "not an image"),
+    (["nullspace", "--model", "resnet18", "--source", "{tmp}/nope.png", "--out", "{tmp}/o"], "does not exist"),
+    (["nullspace", "--model", "resnet18", "--source", "{textfile}", "--out", "{tmp}/o"], "not an image"),
     (["nullspace", "--model", "resnet18", "--beta", "nan", "--out", "{tmp}/o"], "--beta must be a finite"),
     (["nullspace", "--model", "resnet18", "--beta", "inf", "--out", "{tmp}/o"], "--beta must be a finite"),
     (["nullspace", "--model", "resnet18", "--vectors", "0", "--out", "{tmp}/o"], "--vectors must be >= 1"),

@@ -79,6 +79,7 @@ def test_deprecated_names_still_work_with_a_notice(tmp_path, query_image):
     assert rep["config"]["loss_early"] == rep["config"]["loss_late"] == [2.0, 0.5]
     r = CliRunner().invoke(cli, ["-q", "sample", str(tmp_path / "r"), "--n", "3", "--device", "cpu"])
     assert r.exit_code == 0 and "warning: --n is deprecated; use --samples" in r.stderr
+    assert "warning: `sample RUN` is deprecated; use `sample --out RUN`" in r.stderr
     assert json.load(open(tmp_path / "r" / "report.json"))["polytope"]["samples"] == 3
 
 
@@ -97,7 +98,7 @@ def test_push_margin_zero_with_several_vertices_is_warned_in_the_cli_and_the_job
     assert CollideConfig().doubts() == [] and CollideConfig(push_margin=0, vertices=1).doubts() == []
     assert [f for f, _ in CollideConfig(push_margin=0, vertices=3).doubts()] == ["push_margin"]
     r = CliRunner().invoke(
-        cli, ["-q", "collide", "--source", query_image, "--target", query_image, "--out", str(tmp_path / "r"),
+        cli, ["collide", "--source", query_image, "--target", query_image, "--out", str(tmp_path / "r"),
               "--mode", "pixel", "--weights", "random", "--size", "64", "--steps", "1", "--min-steps", "0",
               "--push-margin", "0", "--vertices", "2", "--device", "cpu"])
     assert r.exit_code == 0, r.output
@@ -107,3 +108,35 @@ def test_push_margin_zero_with_several_vertices_is_warned_in_the_cli_and_the_job
     jobs.write_text(json.dumps({"id": "a", "source": query_image, "target": query_image, "push_margin": 0}) + "\n")
     jf = read_jobs(str(jobs), str(tmp_path / "out"))
     assert len(jf.notices) == 1 and jf.notices[0][1].startswith('"push_margin" 0 with 5 vertices')
+
+
+def _commands(group, prefix=()):
+    import click
+
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*prefix, name))
+        else:
+            yield (*prefix, name), cmd
+
+
+def test_one_spelling_for_the_output_the_run_and_the_source_in_every_command(tmp_path, query_image):
+    """Every output is -o/--out; sample names its run --out as collide does; an input image is
+    --source; the old spellings work for a release, with a notice."""
+    outs = {}
+    for path, cmd in _commands(cli):
+        for p in cmd.params:
+            if "--out" in getattr(p, "opts", []):
+                outs[" ".join(path)] = p.opts
+            assert "--image" not in p.opts or p.hidden, (path, p.opts)  # only the deprecated alias
+    assert {"collide", "sample", "batch", "extract", "demo", "nullspace", "nullity", "index search",
+            "world build"} <= set(outs), outs
+    assert all(opts == ["-o", "--out"] for opts in outs.values()), outs
+    nullspace = dict(_commands(cli))[("nullspace",)]
+    assert any(p.opts == ["--source"] for p in nullspace.params)
+    r = CliRunner().invoke(cli, ["nullspace", "--model", "resnet18", "--image", str(tmp_path / "nope.png"),
+                                 "--size", "32", "--weights", "random", "-o", str(tmp_path / "ns")])
+    assert r.exit_code == 2 and r.stderr.splitlines()[0] == "warning: --image is deprecated; use --source", r.output
+    assert "--source" in r.stderr.splitlines()[-1] and "does not exist" in r.stderr.splitlines()[-1], r.stderr
+    r = CliRunner().invoke(cli, ["sample"])
+    assert r.exit_code == 2 and "no run given; name it with --out RUN" in r.output

@@ -93,7 +93,7 @@ def test_collide_and_sample_with_a_judge(world, tmp_path):
     assert len(rep["distances"]["vertex_source_l2"]) == 2
     head = next(ln for ln in r.output.splitlines() if ln.lstrip().startswith("vertex"))
     assert head.split()[-2:] == ["judge", "p"] and "vertices read as the source" in r.output
-    r = CliRunner().invoke(cli, ["sample", out, "--samples", "40", "--device", "cpu"])  # the run's own judge
+    r = CliRunner().invoke(cli, ["sample", "--out", out, "--samples", "40", "--device", "cpu"])  # the run's own judge
     assert r.exit_code == 0, r.output
     poly = json.load(open(os.path.join(out, "report.json")))["polytope"]
     assert poly["judge_source_class"] == p["source_digit"] and 0 <= poly["judge_share_source"] <= 1
@@ -108,7 +108,7 @@ def test_a_bad_judge_is_one_line_before_any_work(world, tmp_path):
     p = world.pairs()[0]
     png = str(tmp_path / "x.png")
     open(png, "wb").write(b"\x89PNG not really")
-    for judge, says in ((str(tmp_path / "none.pt"), "no such file"), (png, "not a loadable state dict"),
+    for judge, says in ((str(tmp_path / "none.pt"), "no such file"), (png, "not a torch state dict"),
                         (world.weights, "does not fit digits_lenet5")):
         r = CliRunner().invoke(cli, ["collide", "--source", p["source"], "--target", p["target"], "--out",
                                      str(tmp_path / "o"), "--model", ATTACKED, "--weights", world.weights, "-i",

@@ -38,7 +38,8 @@ from ..core.errors import PatchcollideError, first_line
 from ..core.files import locked, versions, write_json, write_text
 from ..core.formats import batch_csv, metrics_of, polytope_samples
 from ..core.jsontypes import canonical
-from ..engine.checkpoints import EVERY
+from ..engine.checkpoints import EVERY, saved_step
+from ..engine.checkpoints import NAME as CHECKPOINT
 from .jobfile import Job, JobFile
 from .locks import JobLock, job_held
 
@@ -219,6 +220,10 @@ class BatchFolder:
             rep = self._report(self.job_dir(job))
             e["seconds"] = self.seconds.get(job.id, (rep.get("batch") or {}).get("seconds", rep.get("seconds")))
             e["metrics"] = metrics_of(rep)
+        elif st == "pending" and os.path.isfile(os.path.join(self.checkpoint_dir(job), CHECKPOINT)):
+            at = saved_step(self.checkpoint_dir(job))  # stopped mid-job: it resumes from there
+            if at is not None:
+                e.update(status="interrupted", step=at[0], steps=at[1])
         elif st == "failed":
             rec = self.failure(job)
             e.update(seconds=rec.get("seconds"), error=rec.get("error"), traceback=rec.get("traceback"))

@@ -15,7 +15,7 @@ from ..core.formats import RANDOM_NOTICE
 from ..engine.checkpoints import EVERY
 from ..engine.models import resolve_weights
 from ..executors import make_executor
-from .common import UserError, executor_options, show_progress, user_errors, weights_option
+from .common import Ticker, UserError, executor_options, hms, show_progress, user_errors, weights_option
 
 
 class _BatchProgress(BatchEvents):
@@ -26,6 +26,7 @@ class _BatchProgress(BatchEvents):
     def __init__(self, enabled: bool):
         self.enabled, self.bar, self.done, self.total, self.t0 = enabled, None, 0, 0, time.time()
         self.tty = sys.stderr.isatty()
+        self.ticker: Ticker | None = None  # off a terminal: the running job's steps, at most every LOG_EVERY s
         self.running: list[str] = []
         self.failed, self.last_render, self.at = 0, 0.0, ""
 
@@ -50,9 +51,12 @@ class _BatchProgress(BatchEvents):
     def job_start(self, job) -> None:
         self.running.append(job.id)
         self.at = ""
+        self.ticker = Ticker(f"  {job.id} step", "steps")
         self._render()
 
     def step(self, step, total, loss, worst) -> None:
+        if self.bar is None and self.enabled and not self.tty and len(self.running) == 1 and step < total:
+            self.ticker(step, total, f"worst rel.err {worst:.2e}")
         if self.bar is not None and len(self.running) == 1 and time.time() - self.last_render > 0.5:
             self.at = f" step {step}/{total} worst rel.err {worst:.2e}"
             self._render()
@@ -68,18 +72,13 @@ class _BatchProgress(BatchEvents):
             self._render()
         elif self.enabled:
             left = (time.time() - self.t0) / self.done * (self.total - self.done)
-            eta = f", ETA {_hms(left)}" if self.done < self.total else ""
+            eta = f", ETA {hms(left)}" if self.done < self.total else ""
             click.echo(f"[{self.done}/{self.total}] {job.id}: {status} ({seconds:.1f} s{eta})", err=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
-
-
-def _hms(s: float) -> str:
-    s = round(s)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def _n(k: int, what: str) -> str:
@@ -100,14 +99,14 @@ def print_summary(entries: list[dict]) -> None:
     w = max([len("id")] + [len(str(e["id"] or f"line {e['line']}")) for e in entries])
     w = min(w, 40)
     judged = any((e["metrics"] or {}).get("judge_reads_source") is not None for e in entries)
-    click.echo(f"{'id':<{w}} {'status':<8} {'seconds':>8} {'conv.':>5} {'rel.err':>9} {'push':>5} {'sharp':>5} {'share':>6} "
+    click.echo(f"{'id':<{w}} {'status':<11} {'seconds':>8} {'conv.':>5} {'rel.err':>9} {'push':>5} {'sharp':>5} {'share':>6} "
                f"{'vertex L2':>9}" + (f" {'fooling':>7} {'judge':>5}" if judged else ""))
     for e in entries:
         m = e["metrics"] or {}
         share = m.get("share_target_class")
         name = str(e["id"] if e["id"] is not None else f"line {e['line']}")
         conv = {True: "yes", False: "NO"}.get(m.get("converged"), "-")
-        click.echo(f"{name[:w]:<{w}} {e['status']:<8} {_num(e['seconds'], '8.1f'):>8} {conv:>5} "
+        click.echo(f"{name[:w]:<{w}} {e['status']:<11} {_num(e['seconds'], '8.1f'):>8} {conv:>5} "
                    f"{_num(m.get('worst_rel_error_png'), '9.2e'):>9} {_num(m.get('min_push'), '5.2f'):>5} "
                    f"{_num(m.get('mean_sharpness'), '5.2f'):>5} "
                    f"{('-' if share is None else f'{100 * share:.0f}%'):>6} "
@@ -143,7 +142,7 @@ done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
 
 @click.command(help=BATCH_HELP)
 @click.argument("jobs_file", metavar="JOBS.jsonl", type=click.Path())
-@click.option("--out", "out_dir", required=True, type=click.Path(), help="Directory for the jobs' runs and batch.json.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Directory for the jobs' runs and batch.json.")
 @click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
               help="Patch index (opened once; only when some job is in patch mode).")
 @click.option("--model", "arch", default="vgg16", show_default=True, help="torchvision classifier.")
@@ -222,6 +221,10 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
                      "rerun with --retry-failed")
     if counts.get("busy"):
         parts.append(f"{counts['busy']} busy (run by another process now)")
+    stopped = [e for e in res.mine if e["status"] == "interrupted"]
+    if stopped:
+        at = ", ".join(f"{e['id']} at step {e['step']}/{e['steps']}" for e in stopped[:3]) + (" ..." if len(stopped) > 3 else "")
+        parts.append(f"{len(stopped)} interrupted ({at}; each resumes from its checkpoint when the batch runs again)")
     if counts.get("pending"):
         hint = "; run without --retry-failed to run them" if retry_failed else ""
         parts.append(f"{counts['pending']} pending{hint}")

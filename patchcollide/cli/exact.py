@@ -97,7 +97,9 @@ def print_nullspace(report: dict) -> None:
               help="torchvision classifier: vit_b_32 (patch embedding), resnet50, alexnet, ...  [required]")
 @click.option("--arch", "arch", default=None, hidden=True, help="Deprecated: --model.")
 @weights_option("Random weights test the structure only; pretrained ViT needs --size 224.")
-@click.option("--image", type=click.Path(), default=None, help="Image file [default: scikit-image's astronaut].")
+@click.option("--source", "image", type=click.Path(), default=None,
+              help="Image to collide from [default: scikit-image's astronaut].")
+@click.option("--image", "image_deprecated", type=click.Path(), default=None, hidden=True, help="Deprecated: --source.")
 @click.option("--size", default=224, show_default=True, type=int,
               help="Input side (ViT with random weights is built for it; pretrained ViT needs 224).")
 @click.option("--mode", type=click.Choice(["repeat", "several", "regions"]), default="repeat", show_default=True,
@@ -115,12 +117,12 @@ def print_nullspace(report: dict) -> None:
               help="Overlapping convs: image sides for the exact (dense) whole-image analysis.")
 @click.option("--pgd-steps", default=0, show_default=True, type=int, help="> 0: start from a PGD adversarial example.")
 @click.option("--pgd-eps", default=4.0, show_default=True, type=float, help="PGD L-inf radius in 0..255 pixel levels.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/nullspace-MODEL].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing nullspace run directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.pass_context
-def nullspace(ctx, model, arch, weights, image, size, mode, beta, vectors, seed, rtol, iters, dense_sizes, pgd_steps,
+def nullspace(ctx, model, arch, weights, image, image_deprecated, size, mode, beta, vectors, seed, rtol, iters, dense_sizes, pgd_steps,
               pgd_eps, out, overwrite, as_json):
     """Exact collisions from the kernel of the first trainable layer (the Null-space search).
 
@@ -133,6 +135,11 @@ def nullspace(ctx, model, arch, weights, image, size, mode, beta, vectors, seed,
             raise UserError("--arch is the deprecated name of --model; pass --model only")
         deprecated("--arch", "--model")
         model = arch
+    if image_deprecated is not None:
+        if image is not None:
+            raise UserError("--image is the deprecated name of --source; pass --source only")
+        deprecated("--image", "--source")
+        image = image_deprecated
     if model is None:
         raise click.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "model"))
     out = out or os.path.join("runs", f"nullspace-{model}")
@@ -211,7 +218,7 @@ class _JsonPathStillWorks(click.Command):
 @click.option("--rtol", type=float, default=None, help="Rank tolerance relative to sigma_max [default: max(m, n) * "
               "eps(float32) per matrix].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random weights.")
-@click.option("--out", "outs", type=click.Path(dir_okay=False), multiple=True,
+@click.option("-o", "--out", "outs", type=click.Path(dir_okay=False), multiple=True,
               help="Write the table to this file: JSON if it ends in .json, else Markdown (.md). Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON instead of the text table.")
 @click.pass_context

@@ -162,7 +162,7 @@ def _grid_stride(grid_stride: int, stride_deprecated: int | None) -> int:
 @click.option("--stride", "stride_deprecated", default=None, type=int, hidden=True, help="Deprecated: --grid-stride.")
 @click.option("--nprobe", default=None, type=int, help="Override the index's nprobe.")
 @click.option("--mosaic", default=None, type=click.Path(dir_okay=False), help="Write query patches beside neighbours.")
-@click.option("--out", "out_npz", default=None, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "out_npz", default=None, type=click.Path(dir_okay=False),
               help="Save ids, distances and source coordinates (.npz).")
 def index_search(image, index_dir, store_path, k, grid_stride, stride_deprecated, nprobe, mosaic, out_npz):
     """k nearest stored patches for every location of a grid on IMAGE."""

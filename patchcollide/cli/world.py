@@ -13,7 +13,7 @@ def world():
 
 
 @world.command("build")
-@click.option("--out", "root", default="worlds/digits", show_default=True, type=click.Path(file_okay=False),
+@click.option("-o", "--out", "root", default="worlds/digits", show_default=True, type=click.Path(file_okay=False),
               help="The world's folder (built once; a second build only checks it).")
 @click.option("--epochs", default=WorldConfig.epochs, show_default=True, type=int, help="Attacked net's epochs.")
 @click.option("--size", default=WorldConfig.size, show_default=True, type=int, help="Side of the rendered digits.")

@@ -18,6 +18,7 @@ writes the run without optimising again.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import shutil
@@ -48,6 +49,19 @@ class Interrupted(PatchcollideError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum, self.exit_code = signum, 128 + signum
+
+
+PROGRESS = "progress.json"  # beside the checkpoint: {"step": N, "steps": T}, for status pages
+
+
+def saved_step(directory: str) -> tuple[int, int | None] | None:
+    """(step, steps) of the checkpoint in ``directory`` from its small progress file, or None."""
+    try:
+        with open(os.path.join(directory, PROGRESS), encoding="utf-8") as fh:
+            rec = json.load(fh)
+        return int(rec["step"]), rec.get("steps")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def partial_dir(out: str) -> str:
@@ -125,6 +139,8 @@ class Checkpointer:
             with atomic_open(self.path, "wb") as fh:
                 fh.write(data)
             self.saved_to = self.path
+            with atomic_open(os.path.join(self.directory, PROGRESS), "w") as fh:  # readable without torch
+                json.dump({"step": loop.get("step"), "steps": (self.key.get("config") or {}).get("steps")}, fh)
             return self.path
         except OSError as e:
             if not final:

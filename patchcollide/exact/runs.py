@@ -269,7 +269,7 @@ def run_nullspace(model: str, out: str, size: int = 224, config: NullspaceConfig
         img = imagenet_crop(sample_photo("astronaut"), size)
     else:
         if not os.path.isfile(image):
-            raise NullspaceError(f"--image {image!r} does not exist; pass an image file")
+            raise NullspaceError(f"--source {image!r} does not exist; pass an image file")
         img = imagenet_crop(load_rgb(image, Preprocess(resize=None))[0], size)
     if progress:
         progress(f"building {model} with {weights} weights")

@@ -430,7 +430,7 @@ img{image-rendering:pixelated;max-width:100%;height:auto;border:1px solid #d0d7d
 td.thumb img{max-height:64px;max-width:300px;width:auto;height:auto}.scroll{overflow-x:auto}
 .status{display:inline-block;padding:0 7px;border-radius:4px;color:#fff;font-weight:600}
 .status.st-done{background:#1a7f37}.status.st-failed{background:#cf222e}
-.status.st-pending{background:#6e7781}.status.st-busy{background:#0969da}.status.st-invalid{background:#9a6700}
+.status.st-pending{background:#6e7781}.status.st-interrupted{background:#bc4c00}.status.st-busy{background:#0969da}.status.st-invalid{background:#9a6700}
 .status.st-other{background:#424a53}tr.st-failed td{background:#fff5f5}
 td.err{color:#a40e26;min-width:16em;max-width:36em;overflow-wrap:anywhere}.missing{color:#6e7781;font-style:italic}
 .counts .status{margin-right:.4em}.hint{color:#57606a;font-size:.9em}

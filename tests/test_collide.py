@@ -626,3 +626,35 @@ def test_progress_from_python_takes_a_callback_or_a_tqdm_like_bar():
     assert progress_callback(None) is None
     with pytest.raises(CollideError, match="progress must be a callable"):
         progress_callback(42)
+
+
+def test_each_patch_run_reports_its_retrieval_quality_and_warns_on_a_store_unsuited_to_the_source(tmp_path, flat_index,
+                                                                                                   photos_dir, caplog):
+    """The mean distance from the source's patches to their neighbours, against the store's own:
+    low for a photo the store was cut from, far above for a source it does not cover (noise),
+    with one warning there."""
+    import logging
+
+    from PIL import Image
+
+    from patchcollide.engine.models import load_tap
+    from patchcollide.offline.knn import PatchIndex
+    from patchcollide.runs.run import run_collide
+
+    tap = load_tap("alexnet", "fc6", "random", seed=0)
+    photo = sorted(os.path.join(photos_dir, f) for f in os.listdir(photos_dir))[0]
+    noise = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    cfg = CollideConfig(mode="patches", vertices=1, steps=1, min_steps=0, size=224, k=4, device="cpu")
+    reps = {}
+    with PatchIndex(flat_index) as pidx, caplog.at_level(logging.WARNING, logger="patchcollide.runs.run"):
+        for name, src in (("photo", photo), ("noise", str(tmp_path / "noise.png"))):
+            caplog.clear()
+            reps[name] = run_collide(src, photo, str(tmp_path / name), cfg, tap=tap, pindex=pidx,
+                                     index_dir=flat_index)["retrieval"]
+            reps[name]["warned"] = [r.getMessage() for r in caplog.records if "covers this source poorly" in r.getMessage()]
+        n = len(pidx.store)
+    assert reps["photo"]["store_patches"] == n and reps["photo"]["ratio"] < 1.5 and not reps["photo"]["warned"], reps
+    assert reps["noise"]["ratio"] > 1.5 and len(reps["noise"]["warned"]) == 1, reps
+    assert reps["noise"]["store_typical_distance"] == reps["photo"]["store_typical_distance"]  # the store's, seeded
+    assert json.loads((tmp_path / "noise" / "report.json").read_text())["retrieval"]["ratio"] == reps["noise"]["ratio"]

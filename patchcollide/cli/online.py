@@ -281,6 +281,11 @@ def convergence_hint(history: dict, mode: str) -> str:
 def finish(report: dict, out: str, strict: bool, tol: float) -> None:
     """A finished run's table, and the warning (and --strict's exit code) when it missed tol."""
     print_vertices(report)
+    r = report.get("retrieval")
+    if r:
+        click.echo(f"retrieval: source patches {r['source_mean_distance']:.0f} from their neighbours, stored patches "
+                   f"{r['store_typical_distance']:.0f} from theirs ({r['ratio']:.2f}x; {r['store_patches']:,} patches "
+                   "in the store)")
     click.echo(f"wrote {out}/ (contact_sheet.png, vertex_*.png, indicator.png, loss.png, report.json)")
     if not report["converged"]:
         worst = max(report["vertices"]["png"]["rel_error"])

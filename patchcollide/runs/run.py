@@ -141,6 +141,34 @@ def run_lock(out: str) -> Iterator[None]:
         yield
 
 
+FAR_RETRIEVAL = 1.5  # source patches this many times farther from their neighbours than the store's own: warn
+STORE_SAMPLE = 256  # store patches whose own neighbours give the store's typical distance
+
+
+def retrieval_quality(pindex, candidates: dict, k: int, seed: int = 0) -> dict:
+    """How well the store covers the source (report.json's "retrieval"): the mean L2 (0..255
+    pixel units) from each source patch to its k neighbours, against the store's typical
+    distance (the same for a seeded sample of stored patches to their k nearest others). A
+    ratio over FAR_RETRIEVAL is one warning: the store is small or unsuited for this source, and
+    the collision and the look both suffer."""
+    n = len(pindex.store)
+    source = float(np.mean(candidates["distances"][:, :k]))
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(n, size=min(STORE_SAMPLE, n), replace=False))
+    own, _ = pindex.search_patches(pindex.store.get(ids), min(k + 1, n))
+    typical = float(np.mean(own[:, 1:])) if own.shape[1] > 1 else float("nan")  # rank 0: the patch itself
+    ratio = source / typical if typical > 0 else float("inf")
+    rec = {"source_mean_distance": round(source, 2), "store_typical_distance": round(typical, 2),
+           "ratio": round(ratio, 3), "store_patches": n, "source_locations": int(candidates["distances"].shape[0]),
+           "units": f"mean L2 to the {k} nearest patches, 0..255 pixel units of 32 x 32 x 3"}
+    if ratio > FAR_RETRIEVAL:
+        log.warning("the store covers this source poorly: its patches are %.1fx farther from their neighbours "
+                    "(%.0f) than stored patches are from theirs (%.0f), with %s patches in the store; expect a looser "
+                    "collision and a vertex that reads less like its source (extract more images like it)",
+                    ratio, source, typical, f"{n:,}")
+    return rec
+
+
 def class_name(tap: Tap, label: int) -> str | None:
     """The class name of ``label`` for torchvision's published weights (their meta["categories"]);
     None for random or user weights, whose classes nothing names."""
@@ -243,12 +271,13 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
             except Interrupted as e:
                 how = again if "`" in again else f"`{again}`"  # a phrase that quotes its own command is not quoted again
                 raise Interrupted(f"{e}; continue with {how}", e.signum) from None
+        retrieval = retrieval_quality(pindex, res.candidates, config.k) if res.candidates is not None else None
     finally:
         if own_index is not None:
             own_index.close()
     try:
         report = write_run(out, res, src, tgt, tap, config, meta, overwrite=overwrite or resume == "auto",
-                           device=dev, judge=judge)
+                           device=dev, judge=judge, retrieval=retrieval)
     except CollideError as e:  # --out taken meanwhile by something that holds no lock
         if ck.saved_to != ck.path:
             raise
@@ -297,9 +326,10 @@ def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY, overw
 
 
 def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, tap: Tap, config: CollideConfig,
-              meta: dict, overwrite: bool = False, device=None, judge=None) -> dict:
+              meta: dict, overwrite: bool = False, device=None, judge=None, retrieval: dict | None = None) -> dict:
     """Write every output of a run into ``out`` atomically; returns the report. device: where
-    the PNGs read back are measured (default: the config's)."""
+    the PNGs read back are measured (default: the config's); retrieval: ``retrieval_quality``'s
+    record (patch mode), report.json's "retrieval"."""
     with staged_dir(out) as tmp:
         save_png(_img(src), os.path.join(tmp, "source.png"))
         save_png(_img(tgt), os.path.join(tmp, "target.png"))
@@ -343,6 +373,7 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
             "distances": {"source_target_l2": pairwise_l2(np.stack([src, tgt])),
                           "vertex_source_l2": source_distances(back, src)},
             "history": res.history,
+            "retrieval": retrieval,
         }
         if judge is not None:
             report["judge"] = judge_run(judge, src, tgt, back)

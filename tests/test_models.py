@@ -200,8 +200,10 @@ def test_pretrained_runs_name_the_class_and_warn_once_at_another_size(tmp_path, 
     named = cache / f"alexnet-{sha[:8]}.pth"
     planted.rename(named)
     names = [f"class-{i}" for i in range(1000)]
-    monkeypatch.setattr(models, "imagenet_weights", lambda arch: SimpleNamespace(
-        url=f"https://x/{named.name}", name="IMAGENET1K_V1", meta={"categories": names}))
+    fake = lambda arch: SimpleNamespace(url=f"https://x/{named.name}", name="IMAGENET1K_V1",  # noqa: E731
+                                        meta={"categories": names})
+    monkeypatch.setattr(models, "imagenet_weights", fake)
+    monkeypatch.setattr(runs, "imagenet_weights", fake)  # the run's own name for it
     monkeypatch.setattr(runs, "_size_warned", set())
     cfg = CollideConfig(mode="pixel", vertices=1, steps=2, min_steps=0, size=64, device="cpu")
     with caplog.at_level(logging.WARNING, logger="patchcollide.runs.run"):

@@ -43,7 +43,7 @@ from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import Checkpointer, CheckpointError, Interrupted, StopSignals, partial_dir
 from ..engine.collide import CollideConfig, CollideError, CollideResult, collide, frontier_of, quantised_metrics
 from ..engine.judge import judge_run, load_judge
-from ..engine.models import Tap, load_tap, resolve_device, resolve_weights, tap_on
+from ..engine.models import Tap, imagenet_weights, load_tap, resolve_device, resolve_weights, tap_on
 from ..engine.objectives import Target
 from ..engine.polytope import difference_boxes, pairwise_l2, sample_polytope
 from ..offline.extract import scan_inputs
@@ -174,8 +174,6 @@ def class_name(tap: Tap, label: int) -> str | None:
     None for random or user weights, whose classes nothing names."""
     if tap.weights.kind != "imagenet":
         return None
-    from ..engine.models import imagenet_weights
-
     names = imagenet_weights(tap.arch).meta.get("categories") or []
     return names[label] if 0 <= label < len(names) else None
 

@@ -358,8 +358,8 @@ def load_state_file(path: str) -> dict:
         if glob:
             reason = (f"it pickles the Python object {glob.group(1)}, not only tensors: refused, as weights load "
                       "with weights_only=True")
-        elif _file_kind(path):
-            reason = f"it is {_file_kind(path)}"
+        elif kind := _file_kind(path):
+            reason = f"it is {kind}"
         elif "Weights only load failed" in text and detail and "GLOBAL" not in text:
             reason = "not a file of tensors written by torch.save"
         else:
@@ -367,7 +367,8 @@ def load_state_file(path: str) -> dict:
         raise ModelError(f"--weights {path}: not a torch state dict ({reason}); save one with "
                          "torch.save(model.state_dict(), PATH)") from None
     except Exception as e:  # noqa: BLE001 - zip errors, EOF, random bytes
-        what = f"it is {_file_kind(path)}" if _file_kind(path) else f"not a file written by torch.save: {first_line(e, 100)}"
+        kind = _file_kind(path)
+        what = f"it is {kind}" if kind else f"not a file written by torch.save: {first_line(e, 100)}"
         raise ModelError(f"--weights {path}: not a torch state dict ({what}); save one with "
                          "torch.save(model.state_dict(), PATH)") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

@@ -3,8 +3,10 @@ Chromium (every image loads, the table sorts, the page is not blank), plus escap
 CLI's one-line errors in pure Python."""
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,13 +111,46 @@ def images_all_loaded(dom: Dom) -> int:
 
 
 def run_metrics(report: dict) -> dict:
-    p = report.get("polytope") or {}
-    return {"worst_rel_error": max(report["vertices"]["float"]["rel_error"]),
-            "worst_rel_error_png": max(report["vertices"]["png"]["rel_error"]),
-            "mean_pairwise_l2": report["vertices"]["mean_pairwise_l2"],
-            "share_target_class": p.get("share_target_class"), "mean_top_prob_samples": p.get("mean_top_prob_samples"),
-            "top_prob_target": p.get("top_prob_target"), "target_label": report["target"]["label"],
-            "steps": report["steps"], "converged": report["converged"]}
+    from patchcollide.core.formats import metrics_of
+
+    return metrics_of(report)  # every column a real batch writes: the widest jobs table
+
+
+# Measures the layout once the page has loaded; the tests add it to a copy of a page, so the
+# report itself carries no test code. Every table sits in a box: its right edge, its width
+# against the box's, and whether the box scrolls sideways.
+LAYOUT_PROBE = """<script>
+window.addEventListener("load", function () {
+  var tables = [], err = document.querySelector("#jobs th.err");
+  document.querySelectorAll("table").forEach(function (t) {
+    var box = t.parentElement;
+    tables.push({name: t.id || t.className, box_right: box.getBoundingClientRect().right, width: t.scrollWidth,
+                 box_width: box.clientWidth, overflow_x: getComputedStyle(box).overflowX});
+  });
+  document.body.setAttribute("data-layout", JSON.stringify({
+    viewport: document.documentElement.clientWidth, page_width: document.documentElement.scrollWidth,
+    tables: tables, error_column_right: err ? err.getBoundingClientRect().right : null}));
+});
+</script>"""
+
+
+def layout(chromium, page: str, width: int) -> dict:
+    probe = os.path.join(os.path.dirname(page), ".layout-probe.html")  # beside the page: its images load
+    with open(page, encoding="utf-8") as fh:
+        text = fh.read()
+    with open(probe, "w", encoding="utf-8") as fh:
+        fh.write(text.replace("</body>", LAYOUT_PROBE + "</body>"))
+    try:
+        dom = Dom(chromium("file://" + probe, size=(width, 1000)))
+    finally:
+        os.remove(probe)
+    return json.loads(dom.body["data-layout"])
+
+
+def verdict_of(page: str) -> str:
+    m = re.search(r'<p class="verdict [^"]*" id="verdict">([^<]*)</p>', open(page, encoding="utf-8").read())
+    assert m, "no verdict line"
+    return html.unescape(m.group(1))
 
 
 def job(id_, status, seconds, out=None, metrics=None, error=None, traceback=None, line=1):
@@ -148,8 +183,8 @@ def batch_dir(tmp_path_factory, photos_dir, query_image):
     photos = sorted(os.path.join(photos_dir, n) for n in os.listdir(photos_dir))
     run_collide(query_image, photos[0], os.path.join(d, "a"),
                 CollideConfig(mode="pixel", size=32, steps=3, vertices=3, device="cpu"), weights="random", tap=tap)
-    run_collide(photos[1], query_image, os.path.join(d, "b"),
-                CollideConfig(mode="pixel", size=32, steps=3, vertices=2, device="cpu"), weights="random", tap=tap)
+    run_collide(photos[1], query_image, os.path.join(d, "b"),  # device auto: the page shows what it became
+                CollideConfig(mode="pixel", size=32, steps=3, vertices=2, device="auto"), weights="random", tap=tap)
     run_sample(os.path.join(d, "a"), samples=10, tap=tap)
     os.makedirs(os.path.join(d, "tracebacks"))
     with open(os.path.join(d, "tracebacks", "c.txt"), "w") as fh:
@@ -157,7 +192,8 @@ def batch_dir(tmp_path_factory, photos_dir, query_image):
     write_batch(d, [
         job("a", "done", 5.0, metrics=run_metrics(read_report(os.path.join(d, "a"))), line=1),
         job("b", "done", 12.5, metrics=run_metrics(read_report(os.path.join(d, "b"))), line=2),
-        job(EVIL_ID, "failed", 0.9, out="c", error="CollideError: --source 'x & y.jpg' does not exist\nsecond line",
+        job(EVIL_ID, "failed", 0.9, out="c", error="CollideError: --source 'x & y.jpg' does not exist; give an image "
+            "file of at least 32 x 32 pixels (PNG, JPEG, ...) or a folder of them, as the README's example does\nsecond line",
             traceback="tracebacks/c.txt", line=3),
         job("d", "pending", None, line=4),
     ])
@@ -224,6 +260,97 @@ def test_run_pages_in_chromium(chromium, batch_dir, tmp_path):
     with Image.open(shot) as im:
         a = np.asarray(im.convert("RGB"))
     assert len(np.unique(a.reshape(-1, 3), axis=0)) > 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [1400, 800])
+def test_pages_fit_their_width_in_chromium(chromium, batch_dir, width):
+    """At 1,400 and 800 px the page never scrolls sideways: each table fits its box or scrolls
+    inside it. At 1,400 the batch page's error column is on screen and the per-vertex table fits."""
+    write_html(batch_dir)
+    for page in (os.path.join(batch_dir, "report.html"), os.path.join(batch_dir, "a", "report.html")):
+        got = layout(chromium, page, width)
+        view = got["viewport"]  # the window less a vertical scroll bar
+        assert width - 20 <= view <= width and got["page_width"] <= view, (page, got)
+        assert got["tables"], page
+        for t in got["tables"]:
+            assert t["box_right"] <= view, (page, t)
+            assert t["width"] <= t["box_width"] or t["overflow_x"] == "auto", (page, t)
+        if width == 1400:
+            assert all(t["width"] <= t["box_width"] for t in got["tables"] if t["name"] != "jobs"), (page, got)
+            if page.endswith(os.path.join(batch_dir, "report.html")):
+                assert got["error_column_right"] is not None and got["error_column_right"] <= view, got
+    jobs = next(t for t in layout(chromium, os.path.join(batch_dir, "report.html"), width)["tables"] if t["name"] == "jobs")
+    if width == 800:
+        assert jobs["width"] > jobs["box_width"] and jobs["overflow_x"] == "auto"  # all 24 columns: it scrolls in its box
+
+
+@pytest.mark.slow
+def test_run_page_says_first_what_the_run_came_to(batch_dir):
+    """The verdict line, the values the run used, git as text, and the random-weights notice
+    once, at the top; the contact sheet says it in a strip of its own, and its target is "target"."""
+    write_html(batch_dir)
+    a, b = (os.path.join(batch_dir, n, "report.html") for n in ("a", "b"))
+    tol = read_json(os.path.join(batch_dir, "a", "report.json"))["config"]["tol"]
+    worst = max(read_json(os.path.join(batch_dir, "a", "report.json"))["vertices"]["png"]["rel_error"])
+    assert worst > tol  # 3 steps
+    assert verdict_of(a).startswith(f"not converged: worst rel. error {worst:.4g} > tol {tol:g} after 3 steps; ")
+    assert re.search(r"; \d+\.\d% of 10 samples in the target's class$", verdict_of(a))
+    assert verdict_of(b).endswith("; polytope not checked (patchcollide sample --out RUN)")
+    assert verdict_of(os.path.join(batch_dir, "report.html")) == (
+        "2 of 4 jobs done, 1 failed, 1 not run or not finished; 0 of 2 done converged, worst rel. error "
+        + "{:.4g}".format(max(max(read_json(os.path.join(batch_dir, n, "report.json"))["vertices"]["png"]["rel_error"])
+                              for n in "ab"))
+        + "; " + verdict_of(a).split("; ")[1].split(" of ")[0] + " of samples in the target's class (1 of 2 done sampled)")
+    text = open(b, encoding="utf-8").read()
+    assert text.index('id="verdict"') < text.index('class="banner"') < text.index("<dl")
+    assert text.count("RANDOM WEIGHTS") == 1  # the banner; no caption repeats it
+    rows = dict(re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", text))
+    assert rows["device"] == "cpu (auto)" and rows["lr"] == "5.00e-03 (the pixel space&#x27;s default)"
+    assert re.fullmatch(r"commit [0-9a-f]{40} \((clean tree|with uncommitted changes)\)", rows["git"]) or \
+        rows["git"] == "not run from a git checkout", rows["git"]
+    assert "<figcaption>target</figcaption>" in text
+    from patchcollide.runs.pictures import BANNER_FILL, BANNER_HEIGHT
+
+    with Image.open(os.path.join(batch_dir, "b", "contact_sheet.png")) as im:
+        sheet = np.asarray(im.convert("RGB"))
+    assert tuple(sheet[1, -2]) == BANNER_FILL and tuple(sheet[BANNER_HEIGHT + 1, -2]) == (255, 255, 255)
+
+
+def test_verdict_of_converged_and_least_change_runs():
+    from patchcollide.runs.report import verdict
+
+    base = {"config": {"tol": 0.05}, "steps": 120, "vertices": {"png": {"rel_error": [0.01, 0.04]}}}
+    assert verdict({**base, "converged": True}) == (
+        "ok", "converged: worst rel. error 0.04 <= tol 0.05 after 120 steps; polytope not checked "
+        "(patchcollide sample --out RUN)")
+    lc = {**base, "converged": True, "vertices": {"png": {"rel_error": [0.2, 0.3]}}, "history": {"fooled": [1, 2]},
+          "polytope": {"samples": 200, "share_target_class": 0.0}, "judge": {"n_reads_as_source": 2,
+                                                                             "vertices": {"class": [3, 3]}}}
+    cls, line = verdict(lc)
+    assert cls == "bad" and line == (
+        "converged at the net's decision: every vertex fools it at its last step, worst rel. error 0.3 (tol 0.05 not "
+        "needed with least change) after 120 steps; 0.0% of 200 samples in the target's class; judge: 2 / 2 vertices "
+        "read as the source")
+    assert verdict({})[0] == "unknown"
+
+
+def test_git_and_config_as_used_for_a_report_without_them(tmp_path):
+    """An older report.json (no resolved values) and a dirty tree: readable text, never raw JSON."""
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "report.json").write_text(json.dumps({
+        "kind": "patchcollide-run", "config": {"mode": "patches", "lr": None, "device": "auto"},
+        "versions": {"git": {"commit": "ab" * 20, "dirty": True}}, "vertices": {"png": {"rel_error": [0.5]}}}))
+    text = open(write_html(str(d)), encoding="utf-8").read()
+    rows = dict(re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", text))
+    assert rows["git"] == f"commit {'ab' * 20} (with uncommitted changes)" and "{" not in rows["git"]
+    assert rows["device"] == "auto" and rows["lr"].startswith("\u2013 (the search space")
+
+
+def read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
 
 
 def test_escaping_and_missing_runs(tmp_path):

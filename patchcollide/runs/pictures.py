@@ -84,16 +84,26 @@ def indicator_image(base: np.ndarray, boxes: list[tuple[int, int]], box: int = P
     return im
 
 
-def contact_sheet(images: list[tuple[str, np.ndarray]], scale: int = 1) -> Image.Image:
-    """One row of labelled (H, W, 3) uint8 images (source, target, vertices, indicator)."""
+BANNER_HEIGHT = 20
+BANNER_FILL, BANNER_INK = (253, 230, 138), (69, 26, 3)  # the HTML report's banner colours
+
+
+def contact_sheet(images: list[tuple[str, np.ndarray]], scale: int = 1, banner: str | None = None) -> Image.Image:
+    """One row of labelled (H, W, 3) uint8 images (source, target, vertices, indicator); a
+    ``banner`` (the random-weights notice) is drawn once, as a strip across the top, so that
+    the sheet says it on its own and no image's label has to."""
     h = max(a.shape[0] for _, a in images) * scale
     ws = [a.shape[1] * scale * h // (a.shape[0] * scale) for _, a in images]
-    sheet = Image.new("RGB", (sum(ws) + 6 * (len(images) + 1), h + 22), (255, 255, 255))
+    top = BANNER_HEIGHT if banner else 0
+    sheet = Image.new("RGB", (sum(ws) + 6 * (len(images) + 1), top + h + 22), (255, 255, 255))
     d = ImageDraw.Draw(sheet)
+    if banner:
+        d.rectangle((0, 0, sheet.width - 1, top - 1), fill=BANNER_FILL)
+        d.text((6, 4), banner, fill=BANNER_INK)
     x = 6
     for (label, a), w in zip(images, ws):
-        sheet.paste(Image.fromarray(a).resize((w, h), Image.NEAREST), (x, 4))
-        d.text((x, h + 7), label, fill=(0, 0, 0))
+        sheet.paste(Image.fromarray(a).resize((w, h), Image.NEAREST), (x, top + 4))
+        d.text((x, top + h + 7), label, fill=(0, 0, 0))
         x += w + 6
     return sheet
 

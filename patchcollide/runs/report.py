@@ -124,11 +124,42 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _kv_table(d: dict, labels: dict | None = None, pct: tuple = (), cls: str = "kv") -> str:
+def _kv_table(d: dict, labels: dict | None = None, pct: tuple = (), cls: str = "kv", shown: dict | None = None) -> str:
+    """A key/value table; ``shown``: display text for some keys, in place of their raw value."""
     labels = labels or {}
     keys = [k for k in labels if k in d] + [k for k in d if k not in labels]
-    rows = "".join(f"<tr><th>{_e(labels.get(k, k))}</th><td>{_e(_fmt(d[k], k in pct))}</td></tr>" for k in keys)
-    return f'<table class="{cls}"><tbody>{rows}</tbody></table>'
+    shown = shown or {}
+    rows = "".join(f"<tr><th>{_e(labels.get(k, k))}</th><td>{_e(shown[k] if k in shown else _fmt(d[k], k in pct))}</td></tr>"
+                   for k in keys)
+    return _box(f'<table class="{cls}"><tbody>{rows}</tbody></table>')
+
+
+def _box(table: str) -> str:
+    """A table in a box of the page's width that scrolls sideways when the table is wider: the
+    page itself never does."""
+    return f'<div class="scroll">{table}</div>'
+
+
+def _git_text(git) -> str:
+    """versions.git as a reader wants it: the commit and whether the tree had changes."""
+    if not isinstance(git, dict) or not git.get("commit"):
+        return "not run from a git checkout" if git is None or isinstance(git, dict) else _fmt(git)
+    dirty = git.get("dirty")
+    state = {True: "with uncommitted changes", False: "clean tree"}.get(dirty, "tree state unknown")
+    return f"commit {git['commit']} ({state})"
+
+
+def _config_shown(cfg: dict, resolved: dict) -> dict:
+    """Config values as the run used them: lr None and device auto become what the run took
+    (report.json's resolved), with where that came from."""
+    shown = {}
+    if cfg.get("lr") is None and "lr" in cfg:
+        shown["lr"] = (f"{_fmt(resolved['lr'])} (the {cfg.get('mode', '?')} space's default)" if _num(resolved.get("lr"))
+                       else f"{DASH} (the search space's default; not recorded by this version)")
+    if "device" in cfg:
+        used = resolved.get("device")
+        shown["device"] = (f"{used} ({cfg['device']})" if used and used != cfg["device"] else _fmt(used or cfg["device"]))
+    return shown
 
 
 def _png_size(f: str) -> tuple[int, int] | None:
@@ -204,10 +235,12 @@ def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
         *([("L2 to the source", ", ".join(_fmt(d) for d in dist["vertex_source_l2"]) + " (per vertex)")]
           if dist.get("vertex_source_l2") else []),
         *([("judge", _judge_line(r["judge"]))] if isinstance(r.get("judge"), dict) else []),
+        *([("retrieval", _retrieval_line(r["retrieval"]))]
+          if isinstance(r.get("retrieval"), dict) and _retrieval_line(r["retrieval"]) else []),
         ("created", r.get("created")),
     ]
     out = [f'<p class="nav"><a href="{_e(back)}">&larr; batch</a></p>' if back else "",
-           f"<h1>patchcollide run <code>{_e(name)}</code></h1>", _banner(notice),
+           f"<h1>patchcollide run <code>{_e(name)}</code></h1>", _verdict_line(*verdict(r)), _banner(notice),
            '<dl class="summary">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd>" for k, v in summary) + "</dl>",
            '<h2 id="images">Images</h2>',
            _figure(run_dir, "contact_sheet.png", "contact sheet: source, target, vertices, indicator",
@@ -236,9 +269,59 @@ def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
         out += ['<h2 id="polytope">Polytope check</h2>',
                 _kv_table({k: v for k, v in poly.items() if k != "per_sample"}, POLYTOPE_LABELS,
                           pct=("share_target_class", "share_target_close", "judge_share_source"), cls="kv polytope")]
-    out += ['<h2 id="model">Model</h2>', _kv_table(model), '<h2 id="config">Config</h2>', _kv_table(cfg),
-            '<h2 id="versions">Versions</h2>', _kv_table(_d(r.get("versions")))]
+    vers = _d(r.get("versions"))
+    out += ['<h2 id="model">Model</h2>', _kv_table(model), '<h2 id="config">Config</h2>',
+            _kv_table(cfg, shown=_config_shown(cfg, _d(r.get("resolved")))),
+            '<h2 id="versions">Versions</h2>', _kv_table(vers, shown={"git": _git_text(vers["git"])} if "git" in vers else None)]
     return _page(f"patchcollide run {name}", "\n".join(x for x in out if x))
+
+
+def verdict(report: dict) -> tuple[str, str]:
+    """(css class, one line) that says first what a run came to: converged or not against its
+    tol, by the worst vertex as saved (PNG); the polytope's share in the target's class; the
+    judge's reading. For example "not converged: worst rel. error 0.254 > tol 0.01 after 300
+    steps; 0.0% of 200 samples in the target's class"."""
+    r = report
+    cfg, verts, poly = _d(r.get("config")), _d(r.get("vertices")), r.get("polytope")
+    errs = [e for m in (_d(verts.get("png")), _d(verts.get("float"))) for e in [m.get("rel_error")] if isinstance(e, list)]
+    worst = max(errs[0]) if errs and errs[0] and all(_num(x) for x in errs[0]) else None
+    tol, steps = cfg.get("tol"), r.get("steps")
+    err = f"worst rel. error {_fmt(worst)}"
+    after = f" after {_fmt(steps)} steps" if steps is not None else ""
+    fooled = _d(r.get("history")).get("fooled") or []
+    if r.get("converged") is True and _num(worst) and _num(tol) and worst > tol and fooled:
+        parts, cls = [f"converged at the net's decision: every vertex fools it at its last step, {err} (tol "
+                      f"{_fmt(tol)} not needed with least change){after}"], "ok"
+    elif r.get("converged") is True:
+        parts, cls = [f"converged: {err} <= tol {_fmt(tol)}{after}"], "ok"
+    elif r.get("converged") is False:
+        parts, cls = [f"not converged: {err} > tol {_fmt(tol)}{after}"], "bad"
+    else:
+        parts, cls = [f"convergence not recorded; {err}"], "unknown"
+    if isinstance(poly, dict) and _num(poly.get("share_target_class")):
+        n = poly.get("samples", poly.get("n"))
+        parts.append(f"{_fmt(poly['share_target_class'], pct=True)} of {_fmt(n)} samples in the target's class")
+        if poly["share_target_class"] < 0.5:
+            cls = "bad"
+    else:
+        parts.append("polytope not checked (patchcollide sample --out RUN)")
+    j = r.get("judge")
+    if isinstance(j, dict):
+        parts.append(f"judge: {_fmt(j.get('n_reads_as_source'))} / {len(_d(j.get('vertices')).get('class') or [])} "
+                     "vertices read as the source")
+    return cls, "; ".join(parts)
+
+
+def _verdict_line(cls: str, text: str) -> str:
+    return f'<p class="verdict v-{_e(cls)}" id="verdict">{_e(text)}</p>'
+
+
+def _retrieval_line(ret: dict) -> str | None:
+    if not _num(ret.get("ratio")):
+        return None
+    return (f"source patches {_fmt(ret.get('source_mean_distance'))} from their neighbours, stored patches "
+            f"{_fmt(ret.get('store_typical_distance'))} from theirs ({ret['ratio']:.2f}x; "
+            f"{_fmt(ret.get('store_patches'))} patches in the store)")
 
 
 def _judge_line(j: dict) -> str:
@@ -255,9 +338,10 @@ def _judge_table(j: dict, n: int) -> str:
                    f'<td class="n">{_e(_fmt(_at(v.get("prob"), i)))}</td>'
                    f'<td class="n">{_e(_fmt(_at(v.get("source_class_prob"), i)))}</td>'
                    f'<td>{"yes" if _at(v.get("reads_as_source"), i) else "no"}</td></tr>' for i in range(n))
-    return (f'<p>{_e(_judge_line(j))}. {_e(j.get("rule", ""))}.</p><table class="judge"><thead><tr><th>vertex</th>'
-            "<th>judge's class</th><th>p</th><th>p(source's class)</th><th>reads as the source</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
+    return (f'<p>{_e(_judge_line(j))}. {_e(j.get("rule", ""))}.</p>' + _box(
+        '<table class="judge"><thead><tr><th>vertex</th>'
+        "<th>judge's class</th><th>p</th><th>p(source's class)</th><th>reads as the source</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"))
 
 
 def _vertex_table(fl: dict, png: dict, n: int, mixing: dict | None = None, target_units: list | None = None) -> str:
@@ -277,8 +361,8 @@ def _vertex_table(fl: dict, png: dict, n: int, mixing: dict | None = None, targe
         cells += "".join(f'<td class="n">{_e(_fmt(_at(mixing.get(k), i)))}</td>' for k in mix)
         rows.append(f'<tr><td class="n">{i}</td><td class="n">{_e(_fmt(unit))}</td>'
                     f'<td class="n">{_e(_fmt(_at(target_units, i)))}</td>{cells}</tr>')
-    return (f'<table class="vertices"><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    return _box(f'<table class="vertices"><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
+                f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 def _parent_batch_page(run_dir: str) -> str | None:
@@ -331,7 +415,8 @@ def batch_pages(batch_dir: str, batch: dict) -> list[tuple[str, str]]:
         model_text = _fmt(model)
     info = [("jobs file", batch.get("jobs_file")), ("jobs sha256", str(batch.get("jobs_sha256") or DASH)[:16]),
             ("model", model_text), ("created", batch.get("created")), ("updated", batch.get("updated"))]
-    body = [f"<h1>patchcollide batch <code>{_e(name)}</code></h1>", _banner(next((n for n in notices if n), None)),
+    body = [f"<h1>patchcollide batch <code>{_e(name)}</code></h1>", _verdict_line(*batch_verdict(jobs)),
+            _banner(next((n for n in notices if n), None)),
             '<dl class="summary">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd>" for k, v in info) + "</dl>",
             f'<p class="counts" id="counts">{len(jobs)} jobs: {summary}</p>',
             '<h2 id="jobs-title">Jobs</h2><p class="hint">Click a column header to sort by it; again to reverse.</p>',
@@ -344,6 +429,29 @@ def batch_pages(batch_dir: str, batch: dict) -> list[tuple[str, str]]:
         body += ['<h2 id="versions">Versions</h2>', _kv_table(batch["versions"])]
     top = _page(f"patchcollide batch {name}", "\n".join(x for x in body if x))
     return [(os.path.join(batch_dir, "report.html"), top)] + pages
+
+
+def batch_verdict(jobs: list[dict]) -> tuple[str, str]:
+    """(css class, one line) of a batch: how many jobs are done, how many of those converged,
+    the worst relative error (PNG) among them, and the failures."""
+    n = len(jobs)
+    done = [j for j in jobs if j.get("status") == "done"]
+    failed = sum(1 for j in jobs if j.get("status") == "failed")
+    rest = n - len(done) - failed
+    metrics = [_d(j.get("metrics")) for j in done]
+    conv = sum(1 for m in metrics if m.get("converged") is True)
+    worst = [m.get("worst_rel_error_png", m.get("worst_rel_error")) for m in metrics]
+    worst = [w for w in worst if _num(w)]
+    parts = [f"{len(done)} of {n} jobs done" + (f", {failed} failed" if failed else "")
+             + (f", {rest} not run or not finished" if rest else "")]
+    if done:
+        parts.append(f"{conv} of {len(done)} done converged" + (f", worst rel. error {_fmt(max(worst))}" if worst else ""))
+    shares = [m["share_target_class"] for m in metrics if _num(m.get("share_target_class"))]
+    if shares:
+        span = _fmt(min(shares), pct=True) + ("" if min(shares) == max(shares) else f" to {_fmt(max(shares), pct=True)}")
+        parts.append(f"{span} of samples in the target's class ({len(shares)} of {len(done)} done sampled)")
+    cls = "bad" if failed or (done and conv < len(done)) else ("ok" if done and not rest else "unknown")
+    return cls, "; ".join(parts)
 
 
 def _status_class(status) -> str:
@@ -368,9 +476,14 @@ def _jobs_table(batch_dir: str, rows: list) -> str:
 
     numeric = {k for k, _ in cols if k not in ("id", "status") and all(
         value(j, k) is None or _num(value(j, k)) or isinstance(value(j, k), bool) for _, j, _, _ in rows)}
-    head = '<th class="thumb">run</th>' + "".join(
-        f'<th data-key="{_e(k)}" data-type="{"num" if k in numeric else "text"}" tabindex="0" aria-sort="none" '
-        f'title="{_e(k)}: click to sort">{_e(label)}</th>' for k, label in cols) + "<th>error</th>"
+
+    def th(k, label):
+        return (f'<th data-key="{_e(k)}" data-type="{"num" if k in numeric else "text"}" tabindex="0" aria-sort="none" '
+                f'title="{_e(k)}: click to sort">{_e(label)}</th>')
+
+    # the error beside the status, where a failed row is read first; the metrics after it scroll in its box
+    head = ('<th class="thumb">run</th>' + "".join(th(k, label) for k, label in cols[:2]) + '<th class="err">error</th>'
+            + "".join(th(k, label) for k, label in cols[2:]))
     body = []
     for order, job, run_dir, page in rows:
         thumb = None
@@ -382,18 +495,6 @@ def _jobs_table(batch_dir: str, rows: list) -> str:
                     break
         if thumb and page:
             thumb = f'<a href="{_e(page)}">{thumb}</a>'
-        cells = [f'<td class="thumb">{thumb or DASH}</td>']
-        for k, _ in cols:
-            v = value(job, k)
-            dv = "" if v is None or isinstance(v, (list, dict)) else (
-                int(v) if isinstance(v, bool) else json.dumps(v) if isinstance(v, float) else v)  # Infinity, NaN
-            text = _e(_fmt(v, pct=k == "share_target_class"))
-            if k == "id" and page:
-                text = f'<a href="{_e(page)}">{text}</a>'
-            elif k == "status":
-                text = f'<span class="status {_status_class(v)}">{text}</span>'
-            cls = ' class="n"' if k in numeric else ""
-            cells.append(f'<td{cls} data-v="{_e(dv)}">{text}</td>')
         err = ""
         if job.get("error"):
             err = f'<span title="{_e(str(job["error"])[:4000])}">{_e(_one_line(job["error"]))}</span>'
@@ -405,7 +506,20 @@ def _jobs_table(batch_dir: str, rows: list) -> str:
                 err += f' <span class="missing">(traceback {_e(tb)} is missing)</span>'
         if job.get("status") == "done" and not page:
             err += f' <span class="missing">(run directory {_e(job.get("out"))} missing or unreadable)</span>'
-        cells.append(f'<td class="err">{err.strip()}</td>')
+        cells = [f'<td class="thumb">{thumb or DASH}</td>']
+        for k, _ in cols:
+            if k == "line":
+                cells.append(f'<td class="err">{err.strip()}</td>')
+            v = value(job, k)
+            dv = "" if v is None or isinstance(v, (list, dict)) else (
+                int(v) if isinstance(v, bool) else json.dumps(v) if isinstance(v, float) else v)  # Infinity, NaN
+            text = _e(_fmt(v, pct=k == "share_target_class"))
+            if k == "id" and page:
+                text = f'<a href="{_e(page)}">{text}</a>'
+            elif k == "status":
+                text = f'<span class="status {_status_class(v)}">{text}</span>'
+            cls = ' class="n"' if k in numeric else ""
+            cells.append(f'<td{cls} data-v="{_e(dv)}">{text}</td>')
         body.append(f'<tr class="{_status_class(job.get("status"))}" data-order="{order}">{"".join(cells)}</tr>')
     return (f'<div class="scroll"><table id="jobs" class="jobs"><thead><tr>{head}</tr></thead>\n<tbody>\n'
             + "\n".join(body) + "\n</tbody></table></div>")
@@ -421,18 +535,22 @@ dl.summary dt{font-weight:600}dl.summary dd{margin:0;overflow-wrap:anywhere}
 table{border-collapse:collapse;margin:.6em 0}
 th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:middle}
 th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+table.vertices{font-size:.86em}table.vertices th,table.vertices td{padding:2px 4px}
 table.kv th{font-weight:600}table.kv td{overflow-wrap:anywhere}
 #jobs th[data-key]{cursor:pointer;user-select:none}#jobs th[data-key]:hover{background:#eaeef2}
 th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
 figure{display:inline-block;margin:0 1.2em 1.2em 0;vertical-align:top}figure.wide{display:block}
 figcaption{font-size:.85em;color:#57606a;max-width:28em}
 img{image-rendering:pixelated;max-width:100%;height:auto;border:1px solid #d0d7de;background:#fff}
-td.thumb img{max-height:64px;max-width:300px;width:auto;height:auto}.scroll{overflow-x:auto}
+td.thumb img{max-height:56px;max-width:220px;width:auto;height:auto}
+.scroll{overflow-x:auto;max-width:100%;margin:.6em 0}.scroll>table{margin:0}
+.verdict{font-weight:600;font-size:1.05em;padding:.45em .9em;margin:.4em 0 .8em;border-left:6px solid #6e7781;background:#f6f8fa}
+.verdict.v-ok{border-color:#1a7f37}.verdict.v-bad{border-color:#cf222e}
 .status{display:inline-block;padding:0 7px;border-radius:4px;color:#fff;font-weight:600}
 .status.st-done{background:#1a7f37}.status.st-failed{background:#cf222e}
 .status.st-pending{background:#6e7781}.status.st-interrupted{background:#bc4c00}.status.st-busy{background:#0969da}.status.st-invalid{background:#9a6700}
 .status.st-other{background:#424a53}tr.st-failed td{background:#fff5f5}
-td.err{color:#a40e26;min-width:16em;max-width:36em;overflow-wrap:anywhere}.missing{color:#6e7781;font-style:italic}
+td.err{color:#a40e26;min-width:18em;max-width:28em;overflow-wrap:anywhere}.missing{color:#6e7781;font-style:italic}
 .counts .status{margin-right:.4em}.hint{color:#57606a;font-size:.9em}
 footer{margin-top:2.5em;color:#6e7781;font-size:.8em}
 """

@@ -342,10 +342,9 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
         boxes = difference_boxes(back)
         save_png(indicator_image(back[0], boxes), os.path.join(tmp, "indicator.png"))
         random = tap.weights.kind == "random"
-        items = [("source", src), ("target" + (f" ({RANDOM_LABEL})" if random else ""), tgt)]
-        items += [(f"vertex {i}", v) for i, v in enumerate(back)]
+        items = [("source", src), ("target", tgt)] + [(f"vertex {i}", v) for i, v in enumerate(back)]
         items.append(("indicator", np.asarray(indicator_image(back[0], boxes, scale=1))))
-        sheet = contact_sheet(items, scale=max(1, 224 // config.size))
+        sheet = contact_sheet(items, scale=max(1, 224 // config.size), banner=RANDOM_NOTICE if random else None)
         save_png(sheet, os.path.join(tmp, "contact_sheet.png"))
         loss_plot(res.history, os.path.join(tmp, "loss.png"),
                   title=f"{tap.arch}:{tap.layer}, {config.mode}, {len(back)} vertices" + (f" - {RANDOM_LABEL}" if random else ""))
@@ -360,7 +359,10 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
         report = {
             "kind": RUN_KIND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "notice": RANDOM_NOTICE if random else None,
-            "config": dataclasses.asdict(config), "model": tap.identity(), "inputs": meta, "versions": versions(),
+            "config": dataclasses.asdict(config),
+            "resolved": {"lr": config.learning_rate,  # what the run took where config says None or auto
+                         "device": resolve_device(config.device if device is None else device).type},
+            "model": tap.identity(), "inputs": meta, "versions": versions(),
             "target": {"label": res.target.label, "top_prob": res.target.prob, "units": res.target.units.tolist(),
                        "unit_values": res.target.z[res.target.units].tolist(),
                        "n_active": int((res.target.z > 0).sum()), "dim": int(res.target.z.numel())},

@@ -353,6 +353,18 @@ def versions() -> dict:
     return out
 
 
+def process_seconds() -> float | None:
+    """Seconds since this process started (Linux: /proc, 10 ms steps; None elsewhere): what
+    the interpreter, the imports and the command line took before a run's first line."""
+    try:
+        with open("/proc/self/stat") as fh:
+            started = int(fh.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as fh:
+            return round(float(fh.read().split()[0]) - started, 2)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def machine() -> dict:
     """The machine a result is measured on: platform, CPU model, cores, memory, torch's
     threads and the GPU (None without one). Imports torch."""

@@ -263,6 +263,7 @@ class CollideResult:
     candidates: dict | None  # patch mode: ids (L, K) int64, yx (L, 2), distances (L, K)
     mixing: dict | None = None
     argmax_vertices: torch.Tensor | None = None  # patch mode: (V, 3, H, W) pure compositions
+    timings: dict | None = None  # seconds of the phases before the steps (target, retrieval, setup) and the steps
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -530,6 +531,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     tqdm-compatible bar (anything with ``update(n)``; its ``total`` is set when unset).
     """
     t0 = time.time()
+    clock = Clock()
     progress = progress_callback(progress)
     S = config.size
     for name, img in (("source", source_img), ("target", target_img)):
@@ -548,6 +550,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     elif len(target.units) != config.vertices:
         raise CollideError(f"the precomputed target has {len(target.units)} units for {config.vertices} vertices")
     target = Target(target.z.to(dev), target.units.to(dev), target.label, target.prob)
+    clock.lap("target")
     candidates = None
     if config.space.needs_index:
         if resume is not None:  # the same candidates, by id: no search, whatever the index would answer now
@@ -557,6 +560,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
             candidates = retrieve_candidates(index, source_img, config.k, config.grid_stride, config.window,
                                              target_img if config.retrieve == "source+target" else None)
     cand_meta = None if candidates is None else {k: candidates[k] for k in ("ids", "yx", "distances")}
+    clock.lap("retrieval")
     param = make_param(config, src, tgt, candidates).to(dev)
     if resume is not None:
         param.restore(resume["param"])
@@ -565,7 +569,9 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
             target={"z": target.z.cpu(), "units": target.units.cpu(), "label": target.label, "prob": target.prob},
             candidates=None if cand_meta is None else {k: torch.from_numpy(np.asarray(v)) for k, v in cand_meta.items()})
     anchor = least_change_anchor(config, src, candidates).to(dev) if config.least_change > 0 else None
+    clock.lap("setup")
     hist, steps, converged = optimise(tap, param, target, config, progress, checkpoint, resume, anchor)
+    clock.lap("steps")
     with torch.no_grad():
         x = param().detach()
         metrics = collision_metrics(tap.pre(x), tap.logits(x), target)
@@ -577,7 +583,21 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     return CollideResult(vertices=x.cpu(), target=Target(target.z.cpu(), target.units.cpu(), target.label, target.prob),
                          metrics=metrics, history=hist, steps=steps, converged=converged,
                          seconds=before + time.time() - t0, param_state=param.core_state(), candidates=cand_meta,
-                         mixing=mixing, argmax_vertices=None if hard is None else hard.cpu())
+                         mixing=mixing, argmax_vertices=None if hard is None else hard.cpu(), timings=clock.laps)
+
+
+class Clock:
+    """Seconds between laps, by name (``laps``), on a monotonic clock."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> float:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._last, 4)
+        self._last = now
+        return self.laps[name]
 
 
 @torch.no_grad()

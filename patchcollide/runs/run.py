@@ -33,15 +33,15 @@ import numpy as np
 import torch
 
 from ..core.errors import PatchcollideError
-from ..core.files import (atomic_open, check_out, check_writable, is_run, locked, occupied, staged_dir, versions,
-                          write_json)
+from ..core.files import (atomic_open, check_out, check_writable, is_run, locked, occupied, process_seconds,
+                          staged_dir, versions, write_json)
 from ..core.formats import RANDOM_LABEL, RANDOM_NOTICE, RUN_KIND
 from ..core.images import BadImage, Preprocess, fit_square, load_rgb, transparency
 from ..core.jsontypes import convert
 from ..engine.checkpoints import EVERY
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import Checkpointer, CheckpointError, Interrupted, StopSignals, partial_dir
-from ..engine.collide import CollideConfig, CollideError, CollideResult, collide, frontier_of, quantised_metrics
+from ..engine.collide import Clock, CollideConfig, CollideError, CollideResult, collide, frontier_of, quantised_metrics
 from ..engine.judge import judge_run, load_judge
 from ..engine.models import Tap, imagenet_weights, load_tap, resolve_device, resolve_weights, tap_on
 from ..engine.objectives import Target
@@ -216,6 +216,7 @@ def _refuse_taken(out: str, ckdir: str, again: str, overwrite: bool) -> None:
 
 def _run_collide(source, target, out, config, arch, layer, weights, index_dir, tap, pindex, overwrite, progress,
                  target_stats, checkpoint_dir, checkpoint_every, resume, again, judge) -> dict:
+    clock, started = Clock(), process_seconds()
     ckdir = checkpoint_dir or partial_dir(out)
     again = again or f"patchcollide collide --resume {out}"
     ck_path = os.path.join(ckdir, CHECKPOINT)
@@ -239,12 +240,14 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
         check_k(config.k, len(pindex.store), index_dir)
     meta = {"source": os.path.abspath(source), "target": os.path.abspath(target),
             "index": os.path.abspath(index_dir) if config.space.needs_index and index_dir else None}
+    clock.lap("inputs")
     try:
         dev = resolve_device(config.device)  # once for the run: the model moves there once
         if tap is None:  # auto made concrete once: a resume goes on with the same weights
             weights = resolve_weights(weights, arch)
         tap = tap_on(tap or load_tap(arch, layer, weights, seed=config.seed), dev)
         warn_pretrained_size(tap, config.size)
+        clock.lap("model")
         ck = Checkpointer(ckdir, {"inputs": meta, "config": dataclasses.asdict(config), "model": tap.identity()},
                           every=checkpoint_every)
         state = None
@@ -270,6 +273,9 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
                 how = again if "`" in again else f"`{again}`"  # a phrase that quotes its own command is not quoted again
                 raise Interrupted(f"{e}; continue with {how}", e.signum) from None
         retrieval = retrieval_quality(pindex, res.candidates, config.k) if res.candidates is not None else None
+        # where the time before the first step went: the process before this call (interpreter,
+        # imports, command line), then inputs, model, target, retrieval, setup; then the steps
+        res.timings = {"process": started, **clock.laps, **(res.timings or {})}
     finally:
         if own_index is not None:
             own_index.close()
@@ -367,6 +373,7 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
                        "unit_values": res.target.z[res.target.units].tolist(),
                        "n_active": int((res.target.z > 0).sum()), "dim": int(res.target.z.numel())},
             "steps": res.steps, "converged": res.converged, "seconds": round(res.seconds, 3),
+            "timings": res.timings,
             "least_change_frontier": None if not config.least_change else frontier_of(tap),
             "vertices": {"float": res.metrics, "png": png_metrics, "mixing": res.mixing, "boxes": boxes,
                          "mean_pairwise_l2": pairwise_l2(back), "size": config.size},

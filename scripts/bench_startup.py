@@ -8,8 +8,9 @@ Runs the CLI as a user does, in a fresh process each time, ``--runs`` times per 
 
 and reads report.json's ``timings``: ``process`` (interpreter, imports and command line before
 the run's first line), then ``inputs``, ``model`` (build, weights, device), ``target``,
-``retrieval`` (patch mode) and ``setup``, then ``steps``. ``before_first_step`` is their sum up
-to setup; ``wall`` is the whole process, writing the run included. Medians over the runs.
+``retrieval`` (patch mode), ``setup`` and ``first_step`` (the optimiser's first use included),
+then ``steps`` (the rest). ``to_first_step`` is their sum up to the first step's end; ``wall``
+is the whole process, writing the run included. Medians over the runs.
 
 Also, in fresh processes: the import of the CLI (``python -X importtime``), the heaviest
 third-party packages under it, and which of faiss / h5py / torchvision / matplotlib it loads.
@@ -37,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-PHASES = ("process", "inputs", "model", "target", "retrieval", "setup")
+PHASES = ("process", "inputs", "model", "target", "retrieval", "setup", "first_step")
 PACKAGES = ("torch", "torchvision", "faiss", "h5py", "numpy", "PIL", "click", "matplotlib", "scipy", "skimage")
 STORE_PHOTOS = ("coffee", "rocket", "camera", "brick", "grass", "coins")
 
@@ -92,7 +93,7 @@ def one_run(work: str, mode: str, size: int, weights: str, index: str, n: int) -
         timings = json.load(fh)["timings"]
     shutil.rmtree(out)
     return {"wall": round(wall, 3), **timings,
-            "before_first_step": round(sum(timings.get(p) or 0.0 for p in PHASES), 3)}
+            "to_first_step": round(sum(timings.get(p) or 0.0 for p in PHASES), 3)}
 
 
 def median_of(runs: list[dict]) -> dict:

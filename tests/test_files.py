@@ -7,6 +7,7 @@ import ast
 import errno
 import importlib
 import inspect
+import json
 import os
 import pathlib
 import pkgutil
@@ -386,3 +387,13 @@ def test_only_files_py_renames_files():
         offenders += [f"{rel}:{n}" for n in renames_in(p.read_text(encoding="utf-8"))]
     assert offenders == [], "rename through patchcollide.core.files (atomic_path, write_json, install_dir, replace)"
     assert len(renames_in((PACKAGE / "core" / "files.py").read_text(encoding="utf-8"))) == 1  # in files.replace
+
+
+def test_versions_read_an_unimported_library_without_importing_it():
+    """torchvision's version comes from its version.py, the same string its import gives, and
+    the record leaves it unimported (its import alone costs 1.5 s after a run's steps)."""
+    code = ("import sys, json; from patchcollide.core.files import versions; v = versions(); "
+            "gone = 'torchvision' not in sys.modules; import torchvision, torch; "
+            "print(json.dumps([gone, v['torchvision'] == torchvision.__version__, v['torch'] == torch.__version__]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(r.stdout) == [True, True, True], r.stdout + r.stderr

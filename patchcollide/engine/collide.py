@@ -570,8 +570,9 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
             candidates=None if cand_meta is None else {k: torch.from_numpy(np.asarray(v)) for k, v in cand_meta.items()})
     anchor = least_change_anchor(config, src, candidates).to(dev) if config.least_change > 0 else None
     clock.lap("setup")
-    hist, steps, converged = optimise(tap, param, target, config, progress, checkpoint, resume, anchor)
-    clock.lap("steps")
+    hist, steps, converged = optimise(tap, param, target, config, clock.first_call(progress, "first_step"),
+                                      checkpoint, resume, anchor)
+    clock.lap("steps")  # after the first
     with torch.no_grad():
         x = param().detach()
         metrics = collision_metrics(tap.pre(x), tap.logits(x), target)
@@ -598,6 +599,17 @@ class Clock:
         self.laps[name] = round(self.laps.get(name, 0.0) + now - self._last, 4)
         self._last = now
         return self.laps[name]
+
+    def first_call(self, fn: Callable | None, name: str) -> Callable:
+        """``fn`` (or nothing) that also takes the lap ``name`` at its first call: the loop's
+        progress callback times its first step (the optimiser's first use included)."""
+        def call(*args):
+            if name not in self.laps:
+                self.lap(name)
+            if fn is not None:
+                fn(*args)
+
+        return call
 
 
 @torch.no_grad()

@@ -42,6 +42,7 @@ from ..core.images import PATCH
 from .checkpoints import Checkpointer, Interrupted
 from .models import Tap, resolve_device, tap_on
 from .objectives import OBJECTIVES, Target, choose_units, collision_metrics, loss_terms, push_ratio
+from .optimisers import SGD, Adam, Optimiser
 from .params import SPACES, STARTS, PatchParam
 
 log = logging.getLogger(__name__)
@@ -325,7 +326,7 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.clamp(0, 1) * 255.0) / 255.0
 
 
-def prune(param: PatchParam, opt: torch.optim.Optimizer, keep: int) -> None:
+def prune(param: PatchParam, opt: Optimiser, keep: int) -> None:
     """``param.prune(keep)`` with Adam's moments carried over to the kept slots (shared logits
     stay the same parameter: nothing to carry)."""
     old = next(param.parameters())
@@ -339,10 +340,12 @@ def prune(param: PatchParam, opt: torch.optim.Optimizer, keep: int) -> None:
                                   for k, v in state.items()}
 
 
-def make_optimizer(param: torch.nn.Module, config: CollideConfig) -> torch.optim.Optimizer:
+def make_optimizer(param: torch.nn.Module, config: CollideConfig) -> Optimiser:
+    """torch.optim's Adam or SGD (momentum 0.9), computed in optimisers.py: the same numbers,
+    without torch.optim's import of torch._dynamo at the first step."""
     if config.optimizer == "sgd":
-        return torch.optim.SGD(param.parameters(), lr=config.learning_rate, momentum=0.9)
-    return torch.optim.Adam(param.parameters(), lr=config.learning_rate, betas=config.betas)
+        return SGD(param.parameters(), lr=config.learning_rate, momentum=0.9)
+    return Adam(param.parameters(), lr=config.learning_rate, betas=config.betas)
 
 
 def least_change_distance(x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -156,6 +158,7 @@ def test_cached_weights_are_taken_only_when_their_sha256_matches_their_name(tmp_
     planted.rename(named)
     monkeypatch.setattr(models, "imagenet_weights",
                         lambda arch: SimpleNamespace(url=f"https://x/{named.name}", name="IMAGENET1K_V1"))
+    monkeypatch.setitem(models.TWIN_WEIGHTS, "vgg16", ("VGG16_Weights.IMAGENET1K_V1", f"https://x/{named.name}"))
     tap = load_tap("vgg16", "fc6", "imagenet", allow_download=False)
     assert tap.weights.pretrained and tap.weights.sha256 == sha and tap.weights.label == "torchvision IMAGENET1K_V1"
 
@@ -216,3 +219,40 @@ def test_pretrained_runs_name_the_class_and_warn_once_at_another_size(tmp_path, 
     assert poly["target_class_name"] == names[poly["target_class"]]
     runs.run_collide(query_image, query_image, str(tmp_path / "c"), cfg, arch="alexnet", weights="random")
     assert runs.run_sample(str(tmp_path / "c"), samples=4, device="cpu")["polytope"]["target_class_name"] is None
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
+def test_the_vgg_twin_is_torchvisions_vgg_bit_for_bit(arch):
+    """The VGG built without torchvision has torchvision's modules, names and, for a seed,
+    exactly its random weights (so a run's random(seed) weights did not change); its file
+    table names torchvision's own ImageNet file."""
+    import torchvision.models as tvm
+
+    from patchcollide.engine.models import imagenet_source, imagenet_weights
+    from patchcollide.engine.nets import TWINS
+
+    for seed in (0, 7):
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            ours = TWINS[arch]()
+            after_ours = torch.rand(3)  # the generator ends where torchvision's leaves it too
+            torch.default_generator.manual_seed(seed)
+            theirs = tvm.get_model_builder(arch)(weights=None)
+            after_theirs = torch.rand(3)
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a), seed
+        assert torch.equal(after_ours, after_theirs)
+        assert [type(m).__name__ for m in ours.modules()][1:] == [type(m).__name__ for m in theirs.modules()][1:]
+    x = torch.rand(1, 3, 64, 64)
+    ours.eval(), theirs.eval()
+    assert torch.equal(ours(x), theirs(x))
+    w = imagenet_weights(arch)
+    assert imagenet_source(arch) == (str(w), w.url)
+
+
+def test_a_random_vgg16_run_starts_without_importing_torchvision(tmp_path):
+    code = ("import sys; from patchcollide.engine.models import load_tap; t = load_tap('vgg16', 'fc6', 'random'); "
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules), type(t.model).__name__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "TORCH_HOME": str(tmp_path)})
+    assert r.stdout.split() == ["[]", "ImageNetVGG"], r.stdout + r.stderr

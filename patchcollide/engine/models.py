@@ -34,6 +34,7 @@ import torch.nn as nn
 from ..core.errors import PatchcollideError, first_line
 from .nets import BUILDERS as OWN_MODELS
 from .nets import HEADS as OWN_HEADS
+from .nets import TWIN_WEIGHTS, TWINS
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +162,12 @@ def random_weights(seed: int) -> WeightsInfo:
 
 
 def _builder(arch: str):
-    import torchvision.models as tvm
-
     if arch in OWN_MODELS:  # the digits world's nets: built like torchvision's, weights from a file
         return lambda weights=None: OWN_MODELS[arch]()
+    if arch in TWINS:  # torchvision's VGG, built here: no torchvision import before the first step
+        return lambda weights=None: TWINS[arch]()
+    import torchvision.models as tvm
+
     try:
         return tvm.get_model_builder(arch)
     except (ValueError, KeyError):
@@ -185,6 +188,15 @@ def imagenet_weights(arch: str):
 
     enum = tvm.get_model_weights(arch)
     return enum.IMAGENET1K_V1 if hasattr(enum, "IMAGENET1K_V1") else enum.DEFAULT
+
+
+def imagenet_source(arch: str) -> tuple[str, str]:
+    """(name, URL) of torchvision's ImageNet weights file for ``arch``; for the VGG twins from
+    nets.TWIN_WEIGHTS, without importing torchvision."""
+    if arch in TWIN_WEIGHTS:
+        return TWIN_WEIGHTS[arch]
+    w = imagenet_weights(arch)
+    return str(w), w.url
 
 
 def load_weights(model: nn.Module, arch: str, weights: str, allow_download: bool = True) -> WeightsInfo:
@@ -243,8 +255,8 @@ def imagenet_file(arch: str, allow_download: bool = True) -> tuple[str, str]:
     """The path and sha256 of torchvision's IMAGENET1K_V1 file for ``arch`` in the torch hub
     cache, downloaded there (hash checked by torch.hub, 20 s socket timeout) when missing.
     WeightsUnavailable, naming the cache path and every way out, when neither works."""
-    w = imagenet_weights(arch)
-    cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(w.url))
+    w, url = imagenet_source(arch)
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
     if not os.path.exists(cache) and allow_download:
         import socket
 
@@ -253,14 +265,14 @@ def imagenet_file(arch: str, allow_download: bool = True) -> tuple[str, str]:
         socket.setdefaulttimeout(20)  # a closed network fails fast instead of hanging
         try:
             os.makedirs(os.path.dirname(cache), exist_ok=True)
-            torch.hub.download_url_to_file(w.url, cache, hash_prefix=want.group(1) if want else None, progress=False)
+            torch.hub.download_url_to_file(url, cache, hash_prefix=want.group(1) if want else None, progress=False)
         except Exception:  # noqa: BLE001 - no network, proxy, hash mismatch: all mean the same to the user
             pass
         finally:
             socket.setdefaulttimeout(old)
     if not os.path.exists(cache):
         raise WeightsUnavailable(
-            f"{arch} weights {w} are not in the torch cache ({cache}) and could not be downloaded; fetch {w.url} on "
+            f"{arch} weights {w} are not in the torch cache ({cache}) and could not be downloaded; fetch {url} on "
             "a machine with internet and pass --weights PATH or copy it to that cache path, or use --weights "
             "random for a smoke run")
     st = os.stat(cache)

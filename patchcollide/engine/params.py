@@ -125,19 +125,16 @@ def covering_entries(yx: torch.Tensor, K: int, size: tuple[int, int], side: int 
     return entries, valid
 
 
-def _seam_tables(a: torch.Tensor, b: torch.Tensor, budget: int = 1 << 27) -> tuple[torch.Tensor, torch.Tensor]:
+def _seam_tables(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For neighbouring pixels' candidate ids a, b (V, h, w, M): the slot of b holding each of
-    a's candidates (or -1), and b's slots that a does not hold. The (M x M) comparison runs a
-    few rows at a time, so memory stays near ``budget`` bytes whatever the slot count."""
-    V, h, w, M = a.shape
-    rows = max(1, budget // max(1, V * w * M * M))
-    match = torch.empty(V, h, w, M, dtype=torch.int64, device=a.device)
-    alone = torch.empty(V, h, w, M, dtype=torch.bool, device=a.device)
-    for r in range(0, h, rows):
-        eq = a[:, r:r + rows, :, :, None] == b[:, r:r + rows, :, None, :]  # (V, rows, w, M, M)
-        hit = eq.any(-1)
-        match[:, r:r + rows] = torch.where(hit, eq.to(torch.uint8).argmax(-1), -1)
-        alone[:, r:r + rows] = ~eq.any(-2)
+    a's candidates (or -1; the first such slot if b held one twice), and b's slots that a does
+    not hold. By sorting each pixel's M ids and searching them (M log M per pixel, not M x M)."""
+    M = a.shape[-1]
+    b_sorted, b_slot = b.sort(dim=-1, stable=True)  # equal ids keep slot order: the first is found first
+    at = torch.searchsorted(b_sorted, a.contiguous()).clamp_max(M - 1)
+    match = torch.where(b_sorted.gather(-1, at) == a, b_slot.gather(-1, at), -1)
+    a_sorted = a.sort(dim=-1).values
+    alone = a_sorted.gather(-1, torch.searchsorted(a_sorted, b.contiguous()).clamp_max(M - 1)) != b
     return match, alone
 
 

@@ -177,6 +177,31 @@ def test_sharp_start_differs_per_vertex_and_tent_start_is_a_blend():
     assert float((img[0] - img[1]).abs().mean()) > 0.05  # vertex 0 on rank 0, vertex 1 on rank 1
 
 
+def test_covering_entries_match_the_definition():
+    """Every pixel's entries, by brute force: each (location, candidate) in order whose window
+    covers the pixel gives its flat index into (L, K, side, side); windows reach past the image
+    (a context window's corner lies outside it), and pixels are covered unevenly."""
+    from patchcollide.engine.params import covering_entries
+
+    H, W, side, K = 11, 9, 4, 3
+    yx = torch.tensor([[y, x] for y in (-2, 1, 4, 7, 8) for x in (-1, 2, 5, 6)] + [[3, 3]])
+    entries, valid = covering_entries(yx, K, (H, W), side)
+    want = [[] for _ in range(H * W)]
+    for loc, (y0, x0) in enumerate(yx.tolist()):
+        for k in range(K):
+            for r in range(side):
+                for c in range(side):
+                    y, x = y0 + r, x0 + c
+                    if 0 <= y < H and 0 <= x < W:
+                        want[y * W + x].append(((loc * K + k) * side + r) * side + c)
+    assert entries.shape == valid.shape == (H * W, max(map(len, want)))
+    for p in range(H * W):
+        n = len(want[p])
+        assert entries[p, :n].tolist() == want[p] and valid[p, :n].all() and not valid[p, n:].any()
+        assert (entries[p, n:] == 0).all()
+    assert len({len(w) for w in want}) > 2  # uneven coverage was tried
+
+
 def test_seam_tables_match_the_pairwise_definition():
     """The sorted search gives what comparing every slot with every slot gives (which at 256
     slots and 128 x 128 once needed 23 GB in one piece): for each of a's ids the first slot of

@@ -105,23 +105,29 @@ def covering_entries(yx: torch.Tensor, K: int, size: tuple[int, int], side: int 
     """
     L = len(yx)
     H, W = size
+    area = side * side
     dy, dx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     y, x = yx[:, 0, None, None] + dy, yx[:, 1, None, None] + dx  # (L, side, side)
-    inside = ((y >= 0) & (y < H) & (x >= 0) & (x < W)).reshape(L, 1, -1).expand(L, K, -1).reshape(-1)
-    pix = (y * W + x).reshape(L, 1, -1).expand(L, K, -1).reshape(-1)
-    flat = torch.arange(len(pix))[inside]
-    pix = pix[inside]
-    order = torch.argsort(pix, stable=True)  # entries grouped by pixel, in (location, candidate) order
+    inside = ((y >= 0) & (y < H) & (x >= 0) & (x < W)).reshape(-1)
+    # the K candidates of a location cover the same pixels: group the locations' pixels (L * side^2,
+    # not L * K * side^2), then give each covering location its K candidates in rank order
+    pix = (y * W + x).reshape(-1)[inside]
+    at = torch.arange(L * area)[inside]  # location * side^2 + the pixel's place in the window
+    order = torch.argsort(pix, stable=True)  # grouped by pixel, in location order
     counts = torch.bincount(pix, minlength=H * W)
     if (counts == 0).any():
         raise ValueError("the locations leave pixels uncovered; use a grid that covers the image")
-    C = int(counts.max())
+    n = int(counts.max())
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(len(pix)) - starts[pix[order]]
-    entries = torch.zeros(H * W, C, dtype=torch.int64)
-    valid = torch.zeros(H * W, C, dtype=torch.bool)
-    entries[pix[order], slot] = flat[order]
-    valid[pix[order], slot] = True
+    covering = torch.zeros(H * W, n, dtype=torch.int64)
+    here = torch.zeros(H * W, n, dtype=torch.bool)
+    covering[pix[order], slot] = at[order]
+    here[pix[order], slot] = True
+    loc, place = covering // area, covering % area
+    entries = ((loc[:, :, None] * K + torch.arange(K)) * area + place[:, :, None]).reshape(H * W, n * K)
+    valid = here[:, :, None].expand(-1, -1, K).reshape(H * W, n * K)
+    entries = entries.masked_fill(~valid, 0)
     return entries, valid
 
 
@@ -240,9 +246,8 @@ class PatchParam(nn.Module):
         entries, valid = covering_entries(yx, K, size, S)
         P, C = entries.shape
         g = torch.Generator().manual_seed(seed)
-        y_in, x_in = (entries // S) % S, entries % S
-        t = tent(S)
-        score = (spatial * t[y_in, x_in].log()).expand(vertices, P, C).clone()
+        # the window's score table, indexed by each entry's place in its window: (P, C), then per vertex
+        score = (spatial * tent(S).log()).reshape(-1)[entries % (S * S)].expand(vertices, P, C).clone()
         if start != "tent":
             rank = (entries // (S * S)) % K  # the entry's candidate rank at its location
             want = torch.tensor([v % K if start == "distinct" else 0 for v in range(vertices)])

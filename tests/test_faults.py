@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,10 +73,12 @@ def kill_at_random_moment(cmd, started, rng, window, phase=lambda: "", timeout=3
     return {"landed": p.returncode == -signal.SIGKILL, "phase": where, "delay": round(delay, 3)}
 
 
-def record_kills(record_property, kills: list[dict]) -> None:
+def record_kills(record_property, kills: list[dict], retried: list[dict] = ()) -> None:
     """Every kill must have landed (else the trial tested nothing); the records go into the
-    JUnit XML, where scripts/reliability_report.py counts them per row of docs/reliability.md."""
-    record_property("kills", json.dumps(kills))
+    JUnit XML, where scripts/reliability_report.py counts them per row of docs/reliability.md.
+    ``retried``: earlier tries of the trial whose kill came after the process had ended; they
+    are recorded (and counted as attempted, not landed) but do not fail it."""
+    record_property("kills", json.dumps([{**k, "retried": True} for k in retried] + list(kills)))
     missed = [k for k in kills if not k["landed"]]
     assert not missed, f"kills that did not land: {missed}"
 
@@ -235,12 +238,18 @@ def test_index_build_killed_at_random_moment(tmp_path, clean_store, clean_index,
     d = tmp_path / "idx"
     cmd = cli("index", "build", "--index", d, "--store", clean_store["path"], *INDEX_ARGS)
     rng = np.random.default_rng(2000 + seed)
-    if seed % 2:  # odd seeds kill a rebuild over an existing index: the old one must survive or be replaced whole
-        subprocess.run(cmd, check=True, capture_output=True)
-        os.remove(d / "index.lock")
-    kill = kill_at_random_moment(cmd, lambda: os.path.exists(d / "index.lock"), rng, clean_index["window"],
-                                 _index_phase(d))
-    record_kills(record_property, [kill])
+    window, missed = clean_index["window"], []
+    for _ in range(3):  # a build faster than the clean one can end before its kill: try again, sooner
+        shutil.rmtree(d, ignore_errors=True)
+        if seed % 2:  # odd seeds kill a rebuild over an existing index: the old one must survive or be replaced whole
+            subprocess.run(cmd, check=True, capture_output=True)
+            os.remove(d / "index.lock")
+        kill = kill_at_random_moment(cmd, lambda: os.path.exists(d / "index.lock"), rng, window, _index_phase(d))
+        if kill["landed"]:
+            break
+        missed.append(kill)
+        window /= 2
+    record_kills(record_property, [kill], retried=missed)
     if _index_opens_or_absent(d):
         assert sha(d / "index.faiss") == clean_index["sha"]
     elif os.path.exists(d / "index.json"):

@@ -310,6 +310,13 @@ def test_run_page_says_first_what_the_run_came_to(batch_dir):
     assert re.fullmatch(r"commit [0-9a-f]{40} \((clean tree|with uncommitted changes)\)", rows["git"]) or \
         rows["git"] == "not run from a git checkout", rows["git"]
     assert "<figcaption>target</figcaption>" in text
+    timings = read_json(os.path.join(batch_dir, "b", "report.json"))["timings"]
+    line = re.search(r"<dt>before the first step</dt><dd>([^<]*)</dd>", text).group(1)
+    assert line.startswith(f"{sum(timings[k] for k in ('inputs', 'model', 'target', 'setup', 'first_step')):.2f} s: ")
+    from patchcollide.runs.report import TIMING_LABELS
+
+    shown = [k for k in TIMING_LABELS if timings[k] >= 0.005]
+    assert "first_step" in shown and all(f"{TIMING_LABELS[k]} {timings[k]:.2f}" in line for k in shown), line
     from patchcollide.runs.pictures import BANNER_FILL, BANNER_HEIGHT
 
     with Image.open(os.path.join(batch_dir, "b", "contact_sheet.png")) as im:

@@ -230,6 +230,7 @@ def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
         ("mode", mode), ("vertices", f"{n_vertices} at {side} x {side}"),
         ("steps", f"{_fmt(r.get('steps'))} of at most {_fmt(cfg.get('steps'))}"),
         ("converged", _fmt(r.get("converged"))), ("time", f"{_fmt(r.get('seconds'))} s"),
+        *([("before the first step", _timings_line(r["timings"]))] if isinstance(r.get("timings"), dict) else []),
         ("mean pairwise L2", (f"vertices {_fmt(verts.get('mean_pairwise_l2'))}, source-target "
                               f"{_fmt(dist.get('source_target_l2'))} (0..255 pixel units)")),
         *([("L2 to the source", ", ".join(_fmt(d) for d in dist["vertex_source_l2"]) + " (per vertex)")]
@@ -314,6 +315,20 @@ def verdict(report: dict) -> tuple[str, str]:
 
 def _verdict_line(cls: str, text: str) -> str:
     return f'<p class="verdict v-{_e(cls)}" id="verdict">{_e(text)}</p>'
+
+
+TIMING_LABELS = {"inputs": "inputs", "model": "model", "target": "target", "retrieval": "retrieval",
+                 "setup": "set-up", "first_step": "first step"}
+
+
+def _timings_line(t: dict) -> str:
+    """report.json's timings up to the end of the first step, in words."""
+    parts = [f"{label} {t[k]:.2f}" for k, label in TIMING_LABELS.items() if _num(t.get(k)) and t[k] >= 0.005]
+    total = sum(t[k] for k in TIMING_LABELS if _num(t.get(k)))
+    line = f"{total:.2f} s: " + ", ".join(parts) if parts else DASH
+    if _num(t.get("process")):
+        line += f" (the process was {t['process']:.2f} s old when the run began: interpreter, imports, command line)"
+    return line
 
 
 def _retrieval_line(ret: dict) -> str | None:

@@ -284,8 +284,8 @@ def verdict(report: dict) -> tuple[str, str]:
     steps; 0.0% of 200 samples in the target's class"."""
     r = report
     cfg, verts, poly = _d(r.get("config")), _d(r.get("vertices")), r.get("polytope")
-    errs = [e for m in (_d(verts.get("png")), _d(verts.get("float"))) for e in [m.get("rel_error")] if isinstance(e, list)]
-    worst = max(errs[0]) if errs and errs[0] and all(_num(x) for x in errs[0]) else None
+    errs = next((e for e in (_d(verts.get(k)).get("rel_error") for k in ("png", "float")) if isinstance(e, list)), [])
+    worst = max(errs) if errs and all(_num(x) for x in errs) else None  # as saved (PNG) where recorded
     tol, steps = cfg.get("tol"), r.get("steps")
     err = f"worst rel. error {_fmt(worst)}"
     after = f" after {_fmt(steps)} steps" if steps is not None else ""

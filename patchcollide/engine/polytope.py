@@ -31,6 +31,33 @@ def pairwise_l2(images: np.ndarray) -> float:
     return float(np.mean([np.linalg.norm(x[i] - x[j]) for i, j in itertools.combinations(range(len(x)), 2)]))
 
 
+BLOCK_VIEW = 7  # the block-mean view is BLOCK_VIEW x BLOCK_VIEW: pixel noise cancels there, strokes and regions do not
+
+
+def block_view(images: np.ndarray, side: int = BLOCK_VIEW) -> np.ndarray:
+    """(N, H, W, 3) uint8 (or float) images as (N, side * side * 3) float64 block means in 0..255
+    units: each image cut into a side x side grid of near-equal blocks (numpy.array_split rows
+    and columns) and every block replaced by its mean colour."""
+    x = np.asarray(images, dtype=np.float64)
+    rows = np.array_split(np.arange(x.shape[1]), side)
+    cols = np.array_split(np.arange(x.shape[2]), side)
+    out = np.stack([np.stack([x[:, r][:, :, c].mean((1, 2)) for c in cols], 1) for r in rows], 1)  # (N, s, s, 3)
+    return out.reshape(len(x), -1)
+
+
+def extent(vertices_u8: np.ndarray, source_u8: np.ndarray, target_u8: np.ndarray) -> dict:
+    """How far apart the vertices are where a person sees it: the smallest L2 distance between two
+    vertices (V, H, W, 3) in the 7 x 7 block-mean view (``block_view``), over the source-target
+    distance in the same view. 0 for fewer than two vertices (a point has no extent). Returns
+    {"extent", "min_pair_block_l2", "source_target_block_l2", "pairs_block_l2" (V(V-1)/2 floats)}."""
+    v = block_view(vertices_u8)
+    st = float(np.linalg.norm(block_view(source_u8[None]) - block_view(target_u8[None])))
+    pairs = [float(np.linalg.norm(v[i] - v[j])) for i, j in itertools.combinations(range(len(v)), 2)]
+    least = min(pairs) if pairs else 0.0
+    return {"extent": least / st if st > 0 else 0.0, "min_pair_block_l2": least,
+            "source_target_block_l2": st, "pairs_block_l2": pairs}
+
+
 @torch.no_grad()
 def sample_polytope(tap: Tap, vertices: torch.Tensor, target: Target, samples: int = 2000, seed: int = 0,
                     batch_size: int = 32, device: str | torch.device = "cpu",

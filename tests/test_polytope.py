@@ -1,0 +1,29 @@
+"""The polytope's extent: vertices that differ where a person sees it, not in pixel noise."""
+import numpy as np
+
+from patchcollide.engine.polytope import block_view, extent
+
+
+def test_block_view_is_the_block_means():
+    x = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3)).astype(np.uint8)
+    means = x.reshape(2, 7, 16, 7, 16, 3).astype(np.float64).mean((2, 4)).reshape(2, -1)
+    assert np.allclose(block_view(x), means)
+    assert block_view(np.zeros((1, 30, 45, 3))).shape == (1, 7 * 7 * 3)  # uneven sides: near-equal blocks
+
+
+def test_noise_has_no_extent_but_a_moved_region_has():
+    rng = np.random.default_rng(1)
+    source = np.zeros((112, 112, 3), np.uint8)
+    target = source.copy()
+    target[16:96, 48:64] = 255  # a stroke
+    base = source.astype(np.int16) + 40
+    noisy = np.stack([np.clip(base + rng.integers(-40, 41, base.shape), 0, 255) for _ in range(3)]).astype(np.uint8)
+    e = extent(noisy, source, target)
+    assert e["extent"] < 0.05  # per-pixel noise cancels in the block means (the target is 0.1)
+    assert np.linalg.norm(noisy[0].astype(float) - noisy[1].astype(float)) > 2000  # though the pixels differ a lot
+    regions = np.stack([base] * 3).astype(np.uint8)
+    regions[1, :32, :32] = 255  # vertex 1 changes the top left, vertex 2 the bottom right
+    regions[2, -32:, -32:] = 255
+    e = extent(regions, source, target)
+    assert e["extent"] > 0.3 and len(e["pairs_block_l2"]) == 3
+    assert extent(regions[:1], source, target)["extent"] == 0.0  # one vertex: a point

@@ -1,24 +1,39 @@
 #!/usr/bin/env python
-"""Colliders judged by trained networks: the digits world's 45 pairs, patch and pixel mode.
+"""Colliders judged by trained networks: the digits world's 45 pairs, patchcollide beside its peers.
 
 For each of 45 seeded pairs of *test* digits (one per unordered pair of distinct digits, the
-direction drawn by the seed: ``world.World.pairs``) and each mode, one ``collide`` run at the
-engine's defaults (``--set KEY=VALUE`` overrides) against the world's trained ``digits_vgg``
-fc6, read by its judge (LeNet-5), then the polytope check with ``--samples`` samples.
+direction drawn by the seed: ``world.World.pairs``), against the world's trained ``digits_vgg``
+fc6, read by its judge (LeNet-5), ``--methods``:
 
-A pair *succeeds* when
-* every sample is in the target's class per the attacked net, with a top-class probability
-  within 0.01 of the target's (``polytope.fools_net``), and
-* at least 4 of the 5 vertices are read as the source's class by the judge.
+* ``patchcollide``: one ``collide`` run per mode at the engine's defaults (``--set KEY=VALUE``
+  overrides; ``--set vertices=N`` its vertex count), then the polytope check with ``--samples``
+  samples (for one vertex the sample is the vertex itself);
+* the peers (``papers/peers.py``), pixel-space methods with one collider per pair, run once per
+  pair whatever the modes: ``plain`` (the plain attack at each lam of ``--lams``, the collider
+  of the largest lam that fools the net; the judge not consulted; its seconds the whole
+  sweep's), ``art`` (ART's FeatureCollisionAttack at ``--art-lr`` / ``--art-iters``, tuned:
+  lr 100, 1,000 iterations) and ``art-defaults`` (ART's own defaults); ART is the extra
+  ``pip install 'patchcollide[peers]'``.
 
-Writes one record per (pair, mode) with ``mode``, ``success`` and the numbers behind it, the
-per-mode summary (success rate, relative error, push, sharpness, distance to the source,
-steps, seconds), the machine, versions and commit, into ``--out`` (JSON), and one contact
-sheet per mode beside it. ``--resume`` keeps the records an earlier run of the same
-settings finished.
+Every collider and vertex is an 8-bit PNG, read back before it is judged, on the inputs the
+engine attacks (``runs.run.load_pair`` with the run's size and fit). For V vertices a pair
+*succeeds* when
+* every polytope sample is in the target's class per the attacked net, with a top-class
+  probability within 0.01 of the target's (``polytope.fools_net``), and
+* at least ceil(0.8 V) vertices are read as the source's class by the judge (4 of 5; 1 of 1);
+a peer's one collider must fool the net and read as the source.
 
-    python scripts/bench_world.py                        # both modes, 45 pairs: about 40 minutes on 2 cores
-    python scripts/bench_world.py --pairs 10 --modes pixel --set least_change=0.5 --out /tmp/sweep.json
+Writes one record per (pair, method, mode, vertices) with ``success`` and the numbers behind it
+(L2 to the source in 0..255 units per vertex, ``polytope.extent`` of the PNGs, seconds per pair),
+the summary per (method, mode, vertices), the machine, versions and commit, into ``--out``
+(JSON), a Markdown table beside it (``X.json`` -> ``X.md``, one row per method) and one contact
+sheet per method and mode. ``--resume`` keeps the records an earlier run of the same settings
+(the vertex count apart) finished, so a second run with ``--set vertices=1`` adds its rows.
+
+    python scripts/bench_world.py --every 3 --modes pixel --out /tmp/peers.json          # V = 5 and the peers
+    python scripts/bench_world.py --every 3 --modes pixel --methods patchcollide --set vertices=1 \\
+        --resume --out /tmp/peers.json                                                    # + V = 1
+    python scripts/bench_world.py --pairs 10 --modes pixel --methods patchcollide --set least_change=0.5 --out /tmp/sweep.json
 """
 from __future__ import annotations
 
@@ -38,7 +53,29 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-MIN_READS = 4  # of 5 vertices read as the source by the judge
+METHODS = ("patchcollide", "plain", "art", "art-defaults")
+DEFAULT_METHODS = ("patchcollide", "plain", "art")
+PEERS = ("plain", "art", "art-defaults")  # pixel space, one collider per pair: run once per pair
+PEER_MODE = "pixel"
+
+
+def min_reads(vertices: int) -> int:
+    """Vertices the judge must read as the source: ceil(0.8 V) (4 of 5; 1 of 1)."""
+    return -(-4 * vertices // 5)
+
+
+def method_of(r: dict) -> str:
+    return r.get("method", "patchcollide")  # records from before the peers are the engine's
+
+
+def key_of(r: dict) -> tuple:
+    return (r["pair"], method_of(r), r["mode"], r["vertices"])
+
+
+def success_rule() -> str:
+    return ("every polytope sample in the target's class with top prob. within 0.01 of the target's (attacked "
+            "net) and >= ceil(0.8 V) of the V vertices read as the source by the judge (4 of 5; 1 of 1); for a "
+            "peer's one collider: it fools the net and reads as the source")
 
 
 def parse_set(items: list[str]) -> dict:
@@ -56,29 +93,106 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
+def _median(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.median(xs)) if xs else None
+
+
 def summarise(records: list[dict]) -> dict:
+    """Per (method, mode, vertices), keyed "method/mode/V": rates, medians and successes per wall second."""
     out = {}
-    for mode in sorted({r["mode"] for r in records}):
-        rs = [r for r in records if r["mode"] == mode]
+    groups = sorted({(method_of(r), r["mode"], r["vertices"]) for r in records},
+                    key=lambda g: (METHODS.index(g[0]) if g[0] in METHODS else len(METHODS), g[1], -g[2]))
+    for method, mode, V in groups:
+        rs = [r for r in records if (method_of(r), r["mode"], r["vertices"]) == (method, mode, V)]
 
         def stats(key):
             xs = [r[key] for r in rs if r.get(key) is not None]
             return None if not xs else {"mean": float(np.mean(xs)), "median": float(np.median(xs)),
                                         "min": float(np.min(xs)), "max": float(np.max(xs))}
 
-        out[mode] = {"pairs": len(rs), "success_rate": sum(r["success"] for r in rs) / len(rs),
-                     "fools_net_rate": sum(r["fools_net"] for r in rs) / len(rs),
-                     "judge_ok_rate": sum(r["judge_reads_source"] >= MIN_READS for r in rs) / len(rs),
-                     **{k: stats(k) for k in ("worst_rel_error_png", "min_push", "mean_sharpness", "mean_source_l2",
-                                              "judge_reads_source", "share_target_close", "max_prob_gap", "steps",
-                                              "seconds")}}
+        wins, secs = sum(r["success"] for r in rs), sum(r["seconds"] for r in rs)
+        labels = list(dict.fromkeys(method_label(r) for r in rs))
+        out[f"{method}/{mode}/{V}"] = {
+            "method": method, "mode": mode, "vertices": V,
+            "label": labels[0] if len(labels) == 1 else f"{method} (mixed settings: {'; '.join(labels)})",
+            "pairs": len(rs), "successes": wins,
+            "success_rate": wins / len(rs), "fools_net_rate": sum(r["fools_net"] for r in rs) / len(rs),
+            "judge_ok_rate": sum(r["judge_reads_source"] >= min_reads(V) for r in rs) / len(rs),
+            "median_source_l2": _median(r.get("median_source_l2") for r in rs),
+            "median_extent": _median(r.get("extent") for r in rs),
+            "median_seconds": _median(r["seconds"] for r in rs), "total_seconds": round(secs, 2),
+            "success_per_second": wins / secs if secs > 0 else None,
+            **{k: stats(k) for k in ("worst_rel_error_png", "min_push", "mean_sharpness", "mean_source_l2",
+                                     "judge_reads_source", "share_target_close", "max_prob_gap", "steps", "seconds")}}
     return out
 
 
-def contact_sheet(records: list[dict], mode: str, path: str, rows: int = 10) -> None:
+def method_label(r: dict) -> str:
+    """The table's name of a record's method, with the setting it ran at (from the record)."""
+    from patchcollide.papers.peers import ART_DEFAULTS, ART_TUNED
+
+    method, V = method_of(r), r["vertices"]
+    if method == "patchcollide":
+        return f"patchcollide, {V} vert{'ex' if V == 1 else 'ices'}"
+    if method == "plain":
+        lams = "/".join(f"{x['lam']:g}" for x in r["per_lam"])
+        return f"plain attack, largest lam of {lams} that fools ({r['plain_steps']:,} steps each)"
+    art = {"learning_rate": r["learning_rate"], "max_iter": r["max_iter"]}
+    said = "tuned" if art == ART_TUNED else "ART's defaults" if art == ART_DEFAULTS else "set by --art-lr/--art-iters"
+    return f"ART FeatureCollisionAttack, lr {art['learning_rate']:,g}, {art['max_iter']:,} iterations ({said})"
+
+
+def commit_of(result: dict) -> str:
+    git = (result.get("versions") or {}).get("git") or {}
+    return f"{str(git.get('commit'))[:10]}{' (uncommitted changes)' if git.get('dirty') else ''}"
+
+
+def machine_of(result: dict) -> str:
+    m = result.get("machine") or {}
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {result.get('torch_threads', '?')} torch thread(s)"
+
+
+def table(result: dict) -> str:
+    """The Markdown table of a result: one row per (method, mode, vertices)."""
+    rows = ["| method | mode | pairs | success | every sample fools the net | judge reads the source "
+            "(>= ceil(0.8 V) of V) | L2 to the source (median, 0..255) | extent (median) | seconds per pair "
+            "(median) | successes per wall second |", "|---" * 10 + "|"]
+    for g in result["summary"].values():
+        label = g.get("label") or g["method"]
+        l2, ext, sps = g["median_source_l2"], g["median_extent"], g["success_per_second"]
+        rows.append(f"| {label} | {g['mode']} | {g['pairs']} | **{100 * g['success_rate']:.0f}%** "
+                    f"({g['successes']}/{g['pairs']}) | {100 * g['fools_net_rate']:.0f}% | "
+                    f"{100 * g['judge_ok_rate']:.0f}% | {'-' if l2 is None else f'{l2:,.0f}'} | "
+                    f"{'-' if ext is None else f'{ext:.3f}'} | {g['median_seconds']:.0f} | "
+                    f"{'-' if sps is None else f'{sps:.3g}'} |")
+    nets = (result.get("world") or {}).get("nets") or {}
+    made = [result] if "versions" in result else result.get("parts", [])  # a combined result: its parts
+    commits = ", ".join(dict.fromkeys(commit_of(p) for p in made))
+    machines = ", ".join(dict.fromkeys(machine_of(p) for p in made))
+    head = [f"# {result['benchmark']}: the digits world, patchcollide beside its peers", "",
+            f"Attacked net digits_vgg at fc6 (test accuracy {nets.get('digits_vgg', {}).get('test_accuracy', '?')}), "
+            f"judge digits_lenet5 ({nets.get('digits_lenet5', {}).get('test_accuracy', '?')}); pairs from the test "
+            f"split. Commit {commits}; {machines} (wall seconds on that machine).", "",
+            f"Success: {result['success_rule']}.", "",
+            "Every collider and vertex is an 8-bit PNG read back before it is judged; a peer's extent is 0 (one "
+            "point); a peer's seconds are its whole attack (the plain attack's: every lam of its sweep), its PNGs "
+            "and judging included.", ""]
+    return "\n".join(head + rows) + "\n"
+
+
+def write_result(path: str, result: dict) -> None:
+    """The JSON and its Markdown table beside it (X.json -> X.md)."""
+    from patchcollide.core.files import write_json, write_text
+
+    write_json(path, result)
+    write_text(os.path.splitext(path)[0] + ".md", table(result))
+
+
+def contact_sheet(records: list[dict], path: str, rows: int = 10) -> None:
     from PIL import Image, ImageDraw
 
-    rs = [r for r in records if r["mode"] == mode][:rows]
+    rs = records[:rows]
     if not rs:
         return
     tiles = []
@@ -100,32 +214,157 @@ def contact_sheet(records: list[dict], mode: str, path: str, rows: int = 10) -> 
     sheet.save(path)
 
 
-def combine(paths: list[str], out: str) -> int:
-    """One result from several (e.g. one process per mode): records concatenated, the summary
-    recomputed, each part's config, settings, machine and versions kept under ``parts``."""
-    from patchcollide.core.files import write_json
+def sheet_path(base: str, method: str, mode: str, vertices: int) -> str:
+    if method == "patchcollide":
+        return f"{base}-{mode}.png" if vertices == 5 else f"{base}-{mode}-v{vertices}.png"
+    return f"{base}-{method}.png"
 
+
+def combine(paths: list[str], out: str) -> int:
+    """One result from several (e.g. one process per mode): records concatenated (the first of
+    each (pair, method, mode, vertices) kept), the summary recomputed, each part's config,
+    settings, machine and versions kept under ``parts``."""
     parts = [json.load(open(p)) for p in paths]
-    records = [r for p in parts for r in p["records"]]
+    records, seen = [], set()
+    for p, path in zip(parts, paths):
+        for r in p["records"]:
+            if key_of(r) in seen:
+                print(f"{path}: pair {r['pair']} {method_of(r)} {r['mode']} V={r['vertices']} is already in an "
+                      "earlier part; the earlier one is kept", file=sys.stderr)
+                continue
+            seen.add(key_of(r))
+            records.append(r)
+    settings = [p.get("settings") for p in parts]
     result = {"benchmark": "bench_world", "world": parts[0]["world"], "success_rule": parts[0]["success_rule"],
+              "settings": next((s for s in settings if s and s.get("peers")), settings[0]),
               "summary": summarise(records), "records": records,
-              "parts": [{k: p[k] for k in ("config", "settings", "machine", "versions", "seconds", "torch_threads")}
+              "parts": [{k: p.get(k) for k in ("config", "settings", "machine", "versions", "seconds", "torch_threads")}
                         | {"file": os.path.basename(path)} for p, path in zip(parts, paths)]}
-    write_json(out, result)
-    print(json.dumps(result["summary"], indent=1))
+    write_result(out, result)
+    print(table(result))
     return 0
 
 
+def judge_collider(tap, judge, aim, src, tgt, png: str) -> dict:
+    """One collider's verdict from its PNG, read back: the net (``sample_polytope`` on the one point)
+    and the judge (``judge_run``); src, tgt (H, W, 3) uint8."""
+    import torch
+
+    from patchcollide.engine.judge import judge_run
+    from patchcollide.engine.polytope import sample_polytope
+    from patchcollide.runs.pictures import read_png
+    from patchcollide.runs.run import source_distances
+
+    back = read_png(png)
+    jd = judge_run(judge, src, tgt, back[None])
+    x = torch.from_numpy(back).permute(2, 0, 1)[None].float() / 255.0
+    poly = sample_polytope(tap, x, aim, samples=1, judge=judge, source_class=jd["source"]["class"])
+    return {"fools_net": bool(poly["fools_net"]), "reads_as_source": bool(jd["vertices"]["reads_as_source"][0]),
+            "judge": jd, "polytope": poly, "source_l2": source_distances(back[None], src), "png": back}
+
+
+def run_peer(method: str, src, tgt, out: str, tap, judge, peers_settings: dict) -> tuple[dict, float]:
+    """One peer on one pair: its collider(s) saved as PNGs in ``out`` (vertex_0.png the one it
+    gives; the plain attack's every lam as lam_<lam>.png), read back and judged. Returns the
+    record's fields and the seconds of the attack alone."""
+    from PIL import Image
+
+    from patchcollide.engine.collide import target_of, to_tensor
+    from patchcollide.engine.polytope import extent
+    from patchcollide.papers import peers
+    from patchcollide.runs.pictures import save_png, to_uint8
+
+    s, t = to_tensor(src), to_tensor(tgt)
+    aim = target_of(tap, t, vertices=1)
+    os.makedirs(out, exist_ok=True)
+    save_png(Image.fromarray(src), os.path.join(out, "source.png"))
+    save_png(Image.fromarray(tgt), os.path.join(out, "target.png"))
+    t0 = time.perf_counter()
+    extra: dict = {}
+    if method == "plain":
+        ps = peers_settings["plain"]
+        sweep = peers.lam_sweep(tap, s, t, lams=tuple(ps["lams"]), steps=ps["steps"], lr=ps["lr"])
+        attack_s = time.perf_counter() - t0
+        per_lam = []
+        for x, row in zip(sweep.colliders, sweep.per_lam):
+            png = save_png(Image.fromarray(to_uint8(x)[0]), os.path.join(out, f"lam_{row['lam']:g}.png"))
+            v = judge_collider(tap, judge, aim, src, tgt, png)
+            per_lam.append({**row, "fools_net": v["fools_net"], "reads_as_source": v["reads_as_source"],
+                            "judge_class": v["judge"]["vertices"]["class"][0], "source_l2": v["source_l2"][0],
+                            "rel_error_png": v["polytope"]["rel_error_max"],
+                            "success": v["fools_net"] and v["reads_as_source"]})
+        collider = sweep.collider
+        extra = {"lam": sweep.lam, "any_lam_fools": sweep.fools, "plain_steps": ps["steps"], "per_lam": per_lam}
+    else:
+        cfg = peers_settings[method]
+        collider = peers.art_feature_collision(tap, s, t, learning_rate=cfg["learning_rate"], max_iter=cfg["max_iter"])
+        attack_s = time.perf_counter() - t0
+        extra = {"learning_rate": cfg["learning_rate"], "max_iter": cfg["max_iter"]}
+    png = save_png(Image.fromarray(to_uint8(collider)[0]), os.path.join(out, "vertex_0.png"))
+    v = judge_collider(tap, judge, aim, src, tgt, png)
+    poly, jd = v["polytope"], v["judge"]
+    ext = extent(v["png"][None], src, tgt)
+    rec = {"fools_net": v["fools_net"], "share_target_class": poly["share_target_class"],
+           "share_target_close": poly["share_target_close"], "max_prob_gap": poly["max_prob_gap"],
+           "target_class": aim.label, "target_prob": aim.prob, "collider_prob": poly["mean_top_prob_samples"],
+           "judge_reads_source": int(v["reads_as_source"]), "judge_classes": jd["vertices"]["class"],
+           "judge_source_class": jd["source"]["class"], "worst_rel_error_png": poly["rel_error_max"],
+           "source_l2": v["source_l2"], "median_source_l2": float(np.median(v["source_l2"])),
+           "mean_source_l2": float(np.mean(v["source_l2"])), "extent": ext["extent"],
+           "attack_seconds": round(attack_s, 2), **extra}
+    return rec, attack_s
+
+
+def patch_record(report: dict, out: str, V: int) -> dict:
+    """The record's fields of a finished, sampled ``collide`` run in ``out``."""
+    from patchcollide.engine.polytope import extent
+    from patchcollide.runs.pictures import read_png
+
+    poly, jd, v = report["polytope"], report["judge"], report["vertices"]
+    mix = v.get("mixing") or {}
+    reads = jd["n_reads_as_source"]
+    verts = np.stack([read_png(os.path.join(out, f"vertex_{i}.png")) for i in range(V)])
+    src, tgt = (read_png(os.path.join(out, n)) for n in ("source.png", "target.png"))
+    ext = extent(verts, src, tgt)
+    dsrc = report["distances"]["vertex_source_l2"]
+    return {
+        "success": bool(poly["fools_net"] and reads >= min_reads(V)),
+        "fools_net": bool(poly["fools_net"]), "share_target_class": poly["share_target_class"],
+        "share_target_close": poly["share_target_close"], "max_prob_gap": poly["max_prob_gap"],
+        "samples": poly["samples"], "target_class": report["target"]["label"], "target_prob": report["target"]["top_prob"],
+        "judge_reads_source": reads, "judge_classes": jd["vertices"]["class"],
+        "judge_source_class": jd["source"]["class"], "judge_share_samples_source": poly["judge_share_source"],
+        "worst_rel_error_png": max(v["png"]["rel_error"]), "worst_rel_error": max(v["float"]["rel_error"]),
+        "samples_rel_error_max": poly["rel_error_max"], "min_push": min(v["png"]["push"]),
+        "mean_sharpness": float(np.mean(mix["sharpness"])) if mix else None,
+        "source_l2": dsrc, "median_source_l2": float(np.median(dsrc)), "mean_source_l2": float(np.mean(dsrc)),
+        "extent": ext["extent"], "min_pair_block_l2": ext["min_pair_block_l2"],
+        "source_target_l2": report["distances"]["source_target_l2"],
+        "steps": report["steps"], "converged": report["converged"],
+    }
+
+
 def main(argv=None) -> int:
+    from patchcollide.papers.peers import ART_DEFAULTS, ART_TUNED, PLAIN_LAMS, PLAIN_LR, PLAIN_STEPS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", default=os.path.join(ROOT, "worlds", "digits"))
     ap.add_argument("--pairs", type=int, default=45)
     ap.add_argument("--pair-seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=1,
                     help="keep every K-th of the pairs (a subset spread over all digits, for frontier points)")
-    ap.add_argument("--modes", nargs="+", default=["patches", "pixel"], choices=["patches", "pixel"])
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="CollideConfig overrides")
+    ap.add_argument("--modes", nargs="+", default=["patches", "pixel"], choices=["patches", "pixel"],
+                    help="patchcollide's modes (the peers are pixel-space and run once per pair)")
+    ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS,
+                    help="patchcollide and the peers: plain (the lam sweep), art (ART, tuned), art-defaults")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="CollideConfig overrides (vertices=N: patchcollide's vertex count)")
     ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--lams", nargs="+", type=float, default=list(PLAIN_LAMS), help="the plain attack's sweep")
+    ap.add_argument("--plain-steps", type=int, default=PLAIN_STEPS)
+    ap.add_argument("--art-lr", type=float, default=ART_TUNED["learning_rate"],
+                    help="ART's learning rate for --methods art (tuned on the 15 frontier pairs: 100)")
+    ap.add_argument("--art-iters", type=int, default=ART_TUNED["max_iter"])
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_world-cpu.json"))
     ap.add_argument("--runs", default=None, help="where the run folders go [default: a temporary folder]")
     ap.add_argument("--resume", action="store_true")
@@ -134,91 +373,103 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.combine:
         return combine(args.combine, args.out)
+    if args.every < 1:
+        ap.error(f"--every must be >= 1, got {args.every}")
 
     import torch
 
+    from patchcollide.core.files import machine, versions
     from patchcollide.engine.collide import CollideConfig
-    from patchcollide.core.files import machine, versions, write_json
     from patchcollide.engine.judge import load_judge
-    from patchcollide.offline.knn import PatchIndex
     from patchcollide.engine.models import load_tap
-    from patchcollide.runs.run import run_collide, run_sample
+    from patchcollide.offline.knn import PatchIndex
+    from patchcollide.papers.peers import PeerError
     from patchcollide.papers.world import ATTACKED, JUDGE, world_at
+    from patchcollide.runs.run import load_pair, run_collide, run_sample
 
     world = world_at(args.world)
     overrides = parse_set(args.set)
+    base = CollideConfig(**{"mode": "pixel", "size": world.config.size, "device": "cpu",
+                            **{k: v for k, v in overrides.items() if k != "mode"}})
+    V = base.vertices
     tap = load_tap(ATTACKED, "fc6", world.weights)
     judge = load_judge(world.judge, JUDGE)
     pairs = world.pairs(args.pairs, args.pair_seed)
-    if args.every < 1:
-        ap.error(f"--every must be >= 1, got {args.every}")
     kept = list(range(0, len(pairs), args.every))
     runs = args.runs or tempfile.mkdtemp(prefix="bench_world-")
-    settings = {"overrides": {k: v for k, v in overrides.items()}, "samples": args.samples,
-                "pair_seed": args.pair_seed, "pairs": args.pairs, "every": args.every}
+    peers_settings = {"plain": {"lams": args.lams, "steps": args.plain_steps, "lr": PLAIN_LR},
+                      "art": {"learning_rate": args.art_lr, "max_iter": args.art_iters},
+                      "art-defaults": dict(ART_DEFAULTS)}
+    settings = {"overrides": {k: v for k, v in overrides.items() if k != "vertices"},  # records carry vertices
+                "samples": args.samples, "pair_seed": args.pair_seed, "pairs": args.pairs, "every": args.every,
+                "peers": peers_settings}
     records: list[dict] = []
     if args.resume and os.path.isfile(args.out):
         with open(args.out) as fh:
             old = json.load(fh)
         if old.get("settings") == json.loads(json.dumps(settings)):
             records = old["records"]
-    done = {(r["pair"], r["mode"]) for r in records}
+        else:
+            print(f"--resume: {args.out} was made with other settings; starting over", file=sys.stderr)
+    done = {key_of(r) for r in records}
+    configs = {mode: dataclasses.replace(base, mode=mode) for mode in args.modes}
+    todo = [(i, m, mode) for i in kept for m in args.methods
+            for mode in ([PEER_MODE] if m in PEERS else args.modes)]
     t_all = time.time()
+
+    def result() -> dict:
+        return {"benchmark": "bench_world", "world": world.record, "settings": settings,
+                # the engine's config of this invocation (its vertex count: the last one run; records carry theirs)
+                "config": dataclasses.asdict(configs[args.modes[0]]) if len(args.modes) == 1
+                else {m: dataclasses.asdict(c) for m, c in configs.items()},
+                "success_rule": success_rule(), "summary": summarise(records), "records": records,
+                "machine": machine(), "versions": versions(), "seconds": round(time.time() - t_all, 1),
+                "torch_threads": torch.get_num_threads()}
+
     with PatchIndex(world.index) as pindex:
-        for mode in args.modes:
-            config = CollideConfig(**{"mode": mode, "size": world.config.size, "device": "cpu",
-                                      **{k: v for k, v in overrides.items() if k not in ("mode",)}})
-            for i in kept:
-                p = pairs[i]
-                if (i, mode) in done:
-                    continue
-                out = os.path.join(runs, mode, f"{i:02d}-{p['source_digit']}to{p['target_digit']}")
-                shutil.rmtree(out, ignore_errors=True)
-                shutil.rmtree(out + ".partial", ignore_errors=True)  # a killed earlier run's checkpoint
-                t0 = time.time()
-                report = run_collide(p["source"], p["target"], out, config, arch=ATTACKED, weights=world.weights,
-                                     index_dir=world.index, tap=tap, pindex=pindex, judge=judge)
-                report = run_sample(out, samples=args.samples, device="cpu", tap=tap, judge=judge)
-                poly, jd, v = report["polytope"], report["judge"], report["vertices"]
-                mix = v.get("mixing") or {}
-                reads = jd["n_reads_as_source"]
-                rec = {
-                    "pair": i, "mode": mode, "source": os.path.relpath(p["source"], world.root),
-                    "target": os.path.relpath(p["target"], world.root), "source_digit": p["source_digit"],
-                    "target_digit": p["target_digit"], "vertices": config.vertices,
-                    "success": bool(poly["fools_net"] and reads >= MIN_READS),
-                    "fools_net": bool(poly["fools_net"]), "share_target_class": poly["share_target_class"],
-                    "share_target_close": poly["share_target_close"], "max_prob_gap": poly["max_prob_gap"],
-                    "target_class": report["target"]["label"], "target_prob": report["target"]["top_prob"],
-                    "judge_reads_source": reads, "judge_classes": jd["vertices"]["class"],
-                    "judge_source_class": jd["source"]["class"], "judge_share_samples_source": poly["judge_share_source"],
-                    "worst_rel_error_png": max(v["png"]["rel_error"]), "worst_rel_error": max(v["float"]["rel_error"]),
-                    "samples_rel_error_max": poly["rel_error_max"], "min_push": min(v["png"]["push"]),
-                    "mean_sharpness": float(np.mean(mix["sharpness"])) if mix else None,
-                    "mean_source_l2": float(np.mean(report["distances"]["vertex_source_l2"])),
-                    "source_target_l2": report["distances"]["source_target_l2"],
-                    "steps": report["steps"], "converged": report["converged"],
-                    "seconds": round(time.time() - t0, 2), "run": out,
-                }
-                records.append(rec)
-                print(f"{mode:7s} pair {i:2d} {p['source_digit']}->{p['target_digit']}: "
-                      f"{'OK  ' if rec['success'] else 'fail'} rel {rec['worst_rel_error_png']:.3f} "
-                      f"fool {rec['share_target_close']:.3f} judge {reads}/5 L2src {rec['mean_source_l2']:.0f} "
-                      f"push {rec['min_push']:.2f} steps {rec['steps']} {rec['seconds']:.0f}s", flush=True)
-                result = {"benchmark": "bench_world", "world": world.record, "settings": settings,
-                          "config": dataclasses.asdict(config) if len(args.modes) == 1 else
-                          {m: dataclasses.asdict(dataclasses.replace(config, mode=m)) for m in args.modes},
-                          "success_rule": f"every sample in the target's class with top prob. within 0.01 of the "
-                                          f"target's (attacked net) and >= {MIN_READS} of 5 vertices read as the "
-                                          "source by the judge",
-                          "summary": summarise(records), "records": records, "machine": machine(),
-                          "versions": versions(), "seconds": round(time.time() - t_all, 1),
-                          "torch_threads": torch.get_num_threads()}
-                write_json(args.out, result)
-    base = os.path.splitext(args.out)[0]
-    for mode in args.modes:
-        contact_sheet(records, mode, f"{base}-{mode}.png")
-    print(json.dumps(summarise(records), indent=1))
+        for i, method, mode in todo:
+            vertices = V if method == "patchcollide" else 1
+            if (i, method, mode, vertices) in done:
+                continue
+            p = pairs[i]
+            name = f"{i:02d}-{p['source_digit']}to{p['target_digit']}"
+            out = os.path.join(runs, f"patchcollide-v{V}", mode, name) if method == "patchcollide" else \
+                os.path.join(runs, method, name)
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(out + ".partial", ignore_errors=True)  # a killed earlier run's checkpoint
+            t0 = time.time()
+            if method == "patchcollide":
+                config = configs[mode]
+                run_collide(p["source"], p["target"], out, config, arch=ATTACKED, weights=world.weights,
+                            index_dir=world.index, tap=tap, pindex=pindex, judge=judge)
+                report = run_sample(out, samples=1 if V == 1 else args.samples, device="cpu", tap=tap, judge=judge)
+                fields = patch_record(report, out, V)
+            else:
+                src, tgt = load_pair(p["source"], p["target"], base)  # the inputs the engine attacks
+                try:
+                    fields, _ = run_peer(method, src, tgt, out, tap, judge, peers_settings)
+                except PeerError as e:
+                    raise SystemExit(f"--methods {method}: {e}") from None
+                fields["success"] = bool(fields["fools_net"] and fields["judge_reads_source"] >= min_reads(1))
+            rec = {"pair": i, "method": method, "mode": mode, "vertices": vertices,
+                   "source": os.path.relpath(p["source"], world.root), "target": os.path.relpath(p["target"], world.root),
+                   "source_digit": p["source_digit"], "target_digit": p["target_digit"], **fields,
+                   "seconds": round(time.time() - t0, 2), "run": out}
+            records.append(rec)
+            what = f"{method}{f' V={V}' if method == 'patchcollide' else ''} {mode}"
+            lam = f" lam {rec['lam']:g}" if method == "plain" else ""
+            print(f"{what:22s} pair {i:2d} {p['source_digit']}->{p['target_digit']}: "
+                  f"{'OK  ' if rec['success'] else 'fail'} rel {rec['worst_rel_error_png']:.3f} "
+                  f"fool {rec['share_target_close']:.3f} judge {rec['judge_reads_source']}/{vertices} "
+                  f"L2src {rec['median_source_l2']:.0f} extent {rec['extent']:.3f}{lam} {rec['seconds']:.0f}s",
+                  flush=True)
+            write_result(args.out, result())
+    stem = os.path.splitext(args.out)[0]
+    for method, mode in sorted({(m, md) for _, m, md in todo}):
+        vertices = V if method == "patchcollide" else 1
+        contact_sheet([r for r in records if (method_of(r), r["mode"], r["vertices"]) == (method, mode, vertices)],
+                      sheet_path(stem, method, mode, vertices))
+    print(table(result()) if records else "no records")
     return 0
 
 

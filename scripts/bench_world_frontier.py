@@ -6,7 +6,7 @@ spread over all digits) with one ``least_change`` value; the default's point (3)
 pairs taken from the 45-pair run at the defaults. Writes one JSON (the points, recomputable
 from their records) and one figure.
 
-    python scripts/bench_world.py --every 3 --modes pixel --set least_change=10 \\
+    python scripts/bench_world.py --every 3 --modes pixel --methods patchcollide --set least_change=10 \\
         --out benchmarks/results/bench_world-frontier/pixel-lc10.json        # one point (repeat per value)
     python scripts/bench_world_frontier.py                                      # the summary and the figure
 """
@@ -39,8 +39,9 @@ def main(argv=None) -> int:
     for path in sorted(glob.glob(os.path.join(args.points, "*.json"))):
         with open(path) as fh:
             d = json.load(fh)
-        for mode in {r["mode"] for r in d["records"]}:
-            recs = [r for r in d["records"] if r["mode"] == mode]
+        engine = [r for r in d["records"] if r.get("method", "patchcollide") == "patchcollide"]  # not the peers
+        for mode in {r["mode"] for r in engine}:
+            recs = [r for r in engine if r["mode"] == mode]
             curves.setdefault(mode, []).append({"least_change": float(d["settings"]["overrides"]["least_change"]),
                                                 "file": os.path.relpath(path, ROOT), "commit": d["versions"]["git"],
                                                 **point(recs)})
@@ -51,7 +52,8 @@ def main(argv=None) -> int:
         ids = set(pts[0]["pair_ids"])
         if any(set(p["pair_ids"]) != ids for p in pts):
             raise SystemExit(f"{mode}: the points were run on different pairs")
-        recs = [r for r in base["records"] if r["mode"] == mode and r["pair"] in ids]
+        recs = [r for r in base["records"] if r["mode"] == mode and r["pair"] in ids
+                and r.get("method", "patchcollide") == "patchcollide"]
         pts.append({"least_change": default_lc, "file": os.path.relpath(args.default_run, ROOT),
                     "commit": base["parts"][0]["versions"]["git"], **point(recs)})
         pts.sort(key=lambda p: p["least_change"])

@@ -6,6 +6,7 @@ at fc6 than the source was, lam moves it towards the source, the sweep keeps the
 that fools, and ART's collider is a changed image closer to the target's features."""
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -140,3 +141,34 @@ def test_without_art_the_error_names_the_extra(world, monkeypatch):
     s, t = pair(world)
     with pytest.raises(peers.PeerError, match=r"pip install 'patchcollide\[peers\]'"):
         peers.art_feature_collision(tap, s, t)
+
+
+def test_the_benchmark_rule_and_summary_per_method():
+    """scripts/bench_world.py: ceil(0.8 V) vertices must read as the source, and the summary and
+    table keep one row per (method, mode, vertices), successes over the group's total seconds."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import bench_world
+
+    assert [bench_world.min_reads(v) for v in (1, 2, 3, 4, 5, 10)] == [1, 2, 3, 4, 4, 8]
+
+    def rec(pair, method, V, success, reads, seconds, **kw):
+        return {"pair": pair, "method": method, "mode": "pixel", "vertices": V, "success": success,
+                "fools_net": success, "judge_reads_source": reads, "seconds": seconds, "median_source_l2": 100.0 * pair,
+                "extent": 0.0 if V == 1 else 0.1, **kw}
+
+    art = {"learning_rate": 100.0, "max_iter": 1000}
+    records = [rec(0, "patchcollide", 5, True, 4, 10.0), rec(1, "patchcollide", 5, False, 3, 30.0),
+               rec(0, "patchcollide", 1, True, 1, 5.0), rec(0, "art", 1, False, 0, 20.0, **art),
+               rec(1, "art", 1, True, 1, 20.0, **art)]
+    s = bench_world.summarise(records)
+    assert list(s) == ["patchcollide/pixel/5", "patchcollide/pixel/1", "art/pixel/1"]
+    five = s["patchcollide/pixel/5"]
+    assert five["judge_ok_rate"] == 0.5 and five["success_per_second"] == pytest.approx(1 / 40)
+    assert five["median_source_l2"] == 50.0 and five["median_seconds"] == 20.0
+    assert s["art/pixel/1"]["label"] == "ART FeatureCollisionAttack, lr 100, 1,000 iterations (tuned)"
+    md = bench_world.table({"benchmark": "bench_world", "success_rule": "rule", "summary": s, "records": records})
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0] for r in rows] == ["| patchcollide, 5 vertices", "| patchcollide, 1 vertex",
+                                                 "| ART FeatureCollisionAttack, lr 100, 1,000 iterations (tuned)"]
+    assert "**50%** (1/2)" in rows[0] and "0.025" in rows[0]
+    assert len({bench_world.key_of(r) for r in records}) == len(records)  # V = 5 and V = 1 of one pair: two keys

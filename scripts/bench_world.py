@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -375,6 +376,9 @@ def main(argv=None) -> int:
         return combine(args.combine, args.out)
     if args.every < 1:
         ap.error(f"--every must be >= 1, got {args.every}")
+    wants_art = [m for m in args.methods if m.startswith("art")]
+    if wants_art and importlib.util.find_spec("art") is None:
+        ap.error(f"--methods {' '.join(wants_art)} needs ART: pip install 'patchcollide[peers]' (or leave it out)")
 
     import torch
 

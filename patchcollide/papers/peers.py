@@ -201,4 +201,5 @@ def art_feature_collision(tap: Tap, source: torch.Tensor, target: torch.Tensor,
                                     similarity_coeff=float(similarity_coeff), decay_coeff=float(decay_coeff),
                                     verbose=False)
     poison, _ = attack.poison(source.detach().cpu().numpy().astype("float32"))
+    tap.model.eval()  # ART switches the wrapper (the tap's own modules) to train mode and back; make sure
     return torch.from_numpy(poison).float().clamp(0, 1).to(source.device)

@@ -73,15 +73,19 @@ def test_unreadable_bytes(tmp_path, content, reason):
         load_rgb(p)
 
 
-def test_imagenet_crop_matches_torchvision_eval_transform():
+@pytest.mark.parametrize("size", [224, 128, 112])
+@pytest.mark.parametrize("name", ["rocket", "chelsea", "coffee"])
+def test_imagenet_crop_matches_torchvision_eval_transform(name, size):
+    """Also at 128 (the demo's size), where a centre crop to 146 and then one to 128 rounded one
+    pixel off torchvision's single crop on chelsea (451 x 300) and coffee (600 x 400)."""
     from torchvision import transforms
 
     from conftest import sample
     from patchcollide.core.images import imagenet_crop
 
-    img = sample("rocket")
-    theirs = np.asarray(transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])(Image.fromarray(img)))
-    assert np.array_equal(imagenet_crop(img, 224), theirs)
+    img = sample(name)
+    tv = transforms.Compose([transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size)])
+    assert np.array_equal(imagenet_crop(img, size), np.asarray(tv(Image.fromarray(img))))
 
 
 def test_transparency_and_a_wide_image_are_said_and_handled_as_the_options_ask(tmp_path):

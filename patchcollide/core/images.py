@@ -72,11 +72,12 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def resize_crop(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side to ``size`` (bilinear), then the centre ``size`` x ``size`` crop.
+def resize_crop(img: Image.Image, size: int, crop: int | None = None) -> Image.Image:
+    """Shorter side to ``size`` (bilinear), then the centre ``crop`` x ``crop`` (default ``size``).
 
-    The same arithmetic as torchvision's ``Resize(size)`` + ``CenterCrop(size)`` on PIL.
+    The same arithmetic as torchvision's ``Resize(size)`` + ``CenterCrop(crop)`` on PIL.
     """
+    crop = size if crop is None else crop
     w, h = img.size
     if w <= h:
         nw, nh = size, int(size * h / w)
@@ -84,18 +85,17 @@ def resize_crop(img: Image.Image, size: int) -> Image.Image:
         nw, nh = int(size * w / h), size
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.BILINEAR)
-    top = int(round((nh - size) / 2.0))
-    left = int(round((nw - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
+    top = int(round((nh - crop) / 2.0))
+    left = int(round((nw - crop) / 2.0))
+    return img.crop((left, top, left + crop, top + crop))
 
 
 def imagenet_crop(img: np.ndarray, size: int = 224) -> np.ndarray:
     """torchvision's ImageNet evaluation geometry on an (H, W, 3) uint8 image: shorter side to
-    int(size * 256 / 224) (Resize(256) for 224), then the centre size x size (CenterCrop)."""
-    im = resize_crop(Image.fromarray(img), int(size * 256 / 224))
-    w, h = im.size
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
+    int(size * 256 / 224) (Resize(256) for 224), then the centre size x size (CenterCrop), in one
+    crop: two centre crops round apart where (int(size * 256 / 224) - size) / 2 is odd (128: 146)."""
+    im = resize_crop(Image.fromarray(img), int(size * 256 / 224), size)
+    return np.asarray(im, dtype=np.uint8).copy()
 
 
 def transparency(path: str | os.PathLike) -> np.ndarray | None:

@@ -188,6 +188,34 @@ def test_jobs_that_share_a_target_compute_it_once(base, tmp_path, jobs_dir):
     assert vertex_bytes(tmp_path, "B") == vertex_bytes(base["out"], "B")
 
 
+def test_a_jobs_target_is_fitted_for_the_batchs_model_as_its_run_fits_it(tmp_path, photos_dir):
+    """fit auto with the digits world's net: the shared target (a 451 x 300 photo) is brought to
+    size as the run brings it, the centre square with no zoom, so the target's values in
+    report.json are the net's on the run's target.png; a source at the size goes in as given."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from patchcollide.engine.collide import to_tensor
+    from patchcollide.engine.models import load_tap
+
+    target = os.path.join(photos_dir, "chelsea.png")
+    source = tmp_path / "square.png"
+    Image.open(target).crop((100, 50, 212, 162)).save(source)  # 112 x 112
+    jobs = write_jobs(tmp_path / "j.jsonl", [{"id": "a", "source": str(source), "target": target, "mode": "pixel",
+                                              "size": 112, "steps": 1, "min_steps": 0, "vertices": 2, "samples": 0}])
+    out = tmp_path / "out"
+    r = batch(jobs, "--out", out, "--model", "digits_vgg")
+    assert r.exit_code == 0, r.output
+    rep = read_json(out / "a" / "report.json")
+    assert {k: v["fit"] for k, v in rep["inputs"]["transform"].items()} == {"source": "as given", "target": "crop"}
+    assert np.array_equal(np.asarray(Image.open(out / "a" / "source.png")), np.asarray(Image.open(source)))
+    tap = load_tap("digits_vgg", "fc6", "random", seed=0)
+    with torch.no_grad():
+        z = tap.pre(to_tensor(np.asarray(Image.open(out / "a" / "target.png").convert("RGB"))))[0]
+    assert torch.allclose(z[rep["target"]["units"]], torch.tensor(rep["target"]["unit_values"]), atol=1e-5)
+
+
 def test_retry_failed_runs_only_the_failed_job(base, tmp_path, jobs_dir, flat_index):
     out = str(tmp_path / "out")
     shutil.copytree(base["out"], out)

@@ -355,6 +355,24 @@ def test_git_and_config_as_used_for_a_report_without_them(tmp_path):
     assert rows["device"] == "auto" and rows["lr"].startswith("\u2013 (the search space")
 
 
+def test_the_run_page_says_how_each_input_was_brought_to_size(tmp_path):
+    """report.json's inputs.transform beside each input, and fit auto as the run resolved it."""
+    d = tmp_path / "run"
+    d.mkdir()
+    how = "imagenet: 451x300 resized to 109x73 (shorter side to 73, bilinear), centre 64x64"
+    (d / "report.json").write_text(json.dumps({
+        "kind": "patchcollide-run", "config": {"mode": "pixel", "size": 64, "fit": "auto"},
+        "resolved": {"fit": "imagenet"}, "vertices": {"png": {"rel_error": [0.5]}},
+        "inputs": {"source": "/x/a.png", "target": "/x/c.png", "transform": {
+            "source": {"fit": "as given", "from": "64x64", "how": "as given (64x64)"},
+            "target": {"fit": "imagenet", "from": "451x300", "how": how}}}}))
+    text = html.unescape(open(write_html(str(d)), encoding="utf-8").read())
+    rows = dict(re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", text))
+    assert rows["fit"] == "auto: an input of 64 x 64 as given, any other imagenet"
+    summary = dict(re.findall(r"<dt>([^<]*)</dt><dd>([^<]*)</dd>", text))
+    assert summary["source"] == "/x/a.png (as given (64x64))" and summary["target"] == f"/x/c.png ({how})"
+
+
 def read_json(path: str) -> dict:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)

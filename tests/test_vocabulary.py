@@ -140,3 +140,27 @@ def test_one_spelling_for_the_output_the_run_and_the_source_in_every_command(tmp
     assert "--source" in r.stderr.splitlines()[-1] and "does not exist" in r.stderr.splitlines()[-1], r.stderr
     r = CliRunner().invoke(cli, ["sample"])
     assert r.exit_code == 2 and "no run given; name it with --out RUN" in r.output
+
+
+def test_fit_has_one_set_of_choices_in_the_cli_the_job_file_and_the_api(tmp_path, query_image):
+    """fit: auto (the default), imagenet, crop, pad; a bad value is one line naming them all."""
+    import pytest
+
+    from patchcollide.engine.collide import FITS, CollideError
+
+    assert FITS == ("auto", "imagenet", "crop", "pad") and CollideConfig().fit == "auto"
+    assert [CollideConfig(fit=f).fit for f in FITS] == list(FITS)
+    with pytest.raises(CollideError, match="fit must be one of auto, imagenet, crop, pad, got 'zoom'"):
+        CollideConfig(fit="zoom")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps({"id": f, "source": query_image, "target": query_image, "fit": f}) + "\n"
+                            for f in (*FITS, "zoom")))
+    jf = read_jobs(str(jobs), str(tmp_path / "out"))
+    assert [j.config.fit for j in jf.jobs] == list(FITS)
+    assert [i.line for i in jf.invalid] == [5]
+    assert "\"fit\" must be one of auto, imagenet, crop, pad, got 'zoom'" in jf.invalid[0].error
+    r = CliRunner().invoke(cli, ["-q", "collide", "--source", query_image, "--target", query_image, "--out",
+                                 str(tmp_path / "r"), "--fit", "zoom", "--weights", "random"])
+    out = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(out) == 1, r.output
+    assert "'zoom' is not one of 'auto', 'imagenet', 'crop', 'pad'" in out[0]

@@ -121,10 +121,11 @@ class BatchFolder:
     def is_done(self, job: Job) -> bool:
         d = self.job_dir(job)
         rep = self._report(d)
+        want = self.expected_inputs(job)  # the files; inputs.transform follows from them, the config and the model
         try:
             ok = (rep is not None and rep.get("kind") == "patchcollide-run"
                   and config_key(rep["config"]) == config_key(dataclasses.asdict(job.config))
-                  and rep.get("inputs") == self.expected_inputs(job)
+                  and {k: rep["inputs"].get(k) for k in want} == want
                   and rep.get("model") == self.identity(job)
                   and (job.samples == 0 or polytope_samples(rep) == job.samples))
         except (KeyError, TypeError, AttributeError):

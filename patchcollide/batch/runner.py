@@ -17,7 +17,7 @@ from ..core.files import install_dir, write_json
 from ..engine.checkpoints import Interrupted
 from ..engine.collide import CollideError, target_of, to_tensor
 from ..engine.judge import load_judge
-from ..engine.models import load_tap, model_identity, random_weights, resolve_device
+from ..engine.models import input_fit, load_tap, model_identity, random_weights, resolve_device
 from ..offline.knn import PatchIndex
 from ..runs.run import dataset_images, dataset_paths, load_input, read_report, run_collide, run_sample
 from .folder import BatchFolder, BatchOptions
@@ -114,12 +114,14 @@ class BatchRunner:
 
     def target_for(self, job: Job):
         """``collide.target_of`` for the job's target, computed once per (model, target file,
-        size, vertices, first unit) and reused by every job that shares them."""
+        size, fit as resolved for the model, background, vertices, first unit) and reused by
+        every job that shares them."""
         key_tap, tap = self.tap_for(job)
         c = job.config
-        key = (key_tap, job.target, c.size, c.fit, c.background, c.vertices, c.first_unit)
+        geometry = input_fit(tap.arch, tap.weights.kind)  # what fit auto does to it; run_collide takes the same
+        key = (key_tap, job.target, c.size, c.fit, geometry, c.background, c.vertices, c.first_unit)
         if key not in self._targets:
-            img = load_input(job.target, c, "target")
+            img = load_input(job.target, c, "target", geometry)
             t = target_of(tap, to_tensor(img).to(self.dev), c.vertices, c.first_unit)
             self._targets[key] = t
         return self._targets[key]

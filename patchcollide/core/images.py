@@ -72,30 +72,32 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def resize_crop(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side to ``size`` (bilinear), then the centre ``size`` x ``size`` crop.
+def _shorter_side_to(w: int, h: int, side: int) -> tuple[int, int]:
+    """(width, height) of a w x h image whose shorter side is resized to ``side``."""
+    return (side, int(side * h / w)) if w <= h else (int(side * w / h), side)
 
-    The same arithmetic as torchvision's ``Resize(size)`` + ``CenterCrop(size)`` on PIL.
+
+def resize_crop(img: Image.Image, size: int, crop: int | None = None) -> Image.Image:
+    """Shorter side to ``size`` (bilinear), then the centre ``crop`` x ``crop`` (default ``size``).
+
+    The same arithmetic as torchvision's ``Resize(size)`` + ``CenterCrop(crop)`` on PIL.
     """
+    crop = size if crop is None else crop
     w, h = img.size
-    if w <= h:
-        nw, nh = size, int(size * h / w)
-    else:
-        nw, nh = int(size * w / h), size
+    nw, nh = _shorter_side_to(w, h, size)
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.BILINEAR)
-    top = int(round((nh - size) / 2.0))
-    left = int(round((nw - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
+    top = int(round((nh - crop) / 2.0))
+    left = int(round((nw - crop) / 2.0))
+    return img.crop((left, top, left + crop, top + crop))
 
 
 def imagenet_crop(img: np.ndarray, size: int = 224) -> np.ndarray:
     """torchvision's ImageNet evaluation geometry on an (H, W, 3) uint8 image: shorter side to
-    int(size * 256 / 224) (Resize(256) for 224), then the centre size x size (CenterCrop)."""
-    im = resize_crop(Image.fromarray(img), int(size * 256 / 224))
-    w, h = im.size
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
+    int(size * 256 / 224) (Resize(256) for 224), then the centre size x size (CenterCrop), in one
+    crop: two centre crops round apart where (int(size * 256 / 224) - size) / 2 is odd (128: 146)."""
+    im = resize_crop(Image.fromarray(img), int(size * 256 / 224), size)
+    return np.asarray(im, dtype=np.uint8).copy()
 
 
 def transparency(path: str | os.PathLike) -> np.ndarray | None:
@@ -108,36 +110,67 @@ def transparency(path: str | os.PathLike) -> np.ndarray | None:
     return a if (a < 1).any() else None
 
 
-def fit_square(img: np.ndarray, size: int, fit: str = "crop", background=(255, 255, 255),
-               alpha: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
-    """An (H, W, 3) uint8 image as (size, size, 3), and what was changed, in words (for one
-    warning line each). Transparent pixels (``alpha``, straight) are composited on
-    ``background``. fit "crop": torchvision's ImageNet geometry (``imagenet_crop``), which cuts
-    a non-square image to its centre square; "pad": the whole image centred on a square of
-    ``background``, then resized to size."""
+def fit_square(img: np.ndarray, size: int, fit: str, background=(255, 255, 255),
+               alpha: np.ndarray | None = None) -> tuple[np.ndarray, list[str], str]:
+    """An (H, W, 3) uint8 image as (size, size, 3) uint8; what was changed in what it shows, in
+    words (one warning line each); and how it was brought to size, in words (report.json).
+    Transparent pixels (``alpha``, straight, (H, W) in [0, 1]) are composited on ``background``
+    first. fit:
+
+    "as given": an image already size x size, untouched (ValueError for any other);
+    "imagenet": torchvision's ImageNet evaluation transform (``imagenet_crop``): shorter side to
+        int(size * 256 / 224), then the centre size x size; it zooms a size x size image too;
+    "crop": shorter side to size, then the centre size x size (``resize_crop``: torchvision's
+        Resize(size) + CenterCrop(size)): no zoom, a size x size image is untouched;
+    "pad": the whole image centred on a square of ``background``, resized to size."""
+    if fit not in ("as given", "imagenet", "crop", "pad"):  # "auto" is one of these, picked by the caller
+        raise ValueError(f"fit must be as given, imagenet, crop or pad, got {fit!r}")
+    h, w = img.shape[:2]
+    if fit == "as given" and (h, w) != (size, size):
+        raise ValueError(f"fit 'as given' takes a {size}x{size} image, got {w}x{h}")
     said = []
     bg = np.asarray(background, dtype=np.float32)
+    rgb = " ".join(str(int(c)) for c in background)
+    composited = ""
     if alpha is not None:
         a = alpha[..., None]
         img = np.rint(img.astype(np.float32) * a + bg * (1 - a)).clip(0, 255).astype(np.uint8)
         said.append(f"{100 * float((alpha < 1).mean()):.0f}% of its pixels are transparent: composited on "
-                    f"R G B {' '.join(str(int(c)) for c in background)} (--background)")
-    h, w = img.shape[:2]
+                    f"R G B {rgb} (--background)")
+        composited = f"; transparent pixels composited on R G B {rgb}"
+    if fit == "as given":
+        return img, said, f"as given ({w}x{h}){composited}"
     if fit == "pad":
         side = max(h, w)
         sq = np.empty((side, side, 3), dtype=np.uint8)
         sq[:] = bg.astype(np.uint8)
         top, left = (side - h) // 2, (side - w) // 2
         sq[top:top + h, left:left + w] = img
+        steps = []
         if h != w:
             said.append(f"{w}x{h} is not square: padded to {side}x{side} with --background")
-        out = np.asarray(Image.fromarray(sq).resize((size, size), Image.BILINEAR), dtype=np.uint8).copy()
-        return out, said
-    kept = min(h, w) * 224 / 256 / max(h, w)  # the share of the longer side the crop keeps
+            steps.append(f"{w}x{h} padded to {side}x{side} with R G B {rgb}")
+        if side != size:
+            sq = np.asarray(Image.fromarray(sq).resize((size, size), Image.BILINEAR), dtype=np.uint8).copy()
+            steps.append(f"{side}x{side} resized to {size}x{size} (bilinear)")
+        return sq, said, f"pad: {', '.join(steps) or f'unchanged ({w}x{h})'}{composited}"
+    side = int(size * 256 / 224) if fit == "imagenet" else size
+    kept = min(h, w) * size / side / max(h, w)  # the share of the longer side the centre square keeps
     if kept < 0.8:
         said.append(f"{w}x{h} is not square: only the centre {100 * kept:.0f}% of its "
-                    f"{'width' if w > h else 'height'} is kept (--fit crop); --fit pad keeps the whole image")
-    return imagenet_crop(img, size), said
+                    f"{'width' if w > h else 'height'} is kept (fit {fit}); --fit pad keeps the whole image")
+    nw, nh = _shorter_side_to(w, h, side)
+    if fit == "imagenet":
+        how = f"imagenet: {w}x{h} resized to {nw}x{nh} (shorter side to {side}, bilinear), centre {size}x{size}"
+        return imagenet_crop(img, size), said, how + composited
+    if (nw, nh) == (w, h) == (size, size):
+        how = f"crop: unchanged ({w}x{h})"
+    elif (nw, nh) == (w, h):
+        how = f"crop: centre {size}x{size} of {w}x{h}"
+    else:
+        how = f"crop: {w}x{h} resized to {nw}x{nh} (shorter side to {size}, bilinear), centre {size}x{size}"
+    out = np.asarray(resize_crop(Image.fromarray(img), size), dtype=np.uint8).copy()
+    return out, said, how + composited
 
 
 def load_rgb(path: str | os.PathLike, pre: Preprocess = Preprocess()) -> tuple[np.ndarray, tuple[int, int]]:

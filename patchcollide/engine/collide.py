@@ -70,7 +70,7 @@ def field_error(field: str, problem: str) -> CollideError:
 
 INITS = ("source", "target")
 DEVICES = ("auto", "cpu", "cuda")
-FITS = ("crop", "pad")  # how a non-square source or target becomes size x size (core.images.fit_square)
+FITS = ("auto", "imagenet", "crop", "pad")  # how a source or target becomes size x size (runs.run.fit_input)
 
 
 def setting(default, help: str, *, choices=None, metavar: str | None = None, default_text: str | None = None):
@@ -125,9 +125,15 @@ class CollideConfig:
                           "in its source image (the authors: 112 at 224 with k 1), re-cut from the store's image "
                           "files.")
     size: int = setting(224, "Input side in pixels.")
-    fit: str = setting("crop", "How a non-square source or target becomes size x size: crop, the centre square "
-                       "(torchvision's ImageNet geometry; a warning says how much is cut); pad, the whole image "
-                       "on a --background border.", choices=FITS)
+    fit: str = setting("auto", "How the source and target become size x size. auto: an image already size x size "
+                       "as it is (no resampling), any other as the model's weights saw theirs: imagenet for "
+                       "torchvision's ImageNet weights (and random weights of a torchvision classifier, which stand "
+                       "in for them), crop for a user's --weights PATH and the digits world's nets. imagenet: "
+                       "torchvision's evaluation transform, shorter side to size * 256 / 224 and the centre "
+                       "size x size (it zooms in, a size x size image too); crop: shorter side to size and the "
+                       "centre square (no zoom); pad: the whole image on a --background border, resized. A warning "
+                       "says how much a crop cuts; report.json's inputs.transform says what each input got.",
+                       choices=FITS)
     background: tuple[int, int, int] = setting((255, 255, 255), "R G B (0..255) that transparent pixels of the "
                                                "source and target are composited on, and that --fit pad pads with.",
                                                metavar="R G B")

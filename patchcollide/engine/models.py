@@ -302,6 +302,20 @@ def resolve_weights(weights: str, arch: str, allow_download: bool = True) -> str
     return "random"
 
 
+def input_fit(arch: str, weights: str) -> str:
+    """What ``fit auto`` does to a source or target that is not already size x size, for
+    ``arch`` with ``weights`` (a --weights value, or a loaded Tap's ``weights.kind``, where
+    "file" is a user's): "imagenet", torchvision's evaluation transform, for torchvision's
+    ImageNet weights and for random weights of a torchvision classifier, which stand in for
+    them (so "auto" is "imagenet" either way); "crop", the centre square with no zoom, for a
+    user's weights (nothing says they were trained on zoomed images) and the digits world's
+    nets (trained on their images as rendered). Decided from the names alone: nothing is
+    loaded or downloaded, so the inputs are checked before the model."""
+    if arch in OWN_MODELS or arch in _SHAPE_ONLY:
+        return "crop"
+    return "imagenet" if weights in WEIGHTS else "crop"
+
+
 def load_imagenet_state(arch: str, allow_download: bool = True) -> tuple[dict, str, str]:
     """torchvision's IMAGENET1K_V1 state dict from the torch hub cache (its sha256 checked
     against its name), downloaded there first when missing. Returns (state, path, sha256).

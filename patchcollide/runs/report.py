@@ -149,13 +149,22 @@ def _git_text(git) -> str:
     return f"commit {git['commit']} ({state})"
 
 
+def _input_line(inputs: dict, which: str):
+    """An input's path and how it was brought to size (report.json's inputs.transform, where recorded)."""
+    how = _d(_d(inputs.get("transform")).get(which)).get("how")
+    return f"{inputs.get(which)} ({how})" if how else inputs.get(which)
+
+
 def _config_shown(cfg: dict, resolved: dict) -> dict:
-    """Config values as the run used them: lr None and device auto become what the run took
-    (report.json's resolved), with where that came from."""
+    """Config values as the run used them: lr None, fit auto and device auto become what the run
+    took (report.json's resolved), with where that came from."""
     shown = {}
     if cfg.get("lr") is None and "lr" in cfg:
         shown["lr"] = (f"{_fmt(resolved['lr'])} (the {cfg.get('mode', '?')} space's default)" if _num(resolved.get("lr"))
                        else f"{DASH} (the search space's default; not recorded by this version)")
+    if cfg.get("fit") == "auto" and resolved.get("fit"):
+        side = cfg.get("size", "size")
+        shown["fit"] = f"auto: an input of {side} x {side} as given, any other {resolved['fit']}"
     if "device" in cfg:
         used = resolved.get("device")
         shown["device"] = (f"{used} ({cfg['device']})" if used and used != cfg["device"] else _fmt(used or cfg["device"]))
@@ -224,7 +233,7 @@ def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
     dist = _d(r.get("distances"))
     summary = [
         ("model", f"{model.get('arch', '?')}:{model.get('layer', '?')}"), ("weights", weights),
-        ("source", inputs.get("source")), ("target", inputs.get("target")),
+        ("source", _input_line(inputs, "source")), ("target", _input_line(inputs, "target")),
         ("target class", (f"{_fmt(tgt.get('label'))} (p = {_fmt(tgt.get('top_prob'))}), "
                           f"{_fmt(tgt.get('n_active'))} / {_fmt(tgt.get('dim'))} units active")),
         ("mode", mode), ("vertices", f"{n_vertices} at {side} x {side}"),

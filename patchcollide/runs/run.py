@@ -2,7 +2,8 @@
 
 Run directory (written under ``NAME.tmp-*`` and renamed into place only when complete)::
 
-    source.png, target.png        the inputs as the model saw them (size x size)
+    source.png, target.png        the inputs as the model saw them (size x size; report.json's
+                                  inputs.transform says how each got there)
     vertex_0.png ... vertex_{V-1}.png   8-bit vertices
     argmax_0.png ... argmax_{V-1}.png   patch mode: each vertex with every pixel taken from its
                                   heaviest candidate alone (a pure composition of stored pixels)
@@ -43,7 +44,7 @@ from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import Checkpointer, CheckpointError, Interrupted, StopSignals, partial_dir
 from ..engine.collide import Clock, CollideConfig, CollideError, CollideResult, collide, frontier_of, quantised_metrics
 from ..engine.judge import judge_run, load_judge
-from ..engine.models import Tap, imagenet_weights, load_tap, resolve_device, resolve_weights, tap_on
+from ..engine.models import Tap, imagenet_weights, input_fit, load_tap, resolve_device, resolve_weights, tap_on
 from ..engine.objectives import Target
 from ..engine.polytope import difference_boxes, pairwise_l2, sample_polytope
 from ..offline.extract import scan_inputs
@@ -54,16 +55,25 @@ log = logging.getLogger(__name__)
 
 
 
-def load_pair(source: str, target: str, config: CollideConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Source and target as (size, size, 3) uint8 with the config's geometry (``load_input``)."""
-    return load_input(source, config, "--source"), load_input(target, config, "--target")
+def load_pair(source: str, target: str, config: CollideConfig,
+              geometry: str = "imagenet") -> tuple[np.ndarray, np.ndarray]:
+    """Source and target as (size, size, 3) uint8 with the config's fit (``fit_input``)."""
+    return load_input(source, config, "--source", geometry), load_input(target, config, "--target", geometry)
 
 
-def load_input(path: str, config: CollideConfig, name: str = "image") -> np.ndarray:
-    """One input of a run as (size, size, 3) uint8: ``config.fit`` (crop: torchvision's ImageNet
-    geometry, shorter side to size * 256 / 224, centre crop; pad: the whole image on a
-    ``config.background`` square), transparency composited on ``config.background``. Each change
-    to what the file shows is one warning line naming the input."""
+def load_input(path: str, config: CollideConfig, name: str = "image", geometry: str = "imagenet") -> np.ndarray:
+    """One input of a run as (size, size, 3) uint8 (``fit_input`` without its record)."""
+    return fit_input(path, config, name, geometry)[0]
+
+
+def fit_input(path: str, config: CollideConfig, name: str = "image",
+              geometry: str = "imagenet") -> tuple[np.ndarray, dict]:
+    """One input of a run as (size, size, 3) uint8, and how it got there (report.json's
+    ``inputs.transform``: ``{"fit", "from": "WxH", "how"}``). ``config.fit`` (core.images.fit_square):
+    auto uses an image that is already size x size as it is, and brings any other to size the
+    way the model's weights saw theirs, ``geometry`` (``models.input_fit``: imagenet or crop);
+    imagenet, crop and pad do as they say. Transparency is composited on ``config.background``.
+    Each change to what the file shows is one warning line naming the input."""
     if os.path.isdir(path):
         raise CollideError(f"{name} {path!r} is a folder; pass one image file (a folder of jobs goes into "
                            "`patchcollide batch`)")
@@ -76,10 +86,20 @@ def load_input(path: str, config: CollideConfig, name: str = "image") -> np.ndar
         raise CollideError(f"{name} {path}: {e}; {e.fix}") from None
     if alpha is not None and alpha.shape != img.shape[:2]:  # an orientation load_rgb changed: keep it opaque
         alpha = None
-    out, said = fit_square(img, config.size, config.fit, config.background, alpha)
+    h, w = img.shape[:2]
+    fit = config.fit
+    if fit == "auto":
+        fit = "as given" if (h, w) == (config.size, config.size) else geometry
+    out, said, how = fit_square(img, config.size, fit, config.background, alpha)
     for what in said:
         log.warning("%s %s: %s", name, path, what)
-    return out
+    return out, {"fit": fit, "from": f"{w}x{h}", "how": how}
+
+
+def resolved_fit(config: CollideConfig, geometry: str) -> str:
+    """``config.fit`` with auto made concrete for an input that is not size x size (one that is
+    is used as given): report.json's ``resolved.fit``."""
+    return geometry if config.fit == "auto" else config.fit
 
 
 def _check_out(out: str, overwrite: bool) -> None:
@@ -232,14 +252,18 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
     else:
         _check_out(out, overwrite)
     check_writable(out, expected_bytes(config), CollideError)
-    src, tgt = load_pair(source, target, config)
+    # fit auto's geometry from the weights' names (or the given model's): nothing loads before the inputs
+    geometry = input_fit(tap.arch, tap.weights.kind) if tap is not None else input_fit(arch, weights)
+    (src, src_how), (tgt, tgt_how) = (fit_input(source, config, "--source", geometry),
+                                      fit_input(target, config, "--target", geometry))
     own_index = None
     if config.space.needs_index and pindex is None:
         pindex = own_index = PatchIndex(index_dir)  # before the model: a bad index fails in a second
     if config.space.needs_index:
         check_k(config.k, len(pindex.store), index_dir)
     meta = {"source": os.path.abspath(source), "target": os.path.abspath(target),
-            "index": os.path.abspath(index_dir) if config.space.needs_index and index_dir else None}
+            "index": os.path.abspath(index_dir) if config.space.needs_index and index_dir else None,
+            "transform": {"source": src_how, "target": tgt_how}}
     clock.lap("inputs")
     try:
         dev = resolve_device(config.device)  # once for the run: the model moves there once
@@ -367,7 +391,8 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
             "notice": RANDOM_NOTICE if random else None,
             "config": dataclasses.asdict(config),
             "resolved": {"lr": config.learning_rate,  # what the run took where config says None or auto
-                         "device": resolve_device(config.device if device is None else device).type},
+                         "device": resolve_device(config.device if device is None else device).type,
+                         "fit": resolved_fit(config, input_fit(tap.arch, tap.weights.kind))},
             "model": tap.identity(), "inputs": meta, "versions": versions(),
             "target": {"label": res.target.label, "top_prob": res.target.prob, "units": res.target.units.tolist(),
                        "unit_values": res.target.z[res.target.units].tolist(),

@@ -1,9 +1,13 @@
-"""The batched vertex loop: models + objectives + params.
+"""The batched vertex loop: models + terms + params.
 
 ``collide(tap, source, target, config, index=...)`` finds ``config.vertices`` vertices of the
 collision polytope of ``target`` at the tap's layer, all optimised together as one batch
 (one forward/backward per step for all of them). In patch mode the vertices are mixtures of
 real patches retrieved from the index for every location of a grid on ``source``.
+
+The loss is a list of terms (terms.py: the collision, the push, the least-change term, TV and
+entropy, each with its own weight rule and history column); ``optimise`` sums them, steps,
+records and stops.
 
 Schedule (fractions of ``steps``; the measurements behind each default are in
 benchmarks/README.md):
@@ -41,9 +45,12 @@ from ..core.errors import PatchcollideError, first_line
 from ..core.images import PATCH
 from .checkpoints import Checkpointer, Interrupted
 from .models import Tap, resolve_device, tap_on
-from .objectives import OBJECTIVES, Target, choose_units, collision_metrics, loss_terms, push_ratio
+from .objectives import OBJECTIVES, Target, choose_units, collision_metrics, push_ratio, relative_error
 from .optimisers import SGD, Adam, Optimiser
 from .params import SPACES, STARTS, PatchParam
+from .terms import Context, Term, build_terms, loss_of
+# the least-change term's names, where callers found them before terms.py held them
+from .terms import FOOL_GAP, frontier_of, least_change_distance, least_change_weights  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -354,153 +361,121 @@ def make_optimizer(param: torch.nn.Module, config: CollideConfig) -> Optimiser:
     return Adam(param.parameters(), lr=config.learning_rate, betas=config.betas)
 
 
-def least_change_distance(x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    """RMS distance (V,) of images x (V, 3, H, W) to ``anchor`` (1, 3, H, W), pixels in [0, 1]."""
-    return ((x - anchor) ** 2).flatten(1).mean(1).add(1e-12).sqrt()
+# The loop's history, in report.json's order: the built-in terms' columns and the loop's own
+# metrics (the relative errors and the push, measured on every step); a new term's columns follow.
+HISTORY = ("pos", "neg", "tv", "entropy", "worst_rel_error", "mean_rel_error", "min_push", "least_change",
+           "least_change_weight", "fooled")
 
 
-def frontier_of(tap) -> str:
-    """What the least-change weights follow: "decision", the net's class and confidence on each
-    vertex (a trained net), or "tol", the collision within ``tol`` (random weights, whose
-    decision is degenerate: random VGG-16 puts 88% of photos in one class)."""
-    return "tol" if getattr(getattr(tap, "weights", None), "kind", None) == "random" else "decision"
-
-
-FOOL_GAP = 0.002  # a vertex "fools" the net: the target's class, top-class prob. this close to the target's
-
-
-def least_change_weights(config: CollideConfig, previous: list[float] | None, fooled: torch.Tensor,
-                         grow: bool = True) -> list[float]:
-    """Each vertex's least-change weight for the next step (V,), from its weight at this step
-    (None: ``least_change``) and whether the vertex fools the net now (``fooled`` (V,) bool: it
-    and the vertices' centroid are in the target's class, top-class probability within FOOL_GAP
-    of the target's: the polytope's samples lie between the vertices). A vertex that fools
-    the net moves closer to its anchor (weight times ``least_change_rate``, unless ``grow`` is
-    False: the last fifth of the steps, so that every vertex ends on the fooling side); one that
-    does not lets the collision pull at once (weight divided by the rate cubed), within
-    0.1 .. 10 times ``least_change``.
-    So every vertex settles where it stops fooling the net: as close to its source as the
-    net's decision allows, however loose or tight that is for the pair (C&W's search for the
-    constant, done per step). The weights are kept in the history: a resumed run takes the same."""
-    base = config.least_change
-    w = torch.full((len(fooled),), base) if previous is None else torch.tensor(previous)
-    r = config.least_change_rate
-    w = torch.where(fooled.cpu(), w * (r if grow else 1.0), w / r**3)
-    return w.clamp(base * 0.1, base * 10).tolist()
+def new_history(terms: list[Term]) -> dict[str, list]:
+    """An empty history: ``HISTORY``'s columns, then any other column of the terms."""
+    return {key: [] for key in (*HISTORY, *(c for t in terms for c in t.columns))}
 
 
 def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideConfig,
              progress: Callable[[int, int, float, float], None] | None = None,
              checkpoint: Checkpointer | None = None, resume: dict | None = None,
-             anchor: torch.Tensor | None = None) -> tuple[dict, int, bool]:
+             anchor: torch.Tensor | None = None, terms: list[Term] | None = None) -> tuple[dict, int, bool]:
     """The loop shared by every search space (module docstring: the schedule). Returns
     (history, steps taken, converged); converged means every vertex met ``config.tol`` as
     8-bit pixels or, with the least-change term, fooled the net at the last step (the
     target's class, top-class probability within FOOL_GAP of the target's).
 
+    Each step: prune where due, render, the loss (the sum of weight * value over ``terms``,
+    default ``terms.build_terms``: the collision, the push, the least-change term, TV and
+    entropy), one optimiser step, the projection, the record (each term under its columns and
+    the loop's relative errors and push), the stop on ``tol`` and the checkpoint.
+
     progress(step, total, loss, worst relative error) after every step.
     checkpoint: saves the loop's state when due, after the last step, and on SIGINT/SIGTERM
     (then raises checkpoints.Interrupted). resume: a checkpoint to go on from (``param``
-    already restored from it); the loop draws no random numbers, so the run ends as if it had
-    never stopped. anchor (1, 3, H, W): what the least-change term (``config.least_change``)
-    keeps each vertex close to.
+    already restored from it); the loop draws no random numbers and the terms keep their
+    state in the history, so the run ends as if it had never stopped. anchor (1, 3, H, W):
+    what the least-change term (``config.least_change``) keeps each vertex close to.
     """
+    terms = build_terms(config, tap, target, anchor, param) if terms is None else terms
     opt = make_optimizer(param, config)
     ph = config.phases()
-    by_decision = frontier_of(tap) == "decision"
-    mixing = param.mixes
-    hist: dict[str, list] = {"pos": [], "neg": [], "tv": [], "entropy": [], "worst_rel_error": [],
-                             "mean_rel_error": [], "min_push": [], "least_change": [],
-                             "least_change_weight": [], "fooled": []}
-    post_norm = target.post.norm().clamp_min(1e-12)
-    converged, step, first, before = False, 0, 1, 0.0
-    if resume is not None:
-        opt.load_state_dict(resume["opt"])
-        hist, step, converged, before = resume["history"], resume["step"], resume["converged"], resume["seconds"]
-        for key in ("least_change", "least_change_weight", "fooled"):
-            hist.setdefault(key, [])
-        if resume["done"]:
-            return hist, step, converged
-        first = step + 1
+    hist, step, converged, before = resumed(resume, opt, terms)
+    if resume is not None and resume["done"]:
+        return hist, step, converged
     started = time.time()
-
-    def state(done: bool) -> dict:
-        return {"step": step, "done": done, "converged": converged, "param": param.core_state(),
-                "opt": opt.state_dict(), "history": hist, "seconds": before + time.time() - started}
-
-    for step in range(first, config.steps + 1):
-        if mixing and step in ph["prune"]:
+    centroid, holds = any(t.centroid for t in terms), any(t.holds for t in terms)
+    for step in range(step + 1, config.steps + 1):
+        if param.mixes and step in ph["prune"]:
             prune(param, opt, ph["prune"][step])
-        late = step > ph["switch"]
-        a, b = config.loss_late if late else config.loss_early
-        calm = config.settle_factor if (ph["prune"] and step > ph["last_prune"]) else 1.0
-        tv_w, ent_w = calm * config.tv, calm * config.entropy * late
-        x = param()
-        if anchor is not None:  # the least-change weights follow the net's decision on each vertex and their centroid
-            z_all, logits = tap.pre_and_logits(torch.cat([x, x.mean(0, keepdim=True)]))
-            z, logits = z_all[:-1], logits.detach()
-        else:
-            z = tap.pre(x)
-        pos, neg = loss_terms(z, target, config.objective, config.push_margin)
-        loss = a * pos + b * neg
-        lc = torch.zeros_like(pos)
-        if anchor is not None:
-            lc = least_change_distance(x, anchor)
-            lcw = hist["least_change_weight"][-1] if hist["least_change_weight"] else [config.least_change] * len(lc)
-            loss = loss + torch.tensor(lcw, device=lc.device) * lc
-        tv = ent = torch.zeros_like(pos)
-        if mixing:  # measured every step (cheap), in the loss where weighted
-            w = param.mixing_weights()
-            tv, ent = param.total_variation(w), param.entropy(w)
-            loss = loss + tv_w * tv + ent_w * ent
+        ctx = Context.of(tap, param, target, config, ph, step, hist, centroid)
+        loss, values = loss_of(terms, ctx)
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
         param.project()
-        with torch.no_grad():
-            rel = (torch.relu(z) - target.post).norm(dim=1) / post_norm
-            push = push_ratio(z, target)
-        for key, v in (("pos", pos), ("neg", neg), ("tv", tv), ("entropy", ent), ("least_change", lc)):
-            hist[key].append(float(v.detach().mean()))
-        if anchor is not None:
-            with torch.no_grad():
-                if by_decision:
-                    p = torch.softmax(logits.float(), 1)
-                    prob, top = p.max(1)
-                    fooled = (top == target.label) & ((prob - target.prob).abs() <= FOOL_GAP)
-                else:  # random weights: the net's decision says nothing; the collision within tol instead
-                    fooled = (torch.relu(z_all.detach()) - target.post).norm(dim=1) / post_norm <= config.tol
-                fooled = fooled[:-1] & fooled[-1]  # the polytope's samples lie between the vertices
-            hist["least_change_weight"].append(least_change_weights(
-                config, hist["least_change_weight"][-1] if hist["least_change_weight"] else None, fooled,
-                grow=step <= 0.8 * config.steps))
-            hist["fooled"].append(int(fooled.sum()))
-        hist["worst_rel_error"].append(float(rel.max()))
-        hist["mean_rel_error"].append(float(rel.mean()))
-        hist["min_push"].append(float(push.min()))
+        worst = record(hist, terms, ctx, values)
         if progress:
-            progress(step, config.steps, float(loss.detach().sum()), float(rel.max()))
-        if anchor is None and float(rel.max()) <= config.tol and step >= min(ph["settle"], config.steps):
-            # measured before this step's update: confirm on the current images, as saved
-            with torch.no_grad():
-                now = (torch.relu(tap.pre(quantise(param()))) - target.post).norm(dim=1) / post_norm
-            if float(now.max()) <= config.tol:
-                converged = True
-                break
+            progress(step, config.steps, float(loss.detach().sum()), worst)
+        if not holds and worst <= config.tol and step >= min(ph["settle"], config.steps) \
+                and confirmed(tap, param, target, config.tol):
+            converged = True
+            break
         if checkpoint is not None and step < config.steps and checkpoint.due(step):
-            where = checkpoint.save(state(done=False))
-            if checkpoint.stopping:
-                name = signal.Signals(checkpoint.stop.signum).name
-                raise Interrupted(f"{name} at step {step}/{config.steps}: "
-                                  + (f"checkpoint saved in {where}" if where else "the checkpoint could not be saved"),
-                                  checkpoint.stop.signum)
-    if not converged and anchor is not None and hist["fooled"] and hist["fooled"][-1] == len(hist["least_change_weight"][-1]):
-        # with the least-change term the vertices hold at the edge of the net's decision, not at tol:
-        # a run whose every vertex fools the net at its last step has done what it was for
-        converged = True
+            seconds = before + time.time() - started
+            save_or_stop(checkpoint, loop_state(step, False, converged, param, opt, hist, seconds), config.steps)
+    converged = converged or any(t.converged(hist) for t in terms)
     if checkpoint is not None:
-        checkpoint.save(state(done=True), final=True)
+        seconds = before + time.time() - started
+        checkpoint.save(loop_state(step, True, converged, param, opt, hist, seconds), final=True)
     return hist, step, converged
+
+
+def resumed(resume: dict | None, opt: Optimiser, terms: list[Term]) -> tuple[dict, int, bool, float]:
+    """(history, last step taken, converged, seconds so far) of a fresh run, or of the checkpoint
+    ``resume`` (the optimiser's state restored from it; columns a checkpoint of an older
+    version lacks start empty)."""
+    hist = new_history(terms)
+    if resume is None:
+        return hist, 0, False, 0.0
+    opt.load_state_dict(resume["opt"])
+    for key in hist:
+        resume["history"].setdefault(key, [])
+    return resume["history"], resume["step"], resume["converged"], resume["seconds"]
+
+
+def record(hist: dict, terms: list[Term], ctx: Context, values: list[torch.Tensor]) -> float:
+    """Append the step to the history: each term's columns, and the loop's relative errors
+    (measured before the step's update) and smallest push. Returns the worst relative error."""
+    for t, v in zip(terms, values):
+        t.record(ctx, v, hist)
+    with torch.no_grad():
+        rel = relative_error(ctx.z, ctx.target)
+        push = push_ratio(ctx.z, ctx.target)
+    hist["worst_rel_error"].append(float(rel.max()))
+    hist["mean_rel_error"].append(float(rel.mean()))
+    hist["min_push"].append(float(push.min()))
+    return hist["worst_rel_error"][-1]
+
+
+@torch.no_grad()
+def confirmed(tap: Tap, param: torch.nn.Module, target: Target, tol: float) -> bool:
+    """Every vertex meets ``tol`` on the current images as saved (8-bit pixels): the errors the
+    loop records are measured before the step's update."""
+    return float(relative_error(tap.pre(quantise(param())), target).max()) <= tol
+
+
+def loop_state(step: int, done: bool, converged: bool, param: torch.nn.Module, opt: Optimiser, hist: dict,
+               seconds: float) -> dict:
+    """What a checkpoint holds of the loop (``resume`` goes on from it)."""
+    return {"step": step, "done": done, "converged": converged, "param": param.core_state(),
+            "opt": opt.state_dict(), "history": hist, "seconds": seconds}
+
+
+def save_or_stop(checkpoint: Checkpointer, state: dict, steps: int) -> None:
+    """Save a due checkpoint; after SIGINT/SIGTERM raise Interrupted, saying where it went."""
+    where = checkpoint.save(state)
+    if checkpoint.stopping:
+        name = signal.Signals(checkpoint.stop.signum).name
+        raise Interrupted(f"{name} at step {state['step']}/{steps}: "
+                          + (f"checkpoint saved in {where}" if where else "the checkpoint could not be saved"),
+                          checkpoint.stop.signum)
 
 
 def progress_callback(progress):
@@ -587,8 +562,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
         metrics = collision_metrics(tap.pre(x), tap.logits(x), target)
         mixing, hard = param.mixing_stats(), param.argmax_image()
         if hard is not None:
-            post_norm = target.post.norm().clamp_min(1e-12)
-            mixing["argmax_rel_error"] = ((torch.relu(tap.pre(hard)) - target.post).norm(dim=1) / post_norm).tolist()
+            mixing["argmax_rel_error"] = relative_error(tap.pre(hard), target).tolist()
     before = resume["seconds"] if resume is not None else 0.0
     return CollideResult(vertices=x.cpu(), target=Target(target.z.cpu(), target.units.cpu(), target.label, target.prob),
                          metrics=metrics, history=hist, steps=steps, converged=converged,

@@ -28,7 +28,8 @@ works against the push (the push ratio fell from 1.3 to 0.73 as its weight rose)
     TV(w), H(w): the seams and the entropy of the patch mixture's weights, per pixel
                  (``params.PatchParam.total_variation`` and ``entropy``)
 
-A vertex minimises a * L+ + b * L-^v (+ c * TV + e * H). Every input whose active units
+A vertex minimises a * L+ + b * L-^v (+ c * TV + e * H), each a term of ``terms.py`` (L+ and
+L-^v come from one call of the registered objective per step). Every input whose active units
 equal z_t's and whose inactive units stay <= 0 collides at the ReLU; pushing a different
 inactive unit down for each vertex spreads the vertices over that polytope.
 """
@@ -152,6 +153,12 @@ def loss_terms(z: torch.Tensor, target: Target, objective: str = "relative",
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     return OBJECTIVES[objective](z, target, push_margin)
+
+
+def relative_error(z: torch.Tensor, target: Target) -> torch.Tensor:
+    """||relu(z) - relu(z_t)|| / ||relu(z_t)|| per row of pre-activations z (B, D): (B,), the
+    error ``tol`` is about."""
+    return (torch.relu(z) - target.post).norm(dim=1) / target.post.norm().clamp_min(1e-12)
 
 
 @torch.no_grad()

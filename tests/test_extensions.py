@@ -1,6 +1,6 @@
-"""The extension points, used as the README says: a third search space, a third objective and a
-third executor, each one class or function plus one registration line, run through the same
-loop, batch and run folder as the built-in ones."""
+"""The extension points, used as the README says: a third search space, a third objective, a
+sixth loss term and a third executor, each one class or function plus one registration line,
+run through the same loop, batch and run folder as the built-in ones."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ import torch.nn as nn
 from patchcollide.batch.folder import BatchOptions
 from patchcollide.batch.jobfile import read_jobs
 from patchcollide.batch.runner import run_here, run_batch
-from patchcollide.engine import objectives, params
+from patchcollide.engine import objectives, params, terms
 from patchcollide.engine.collide import CollideConfig, CollideError, collide
 from patchcollide.engine.models import load_tap
 from patchcollide.executors import EXECUTORS, make_executor
@@ -74,6 +74,32 @@ def test_a_third_objective_is_one_function_and_its_decorator(monkeypatch):
     res = collide(tap, src, tgt, CollideConfig(mode="pixel", objective="collision_only", size=64, vertices=2,
                                                steps=5, min_steps=5, least_change=0, device="cpu"))
     assert len(calls) == 5 and res.history["neg"] == [0.0] * 5
+
+
+class Brightness(terms.Term):
+    """A sixth loss term: the vertices' mean brightness (V,), raised (the loss adds its negative)."""
+
+    key = "brightness"  # its history column
+
+    def value(self, ctx):
+        return -ctx.x.mean((1, 2, 3))
+
+    def weight(self, ctx):
+        return 100.0
+
+
+def test_a_loss_term_is_one_class_and_one_line(monkeypatch):
+    tap = load_tap("digits_vgg", "fc6", "random", seed=0)
+    src, tgt = images(2)
+    cfg = CollideConfig(mode="pixel", size=64, vertices=2, steps=10, min_steps=10, least_change=0, device="cpu")
+    plain = collide(tap, src, tgt, cfg)
+    monkeypatch.setitem(terms.TERMS, "brightness", Brightness)  # the registration line
+    bright = collide(tap, src, tgt, cfg)
+    h = bright.history
+    assert len(h["brightness"]) == 10 and h["brightness"][-1] < h["brightness"][0]  # recorded, and it fell
+    assert list(h)[-1] == "brightness" and "brightness" not in plain.history
+    gain = (bright.vertices - plain.vertices).flatten(1).mean(1)
+    assert torch.all(gain > 0.02), gain  # every vertex brighter than without the term
 
 
 class ReverseExecutor:

@@ -2,17 +2,17 @@
 carries its own parameters, its weight rule and its history column, and the loop
 (``collide.optimise``) only sums ``weight * value`` over the list, steps, records and stops.
 
-The built-in terms, in the order the loss adds them (``TERMS``):
+The built-in terms, in the order the loss adds them (``TERMS``), with their history columns:
 
-    collision     L+ (V,)          weight a of ``loss_early`` / ``loss_late``      history "pos"
-    push          L-^v (V,)        weight b of ``loss_early`` / ``loss_late``     history "neg"
-    least_change  RMS distance (V,) of each vertex to its anchor, pixels in [0, 1];
-                  weight per vertex (V,), following the net's decision              "least_change"
-                  (its weights and the fooled count: "least_change_weight", "fooled")
-    tv            the mixing weights' seams (V,), weight ``tv`` (times the settle   "tv"
-                  factor after the last prune)
-    entropy       the mixing weights' entropy (V,), nats, weight ``entropy`` after  "entropy"
-                  ``switch`` (times the settle factor after the last prune)
+    collision     "pos"           L+ (V,); weight a of ``loss_early`` / ``loss_late`` by phase
+    push          "neg"           L-^v (V,); weight b of the same
+    least_change  "least_change"  each vertex's RMS distance (V,) to its anchor, pixels in [0, 1];
+                                  a weight per vertex that follows the net's decision, kept in
+                                  "least_change_weight" with the fooled count in "fooled"
+    tv            "tv"            the mixing weights' seams (V,); weight ``tv``
+    entropy       "entropy"       the mixing weights' entropy (V,), nats; weight ``entropy``
+                                  after ``switch``, 0 before
+    (TV and entropy weights are multiplied by ``settle_factor`` after the last prune.)
 
 L+ and L-^v come from the registered objective (``objectives.OBJECTIVES``, ``--objective``),
 computed once per step for both terms; the mixing weights are computed once for TV and entropy
@@ -50,9 +50,9 @@ class Context:
     """What the terms of one step share, each computed once.
 
     x (V, 3, H, W) the rendered vertices in [0, 1]; z (V, D) their pre-activations; with
-    ``centroid`` (a term reads the net's decision) also z_all (V + 1, D) and logits (V + 1, K),
-    detached, of the vertices and their centroid (one forward pass); ``history``: the run's
-    record up to the step before. ``objective`` (L+ (V,), L-^v (V,)) and ``mixing_weights``
+    ``centroid`` (a term reads the net's decision) also z_all (V + 1, D) and logits (V + 1, K)
+    (detached) of the vertices and their centroid, from one forward pass (z: z_all's first V
+    rows); ``history``: the run's record up to the step before. ``objective`` (L+ (V,), L-^v (V,)) and ``mixing_weights``
     (V, H*W, M) are computed at their first use and kept.
     """
 

@@ -1,0 +1,143 @@
+"""The vertex loss as terms (engine/terms.py): the loop's loss is the sum of weight * value over
+the terms, each term moves the vertices the way it should (drop it and the outcome changes in
+its direction), and the least-change weight rule is one method to replace. Random AlexNet at
+64 x 64 in patch mode (every term is on there), k = 4."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import sample
+from patchcollide.core.images import resize_crop
+from patchcollide.engine import terms
+from patchcollide.engine.collide import (CollideConfig, collide, least_change_anchor, make_param, optimise,
+                                         retrieve_candidates, target_of, to_tensor)
+from patchcollide.engine.models import load_tap
+from patchcollide.engine.objectives import push_ratio, relative_error
+
+S = 64
+# patch mode with every term on: least change (random weights: it follows the collision within
+# tol, loose enough here that its weights rise and fall), TV and entropy heavier than the
+# defaults so that 40 steps show what each does; prunes at steps 13 and 20, settle factor after
+BASE = CollideConfig(mode="patches", vertices=2, steps=40, size=S, k=4, device="cpu", tol=0.6, tv=0.03,
+                     entropy=0.03, settle_factor=0.5)
+
+
+def photo(name: str) -> np.ndarray:
+    return np.asarray(resize_crop(Image.fromarray(sample(name)).convert("RGB"), S))
+
+
+@pytest.fixture(scope="module")
+def tap():
+    return load_tap("alexnet", "fc6", "random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def setting(tap, flat_index):
+    """What optimise takes for BASE: the target, the candidates and the source."""
+    from patchcollide.offline.knn import PatchIndex
+
+    src, tgt = photo("astronaut"), photo("chelsea")
+    with PatchIndex(flat_index) as pidx:
+        cands = retrieve_candidates(pidx, src, BASE.k, BASE.grid_stride, BASE.window, tgt)
+    return {"source": to_tensor(src), "target_img": to_tensor(tgt), "candidates": cands,
+            "target": target_of(tap, to_tensor(tgt), BASE.vertices)}
+
+
+def run(tap, setting, config=BASE, drop: str | None = None, progress=None) -> dict:
+    """optimise on the built terms, less the one whose history column is ``drop``; the outcome
+    measured on the final vertices."""
+    param = make_param(config, setting["source"], setting["target_img"], setting["candidates"])
+    anchor = least_change_anchor(config, setting["source"], setting["candidates"]) if config.least_change else None
+    target = setting["target"]
+    built = [t for t in terms.build_terms(config, tap, target, anchor, param) if t.key != drop]
+    assert len(built) == len(terms.TERMS) - (drop is not None)
+    hist, steps, _ = optimise(tap, param, target, config, progress=progress, anchor=anchor, terms=built)
+    with torch.no_grad():
+        x = param()
+        z = tap.pre(x)
+        return {"history": hist, "steps": steps, "rel_error": float(relative_error(z, target).max()),
+                "push": float(push_ratio(z, target).min()),
+                "distance": float(terms.least_change_distance(x, setting["source"]).mean()),
+                "tv": float(param.total_variation().mean()), "entropy": float(param.entropy().mean())}
+
+
+@pytest.fixture(scope="module")
+def full(tap, setting):
+    losses = []
+    out = run(tap, setting, progress=lambda step, total, loss, worst: losses.append(loss))
+    return {**out, "losses": losses}
+
+
+def test_the_loss_is_the_sum_of_weight_times_value_over_the_terms(full):
+    """One vertex's loss, rebuilt at every step from the history (each term's value, its weight
+    rule by phase, the least-change weight the step used), equals the loss the loop stepped on."""
+    cfg, h = BASE, full["history"]
+    ph = cfg.phases()
+    assert full["steps"] == cfg.steps == len(full["losses"])
+    assert len(set(map(tuple, h["least_change_weight"]))) > 2  # the least-change weights moved
+    assert 0 < h["tv"][-1] and 0 < h["entropy"][-1]
+    for i, loss in enumerate(full["losses"]):
+        step = i + 1
+        late = step > ph["switch"]
+        a, b = cfg.loss_late if late else cfg.loss_early
+        calm = cfg.settle_factor if step > ph["last_prune"] else 1.0
+        lcw = h["least_change_weight"][i - 1] if i else [cfg.least_change] * cfg.vertices
+        # the history holds each term's mean over the 2 vertices; the loss sums over them, and
+        # the least-change weights differ per vertex: bound that term by its weights' extremes
+        fixed = 2 * (a * h["pos"][i] + b * h["neg"][i] + calm * cfg.tv * h["tv"][i]
+                     + calm * cfg.entropy * late * h["entropy"][i])
+        lo, hi = (fixed + 2 * w * h["least_change"][i] for w in (min(lcw), max(lcw)))
+        assert lo * (1 - 1e-5) - 1e-6 <= loss <= hi * (1 + 1e-5) + 1e-6, (step, loss, lo, hi)
+
+
+def test_one_vertex_loss_equals_the_terms_exactly(tap, setting):
+    """With one vertex every term's value is its history entry: the loss is their weighted sum."""
+    cfg = dataclasses.replace(BASE, vertices=1, steps=24)
+    one = {**setting, "target": target_of(tap, setting["target_img"], 1)}
+    losses = []
+    h = run(tap, one, cfg, progress=lambda step, total, loss, worst: losses.append(loss))["history"]
+    ph = cfg.phases()
+    for i, loss in enumerate(losses):
+        step = i + 1
+        late = step > ph["switch"]
+        a, b = cfg.loss_late if late else cfg.loss_early
+        calm = cfg.settle_factor if step > ph["last_prune"] else 1.0
+        lcw = h["least_change_weight"][i - 1][0] if i else cfg.least_change
+        want = (a * h["pos"][i] + b * h["neg"][i] + lcw * h["least_change"][i] + calm * cfg.tv * h["tv"][i]
+                + calm * cfg.entropy * late * h["entropy"][i])
+        assert loss == pytest.approx(want, rel=1e-5, abs=1e-7), step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("drop, measure, direction", [
+    ("pos", "rel_error", "up"),  # no collision: the vertices stay far from the target's features
+    ("neg", "push", "down"),  # no push: each vertex's own unit is not driven below the target's (0.99 vs 1.10)
+    ("least_change", "distance", "up"),  # no least change: farther from the source
+    ("tv", "tv", "up"),  # no TV: more seams in the mixing weights
+    ("entropy", "entropy", "up"),  # no entropy: blurrier mixtures
+])
+def test_each_term_moves_the_vertices_its_way(tap, setting, full, drop, measure, direction):
+    without = run(tap, setting, drop=drop)
+    assert drop not in without["history"] or not without["history"][drop]  # the term is gone from the loss
+    got, base = without[measure], full[measure]
+    assert (got > base * 1.05) if direction == "up" else (got < base * 0.95), (measure, got, base)
+
+
+def test_the_least_change_weight_rule_is_one_method_to_replace(tap, monkeypatch):
+    """Step 3 of issue 26 replaces the rule: a subclass with its own ``next_weights``."""
+    class Halving(terms.LeastChange):
+        def next_weights(self, ctx, fooled):
+            w = ctx.history["least_change_weight"]
+            return [v / 2 for v in (w[-1] if w else [self.config.least_change] * len(fooled))]
+
+    monkeypatch.setitem(terms.TERMS, "least_change", Halving)
+    g = np.random.default_rng(0)
+    src, tgt = (g.integers(0, 256, (S, S, 3), dtype=np.uint8) for _ in range(2))
+    cfg = CollideConfig(mode="pixel", vertices=2, steps=4, min_steps=4, size=S, least_change=4.0, device="cpu")
+    res = collide(tap, src, tgt, cfg)
+    assert res.history["least_change_weight"] == [[2.0, 2.0], [1.0, 1.0], [0.5, 0.5], [0.25, 0.25]]

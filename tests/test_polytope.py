@@ -27,3 +27,13 @@ def test_noise_has_no_extent_but_a_moved_region_has():
     e = extent(regions, source, target)
     assert e["extent"] > 0.3 and len(e["pairs_block_l2"]) == 3
     assert extent(regions[:1], source, target)["extent"] == 0.0  # one vertex: a point
+
+
+def test_the_distinct_terms_view_is_the_extents_view():
+    import torch
+
+    from patchcollide.engine.terms import block_means
+
+    x = np.random.default_rng(2).integers(0, 256, (3, 100, 128, 3)).astype(np.uint8)  # uneven blocks on both axes
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).double() / 255
+    assert np.allclose(block_means(t).numpy(), block_view(x))

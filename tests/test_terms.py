@@ -18,6 +18,7 @@ from patchcollide.engine.collide import (CollideConfig, collide, least_change_an
                                          retrieve_candidates, target_of, to_tensor)
 from patchcollide.engine.models import load_tap
 from patchcollide.engine.objectives import push_ratio, relative_error
+from patchcollide.engine.polytope import extent
 
 S = 64
 # patch mode with every term on: least change (random weights: it follows the collision within
@@ -54,13 +55,18 @@ def run(tap, setting, config=BASE, drop: str | None = None, progress=None) -> di
     param = make_param(config, setting["source"], setting["target_img"], setting["candidates"])
     anchor = least_change_anchor(config, setting["source"], setting["candidates"]) if config.least_change else None
     target = setting["target"]
-    built = [t for t in terms.build_terms(config, tap, target, anchor, param) if t.key != drop]
+    setup = terms.Setup(config, tap, target, param, anchor, setting["source"], setting["target_img"])
+    built = [t for t in terms.build_terms(setup) if t.key != drop]
     assert len(built) == len(terms.TERMS) - (drop is not None)
     hist, steps, _ = optimise(tap, param, target, config, progress=progress, anchor=anchor, terms=built)
     with torch.no_grad():
         x = param()
         z = tap.pre(x)
+        centre = float(relative_error(tap.pre(x.mean(0, keepdim=True)), target).max())
+        u8 = lambda a: (a.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
+        spread = extent(u8(x), u8(setting["source"])[0], u8(setting["target_img"])[0])["extent"]
         return {"history": hist, "steps": steps, "rel_error": float(relative_error(z, target).max()),
+                "centroid_rel_error": centre, "extent": spread,
                 "push": float(push_ratio(z, target).min()),
                 "distance": float(terms.least_change_distance(x, setting["source"]).mean()),
                 "tv": float(param.total_variation().mean()), "entropy": float(param.entropy().mean())}
@@ -90,7 +96,8 @@ def test_the_loss_is_the_sum_of_weight_times_value_over_the_terms(full):
         # the history holds each term's mean over the 2 vertices; the loss sums over them, and
         # the least-change weights differ per vertex: bound that term by its weights' extremes
         fixed = 2 * (a * h["pos"][i] + b * h["neg"][i] + calm * cfg.tv * h["tv"][i]
-                     + calm * cfg.entropy * late * h["entropy"][i])
+                     + calm * cfg.entropy * late * h["entropy"][i] + cfg.polytope * h["polytope"][i]
+                     + cfg.distinct * h["distinct"][i])
         lo, hi = (fixed + 2 * w * h["least_change"][i] for w in (min(lcw), max(lcw)))
         assert lo * (1 - 1e-5) - 1e-6 <= loss <= hi * (1 + 1e-5) + 1e-6, (step, loss, lo, hi)
 
@@ -120,6 +127,8 @@ def test_one_vertex_loss_equals_the_terms_exactly(tap, setting):
     ("least_change", "distance", "up"),  # no least change: farther from the source
     ("tv", "tv", "up"),  # no TV: more seams in the mixing weights
     ("entropy", "entropy", "up"),  # no entropy: blurrier mixtures
+    ("polytope", "centroid_rel_error", "up"),  # no polytope term: the inside of the polytope collides less
+    ("distinct", "extent", "down"),  # no distinct term: the vertices closer together in the block view
 ])
 def test_each_term_moves_the_vertices_its_way(tap, setting, full, drop, measure, direction):
     without = run(tap, setting, drop=drop)
@@ -141,3 +150,20 @@ def test_the_least_change_weight_rule_is_one_method_to_replace(tap, monkeypatch)
     cfg = CollideConfig(mode="pixel", vertices=2, steps=4, min_steps=4, size=S, least_change=4.0, device="cpu")
     res = collide(tap, src, tgt, cfg)
     assert res.history["least_change_weight"] == [[2.0, 2.0], [1.0, 1.0], [0.5, 0.5], [0.25, 0.25]]
+
+
+def test_the_learning_rate_decays_over_the_last_share_of_the_steps():
+    from patchcollide.engine.collide import learning_rate
+
+    c = CollideConfig(mode="pixel", steps=100, decay=0.3, lr=0.02)
+    rates = [learning_rate(c, s) for s in range(1, 101)]
+    assert rates[:70] == [0.02] * 70 and rates[-1] == pytest.approx(0.002)  # a tenth at the last step
+    assert all(a >= b for a, b in zip(rates, rates[1:]))  # never rises
+    assert [learning_rate(dataclasses.replace(c, decay=0.0), s) for s in (1, 100)] == [0.02, 0.02]
+
+
+def test_the_polytope_samples_are_drawn_from_the_seed_and_the_step():
+    a, b = terms.polytope_samples(4, 0, 7), terms.polytope_samples(4, 0, 7)
+    assert torch.equal(a, b) and not torch.equal(a, terms.polytope_samples(4, 0, 8))  # a resume draws the same
+    assert torch.allclose(a.sum(1), torch.ones(2)) and (a >= 0).all() and torch.equal(a[0], torch.full((4,), 0.25))
+    assert terms.polytope_samples(1, 0, 7).shape == (1, 1)  # one vertex: the vertex itself

@@ -96,16 +96,18 @@ def test_push_margin_zero_with_several_vertices_is_warned_in_the_cli_and_the_job
     from patchcollide.engine.collide import CollideConfig
 
     assert CollideConfig().doubts() == [] and CollideConfig(push_margin=0, vertices=1).doubts() == []
-    assert [f for f, _ in CollideConfig(push_margin=0, vertices=3).doubts()] == ["push_margin"]
+    assert CollideConfig(push_margin=0, vertices=3).doubts() == []  # the distinct term still holds them apart
+    assert [f for f, _ in CollideConfig(push_margin=0, distinct=0, vertices=3).doubts()] == ["push_margin"]
     r = CliRunner().invoke(
         cli, ["collide", "--source", query_image, "--target", query_image, "--out", str(tmp_path / "r"),
               "--mode", "pixel", "--weights", "random", "--size", "64", "--steps", "1", "--min-steps", "0",
-              "--push-margin", "0", "--vertices", "2", "--device", "cpu"])
+              "--push-margin", "0", "--distinct", "0", "--vertices", "2", "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    assert r.stderr.splitlines()[0].startswith("warning: --push-margin 0 with 2 vertices: nothing pushes the "
-                                               "vertices apart"), r.stderr
+    assert r.stderr.splitlines()[0].startswith("warning: --push-margin 0 with 2 vertices and no distinct term: "
+                                               "nothing pushes the vertices apart"), r.stderr
     jobs = tmp_path / "jobs.jsonl"
-    jobs.write_text(json.dumps({"id": "a", "source": query_image, "target": query_image, "push_margin": 0}) + "\n")
+    jobs.write_text(json.dumps({"id": "a", "source": query_image, "target": query_image, "push_margin": 0,
+                                "distinct": 0}) + "\n")
     jf = read_jobs(str(jobs), str(tmp_path / "out"))
     assert len(jf.notices) == 1 and jf.notices[0][1].startswith('"push_margin" 0 with 5 vertices')
 

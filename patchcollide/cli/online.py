@@ -61,6 +61,10 @@ def print_vertices(report: dict) -> None:
     click.echo(f"mean pairwise L2 between vertices: {report['vertices']['mean_pairwise_l2']:.1f} "
                f"(0..255 units at {report['vertices']['size']}^2 x 3)" + ("; L2 src: each vertex's distance to the "
                                                                           "source" if dsrc else ""))
+    ext = report["vertices"].get("extent")
+    if ext and len(ext.get("pairs_block_l2") or []):
+        click.echo(f"extent: {ext['extent']:.3f} (the closest two vertices in the 7 x 7 block-mean view, over the "
+                   "source-target distance there)")
     if judge:
         click.echo(f"judge {judge['model']['arch']}: source read as {judge['source']['class']} "
                    f"(p={judge['source']['prob']:.3f}), target as {judge['target']['class']} "

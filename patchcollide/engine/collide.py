@@ -5,9 +5,18 @@ collision polytope of ``target`` at the tap's layer, all optimised together as o
 (one forward/backward per step for all of them). In patch mode the vertices are mixtures of
 real patches retrieved from the index for every location of a grid on ``source``.
 
-The loss is a list of terms (terms.py: the collision, the push, the least-change term, TV and
-entropy, each with its own weight rule and history column); ``optimise`` sums them, steps,
-records and stops.
+The loss is a list of terms (terms.py: the collision, the push, the least-change term, the
+polytope term, the distinct term, TV and entropy, each with its own weight rule and history
+column); ``optimise`` sums them, steps, records and stops.
+
+The closest collider (``least_change``): each vertex's squared distance to the source is in its
+loss with a weight of its own that follows the net's decision, symmetric in its log (DDN's
+adaptive norm applied to the penalty's weight): it falls while the vertex (or any of the step's
+polytope samples) does not fool the net, and rises as fast while it does, so that each vertex
+walks back from the collision to the edge of the net's decision. The polytope term holds the
+inside of the polytope there too (the centroid and a random convex combination of the vertices
+collide each step), and the distinct term keeps the vertices apart where a person sees it (the
+7 x 7 block-mean view, ``polytope.extent``).
 
 Schedule (fractions of ``steps``; the measurements behind each default are in
 benchmarks/README.md):
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -48,7 +58,7 @@ from .models import Tap, resolve_device, tap_on
 from .objectives import OBJECTIVES, Target, choose_units, collision_metrics, push_ratio, relative_error
 from .optimisers import SGD, Adam, Optimiser
 from .params import SPACES, STARTS, PatchParam
-from .terms import Context, Term, build_terms, loss_of
+from .terms import Context, Setup, Term, build_terms, loss_of
 # the least-change term's names, where callers found them before terms.py held them
 from .terms import FOOL_GAP, frontier_of, least_change_distance, least_change_weights  # noqa: F401
 
@@ -101,7 +111,7 @@ class CollideConfig:
                          "digits world every run at or below it fooled the net with every polytope sample "
                          "(bench_tolerance-digits-cpu.json); the same value for every model, as no other trained "
                          "net is here to measure.")
-    lr: float | None = setting(None, "Learning rate.", default_text="the search space's: patches 0.4, pixel 5e-3")
+    lr: float | None = setting(None, "Learning rate.", default_text="the search space's: patches 0.4, pixel 0.01")
     optimizer: str = setting("adam", "adam, or sgd (momentum 0.9, like the authors' gradient EMA).",
                              choices=OPTIMIZERS)
     betas: tuple[float, float] = setting((0.8, 0.9), "Adam's betas (shorter memories than (0.9, 0.999) converge "
@@ -115,11 +125,16 @@ class CollideConfig:
                                               "authors': 100 10, objective paper).", metavar="A B")
     loss_late: tuple[float, float] = setting((1.0, 0.1), "Weights a, b of L+ and L-^i after switch (the authors': "
                                              "1000 1, objective paper).", metavar="A B")
+    decay: float = setting(0.3, "Share of the steps at the end over which the learning rate falls (cosine) to a tenth "
+                           "of --lr: the vertices settle inside the net's decision instead of jittering across its "
+                           "edge (0: a constant rate).")
     switch: float = setting(0.33, "Share of the steps in the separate phase (the authors': 14,000 of 20,000).")
     tv: float = setting(0.003, "Weight of the mixing weights' seams (TV, per pixel): coherent regions over speckle.")
     entropy: float = setting(0.003, "Weight of the mixing weights' entropy after switch: sharper mixtures.")
-    prune: tuple[tuple[float, int], ...] = setting(((0.33, 8), (0.5, 4)), "At SHARE of the steps keep KEEP "
-                                                   "candidates per pixel (repeatable; 'none' for no pruning).",
+    prune: tuple[tuple[float, int], ...] = setting(((0.7, 8), (0.8, 4)), "At SHARE of the steps keep KEEP "
+                                                   "candidates per pixel (repeatable; 'none' for no pruning). Late, "
+                                                   "so that the least-change term's walk back can still reach the "
+                                                   "source's own candidates.",
                                                    metavar="SHARE:KEEP")
     settle_factor: float = setting(1.0, "TV and entropy weights are multiplied by this after the last prune.")
     start: str = setting("distinct", "Patch mode start: each vertex on a different neighbour rank, all on the "
@@ -151,18 +166,29 @@ class CollideConfig:
                             "cannot make what the collision needs: a black background has only black neighbours).",
                             choices=RETRIEVE)
     init: str = setting("source", "Pixel mode: start from the source or from the target.", choices=INITS)
-    noise: float = setting(0.01, "Patch mode: seeded noise on the start logits.")
+    noise: float = setting(0.01, "Seeded noise on the start: on the start logits (patch mode); low-frequency "
+                           "(7 x 7, upsampled) on each vertex's pixels, in [0, 1] units (pixel mode, more than one "
+                           "vertex: it gives the distinct term a direction between vertices that start identical).")
     first_unit: int = setting(0, "Skip the target's first N most negative units (more vertices of the same "
                               "polytope).")
-    least_change: float = setting(3.0, "Start weight of the least-change term: each vertex's RMS distance to its "
-                                  "anchor (pixels in [0, 1]), so it collides as close to the source as the net's "
-                                  "decision allows (0: off).")
+    least_change: float = setting(0.1, "Start weight of the least-change term: each vertex's mean squared distance to "
+                                  "its anchor (pixels in [0, 1], 1 at an RMS change of 0.1), so it collides as close "
+                                  "to the source as the net's decision allows (0: off).")
     least_change_to: str = setting("source", "The anchor: the source image, or (patch mode) its nearest-neighbour "
                                    "composition.", choices=ANCHORS)
-    least_change_rate: float = setting(1.03, "Per step, a vertex's least-change weight grows by this factor while "
-                                       "the vertex fools the net (it and the vertices' centroid in the target's "
-                                       "class, top-class prob. within 0.002 of the target's; not in the last fifth "
-                                       "of the steps) and shrinks by its cube otherwise.")
+    least_change_rate: float = setting(1.05, "Per step, a vertex's least-change weight is multiplied by this factor "
+                                       "while the vertex fools the net (it and the step's polytope samples in the "
+                                       "target's class, top-class prob. within 0.005 of the target's; not in the last "
+                                       "15% of the steps) and divided by it otherwise: each vertex walks back to "
+                                       "the edge of the net's decision.")
+    polytope: float = setting(1.0, "Weight of the polytope term: the collision of each step's polytope samples (the "
+                              "vertices' centroid and one random convex combination), so that the inside of the "
+                              "polytope fools the net as its vertices do (0: off).")
+    distinct: float = setting(1.0, "Weight of the distinct term: it pushes two vertices apart in the 7 x 7 block-mean "
+                              "view until they are --extent of the source-target distance apart there (0: off).")
+    extent: float = setting(0.15, "The polytope's extent the distinct term holds the vertices to: the smallest "
+                            "distance between two vertices in the 7 x 7 block-mean view, as a share of the "
+                            "source-target distance there.")
     seed: int = setting(0, "Seed of everything random in the run (through generators).")
     device: str = setting("auto", "Where the run computes (auto: CUDA when present).", choices=DEVICES)
 
@@ -181,6 +207,7 @@ class CollideConfig:
             (all(w >= 0 for w in self.loss_early), "loss_early", f"must be >= 0, got {self.loss_early}"),
             (all(w >= 0 for w in self.loss_late), "loss_late", f"must be >= 0, got {self.loss_late}"),
             (0 <= self.switch <= 1, "switch", f"must be in [0, 1], got {self.switch}"),
+            (0 <= self.decay <= 1, "decay", f"must be in [0, 1], got {self.decay}"),
             (self.tv >= 0, "tv", f"must be >= 0, got {self.tv}"),
             (self.entropy >= 0, "entropy", f"must be >= 0, got {self.entropy}"),
             (all(0 <= f <= 1 and keep >= 1 for f, keep in self.prune), "prune",
@@ -204,6 +231,9 @@ class CollideConfig:
             (self.first_unit >= 0, "first_unit", f"must be >= 0, got {self.first_unit}"),
             (self.least_change >= 0, "least_change", f"must be >= 0, got {self.least_change}"),
             (self.least_change_rate >= 1, "least_change_rate", f"must be >= 1, got {self.least_change_rate}"),
+            (self.polytope >= 0, "polytope", f"must be >= 0, got {self.polytope}"),
+            (self.distinct >= 0, "distinct", f"must be >= 0, got {self.distinct}"),
+            (0 <= self.extent <= 1, "extent", f"must be in [0, 1], got {self.extent}"),
             (self.least_change_to in ANCHORS, "least_change_to",
              f"must be one of {', '.join(ANCHORS)}, got {self.least_change_to!r}"),
             (self.least_change_to == "source" or self.space.needs_index, "least_change_to",
@@ -223,10 +253,11 @@ class CollideConfig:
         """Valid settings that defeat the method: (field, why) pairs the CLI and the job file
         turn into one warning line each, naming the option or key."""
         out = []
-        if self.push_margin == 0 and self.vertices > 1 and self.objective == "relative":
-            out.append(("push_margin", f"0 with {self.vertices} vertices: nothing pushes the vertices apart, so "
-                                       "they come out nearly identical; give a margin > 0 (the default "
-                                       f"{CollideConfig.__dataclass_fields__['push_margin'].default}) or one vertex"))
+        if self.push_margin == 0 and self.distinct == 0 and self.vertices > 1 and self.objective == "relative":
+            out.append(("push_margin", f"0 with {self.vertices} vertices and no distinct term: nothing pushes the "
+                                       "vertices apart, so they come out nearly identical; give a margin > 0 (the "
+                                       f"default {CollideConfig.__dataclass_fields__['push_margin'].default}), "
+                                       "--distinct > 0 or one vertex"))
         return out
 
     @property
@@ -364,7 +395,7 @@ def make_optimizer(param: torch.nn.Module, config: CollideConfig) -> Optimiser:
 # The loop's history, in report.json's order: the built-in terms' columns and the loop's own
 # metrics (the relative errors and the push, measured on every step); a new term's columns follow.
 HISTORY = ("pos", "neg", "tv", "entropy", "worst_rel_error", "mean_rel_error", "min_push", "least_change",
-           "least_change_weight", "fooled")
+           "least_change_weight", "fooled", "polytope", "distinct")
 
 
 def new_history(terms: list[Term]) -> dict[str, list]:
@@ -375,7 +406,8 @@ def new_history(terms: list[Term]) -> dict[str, list]:
 def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideConfig,
              progress: Callable[[int, int, float, float], None] | None = None,
              checkpoint: Checkpointer | None = None, resume: dict | None = None,
-             anchor: torch.Tensor | None = None, terms: list[Term] | None = None) -> tuple[dict, int, bool]:
+             anchor: torch.Tensor | None = None, terms: list[Term] | None = None,
+             images: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[dict, int, bool]:
     """The loop shared by every search space (module docstring: the schedule). Returns
     (history, steps taken, converged); converged means every vertex met ``config.tol`` as
     8-bit pixels or, with the least-change term, fooled the net at the last step (the
@@ -391,21 +423,26 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
     (then raises checkpoints.Interrupted). resume: a checkpoint to go on from (``param``
     already restored from it); the loop draws no random numbers and the terms keep their
     state in the history, so the run ends as if it had never stopped. anchor (1, 3, H, W):
-    what the least-change term (``config.least_change``) keeps each vertex close to.
+    what the least-change term (``config.least_change``) keeps each vertex close to. images:
+    the (source, target) images (1, 3, H, W) the terms may measure against (the distinct term's
+    scale).
     """
-    terms = build_terms(config, tap, target, anchor, param) if terms is None else terms
+    if terms is None:
+        source, target_image = images if images is not None else (None, None)
+        terms = build_terms(Setup(config, tap, target, param, anchor, source, target_image))
     opt = make_optimizer(param, config)
     ph = config.phases()
     hist, step, converged, before = resumed(resume, opt, terms)
     if resume is not None and resume["done"]:
         return hist, step, converged
     started = time.time()
-    centroid, holds = any(t.centroid for t in terms), any(t.holds for t in terms)
+    decision, holds = any(t.decision for t in terms), any(t.holds for t in terms)
     for step in range(step + 1, config.steps + 1):
         if param.mixes and step in ph["prune"]:
             prune(param, opt, ph["prune"][step])
-        ctx = Context.of(tap, param, target, config, ph, step, hist, centroid)
+        ctx = Context.of(tap, param, target, config, ph, step, hist, decision)
         loss, values = loss_of(terms, ctx)
+        opt.param_groups[0]["lr"] = learning_rate(config, step)
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
@@ -425,6 +462,16 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
         seconds = before + time.time() - started
         checkpoint.save(loop_state(step, True, converged, param, opt, hist, seconds), final=True)
     return hist, step, converged
+
+
+def learning_rate(config: CollideConfig, step: int) -> float:
+    """The rate of ``step`` (1-based): ``config.learning_rate`` until the last ``decay`` share of
+    the steps, then a cosine down to a tenth of it at the last step."""
+    base, start = config.learning_rate, (1.0 - config.decay) * config.steps
+    if config.decay <= 0 or step <= start:
+        return base
+    t = (step - start) / (config.steps - start)
+    return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
 def resumed(resume: dict | None, opt: Optimiser, terms: list[Term]) -> tuple[dict, int, bool, float]:
@@ -555,7 +602,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     anchor = least_change_anchor(config, src, candidates).to(dev) if config.least_change > 0 else None
     clock.lap("setup")
     hist, steps, converged = optimise(tap, param, target, config, clock.first_call(progress, "first_step"),
-                                      checkpoint, resume, anchor)
+                                      checkpoint, resume, anchor, images=(src, tgt))
     clock.lap("steps")  # after the first
     with torch.no_grad():
         x = param().detach()

@@ -29,7 +29,7 @@ class PixelParam(nn.Module):
 
     needs_index = False
     mixes = False
-    default_lr = 5e-3
+    default_lr = 0.01  # pixels in [0, 1]: the closest collider needs the collision reached in the first third of 300 steps
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -37,8 +37,13 @@ class PixelParam(nn.Module):
 
     @classmethod
     def from_config(cls, config, source: torch.Tensor, target: torch.Tensor, candidates: dict | None) -> "PixelParam":
-        init = source if config.init == "source" else target
-        return cls(init.expand(config.vertices, -1, -1, -1))
+        init = (source if config.init == "source" else target).expand(config.vertices, -1, -1, -1)
+        if config.vertices > 1 and config.noise > 0:  # vertices that start apart: the distinct term's directions
+            g = torch.Generator().manual_seed(config.seed)
+            low = torch.randn(config.vertices, 3, 7, 7, generator=g).to(init.device)
+            up = torch.nn.functional.interpolate(low, size=init.shape[-2:], mode="bilinear", align_corners=False)
+            init = (init + config.noise * up).clamp(0, 1)
+        return cls(init)
 
     @classmethod
     def state_bytes(cls, config) -> int:

@@ -6,9 +6,16 @@ The built-in terms, in the order the loss adds them (``TERMS``), with their hist
 
     collision     "pos"           L+ (V,); weight a of ``loss_early`` / ``loss_late`` by phase
     push          "neg"           L-^v (V,); weight b of the same
-    least_change  "least_change"  each vertex's RMS distance (V,) to its anchor, pixels in [0, 1];
-                                  a weight per vertex that follows the net's decision, kept in
-                                  "least_change_weight" with the fooled count in "fooled"
+    least_change  "least_change"  each vertex's mean squared distance (V,) to its anchor (1 at an
+                                  RMS change of 0.1); a weight per vertex that follows the net's
+                                  decision, kept in "least_change_weight" with the fooled count
+                                  in "fooled"
+    polytope      "polytope"      the relative error of the step's polytope samples (the centroid
+                                  and one random convex combination), shared by the vertices;
+                                  weight ``polytope``
+    distinct      "distinct"      a hinge on each pair of vertices' distance in the 7 x 7
+                                  block-mean view, below ``extent`` of the source-target
+                                  distance there; weight ``distinct``
     tv            "tv"            the mixing weights' seams (V,); weight ``tv``
     entropy       "entropy"       the mixing weights' entropy (V,), nats; weight ``entropy``
                                   after ``switch``, 0 before
@@ -29,30 +36,65 @@ A new term is one class and one line::
 
     terms.TERMS["brightness"] = Brightness       # the loss adds it after the built-ins
 
-A term whose parameters come from the config reads them in ``from_config``; one with a state
-that changes from step to step keeps it in the history (``ctx.history``; the least-change
-weights), so that a resumed run goes on bit-identical. Imports only ``objectives``.
+A term whose parameters come from the run reads them in ``from_config(setup)`` (``Setup``: the
+config, the tap, the target, the search space, the anchor, the source and target images); one
+with a state that changes from step to step keeps it in the history (``ctx.history``; the
+least-change weights), so that a resumed run goes on bit-identical; random numbers are drawn
+from the seed and the step (``polytope_samples``), never from a running generator. Imports only
+``objectives`` and ``polytope``.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 
+import numpy as np
 import torch
 
 from .objectives import Target, loss_terms, relative_error
+from .polytope import BLOCK_VIEW
 
-FOOL_GAP = 0.002  # a vertex "fools" the net: the target's class, top-class prob. this close to the target's
+FOOL_GAP = 0.005  # a vertex "fools" the net: the target's class, top-class prob. this close to the target's
+# (half the benchmark's 0.01: room for the polytope's samples and the 8-bit rounding)
+
+
+@dataclasses.dataclass
+class Setup:
+    """What a term may be built from (``Term.from_config``): the run's ``config``, the ``tap``,
+    the ``target`` statistics, the search space ``param``, the least-change ``anchor``
+    (1, 3, H, W) or None when the term is off, and the run's ``source`` and ``target_image``
+    (1, 3, H, W) in [0, 1] as the net sees them."""
+
+    config: object  # collide.CollideConfig
+    tap: object
+    target: Target
+    param: torch.nn.Module
+    anchor: torch.Tensor | None = None
+    source: torch.Tensor | None = None
+    target_image: torch.Tensor | None = None
+
+
+def polytope_samples(vertices: int, seed: int, step: int) -> torch.Tensor:
+    """The convex combinations a step checks the polytope at (S, V) float32: the vertices'
+    centroid, and for more than one vertex one Dirichlet(1) draw of its own for (seed, step)
+    (drawn afresh from those two numbers: a resumed run draws the same)."""
+    rows = [torch.full((1, vertices), 1.0 / vertices)]
+    if vertices > 1:
+        rng = np.random.default_rng([seed, step])
+        rows.append(torch.from_numpy(rng.dirichlet(np.ones(vertices))).float()[None])
+    return torch.cat(rows)
 
 
 @dataclasses.dataclass
 class Context:
     """What the terms of one step share, each computed once.
 
-    x (V, 3, H, W) the rendered vertices in [0, 1]; z (V, D) their pre-activations; with
-    ``centroid`` (a term reads the net's decision) also z_all (V + 1, D) and logits (V + 1, K)
-    (detached) of the vertices and their centroid, from one forward pass (z: z_all's first V
-    rows); ``history``: the run's record up to the step before. ``objective`` (L+ (V,), L-^v (V,)) and ``mixing_weights``
+    x (V, 3, H, W) the rendered vertices in [0, 1]; z (V, D) their pre-activations; where a
+    term reads the net's decision (``decision``), also ``weights`` (S, V), the polytope samples
+    of the step (``polytope_samples``: the centroid and one random convex combination), and
+    z_all (V + S, D) (differentiable) and logits (V + S, K) (detached) of the vertices and the
+    samples, from one forward pass (z: z_all's first V rows); ``history``: the run's record up
+    to the step before. ``objective`` (L+ (V,), L-^v (V,)) and ``mixing_weights``
     (V, H*W, M) are computed at their first use and kept.
     """
 
@@ -66,16 +108,19 @@ class Context:
     z: torch.Tensor
     z_all: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
     @classmethod
     def of(cls, tap, param: torch.nn.Module, target: Target, config, phases: dict, step: int, history: dict,
-           centroid: bool) -> "Context":
-        """Render the vertices and run the net on them (with their centroid where ``centroid``)."""
+           decision: bool) -> "Context":
+        """Render the vertices and run the net on them (and on the step's polytope samples where
+        ``decision``)."""
         x = param()
-        if not centroid:
+        if not decision:
             return cls(step, config, phases, param, target, history, x, tap.pre(x))
-        z_all, logits = tap.pre_and_logits(torch.cat([x, x.mean(0, keepdim=True)]))
-        return cls(step, config, phases, param, target, history, x, z_all[:-1], z_all, logits.detach())
+        w = polytope_samples(len(x), config.seed, step).to(x.device)
+        z_all, logits = tap.pre_and_logits(torch.cat([x, torch.einsum("sv,vchw->schw", w, x)]))
+        return cls(step, config, phases, param, target, history, x, z_all[: len(x)], z_all, logits.detach(), w)
 
     @property
     def late(self) -> bool:
@@ -103,11 +148,12 @@ class Term:
     or (V,); ``record`` appends what the step measured under the term's history columns.
 
     Class members: ``key`` (its history column), ``columns`` (every column it writes),
-    ``centroid`` (it reads ``ctx.logits`` / ``ctx.z_all``), ``holds`` (the run does not stop on
+    ``decision`` (it reads ``ctx.logits`` / ``ctx.z_all`` of the vertices and the step's
+    polytope samples), ``holds`` (the run does not stop on
     ``tol`` while the term is in the loss: it holds the vertices somewhere else)."""
 
     key: str = ""
-    centroid = False
+    decision = False
     holds = False
 
     @property
@@ -115,7 +161,7 @@ class Term:
         return (self.key,)
 
     @classmethod
-    def from_config(cls, config, tap, target: Target, anchor: torch.Tensor | None, param) -> "Term":
+    def from_config(cls, setup: Setup) -> "Term":
         """The term for this run (``Off(cls)`` where it is off); by default ``cls()``."""
         return cls()
 
@@ -159,8 +205,8 @@ class Collision(Term):
         self.early, self.late = early, late
 
     @classmethod
-    def from_config(cls, config, tap, target, anchor, param) -> Term:
-        return cls(config.loss_early[0], config.loss_late[0])
+    def from_config(cls, setup: Setup) -> Term:
+        return cls(setup.config.loss_early[0], setup.config.loss_late[0])
 
     def value(self, ctx: Context) -> torch.Tensor:
         return ctx.objective[0]
@@ -175,16 +221,22 @@ class Push(Collision):
     key = "neg"
 
     @classmethod
-    def from_config(cls, config, tap, target, anchor, param) -> Term:
-        return cls(config.loss_early[1], config.loss_late[1])
+    def from_config(cls, setup: Setup) -> Term:
+        return cls(setup.config.loss_early[1], setup.config.loss_late[1])
 
     def value(self, ctx: Context) -> torch.Tensor:
         return ctx.objective[1]
 
 
+LEAST_CHANGE_UNIT = 0.1  # the least-change term is 1 at an RMS change of 0.1 (pixels in [0, 1])
+
+
 def least_change_distance(x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    """RMS distance (V,) of images x (V, 3, H, W) to ``anchor`` (1, 3, H, W), pixels in [0, 1]."""
-    return ((x - anchor) ** 2).flatten(1).mean(1).add(1e-12).sqrt()
+    """Mean squared distance (V,) of images x (V, 3, H, W) to ``anchor`` (1, 3, H, W), pixels in
+    [0, 1], in units of LEAST_CHANGE_UNIT squared: 1 at an RMS change of 0.1. Squared, so that
+    its pull grows with the change (a penalty like C&W's and the plain attack's) instead of
+    pulling with the same force at any distance."""
+    return ((x - anchor) ** 2).flatten(1).mean(1) / LEAST_CHANGE_UNIT**2
 
 
 def frontier_of(tap) -> str:
@@ -194,34 +246,55 @@ def frontier_of(tap) -> str:
     return "tol" if getattr(getattr(tap, "weights", None), "kind", None) == "random" else "decision"
 
 
+GROW_UNTIL = 0.85  # share of the steps after which a least-change weight only shrinks: every vertex ends fooling
+WEIGHT_RANGE = (1e-2, 1e3)  # a least-change weight stays within these multiples of --least-change
+
+
 def least_change_weights(config, previous: list[float] | None, fooled: torch.Tensor,
                          grow: bool = True) -> list[float]:
     """Each vertex's least-change weight for the next step (V,), from its weight at this step
-    (None: ``least_change``) and whether the vertex fools the net now (``fooled`` (V,) bool: it
-    and the vertices' centroid are in the target's class, top-class probability within FOOL_GAP
-    of the target's: the polytope's samples lie between the vertices). A vertex that fools
-    the net moves closer to its anchor (weight times ``least_change_rate``, unless ``grow`` is
-    False: the last fifth of the steps, so that every vertex ends on the fooling side); one that
-    does not lets the collision pull at once (weight divided by the rate cubed), within
-    0.1 .. 10 times ``least_change``.
-    So every vertex settles where it stops fooling the net: as close to its source as the
-    net's decision allows, however loose or tight that is for the pair (C&W's search for the
-    constant, done per step). The weights are kept in the history: a resumed run takes the same."""
+    (None: ``least_change``) and whether the vertex fools the net now (``fooled`` (V,) bool:
+    the vertex and the step's polytope samples are in the target's class, with a top-class
+    probability within FOOL_GAP of the target's). A vertex that fools the net moves closer to
+    its anchor (weight times ``least_change_rate``, unless ``grow`` is False: the last steps,
+    so that every vertex ends on the fooling side); one that does not lets the collision pull
+    (weight divided by the rate), within WEIGHT_RANGE times ``least_change``.
+
+    The rule is symmetric in the log of the weight (DDN's adaptive norm, Rony et al. 2019,
+    applied to the penalty's weight): from the source, which never fools, the weight falls
+    until the vertex fools; from there it rises as fast as it fell until the vertex stops
+    fooling, and so each vertex walks back and settles at the edge of the net's decision,
+    as close to its anchor as that allows. The weights are kept in the history: a resumed
+    run takes the same."""
     base = config.least_change
     w = torch.full((len(fooled),), base) if previous is None else torch.tensor(previous)
     r = config.least_change_rate
-    w = torch.where(fooled.cpu(), w * (r if grow else 1.0), w / r**3)
-    return w.clamp(base * 0.1, base * 10).tolist()
+    w = torch.where(fooled.cpu(), w * (r if grow else 1.0), w / r)
+    return w.clamp(base * WEIGHT_RANGE[0], base * WEIGHT_RANGE[1]).tolist()
+
+
+@torch.no_grad()
+def fooling(ctx: Context, frontier: str, tol: float) -> torch.Tensor:
+    """(V + S,) bool over the vertices and the step's polytope samples: in the target's class with
+    a top-class probability within FOOL_GAP of the target's (frontier "decision", a trained net),
+    or the collision within ``tol`` (frontier "tol", random weights)."""
+    t = ctx.target
+    if frontier == "decision":
+        prob, top = torch.softmax(ctx.logits.float(), 1).max(1)
+        return (top == t.label) & ((prob - t.prob).abs() <= FOOL_GAP)
+    return relative_error(ctx.z_all.detach(), t) <= tol
 
 
 class LeastChange(Term):
-    """Each vertex's RMS distance to ``anchor`` (1, 3, H, W), with a weight per vertex that
-    follows the net's decision (``next_weights``; kept in the history as
-    "least_change_weight", with the number of fooling vertices as "fooled"). The run takes all
-    its steps (``holds``) and has converged when every vertex fools the net at its last step."""
+    """Each vertex's squared distance to ``anchor`` (1, 3, H, W) (``least_change_distance``), with
+    a weight per vertex that follows the net's decision (``least_change_weights``; kept in the
+    history as "least_change_weight", with the number of fooling vertices as "fooled"). A vertex
+    counts as fooling when it and the step's polytope samples all fool the net. The run takes
+    all its steps (``holds``) and has converged when every vertex fools the net at its last
+    step."""
 
     key = "least_change"
-    centroid = True
+    decision = True
     holds = True
 
     def __init__(self, config, anchor: torch.Tensor, frontier: str):
@@ -232,8 +305,10 @@ class LeastChange(Term):
         return (self.key, "least_change_weight", "fooled")
 
     @classmethod
-    def from_config(cls, config, tap, target, anchor, param) -> Term:
-        return Off(cls) if anchor is None else cls(config, anchor, frontier_of(tap))
+    def from_config(cls, setup: Setup) -> Term:
+        if setup.anchor is None:
+            return Off(cls)
+        return cls(setup.config, setup.anchor, frontier_of(setup.tap))
 
     def value(self, ctx: Context) -> torch.Tensor:
         return least_change_distance(ctx.x, self.anchor)
@@ -242,24 +317,17 @@ class LeastChange(Term):
         w = ctx.history["least_change_weight"]
         return torch.tensor(w[-1] if w else [self.config.least_change] * len(ctx.z), device=ctx.z.device)
 
-    @torch.no_grad()
     def fooled(self, ctx: Context) -> torch.Tensor:
-        """(V,) bool: the vertex and the vertices' centroid fool the net: the target's class with a
-        top-class probability within FOOL_GAP of the target's (a trained net), or the collision
-        within ``tol`` (random weights, frontier "tol")."""
-        t = ctx.target
-        if self.frontier == "decision":
-            prob, top = torch.softmax(ctx.logits.float(), 1).max(1)
-            at = (top == t.label) & ((prob - t.prob).abs() <= FOOL_GAP)
-        else:  # random weights: the net's decision says nothing; the collision within tol instead
-            at = relative_error(ctx.z_all.detach(), t) <= self.config.tol
-        return at[:-1] & at[-1]  # the polytope's samples lie between the vertices
+        """(V,) bool: the vertex fools the net, and so do all the step's polytope samples."""
+        at = fooling(ctx, self.frontier, self.config.tol)
+        V = len(ctx.z)
+        return at[:V] & at[V:].all()
 
     def next_weights(self, ctx: Context, fooled: torch.Tensor) -> list[float]:
-        """The weight rule: ``least_change_weights``, no growth in the last fifth of the steps."""
+        """The weight rule: ``least_change_weights``, no growth after GROW_UNTIL of the steps."""
         w = ctx.history["least_change_weight"]
         return least_change_weights(self.config, w[-1] if w else None, fooled,
-                                    grow=ctx.step <= 0.8 * self.config.steps)
+                                    grow=ctx.step <= GROW_UNTIL * self.config.steps)
 
     def record(self, ctx: Context, value: torch.Tensor, history: dict) -> None:
         super().record(ctx, value, history)
@@ -273,6 +341,84 @@ class LeastChange(Term):
         return bool(history["fooled"]) and history["fooled"][-1] == len(history["least_change_weight"][-1])
 
 
+class Polytope(Term):
+    """The collision of the step's polytope samples (``polytope_samples``: the vertices' centroid
+    and one random convex combination): their relative error (what ``tol`` is about, whatever the
+    objective) summed, shared equally by the vertices (V,);
+    weight ``polytope``. Vertices that each fool the net by their own pixel noise do not make a
+    polytope whose inside fools it (the noise averages out between them); this term makes the
+    vertices share what collides and differ where the net does not look. Off for one vertex."""
+
+    key = "polytope"
+    decision = True
+
+    def __init__(self, weight: float):
+        self.base = weight
+
+    @classmethod
+    def from_config(cls, setup: Setup) -> Term:
+        c = setup.config
+        return cls(c.polytope) if c.polytope > 0 and c.vertices > 1 else Off(cls)
+
+    def value(self, ctx: Context) -> torch.Tensor:
+        V = len(ctx.z)
+        return (relative_error(ctx.z_all[V:], ctx.target).sum() / V).expand(V)
+
+    def weight(self, ctx: Context) -> float:
+        return self.base
+
+
+def block_means(x: torch.Tensor, side: int = BLOCK_VIEW) -> torch.Tensor:
+    """Images (N, 3, H, W) in [0, 1] as (N, side * side * 3) block means in 0..255 units: the
+    view of ``polytope.block_view`` (the same near-equal blocks), differentiable."""
+    def averaging(n: int) -> torch.Tensor:
+        m = torch.zeros(side, n, dtype=x.dtype, device=x.device)
+        for i, idx in enumerate(np.array_split(np.arange(n), side)):
+            m[i, idx[0] : idx[-1] + 1] = 1.0 / len(idx)
+        return m
+
+    rows, cols = averaging(x.shape[2]), averaging(x.shape[3])
+    b = torch.einsum("ih,nchw,jw->nijc", rows, x, cols) * 255.0
+    return b.reshape(len(x), -1)
+
+
+class Distinct(Term):
+    """Vertices that differ where a person sees it: a hinge on each pair's distance in the 7 x 7
+    block-mean view (``polytope.extent``'s view, where pixel noise cancels), relative to the
+    source-target distance there: relu(extent - d_ij / d_st), summed over the pairs, each
+    vertex taking half of its pairs' hinges (V,). It pushes two vertices apart until their
+    block views are ``extent`` of the source-target distance apart, then lets go; weight
+    ``distinct``. Where the vertices start identical (pixel mode), the search space's seeded
+    start noise (``noise``) gives each pair a direction. Off for one vertex."""
+
+    key = "distinct"
+
+    def __init__(self, weight: float, margin: float, scale: float):
+        self.base, self.margin, self.scale = weight, margin, scale
+
+    @classmethod
+    def from_config(cls, setup: Setup) -> Term:
+        c = setup.config
+        if c.distinct <= 0 or c.vertices < 2 or setup.source is None or setup.target_image is None:
+            return Off(cls)
+        with torch.no_grad():
+            b = block_means(torch.cat([setup.source, setup.target_image]))
+            scale = float((b[0] - b[1]).norm())
+        return cls(c.distinct, c.extent, max(scale, 1e-6))
+
+    def value(self, ctx: Context) -> torch.Tensor:
+        b = block_means(ctx.x)
+        V = len(b)
+        i, j = torch.triu_indices(V, V, 1, device=b.device)
+        d = ((b[i] - b[j]).pow(2).sum(1) + 1e-9).sqrt() / self.scale
+        hinge = torch.relu(self.margin - d)
+        per = torch.zeros(V, device=b.device, dtype=b.dtype)
+        return per.index_add(0, i, hinge / 2).index_add(0, j, hinge / 2)
+
+    def weight(self, ctx: Context) -> float:
+        return self.base
+
+
 class Seams(Term):
     """TV of the mixing weights (V,): coherent regions over speckle; weight ``tv`` (times the
     settle factor after the last prune). Off where the space does not mix."""
@@ -283,8 +429,8 @@ class Seams(Term):
         self.base = weight
 
     @classmethod
-    def from_config(cls, config, tap, target, anchor, param) -> Term:
-        return cls(config.tv) if param.mixes else Off(cls)
+    def from_config(cls, setup: Setup) -> Term:
+        return cls(setup.config.tv) if setup.param.mixes else Off(cls)
 
     def value(self, ctx: Context) -> torch.Tensor:
         return ctx.param.total_variation(ctx.mixing_weights)
@@ -301,8 +447,8 @@ class Entropy(Seams):
     key = "entropy"
 
     @classmethod
-    def from_config(cls, config, tap, target, anchor, param) -> Term:
-        return cls(config.entropy) if param.mixes else Off(cls)
+    def from_config(cls, setup: Setup) -> Term:
+        return cls(setup.config.entropy) if setup.param.mixes else Off(cls)
 
     def value(self, ctx: Context) -> torch.Tensor:
         return ctx.param.entropy(ctx.mixing_weights)
@@ -315,16 +461,17 @@ TERMS: dict[str, type[Term]] = {  # the loss's terms, in the order it adds them;
     "collision": Collision,
     "push": Push,
     "least_change": LeastChange,
+    "polytope": Polytope,
+    "distinct": Distinct,
     "tv": Seams,
     "entropy": Entropy,
 }
 
 
-def build_terms(config, tap, target: Target, anchor: torch.Tensor | None, param) -> list[Term]:
+def build_terms(setup: Setup) -> list[Term]:
     """The run's terms, one per entry of ``TERMS`` (``Off`` where the config or the space turns
-    one off). ``anchor`` (1, 3, H, W): what the least-change term keeps each vertex close to
-    (None: the term is off)."""
-    return [cls.from_config(config, tap, target, anchor, param) for cls in TERMS.values()]
+    one off), built from ``setup``."""
+    return [cls.from_config(setup) for cls in TERMS.values()]
 
 
 def loss_of(terms: list[Term], ctx: Context) -> tuple[torch.Tensor, list[torch.Tensor]]:

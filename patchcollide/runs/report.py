@@ -244,6 +244,9 @@ def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
                               f"{_fmt(dist.get('source_target_l2'))} (0..255 pixel units)")),
         *([("L2 to the source", ", ".join(_fmt(d) for d in dist["vertex_source_l2"]) + " (per vertex)")]
           if dist.get("vertex_source_l2") else []),
+        *([("extent", f"{_fmt(verts['extent'].get('extent'))} (the closest two vertices in the 7 x 7 block-mean "
+                      "view, over the source-target distance there)")]
+          if isinstance(verts.get("extent"), dict) and verts["extent"].get("pairs_block_l2") else []),
         *([("judge", _judge_line(r["judge"]))] if isinstance(r.get("judge"), dict) else []),
         *([("retrieval", _retrieval_line(r["retrieval"]))]
           if isinstance(r.get("retrieval"), dict) and _retrieval_line(r["retrieval"]) else []),

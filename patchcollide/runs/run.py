@@ -46,7 +46,7 @@ from ..engine.collide import Clock, CollideConfig, CollideError, CollideResult, 
 from ..engine.judge import judge_run, load_judge
 from ..engine.models import Tap, imagenet_weights, input_fit, load_tap, resolve_device, resolve_weights, tap_on
 from ..engine.objectives import Target
-from ..engine.polytope import difference_boxes, pairwise_l2, sample_polytope
+from ..engine.polytope import difference_boxes, extent, pairwise_l2, sample_polytope
 from ..offline.extract import scan_inputs
 from ..offline.knn import PatchIndex
 from .pictures import contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
@@ -401,7 +401,8 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
             "timings": res.timings,
             "least_change_frontier": None if not config.least_change else frontier_of(tap),
             "vertices": {"float": res.metrics, "png": png_metrics, "mixing": res.mixing, "boxes": boxes,
-                         "mean_pairwise_l2": pairwise_l2(back), "size": config.size},
+                         "mean_pairwise_l2": pairwise_l2(back), "size": config.size,
+                         "extent": extent(back, src, tgt)},
             "distances": {"source_target_l2": pairwise_l2(np.stack([src, tgt])),
                           "vertex_source_l2": source_distances(back, src)},
             "history": res.history,

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patchcollide.engine.collide import target_of
+from patchcollide.engine.collide import quantise, target_of
 from patchcollide.engine.models import Tap, WeightsInfo, imagenet_normalise
 from patchcollide.engine.nets import DigitVGG
 from patchcollide.engine.polytope import sample_polytope
@@ -108,7 +108,7 @@ def test_the_sweep_keeps_the_largest_lam_that_fools(world):
     assert fools[0] and not fools[-1], fools
     assert sweep.fools and sweep.lam == max(lam for lam, f in zip(lams, fools) if f)
     assert torch.equal(sweep.collider, sweep.colliders[lams.index(sweep.lam)])
-    assert torch.equal(sweep.collider, peers.quantise(sweep.collider))  # on the 8-bit levels
+    assert torch.equal(sweep.collider, quantise(sweep.collider))  # on the 8-bit levels
     check = sample_polytope(tap, sweep.collider, target_of(tap, t, 1), samples=1)
     assert check["fools_net"] and check["rel_error_max"] == pytest.approx(sweep.per_lam[lams.index(sweep.lam)]["rel_error"])
     assert sweep.seconds >= sum(r["seconds"] for r in sweep.per_lam) * 0.99

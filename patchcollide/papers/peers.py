@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import PatchcollideError
-from ..engine.collide import target_of
+from ..engine.collide import quantise, target_of
 from ..engine.models import KNOWN_HEADS, Tap
 from ..engine.polytope import PROB_GAP, sample_polytope
 
@@ -55,11 +55,6 @@ def _check_images(source: torch.Tensor, target: torch.Tensor) -> None:
 def fc6_post(tap: Tap, x: torch.Tensor) -> torch.Tensor:
     """The tapped layer after its ReLU: (B, 3, H, W) in [0, 1] -> (B, D) float32."""
     return F.relu(tap.pre(x))
-
-
-def quantise(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) float in [0, 1] -> the same on the 8-bit levels a PNG holds."""
-    return torch.round(x.clamp(0, 1) * 255) / 255
 
 
 def plain_attack(tap: Tap, source: torch.Tensor, target: torch.Tensor, lam: float, steps: int = PLAIN_STEPS,

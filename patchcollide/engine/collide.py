@@ -119,8 +119,11 @@ class CollideConfig:
     objective: str = setting("relative", "relative: normalised L+ and a hinge push; paper: the authors' sums (L+ on "
                              "active units); post: the authors' sums with L+ on the whole post-activation.",
                              choices=OBJECTIVES)
-    push_margin: float = setting(2.2, "relative objective: push each vertex's unit to this many times the target's "
-                                 "value.")
+    push_margin: float | None = setting(None, "relative objective: push each vertex's unit to this many times the "
+                                        "target's value (the paper's corners). On a trained net the distinct term "
+                                        "spreads the vertices by their look, and the unit push only costs closeness "
+                                        "to the source (benchmarks/README.md), so auto leaves it off there.",
+                                        default_text="auto: 2.2 with random weights, 0 with trained ones")
     loss_early: tuple[float, float] = setting((1.0, 0.3), "Weights a, b of L+ and L-^i in the separate phase (the "
                                               "authors': 100 10, objective paper).", metavar="A B")
     loss_late: tuple[float, float] = setting((1.0, 0.1), "Weights a, b of L+ and L-^i after switch (the authors': "
@@ -203,7 +206,8 @@ class CollideConfig:
             (self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (all(0 <= b < 1 for b in self.betas), "betas", f"must be in [0, 1), got {self.betas}"),
             (self.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"),
-            (self.push_margin >= 0, "push_margin", f"must be >= 0, got {self.push_margin}"),
+            (self.push_margin is None or self.push_margin >= 0, "push_margin",
+             f"must be >= 0, got {self.push_margin}"),
             (all(w >= 0 for w in self.loss_early), "loss_early", f"must be >= 0, got {self.loss_early}"),
             (all(w >= 0 for w in self.loss_late), "loss_late", f"must be >= 0, got {self.loss_late}"),
             (0 <= self.switch <= 1, "switch", f"must be in [0, 1], got {self.switch}"),
@@ -255,9 +259,8 @@ class CollideConfig:
         out = []
         if self.push_margin == 0 and self.distinct == 0 and self.vertices > 1 and self.objective == "relative":
             out.append(("push_margin", f"0 with {self.vertices} vertices and no distinct term: nothing pushes the "
-                                       "vertices apart, so they come out nearly identical; give a margin > 0 (the "
-                                       f"default {CollideConfig.__dataclass_fields__['push_margin'].default}), "
-                                       "--distinct > 0 or one vertex"))
+                                       f"vertices apart, so they come out nearly identical; give a margin > 0 ({AUTO_PUSH} "
+                                       "is the paper's corners), --distinct > 0 or one vertex"))
         return out
 
     @property
@@ -355,6 +358,17 @@ def make_param(config: CollideConfig, source: torch.Tensor, target: torch.Tensor
     return config.space.from_config(config, source, target, candidates)
 
 
+AUTO_PUSH = 2.2  # push_margin auto with random weights: below twice the target's value (the paper's corners)
+
+
+def push_margin_of(config: CollideConfig, tap) -> float:
+    """The push margin a run takes: ``config.push_margin``, or for auto (None) AUTO_PUSH with
+    random weights and 0 with trained ones, whose vertices the distinct term spreads by look."""
+    if config.push_margin is not None:
+        return config.push_margin
+    return AUTO_PUSH if frontier_of(tap) == "tol" else 0.0
+
+
 def least_change_anchor(config: CollideConfig, source: torch.Tensor, candidates: dict | None) -> torch.Tensor:
     """(1, 3, H, W): the source image, or (``least_change_to="nearest"``, patch mode) its
     nearest-neighbour composition: every pixel from the nearest candidate of its location."""
@@ -427,6 +441,7 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
     the (source, target) images (1, 3, H, W) the terms may measure against (the distinct term's
     scale).
     """
+    config = dataclasses.replace(config, push_margin=push_margin_of(config, tap))  # auto made concrete
     if terms is None:
         source, target_image = images if images is not None else (None, None)
         terms = build_terms(Setup(config, tap, target, param, anchor, source, target_image))

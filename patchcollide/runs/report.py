@@ -156,7 +156,7 @@ def _input_line(inputs: dict, which: str):
 
 
 def _config_shown(cfg: dict, resolved: dict) -> dict:
-    """Config values as the run used them: lr None, fit auto and device auto become what the run
+    """Config values as the run used them: lr None, push_margin auto, fit auto and device auto become what the run
     took (report.json's resolved), with where that came from."""
     shown = {}
     if cfg.get("lr") is None and "lr" in cfg:
@@ -165,6 +165,8 @@ def _config_shown(cfg: dict, resolved: dict) -> dict:
     if cfg.get("fit") == "auto" and resolved.get("fit"):
         side = cfg.get("size", "size")
         shown["fit"] = f"auto: an input of {side} x {side} as given, any other {resolved['fit']}"
+    if cfg.get("push_margin", 0) is None and _num(resolved.get("push_margin")):
+        shown["push_margin"] = f"{_fmt(resolved['push_margin'])} (auto: {'random' if resolved['push_margin'] else 'trained'} weights)"
     if "device" in cfg:
         used = resolved.get("device")
         shown["device"] = (f"{used} ({cfg['device']})" if used and used != cfg["device"] else _fmt(used or cfg["device"]))

@@ -42,7 +42,8 @@ from ..core.jsontypes import convert
 from ..engine.checkpoints import EVERY
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import Checkpointer, CheckpointError, Interrupted, StopSignals, partial_dir
-from ..engine.collide import Clock, CollideConfig, CollideError, CollideResult, collide, frontier_of, quantised_metrics
+from ..engine.collide import (Clock, CollideConfig, CollideError, CollideResult, collide, frontier_of, push_margin_of,
+                              quantised_metrics)
 from ..engine.judge import judge_run, load_judge
 from ..engine.models import Tap, imagenet_weights, input_fit, load_tap, resolve_device, resolve_weights, tap_on
 from ..engine.objectives import Target
@@ -390,7 +391,7 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
             "kind": RUN_KIND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "notice": RANDOM_NOTICE if random else None,
             "config": dataclasses.asdict(config),
-            "resolved": {"lr": config.learning_rate,  # what the run took where config says None or auto
+            "resolved": {"lr": config.learning_rate, "push_margin": push_margin_of(config, tap),  # None or auto made concrete
                          "device": resolve_device(config.device if device is None else device).type,
                          "fit": resolved_fit(config, input_fit(tap.arch, tap.weights.kind))},
             "model": tap.identity(), "inputs": meta, "versions": versions(),

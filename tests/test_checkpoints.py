@@ -27,7 +27,8 @@ from patchcollide.core.images import resize_crop
 from patchcollide.engine.models import load_tap
 
 S = 64
-CFG = dict(mode="patches", vertices=2, steps=40, size=S, k=4, device="cpu", tol=1e-6)  # prunes at steps 13 and 20
+CFG = dict(mode="patches", vertices=2, steps=40, size=S, k=4, device="cpu", tol=1e-6,
+           prune=((0.33, 8), (0.5, 4)))  # prunes at steps 13 and 20
 
 
 def photo(name: str) -> np.ndarray:

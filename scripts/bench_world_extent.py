@@ -86,6 +86,9 @@ def main(argv=None) -> int:
             note += f" ({p['l2_ratio_to_peer_median']:.2f}x plain)"
         ax.annotate(note, (p["extent_median"], 100 * p["success_rate"]), fontsize=7, xytext=(5, 5),
                     textcoords="offset points")
+    ys = [100 * p["success_rate"] for p in points]
+    ax.set_ylim(min(ys) - 5, max(ys) + 8)
+    ax.set_xlim(-0.02, max(p["extent_median"] for p in points) + 0.12)
     ax.axvline(0.1, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("extent (median): closest two vertices in the 7 x 7 block view / source-target")
     ax.set_ylabel("success (%)")

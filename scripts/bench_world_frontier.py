@@ -1,5 +1,8 @@
 """The digits world's frontier with success as its axis: success, fooling and look against the
-start weight of the least-change term, per mode.
+start weight of the least-change term, per mode. The previous engine's (its committed points in
+``benchmarks/results/bench_world-frontier/``; the default point came from the 45-pair run at
+commit 289723c): the least-change rule it measured was replaced in issue 26, whose frontier is
+``scripts/bench_world_extent.py``.
 
 Each point is a ``bench_world.py`` run over the same 15 of the 45 seeded pairs (``--every 3``,
 spread over all digits) with one ``least_change`` value; the default's point (3) is the same 15

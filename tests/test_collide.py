@@ -401,7 +401,8 @@ def test_push_moves_each_vertex_to_its_own_corner(tap):
     """With L-^i each vertex drives its own unit below twice the target's value and below every
     other vertex there; without it (push margin 0) the units stay near the target's value."""
     src, tgt = photo("astronaut"), photo("chelsea")
-    base = dict(mode="pixel", vertices=3, steps=80, size=S, device="cpu", tol=1e-6)
+    base = dict(mode="pixel", vertices=3, steps=80, size=S, device="cpu", tol=1e-6, polytope=0.0,
+                distinct=0.0)  # the push alone (the other terms that spread or pull the vertices off)
     pushed = collide(tap, src, tgt, CollideConfig(**base)).metrics
     control = collide(tap, src, tgt, CollideConfig(**base, push_margin=0.0)).metrics
     assert min(pushed["push"]) >= 1.6 and all(pushed["own_unit_lowest"]), pushed["push"]

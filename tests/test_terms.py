@@ -167,3 +167,14 @@ def test_the_polytope_samples_are_drawn_from_the_seed_and_the_step():
     assert torch.equal(a, b) and not torch.equal(a, terms.polytope_samples(4, 0, 8))  # a resume draws the same
     assert torch.allclose(a.sum(1), torch.ones(2)) and (a >= 0).all() and torch.equal(a[0], torch.full((4,), 0.25))
     assert terms.polytope_samples(1, 0, 7).shape == (1, 1)  # one vertex: the vertex itself
+
+
+def test_the_push_margin_auto_pushes_with_random_weights_only():
+    from types import SimpleNamespace
+
+    from patchcollide.engine.collide import AUTO_PUSH, push_margin_of
+
+    random, trained = (SimpleNamespace(weights=SimpleNamespace(kind=k)) for k in ("random", "file"))
+    assert push_margin_of(BASE, random) == AUTO_PUSH and push_margin_of(BASE, trained) == 0.0
+    given = dataclasses.replace(BASE, push_margin=1.5)
+    assert push_margin_of(given, random) == push_margin_of(given, trained) == 1.5  # a value given is kept

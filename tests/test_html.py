@@ -306,7 +306,7 @@ def test_run_page_says_first_what_the_run_came_to(batch_dir):
     assert text.index('id="verdict"') < text.index('class="banner"') < text.index("<dl")
     assert text.count("RANDOM WEIGHTS") == 1  # the banner; no caption repeats it
     rows = dict(re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", text))
-    assert rows["device"] == "cpu (auto)" and rows["lr"] == "1.00e-02 (the pixel space&#x27;s default)"
+    assert rows["device"] == "cpu (auto)" and rows["lr"] == "0.01 (the pixel space&#x27;s default)"
     assert re.fullmatch(r"commit [0-9a-f]{40} \((clean tree|with uncommitted changes)\)", rows["git"]) or \
         rows["git"] == "not run from a git checkout", rows["git"]
     assert "<figcaption>target</figcaption>" in text

@@ -22,10 +22,13 @@ from patchcollide.engine.polytope import extent
 
 S = 64
 # patch mode with every term on: least change (random weights: it follows the collision within
-# tol, loose enough here that its weights rise and fall), TV and entropy heavier than the
-# defaults so that 40 steps show what each does; prunes at steps 13 and 20, settle factor after
+# tol, loose enough here that its weights rise and fall), the push, TV and entropy heavier than the
+# defaults so that 40 steps show what each does, the distinct term's extent above where the
+# distinct start already puts the vertices (0.16) so that it acts; prunes at steps 13 and 20,
+# settle factor after
 BASE = CollideConfig(mode="patches", vertices=2, steps=40, size=S, k=4, device="cpu", tol=0.6, tv=0.03,
-                     entropy=0.03, settle_factor=0.5)
+                     entropy=0.03, settle_factor=0.5, loss_early=(1.0, 1.0), extent=0.4,
+                     prune=((0.33, 8), (0.5, 4)))
 
 
 def photo(name: str) -> np.ndarray:

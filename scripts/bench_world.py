@@ -354,6 +354,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pair-seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=1,
                     help="keep every K-th of the pairs (a subset spread over all digits, for frontier points)")
+    ap.add_argument("--skip-every", type=int, default=0, metavar="K",
+                    help="leave out every K-th pair (the ones an --every K run already holds; --combine the two "
+                         "for all the pairs)")
     ap.add_argument("--modes", nargs="+", default=["patches", "pixel"], choices=["patches", "pixel"],
                     help="patchcollide's modes (the peers are pixel-space and run once per pair)")
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS,
@@ -376,6 +379,8 @@ def main(argv=None) -> int:
         return combine(args.combine, args.out)
     if args.every < 1:
         ap.error(f"--every must be >= 1, got {args.every}")
+    if args.skip_every < 0 or args.skip_every == 1 or (args.skip_every and args.every != 1):
+        ap.error(f"--skip-every must be 0 (off) or >= 2 and goes without --every, got {args.skip_every}")
     wants_art = [m for m in args.methods if m.startswith("art")]
     if wants_art and importlib.util.find_spec("art") is None:
         ap.error(f"--methods {' '.join(wants_art)} needs ART: pip install 'patchcollide[peers]' (or leave it out)")
@@ -399,14 +404,14 @@ def main(argv=None) -> int:
     tap = load_tap(ATTACKED, "fc6", world.weights)
     judge = load_judge(world.judge, JUDGE)
     pairs = world.pairs(args.pairs, args.pair_seed)
-    kept = list(range(0, len(pairs), args.every))
+    kept = [i for i in range(0, len(pairs), args.every) if not (args.skip_every and i % args.skip_every == 0)]
     runs = args.runs or tempfile.mkdtemp(prefix="bench_world-")
     peers_settings = {"plain": {"lams": args.lams, "steps": args.plain_steps, "lr": PLAIN_LR},
                       "art": {"learning_rate": args.art_lr, "max_iter": args.art_iters},
                       "art-defaults": dict(ART_DEFAULTS)}
     settings = {"overrides": {k: v for k, v in overrides.items() if k != "vertices"},  # records carry vertices
                 "samples": args.samples, "pair_seed": args.pair_seed, "pairs": args.pairs, "every": args.every,
-                "peers": peers_settings}
+                **({"skip_every": args.skip_every} if args.skip_every else {}), "peers": peers_settings}
     records: list[dict] = []
     if args.resume and os.path.isfile(args.out):
         with open(args.out) as fh:

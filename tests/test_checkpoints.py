@@ -68,7 +68,7 @@ def test_a_run_interrupted_between_prunes_resumes_bit_identical(tmp_path, tap, p
     cfg = CollideConfig(**CFG)
     stop = FakeSignals(at=17)
     ck = Checkpointer(str(tmp_path / "ck"), {"run": "a"}, every=7, stop=stop)
-    with pytest.raises(Interrupted, match=r"^SIGINT at step 17/40: checkpoint saved in .*checkpoint.pt$") as e:
+    with pytest.raises(Interrupted, match=r"^stopped by Ctrl-C \(SIGINT\) at step 17/40: checkpoint saved in .*checkpoint.pt$") as e:
         collide(tap, photo("astronaut"), photo("chelsea"), cfg, index=pidx, checkpoint=ck, progress=stop.progress)
     assert e.value.exit_code == 130
     state = ck.load()
@@ -148,7 +148,7 @@ def test_sigterm_stops_a_run_with_its_checkpoint_and_exit_code(tmp_path, tap, fl
             os.kill(os.getpid(), signal.SIGTERM)  # a real signal, caught by the run's handler
 
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Interrupted, match=r"^SIGTERM at step 3/40: checkpoint saved in .*; continue with "
+    with pytest.raises(Interrupted, match=r"^stopped by SIGTERM at step 3/40: checkpoint saved in .*; continue with "
                                           r"`patchcollide collide --resume .*run`$") as e:
         runs.run_collide(src, tgt, out, CollideConfig(**{**CFG, "mode": "pixel"}), tap=tap, index_dir=flat_index,
                          progress=progress, checkpoint_every=0)
@@ -243,7 +243,7 @@ def test_a_killed_or_interrupted_cli_run_resumes_to_the_same_vertices(tmp_path, 
     assert landed, f"the signal did not stop the running process (exit {p.returncode}): {p.stderr}"
     if signum == signal.SIGINT:
         lines = p.stderr.strip().splitlines()
-        assert len(lines) == 1 and "SIGINT at step" in lines[0] and f"collide --resume {out}" in lines[0], p.stderr
+        assert len(lines) == 1 and "stopped by Ctrl-C (SIGINT) at step" in lines[0] and not lines[0].startswith("Error") and f"collide --resume {out}" in lines[0], p.stderr
     step = Checkpointer(partial_dir(str(out)), {}).read()["step"]
     assert 4 <= step < 24 and not out.exists()  # stopped mid-run, nothing at the final name
     r = subprocess.run(_cli("collide", "--resume", out), capture_output=True, text=True)
@@ -295,7 +295,7 @@ def test_a_batch_interrupted_mid_job_says_so_in_one_line_and_in_batch_json(tmp_p
     landed = landed and p.returncode == 130
     record_property("kills", json.dumps([{"landed": landed, "phase": "optimising, SIGINT after the first checkpoint"}]))
     assert landed, p.stderr
-    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("Error")]
+    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("stopped by")]
     assert len(lines) == 1 and "``" not in lines[0] and lines[0].count("`") == 2, p.stdout + p.stderr
     assert "continue with the same `patchcollide batch` command" in lines[0], lines[0]
     step = Checkpointer(str(ck.parent), {}).read()["step"]

@@ -108,12 +108,24 @@ def test_a_bad_judge_is_one_line_before_any_work(world, tmp_path):
     p = world.pairs()[0]
     png = str(tmp_path / "x.png")
     open(png, "wb").write(b"\x89PNG not really")
-    for judge, says in ((str(tmp_path / "none.pt"), "no such file"), (png, "not a torch state dict"),
-                        (world.weights, "does not fit digits_lenet5")):
+    head13 = str(tmp_path / "head13.pt")  # the judge's own file with a 13-class head
+    state = torch.load(world.judge, weights_only=True)
+    last = [k for k in state if k.endswith("weight")][-1]
+    state[last], state[last.replace("weight", "bias")] = torch.zeros(13, state[last].shape[1]), torch.zeros(13)
+    torch.save(state, head13)
+    for judge, model, says in (
+            (str(tmp_path / "none.pt"), JUDGE, "--judge '" + str(tmp_path / "none.pt") + "': no such file"),
+            (png, JUDGE, f"--judge {png}: not a torch state dict"),
+            (world.weights, JUDGE, f"--judge {world.weights} does not fit digits_lenet5"),
+            (head13, JUDGE, "or the --judge-model it was saved from"),
+            (world.judge, "lenet_9", "--judge-model 'lenet_9': no such classifier"),
+            # the attacked net judging itself (item 2): its own file, the right architecture
+            (world.weights, ATTACKED, "it is the attacked net's own weights")):
         r = CliRunner().invoke(cli, ["collide", "--source", p["source"], "--target", p["target"], "--out",
                                      str(tmp_path / "o"), "--model", ATTACKED, "--weights", world.weights, "-i",
-                                     world.index, "--size", str(S), "--judge", judge])
+                                     world.index, "--size", str(S), "--judge", judge, "--judge-model", model])
         assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert "--weights" not in r.output.split(";")[0].replace(f"as --weights", ""), r.output  # names the judge's option
         assert not os.path.exists(tmp_path / "o")
 
 
@@ -213,4 +225,46 @@ def test_demo_world_digits_end_to_end(world, tmp_path):
         rep = json.load(open(os.path.join(out, mode, "report.json")))
         assert rep["model"]["arch"] == ATTACKED and rep["judge"]["model"]["arch"] == JUDGE
         assert rep["polytope"]["samples"] == 30 and "judge_share_source" in rep["polytope"]
-    assert r.output.count("verdict:") == 2 and "== patches mode" in r.output
+    # each mode says what runs, then its results and its verdict as it finishes (not all at the end)
+    assert "== patches mode: pair 3, a " in r.stderr and "== pixel mode: pair 3, a " in r.stderr
+    assert r.stdout.index("verdict (patches): ") < r.stdout.index("== pixel mode: ")
+    from patchcollide.papers.world import world_verdict
+
+    for mode in ("patches", "pixel"):
+        rep = json.load(open(os.path.join(out, mode, "report.json")))
+        assert f"verdict ({mode}): {world_verdict(rep)}" in r.stdout
+    assert "patchcollide report " + out in r.stdout and os.path.isfile(os.path.join(out, "report.html"))
+
+
+def test_the_world_verdict_names_the_half_that_failed():
+    from patchcollide.papers.world import world_verdict
+
+    def rep(share, reads):
+        return {"model": {"arch": "digits_vgg"}, "polytope": {"samples": 2000, "share_target_close": share,
+                                                              "fools_net": share == 1.0, "prob_gap": 0.01},
+                "judge": {"n_reads_as_source": reads, "vertices": {"class": [0] * 5}}}
+
+    assert world_verdict(rep(1.0, 5)).startswith("SUCCESS: every one of 2,000 samples fools digits_vgg")
+    line = world_verdict(rep(1.0, 3))
+    assert line.startswith("not a success: 3 of 5 vertices read as the source to the judge (>= 4 needed)")
+    assert "(held: every one of 2,000 samples fools" in line
+    line = world_verdict(rep(0.971, 5))
+    assert line.startswith("not a success: 97.1% of 2,000 samples fool digits_vgg within 0.01") and "held: 5 of 5" in line
+
+
+def test_a_size_other_than_the_worlds_is_named_once(world, tmp_path, caplog):
+    from patchcollide.runs.sizes import working_size
+
+    assert working_size(world.index, None)[0] == S and working_size(None, world.weights)[0] == S
+    assert working_size(None, None) is None
+    p = world.pairs()[0]
+    r = CliRunner().invoke(cli, ["collide", "--source", p["source"], "--target", p["target"], "--out",
+                                 str(tmp_path / "o"), "--model", ATTACKED, "--weights", world.weights, "--mode",
+                                 "pixel", "--size", "96", "--steps", "2", "--vertices", "1", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    warned = [ln for ln in r.stderr.splitlines() if "was made at" in ln]
+    assert len(warned) == 1 and warned[0].startswith("warning: --size 96: the world ") and f"use --size {S}" in warned[0]
+    r = CliRunner().invoke(cli, ["collide", "--source", p["source"], "--target", p["target"], "--out",
+                                 str(tmp_path / "o2"), "--model", ATTACKED, "--weights", world.weights, "--mode",
+                                 "pixel", "--size", str(S), "--steps", "2", "--vertices", "1", "--device", "cpu"])
+    assert r.exit_code == 0 and "was made at" not in r.stderr, r.output

@@ -16,6 +16,7 @@ whole file before anything runs: every problem comes back with its line number.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -193,8 +194,11 @@ def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, i
                             f"{', '.join('--' + k for k in batch_wide)} of `patchcollide batch`")
         unknown = [k for k in unknown if k not in BATCH_WIDE]
     if unknown:
-        problems.append(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                        f"allowed: {', '.join(job_keys())}")
+        close = {k: difflib.get_close_matches(k, job_keys(), n=1, cutoff=0.6) for k in unknown}
+        meant = [f"{k!r} -> {m[0]!r}" for k, m in close.items() if m]
+        problems.append(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+                        + (f" (did you mean {', '.join(meant)}?)" if meant else "")
+                        + f"; allowed: {', '.join(job_keys())}")
     jid = obj.get("id")
     if "id" not in obj:
         problems.append('missing "id"')

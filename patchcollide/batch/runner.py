@@ -16,7 +16,8 @@ import time
 from ..core.files import install_dir, write_json
 from ..engine.checkpoints import Interrupted
 from ..engine.collide import CollideError, target_of, to_tensor
-from ..engine.judge import load_judge
+from ..engine.judge import check_apart, load_judge
+from ..runs.sizes import warn_size
 from ..engine.models import input_fit, load_tap, model_identity, random_weights, resolve_device
 from ..offline.knn import PatchIndex
 from ..runs.run import dataset_images, dataset_paths, load_input, read_report, run_collide, run_sample
@@ -81,6 +82,9 @@ class BatchRunner:
             self.pindex = PatchIndex(self.index_dir)
         if self.options.judge:  # before the model: a bad judge fails in a second
             self.judge = load_judge(self.options.judge, self.options.judge_model)
+            check_apart(self.judge, self.weights)
+        for size in sorted({j.config.size for j in self.jobfile.jobs}):  # once per size, naming the job key
+            warn_size(size, self.index_dir if self.uses_index else None, self.weights, option='job key "size"')
         seed = self.jobfile.jobs[0].config.seed if self.jobfile.jobs else 0
         self.dev = resolve_device(device or self.device)  # once; the batch's own models live there
         self.tap = load_tap(self.arch, self.layer, self.weights, seed=seed).to(self.dev)

@@ -148,7 +148,8 @@ done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
 @click.option("--model", "arch", default="vgg16", show_default=True, help="torchvision classifier.")
 @click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
 @weights_option("Random weights: each job's seed seeds the model, as in collide.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the jobs compute (auto: CUDA when present; with Ray, each worker's own).")
 @click.option("--samples", default=2000, show_default=True, type=int,
               help="Polytope check size for jobs without their own \"samples\" (0: no check).")
 @click.option("--dataset", default=None, type=click.Path(file_okay=False),

@@ -28,6 +28,13 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class Stopped(UserError):
+    """A stop the user asked for (Ctrl-C, SIGTERM): one line, not worded as an error."""
+
+    def show(self, file=None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
 FLAGS = {"k": ("-k",)}  # CollideConfig fields whose collide option is not --field-name
 
 
@@ -57,7 +64,7 @@ def user_errors():
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             yield
     except Interrupted as e:  # a signal stopped a run after its checkpoint: the shell's exit code
-        err = UserError(str(e))
+        err = Stopped(str(e))
         err.exit_code = e.exit_code
         raise err from None
     except BadImage as e:

@@ -126,8 +126,9 @@ _store_opt = click.option("--store", "store_path", default=None, type=click.Path
 @click.option("--k-factor", default=None, type=int,
               help="Candidates re-ranked exactly per neighbour [default: chosen from N].")
 @click.option("--train-size", default=None, type=int, help="Training sample [default: max(65536, 64 nlist)].")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the training sample (IVF-PQ: k-means and the quantiser).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the index is trained (auto: a GPU when faiss and torch see one).")
 @click.pass_context
 def index_build(ctx, index_dir, store_path, factory, nprobe, k_factor, train_size, seed, device):
     """Train and fill a FAISS index over the patch store."""
@@ -191,13 +192,14 @@ def index_search(image, index_dir, store_path, k, grid_stride, stride_deprecated
               help="Held-out query image (repeatable); every grid patch is a query.")
 @_index_dir
 @_store_opt
-@click.option("-k", default=50, show_default=True, type=int)
+@click.option("-k", default=50, show_default=True, type=int, help="Neighbours per query whose recall against exact search is measured.")
 @click.option("--grid-stride", default=8, show_default=True, type=int, help="Query grid step (as in collide).")
 @click.option("--stride", "stride_deprecated", default=None, type=int, hidden=True, help="Deprecated: --grid-stride.")
-@click.option("--nprobe", default=None, type=int)
-@click.option("--k-factor", default=None, type=int)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--nprobe", default=None, type=int, help="Override the index's nprobe (IVF lists visited per query).")
+@click.option("--k-factor", default=None, type=int, help="Override the index's k-factor (candidates re-ranked exactly per neighbour).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the exact ground truth is computed (auto: CUDA when present).")
+@click.option("--json", "as_json", is_flag=True, help="Print the evaluation as JSON.")
 def index_eval(queries, index_dir, store_path, k, grid_stride, stride_deprecated, nprobe, k_factor, device, as_json):
     """recall@k of the index against exact search, and queries per second of both."""
     stride = _grid_stride(grid_stride, stride_deprecated)

@@ -17,6 +17,7 @@ from ..engine.judge import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..engine.judge import load_judge
 from ..runs.run import (check_k, dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample,
                         store_size)
+from ..runs.report import verdict
 from .common import Progress, Ticker, UserError, flag_of, flags_of, deprecated, show_progress, user_errors, weights_option
 
 
@@ -30,7 +31,7 @@ def print_vertices(report: dict) -> None:
         click.echo(f"NOTE: {report['notice']}")
     click.echo(f"target class {report['target']['label']} (p={report['target']['top_prob']:.3f}), "
                f"{report['target']['n_active']}/{report['target']['dim']} units active; "
-               f"{report['steps']} steps, converged={report['converged']}, {report['seconds']:.1f} s")
+               f"{report['steps']} steps, {report['seconds']:.1f} s (the verdict line below says what it came to)")
     head = (f"{'vertex':>6} {'unit':>5} {'z_t[u]':>7} {'z[u]':>7} {'push':>5} {'lowest':>6} {'rel.err':>8} "
             f"{'png':>8} {'inact>0':>7} {'top1':>5} {'p(top1)':>7}")
     if mix:
@@ -175,9 +176,9 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
 
 
 @click.command()
-@click.option("--source", type=click.Path(), help="Image whose locations the patches are retrieved for.  [required]")
-@click.option("--target", type=click.Path(), help="Image to collide with (may be the source).  [required]")
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="Run directory to write.  [required]")
+@click.option("--source", type=click.Path(), help="Image whose locations the patches are retrieved for.  [required unless --resume]")
+@click.option("--target", type=click.Path(), help="Image to collide with (may be the source).  [required unless --resume]")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Run directory to write.  [required unless --resume]")
 @click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
               help="Continue the interrupted or killed run that was writing RUN, from its checkpoint "
                    "(RUN.partial/), with the inputs and settings it started with.")
@@ -185,7 +186,9 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
               help="Steps between checkpoints (also saved after the last step and on Ctrl-C / SIGTERM; 0: only then).")
 @click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
               help="Patch index (patch mode).")
-@click.option("--model", default="vgg16", show_default=True, help="torchvision classifier.")
+@click.option("--model", default="vgg16", show_default=True,
+              help="The attacked net: a torchvision classifier (vgg16, alexnet, ...) or digits_vgg, the digits "
+                   "world's (`patchcollide world build`; with --weights PATH).")
 @click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
 @weights_option()
 @config_options
@@ -278,8 +281,11 @@ def convergence_hint(history: dict, mode: str) -> str:
     held = "the push (--push-margin), the least-change term (--least-change)"
     if mode == "patches":
         held += ", the patch constraint (more candidates -k, --slots, or a larger store)"
-    return (f"it was flat over the last {q} steps ({first:.2e} -> {last:.2e}), so more steps will not help: "
-            f"loosen {held}, or take a looser --tol")
+    fell = 1 - last / first if first > 0 else 0.0
+    how = (f"it fell only {100 * fell:.0f}% over the last {q} steps ({first:.2e} -> {last:.2e}), so more steps would "
+           "help little" if fell >= 0.01 else
+           f"it was flat over the last {q} steps ({first:.2e} -> {last:.2e}), so more steps will not help")
+    return f"{how}: loosen {held}, or take a looser --tol"
 
 
 def finish(report: dict, out: str, strict: bool, tol: float) -> None:
@@ -290,7 +296,9 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
         click.echo(f"retrieval: source patches {r['source_mean_distance']:.0f} from their neighbours, stored patches "
                    f"{r['store_typical_distance']:.0f} from theirs ({r['ratio']:.2f}x; {r['store_patches']:,} patches "
                    "in the store)")
-    click.echo(f"wrote {out}/ (contact_sheet.png, vertex_*.png, indicator.png, loss.png, report.json)")
+    click.echo(f"wrote {out}/ (contact_sheet.png, vertex_*.png, indicator.png, loss.png, report.json); its page: "
+               f"patchcollide report {out}")
+    click.echo(f"verdict: {verdict(report)[1]}")
     if not report["converged"]:
         worst = max(report["vertices"]["png"]["rel_error"])
         hint = convergence_hint(report.get("history", {}), report.get("config", {}).get("mode", "patches"))
@@ -306,9 +314,11 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
               help="The run to check (collide's --out); its report.json gets the polytope.  [required]")
 @click.option("--samples", default=2000, show_default=True, type=int, help="Random convex combinations.")
 @click.option("--n", "n_deprecated", default=None, type=int, hidden=True, help="Deprecated: --samples.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--batch-size", default=32, show_default=True, type=int)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the Dirichlet draws.")
+@click.option("--batch-size", default=32, show_default=True, type=int,
+              help="Samples per forward pass (lower it if memory runs out).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the samples are computed (auto: CUDA when present).")
 @click.option("--dataset", default=None, type=click.Path(file_okay=False),
               help="Image folder for the mean distance between dataset images [default: the run index's images].")
 @click.option("--judge", default=None, type=click.Path(), metavar="PATH",
@@ -345,3 +355,4 @@ def sample(ctx, run_deprecated, run_dir, samples, n_deprecated, seed, batch_size
                                 dataset_images=images, progress=bar, judge=the_judge)
     print_polytope(report["polytope"], report.get("notice"))
     click.echo(f"updated {os.path.join(run_dir, 'report.json')}")
+    click.echo(f"verdict: {verdict(report)[1]}")

@@ -14,6 +14,7 @@ BATCH_METRICS = {  # batch.json / batch.csv job metrics, in column order: key ->
     "top_prob_target": "top p (target)", "target_label": "target class", "mean_source_l2": "mean L2 to source",
     "judge_reads_source": "judge: vertices as source", "judge_share_source": "judge: samples as source",
     "steps": "steps", "converged": "converged"}
+SHARE_METRICS = ("share_target_class", "share_target_close", "judge_reads_source", "judge_share_source")  # shown as %
 VERTEX_METRICS = {  # report.json vertices.float / vertices.png -> column label
     "rel_error": "rel. error", "max_abs_active": "max |\u0394z| active", "n_inactive_positive": "inactive > 0",
     "unit_value": "z[unit]", "push": "push z[unit] / z_t[unit]", "own_unit_lowest": "lowest on its unit",

@@ -135,8 +135,10 @@ def fit_square(img: np.ndarray, size: int, fit: str, background=(255, 255, 255),
     if alpha is not None:
         a = alpha[..., None]
         img = np.rint(img.astype(np.float32) * a + bg * (1 - a)).clip(0, 255).astype(np.uint8)
-        said.append(f"{100 * float((alpha < 1).mean()):.0f}% of its pixels are transparent: composited on "
-                    f"R G B {rgb} (--background)")
+        clear, part = float((alpha == 0).mean()), float(((alpha > 0) & (alpha < 1)).mean())
+        how = [f"{100 * v:.0f}% of its pixels are {w}" for v, w in ((clear, "transparent"),
+                                                                    (part, "semi-transparent")) if v > 0]
+        said.append(f"{' and '.join(how)}: composited on R G B {rgb} (--background)")
         composited = f"; transparent pixels composited on R G B {rgb}"
     if fit == "as given":
         return img, said, f"as given ({w}x{h}){composited}"

@@ -536,7 +536,8 @@ def save_or_stop(checkpoint: Checkpointer, state: dict, steps: int) -> None:
     where = checkpoint.save(state)
     if checkpoint.stopping:
         name = signal.Signals(checkpoint.stop.signum).name
-        raise Interrupted(f"{name} at step {state['step']}/{steps}: "
+        how = "Ctrl-C (SIGINT)" if name == "SIGINT" else name
+        raise Interrupted(f"stopped by {how} at step {state['step']}/{steps}: "
                           + (f"checkpoint saved in {where}" if where else "the checkpoint could not be saved"),
                           checkpoint.stop.signum)
 

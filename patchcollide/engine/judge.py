@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .models import ModelError, WeightsInfo, build_model, file_sha256, fit_state, imagenet_normalise, load_state_file
+from .models import ModelError, WeightsInfo, build_model, builder, file_sha256, fit_state, imagenet_normalise, load_state_file
 from .nets import BUILDERS as OWN_MODELS
 from .nets import JUDGE_NORMALISED
 
@@ -63,21 +63,44 @@ def load_judge(weights: str, arch: str = DEFAULT_JUDGE_MODEL) -> Judge:
         if not os.path.isfile(weights):
             raise ModelError(f"--judge {weights!r}: no such file; give the judge's state dict, e.g. "
                              "worlds/digits/weights/judge_digits_lenet5.pt from `patchcollide world build`")
-        state = load_state_file(weights)
+        state = load_state_file(weights, "--judge")
         model = OWN_MODELS[arch]()
-        fit_state(model, state, arch, weights)
+        fit_state(model, state, arch, weights, "--judge", "--judge-model")
         info = WeightsInfo("file", os.path.abspath(weights), file_sha256(weights), False, "user weights")
         normalised = JUDGE_NORMALISED[arch]
     else:
         if weights == "random":
             raise ModelError("--judge random: a judge with random weights says nothing about a look; pass "
                              "--judge PATH or --judge imagenet")
-        model, info = build_model(arch, weights)
+        try:
+            builder(arch)
+        except ModelError:
+            raise ModelError(f"--judge-model {arch!r}: no such classifier; use digits_lenet5 (the judge `patchcollide "
+                             "world build` trains) or a torchvision classifier name") from None
+        model, info = build_model(arch, weights, option="--judge", model_option="--judge-model")
         normalised = True
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return Judge(model, arch, info, normalised)
+
+
+def check_apart(judge: Judge, weights: "str | WeightsInfo | dict | None", option: str = "--weights") -> None:
+    """ModelError when the judge's weights are the attacked net's own (the same sha256): a net
+    that judges its own colliders reads every one as the source. ``weights``: the attacked
+    net's --weights value (a PATH is hashed; auto, imagenet and random are not files), its
+    WeightsInfo, or a report's ``model`` record."""
+    if judge.weights.sha256 is None or weights is None:
+        return
+    if isinstance(weights, str):
+        sha = file_sha256(weights) if os.path.isfile(weights) else None
+    else:
+        sha = weights.get("sha256") if isinstance(weights, dict) else weights.sha256
+    if sha == judge.weights.sha256:
+        raise ModelError(f"--judge {judge.weights.name}: it is the attacked net's own weights (the same sha256 as "
+                         f"{option}), and a net judging its own colliders reads every one as the source; give a "
+                         "second net, e.g. worlds/digits/weights/judge_digits_lenet5.pt with --judge-model "
+                         "digits_lenet5")
 
 
 def read_as(judge: Judge, x: torch.Tensor, source_class: int) -> dict:

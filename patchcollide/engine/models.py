@@ -199,11 +199,13 @@ def imagenet_source(arch: str) -> tuple[str, str]:
     return str(w), w.url
 
 
-def load_weights(model: nn.Module, arch: str, weights: str, allow_download: bool = True) -> WeightsInfo:
+def load_weights(model: nn.Module, arch: str, weights: str, allow_download: bool = True,
+                 option: str = "--weights", model_option: str = "--model") -> WeightsInfo:
     """Put ``weights`` ("imagenet": torchvision's, via the torch cache; or a state-dict PATH,
     loaded with weights_only=True) into ``model`` (built by ``arch``'s builder) and say where
     they came from. One-line ModelError for a model without ImageNet weights, a missing or
-    foreign file, or a state dict that does not fit."""
+    foreign file, or a state dict that does not fit, naming ``option`` and ``model_option``
+    (the judge's: --judge and --judge-model)."""
     if weights == "imagenet":
         if arch in OWN_MODELS:
             raise ModelError(f"{arch} has no ImageNet weights; train it with `patchcollide world build` and pass "
@@ -211,11 +213,11 @@ def load_weights(model: nn.Module, arch: str, weights: str, allow_download: bool
         if arch in _SHAPE_ONLY:
             raise ModelError(f"{arch} has no torchvision weights (only its shapes are built); use --weights random")
         state, where, sha = load_imagenet_state(arch, allow_download)
-        fit_state(model, state, arch, "imagenet")
+        fit_state(model, state, arch, "imagenet", option, model_option)
         name = imagenet_weights(arch).name
         return WeightsInfo("imagenet", name, sha, True, f"torchvision {name}")
-    state = load_state_file(weights)
-    fit_state(model, state, arch, weights)
+    state = load_state_file(weights, option)
+    fit_state(model, state, arch, weights, option, model_option)
     # nothing says what a user's file was trained on: its path and sha256 are what is known
     return WeightsInfo("file", os.path.abspath(weights), file_sha256(weights), False, "user weights")
 
@@ -366,12 +368,14 @@ def _file_kind(path: str) -> str | None:
     return None
 
 
-def load_state_file(path: str) -> dict:
+def load_state_file(path: str, option: str = "--weights") -> dict:
     """The state dict (a dict of tensors) in the file ``path``, loaded with ``weights_only=True``
     (no arbitrary pickled objects); ModelError with a one-line reason otherwise. A checkpoint
-    dict holding the tensors under "state_dict" is unwrapped."""
+    dict holding the tensors under "state_dict" is unwrapped. ``option``: the option the
+    messages name (--weights, or the judge's --judge)."""
     if not os.path.isfile(path):
-        raise ModelError(f"--weights {path!r}: no such file; give a state dict file, or auto, imagenet or random")
+        raise ModelError(f"{option} {path!r}: no such file; give a state dict file" +
+                         (", or auto, imagenet or random" if option == "--weights" else ""))
     try:
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of files that it then refuses anyway
@@ -390,28 +394,30 @@ def load_state_file(path: str) -> dict:
             reason = "not a file of tensors written by torch.save"
         else:
             reason = first_line(e, 100)
-        raise ModelError(f"--weights {path}: not a torch state dict ({reason}); save one with "
+        raise ModelError(f"{option} {path}: not a torch state dict ({reason}); save one with "
                          "torch.save(model.state_dict(), PATH)") from None
     except Exception as e:  # noqa: BLE001 - zip errors, EOF, random bytes
         kind = _file_kind(path)
         what = f"it is {kind}" if kind else f"not a file written by torch.save: {first_line(e, 100)}"
-        raise ModelError(f"--weights {path}: not a torch state dict ({what}); save one with "
+        raise ModelError(f"{option} {path}: not a torch state dict ({what}); save one with "
                          "torch.save(model.state_dict(), PATH)") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"--weights {path}: not a state dict (a dict of tensors); save one with "
+        raise ModelError(f"{option} {path}: not a state dict (a dict of tensors); save one with "
                          "torch.save(model.state_dict(), PATH)")
     return state
 
 
-def fit_state(model: nn.Module, state: dict, arch: str, source: str) -> None:
-    """Load ``state`` into ``model``; a mismatch is a one-line ModelError naming ``source``."""
+def fit_state(model: nn.Module, state: dict, arch: str, source: str, option: str = "--weights",
+              model_option: str = "--model") -> None:
+    """Load ``state`` into ``model``; a mismatch is a one-line ModelError naming ``source`` and
+    the options that give the file and the architecture (the judge's: --judge, --judge-model)."""
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ModelError(f"--weights {source} does not fit {arch} ({_fit_detail(e)}); pass a state dict saved "
-                         f"from {arch}, or the --model it was saved from") from None
+        raise ModelError(f"{option} {source} does not fit {arch} ({_fit_detail(e)}); pass a state dict saved "
+                         f"from {arch}, or the {model_option} it was saved from") from None
 
 
 def _fit_detail(e: RuntimeError) -> str:
@@ -491,8 +497,8 @@ def builder(name: str):
     return build
 
 
-def build_model(name: str, weights: str = "random", seed: int = 0,
-                image_size: int | None = None) -> tuple[nn.Module, WeightsInfo]:
+def build_model(name: str, weights: str = "random", seed: int = 0, image_size: int | None = None,
+                option: str = "--weights", model_option: str = "--model") -> tuple[nn.Module, WeightsInfo]:
     """A torchvision model (or one of the ``*_shapes`` stand-ins) in eval mode with frozen
     parameters, weights "random" (seeded), "imagenet" (torchvision's, via the torch cache)
     or a state-dict PATH (loaded with weights_only=True). ``image_size``: vision transformers
@@ -515,7 +521,7 @@ def build_model(name: str, weights: str = "random", seed: int = 0,
         info = WeightsInfo("random", f"random(seed={seed})" + (f"; zero-initialised {', '.join(redrawn)} redrawn"
                                                                if redrawn else ""), None, False, "random weights")
     else:
-        info = load_weights(model, name, weights)
+        info = load_weights(model, name, weights, option=option, model_option=model_option)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

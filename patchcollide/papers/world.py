@@ -256,13 +256,21 @@ def open_world(root: str) -> World:
     return World(root, WorldConfig(**record["config"]), record)
 
 
-def run_world_demo(root: str = "worlds/digits", out_dir: str = "runs/world-demo", pair: int = 0,
+DEMO_PAIR = 21  # 7 -> 2: a success in both modes at the defaults (benchmarks/results/bench_world-cpu.json)
+
+
+def run_world_demo(root: str = "worlds/digits", out_dir: str = "runs/world-demo", pair: int = DEMO_PAIR,
                    modes: tuple[str, ...] = ("patches", "pixel"), samples: int = 2000, device: str = "auto",
                    progress: Callable[[str], None] | None = None, collide_progress=None,
-                   steps: int | None = None) -> dict:
+                   steps: int | None = None, on_mode: Callable | None = None,
+                   on_report: Callable[[str, dict], None] | None = None) -> dict:
     """Build the world (once), then collide one seeded test pair in each of ``modes`` at the
     engine's defaults, read by the judge, and check each polytope with ``samples`` samples.
-    Returns {mode: report}; each run goes to ``out_dir/<mode>``."""
+    Returns {mode: report}; each run goes to ``out_dir/<mode>``.
+
+    ``on_mode(mode, pair, config)``, where given, is called before each mode and returns that
+    mode's (collide progress, sample progress) callbacks (fresh clocks per phase);
+    ``on_report(mode, report)`` as each mode's run is checked."""
     world = world_at(root) if os.path.isfile(os.path.join(root, "world.json")) else build_world(root, progress=progress)
     pairs = world.pairs()
     if not 0 <= pair < len(pairs):
@@ -274,11 +282,14 @@ def run_world_demo(root: str = "worlds/digits", out_dir: str = "runs/world-demo"
     with PatchIndex(world.index) as pindex:
         for mode in modes:
             config = CollideConfig(mode=mode, size=world.config.size, device=device, **({"steps": steps} if steps else {}))
+            bars = on_mode(mode, p, config) if on_mode else (collide_progress, None)
             run_dir = os.path.join(out_dir, mode)
             run_collide(p["source"], p["target"], run_dir, config, arch=ATTACKED, weights=world.weights,
-                        index_dir=world.index, tap=tap, pindex=pindex, overwrite=True, progress=collide_progress,
+                        index_dir=world.index, tap=tap, pindex=pindex, overwrite=True, progress=bars[0],
                         judge=judge)
-            out[mode] = run_sample(run_dir, samples=samples, tap=tap, judge=judge, device=device)
+            out[mode] = run_sample(run_dir, samples=samples, tap=tap, judge=judge, device=device, progress=bars[1])
+            if on_report:
+                on_report(mode, out[mode])
     return out
 
 
@@ -288,6 +299,27 @@ def success(report: dict, min_reads: int = 4) -> bool:
     vertices read as the source to the judge."""
     poly, judge = report.get("polytope") or {}, report.get("judge") or {}
     return bool(poly.get("fools_net")) and judge.get("n_reads_as_source", 0) >= min_reads
+
+
+def world_verdict(report: dict, min_reads: int = 4) -> str:
+    """One line: SUCCESS or not, and for each half of the rule its measured number, the half
+    that failed first. E.g. "not a success: 3 of 5 vertices read as the source to the judge
+    (>= 4 needed); every one of 2,000 samples fools digits_vgg (...)"."""
+    poly, judge = report.get("polytope") or {}, report.get("judge") or {}
+    n, share, gap = poly.get("samples", 0), poly.get("share_target_close", 0.0), poly.get("prob_gap", 0.01)
+    arch = (report.get("model") or {}).get("arch", ATTACKED)
+    V = len((judge.get("vertices") or {}).get("class") or [])
+    reads = judge.get("n_reads_as_source", 0)
+    fool_ok, read_ok = bool(poly.get("fools_net")), reads >= min_reads
+    fool = (f"every one of {n:,} samples fools {arch} (the target's class, top-class prob. within {gap:g} of the "
+            f"target's)" if fool_ok else
+            f"{100 * share:.1f}% of {n:,} samples fool {arch} within {gap:g} of the target's prob. (all must)")
+    read = (f"{reads} of {V} vertices read as the source to the judge" + ("" if read_ok else f" (>= {min_reads} needed)"))
+    if fool_ok and read_ok:
+        return f"SUCCESS: {fool}, and {read}"
+    failed, held = ([fool] if not fool_ok else []) + ([read] if not read_ok else []), \
+        ([fool] if fool_ok else []) + ([read] if read_ok else [])
+    return "not a success: " + "; ".join(failed) + (f" (held: {held[0]})" if held else "")
 
 
 def world_at(root: str) -> World:

@@ -20,6 +20,7 @@ from ..core.formats import (
     POLYTOPE_LABELS,
     RANDOM_LABEL,
     RUN_KIND,
+    SHARE_METRICS,
     VERTEX_METRICS,
 )
 from ..core.version import __version__
@@ -47,6 +48,8 @@ def write_html(path: str) -> str:
     kind, doc = detect(path)
     if kind == "run":
         pages = [(os.path.join(path, "report.html"), run_page(path, doc, back=_parent_batch_page(path)))]
+    elif kind == "folder":
+        pages = folder_pages(path, doc)
     else:
         pages = batch_pages(path, doc)
     for out, text in pages[1:] + pages[:1]:  # the batch page last: its links then all work
@@ -67,7 +70,42 @@ def detect(path: str) -> tuple[str, dict]:
             if kind == "batch" and not isinstance(doc.get("jobs"), list):
                 raise ReportError(f"{f}: has no list of jobs; write it again with `patchcollide batch`")
             return kind, doc
-    raise ReportError(f"{path}: neither report.json nor batch.json here; {_HINT}")
+    runs = _runs_below(path)
+    if runs:
+        return "folder", {"runs": runs}
+    raise ReportError(f"{path}: neither report.json nor batch.json here, nor in a folder inside it; {_HINT}")
+
+
+def _runs_below(path: str) -> list[str]:
+    """The run directories one level inside ``path`` (a demo's folder: its collision, or one
+    run per mode), by name."""
+    found = []
+    for name in sorted(os.listdir(path)):
+        f = os.path.join(path, name, "report.json")
+        if os.path.isfile(f):
+            try:
+                _read_kind(f, RUN_KIND)
+            except ReportError:
+                continue
+            found.append(name)
+    return found
+
+
+def folder_pages(path: str, doc: dict) -> list[tuple[str, str]]:
+    """[(path, html)]: a page for a folder of runs (a demo's), each run's verdict and a link to
+    its own page, then the runs' pages."""
+    pages, items = [], []
+    for name in doc["runs"]:
+        run_dir = os.path.join(path, name)
+        rep = _read_kind(os.path.join(run_dir, "report.json"), RUN_KIND)
+        pages.append((os.path.join(run_dir, "report.html"), run_page(run_dir, rep, back="../report.html", back_label="all runs")))
+        cls, text = verdict(rep)
+        thumb = _img(run_dir, "contact_sheet.png", f"{name}: contact sheet", prefix=name + os.sep) or ""
+        items.append(f'<h2><a href="{_e(_url(name + "/report.html"))}">{_e(name)}</a></h2>'
+                     f"{_verdict_line(cls, text)}{thumb}")
+    title = f"patchcollide runs in {os.path.basename(os.path.abspath(path))}"
+    top = _page(title, f"<h1>{_e(title)}</h1>\n" + "\n".join(items))
+    return [(os.path.join(path, "report.html"), top)] + pages
 
 
 def _read_kind(f: str, want: str) -> dict:
@@ -213,9 +251,9 @@ def _banner(text) -> str:
     return f'<div class="banner" role="alert">{_e(text)}</div>' if text else ""
 
 
-def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
+def run_page(run_dir: str, report: dict, back: str | None = None, back_label: str = "batch") -> str:
     """The HTML page of one run directory (report.json already read); ``back``: relative URL
-    of the batch page it belongs to."""
+    of the batch (or folder) page it belongs to, ``back_label`` its link text."""
     r = report
     cfg, model, inputs, tgt = _d(r.get("config")), _d(r.get("model")), _d(r.get("inputs")), _d(r.get("target"))
     verts = _d(r.get("vertices"))
@@ -254,7 +292,7 @@ def run_page(run_dir: str, report: dict, back: str | None = None) -> str:
           if isinstance(r.get("retrieval"), dict) and _retrieval_line(r["retrieval"]) else []),
         ("created", r.get("created")),
     ]
-    out = [f'<p class="nav"><a href="{_e(back)}">&larr; batch</a></p>' if back else "",
+    out = [f'<p class="nav"><a href="{_e(back)}">&larr; {_e(back_label)}</a></p>' if back else "",
            f"<h1>patchcollide run <code>{_e(name)}</code></h1>", _verdict_line(*verdict(r)), _banner(notice),
            '<dl class="summary">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd>" for k, v in summary) + "</dl>",
            '<h2 id="images">Images</h2>',
@@ -316,6 +354,9 @@ def verdict(report: dict) -> tuple[str, str]:
     if isinstance(poly, dict) and _num(poly.get("share_target_class")):
         n = poly.get("samples", poly.get("n"))
         parts.append(f"{_fmt(poly['share_target_class'], pct=True)} of {_fmt(n)} samples in the target's class")
+        if _num(poly.get("share_target_close")) and _num(poly.get("prob_gap")):
+            parts[-1] += (f", {_fmt(poly['share_target_close'], pct=True)} fool the net (top-class prob. within "
+                          f"{_fmt(poly['prob_gap'])} of the target's)")
         if poly["share_target_class"] < 0.5:
             cls = "bad"
     else:
@@ -455,7 +496,9 @@ def batch_pages(batch_dir: str, batch: dict) -> list[tuple[str, str]]:
     if isinstance(batch.get("model"), dict):
         body += ['<h2 id="model">Model</h2>', _kv_table(batch["model"])]
     if isinstance(batch.get("versions"), dict):
-        body += ['<h2 id="versions">Versions</h2>', _kv_table(batch["versions"])]
+        vers = batch["versions"]
+        body += ['<h2 id="versions">Versions</h2>',
+                 _kv_table(vers, shown={"git": _git_text(vers["git"])} if "git" in vers else None)]
     top = _page(f"patchcollide batch {name}", "\n".join(x for x in body if x))
     return [(os.path.join(batch_dir, "report.html"), top)] + pages
 
@@ -479,6 +522,13 @@ def batch_verdict(jobs: list[dict]) -> tuple[str, str]:
     if shares:
         span = _fmt(min(shares), pct=True) + ("" if min(shares) == max(shares) else f" to {_fmt(max(shares), pct=True)}")
         parts.append(f"{span} of samples in the target's class ({len(shares)} of {len(done)} done sampled)")
+    fool = [m["share_target_close"] for m in metrics if _num(m.get("share_target_close"))]
+    if fool:
+        parts.append(f"{sum(1 for f in fool if f >= 1)} of {len(fool)} sampled fool the net with every sample")
+    reads = [m["judge_reads_source"] for m in metrics if _num(m.get("judge_reads_source"))]
+    if reads:
+        span = _fmt(min(reads), pct=True) + ("" if min(reads) == max(reads) else f" to {_fmt(max(reads), pct=True)}")
+        parts.append(f"judge: {span} of the vertices read as the source ({len(reads)} of {len(done)} done judged)")
     cls = "bad" if failed or (done and conv < len(done)) else ("ok" if done and not rest else "unknown")
     return cls, "; ".join(parts)
 
@@ -542,7 +592,7 @@ def _jobs_table(batch_dir: str, rows: list) -> str:
             v = value(job, k)
             dv = "" if v is None or isinstance(v, (list, dict)) else (
                 int(v) if isinstance(v, bool) else json.dumps(v) if isinstance(v, float) else v)  # Infinity, NaN
-            text = _e(_fmt(v, pct=k == "share_target_class"))
+            text = _e(_fmt(v, pct=k in SHARE_METRICS))
             if k == "id" and page:
                 text = f'<a href="{_e(page)}">{text}</a>'
             elif k == "status":

@@ -44,12 +44,13 @@ from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import Checkpointer, CheckpointError, Interrupted, StopSignals, partial_dir
 from ..engine.collide import (Clock, CollideConfig, CollideError, CollideResult, collide, frontier_of, push_margin_of,
                               quantised_metrics)
-from ..engine.judge import judge_run, load_judge
+from ..engine.judge import check_apart, judge_run, load_judge
 from ..engine.models import Tap, imagenet_weights, input_fit, load_tap, resolve_device, resolve_weights, tap_on
 from ..engine.objectives import Target
 from ..engine.polytope import difference_boxes, extent, pairwise_l2, sample_polytope
 from ..offline.extract import scan_inputs
 from ..offline.knn import PatchIndex
+from .sizes import warn_size
 from .pictures import contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,9 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
     else:
         _check_out(out, overwrite)
     check_writable(out, expected_bytes(config), CollideError)
+    warn_size(config.size, index_dir if config.space.needs_index else None, weights)
+    if judge is not None:  # a hash of the file, before anything loads
+        check_apart(judge, tap.weights if tap is not None else weights)
     # fit auto's geometry from the weights' names (or the given model's): nothing loads before the inputs
     geometry = input_fit(tap.arch, tap.weights.kind) if tap is not None else input_fit(arch, weights)
     (src, src_how), (tgt, tgt_how) = (fit_input(source, config, "--source", geometry),
@@ -281,8 +285,9 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
         elif resume == "auto" and ck.exists():
             try:
                 state = ck.load()
-            except CheckpointError as e:
-                log.info("starting afresh: %s", e)
+            except CheckpointError as e:  # one line: the step count the user expected is lost
+                log.warning("%s: starting from step 1, as its checkpoint cannot continue this run (%s); the old "
+                            "checkpoint is deleted", out, str(e).split(";")[0])
                 ck.discard()
         if state is not None:
             log.info("resuming %s from step %d/%d", out, state["step"], config.steps)
@@ -443,6 +448,8 @@ def _img(a: np.ndarray):
 
 def read_report(run_dir: str) -> dict:
     path = os.path.join(run_dir, "report.json")
+    if not os.path.isdir(run_dir):
+        raise CollideError(f"{run_dir}: no such directory; give a directory written by `patchcollide collide`")
     try:
         with open(path) as fh:
             report = json.load(fh)
@@ -592,6 +599,8 @@ def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int
     target = Target(tz, units, report["target"]["label"], report["target"]["top_prob"])
     tap = tap or tap_for_run(report)
     judge = judge or judge_for_run(report)
+    if judge is not None:
+        check_apart(judge, report.get("model"), "the run's model")
     if judge is not None and (report.get("judge") or {}).get("model") != judge.identity():
         src, tgt = (read_png(os.path.join(run_dir, f)) for f in ("source.png", "target.png"))
         report["judge"] = judge_run(judge, src, tgt, vertices)

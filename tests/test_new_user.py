@@ -162,3 +162,21 @@ def test_ctrl_c_is_a_stop_not_an_error():
 
     r = CliRunner().invoke(stopper, [], standalone_mode=True)
     assert r.exit_code == 130 and r.output.strip().startswith("stopped by Ctrl-C") and "Error" not in r.output
+
+
+def test_a_job_whose_checkpoint_cannot_continue_says_it_starts_over(tmp_path, query_image, caplog):
+    import logging
+
+    from patchcollide.engine.checkpoints import Checkpointer, partial_dir
+    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.runs.run import run_collide
+
+    out = str(tmp_path / "job")
+    old = Checkpointer(partial_dir(out), {"inputs": {}, "config": {"steps": 99}, "model": {}})
+    assert old.save({"step": 7}) is not None  # a checkpoint of the job with other settings
+    with caplog.at_level(logging.WARNING, logger="patchcollide"):
+        run_collide(query_image, query_image, out, CollideConfig(mode="pixel", size=32, steps=2, vertices=1,
+                                                                 device="cpu"), weights="random", resume="auto")
+    said = [r.getMessage() for r in caplog.records if "starting from step 1" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{out}: starting from step 1") and "deleted" in said[0], said
+    assert not os.path.exists(os.path.join(partial_dir(out), "checkpoint.pt"))

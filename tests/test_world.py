@@ -102,6 +102,11 @@ def test_collide_and_sample_with_a_judge(world, tmp_path):
 
     html = open(write_html(out)).read()
     assert 'id="judge"' in html and "reads as the source" in html
+    before = open(os.path.join(out, "report.json")).read()
+    r = CliRunner().invoke(cli, ["sample", "--out", out, "--samples", "40", "--device", "cpu", "--judge",
+                                 world.weights, "--judge-model", ATTACKED])  # the attacked net as its own judge
+    assert r.exit_code == 2 and "it is the attacked net's own weights" in r.output, r.output
+    assert open(os.path.join(out, "report.json")).read() == before
 
 
 def test_a_bad_judge_is_one_line_before_any_work(world, tmp_path):

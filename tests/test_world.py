@@ -273,3 +273,16 @@ def test_a_size_other_than_the_worlds_is_named_once(world, tmp_path, caplog):
                                  str(tmp_path / "o2"), "--model", ATTACKED, "--weights", world.weights, "--mode",
                                  "pixel", "--size", str(S), "--steps", "2", "--vertices", "1", "--device", "cpu"])
     assert r.exit_code == 0 and "was made at" not in r.stderr, r.output
+
+
+def test_a_batch_names_the_job_key_size_once(world, tmp_path):
+    p = world.pairs()[0]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps({"id": f"j{i}", "source": p["source"], "target": p["target"], "mode": "pixel",
+                                        "steps": 2, "vertices": 1, "size": 80}) + "\n" for i in range(2)))
+    r = CliRunner().invoke(cli, ["batch", str(jobs), "--out", str(tmp_path / "b"), "--model", ATTACKED, "--weights",
+                                 world.weights, "--samples", "0", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    warned = [ln for ln in r.stderr.splitlines() if "was made at" in ln]
+    assert len(warned) == 1 and warned[0].startswith('warning: job key "size" 80: the world ') \
+        and f'use job key "size" {S}' in warned[0], r.stderr

@@ -180,3 +180,39 @@ def test_a_job_whose_checkpoint_cannot_continue_says_it_starts_over(tmp_path, qu
     said = [r.getMessage() for r in caplog.records if "starting from step 1" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith(f"{out}: starting from step 1") and "deleted" in said[0], said
     assert not os.path.exists(os.path.join(partial_dir(out), "checkpoint.pt"))
+
+
+def _strict(path: str):
+    def refuse(name):
+        raise ValueError(f"{path}: {name} is not JSON")
+
+    with open(path, encoding="utf-8") as fh:
+        return json.loads(fh.read(), parse_constant=refuse)
+
+
+def test_every_json_file_a_one_vertex_batch_writes_is_strict_json(tmp_path, query_image):
+    """Issue 28: a one-vertex run wrote "mean_pairwise_l2": NaN, which strict parsers refuse."""
+    shutil.copy(query_image, tmp_path / "a.png")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"id": "one", "source": "a.png", "target": "a.png", "mode": "pixel", "vertices": 1, '
+                    '"steps": 2, "size": 32}\n')
+    r = CliRunner().invoke(cli, ["batch", str(jobs), "--out", str(tmp_path / "b"), "--weights", "random",
+                                 "--samples", "8", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "b") for f in fs if f.endswith(".json")]
+    assert any(f.endswith("report.json") for f in files) and any(f.endswith("batch.json") for f in files)
+    for f in files:
+        _strict(f)
+    rep = _strict(next(f for f in files if f.endswith("report.json")))
+    assert rep["vertices"]["mean_pairwise_l2"] is None and rep["polytope"]["vertex_mean_pairwise_l2"] is None
+    run = os.path.dirname(next(f for f in files if f.endswith("report.json")))
+    r = CliRunner().invoke(cli, ["sample", "--out", run, "--samples", "8", "--device", "cpu"])
+    assert r.exit_code == 0 and "vertices none (one vertex)" in r.output, r.output
+
+
+def test_write_json_turns_nan_and_infinity_into_null(tmp_path):
+    from patchcollide.core.files import write_json
+
+    p = str(tmp_path / "x.json")
+    write_json(p, {"a": float("nan"), "b": [1.0, float("inf")], "c": np.array([np.nan, 2.0]), "d": np.float32("inf")})
+    assert _strict(p) == {"a": None, "b": [1.0, None], "c": [None, 2.0], "d": None}

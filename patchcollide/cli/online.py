@@ -59,9 +59,10 @@ def print_vertices(report: dict) -> None:
                "lowest: below every other vertex there" + ("; sharp: mean largest mixing weight, srcs: mean "
                                                             "exp(entropy), argmax: error of the pure composition"
                                                             if mix else ""))
-    click.echo(f"mean pairwise L2 between vertices: {report['vertices']['mean_pairwise_l2']:.1f} "
-               f"(0..255 units at {report['vertices']['size']}^2 x 3)" + ("; L2 src: each vertex's distance to the "
-                                                                          "source" if dsrc else ""))
+    mpl = report["vertices"].get("mean_pairwise_l2")
+    click.echo((f"mean pairwise L2 between vertices: {mpl:.1f} (0..255 units at {report['vertices']['size']}^2 x 3)"
+                if isinstance(mpl, (int, float)) else "mean pairwise L2 between vertices: none (one vertex)")
+               + ("; L2 src: each vertex's distance to the source" if dsrc else ""))
     ext = report["vertices"].get("extent")
     if ext and len(ext.get("pairs_block_l2") or []):
         click.echo(f"extent: {ext['extent']:.3f} (the closest two vertices in the 7 x 7 block-mean view, over the "
@@ -89,7 +90,8 @@ def print_polytope(check: dict, notice: str | None = None) -> None:
         click.echo(f"judge: {100 * check['judge_share_source']:.1f}% of samples read as the source's class "
                    f"{check['judge_source_class']} (mean p {check['judge_mean_source_prob']:.3f})")
     ds = check.get("dataset_mean_pairwise_l2")
-    click.echo(f"distances: vertices {check['vertex_mean_pairwise_l2']:.1f}"
+    vpl = check.get("vertex_mean_pairwise_l2")
+    click.echo(f"distances: vertices {f'{vpl:.1f}' if isinstance(vpl, (int, float)) else 'none (one vertex)'}"
                + (f" vs dataset images {ds:.1f}" if ds is not None else "") + f" ({check['units']})")
 
 
@@ -269,7 +271,7 @@ def convergence_hint(history: dict, mode: str) -> str:
     over the last quarter of the steps (the median of its first and last fifths, so one noisy
     step decides nothing). Still falling by more than FALLING: more steps. Flat: more steps will
     not help; the constraints (push, least change, and in patch mode the candidates) hold it."""
-    worst = [w for w in history.get("worst_rel_error", []) if w == w]
+    worst = [w for w in history.get("worst_rel_error", []) if isinstance(w, (int, float)) and w == w]  # null: NaN
     if len(worst) < 8:
         return f"it ran only {len(worst)} step{'' if len(worst) == 1 else 's'}: give more --steps"
     q = len(worst) // 4

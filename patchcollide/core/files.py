@@ -26,6 +26,7 @@ import functools
 import importlib
 import importlib.util
 import json
+import math
 import os
 import platform
 import re
@@ -126,11 +127,27 @@ def plain(o):
     raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
 
 
+def finite(obj):
+    """``obj`` with every NaN and infinity (a float, or inside a numpy value with ``tolist()``)
+    as None: JSON has no such numbers, and a strict parser refuses the ``NaN`` that Python's
+    json writes by default. Dicts, lists and tuples are walked; anything else is kept."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # numpy arrays and scalars
+        return finite(obj.tolist())
+    return obj
+
+
 def write_json(path: str, obj, indent: int | None = 2, default: Callable = plain, tmp: str | None = None) -> str:
-    """Write ``obj`` as JSON to ``path`` atomically; returns the path. ``default`` as in
-    ``json.dump``: by default numpy values become plain ones (:func:`plain`)."""
+    """Write ``obj`` as strict JSON to ``path`` atomically; returns the path. ``default`` as in
+    ``json.dump``: by default numpy values become plain ones (:func:`plain`). NaN and infinities
+    are written as null (:func:`finite`), so any JSON parser reads the file."""
     with atomic_open(path, "w", tmp) as fh:
-        json.dump(obj, fh, indent=indent, default=default)
+        json.dump(finite(obj), fh, indent=indent, default=default, allow_nan=False)
     return path
 
 

@@ -22,12 +22,12 @@ from .objectives import Target
 PROB_GAP = 0.01  # a sample fools the net when it is in the target's class with a top-class prob. this close to the target's
 
 
-def pairwise_l2(images: np.ndarray) -> float:
+def pairwise_l2(images: np.ndarray) -> float | None:
     """Mean pairwise L2 distance of (N, H, W, 3) images in 0..255 pixel units (the paper's
-    units at 224 x 224 x 3); nan for fewer than two images."""
+    units at 224 x 224 x 3); None for fewer than two images (no pair: JSON null)."""
     x = images.reshape(len(images), -1).astype(np.float64)
     if len(x) < 2:
-        return float("nan")
+        return None
     return float(np.mean([np.linalg.norm(x[i] - x[j]) for i, j in itertools.combinations(range(len(x)), 2)]))
 
 

@@ -179,9 +179,20 @@ def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, i
     """-> (id or None, out or None, problems, Job fields or None); deprecation notices of the
     line go into ``notices``."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _Duplicate as e:
+        return None, None, [f"key {e.args[0]!r} is given twice; give each key once (JSON keeps only the last)"], None
+    except RecursionError:
+        return None, None, [f"nested deeper than Python's JSON reader allows; a job is one flat object of "
+                            "numbers, strings and short lists"], None
     except ValueError as e:
         return None, None, [f"not valid JSON ({first_line(e, 200)}); write one JSON object per line"], None
+    if (deep := _depth(obj)) > MAX_DEPTH:
+        return None, None, [f"nested {deep} levels deep; a job is one flat object of numbers, strings and short "
+                            f"lists (at most {MAX_DEPTH} levels)"], None
+    if (bad := _not_utf8(obj)) is not None:
+        return None, None, [f"{bad} is not UTF-8 text (a lone surrogate such as \\ud800); write the text itself "
+                            "or a valid escape"], None
     if not isinstance(obj, dict):
         msg = f'expected a JSON object like {{"id": ..., "source": ..., "target": ...}}, got {_json_type(obj)}'
         return None, None, [msg], None
@@ -264,6 +275,50 @@ def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, i
     return jid, out, problems, {"source": paths["source"], "target": paths["target"], "samples": n, "config": config}
 
 
+MAX_DEPTH = 3  # {"prune": [[0.7, 8], [0.8, 4]]}: the deepest value a job key takes
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list) -> dict:
+    """json's object hook that refuses a key given twice (json.loads keeps the last silently)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Duplicate(k)
+        out[k] = v
+    return out
+
+
+def _depth(v, level: int = 1) -> int:
+    """Nesting depth of a parsed JSON value (a scalar: 0; a flat object: 1)."""
+    if isinstance(v, dict):
+        return max([_depth(x, level + 1) for x in v.values()], default=level)
+    if isinstance(v, list):
+        return max([_depth(x, level + 1) for x in v], default=level)
+    return level - 1
+
+
+def _not_utf8(v, where: str = "the line") -> str | None:
+    """Where a parsed value holds a string that cannot be encoded as UTF-8 (a lone surrogate,
+    which JSON's \\u escapes allow), or None."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+    for k, x in items:
+        if isinstance(k, str) and _not_utf8(k, "a key") is not None:
+            return "a key"
+        if (bad := _not_utf8(x, f"{k!r}" if isinstance(k, str) else where)) is not None:
+            return bad
+    return None
+
+
 def _check_out_name(value, out_dir: str) -> tuple[str | None, str | None]:
     """(normalised name, None) for a usable output directory name, else (None, why)."""
     if not isinstance(value, str) or not value:
@@ -273,6 +328,8 @@ def _check_out_name(value, out_dir: str) -> tuple[str | None, str | None]:
     if value.startswith("/") or os.path.isabs(value):
         return None, f"{value!r} is an absolute path; give a name inside the --out directory"
     norm = posixpath.normpath(value)
+    if norm not in (value, value.rstrip("/")) and norm not in (".", "..") and not norm.startswith("../"):
+        return None, f"{value!r} is not a plain name (it means {norm!r}); give a single directory name"
     if norm == ".":
         return None, f"{value!r} names the --out directory itself; give a sub-directory name"
     if norm == ".." or norm.startswith("../"):

@@ -11,14 +11,17 @@ On-disk format (``FORMAT_VERSION`` 1, documented in ``index/README.md``)::
     /images/native_size  (M, 2) int32: (H, W) of the file
     /images/first        (M,) int64: id of the image's first patch; /images/count (M,) int32
     /classes             (C,) str;  /roots (R,) str: absolute input folders
-    attrs: format, format_version, store_id, fingerprint, tables_sha256, config (JSON), versions (JSON), created
+    attrs: format, format_version, store_id, fingerprint, tables_sha256, config (JSON), versions (JSON), created,
+           manifest (JSON), attrs_sha256
 
-Every numeric dataset carries HDF5's fletcher32 checksum filter, so a damaged chunk is an
-error when read (HDF5 cannot filter the variable-length string tables; ``tables_sha256``
-covers them and the numeric tables). Opening checks the format, the store's id and the
-recorded fingerprint, not the data; ``PatchStore.verify`` reads everything and recomputes
-the fingerprint. Stores written before the checksums (no filter, no ``tables_sha256``) still
-open and read.
+Damage is an error, never a different answer. Every numeric dataset carries HDF5's
+fletcher32 checksum filter, so a damaged chunk fails when read; the file is written in HDF5
+1.10's format (``LIBVER``), whose metadata is checksummed too; ``attrs_sha256`` covers the
+attributes and is checked on every open. HDF5 cannot filter the variable-length string
+tables: ``tables_sha256`` covers them (and the numeric tables). Opening checks the format,
+the attributes, the store's id and recorded fingerprint, not the data; ``PatchStore.verify``
+reads everything and recomputes the fingerprint and ``tables_sha256``. Stores written before
+the checksums (no filter, no ``*_sha256`` attributes) still open, read and verify.
 
 Writing is crash-safe: each batch of images becomes a part file, written under a temporary
 name and renamed into place; only when every part exists are they merged into
@@ -53,6 +56,12 @@ PATCH_SHAPE = (32, 32, 3)
 # The image tables, in the order tables_sha256 hashes them.
 TABLES = ("images/path", "images/root", "images/label", "images/size", "images/native_size", "images/first",
           "images/count", "classes", "roots")
+# HDF5 1.10's file format: checksums on the metadata too (object headers with the attributes,
+# the chunk indexes), so damage there is an error on open or read rather than a wrong answer.
+# Readable by HDF5 >= 1.10 (h5py >= 2.8).
+LIBVER = ("v110", "v110")
+ATTRS = ("format", "format_version", "store_id", "fingerprint", "tables_sha256", "content_key", "created", "config",
+         "versions", "manifest")  # the attributes attrs_sha256 covers
 REBUILD = "rebuild it with `patchcollide extract ... --overwrite`, or restore a copy"
 
 
@@ -199,7 +208,7 @@ class StoreWriter:
         n = 0
         img_offset = 0
         try:
-            with h5py.File(tmp, "w") as f:
+            with h5py.File(tmp, "w", libver=LIBVER) as f:
                 try:
                     # fletcher32: a damaged chunk fails its checksum when read (4 bytes per chunk)
                     patches = f.create_dataset(
@@ -263,6 +272,7 @@ class StoreWriter:
                     if t0 is not None:
                         manifest["seconds"] = round(time.time() - t0, 3)
                     f.attrs["manifest"] = json.dumps(manifest, sort_keys=True)
+                    f.attrs["attrs_sha256"] = attrs_sha256(f.attrs)  # checked on every open
                     f.flush()  # a write that fails here is caught below, not in the close
                 except OSError:
                     _discard_writes(f)
@@ -320,6 +330,18 @@ def fingerprint_of(h_patches, h_prov) -> str:
     """SHA-256 of (SHA-256 of all patch bytes in id order + SHA-256 of the provenance as
     little-endian int32 in id order), hex."""
     return hashlib.sha256(h_patches.digest() + h_prov.digest()).hexdigest()
+
+
+def attrs_sha256(attrs) -> str:
+    """SHA-256 of the store's attributes (``ATTRS``, those present, in that order: each name and
+    its value as text, NUL-separated). HDF5 keeps long text attributes where no checksum covers
+    them; this one is recomputed on every open (a few KB)."""
+    h = hashlib.sha256()
+    for name in ATTRS:
+        if name in attrs:
+            v = attrs[name]
+            h.update(f"{name}\0{v.decode() if isinstance(v, bytes) else v}\0".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
 def tables_sha256(f: h5py.File) -> str:
@@ -425,6 +447,9 @@ class PatchStore:
                 f"{self.path}: store format version {f.attrs.get('format_version')} is not {FORMAT_VERSION}; "
                 "rebuild it with this version's `patchcollide extract`"
             )
+        if "attrs_sha256" in f.attrs and attrs_sha256(f.attrs) != str(f.attrs["attrs_sha256"]):
+            raise StoreError(f"{self.path}: the store is damaged: its attributes (config, fingerprint, manifest) no "
+                             f"longer match the checksum recorded at extraction; {REBUILD}")
         for name in ("patches", "provenance", "images/path", "images/size", "images/first", "classes", "roots"):
             if name not in f:
                 raise StoreError(f"{self.path}: store is missing '{name}'; rebuild it with `patchcollide extract`")

@@ -6,12 +6,13 @@ Index directory (``index/`` by default)::
     patches.h5, patches.json    the store and its manifest (store.py)
     index.faiss                 the FAISS index, CPU form (faiss.write_index layout)
     index.json                  manifest: store id + fingerprint, factory, descriptor, nprobe,
-                                k_factor, N, training sample, sha256 of index.faiss, versions, build time
+                                k_factor, N, training sample, sha256 of index.faiss, versions, build time,
+                                manifest_sha256 over all of these
 
 Opening an index checks it cheaply (``quick_sha256``: the size, first and last MiB of
 index.faiss; the store's id and recorded fingerprint) and every value of index.json
-(``check_manifest``); ``knn.verify_index`` reads everything (the full ``sha256``, the store's
-fingerprint recomputed).
+(``check_manifest``); ``knn.verify_index`` reads everything (``manifest_sha256``, the full
+``sha256``, the store's fingerprint recomputed).
 
 The factory is chosen from N (``default_factory``, the rule in ``index/README.md``): ``Flat``
 (exact) up to 50k patches; above, ``PCA128,IVF{nlist},PQ32,Refine(SQ8_direct)``: an IVF-PQ on
@@ -139,6 +140,9 @@ def check_manifest(m: dict, mpath: str):
         raise bad("factory", m["factory"], "a faiss index_factory string")
     if "sha256" in m and not (isinstance(m["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", m["sha256"])):
         raise bad("sha256", m["sha256"], "64 hex digits")
+    if "manifest_sha256" in m and not (isinstance(m["manifest_sha256"], str)
+                                       and re.fullmatch(r"[0-9a-f]{64}", m["manifest_sha256"])):
+        raise bad("manifest_sha256", m["manifest_sha256"], "64 hex digits")
     if not isinstance(m["quick_sha256"], str):
         raise bad("quick_sha256", m["quick_sha256"], "64 hex digits")
     d = m["descriptor"]
@@ -155,6 +159,14 @@ def check_manifest(m: dict, mpath: str):
     if "dim" in d and d["dim"] != desc.dim:
         raise bad("descriptor.dim", d["dim"], f"{desc.dim} (descriptor {desc.name!r})")
     return desc
+
+
+def manifest_sha256(m: dict) -> str:
+    """SHA-256 of an index.json's values: its canonical JSON (sorted keys, no spaces) without the
+    ``manifest_sha256`` key itself. Recorded at build, recomputed by ``index verify``: a value
+    changed later (damage, a hand edit) that is still valid is found there, not on open."""
+    rest = {k: v for k, v in m.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _show(value) -> str:
@@ -418,6 +430,7 @@ def _build_index(index_dir, store_path, config, progress, train_progress=None) -
                 manifest["sha256"] = file_sha256(itmp)  # what `index verify` recomputes
                 manifest["seconds"]["sha256"] = round(time.time() - t, 3)
                 manifest["seconds"]["total"] = round(time.time() - t0, 3)
+                manifest["manifest_sha256"] = manifest_sha256(manifest)  # last: covers every other value
                 json.dump(manifest, mfh, indent=2)
                 mfh.flush()  # a full disk fails here, before the index is renamed in
         except (OSError, RuntimeError) as e:  # full disk, file-size limit: faiss raises RuntimeError

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 
@@ -37,6 +38,7 @@ from .index_build import (
     default_search_params,
     extract_ivf,
     file_sha256,
+    manifest_sha256,
     quick_checksum,
     set_search_params,
 )
@@ -179,13 +181,15 @@ class PatchIndex:
         try:
             d2, ids = self.index.search(x, k)
         except (RuntimeError, MemoryError) as e:
-            raise IndexError_(f"{self.index_path}: searching the index failed ({_faiss_reason(e)}); it is damaged or "
+            reason = re.sub(r"^'(.*)' failed$", r"faiss' check \1 failed", _faiss_reason(e))
+            raise IndexError_(f"{self.index_path}: searching the index failed ({reason}); it is damaged or "
                               f"unfit: check it with `patchcollide index verify -i {self.dir}` and {REBUILD}") from None
         n = len(self.store)
         found = ids >= 0
         if (ids >= n).any() or (ids < -1).any() or not np.isfinite(d2[found]).all():
             bad = int(((ids >= n) | (ids < -1)).sum())
-            what = f"{bad} patch ids outside 0..{n - 1}" if bad else "distances that are not finite numbers"
+            what = (f"{bad} patch id{'s' if bad > 1 else ''} outside 0..{n - 1}" if bad else
+                    "distances that are not finite numbers")
             raise IndexError_(f"{self.index_path}: the index answered with {what}; it is damaged: {REBUILD}")
         if not found.all():
             raise IndexError_(f"the index found fewer than k={k} neighbours for {int((~found).any(1).sum())} "
@@ -219,7 +223,8 @@ def verify_index(index_dir: str, store_path: str | None = None, store_option: st
                  progress: Callable[[int, int], None] | None = None,
                  store_progress: Callable[[int, int], None] | None = None) -> dict:
     """Read everything an index folder holds and check it against what was recorded when it was
-    built: the SHA-256 of the whole ``index.faiss`` against ``sha256`` in ``index.json``, then
+    built: index.json's own values against its ``manifest_sha256``, the SHA-256 of the whole
+    ``index.faiss`` against ``sha256`` in ``index.json``, then
     the store's fingerprint recomputed (``PatchStore.verify``), after the checks of opening
     (``PatchIndex``). IndexError_ / StoreError (one line naming the file and the fix) on any
     difference; else counts, sizes and seconds. progress(done, total) counts bytes of
@@ -232,6 +237,10 @@ def verify_index(index_dir: str, store_path: str | None = None, store_option: st
             raise IndexError_(f"{mpath} records no sha256 of {INDEX_FILE} (built before `index verify` existed), so "
                               "only its size and first and last MiB can be checked; rebuild with `patchcollide index "
                               "build` to make it verifiable")
+        recorded = pidx.manifest.get("manifest_sha256")
+        if recorded is not None and manifest_sha256(pidx.manifest) != recorded:
+            raise IndexError_(f"{mpath} was changed after the build (damaged or edited): its values no longer match "
+                              f"the manifest_sha256 recorded in it; {REBUILD}")
         got = file_sha256(pidx.index_path, progress)
         if got != want:
             raise IndexError_(f"{pidx.index_path} is damaged: its sha256 is {got[:12]}, not the {want[:12]} that "

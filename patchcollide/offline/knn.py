@@ -26,9 +26,9 @@ from .index_build import (
     FLAT_MAX_N,
     INDEX_FILE,
     MANIFEST_FILE,
+    REBUILD,
     STORE_FILE,
     IndexConfig,
-    REBUILD,
     IndexError_,
     _faiss_reason,
     build_index,
@@ -224,9 +224,8 @@ def verify_index(index_dir: str, store_path: str | None = None, store_option: st
                  store_progress: Callable[[int, int], None] | None = None) -> dict:
     """Read everything an index folder holds and check it against what was recorded when it was
     built: index.json's own values against its ``manifest_sha256``, the SHA-256 of the whole
-    ``index.faiss`` against ``sha256`` in ``index.json``, then
-    the store's fingerprint recomputed (``PatchStore.verify``), after the checks of opening
-    (``PatchIndex``). IndexError_ / StoreError (one line naming the file and the fix) on any
+    ``index.faiss`` against ``sha256`` in ``index.json``, then the store's fingerprint
+    recomputed (``PatchStore.verify``), after the checks of opening (``PatchIndex``). IndexError_ / StoreError (one line naming the file and the fix) on any
     difference; else counts, sizes and seconds. progress(done, total) counts bytes of
     index.faiss read, store_progress(done, total) patches of the store."""
     t0 = time.time()

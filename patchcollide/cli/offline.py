@@ -1,4 +1,4 @@
-"""Offline commands: ``extract``, ``store info``, ``index build | search | eval``."""
+"""Offline commands: ``extract``, ``store info | verify``, ``index build | search | eval | verify``."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ import numpy as np
 from ..executors import make_executor
 from ..offline.extract import ExtractConfig, extract_store
 from ..offline.index_build import STORE_FILE, IndexConfig, build_index
-from ..offline.knn import PatchIndex, evaluate, query_patches
+from ..offline.knn import PatchIndex, evaluate, query_patches, verify_index
 from ..offline.store import PatchStore
 from ..runs.pictures import neighbour_mosaic, save_png
 from .common import (
@@ -83,14 +83,19 @@ def extract(ctx, folders, out, fraction, resize, stride, seed, workers, executor
 
 @click.group()
 def store():
-    """Inspect a patch store."""
+    """Inspect a patch store, or check every byte of it (verify)."""
 
 
 @store.command("info")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 def store_info(path, as_json):
-    """Print counts, config, identity and size on disk of the store at PATH."""
+    """Print counts, config, identity and size on disk of the store at PATH.
+
+    Opening a store is cheap: it checks the format, the store's id and the fingerprint recorded
+    at extraction, not the patches. Each chunk read later is checked by its HDF5 checksum;
+    `patchcollide store verify` reads everything and recomputes the fingerprint.
+    """
     with user_errors(), PatchStore(path) as s:
         info = s.info()
     if as_json:
@@ -107,9 +112,34 @@ def store_info(path, as_json):
     click.echo(f"created      {info['created']}")
 
 
+@store.command("verify")
+@click.argument("path", type=click.Path(dir_okay=False), default=os.path.join(DEFAULT_INDEX, STORE_FILE),
+                required=False)
+@click.pass_context
+def store_verify(ctx, path):
+    """Check every byte of the store at PATH [default: index/patches.h5] against its fingerprint.
+
+    Every chunk's checksum is checked and the SHA-256 fingerprint of all patches and provenance
+    is compared with the one recorded at extraction (and the image tables with theirs). Prints
+    one OK line, or one error line (exit 2) naming the fix: rebuild the store with
+    `patchcollide extract ... --overwrite`, or restore a copy.
+    """
+    with user_errors(), PatchStore(path) as s, Progress("verifying the store", show_progress(ctx)) as bar:
+        r = s.verify(progress=bar)
+    click.echo(f"OK {path}: {r['n_patches']} patches from {r['n_images']} images match fingerprint "
+               f"{r['fingerprint'][:12]}, {human_bytes(r['bytes_on_disk'])} read in {r['seconds']:.1f} s"
+               + ("" if r["checksums"] else " (a store written before chunk checksums: rebuild it to have them)"))
+
+
 @click.group()
 def index():
-    """Build, query and evaluate the FAISS patch index."""
+    """Build, query, evaluate and verify the FAISS patch index.
+
+    \b
+    Opening an index (search, eval, collide, batch) checks it cheaply: index.faiss against the
+    size and first and last MiB recorded in index.json, every value of index.json, and the
+    store's id and recorded fingerprint. `patchcollide index verify` reads everything.
+    """
 
 
 _index_dir = click.option("-i", "--index", "index_dir", default=DEFAULT_INDEX, show_default=True,
@@ -218,3 +248,24 @@ def index_eval(queries, index_dir, store_path, k, grid_stride, stride_deprecated
     click.echo(f"recall@{k}   {r['recall']:.4f}")
     click.echo(f"index       {r['qps_index']:.1f} queries/s")
     click.echo(f"exact       {r['qps_exact']:.1f} queries/s  (index is {r['speedup']:.1f}x faster)")
+
+
+@index.command("verify")
+@_index_dir
+@_store_opt
+@click.pass_context
+def index_verify(ctx, index_dir, store_path):
+    """Check every byte of the index and its store against the record of their build.
+
+    Opening an index checks only the size, first and last MiB of index.faiss; this computes
+    the SHA-256 of all of it (recorded in index.json by `index build`) and recomputes the
+    store's fingerprint (as `store verify`). Prints one OK line, or one error line (exit 2)
+    naming the damaged file and the fix (`patchcollide index build`).
+    """
+    with user_errors(), Progress("verifying index.faiss (bytes)", show_progress(ctx)) as bar, \
+            Progress("verifying the store", show_progress(ctx)) as sbar:
+        r = verify_index(index_dir, store_path, store_option="--store", progress=bar, store_progress=sbar)
+    s = r["store"]
+    click.echo(f"OK {r['index']}: sha256 {r['sha256'][:12]} matches ({r['factory']}, {r['n']} patches, "
+               f"{human_bytes(r['bytes'])}); store {s['path']}: fingerprint {s['fingerprint'][:12]} matches "
+               f"({s['n_patches']} patches from {s['n_images']} images); {r['seconds']:.1f} s")

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 
@@ -25,21 +26,28 @@ from .index_build import (
     FLAT_MAX_N,
     INDEX_FILE,
     MANIFEST_FILE,
+    REBUILD,
     STORE_FILE,
     IndexConfig,
     IndexError_,
+    _faiss_reason,
     build_index,
+    check_manifest,
+    check_search_params,
     default_factory,
     default_search_params,
     extract_ivf,
+    file_sha256,
+    manifest_sha256,
     quick_checksum,
     set_search_params,
 )
-from .store import PatchStore
+from .store import REBUILD as STORE_REBUILD
+from .store import PatchStore, StoreError
 
 __all__ = ["FLAT_MAX_N", "INDEX_FILE", "MANIFEST_FILE", "STORE_FILE", "IndexConfig", "IndexError_", "PatchIndex",
            "SearchResult", "build_index", "default_factory", "default_search_params", "evaluate", "exact_search",
-           "query_patches", "quick_checksum", "recall_at_k", "set_search_params"]
+           "query_patches", "quick_checksum", "recall_at_k", "set_search_params", "verify_index"]
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +98,8 @@ class PatchIndex:
             raise IndexError_(f"{self.dir}: no built index here (need {INDEX_FILE} and {MANIFEST_FILE}); build it with "
                               "`patchcollide extract` and `patchcollide index build` (both write to index/, the "
                               "default of --index), or point --index at a built index")
-        for name, v in (("--nprobe", nprobe), ("--k-factor", k_factor)):
-            if v is not None and v < 1:
-                raise IndexError_(f"{name} must be >= 1, got {v}")
+        check_search_params(nprobe, k_factor)
+        self.index_path = ipath
         try:
             with open(mpath) as fh:
                 self.manifest = json.load(fh)
@@ -104,6 +111,7 @@ class PatchIndex:
                 m["k_factor"]  # raise KeyError or TypeError when missing
         except (OSError, ValueError, KeyError, TypeError):
             raise IndexError_(f"{mpath}: not a patchcollide index manifest; rebuild with `patchcollide index build`") from None
+        self.descriptor = check_manifest(self.manifest, mpath)
         if quick_checksum(ipath) != self.manifest["quick_sha256"]:
             raise IndexError_(f"{ipath} is not the index that {MANIFEST_FILE} describes (an interrupted rebuild, or "
                               "a file copied over it); rebuild with `patchcollide index build`")
@@ -125,18 +133,32 @@ class PatchIndex:
                 + (f" or pass the matching {store_option}" if store_option else "")
             )
         try:
-            self.index = _read_index(ipath, mmap)
-        except RuntimeError:
+            self._open_index(mpath, ipath, mmap)
+            set_search_params(self.index, self.manifest["nprobe"] if nprobe is None else nprobe,
+                               self.manifest["k_factor"] if k_factor is None else k_factor)
+            try:
+                self.preprocess = Preprocess(**self.store.config["preprocess"])
+            except (KeyError, TypeError, ValueError):
+                raise StoreError(f"{sp}: the store's recorded config has no valid 'preprocess'; the store is "
+                                 f"damaged: {STORE_REBUILD}") from None
+        except BaseException:
             self.store.close()
+            raise
+
+    def _open_index(self, mpath: str, ipath: str, mmap: bool) -> None:
+        try:
+            self.index = _read_index(ipath, mmap)
+        except (RuntimeError, MemoryError, ValueError):
             raise IndexError_(f"{ipath}: not a readable faiss index; rebuild with `patchcollide index build`") from None
         if self.index.ntotal != len(self.store):
-            self.store.close()
             raise IndexError_(f"{ipath} holds {self.index.ntotal} vectors but the store has {len(self.store)}; "
                               "rebuild with `patchcollide index build`")
-        self.descriptor = make_descriptor(self.manifest["descriptor"]["name"], self.manifest["descriptor"]["params"])
-        set_search_params(self.index, self.manifest["nprobe"] if nprobe is None else nprobe,
-                           self.manifest["k_factor"] if k_factor is None else k_factor)
-        self.preprocess = Preprocess(**self.store.config["preprocess"])
+        if self.manifest["n"] != self.index.ntotal:
+            raise IndexError_(f"{mpath}: n is {self.manifest['n']}, but {INDEX_FILE} holds {self.index.ntotal} "
+                              f"vectors; the file is damaged or edited: {REBUILD}")
+        if self.index.d != self.descriptor.dim:
+            raise IndexError_(f"{ipath} holds {self.index.d}-dimensional vectors, but descriptor "
+                              f"{self.descriptor.name!r} of {MANIFEST_FILE} gives {self.descriptor.dim}; {REBUILD}")
 
     def __enter__(self) -> "PatchIndex":
         return self
@@ -148,12 +170,29 @@ class PatchIndex:
         self.store.close()
 
     def search_patches(self, patches: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(n, 32, 32, 3) uint8 -> (distances (n, k) float32 L2, ids (n, k) int64)."""
+        """(n, 32, 32, 3) uint8 -> (distances (n, k) float32 L2, ids (n, k) int64).
+
+        A failure inside faiss, or an answer no intact index gives (an id outside 0..N-1, a
+        distance that is not a finite number), is an IndexError_ naming the index: the file is
+        damaged where the open-time check does not look."""
         if not 1 <= k <= len(self.store):
             raise IndexError_(f"k must be between 1 and the store size {len(self.store)}, got {k}")
-        d2, ids = self.index.search(self.descriptor(patches), k)
-        if (ids < 0).any():
-            raise IndexError_(f"the index found fewer than k={k} neighbours for {int((ids < 0).any(1).sum())} "
+        x = self.descriptor(patches)
+        try:
+            d2, ids = self.index.search(x, k)
+        except (RuntimeError, MemoryError) as e:
+            reason = re.sub(r"^'(.*)' failed$", r"faiss' check \1 failed", _faiss_reason(e))
+            raise IndexError_(f"{self.index_path}: searching the index failed ({reason}); it is damaged or "
+                              f"unfit: check it with `patchcollide index verify -i {self.dir}` and {REBUILD}") from None
+        n = len(self.store)
+        found = ids >= 0
+        if (ids >= n).any() or (ids < -1).any() or not np.isfinite(d2[found]).all():
+            bad = int(((ids >= n) | (ids < -1)).sum())
+            what = (f"{bad} patch id{'s' if bad > 1 else ''} outside 0..{n - 1}" if bad else
+                    "distances that are not finite numbers")
+            raise IndexError_(f"{self.index_path}: the index answered with {what}; it is damaged: {REBUILD}")
+        if not found.all():
+            raise IndexError_(f"the index found fewer than k={k} neighbours for {int((~found).any(1).sum())} "
                               "queries; raise --nprobe or lower -k")
         return np.sqrt(np.maximum(d2, 0)), ids
 
@@ -178,6 +217,38 @@ class PatchIndex:
         if window == PATCH:
             return self.store.get(ids.ravel()).reshape(L, K, PATCH, PATCH, 3)
         return context_windows(self.store, ids.ravel(), window).reshape(L, K, window, window, 3)
+
+
+def verify_index(index_dir: str, store_path: str | None = None, store_option: str | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 store_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Read everything an index folder holds and check it against what was recorded when it was
+    built: index.json's own values against its ``manifest_sha256``, the SHA-256 of the whole
+    ``index.faiss`` against ``sha256`` in ``index.json``, then the store's fingerprint
+    recomputed (``PatchStore.verify``), after the checks of opening (``PatchIndex``). IndexError_ / StoreError (one line naming the file and the fix) on any
+    difference; else counts, sizes and seconds. progress(done, total) counts bytes of
+    index.faiss read, store_progress(done, total) patches of the store."""
+    t0 = time.time()
+    with PatchIndex(index_dir, store_path, store_option=store_option) as pidx:
+        mpath = os.path.join(pidx.dir, MANIFEST_FILE)
+        want = pidx.manifest.get("sha256")
+        if want is None:
+            raise IndexError_(f"{mpath} records no sha256 of {INDEX_FILE} (built before `index verify` existed), so "
+                              "only its size and first and last MiB can be checked; rebuild with `patchcollide index "
+                              "build` to make it verifiable")
+        recorded = pidx.manifest.get("manifest_sha256")
+        if recorded is not None and manifest_sha256(pidx.manifest) != recorded:
+            raise IndexError_(f"{mpath} was changed after the build (damaged or edited): its values no longer match "
+                              f"the manifest_sha256 recorded in it; {REBUILD}")
+        got = file_sha256(pidx.index_path, progress)
+        if got != want:
+            raise IndexError_(f"{pidx.index_path} is damaged: its sha256 is {got[:12]}, not the {want[:12]} that "
+                              f"{MANIFEST_FILE} recorded when it was built; {REBUILD}")
+        t_index = time.time() - t0
+        store = pidx.store.verify(progress=store_progress)
+    return {"index": os.path.abspath(pidx.index_path), "sha256": want, "n": int(pidx.manifest["n"]),
+            "bytes": os.path.getsize(pidx.index_path), "factory": pidx.manifest["factory"], "store": store,
+            "seconds_index": t_index, "seconds": time.time() - t0}
 
 
 def exact_search(store: PatchStore, queries: np.ndarray, k: int, descriptor=None, device: str = "auto",

@@ -11,7 +11,17 @@ On-disk format (``FORMAT_VERSION`` 1, documented in ``index/README.md``)::
     /images/native_size  (M, 2) int32: (H, W) of the file
     /images/first        (M,) int64: id of the image's first patch; /images/count (M,) int32
     /classes             (C,) str;  /roots (R,) str: absolute input folders
-    attrs: format, format_version, store_id, fingerprint, config (JSON), versions (JSON), created
+    attrs: format, format_version, store_id, fingerprint, tables_sha256, config (JSON), versions (JSON), created,
+           manifest (JSON), attrs_sha256
+
+Damage is an error, never a different answer. Every numeric dataset carries HDF5's
+fletcher32 checksum filter, so a damaged chunk fails when read; the file is written in HDF5
+1.10's format (``LIBVER``), whose metadata is checksummed too; ``attrs_sha256`` covers the
+attributes and is checked on every open. HDF5 cannot filter the variable-length string
+tables: ``tables_sha256`` covers them (and the numeric tables). Opening checks the format,
+the attributes, the store's id and recorded fingerprint, not the data; ``PatchStore.verify``
+reads everything and recomputes the fingerprint and ``tables_sha256``. Stores written before
+the checksums (no filter, no ``*_sha256`` attributes) still open, read and verify.
 
 Writing is crash-safe: each batch of images becomes a part file, written under a temporary
 name and renamed into place; only when every part exists are they merged into
@@ -30,12 +40,12 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import h5py
 import numpy as np
 
-from ..core.errors import PatchcollideError
+from ..core.errors import PatchcollideError, first_line
 from ..core.files import atomic_open, fsync_file, locked, replace, write_json
 from ..core.jsontypes import canonical
 
@@ -43,6 +53,16 @@ FORMAT = "patchcollide-store"
 FORMAT_VERSION = 1
 CHUNK = 16  # patches per HDF5 chunk: 48 KiB, small enough for fast random access by id
 PATCH_SHAPE = (32, 32, 3)
+# The image tables, in the order tables_sha256 hashes them.
+TABLES = ("images/path", "images/root", "images/label", "images/size", "images/native_size", "images/first",
+          "images/count", "classes", "roots")
+# HDF5 1.10's file format: checksums on the metadata too (object headers with the attributes,
+# the chunk indexes), so damage there is an error on open or read rather than a wrong answer.
+# Readable by HDF5 >= 1.10 (h5py >= 2.8).
+LIBVER = ("v110", "v110")
+ATTRS = ("format", "format_version", "store_id", "fingerprint", "tables_sha256", "content_key", "created", "config",
+         "versions", "manifest")  # the attributes attrs_sha256 covers
+REBUILD = "rebuild it with `patchcollide extract ... --overwrite`, or restore a copy"
 
 
 class StoreError(PatchcollideError):
@@ -188,13 +208,16 @@ class StoreWriter:
         n = 0
         img_offset = 0
         try:
-            with h5py.File(tmp, "w") as f:
+            with h5py.File(tmp, "w", libver=LIBVER) as f:
                 try:
+                    # fletcher32: a damaged chunk fails its checksum when read (4 bytes per chunk)
                     patches = f.create_dataset(
                         "patches", shape=(0, *PATCH_SHAPE), maxshape=(None, *PATCH_SHAPE), dtype=np.uint8,
                         chunks=(CHUNK, *PATCH_SHAPE), compression=manifest["config"].get("compression"),
+                        fletcher32=True,
                     )
-                    prov = f.create_dataset("provenance", shape=(0, 3), maxshape=(None, 3), dtype=np.int32, chunks=(4096, 3))
+                    prov = f.create_dataset("provenance", shape=(0, 3), maxshape=(None, 3), dtype=np.int32,
+                                            chunks=(4096, 3), fletcher32=True)
                     img_cols: dict[str, list] = {k: [] for k in ("path", "root", "label", "size", "native_size", "count")}
                     for i in range(n_parts):
                         part = Part.load(self.part_path(i))
@@ -222,14 +245,18 @@ class StoreWriter:
                     g = f.create_group("images")
                     str_t = h5py.string_dtype("utf-8")
                     g.create_dataset("path", data=np.asarray(img_cols["path"], dtype=object), dtype=str_t)
-                    g.create_dataset("root", data=_cat(img_cols["root"], np.int16, (0,)))
-                    g.create_dataset("label", data=_cat(img_cols["label"], np.int32, (0,)))
-                    g.create_dataset("size", data=_cat(img_cols["size"], np.int32, (0, 2)))
-                    g.create_dataset("native_size", data=_cat(img_cols["native_size"], np.int32, (0, 2)))
-                    g.create_dataset("count", data=counts)
-                    g.create_dataset("first", data=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)[: len(counts)])
+                    # HDF5 filters no variable-length strings: the string tables are covered by tables_sha256
+                    g.create_dataset("root", data=_cat(img_cols["root"], np.int16, (0,)), fletcher32=True)
+                    g.create_dataset("label", data=_cat(img_cols["label"], np.int32, (0,)), fletcher32=True)
+                    g.create_dataset("size", data=_cat(img_cols["size"], np.int32, (0, 2)), fletcher32=True)
+                    g.create_dataset("native_size", data=_cat(img_cols["native_size"], np.int32, (0, 2)),
+                                     fletcher32=True)
+                    g.create_dataset("count", data=counts, fletcher32=True)
+                    g.create_dataset("first", data=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)[: len(counts)],
+                                     fletcher32=True)
                     f.create_dataset("classes", data=np.asarray(list(classes), dtype=object), dtype=str_t)
                     f.create_dataset("roots", data=np.asarray(list(roots), dtype=object), dtype=str_t)
+                    f.attrs["tables_sha256"] = tables_sha256(f)
                     manifest = dict(manifest)
                     manifest.update(
                         format=FORMAT, format_version=FORMAT_VERSION, store_id=self.store_id,
@@ -245,6 +272,7 @@ class StoreWriter:
                     if t0 is not None:
                         manifest["seconds"] = round(time.time() - t0, 3)
                     f.attrs["manifest"] = json.dumps(manifest, sort_keys=True)
+                    f.attrs["attrs_sha256"] = attrs_sha256(f.attrs)  # checked on every open
                     f.flush()  # a write that fails here is caught below, not in the close
                 except OSError:
                     _discard_writes(f)
@@ -278,6 +306,18 @@ def _discard_writes(f: h5py.File) -> None:
         f.close()
 
 
+def _read_reason(e: Exception) -> str:
+    """A failed read in a few words: HDF5's checksum failure is named as such."""
+    text = str(e)
+    if "filter returned failure" in text or "checksum" in text.lower():
+        return "a checksum does not match"
+    if isinstance(e, UnicodeDecodeError):
+        return "a text entry is not valid UTF-8"
+    if isinstance(e, OSError):
+        return _os_reason(e)
+    return f"{type(e).__name__}: {first_line(e, 100)}"
+
+
 def _os_reason(e: OSError) -> str:
     """The cause of an OSError in a few words; h5py's messages carry HDF5's whole report."""
     if e.errno:
@@ -290,6 +330,34 @@ def fingerprint_of(h_patches, h_prov) -> str:
     """SHA-256 of (SHA-256 of all patch bytes in id order + SHA-256 of the provenance as
     little-endian int32 in id order), hex."""
     return hashlib.sha256(h_patches.digest() + h_prov.digest()).hexdigest()
+
+
+def attrs_sha256(attrs) -> str:
+    """SHA-256 of the store's attributes (``ATTRS``, those present, in that order: each name and
+    its value as text, NUL-separated). HDF5 keeps long text attributes where no checksum covers
+    them; this one is recomputed on every open (a few KB)."""
+    h = hashlib.sha256()
+    for name in ATTRS:
+        if name in attrs:
+            v = attrs[name]
+            h.update(f"{name}\0{v.decode() if isinstance(v, bytes) else v}\0".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def tables_sha256(f: h5py.File) -> str:
+    """SHA-256 of the image tables, classes and roots (``TABLES``, in that order): each name,
+    then its shape and its values, strings as UTF-8 each ended by a NUL byte, numbers
+    little-endian in their stored dtype. Recorded at extraction, recomputed by ``verify``."""
+    h = hashlib.sha256()
+    for name in TABLES:
+        d = f[name]
+        h.update(f"{name}{d.shape}".encode())
+        if d.dtype.kind == "O":
+            for v in d.asstr()[...]:
+                h.update(v.encode("utf-8", "surrogateescape") + b"\0")
+        else:
+            h.update(np.ascontiguousarray(d[...], dtype=d.dtype.newbyteorder("<")).tobytes())
+    return h.hexdigest()
 
 
 def _cat(arrs: list[np.ndarray], dtype, empty_shape) -> np.ndarray:
@@ -350,10 +418,23 @@ class PatchStore:
                 f"{self.path}: not a readable HDF5 file ({reason}); give a store written by `patchcollide extract`"
             ) from None
         try:
-            self._validate()
+            with self._reading("its attributes"):
+                self._validate()
         except StoreError:
             self._f.close()
             raise
+
+    @contextlib.contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        """Turn a failed read inside the block (a fletcher32 checksum that does not match, a
+        damaged attribute or table) into a one-line StoreError naming the file and the fix."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise StoreError(f"{self.path}: the store is damaged (reading {what}: {_read_reason(e)}); "
+                             f"{REBUILD}") from None
 
     def _validate(self) -> None:
         f = self._f
@@ -366,6 +447,9 @@ class PatchStore:
                 f"{self.path}: store format version {f.attrs.get('format_version')} is not {FORMAT_VERSION}; "
                 "rebuild it with this version's `patchcollide extract`"
             )
+        if "attrs_sha256" in f.attrs and attrs_sha256(f.attrs) != str(f.attrs["attrs_sha256"]):
+            raise StoreError(f"{self.path}: the store is damaged: its attributes (config, fingerprint, manifest) no "
+                             f"longer match the checksum recorded at extraction; {REBUILD}")
         for name in ("patches", "provenance", "images/path", "images/size", "images/first", "classes", "roots"):
             if name not in f:
                 raise StoreError(f"{self.path}: store is missing '{name}'; rebuild it with `patchcollide extract`")
@@ -400,7 +484,8 @@ class PatchStore:
     def provenance(self) -> np.ndarray:
         """(N, 3) int32: image index, y, x of every patch (loaded once)."""
         if self._prov is None:
-            self._prov = self._f["provenance"][...]
+            with self._reading("/provenance"):
+                self._prov = self._f["provenance"][...]
         return self._prov
 
     @property
@@ -409,24 +494,30 @@ class PatchStore:
 
     @property
     def classes(self) -> list[str]:
-        return [s.decode() if isinstance(s, bytes) else s for s in self._f["classes"][...]]
+        with self._reading("/classes"):
+            return [s.decode() if isinstance(s, bytes) else s for s in self._f["classes"][...]]
 
     @property
     def roots(self) -> list[str]:
-        return [s.decode() if isinstance(s, bytes) else s for s in self._f["roots"][...]]
+        with self._reading("/roots"):
+            return [s.decode() if isinstance(s, bytes) else s for s in self._f["roots"][...]]
 
     def image_record(self, i: int) -> dict:
         """One row of the image table, with the absolute path of its source file."""
-        g = self._f["images"]
-        rel = g["path"][i]
-        rel = rel.decode() if isinstance(rel, bytes) else rel
-        root = int(g["root"][i])
-        return {
-            "index": int(i), "path": rel, "root": root, "abspath": os.path.join(self.roots[root], rel),
-            "label": int(g["label"][i]), "class": self.classes[int(g["label"][i])] if len(self.classes) else "",
-            "size": tuple(int(v) for v in g["size"][i]), "native_size": tuple(int(v) for v in g["native_size"][i]),
-            "first": int(g["first"][i]), "count": int(g["count"][i]),
-        }
+        roots, classes = self.roots, self.classes
+        with self._reading(f"row {i} of /images"):
+            g = self._f["images"]
+            rel = g["path"][i]
+            rel = rel.decode() if isinstance(rel, bytes) else rel
+            root, label = int(g["root"][i]), int(g["label"][i])
+            if not (0 <= root < len(roots) and (0 <= label < len(classes) or not classes)):
+                raise ValueError(f"root {root} or label {label} out of range")
+            return {
+                "index": int(i), "path": rel, "root": root, "abspath": os.path.join(roots[root], rel),
+                "label": label, "class": classes[label] if len(classes) else "",
+                "size": tuple(int(v) for v in g["size"][i]), "native_size": tuple(int(v) for v in g["native_size"][i]),
+                "first": int(g["first"][i]), "count": int(g["count"][i]),
+            }
 
     # --- patches -----------------------------------------------------------------------
     def get(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -447,7 +538,8 @@ class PatchStore:
         for grp in np.split(np.arange(ids.size), bounds):
             c = int(chunk_of[grp[0]])
             lo, hi = c * CHUNK, min((c + 1) * CHUNK, self.n)
-            block = self.patches[lo:hi]
+            with self._reading(f"patches {lo}..{hi - 1}"):
+                block = self.patches[lo:hi]
             out[order[grp]] = block[sorted_ids[grp] - lo]
         return out
 
@@ -464,7 +556,41 @@ class PatchStore:
         batch_size = max(CHUNK, batch_size // CHUNK * CHUNK)
         for s in range(lo, hi, batch_size):
             e = min(s + batch_size, hi)
-            yield s, self.patches[s:e]
+            with self._reading(f"patches {s}..{e - 1}"):
+                batch = self.patches[s:e]
+            yield s, batch
+
+    def verify(self, batch_size: int = 16384, progress: Callable[[int, int], None] | None = None) -> dict:
+        """Read the whole store and recompute what extraction recorded: the fingerprint (the same
+        ``fingerprint_of`` definition, streamed ``batch_size`` patches at a time) and, for stores
+        that have it, ``tables_sha256``. Every chunk's checksum is checked on the way.
+        StoreError (one line) on any difference or failed read; else counts and seconds.
+        progress(done, total) counts patches read."""
+        t0 = time.time()
+        h_patches, h_prov = hashlib.sha256(), hashlib.sha256()
+        prov = self._f["provenance"]
+        done = 0
+        for s, batch in self.iter_batches(batch_size):
+            h_patches.update(np.ascontiguousarray(batch).tobytes())
+            with self._reading(f"/provenance {s}..{s + len(batch) - 1}"):
+                h_prov.update(np.asarray(prov[s : s + len(batch)]).astype("<i4").tobytes())
+            done += len(batch)
+            if progress:
+                progress(done, self.n)
+        got = fingerprint_of(h_patches, h_prov)
+        if got != self.fingerprint:
+            raise StoreError(f"{self.path}: the store is damaged: its patches and provenance hash to {got[:12]}, not "
+                             f"to the fingerprint {self.fingerprint[:12]} recorded at extraction; {REBUILD}")
+        want_tables = self._f.attrs.get("tables_sha256")
+        with self._reading("the image tables"):
+            got_tables = tables_sha256(self._f)
+        if want_tables is not None and got_tables != str(want_tables):
+            raise StoreError(f"{self.path}: the store is damaged: its image tables (/images, /classes, /roots) hash "
+                             f"to {got_tables[:12]}, not to the {str(want_tables)[:12]} recorded at extraction; {REBUILD}")
+        return {"path": os.path.abspath(self.path), "n_patches": self.n, "n_images": self.n_images,
+                "fingerprint": self.fingerprint, "tables_checked": want_tables is not None,
+                "checksums": bool(self.patches.fletcher32), "bytes_on_disk": os.path.getsize(self.path),
+                "seconds": time.time() - t0}
 
     def info(self) -> dict:
         """Counts, config, identity and size on disk (what ``patchcollide store info`` prints)."""

@@ -35,7 +35,11 @@ def batch_lock(out_dir: str, shard: tuple[int, int] | None = None) -> Iterator[N
 def refuse_busy(out_dir: str, shard: tuple[int, int] | None = None) -> None:
     """``batch_lock``'s JobsError now, when another process holds the lock (a probe: takes
     nothing, creates nothing), so that it comes before the other checks of a batch."""
-    if os.path.isdir(out_dir) and is_locked(batch_lock_path(out_dir, shard)):
+    try:
+        busy = os.path.isdir(out_dir) and is_locked(batch_lock_path(out_dir, shard))
+    except OSError:  # unreadable: batch_lock itself says what is wrong
+        return
+    if busy:
         raise _busy(out_dir, shard)
 
 

@@ -98,7 +98,11 @@ def run_lock(out: str) -> Iterator[None]:
 def refuse_busy(out: str) -> None:
     """``run_lock``'s CollideError now, when another process writes the run at ``out`` (a probe:
     takes nothing, creates nothing), so that it comes before the other checks of a run."""
-    if is_locked(lock_path(out)):
+    try:
+        busy = is_locked(lock_path(out))
+    except OSError:  # no folder there to hold it (a file in the way): the checks after it say so
+        return
+    if busy:
         raise _busy(out)
 
 

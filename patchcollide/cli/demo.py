@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import click
 
-from ..demo import run_demo
-from ..papers.world import run_world_demo, success
 from .common import Progress, deprecated, show_progress, user_errors, weights_option
 from .online import Bar, print_polytope, print_vertices
 
@@ -37,6 +35,8 @@ def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, 
     if n_deprecated is not None:
         deprecated("--n", "--samples")
         samples = n_deprecated
+    from ..demo import run_demo  # torch, from here on
+
     bar = Bar(show_progress(ctx))
     with user_errors(), Progress("extracting sample photos", show_progress(ctx)) as xbar:
         try:
@@ -56,6 +56,8 @@ def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, 
 
 
 def _digits(ctx, world_dir, out_dir, pair, device, steps, samples):
+    from ..papers.world import run_world_demo, success  # torch, from here on
+
     bar = Bar(show_progress(ctx))
     with user_errors():
         try:

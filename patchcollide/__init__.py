@@ -1,7 +1,7 @@
 """patchcollide: feature collisions made of real image patches.
 
 The public names, imported on first use (importing the package loads nothing else):
-``collide`` (the vertex loop: ``engine.collide.collide``), ``CollideConfig`` (its settings,
+``collide`` (the vertex loop: ``engine.collide.collide``), ``CollideConfig`` (its settings, ``engine.config``,
 every field documented), ``load_run`` (a finished run's float vertices, mixing weights, metrics
 and config: ``runs.run.load_run``) and ``__version__``. Everything else lives in the stage
 folders (README, "Module map"): for example ``from patchcollide.offline.extract import
@@ -10,7 +10,7 @@ extract_store``.
 
 from .core.version import __version__
 
-_LAZY = {"collide": ("engine.collide", "collide"), "CollideConfig": ("engine.collide", "CollideConfig"),
+_LAZY = {"collide": ("engine.collide", "collide"), "CollideConfig": ("engine.config", "CollideConfig"),
          "load_run": ("runs.run", "load_run")}
 __all__ = ["CollideConfig", "collide", "load_run", "__version__"]
 

@@ -67,8 +67,8 @@ def test_a_third_objective_is_one_function_and_its_decorator(monkeypatch):
         pos, _ = objectives.OBJECTIVES["relative"](z, target, push_margin)
         return pos, torch.zeros_like(pos)
 
-    import patchcollide.engine.collide as collide_mod
-    monkeypatch.setattr(collide_mod, "OBJECTIVES", objectives.OBJECTIVES)  # the config checks the registry
+    import patchcollide.engine.config as config_mod
+    monkeypatch.setattr(config_mod, "OBJECTIVES", objectives.OBJECTIVES)  # the config checks the registry
     tap = load_tap("digits_vgg", "fc6", "random", seed=0)
     src, tgt = images(1)
     res = collide(tap, src, tgt, CollideConfig(mode="pixel", objective="collision_only", size=64, vertices=2,

@@ -40,8 +40,9 @@ from ..core.formats import batch_csv, metrics_of, polytope_samples
 from ..core.jsontypes import canonical
 from ..engine.checkpoints import EVERY, saved_step
 from ..engine.checkpoints import NAME as CHECKPOINT
-from .jobfile import Job, JobFile
-from .locks import JobLock, job_held
+from ..offline.knn import PatchIndex
+from .jobfile import Job, JobFile, JobsError
+from .locks import JobLock, job_held, refuse_busy
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,28 @@ class BatchOptions:
     checkpoint_every: int = EVERY
     judge: str | None = None
     judge_model: str = "digits_lenet5"
+
+
+def check_batch(jobfile: JobFile, options: BatchOptions, out_dir: str | None = None,
+                shard: tuple[int, int] | None = None) -> None:
+    """The checks of a batch that need no model (and no torch), made before anything is loaded
+    or written: no other process runs the shard in ``out_dir`` (``locks.refuse_busy``), valid
+    lines (unless ``skip_invalid``), at least one job, the --dataset folder, and for patch-mode
+    jobs an index that opens. ``run_batch`` makes them first; the CLI makes them before it
+    imports torch. Raises JobsError (or the index's own error)."""
+    if out_dir is not None:
+        refuse_busy(out_dir, shard)
+    if jobfile.invalid and not options.skip_invalid:
+        n = len(jobfile.invalid)
+        raise JobsError(f"{n} invalid line{'s' if n > 1 else ''} in {jobfile.path}; fix them or pass --skip-invalid")
+    if not jobfile.jobs:
+        raise JobsError(f"{jobfile.path}: no valid jobs ({len(jobfile.invalid)} invalid lines)")
+    if options.dataset and not os.path.isdir(options.dataset):
+        raise JobsError(f"--dataset {options.dataset}: no such folder; give an image folder or leave it out")
+    if any(j.config.space.needs_index for j in jobfile.jobs):
+        if not options.index_dir:
+            raise JobsError("patch-mode jobs need an index (-i/--index); build one with `patchcollide index build`")
+        PatchIndex(options.index_dir).close()  # a bad index fails in a second
 
 
 def config_key(config: dict) -> str:

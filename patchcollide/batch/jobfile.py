@@ -31,7 +31,7 @@ from ..core.files import is_run
 from ..core.formats import RUN_KIND
 from ..core.images import Preprocess
 from ..core.jsontypes import convert, describe
-from ..engine.collide import CollideConfig, CollideError
+from ..engine.config import CollideConfig, CollideError
 
 RESERVED = ("batch.json", "batch.html", "index.html", "report.html")  # names DIR keeps for itself (any case)
 MAX_OUT_BYTES = 200  # leaves room for ".traceback.txt" and friends under the usual 255-byte name limit

@@ -28,11 +28,25 @@ def batch_lock(out_dir: str, shard: tuple[int, int] | None = None) -> Iterator[N
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise JobsError(f"--out {out_dir} is a file; give a directory for the batch's outputs")
     os.makedirs(out_dir, exist_ok=True)
-    what = "this batch" if shard is None else f"shard {shard[0]}/{shard[1]}"
-    busy = JobsError(f"{out_dir}: another process is already running {what} here; wait for it to finish "
-                     "(or stop it), or give another --out or --shard")
-    with locked(batch_lock_path(out_dir, shard), busy=busy):
+    with locked(batch_lock_path(out_dir, shard), busy=_busy(out_dir, shard)):
         yield
+
+
+def refuse_busy(out_dir: str, shard: tuple[int, int] | None = None) -> None:
+    """``batch_lock``'s JobsError now, when another process holds the lock (a probe: takes
+    nothing, creates nothing), so that it comes before the other checks of a batch."""
+    try:
+        busy = os.path.isdir(out_dir) and is_locked(batch_lock_path(out_dir, shard))
+    except OSError:  # unreadable: batch_lock itself says what is wrong
+        return
+    if busy:
+        raise _busy(out_dir, shard)
+
+
+def _busy(out_dir: str, shard: tuple[int, int] | None) -> JobsError:
+    what = "this batch" if shard is None else f"shard {shard[0]}/{shard[1]}"
+    return JobsError(f"{out_dir}: another process is already running {what} here; wait for it to finish "
+                     "(or stop it), or give another --out or --shard")
 
 
 class JobLock:

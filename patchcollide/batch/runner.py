@@ -21,7 +21,8 @@ from ..runs.sizes import warn_size
 from ..engine.models import input_fit, load_tap, model_identity, random_weights, resolve_device
 from ..offline.knn import PatchIndex
 from ..runs.run import dataset_images, dataset_paths, load_input, read_report, run_collide, run_sample
-from .folder import BatchFolder, BatchOptions
+from .events import BatchEvents, run_here  # noqa: F401 (run_here: the local executor's, imported from here too)
+from .folder import BatchFolder, BatchOptions, check_batch
 from .jobfile import Job, JobFile, JobsError, in_shard, replaceable
 from .locks import JobLock, batch_lock, batch_lock_path
 
@@ -211,39 +212,11 @@ class BatchRunner:
         return seconds
 
 
-
-class BatchEvents:
-    """What ``run_batch`` tells its caller (the CLI draws a progress bar); every method is optional."""
-
-    def start(self, todo: list[Job]) -> None: ...
-
-    def job_start(self, job: Job) -> None: ...
-
-    def job_end(self, job: Job, status: str, seconds: float) -> None: ...
-
-    def step(self, step: int, total: int, loss: float, worst: float) -> None: ...
-
-
 @dataclasses.dataclass
 class BatchResult:
     batch: dict  # what batch.json holds now
     mine: list[dict]  # batch.json's entries of this process's shard (invalid lines included)
     ran: list[str]  # ids of the jobs this process ran (done or failed)
-
-
-def run_here(runner: BatchRunner, todo: list[Job], events: BatchEvents) -> list[str]:
-    """The local executor: run ``todo`` one after another in this process, rewriting batch.json
-    after each. Returns the ids of the jobs run (done or failed)."""
-    ran = []
-    for job in todo:
-        events.job_start(job)
-        t0 = time.time()
-        status = runner.run(job, progress=events.step)
-        if status == "failed" or job.id in runner.folder.seconds:
-            ran.append(job.id)
-        events.job_end(job, status, time.time() - t0)
-        runner.folder.write_batch_json()
-    return ran
 
 
 def run_batch(jobfile: JobFile, out_dir: str, options: BatchOptions = BatchOptions(),
@@ -265,13 +238,7 @@ def run_batch(jobfile: JobFile, out_dir: str, options: BatchOptions = BatchOptio
     mistakes (invalid lines without ``skip_invalid``, a locked directory, a full disk).
     """
     events = events or BatchEvents()
-    if jobfile.invalid and not options.skip_invalid:
-        n = len(jobfile.invalid)
-        raise JobsError(f"{n} invalid line{'s' if n > 1 else ''} in {jobfile.path}; fix them or pass --skip-invalid")
-    if not jobfile.jobs:
-        raise JobsError(f"{jobfile.path}: no valid jobs ({len(jobfile.invalid)} invalid lines)")
-    if options.dataset and not os.path.isdir(options.dataset):
-        raise JobsError(f"--dataset {options.dataset}: no such folder; give an image folder or leave it out")
+    check_batch(jobfile, options, out_dir, shard)  # the checks the CLI makes before torch
     created = not os.path.exists(out_dir)
     runner = BatchRunner(jobfile, out_dir, options)
     try:

@@ -1,6 +1,7 @@
 """The ``batch`` command: many collide + sample jobs from a JSON Lines file into one directory."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import textwrap
@@ -8,12 +9,10 @@ import time
 
 import click
 
+from ..batch.events import BatchEvents
 from ..batch.jobfile import JobsError, config_fields, parse_shard, read_jobs
-from ..batch.folder import BatchOptions
-from ..batch.runner import BatchEvents, run_batch
 from ..core.formats import RANDOM_NOTICE
 from ..engine.checkpoints import EVERY
-from ..engine.models import resolve_weights
 from ..executors import make_executor
 from .common import Ticker, UserError, executor_options, hms, show_progress, user_errors, weights_option
 
@@ -192,12 +191,20 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
                 for line, msg in jobfile.problems():
                     click.echo(f"{jobs_file}:{line}: {msg}", err=True)
                 raise UserError(f"{n} invalid lines; fix them or pass --skip-invalid")
-            weights = resolve_weights(weights, arch)  # auto made concrete once, for every job and worker
+            from ..batch.folder import BatchOptions, check_batch
+
             options = BatchOptions(arch=arch, layer=layer, weights=weights, index_dir=index_dir, device=device,
                                    dataset=dataset, skip_invalid=skip_invalid, checkpoint_every=checkpoint_every,
                                    judge=judge, judge_model=judge_model)
+            check_batch(jobfile, options, out_dir, shard_)  # the inputs, before torch loads
+            runs_on = make_executor(executor, address, gpus_per_job, cpus_per_job)
+            from ..batch.runner import run_batch  # torch, from here on
+            from ..engine.models import resolve_weights
+
+            # auto made concrete once, for every job and worker
+            options = dataclasses.replace(options, weights=resolve_weights(weights, arch))
             res = run_batch(jobfile, out_dir, options, shard=shard_, retry_failed=retry_failed, events=progress,
-                            executor=make_executor(executor, address, gpus_per_job, cpus_per_job))
+                            executor=runs_on)
         finally:
             progress.close()
     for line, msg in jobfile.problems() if skip_invalid else []:

@@ -1,4 +1,8 @@
-"""What every command group shares: one-line user errors, logging, progress bars."""
+"""What every command group shares: one-line user errors, logging, progress bars.
+
+Like every module of the CLI, it imports at its top only modules that load no torch, so that
+``--help`` and every check of the command line, a job file and the input files come before
+torch does; a command imports the modules that do the work in its own body, after its checks."""
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +19,7 @@ import click
 from ..core.errors import PatchcollideError
 from ..core.images import BadImage
 from ..engine.checkpoints import Interrupted
-from ..engine.collide import CollideError
-from ..engine.models import WEIGHTS_RULE
+from ..engine.config import WEIGHTS_RULE, CollideError
 from ..executors import EXECUTORS
 
 USER_ERRORS = (PatchcollideError,)  # every user error derives from it (errors.py)
@@ -39,7 +42,7 @@ FLAGS = {"k": ("-k",)}  # CollideConfig fields whose collide option is not --fie
 
 
 def weights_option(note: str = ""):
-    """``--weights``, the same default (auto) and rule in every command (engine.models.WEIGHTS_RULE)."""
+    """``--weights``, the same default (auto) and rule in every command (engine.config.WEIGHTS_RULE)."""
     return click.option("--weights", default="auto", show_default=True, metavar="auto|imagenet|random|PATH",
                         help=WEIGHTS_RULE[0].upper() + WEIGHTS_RULE[1:] + "." + (f" {note}" if note else ""))
 

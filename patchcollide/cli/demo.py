@@ -5,8 +5,7 @@ import click
 
 import pathlib
 
-from ..demo import run_demo
-from ..papers.world import DEMO_PAIR, run_world_demo, world_verdict
+from ..papers.world_config import DEMO_PAIR, world_verdict
 from ..runs.report import verdict, write_html
 from .common import Progress, deprecated, show_progress, user_errors, weights_option
 from .online import Bar, print_polytope, print_vertices
@@ -48,6 +47,8 @@ def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, 
     if n_deprecated is not None:
         deprecated("--n", "--samples")
         samples = n_deprecated
+    from ..demo import run_demo  # torch, from here on
+
     bar = Bar(show_progress(ctx))
     with user_errors(), Progress("extracting sample photos", show_progress(ctx)) as xbar:
         try:
@@ -76,6 +77,8 @@ def _page(out_dir: str) -> None:
 
 
 def _digits(ctx, world_dir, out_dir, pair, device, steps, samples):
+    from ..papers.world import run_world_demo  # torch, from here on
+
     show = show_progress(ctx)
     bars = []
 

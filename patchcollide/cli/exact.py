@@ -6,16 +6,6 @@ import os
 import click
 
 from ..core.files import write_json, write_text
-from ..engine.models import ModelError, builder
-from ..exact import (
-    CLASSIFICATION_MODELS,
-    PAPER_MODELS,
-    NullspaceConfig,
-    NullspaceError,
-    nullity_table,
-    run_nullspace,
-    table_markdown,
-)
 from .common import UserError, deprecated, echo_json, show_progress, user_errors, weights_option
 
 
@@ -144,6 +134,8 @@ def nullspace(ctx, model, arch, weights, image, image_deprecated, size, mode, be
         raise click.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "model"))
     out = out or os.path.join("runs", f"nullspace-{model}")
     say = _say(show_progress(ctx) and not as_json)
+    from ..exact import NullspaceConfig, run_nullspace  # torch, from here on
+
     with user_errors():
         cfg = NullspaceConfig(mode=mode, beta=beta, vectors=vectors, seed=seed, rtol=rtol, iters=iters,
                               dense_sizes=_dense_sizes(dense_sizes), pgd_steps=pgd_steps, pgd_eps=pgd_eps)
@@ -234,6 +226,9 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, outs, as_json):
         deprecated("--json PATH", "--out PATH.json (--json alone prints JSON)")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
+    from ..engine.models import ModelError, builder  # torch, from here on: the model names are torchvision's
+    from ..exact import CLASSIFICATION_MODELS, PAPER_MODELS, NullspaceError, nullity_table, table_markdown
+
     names = list(models) or list(PAPER_MODELS if paper_all else CLASSIFICATION_MODELS)
     def echo_progress(name, done, total):
         if done == total:

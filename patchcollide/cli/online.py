@@ -12,11 +12,8 @@ import click
 from click.core import ParameterSource
 
 from ..engine.checkpoints import EVERY
-from ..engine.collide import CollideConfig, CollideError
-from ..engine.judge import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
-from ..engine.judge import load_judge
-from ..runs.run import (check_k, dataset_images, dataset_paths, read_report, resume_collide, run_collide, run_sample,
-                        store_size)
+from ..engine.config import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
+from ..engine.config import CollideConfig, CollideError
 from ..runs.report import verdict
 from .common import Progress, Ticker, UserError, flag_of, flags_of, deprecated, show_progress, user_errors, weights_option
 
@@ -225,6 +222,8 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
                             "to continue an interrupted run")
     bar = Bar(show_progress(ctx))
     if resume:
+        from ..runs.run import resume_collide  # its checks need the checkpoint, which torch reads
+
         with user_errors():
             try:
                 report = resume_collide(resume, progress=bar, checkpoint_every=checkpoint_every, overwrite=overwrite,
@@ -245,6 +244,8 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
                     fields[name] = parse_pairs(name, value) if value else CollideConfig.__dataclass_fields__[name].default
                 else:
                     fields[name] = tuple(value)
+        from ..runs.inputs import check_collide, check_k, store_size  # no torch: the inputs are checked before it
+
         try:
             cfg = CollideConfig(**fields)
         except CollideError as e:  # -k beyond the store says that before it talks of memory
@@ -253,6 +254,10 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
             raise
         for field, why in cfg.doubts() if show_progress(ctx) else []:  # -q: errors only
             click.echo(f"warning: {flag_of(field)} {why}", err=True)
+        check_collide(source, target, out, cfg, index_dir, overwrite)  # run_collide's checks that need no model
+        from ..engine.judge import load_judge  # torch, from here on
+        from ..runs.run import run_collide
+
         the_judge = load_judge(judge, judge_model) if judge else None  # before any work: a bad file fails now
         try:
             report = run_collide(source, target, out, cfg, arch=model, layer=layer, weights=weights,
@@ -347,11 +352,17 @@ def sample(ctx, run_deprecated, run_dir, samples, n_deprecated, seed, batch_size
     if batch_size < 1 or seed < 0:
         raise UserError(f"--batch-size must be >= 1 and --seed >= 0, got {batch_size} and {seed}")
     with user_errors():
-        the_judge = load_judge(judge, judge_model) if judge else None
-        report = read_report(run_dir)
+        from ..runs.inputs import check_complete, dataset_images, dataset_paths, read_report
+
+        report = read_report(run_dir)  # the run and the dataset, before torch loads
+        check_complete(run_dir, report)
         size = report["config"]["size"]
         paths = dataset_paths(dataset, index_dir=report["inputs"].get("index"))
         images = dataset_images(paths, size, seed=seed) if paths else None
+        from ..engine.judge import load_judge  # torch, from here on
+        from ..runs.run import run_sample
+
+        the_judge = load_judge(judge, judge_model) if judge else None
         with Progress("polytope samples", show_progress(ctx)) as bar:
             report = run_sample(run_dir, samples=samples, seed=seed, batch_size=batch_size, device=device,
                                 dataset_images=images, progress=bar, judge=the_judge)

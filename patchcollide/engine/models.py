@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import PatchcollideError, first_line
+from .config import WEIGHTS, WEIGHTS_RULE  # noqa: F401 (torch-free, for the CLI's --weights help; WEIGHTS_RULE: its old home)
 from .nets import BUILDERS as OWN_MODELS
 from .nets import HEADS as OWN_HEADS
 from .nets import TWIN_WEIGHTS, TWINS
@@ -236,13 +237,6 @@ def check_cached_hash(path: str, arch: str) -> str:
                          f"file name says, so it is not torchvision's {arch} weights; delete it to download them "
                          "again, or pass your own file with --weights PATH")
     return sha
-
-
-WEIGHTS_RULE = ("auto (the default of every command): torchvision's ImageNet weights when the torch cache holds "
-                "them (sha256 checked) or they download, else seeded random weights, said in a warning and in every "
-                "output; imagenet: those weights or an error; random: seeded random weights (smoke runs); PATH: a "
-                "state dict (recorded as user weights)")
-WEIGHTS = ("auto", "imagenet", "random")  # besides a PATH
 
 
 class WeightsUnavailable(ModelError):

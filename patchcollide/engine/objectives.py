@@ -1,5 +1,5 @@
 """The vertex objective of Li et al. 2019, its normalised form, and the collision metrics.
-Imports nothing of ours.
+Imports only the torch-free registry of objective names (``config.OBJECTIVES``).
 
 For a target with pre-activation z_t (D,), active set s = 1[z_t > 0] and vertex v's own
 inactive unit j_v, the authors' terms (objective "paper") are sums:
@@ -40,6 +40,8 @@ from collections.abc import Callable
 
 import torch
 
+from .config import OBJECTIVES
+
 
 @dataclasses.dataclass
 class Target:
@@ -71,9 +73,6 @@ def choose_units(z_t: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(f"the target has only {len(inactive)} inactive units; ask for at most that many vertices")
     order = torch.argsort(z_t[inactive])
     return inactive[order[:n]]
-
-
-OBJECTIVES: dict[str, Callable] = {}  # --objective: name -> fn(z, target, push_margin) -> (L+ (V,), L-^v (V,))
 
 
 def objective(name: str) -> Callable[[Callable], Callable]:

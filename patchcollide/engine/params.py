@@ -1,6 +1,8 @@
 """Search spaces: what the vertex loop optimises, and how it draws the image.
 
-A search space is one ``nn.Module`` class, registered by name in ``SPACES`` (``--mode``). Its
+A search space is one ``nn.Module`` class, registered by name in ``SPACES`` (``--mode``; the
+registry and the traits that need no torch are in ``spaces.py``, and this module puts its
+classes into that same dict when imported). Its
 instances: ``forward()`` renders the V vertex images (V, 3, H, W) float32 in [0, 1];
 ``project()`` after each optimiser step; ``core_state()`` / ``restore()`` for checkpoints and
 state.npz; ``mixing_weights()``, ``mixing_stats()`` and ``argmax_image()`` (None where the space
@@ -18,22 +20,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core.images import PATCH, grid_positions
+from ..core.images import PATCH
+from .spaces import MAX_PARAM_BYTES, SPACES, STARTS, PatchSpace, PixelSpace  # noqa: F401 (MAX_PARAM_BYTES: its old home)
 
 
-class PixelParam(nn.Module):
+class PixelParam(PixelSpace, nn.Module):
     """The paper's vanilla method: the pixels themselves, kept in [0, 1] by projection.
 
-    init (V, 3, H, W) in [0, 1]: the target or another image, repeated per vertex.
+    init (V, 3, H, W) in [0, 1]: the target or another image, repeated per vertex. Its traits
+    (``needs_index``, ``mixes``, ``default_lr``, ``check_config``, ``state_bytes``):
+    ``spaces.PixelSpace``.
     """
-
-    needs_index = False
-    mixes = False
-    default_lr = 0.01  # pixels in [0, 1]: the closest collider needs the collision reached in the first third of 300 steps
-
-    @classmethod
-    def check_config(cls, config) -> None:
-        """Nothing beyond CollideConfig's own checks."""
 
     @classmethod
     def from_config(cls, config, source: torch.Tensor, target: torch.Tensor, candidates: dict | None) -> "PixelParam":
@@ -44,11 +41,6 @@ class PixelParam(nn.Module):
             up = torch.nn.functional.interpolate(low, size=init.shape[-2:], mode="bilinear", align_corners=False)
             init = (init + config.noise * up).clamp(0, 1)
         return cls(init)
-
-    @classmethod
-    def state_bytes(cls, config) -> int:
-        """A checkpoint's bound: the pixels, Adam's two moments (float32)."""
-        return config.vertices * config.size * config.size * 3 * 4 * 3
 
     @staticmethod
     def mixing_from_state(state: dict, window: int) -> dict | None:
@@ -88,10 +80,6 @@ def tent(size: int = PATCH) -> torch.Tensor:
     c = (size - 1) / 2
     t = 1.0 - (torch.arange(size, dtype=torch.float32) - c).abs() / (c + 1)
     return t[:, None] * t[None, :]
-
-
-STARTS = ("distinct", "nearest", "tent")
-MAX_PARAM_BYTES = 16 * 2**30  # refuse patch-mode settings whose logits alone would need more
 
 
 def masked_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -149,7 +137,7 @@ def _seam_tables(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     return match, alone
 
 
-class PatchParam(nn.Module):
+class PatchParam(PatchSpace, nn.Module):
     """Per-pixel softmax mixture of retrieved real patches.
 
     candidates: (L, K, 3, S, S) float32 in [0, 1]: for each of L locations the K nearest
@@ -185,24 +173,6 @@ class PatchParam(nn.Module):
     """
 
     CLAMP = 30.0
-    needs_index = True
-    mixes = True
-    default_lr = 0.4
-
-    @classmethod
-    def check_config(cls, config) -> None:
-        """ValueError (field, problem) when the mixture would not fit in memory."""
-        L = len(grid_positions((config.size, config.size), config.grid_stride, PATCH, cover=True))
-        P = config.size * config.size
-        K = config.k * (2 if config.retrieve == "source+target" else 1)
-        covering = min(L, (config.window // config.grid_stride + 1) ** 2) * K  # entries over one pixel, at most
-        # the start scores every covering entry of every pixel (float32 + int64 index); the loop
-        # keeps `slots` of them: logits, gradient, Adam's two moments and three colour channels
-        need = (config.vertices * P * covering * 12 + config.vertices * P * min(config.slots, covering) * 4 * 7
-                + L * K * config.window * config.window * 3 * 4)
-        if need > MAX_PARAM_BYTES:
-            raise ValueError("k", f"{config.k} with {config.vertices} vertices at {config.size}x{config.size} needs "
-                                  f"about {need / 2**30:.1f} GiB for the patch mixture; lower -k, --slots or --vertices")
 
     @classmethod
     def from_config(cls, config, source: torch.Tensor, target: torch.Tensor, candidates: dict) -> "PatchParam":
@@ -210,12 +180,6 @@ class PatchParam(nn.Module):
         corner = np.asarray(candidates["yx"]) - (config.window - PATCH) // 2  # a window's corner: the patch in its middle
         return cls(cand, corner, (config.size, config.size), config.vertices, noise=config.noise, seed=config.seed,
                    start=config.start, spatial=config.spatial, slots=config.slots, block=config.block)
-
-    @classmethod
-    def state_bytes(cls, config) -> int:
-        """A checkpoint's bound before the first prune: per slot its logit, Adam's two moments,
-        its entry (int64) and validity."""
-        return config.vertices * config.size * config.size * config.slots * (4 * 3 + 8 + 1)
 
     @staticmethod
     def mixing_from_state(state: dict, window: int) -> dict:
@@ -405,4 +369,4 @@ class PatchParam(nn.Module):
             self.shared = nn.Parameter(state["shared"].to(dev).clone())
 
 
-SPACES: dict[str, type[nn.Module]] = {"patches": PatchParam, "pixel": PixelParam}  # --mode: its search space
+SPACES.update(patches=PatchParam, pixel=PixelParam)  # the module classes take their traits' places (spaces.py)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from ..batch.runner import run_here
+from ..batch.events import run_here
 from ..offline.extract import write_parts_here
 from .base import ExecutorError
 

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterator
 
 from ..batch.jobfile import JobsError
 from ..batch.locks import job_held
-from ..batch.runner import BatchRunner
 from ..core.errors import first_line
 from ..core.files import replace
 from ..engine.checkpoints import Interrupted, StopSignals
@@ -121,7 +120,7 @@ def _worker_runner(spec: dict):
         for old in _RUNNERS.values():
             old.close()
         _RUNNERS.clear()
-        runner = BatchRunner(**spec["runner"])
+        runner = spec["runner_class"](**spec["runner"])
         runner.open()
         _RUNNERS[spec["key"]] = runner
     return runner
@@ -161,7 +160,10 @@ def run_jobs(runner, todo: list, events, gpus: float, cpus: float) -> list[str]:
     """
     ray = import_ray()
     threads = max(1, int(cpus))
-    spec = {"key": f"{_spec_key(runner)}-{threads}", "runner": _runner_args(runner), "threads": threads}
+    # the runner's class travels with the spec (pickled by reference): this module imports no runner, so the
+    # executors load without torch and the CLI checks --executor before anything loads
+    spec = {"key": f"{_spec_key(runner)}-{threads}", "runner_class": type(runner), "runner": _runner_args(runner),
+            "threads": threads}
     task = ray.remote(run_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=WORKER_RETRIES,
                                        retry_exceptions=False, name="patchcollide-job")
     spec_ref = ray.put(spec)

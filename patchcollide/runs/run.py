@@ -20,24 +20,18 @@ Run directory (written under ``NAME.tmp-*`` and renamed into place only when com
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import time
 import typing
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from ..core.errors import PatchcollideError
-from ..core.files import (atomic_open, check_out, check_writable, is_run, locked, occupied, process_seconds,
-                          staged_dir, versions, write_json)
+from ..core.files import atomic_open, check_writable, is_run, process_seconds, staged_dir, versions, write_json
 from ..core.formats import RANDOM_LABEL, RANDOM_NOTICE, RUN_KIND
-from ..core.images import BadImage, Preprocess, fit_square, load_rgb, transparency
 from ..core.jsontypes import convert
 from ..engine.checkpoints import EVERY
 from ..engine.checkpoints import NAME as CHECKPOINT
@@ -48,8 +42,10 @@ from ..engine.judge import check_apart, judge_run, load_judge
 from ..engine.models import Tap, imagenet_weights, input_fit, load_tap, resolve_device, resolve_weights, tap_on
 from ..engine.objectives import Target
 from ..engine.polytope import difference_boxes, extent, pairwise_l2, sample_polytope
-from ..offline.extract import scan_inputs
 from ..offline.knn import PatchIndex
+from .inputs import (check_complete, check_k, check_out_dir, check_start, dataset_images,  # noqa: F401
+                     dataset_paths, expected_bytes, fit_input, read_report, refuse_taken, run_lock, store_size)
+# (dataset_images, dataset_paths, read_report, store_size: where callers found them before inputs.py held them)
 from .sizes import warn_size
 from .pictures import contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
 
@@ -68,53 +64,10 @@ def load_input(path: str, config: CollideConfig, name: str = "image", geometry: 
     return fit_input(path, config, name, geometry)[0]
 
 
-def fit_input(path: str, config: CollideConfig, name: str = "image",
-              geometry: str = "imagenet") -> tuple[np.ndarray, dict]:
-    """One input of a run as (size, size, 3) uint8, and how it got there (report.json's
-    ``inputs.transform``: ``{"fit", "from": "WxH", "how"}``). ``config.fit`` (core.images.fit_square):
-    auto uses an image that is already size x size as it is, and brings any other to size the
-    way the model's weights saw theirs, ``geometry`` (``models.input_fit``: imagenet or crop);
-    imagenet, crop and pad do as they say. Transparency is composited on ``config.background``.
-    Each change to what the file shows is one warning line naming the input."""
-    if os.path.isdir(path):
-        raise CollideError(f"{name} {path!r} is a folder; pass one image file (a folder of jobs goes into "
-                           "`patchcollide batch`)")
-    if not os.path.isfile(path):
-        raise CollideError(f"{name} {path!r} does not exist; pass an image file")
-    try:
-        img = load_rgb(path, Preprocess(resize=None))[0]
-        alpha = transparency(path)
-    except BadImage as e:  # the option that named the file, the reason and its own fix
-        raise CollideError(f"{name} {path}: {e}; {e.fix}") from None
-    if alpha is not None and alpha.shape != img.shape[:2]:  # an orientation load_rgb changed: keep it opaque
-        alpha = None
-    h, w = img.shape[:2]
-    fit = config.fit
-    if fit == "auto":
-        fit = "as given" if (h, w) == (config.size, config.size) else geometry
-    out, said, how = fit_square(img, config.size, fit, config.background, alpha)
-    for what in said:
-        log.warning("%s %s: %s", name, path, what)
-    return out, {"fit": fit, "from": f"{w}x{h}", "how": how}
-
-
 def resolved_fit(config: CollideConfig, geometry: str) -> str:
     """``config.fit`` with auto made concrete for an input that is not size x size (one that is
     is used as given): report.json's ``resolved.fit``."""
     return geometry if config.fit == "auto" else config.fit
-
-
-def _check_out(out: str, overwrite: bool) -> None:
-    check_out(out, overwrite, RUN_KIND, "patchcollide run", CollideError)
-
-
-def expected_bytes(config: CollideConfig) -> int:
-    """A generous bound on what a run writes: its PNGs (uncompressed), state.npz and the
-    largest checkpoint (logits, their entries and Adam's moments before the first prune)."""
-    P, V = config.size * config.size, config.vertices
-    scale = max(1, 224 // config.size)
-    pngs = P * 3 * (2 * V + 3) + (V + 3) * P * scale * scale * 3 + 2**20
-    return pngs + 2 * config.space.state_bytes(config) + 2**20
 
 
 RESUMES = ("no", "yes", "auto")
@@ -146,21 +99,6 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
     with run_lock(out):
         return _run_collide(source, target, out, config, arch, layer, weights, index_dir, tap, pindex, overwrite,
                             progress, target_stats, checkpoint_dir, checkpoint_every, resume, again, judge)
-
-
-@contextlib.contextmanager
-def run_lock(out: str) -> Iterator[None]:
-    """Hold ``OUT.lock`` (flock) for a whole ``collide`` on ``out``, from before any check to the
-    installed run: a second writer of the same run (a second ``collide --out OUT`` or
-    ``--resume OUT``) is refused at once. The lock dies with its process, even on SIGKILL; the
-    file is removed when the run ends."""
-    path = os.path.abspath(out).rstrip(os.sep) + ".lock"
-    check_writable(out, 0, CollideError)  # a file in the way gets its own line, not makedirs' errno
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    busy = CollideError(f"--out {out}: another process is writing this run now (it holds {path}); wait for it to "
-                        "finish or stop it, or give another --out")
-    with locked(path, busy=busy, remove=True):
-        yield
 
 
 FAR_RETRIEVAL = 1.5  # source patches this many times farther from their neighbours than the store's own: warn
@@ -211,48 +149,14 @@ def warn_pretrained_size(tap: Tap, size: int) -> None:
                     "are less reliable (use --size 224 for a real study)", size, tap.arch, size)
 
 
-def check_k(k: int, patches: int, index_dir: str | None) -> None:
-    """-k neighbours per location cannot exceed the store: say so before anything else about -k."""
-    if k > patches:
-        raise CollideError(f"-k {k}: the store behind {index_dir or 'the index'} holds only {patches:,} patches; "
-                           f"give -k <= {patches}, or a larger store (`patchcollide extract`)")
-
-
-def store_size(index_dir: str) -> int | None:
-    """The number of patches behind a built index, or None when there is none to read."""
-    try:
-        with PatchIndex(index_dir) as pidx:
-            return len(pidx.store)
-    except (PatchcollideError, OSError):
-        return None
-
-
-def _refuse_taken(out: str, ckdir: str, again: str, overwrite: bool) -> None:
-    """A resume never replaces what was written at ``out`` since its run started, unless ``overwrite``."""
-    if occupied(out) and not overwrite:
-        raise CollideError(f"--out {out} now holds a complete run that this checkpoint did not write; keep it "
-                           f"and delete {ckdir}, or replace it with `{again} --overwrite`"
-                           if is_run(out, RUN_KIND) else
-                           f"--out {out} now holds other files; move them away, then `{again}`")
-
-
 def _run_collide(source, target, out, config, arch, layer, weights, index_dir, tap, pindex, overwrite, progress,
                  target_stats, checkpoint_dir, checkpoint_every, resume, again, judge) -> dict:
     clock, started = Clock(), process_seconds()
     ckdir = checkpoint_dir or partial_dir(out)
     again = again or f"patchcollide collide --resume {out}"
-    ck_path = os.path.join(ckdir, CHECKPOINT)
-    if resume == "no" and os.path.isfile(ck_path):
-        if not overwrite:
-            raise CollideError(f"--out {out} has the checkpoint of an unfinished run ({ck_path}); continue it with "
-                               f"`{again}` or start over with --overwrite")
+    check_start(out, overwrite, ckdir, again, resume)  # the checks the CLI makes before torch (inputs.check_collide)
+    if resume == "no" and os.path.isfile(os.path.join(ckdir, CHECKPOINT)):  # --overwrite: start over
         shutil.rmtree(ckdir, ignore_errors=True)
-    if resume == "yes" and not os.path.isfile(ck_path):
-        raise CollideError(f"{out}: no checkpoint to resume at {ck_path}; start the run with --out {out}")
-    if resume == "yes":
-        _refuse_taken(out, ckdir, again, overwrite)
-    else:
-        _check_out(out, overwrite)
     check_writable(out, expected_bytes(config), CollideError)
     warn_size(config.size, index_dir if config.space.needs_index else None, weights)
     if judge is not None:  # a hash of the file, before anything loads
@@ -350,7 +254,7 @@ def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY, overw
             raise CollideError(f"{out}: no checkpoint to resume at {ck.path}; start the run with --out {out}")
         saved = ck.read()
         r = saved["run"]
-        _refuse_taken(out, partial_dir(out), f"patchcollide collide --resume {out}", r["overwrite"] or overwrite)
+        refuse_taken(out, partial_dir(out), f"patchcollide collide --resume {out}", r["overwrite"] or overwrite)
         judge = load_judge(*r["judge"]) if r.get("judge") else None
         if on_resume is not None:
             on_resume(saved["step"], saved["key"]["config"]["steps"])
@@ -417,7 +321,7 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
         if judge is not None:
             report["judge"] = judge_run(judge, src, tgt, back)
         write_json(os.path.join(tmp, "report.json"), report)
-        _check_out(out, overwrite)  # again: something may have appeared while the run was going
+        check_out_dir(out, overwrite)  # again: something may have appeared while the run was going
     return report
 
 
@@ -444,28 +348,6 @@ def _img(a: np.ndarray):
     from PIL import Image
 
     return Image.fromarray(a)
-
-
-def read_report(run_dir: str) -> dict:
-    path = os.path.join(run_dir, "report.json")
-    if not os.path.isdir(run_dir):
-        raise CollideError(f"{run_dir}: no such directory; give a directory written by `patchcollide collide`")
-    try:
-        with open(path) as fh:
-            report = json.load(fh)
-        assert report.get("kind") == RUN_KIND
-        return report
-    except (OSError, ValueError, AssertionError):
-        raise CollideError(f"{run_dir}: not a finished patchcollide run (no valid report.json); "
-                           "give a directory written by `patchcollide collide`") from None
-
-
-def _check_complete(run_dir: str, vertices: int) -> None:
-    missing = [f for f in [*(f"vertex_{i}.png" for i in range(vertices)), "state.npz"]
-               if not os.path.isfile(os.path.join(run_dir, f))]
-    if missing:
-        raise CollideError(f"{run_dir}: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} missing, so it is "
-                           "not a complete run; restore the files or make the run again with `patchcollide collide`")
 
 
 @dataclasses.dataclass
@@ -524,7 +406,7 @@ def load_run(path: str) -> Run:
     config = CollideConfig(**{k: convert(hints[k], v) if isinstance(v, list) else v
                               for k, v in report["config"].items() if k in hints})
     V = len(report["vertices"]["png"]["rel_error"])
-    _check_complete(path, V)
+    check_complete(path, report)
     png = np.stack([read_png(os.path.join(path, f"vertex_{i}.png")) for i in range(V)])
     with np.load(os.path.join(path, "state.npz")) as z:
         state = {k: z[k] for k in z.files}
@@ -546,36 +428,6 @@ def tap_for_run(report: dict) -> Tap:
     return tap
 
 
-def dataset_images(paths: list[str], size: int, limit: int = 32, seed: int = 0) -> np.ndarray | None:
-    """Up to ``limit`` of the image files (seeded choice) as (N, size, size, 3) uint8; unreadable
-    files are left out. None when fewer than two are usable."""
-    rng = np.random.default_rng(seed)
-    chosen = [paths[i] for i in sorted(rng.choice(len(paths), size=min(limit, len(paths)), replace=False))]
-    out = []
-    for p in chosen:
-        try:
-            out.append(load_rgb(p, Preprocess(resize=size))[0])
-        except BadImage:
-            continue
-    return np.stack(out) if len(out) >= 2 else None
-
-
-def dataset_paths(dataset: str | None = None, store=None, index_dir: str | None = None) -> list[str]:
-    """The one rule for the images the polytope check measures distances between (``sample``,
-    ``batch``, the demo): the folder ``dataset`` when given, else the source files of the images
-    in the patch store (an open ``store``, or the one behind ``index_dir`` when that exists), else
-    none."""
-    if dataset:
-        roots, files, _ = scan_inputs([dataset])
-        return [os.path.join(roots[f.root], f.path) for f in files]
-    if store is None and index_dir and os.path.isdir(index_dir):
-        with PatchIndex(index_dir) as pidx:
-            return [pidx.store.image_record(i)["abspath"] for i in range(pidx.store.n_images)]
-    if store is not None:
-        return [store.image_record(i)["abspath"] for i in range(store.n_images)]
-    return []
-
-
 def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int = 32, device: str = "auto",
                dataset_images: np.ndarray | None = None, tap: Tap | None = None, progress=None, judge=None) -> dict:
     """The polytope check on a finished run: results go into its report.json (rewritten atomically).
@@ -592,7 +444,7 @@ def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int
     """
     report = read_report(run_dir)
     V = len(report["vertices"]["png"]["rel_error"])
-    _check_complete(run_dir, V)
+    check_complete(run_dir, report)
     vertices = np.stack([read_png(os.path.join(run_dir, f"vertex_{i}.png")) for i in range(V)])
     with np.load(os.path.join(run_dir, "state.npz")) as z:
         tz, units = torch.from_numpy(z["target_z"]), torch.from_numpy(z["units"])

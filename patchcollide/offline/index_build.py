@@ -192,7 +192,7 @@ def file_sha256(path: str, progress: Callable[[int, int], None] | None = None, b
     return h.hexdigest()
 
 
-def _faiss_reason(exc: Exception) -> str:
+def faiss_reason(exc: Exception) -> str:
     """The human part of a faiss C++ exception ("could not parse code description Bogus ..."),
     without the C++ signature and source location."""
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
@@ -357,7 +357,7 @@ def _build_index(index_dir, store_path, config, progress, train_progress=None) -
             index = faiss.index_factory(desc.dim, factory)
         except RuntimeError as e:
             raise IndexError_(f"--factory {factory!r} is not a valid faiss index_factory string "
-                              f"({_faiss_reason(e)}); use one like Flat, IVF1024,Flat or IVF4096,PQ16x8") from None
+                              f"({faiss_reason(e)}); use one like Flat, IVF1024,Flat or IVF4096,PQ16x8") from None
         ivf = extract_ivf(index)
         if ivf is not None:
             ivf.cp.seed = config.seed

@@ -30,7 +30,7 @@ from .index_build import (
     STORE_FILE,
     IndexConfig,
     IndexError_,
-    _faiss_reason,
+    faiss_reason,
     build_index,
     check_manifest,
     check_search_params,
@@ -181,7 +181,7 @@ class PatchIndex:
         try:
             d2, ids = self.index.search(x, k)
         except (RuntimeError, MemoryError) as e:
-            reason = re.sub(r"^'(.*)' failed$", r"faiss' check \1 failed", _faiss_reason(e))
+            reason = re.sub(r"^'(.*)' failed$", r"faiss' check \1 failed", faiss_reason(e))
             raise IndexError_(f"{self.index_path}: searching the index failed ({reason}); it is damaged or "
                               f"unfit: check it with `patchcollide index verify -i {self.dir}` and {REBUILD}") from None
         n = len(self.store)

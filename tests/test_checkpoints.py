@@ -95,7 +95,9 @@ def test_a_checkpoint_of_other_settings_is_refused(tmp_path, tap, pidx):
                                         r"delete it and start again$"):
         Checkpointer(ck.directory, {"config": {"steps": 4}}).load()
     (tmp_path / "ck" / "checkpoint.pt").write_bytes(b"torn")
-    with pytest.raises(Exception, match=r"is not a readable checkpoint \(.*\); delete it and start the run again$"):
+    with pytest.raises(Exception, match=r"^damaged checkpoint .*checkpoint.pt \(its sha256 differs from the one "
+                                        r"recorded in progress.json when it was saved\): delete it and start the run "
+                                        r"again, or start it again with --overwrite$"):
         ck.load()
 
 

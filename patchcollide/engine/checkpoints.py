@@ -17,9 +17,23 @@ where a checkpoint is written or read.
 A run whose final write failed (a full disk) keeps its optimised state in the checkpoint (or,
 when even that cannot be written there, in the system's temporary folder): ``--resume``
 writes the run without optimising again.
+
+Damage: torch does not check a zip's CRCs, so a checkpoint with flipped bytes may load and
+restore a different state. Every save therefore records the sha256 of the file's bytes in
+``progress.json`` beside it, and :meth:`Checkpointer.read` checks it before torch reads the
+file. ``progress.json`` is written first, naming the new file's hash and the previous file's
+(``previous``): a kill between the two renames leaves the previous checkpoint beside a
+record that still vouches for it, so an intact checkpoint never looks damaged. A checkpoint
+that fails the check, that torch cannot read, or whose state does not restore is a
+:class:`DamagedCheckpoint`: one line naming the file and the fix. A checkpoint saved before
+hashes were recorded (no ``sha256`` in its ``progress.json``, or no ``progress.json``) is still
+resumed, with one warning that its bytes were not checked; a failure while restoring it is a
+:class:`DamagedCheckpoint` too.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -29,7 +43,7 @@ import signal
 import tempfile
 import threading
 
-from ..core.errors import PatchcollideError
+from ..core.errors import PatchcollideError, first_line
 from ..core.files import atomic_open
 
 log = logging.getLogger(__name__)
@@ -43,6 +57,43 @@ class CheckpointError(PatchcollideError):
     """A checkpoint that cannot be used: missing, unreadable, or of another run."""
 
 
+FIX = "delete it and start the run again, or start it again with --overwrite"  # collide's fix; a batch fixes it itself
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint whose bytes or contents are not what was saved: its sha256 differs from the
+    recorded one, torch cannot read it, or its state does not restore (missing keys, wrong
+    shapes, entries out of range). ``path``, ``why`` (the parenthesis of the message)."""
+
+    def __init__(self, path: str, why: str, fix: str = FIX):
+        super().__init__(f"damaged checkpoint {path} ({why}): {fix}")
+        self.path, self.why = path, why
+
+
+# what the loop and resume_collide read from every checkpoint (collide.loop_state, Checkpointer.static)
+LOOP_KEYS = ("key", "step", "done", "converged", "param", "opt", "history", "seconds", "target", "candidates")
+LOOP_TYPES = {"key": dict, "step": int, "done": bool, "converged": bool, "param": dict, "opt": dict, "history": dict,
+              "seconds": (int, float), "target": dict}
+RESTORE_ERRORS = (KeyError, IndexError, RuntimeError, TypeError, ValueError, AttributeError)
+
+
+@contextlib.contextmanager
+def restoring(path: str):
+    """Around code that turns a checkpoint's contents into a run's state: any of
+    ``RESTORE_ERRORS`` (a state that does not fit: a missing key, a wrong shape, an entry out of
+    range) becomes a one-line :class:`DamagedCheckpoint` naming ``path``."""
+    try:
+        yield
+    except DamagedCheckpoint:
+        raise
+    except RESTORE_ERRORS as e:
+        raise DamagedCheckpoint(path, f"its state does not restore: {type(e).__name__}: {first_line(e, 120)}") from None
+
+
+def sha256_of(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class Interrupted(PatchcollideError):
     """SIGINT or SIGTERM stopped the loop after it saved its checkpoint; ``exit_code`` is
     the shell's 128 + signal number."""
@@ -52,15 +103,23 @@ class Interrupted(PatchcollideError):
         self.signum, self.exit_code = signum, 128 + signum
 
 
-PROGRESS = "progress.json"  # beside the checkpoint: {"step": N, "steps": T}, for status pages
+# beside the checkpoint, readable without torch: {"step": N, "steps": T, "sha256": the file's,
+# "previous": {"step", "sha256"} of the file it replaces, or null}; status pages read the step
+PROGRESS = "progress.json"
 
 
 def saved_step(directory: str) -> tuple[int, int | None] | None:
-    """(step, steps) of the checkpoint in ``directory`` from its small progress file, or None."""
+    """(step, steps) of the checkpoint in ``directory`` from its small progress file, or None.
+    A checkpoint older than the record (a kill between the record and the file's rename) is
+    the ``previous`` one: its step."""
     try:
         with open(os.path.join(directory, PROGRESS), encoding="utf-8") as fh:
             rec = json.load(fh)
-        return int(rec["step"]), rec.get("steps")
+        step, prev = int(rec["step"]), rec.get("previous")
+        if prev and os.stat(os.path.join(directory, NAME)).st_mtime_ns < os.stat(
+                os.path.join(directory, PROGRESS)).st_mtime_ns:
+            step = int(prev["step"])
+        return step, rec.get("steps")
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -98,6 +157,9 @@ class StopSignals:
         self._old.clear()
 
 
+_unchecked: set = set()  # checkpoints without a recorded sha256 already warned about
+
+
 class Checkpointer:
     """Saves and loads one run's checkpoint in ``directory``.
 
@@ -113,6 +175,7 @@ class Checkpointer:
         self.static: dict = {}
         self.saved_to: str | None = None  # where the last save went
         self._warned = False
+        self._on_disk: dict | None = None  # {"step", "sha256"} of the file in directory, when known
 
     @property
     def path(self) -> str:
@@ -129,21 +192,21 @@ class Checkpointer:
         return self.stop is not None and self.stop.signum is not None
 
     def save(self, loop: dict, final: bool = False) -> str | None:
-        """Write the checkpoint atomically; returns its path, or None when it could not be
-        written. A save that fails (a full disk) never stops the run: a periodic one is logged
-        once; the final one falls back to the system's temporary folder."""
+        """Write the checkpoint atomically, its record (``PROGRESS``, with the file's sha256)
+        first; returns its path, or None when it could not be written. A save that fails (a full
+        disk) never stops the run: a periodic one is logged once; the final one falls back to the
+        system's temporary folder (the checkpoint and its record)."""
         import torch
 
         buf = io.BytesIO()  # serialised first: a failing write is then Python's OSError, not torch's
         torch.save({"format": FORMAT, "key": self.key, **self.static, **loop}, buf)
         data = buf.getbuffer()
+        record = {"step": loop.get("step"), "steps": (self.key.get("config") or {}).get("steps"),
+                  "sha256": sha256_of(data), "previous": self._on_disk}
         try:
-            os.makedirs(self.directory, exist_ok=True)
-            with atomic_open(self.path, "wb") as fh:
-                fh.write(data)
+            self._write(self.directory, data, record)
             self.saved_to = self.path
-            with atomic_open(os.path.join(self.directory, PROGRESS), "w") as fh:  # readable without torch
-                json.dump({"step": loop.get("step"), "steps": (self.key.get("config") or {}).get("steps")}, fh)
+            self._on_disk = {"step": record["step"], "sha256": record["sha256"]}
             return self.path
         except OSError as e:
             if not final:
@@ -158,8 +221,7 @@ class Checkpointer:
                 return None
             path = os.path.join(rescue, NAME)
             try:
-                with atomic_open(path, "wb") as fh:
-                    fh.write(data)
+                self._write(rescue, data, {**record, "previous": None})
             except OSError as e2:
                 shutil.rmtree(rescue, ignore_errors=True)
                 log.warning("final checkpoint not written to %s (%s) nor to %s (%s)", self.path, e.strerror or e,
@@ -169,31 +231,89 @@ class Checkpointer:
             self.saved_to = path
             return path
 
+    @staticmethod
+    def _write(directory: str, data, record: dict) -> None:
+        """The record, then the file: a kill between the two renames leaves the previous file,
+        which the record's ``previous`` still vouches for."""
+        os.makedirs(directory, exist_ok=True)
+        with atomic_open(os.path.join(directory, PROGRESS), "w") as fh:  # readable without torch
+            json.dump(record, fh)
+        with atomic_open(os.path.join(directory, NAME), "wb") as fh:
+            fh.write(data)
+
     def load(self) -> dict:
-        """The checkpoint, checked to belong to this run; CheckpointError otherwise."""
-        obj = self.read()
+        """The checkpoint, checked to belong to this run; CheckpointError otherwise (another
+        run's before an incomplete one's)."""
+        obj = self.read(complete=False)
         if obj["key"] != self.key:
             diff = sorted(k for k in set(obj["key"]) | set(self.key) if obj["key"].get(k) != self.key.get(k))
             raise CheckpointError(f"{self.path} belongs to a run with other {', '.join(diff)}; resume with the "
                                   "same settings, or delete it and start again")
+        self._check_complete(obj)
         return obj
 
-    def read(self) -> dict:
-        """The checkpoint as saved, whatever run it belongs to; CheckpointError when missing
-        or unreadable."""
+    def read(self, complete: bool = True) -> dict:
+        """The checkpoint as saved, whatever run it belongs to; CheckpointError when missing,
+        DamagedCheckpoint when its bytes differ from the recorded sha256, torch cannot read it
+        or (``complete``) it lacks what every checkpoint holds."""
         import torch
 
         try:
-            obj = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain values only
+            with open(self.path, "rb") as fh:
+                data = fh.read()
         except FileNotFoundError:
             raise CheckpointError(f"no checkpoint at {self.path}; start the run without --resume") from None
+        digest = sha256_of(data)
+        self._verify(digest)
+        try:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # tensors and plain values only
         except Exception as e:  # noqa: BLE001 - a torn or foreign file: one line
-            raise CheckpointError(f"{self.path} is not a readable checkpoint ({type(e).__name__}); "
-                                  "delete it and start the run again") from None
+            raise DamagedCheckpoint(self.path, f"torch cannot read it: {type(e).__name__}") from None
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise CheckpointError(f"{self.path} is not a checkpoint of this version of patchcollide; "
                                   "delete it and start the run again")
+        if not isinstance(obj.get("key"), dict):
+            raise DamagedCheckpoint(self.path, "it has no key")
+        if complete:
+            self._check_complete(obj)
+        self._on_disk = {"step": obj["step"] if isinstance(obj.get("step"), int) else None, "sha256": digest}
         return obj
+
+    def _check_complete(self, obj: dict) -> None:
+        """DamagedCheckpoint unless ``obj`` holds every one of LOOP_KEYS, of its type."""
+        missing = [k for k in LOOP_KEYS if k not in obj]
+        if missing:
+            raise DamagedCheckpoint(self.path, f"it lacks {', '.join(missing)}")
+        wrong = [k for k, t in LOOP_TYPES.items() if not isinstance(obj[k], t)]
+        if wrong:
+            raise DamagedCheckpoint(self.path, f"its {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not "
+                                    "what a checkpoint holds")
+
+    def _verify(self, digest: str) -> None:
+        """The file's sha256 against its record's (the new file's or, after a kill between the
+        two renames, the previous one's). A file without a recorded hash (saved by an older
+        version) passes with a warning."""
+        try:
+            with open(os.path.join(self.directory, PROGRESS), encoding="utf-8") as fh:
+                rec = json.load(fh)
+        except FileNotFoundError:
+            rec = {}
+        except (OSError, ValueError) as e:
+            raise DamagedCheckpoint(self.path, f"{PROGRESS} beside it, which holds its sha256, is unreadable: "
+                                    f"{type(e).__name__}") from None
+        if not isinstance(rec, dict):
+            raise DamagedCheckpoint(self.path, f"{PROGRESS} beside it, which holds its sha256, is not a record")
+        if "sha256" not in rec:
+            if self.path not in _unchecked:  # once per file (collide --resume reads it twice)
+                _unchecked.add(self.path)
+                log.warning("%s has no sha256 recorded beside it (saved by an older version): resumed without "
+                            "checking its bytes", self.path)
+            return
+        prev = rec.get("previous")
+        if digest not in (rec["sha256"], prev.get("sha256") if isinstance(prev, dict) else None):
+            raise DamagedCheckpoint(self.path, f"its sha256 differs from the one recorded in {PROGRESS} when it was "
+                                    "saved")
 
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+        self._on_disk = None

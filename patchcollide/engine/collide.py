@@ -53,7 +53,7 @@ import torch
 
 from ..core.errors import first_line
 from ..core.images import PATCH
-from .checkpoints import Checkpointer, Interrupted
+from .checkpoints import Checkpointer, Interrupted, restoring
 # the settings (torch-free, config.py), where callers found them before config.py held them
 from .config import (ANCHORS, AUTO_PUSH, DEVICES, FITS, INITS, OBJECTIVES, OPTIMIZERS,  # noqa: F401
                      RETRIEVE, CollideConfig, CollideError, field_error, setting)
@@ -218,7 +218,8 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
         terms = build_terms(Setup(config, tap, target, param, anchor, source, target_image))
     opt = make_optimizer(param, config)
     ph = config.phases()
-    hist, step, converged, before = resumed(resume, opt, terms)
+    with restoring(resume_path(checkpoint)):
+        hist, step, converged, before = resumed(resume, opt, terms, config.steps)
     if resume is not None and resume["done"]:
         return hist, step, converged
     started = time.time()
@@ -260,17 +261,31 @@ def learning_rate(config: CollideConfig, step: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
-def resumed(resume: dict | None, opt: Optimiser, terms: list[Term]) -> tuple[dict, int, bool, float]:
+def resumed(resume: dict | None, opt: Optimiser, terms: list[Term], steps: int) -> tuple[dict, int, bool, float]:
     """(history, last step taken, converged, seconds so far) of a fresh run, or of the checkpoint
     ``resume`` (the optimiser's state restored from it; columns a checkpoint of an older
-    version lacks start empty)."""
+    version lacks start empty). ValueError when the checkpoint's state does not fit the run
+    (``checkpoints.restoring`` makes it a DamagedCheckpoint)."""
     hist = new_history(terms)
     if resume is None:
         return hist, 0, False, 0.0
+    if not 0 <= resume["step"] <= steps:
+        raise ValueError(f"step {resume['step']} of a run of {steps} steps")
     opt.load_state_dict(resume["opt"])
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            if k != "step" and torch.is_tensor(v) and v.shape != p.shape:
+                raise ValueError(f"the optimiser's {k} is {tuple(v.shape)} for a parameter of {tuple(p.shape)}")
+    if not all(isinstance(v, list) for v in resume["history"].values()):
+        raise ValueError("its history holds something other than lists")
     for key in hist:
         resume["history"].setdefault(key, [])
     return resume["history"], resume["step"], resume["converged"], resume["seconds"]
+
+
+def resume_path(checkpoint: Checkpointer | None) -> str:
+    """What a DamagedCheckpoint names: the checkpoint's file, or the ``resume`` argument."""
+    return checkpoint.path if checkpoint is not None else "given as resume"
 
 
 def record(hist: dict, terms: list[Term], ctx: Context, values: list[torch.Tensor]) -> float:
@@ -361,8 +376,11 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     tap = tap_on(tap, dev)
     src, tgt = to_tensor(source_img).to(dev), to_tensor(target_img).to(dev)
     if resume is not None:
-        t = resume["target"]
-        target = Target(t["z"], t["units"], t["label"], t["prob"])
+        with restoring(resume_path(checkpoint)):
+            t = resume["target"]
+            target = Target(t["z"], t["units"], t["label"], t["prob"])
+            if not (torch.is_tensor(target.z) and torch.is_tensor(target.units)):
+                raise TypeError("its target is not tensors")
     if target is None:
         target = target_of(tap, tgt, config.vertices, config.first_unit)
     elif len(target.units) != config.vertices:
@@ -372,8 +390,10 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     candidates = None
     if config.space.needs_index:
         if resume is not None:  # the same candidates, by id: no search, whatever the index would answer now
-            c = {k: v.numpy() for k, v in resume["candidates"].items()}
-            candidates = {**c, "patches": index.candidate_pixels(c["ids"], config.window)}
+            with restoring(resume_path(checkpoint)):
+                c = {k: v.numpy() for k, v in resume["candidates"].items()}
+                check_candidates(c, config, len(index.store))
+                candidates = {**c, "patches": index.candidate_pixels(c["ids"], config.window)}
         else:
             candidates = retrieve_candidates(index, source_img, config.k, config.grid_stride, config.window,
                                              target_img if config.retrieve == "source+target" else None)
@@ -381,7 +401,8 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     clock.lap("retrieval")
     param = make_param(config, src, tgt, candidates).to(dev)
     if resume is not None:
-        param.restore(resume["param"])
+        with restoring(resume_path(checkpoint)):
+            param.restore(resume["param"])
     if checkpoint is not None:
         checkpoint.static.update(  # tensors and plain values only: the file loads with weights_only=True
             target={"z": target.z.cpu(), "units": target.units.cpu(), "label": target.label, "prob": target.prob},
@@ -402,6 +423,17 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
                          metrics=metrics, history=hist, steps=steps, converged=converged,
                          seconds=before + time.time() - t0, param_state=param.core_state(), candidates=cand_meta,
                          mixing=mixing, argmax_vertices=None if hard is None else hard.cpu(), timings=clock.laps)
+
+
+def check_candidates(c: dict, config: CollideConfig, patches: int) -> None:
+    """A checkpoint's candidates (``ids`` (L, K), ``yx`` (L, 2), ``distances`` (L, K)) fit the
+    run and a store of ``patches``; ValueError otherwise."""
+    ids, yx = c["ids"], c["yx"]
+    k = config.k * (2 if config.retrieve == "source+target" else 1)
+    if ids.ndim != 2 or ids.shape[1] != k or yx.shape != (len(ids), 2) or c["distances"].shape != ids.shape:
+        raise ValueError(f"candidates {ids.shape} at {yx.shape} for k = {k}")
+    if ids.size and (ids.min() < 0 or ids.max() >= patches):
+        raise ValueError(f"candidate ids outside the store's {patches} patches")
 
 
 class Clock:

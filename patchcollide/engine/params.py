@@ -63,7 +63,11 @@ class PixelParam(PixelSpace, nn.Module):
 
     @torch.no_grad()
     def restore(self, state: dict) -> None:
-        self.x = nn.Parameter(state["x"].to(self.x.device).clone())
+        """Continue from a :meth:`core_state` of the same shape; ValueError otherwise."""
+        x = state["x"]
+        if x.shape != self.x.shape or not x.is_floating_point():
+            raise ValueError(f"pixels {tuple(x.shape)} {x.dtype} for {tuple(self.x.shape)} float")
+        self.x = nn.Parameter(x.to(self.x.device).clone())
 
     def mixing_weights(self) -> torch.Tensor | None:
         return None
@@ -346,6 +350,28 @@ class PatchParam(PatchSpace, nn.Module):
     def project(self) -> None:
         (self.theta if self.block == 1 else self.shared).clamp_(-self.CLAMP, self.CLAMP)
 
+    def _check_state(self, state: dict) -> None:
+        """A saved state fits: entries (V, P, m) int64 into the table, with m no more slots than
+        now; valid and the logits of the same shape; shared logits and their links as here."""
+        V, P, M = self.entries.shape
+        e, ok = state["entries"], state["valid"]
+        if e.dim() != 3 or e.shape[:2] != (V, P) or not 1 <= e.shape[2] <= M or e.dtype != torch.int64:
+            raise ValueError(f"entries {tuple(e.shape)} {e.dtype} for ({V}, {P}, <= {M}) int64")
+        if ok.shape != e.shape or ok.dtype != torch.bool:
+            raise ValueError(f"valid {tuple(ok.shape)} {ok.dtype} for {tuple(e.shape)} bool")
+        if e.numel() and (int(e.min()) < 0 or int(e.max()) >= len(self.table)):
+            raise ValueError(f"entries outside the candidates' {len(self.table)} pixels")
+        logits = ("theta", state["theta"]) if self.block == 1 else ("offset", state["offset"])
+        if self.block > 1:
+            inv, shared = state["inv"], state["shared"]
+            if shared.shape != self.shared.shape or not shared.is_floating_point():
+                raise ValueError(f"shared {tuple(shared.shape)} for {tuple(self.shared.shape)}")
+            if inv.shape != e.shape or inv.dtype != torch.int64 or (inv.numel() and (
+                    int(inv.min()) < 0 or int(inv.max()) >= shared.shape[1])):
+                raise ValueError(f"inv {tuple(inv.shape)} {inv.dtype} does not link {tuple(e.shape)} to shared")
+        if logits[1].shape != e.shape or not logits[1].is_floating_point():
+            raise ValueError(f"{logits[0]} {tuple(logits[1].shape)} {logits[1].dtype} for {tuple(e.shape)} float")
+
     def core_state(self) -> dict:
         """What :meth:`restore` needs to continue from here, pruning included (on the CPU):
         the logits ``theta`` of every slot and, per slot, its entry and validity; with shared
@@ -359,7 +385,9 @@ class PatchParam(PatchSpace, nn.Module):
 
     @torch.no_grad()
     def restore(self, state: dict) -> None:
-        """Continue from a :meth:`core_state` of a mixture over the same candidates."""
+        """Continue from a :meth:`core_state` of a mixture over the same candidates; ValueError
+        when its shapes, types or entries do not fit this mixture."""
+        self._check_state(state)
         dev = self.table.device
         self._set_entries(state["entries"].to(dev), state["valid"].to(dev))
         if self.block == 1:

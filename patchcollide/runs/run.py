@@ -35,7 +35,9 @@ from ..core.formats import RANDOM_LABEL, RANDOM_NOTICE, RUN_KIND
 from ..core.jsontypes import convert
 from ..engine.checkpoints import EVERY
 from ..engine.checkpoints import NAME as CHECKPOINT
-from ..engine.checkpoints import Checkpointer, CheckpointError, Interrupted, StopSignals, partial_dir
+from ..engine.checkpoints import PROGRESS
+from ..engine.checkpoints import (Checkpointer, CheckpointError, DamagedCheckpoint, Interrupted, StopSignals,
+                                  partial_dir, restoring)
 from ..engine.collide import (Clock, CollideConfig, CollideError, CollideResult, collide, frontier_of, push_margin_of,
                               quantised_metrics)
 from ..engine.judge import check_apart, judge_run, load_judge
@@ -190,9 +192,7 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
             try:
                 state = ck.load()
             except CheckpointError as e:  # one line: the step count the user expected is lost
-                log.warning("%s: starting from step 1, as its checkpoint cannot continue this run (%s); the old "
-                            "checkpoint is deleted", out, str(e).split(";")[0])
-                ck.discard()
+                start_afresh(out, ck, e)
         if state is not None:
             log.info("resuming %s from step %d/%d", out, state["step"], config.steps)
         with StopSignals() as stop:
@@ -201,8 +201,15 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
                                 "weights": _abs_if_file(weights), "index_dir": meta["index"], "overwrite": overwrite,
                                 "judge": None if judge is None else [judge.weights.name, judge.arch]}
             try:
-                res = collide(tap, src, tgt, config, index=pindex, progress=progress, target=target_stats,
-                              checkpoint=ck, resume=state)
+                try:
+                    res = collide(tap, src, tgt, config, index=pindex, progress=progress, target=target_stats,
+                                  checkpoint=ck, resume=state)
+                except DamagedCheckpoint as e:  # read, but its state does not restore: before any step
+                    if resume != "auto" or state is None:
+                        raise
+                    start_afresh(out, ck, e)
+                    res = collide(tap, src, tgt, config, index=pindex, progress=progress, target=target_stats,
+                                  checkpoint=ck)
             except Interrupted as e:
                 how = again if "`" in again else f"`{again}`"  # a phrase that quotes its own command is not quoted again
                 raise Interrupted(f"{e}; continue with {how}", e.signum) from None
@@ -224,12 +231,25 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
     except OSError as e:
         where = ck.saved_to or "nowhere (the checkpoint could not be written either)"
         fix = (f"free space, then `{again}` writes the run without optimising again" if ck.saved_to == ck.path else
-               f"free space, move it to {ck.path} and run `{again}`: it writes the run without optimising again")
+               f"free space, move both files of {os.path.dirname(ck.saved_to or '')} (the checkpoint and its sha256 "
+               f"in {PROGRESS}) into {ck.directory} and run `{again}`: it writes the run without optimising again")
         raise CollideError(f"could not write the run to {out} ({e.strerror or e}); the optimised state is saved "
                            f"in {where}: {fix}") from e  # the cause: a batch stops on a full disk
     if checkpoint_dir is None:
         ck.discard()
     return report
+
+
+def start_afresh(out: str, ck: Checkpointer, e: CheckpointError) -> None:
+    """resume "auto" (a batch job) with a checkpoint that cannot continue the run: one warning
+    line, the checkpoint deleted; the run then starts from step 1."""
+    if isinstance(e, DamagedCheckpoint):
+        log.warning("%s: starting from step 1, as its checkpoint %s is damaged (%s); the damaged checkpoint is "
+                    "deleted", out, e.path, e.why)
+    else:
+        log.warning("%s: starting from step 1, as its checkpoint cannot continue this run (%s); the old "
+                    "checkpoint is deleted", out, str(e).split(";")[0])
+    ck.discard()
 
 
 def _abs_if_file(weights: str) -> str:
@@ -252,15 +272,18 @@ def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY, overw
                 raise CollideError(f"{out} is a finished run; nothing to resume (run `patchcollide sample --out {out}` "
                                    "or start a new run)")
             raise CollideError(f"{out}: no checkpoint to resume at {ck.path}; start the run with --out {out}")
-        saved = ck.read()
-        r = saved["run"]
+        saved = ck.read()  # a damaged one: DamagedCheckpoint, before anything is written or said
+        with restoring(ck.path):  # what a resume reads of it, read here once
+            r = {k: saved["run"][k] for k in ("source", "target", "arch", "layer", "weights", "index_dir", "overwrite")}
+            r["judge"] = saved["run"].get("judge")
+            config = CollideConfig(**saved["key"]["config"])
         refuse_taken(out, partial_dir(out), f"patchcollide collide --resume {out}", r["overwrite"] or overwrite)
-        judge = load_judge(*r["judge"]) if r.get("judge") else None
+        judge = load_judge(*r["judge"]) if r["judge"] else None
         if on_resume is not None:
-            on_resume(saved["step"], saved["key"]["config"]["steps"])
-        return _run_collide(r["source"], r["target"], out, CollideConfig(**saved["key"]["config"]), r["arch"],
-                            r["layer"], r["weights"], r["index_dir"], None, None, r["overwrite"] or overwrite,
-                            progress, None, None, checkpoint_every, "yes", None, judge)
+            on_resume(saved["step"], config.steps)
+        return _run_collide(r["source"], r["target"], out, config, r["arch"], r["layer"], r["weights"],
+                            r["index_dir"], None, None, r["overwrite"] or overwrite, progress, None, None,
+                            checkpoint_every, "yes", None, judge)
 
 
 def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, tap: Tap, config: CollideConfig,

@@ -327,8 +327,8 @@ def test_every_invalid_line_is_reported_and_nothing_runs(tmp_path, photos_dir, q
     got = lines(r.output)
     assert [ln.split(":")[1] for ln in got[:-1]] == ["2", "3", "4", "5", "6", "7", "8", "9", "10", "11"]
     assert all(ln.startswith(f"{jobs}:") for ln in got[:-1])
-    needles = ["not valid JSON", "unknown key 'stepz'; allowed: id, source", "does not exist",
-               "duplicate id 'ok' (also on line 1)", "leads outside", "absolute path", '"steps" must be >= 1',
+    needles = ["not valid JSON", "unknown key 'stepz' (did you mean 'stepz' -> 'steps'?); allowed: id, source", "does not exist",
+               "duplicate id 'ok' (also on line 1)", "leads outside", "absolute path", '"steps" must be between 1 and 1,000,000',
                "not an image", "ignoring case", '"vertices" must be an integer']
     for ln, needle in zip(got[:-1], needles):
         assert needle in ln, (needle, ln)

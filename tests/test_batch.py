@@ -353,7 +353,7 @@ def statuses_error(out, job_id) -> str:
     (b"\xff\xfe{}\n", ["{tmp}/jobs.jsonl"], "not UTF-8"),
     ("{}\n", ["{tmp}/jobs.jsonl", "--shard", "0/2"], "between 1 and N"),
     ("{}\n", ["{tmp}/jobs.jsonl", "--shard", "a/b"], "--shard must look like I/N"),
-    ("{}\n", ["{tmp}/jobs.jsonl", "--samples", "-1"], "--samples must be >= 0"),
+    ("{}\n", ["{tmp}/jobs.jsonl", "--samples", "-1"], "'--samples': -1 is not in the range 0<=x<=1000000"),
     ("{}\n", ["{tmp}/jobs.jsonl", "--out-is-a-file"], "is a file"),
     ('[\n  {"id": "a",\n   "steps": 2},\n  {"id": "b"}\n]\n', ["{tmp}/jobs.jsonl"], "one JSON array of 2 jobs; write it as JSON Lines"),
     ('{\n "id": "a",\n "steps": 2\n}\n', ["{tmp}/jobs.jsonl"], "one JSON object over 4 lines"),

@@ -328,7 +328,7 @@ def test_every_invalid_line_is_reported_and_nothing_runs(tmp_path, photos_dir, q
     assert [ln.split(":")[1] for ln in got[:-1]] == ["2", "3", "4", "5", "6", "7", "8", "9", "10", "11"]
     assert all(ln.startswith(f"{jobs}:") for ln in got[:-1])
     needles = ["not valid JSON", "unknown key 'stepz' (did you mean 'stepz' -> 'steps'?); allowed: id, source", "does not exist",
-               "duplicate id 'ok' (also on line 1)", "leads outside", "absolute path", '"steps" must be >= 1',
+               "duplicate id 'ok' (also on line 1)", "leads outside", "absolute path", '"steps" must be between 1 and 1,000,000',
                "not an image", "ignoring case", '"vertices" must be an integer']
     for ln, needle in zip(got[:-1], needles):
         assert needle in ln, (needle, ln)
@@ -353,7 +353,7 @@ def statuses_error(out, job_id) -> str:
     (b"\xff\xfe{}\n", ["{tmp}/jobs.jsonl"], "not UTF-8"),
     ("{}\n", ["{tmp}/jobs.jsonl", "--shard", "0/2"], "between 1 and N"),
     ("{}\n", ["{tmp}/jobs.jsonl", "--shard", "a/b"], "--shard must look like I/N"),
-    ("{}\n", ["{tmp}/jobs.jsonl", "--samples", "-1"], "--samples must be >= 0"),
+    ("{}\n", ["{tmp}/jobs.jsonl", "--samples", "-1"], "'--samples': -1 is not in the range 0<=x<=1000000"),
     ("{}\n", ["{tmp}/jobs.jsonl", "--out-is-a-file"], "is a file"),
     ('[\n  {"id": "a",\n   "steps": 2},\n  {"id": "b"}\n]\n', ["{tmp}/jobs.jsonl"], "one JSON array of 2 jobs; write it as JSON Lines"),
     ('{\n "id": "a",\n "steps": 2\n}\n', ["{tmp}/jobs.jsonl"], "one JSON object over 4 lines"),

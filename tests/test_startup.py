@@ -76,7 +76,7 @@ COLLIDE = ["collide", "--mode", "pixel", "--size", "32", "--source", "s.png", "-
 
 @pytest.mark.parametrize("args, message", [
     ([*COLLIDE, "--background", "300", "0", "0"], "--background must be three values R G B in 0..255"),
-    ([*COLLIDE, "--steps", "0"], "--steps must be >= 1, got 0"),
+    ([*COLLIDE, "--steps", "0"], "--steps must be between 1 and 1,000,000, got 0"),
     ([*COLLIDE, "--mode", "squares"], "'squares' is not one of"),
     ([*COLLIDE, "--source", "missing.png"], "--source 'missing.png' does not exist; pass an image file"),
     ([*COLLIDE, "--target", "text.png"], "--target text.png: "),

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import shutil
 import time
 import traceback
@@ -93,6 +94,19 @@ def check_batch(jobfile: JobFile, options: BatchOptions, out_dir: str | None = N
 def config_key(config: dict) -> str:
     """A config as JSON without the device: a run made on another device still counts."""
     return canonical({k: v for k, v in config.items() if k != "device"})
+
+
+def job_words(msg: str) -> str:
+    """A run's message in a job file's words: the options that name a job's keys (``--source``,
+    ``--min-steps``) become the keys (``"source"``, ``"min_steps"``); other options (the batch's
+    own, such as --weights) stay."""
+    from ..engine.config import CollideConfig  # torch-free
+
+    keys = ["source", "target"] + [f.name for f in dataclasses.fields(CollideConfig)]
+    for key in sorted(keys, key=len, reverse=True):
+        flag = "-k" if key == "k" else "--" + key.replace("_", "-")
+        msg = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", f'"{key}"', msg)
+    return msg
 
 
 class BatchFolder:
@@ -221,6 +235,7 @@ class BatchFolder:
         path = getattr(exc, "path", None)  # an image that did not decode: name it (BadImage's message does not)
         if isinstance(path, str) and path and path not in msg:
             msg = f"{path}: {msg}"
+        msg = job_words(msg)
         # a user error's message stands alone; a bug keeps its class name (IndexError_ is ours, not for users)
         error = msg if isinstance(exc, PatchcollideError) and msg else (
             f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__)

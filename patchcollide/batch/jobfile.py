@@ -29,9 +29,9 @@ import warnings
 from ..core.errors import PatchcollideError, first_line
 from ..core.files import is_run
 from ..core.formats import RUN_KIND
-from ..core.images import Preprocess
+from ..core.images import Preprocess, file_problem
 from ..core.jsontypes import convert, describe
-from ..engine.config import CollideConfig, CollideError
+from ..engine.config import MAX_SAMPLES, CollideConfig, CollideError
 
 RESERVED = ("batch.json", "batch.html", "index.html", "report.html")  # names DIR keeps for itself (any case)
 MAX_OUT_BYTES = 200  # leaves room for ".traceback.txt" and friends under the usual 255-byte name limit
@@ -121,8 +121,8 @@ def read_jobs(path: str, out_dir: str, samples: int = 2000, device: str = "auto"
     ``samples`` is the default polytope check size, ``device`` goes into every job's config.
     Reads image headers only (existence, format, declared size), never decodes them.
     """
-    if samples < 0:
-        raise JobsError(f"--samples must be >= 0 (0 skips the polytope check), got {samples}")
+    if not 0 <= samples <= MAX_SAMPLES:
+        raise JobsError(f"--samples must be between 0 (no polytope check) and {MAX_SAMPLES:,}, got {samples}")
     if not os.path.exists(path):
         raise JobsError(f"{path}: no such job file; give a JSON Lines file with one job per line")
     if os.path.isdir(path):
@@ -261,8 +261,9 @@ def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, i
     n = samples
     if "samples" in obj:
         v = obj["samples"]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            problems.append(f'"samples" must be an integer >= 0 (0 skips the polytope check), got {_show(v)}')
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SAMPLES:
+            problems.append(f'"samples" must be an integer from 0 (no polytope check) to {MAX_SAMPLES:,}, '
+                            f'got {_show(v)}')
         else:
             n = v
     try:
@@ -366,10 +367,8 @@ def _image_problem(path: str) -> str | None:
     """Why ``path`` cannot be a job's input, from its header only; None when it looks fine."""
     from PIL import Image, UnidentifiedImageError
 
-    if not os.path.exists(path):
-        return f"{path} does not exist"
-    if not os.path.isfile(path):
-        return f"{path} is not a file"
+    if (why := file_problem(path)) is not None:
+        return f"{path} {why}"
     pre = Preprocess(resize=None)
     try:
         with warnings.catch_warnings():

@@ -12,6 +12,7 @@ import click
 from ..batch.events import BatchEvents
 from ..batch.jobfile import JobsError, config_fields, parse_shard, read_jobs
 from ..core.formats import RANDOM_NOTICE
+from ..engine.config import MAX_SAMPLES
 from ..engine.checkpoints import EVERY
 from ..executors import make_executor
 from .common import Ticker, UserError, executor_options, hms, show_progress, user_errors, weights_option
@@ -149,7 +150,7 @@ done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
 @weights_option("Random weights: each job's seed seeds the model, as in collide.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where the jobs compute (auto: CUDA when present; with Ray, each worker's own).")
-@click.option("--samples", default=2000, show_default=True, type=int,
+@click.option("--samples", default=2000, show_default=True, type=click.IntRange(0, MAX_SAMPLES),
               help="Polytope check size for jobs without their own \"samples\" (0: no check).")
 @click.option("--dataset", default=None, type=click.Path(file_okay=False),
               help="Image folder for the dataset distance in the polytope check [default: the index's images "

@@ -5,6 +5,7 @@ import click
 
 import pathlib
 
+from ..engine.config import MAX_SAMPLES
 from ..papers.world_config import DEMO_PAIR, world_verdict
 from ..runs.report import verdict, write_html
 from .common import Progress, deprecated, show_progress, user_errors, weights_option
@@ -23,7 +24,8 @@ OUT = {"photos": "runs/demo", "digits": "runs/world-demo"}  # --out's default pe
 @click.option("--steps", default=None, type=int, help="At most [default: collide's default].")
 @click.option("--vertices", default=5, show_default=True, type=int,
               help="Vertices of the polytope (photos world; the digits world runs the engine's default).")
-@click.option("--samples", default=200, show_default=True, type=int, help="Polytope samples.")
+@click.option("--samples", default=200, show_default=True, type=click.IntRange(1, MAX_SAMPLES),
+              help="Polytope samples.")
 @click.option("--n", "n_deprecated", default=None, type=int, hidden=True, help="Deprecated: --samples.")
 @weights_option()
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,

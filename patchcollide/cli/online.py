@@ -321,7 +321,8 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
               help="The run to check (collide's --out); its report.json gets the polytope.  [required]")
 @click.option("--samples", default=2000, show_default=True, type=int, help="Random convex combinations.")
 @click.option("--n", "n_deprecated", default=None, type=int, hidden=True, help="Deprecated: --samples.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the Dirichlet draws.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
+              help="Seed of the Dirichlet draws.")
 @click.option("--batch-size", default=32, show_default=True, type=int,
               help="Samples per forward pass (lower it if memory runs out).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,

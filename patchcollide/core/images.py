@@ -100,6 +100,16 @@ def imagenet_crop(img: np.ndarray, size: int = 224) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).copy()
 
 
+def frame_count(path: str | os.PathLike) -> int:
+    """How many frames an image file holds (an animated GIF, PNG or WebP: more than 1; the
+    first is the one read)."""
+    try:
+        with Image.open(path) as img:
+            return int(getattr(img, "n_frames", 1))
+    except (OSError, ValueError, SyntaxError):
+        return 1
+
+
 def transparency(path: str | os.PathLike) -> np.ndarray | None:
     """The (H, W) alpha in [0, 1] of an image that has transparent pixels (RGBA, LA, palette with
     a transparent entry), in the orientation ``load_rgb`` gives; None when it is fully opaque."""
@@ -159,7 +169,8 @@ def fit_square(img: np.ndarray, size: int, fit: str, background=(255, 255, 255),
     side = int(size * 256 / 224) if fit == "imagenet" else size
     kept = min(h, w) * size / side / max(h, w)  # the share of the longer side the centre square keeps
     if kept < 0.8:
-        said.append(f"{w}x{h} is not square: only the centre {100 * kept:.0f}% of its "
+        pct = f"{100 * kept:.0f}%" if kept >= 0.01 else f"{100 * kept:.2g}%"  # a 20000x40 strip keeps 0.2%
+        said.append(f"{w}x{h} is not square: only the centre {pct} of its "
                     f"{'width' if w > h else 'height'} is kept (fit {fit}); --fit pad keeps the whole image")
     nw, nh = _shorter_side_to(w, h, side)
     if fit == "imagenet":
@@ -190,12 +201,30 @@ def load_rgb(path: str | os.PathLike, pre: Preprocess = Preprocess()) -> tuple[n
         raise
 
 
-def _load_rgb(path: str, pre: Preprocess) -> tuple[np.ndarray, tuple[int, int]]:
+def file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be an image file, in the same words wherever an input is read (the
+    CLI, a job file, a store's folders); None for a regular file with bytes in it."""
+    import stat
+
     try:
-        if os.path.getsize(path) == 0:
-            raise BadImage("empty file")
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
     except OSError as e:
-        raise BadImage(f"cannot read file: {e.strerror or e}") from None
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not an image file"
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+        return f"is not a regular file ({kind})"
+    if st.st_size == 0:
+        return "is an empty file (0 bytes)"
+    return None
+
+
+def _load_rgb(path: str, pre: Preprocess) -> tuple[np.ndarray, tuple[int, int]]:
+    if (why := file_problem(path)) is not None:
+        raise BadImage(why)
     with warnings.catch_warnings():
         # We apply our own pixel limit below; silence PIL's warning so it is not printed twice.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

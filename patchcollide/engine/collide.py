@@ -105,10 +105,12 @@ def target_of(tap: Tap, target: torch.Tensor, vertices: int, first_unit: int = 0
                            "use another --size") from None
     z = z[0]
     p = torch.softmax(logits.float(), 1)[0]
-    try:
-        units = choose_units(z, first_unit + vertices)[first_unit:]
-    except ValueError as e:
-        raise CollideError(str(e)) from None
+    inactive = int((z <= 0).sum())
+    if first_unit + vertices > inactive:
+        raise CollideError(f"the target has {inactive} inactive units at {tap.layer}, fewer than --first-unit "
+                           f"{first_unit} + --vertices {vertices}; ask for at most {inactive} in all (--first-unit "
+                           f"{max(0, inactive - vertices)} with {vertices} vertices), or another target")
+    units = choose_units(z, first_unit + vertices)[first_unit:]
     return Target(z=z, units=units, label=int(p.argmax()), prob=float(p.max()))
 
 

@@ -51,6 +51,9 @@ def field_error(field: str, problem: str) -> CollideError:
 
 INITS = ("source", "target")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_STEPS = 1_000_000  # the authors ran 20,000; more is a typo, not a run
+MAX_UNIT = 1_000_000  # first_unit: more than any layer's units here
+MAX_SAMPLES = 1_000_000  # polytope samples (sample --samples, a job's "samples"): 2,000 is the default
 FITS = ("auto", "imagenet", "crop", "pad")  # how a source or target becomes size x size (runs.run.fit_input)
 
 
@@ -164,9 +167,10 @@ class CollideConfig:
         checks = [  # (fine, field, what is wrong otherwise)
             (self.mode in SPACES, "mode", f"must be {' or '.join(SPACES)}, got {self.mode!r}"),
             (1 <= self.vertices <= 64, "vertices", f"must be between 1 and 64, got {self.vertices}"),
-            (self.steps >= 1, "steps", f"must be >= 1, got {self.steps}"),
+            (1 <= self.steps <= MAX_STEPS, "steps", f"must be between 1 and {MAX_STEPS:,}, got {self.steps}"),
             (self.min_steps >= 0, "min_steps", f"must be >= 0, got {self.min_steps}"),
-            (self.tol > 0, "tol", f"must be > 0, got {self.tol}"),
+            (0 < self.tol <= 1, "tol", f"must be in (0, 1] (a relative error: 1 would call anything a collision), "
+                                       f"got {self.tol}"),
             (self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}"),
             (self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (all(0 <= b < 1 for b in self.betas), "betas", f"must be in [0, 1), got {self.betas}"),
@@ -197,7 +201,7 @@ class CollideConfig:
             (self.init in INITS, "init", f"must be one of {', '.join(INITS)}, got {self.init!r}"),
             (self.retrieve in RETRIEVE, "retrieve", f"must be one of {', '.join(RETRIEVE)}, got {self.retrieve!r}"),
             (self.noise >= 0, "noise", f"must be >= 0, got {self.noise}"),
-            (self.first_unit >= 0, "first_unit", f"must be >= 0, got {self.first_unit}"),
+            (0 <= self.first_unit <= MAX_UNIT, "first_unit", f"must be between 0 and {MAX_UNIT:,}, got {self.first_unit}"),
             (self.least_change >= 0, "least_change", f"must be >= 0, got {self.least_change}"),
             (self.least_change_rate >= 1, "least_change_rate", f"must be >= 1, got {self.least_change_rate}"),
             (self.polytope >= 0, "polytope", f"must be >= 0, got {self.polytope}"),
@@ -207,7 +211,7 @@ class CollideConfig:
              f"must be one of {', '.join(ANCHORS)}, got {self.least_change_to!r}"),
             (self.least_change_to == "source" or self.space.needs_index, "least_change_to",
              "nearest needs a search space of retrieved patches (mode patches: the nearest-neighbour composition)"),
-            (self.seed >= 0, "seed", f"must be >= 0, got {self.seed}"),
+            (0 <= self.seed < 2**64, "seed", f"must be between 0 and 2^64 - 1 (torch's seeds), got {self.seed}"),
             (self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}"),
         ]
         for ok, field, problem in checks:

@@ -14,8 +14,27 @@ from __future__ import annotations
 
 from ..core.images import PATCH, grid_positions
 
+import os
+
 STARTS = ("distinct", "nearest", "tent")  # patch mode's start (params.PatchParam)
 MAX_PARAM_BYTES = 16 * 2**30  # refuse patch-mode settings whose logits alone would need more
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def param_cap() -> tuple[int, str]:
+    """The most a patch mixture may need, and why: MAX_PARAM_BYTES, or half of this machine's
+    memory where that is less (a setting that passes must not fail in the allocator)."""
+    mem = memory_bytes()
+    if mem is not None and mem // 2 < MAX_PARAM_BYTES:
+        return mem // 2, f"half of this machine's {mem / 2**30:.0f} GiB of memory"
+    return MAX_PARAM_BYTES, f"the {MAX_PARAM_BYTES / 2**30:.0f} GiB limit"
 
 
 class PixelSpace:
@@ -52,10 +71,15 @@ class PatchSpace:
         # the start scores every covering entry of every pixel (float32 + int64 index); the loop
         # keeps `slots` of them: logits, gradient, Adam's two moments and three colour channels
         need = (config.vertices * P * covering * 12 + config.vertices * P * min(config.slots, covering) * 4 * 7
-                + L * K * config.window * config.window * 3 * 4)
-        if need > MAX_PARAM_BYTES:
-            raise ValueError("k", f"{config.k} with {config.vertices} vertices at {config.size}x{config.size} needs "
-                                  f"about {need / 2**30:.1f} GiB for the patch mixture; lower -k, --slots or --vertices")
+                + L * K * config.window * config.window * 3 * 9)  # the candidates: uint8, and two float32 copies
+        cap, why = param_cap()
+        if need > cap:
+            field = "window" if config.window > PATCH else "k"
+            lower = "--window, -k, --slots or --vertices" if config.window > PATCH else "-k, --slots or --vertices"
+            value = config.window if field == "window" else config.k
+            raise ValueError(field, f"{value} with -k {config.k}, {config.vertices} vertices at {config.size}x"
+                                    f"{config.size} needs about {need / 2**30:.1f} GiB for the patch mixture, more than "
+                                    f"{why}; lower {lower}")
 
     @classmethod
     def state_bytes(cls, config) -> int:

@@ -98,8 +98,8 @@ class IndexConfig:
             raise IndexError_(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.train_size is not None and self.train_size < 1:
             raise IndexError_(f"--train-size must be >= 1, got {self.train_size}")
-        if self.seed < 0:
-            raise IndexError_(f"--seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**31:  # faiss' k-means takes a C int
+            raise IndexError_(f"--seed must be between 0 and 2^31 - 1 (faiss' k-means seed is a C int), got {self.seed}")
         if self.batch_size < 1:
             raise IndexError_(f"batch_size must be >= 1, got {self.batch_size}")
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..core.errors import PatchcollideError
 from ..core.files import check_out, check_writable, is_locked, is_run, locked, occupied
 from ..core.formats import RUN_KIND
-from ..core.images import BadImage, Preprocess, fit_square, load_rgb, transparency
+from ..core.images import BadImage, Preprocess, file_problem, fit_square, frame_count, load_rgb, transparency
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import partial_dir
 from ..engine.config import CollideConfig, CollideError
@@ -32,8 +32,8 @@ def read_input(path: str, name: str = "image") -> tuple[np.ndarray, np.ndarray |
     if os.path.isdir(path):
         raise CollideError(f"{name} {path!r} is a folder; pass one image file (a folder of jobs goes into "
                            "`patchcollide batch`)")
-    if not os.path.isfile(path):
-        raise CollideError(f"{name} {path!r} does not exist; pass an image file")
+    if (why := file_problem(path)) is not None:
+        raise CollideError(f"{name} {path!r} {why}; pass an image file")
     try:
         img = load_rgb(path, Preprocess(resize=None))[0]
         alpha = transparency(path)
@@ -41,6 +41,9 @@ def read_input(path: str, name: str = "image") -> tuple[np.ndarray, np.ndarray |
         raise CollideError(f"{name} {path}: {e}; {e.fix}") from None
     if alpha is not None and alpha.shape != img.shape[:2]:  # an orientation load_rgb changed: keep it opaque
         alpha = None
+    if (n := frame_count(path)) > 1:
+        log.warning("%s %s is animated (%d frames): its first frame is used; give a still image to choose another",
+                    name, path, n)
     return img, alpha
 
 

@@ -40,6 +40,7 @@ from ..core.files import locked, versions, write_json, write_text
 from ..core.formats import batch_csv, metrics_of, polytope_samples
 from ..core.jsontypes import canonical
 from ..engine.checkpoints import EVERY, saved_step
+from ..engine.config import CollideConfig
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..offline.knn import PatchIndex
 from .jobfile import Job, JobFile, JobsError
@@ -100,8 +101,6 @@ def job_words(msg: str) -> str:
     """A run's message in a job file's words: the options that name a job's keys (``--source``,
     ``--min-steps``) become the keys (``"source"``, ``"min_steps"``); other options (the batch's
     own, such as --weights) stay."""
-    from ..engine.config import CollideConfig  # torch-free
-
     keys = ["source", "target"] + [f.name for f in dataclasses.fields(CollideConfig)]
     for key in sorted(keys, key=len, reverse=True):
         flag = "-k" if key == "k" else "--" + key.replace("_", "-")

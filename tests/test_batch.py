@@ -376,8 +376,8 @@ def test_output_names_stay_inside_the_directory(tmp_path, query_image):
         p = write_jobs(tmp_path / "j.jsonl", [{"id": "j", "source": query_image, "target": query_image, **job}])
         return [m for _, m in read_jobs(p, str(tmp_path / "out")).problems()]
 
-    assert problems(out="a/../b") == []
-    for out, needle in [("", "non-empty"), (".", "itself"), ("a/b", "sub-folders"), (".tmp", "kept for the batch"),
+    assert problems(out="b/") == []
+    for out, needle in [("a/../b", "is not a plain name (it means 'b')"), ("", "non-empty"), (".", "itself"), ("a/b", "sub-folders"), (".tmp", "kept for the batch"),
                         ("Batch.json", "kept for the batch"), ("a\\b", "backslash"), (3, "non-empty directory name")]:
         got = problems(out=out)
         assert len(got) == 1 and needle in got[0], (out, got)

@@ -349,16 +349,14 @@ def sample(ctx, run_deprecated, run_dir, samples, n_deprecated, seed, batch_size
     if n_deprecated is not None:
         deprecated("--n", "--samples")
         samples = n_deprecated
-    if batch_size < 1 or seed < 0:
-        raise UserError(f"--batch-size must be >= 1 and --seed >= 0, got {batch_size} and {seed}")
     with user_errors():
-        from ..runs.inputs import check_complete, dataset_images, dataset_paths, read_report
+        from ..runs.inputs import check_complete, check_sample, dataset_images, dataset_paths, read_report
 
-        report = read_report(run_dir)  # the run and the dataset, before torch loads
-        check_complete(run_dir, report)
-        size = report["config"]["size"]
+        check_sample(samples, batch_size, seed)  # the counts, the run and the dataset, before torch loads
+        report = read_report(run_dir)
+        config = check_complete(run_dir, report)
         paths = dataset_paths(dataset, index_dir=report["inputs"].get("index"))
-        images = dataset_images(paths, size, seed=seed) if paths else None
+        images = dataset_images(paths, config.size, seed=seed) if paths else None
         from ..engine.judge import load_judge  # torch, from here on
         from ..runs.run import run_sample
 

@@ -232,7 +232,7 @@ def _value(report: dict, key: str, kind: str, run_dir: str, optional: bool = Fal
         if node.get(part) is None and optional:
             return None
         if part not in node:
-            raise damaged(run_dir, "report.json", f"{key} is missing")
+            raise damaged(run_dir, "report.json", f"{'.'.join(parts[:i + 1])} is missing")
         node = node[part]
     words, ok = _KINDS[kind]
     if not ok(node):

@@ -95,6 +95,9 @@ REPORTS = {  # valid JSON, damaged structure: (edit, what the line says)
     "inputs a string": (_set("astronaut.png", "inputs"), 'inputs is "astronaut.png", expected an object'),
     "model kind unknown": (_set("torchhub", "model", "kind"),
                            'model.kind is "torchhub", expected one of imagenet, random, file'),
+    "label past any class": (_set(10**30, "target", "label"),
+                             f"target.label is {10**30}, expected an index in 0..2**31-1"),
+    "seed past torch's": (_set(2**64, "config", "seed"), f"config.seed is {2**64}, expected < 2**63"),
 }
 
 

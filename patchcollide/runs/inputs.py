@@ -215,6 +215,7 @@ def _is_int(v) -> bool:
 _KINDS = {  # what a key of report.json may hold: name -> (words, test)
     "object": ("an object", lambda v: isinstance(v, dict)),
     "integer": ("an integer", _is_int),
+    "index": ("an index in 0..2**31-1", lambda v: _is_int(v) and 0 <= v < 2**31),  # a class or a unit
     "number": ("a number", is_number),
     "metric": ("a number or null", lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))),
     "string": ("a string", lambda v: isinstance(v, str)),
@@ -281,17 +282,20 @@ def config_of(report: dict, run_dir: str) -> CollideConfig:
         except TypeError:
             raise damaged(run_dir, "report.json", f"config.{k} is {_show(v)}, expected {describe(hints[k])}") from None
     try:
-        return CollideConfig(**fields)
+        config = CollideConfig(**fields)
     except CollideError as e:
         raise damaged(run_dir, "report.json", f"config.{e.field} {e.problem}" if e.field else f"config: {e}") from None
+    if config.seed >= 2**63:  # torch's generators take a signed 64-bit seed
+        raise damaged(run_dir, "report.json", f"config.seed is {config.seed}, expected < 2**63")
+    return config
 
 
 def check_report(report: dict, run_dir: str) -> CollideConfig:
     """The structure of a finished run's report.json (``read_report``) that ``sample``,
     ``load_run`` and the run page rely on; returns the run's CollideConfig (``config_of``).
     Checked, for V = config.vertices: vertices.png and vertices.float rel_error (V numbers or
-    nulls; png.push too where present); target label (an integer >= 0) and top_prob (in [0, 1]),
-    with units (V integers), unit_values (V numbers) and dim (>= 1) where present; model arch,
+    nulls; png.push too where present); target label (an index) and top_prob (in [0, 1]),
+    with units (V indices), unit_values (V numbers) and dim (>= 1) where present; model arch,
     layer, name (strings) and kind (``WEIGHT_KINDS``), sha256 a string for a weights file; inputs
     (source, target and index strings or null); where present, judge (model as model's, source
     class) and polytope (samples or n >= 1, share_target_class). The first problem found is one
@@ -305,12 +309,11 @@ def check_report(report: dict, run_dir: str) -> CollideConfig:
     _values(report, "vertices.float.rel_error", "metric", V, where)
     _values(report, "vertices.png.push", "metric", V, where, optional=True)
     _value(report, "target", "object", where)
-    if _value(report, "target.label", "integer", where) < 0:
-        raise damaged(where, "report.json", f"target.label is {report['target']['label']}, expected a class >= 0")
+    _value(report, "target.label", "index", where)
     if not 0 <= _value(report, "target.top_prob", "number", where) <= 1:
         raise damaged(where, "report.json", f"target.top_prob is {report['target']['top_prob']}, expected a "
                                             "probability in [0, 1]")
-    _values(report, "target.units", "integer", V, where, optional=True)
+    _values(report, "target.units", "index", V, where, optional=True)
     _values(report, "target.unit_values", "metric", V, where, optional=True)
     dim = _value(report, "target.dim", "integer", where, optional=True)
     if dim is not None and dim < 1:
@@ -321,7 +324,7 @@ def check_report(report: dict, run_dir: str) -> CollideConfig:
         _value(report, f"inputs.{key}", "string or null", where, optional=True)
     if _value(report, "judge", "object", where, optional=True) is not None:
         _check_model(report, "judge.model", where)
-        _value(report, "judge.source.class", "integer", where)
+        _value(report, "judge.source.class", "index", where)
     poly = _value(report, "polytope", "object", where, optional=True)
     if poly is not None:
         key = "polytope.n" if "samples" not in poly and "n" in poly else "polytope.samples"  # n: reports before 0.2

@@ -32,7 +32,7 @@ def test_bad_job_lines_are_one_line_each(tmp_path, query_image, line, says):
 
 @pytest.mark.parametrize("field, value, says", [
     ("steps", 10**12, "must be between 1 and 1,000,000"), ("tol", 1e6, "must be in (0, 1]"),
-    ("seed", 2**64, "must be between 0 and 2^64 - 1"), ("first_unit", 10**9, "must be between 0 and 1,000,000"),
+    ("seed", 2**63, "must be between 0 and 2^63 - 1"), ("first_unit", 10**9, "must be between 0 and 1,000,000"),
 ])
 def test_config_values_have_upper_bounds(field, value, says):
     from patchcollide.engine.config import CollideConfig, CollideError

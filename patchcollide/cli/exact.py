@@ -98,7 +98,7 @@ def print_nullspace(report: dict) -> None:
 @click.option("--beta", type=float, default=None, help="Multiplier of the unit kernel vectors [default: max |P| = 1 "
               "in model-input units, about 58 of 255 pixel levels].")
 @click.option("--vectors", default=4, show_default=True, type=int, help="Kernel vectors for several/regions.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
               help="Random weights and kernel vectors.")
 @click.option("--rtol", type=float, default=None, help="Rank tolerance relative to sigma_max [default: max(m, n) * "
               "eps(float32) of the weight matrix].")
@@ -210,7 +210,7 @@ class _JsonPathStillWorks(click.Command):
                    "instead of the classification models.")
 @click.option("--rtol", type=float, default=None, help="Rank tolerance relative to sigma_max [default: max(m, n) * "
               "eps(float32) per matrix].")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1), help="Random weights.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Random weights.")
 @click.option("-o", "--out", "outs", type=click.Path(dir_okay=False), multiple=True,
               help="Write the table to this file: JSON if it ends in .json, else Markdown (.md). Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON instead of the text table.")

@@ -44,7 +44,7 @@ def _resize(value: str) -> int | None:
 @click.option("--resize", "resize", default="224", show_default=True,
               help="Shorter side to N and centre crop N x N (the model's input), or 'none' for native size.")
 @click.option("--stride", default=16, show_default=True, type=int, help="Pixels between 32 x 32 patches.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
               help="Seed of the --fraction choice.")
 @click.option("--workers", default=1, show_default=True, type=int,
               help="Processes decoding images (--executor local; Ray uses its cluster's CPUs).")

@@ -321,7 +321,7 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
               help="The run to check (collide's --out); its report.json gets the polytope.  [required]")
 @click.option("--samples", default=2000, show_default=True, type=int, help="Random convex combinations.")
 @click.option("--n", "n_deprecated", default=None, type=int, hidden=True, help="Deprecated: --samples.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
               help="Seed of the Dirichlet draws.")
 @click.option("--batch-size", default=32, show_default=True, type=int,
               help="Samples per forward pass (lower it if memory runs out).")
@@ -350,16 +350,14 @@ def sample(ctx, run_deprecated, run_dir, samples, n_deprecated, seed, batch_size
     if n_deprecated is not None:
         deprecated("--n", "--samples")
         samples = n_deprecated
-    if batch_size < 1 or seed < 0:
-        raise UserError(f"--batch-size must be >= 1 and --seed >= 0, got {batch_size} and {seed}")
     with user_errors():
-        from ..runs.inputs import check_complete, dataset_images, dataset_paths, read_report
+        from ..runs.inputs import check_complete, check_sample, dataset_images, dataset_paths, read_report
 
-        report = read_report(run_dir)  # the run and the dataset, before torch loads
-        check_complete(run_dir, report)
-        size = report["config"]["size"]
+        check_sample(samples, batch_size, seed)  # the counts, the run and the dataset, before torch loads
+        report = read_report(run_dir)
+        config = check_complete(run_dir, report)
         paths = dataset_paths(dataset, index_dir=report["inputs"].get("index"))
-        images = dataset_images(paths, size, seed=seed) if paths else None
+        images = dataset_images(paths, config.size, seed=seed) if paths else None
         from ..engine.judge import load_judge  # torch, from here on
         from ..runs.run import run_sample
 

@@ -92,5 +92,6 @@ def metrics_of(report: dict) -> dict:
     }
     return out
 
+WEIGHT_KINDS = ("imagenet", "random", "file")  # report.json's model.kind: where the weights came from
 RANDOM_LABEL = "RANDOM WEIGHTS"  # every output of a run with random weights carries it
 RANDOM_NOTICE = f"{RANDOM_LABEL} (smoke run): these colliders say nothing about a trained network"

@@ -53,7 +53,8 @@ INITS = ("source", "target")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_STEPS = 1_000_000  # the authors ran 20,000; more is a typo, not a run
 MAX_UNIT = 1_000_000  # first_unit: more than any layer's units here
-MAX_SAMPLES = 1_000_000  # polytope samples (sample --samples, a job's "samples"): 2,000 is the default
+MAX_SAMPLES = 1_000_000  # polytope samples (sample --samples, a job's "samples"): a share to about 0.1%; 2,000 is the default
+MAX_SEED = 2**63  # seeds below it: torch's and numpy's seeding and the seeds derived from them stay in int64
 FITS = ("auto", "imagenet", "crop", "pad")  # how a source or target becomes size x size (runs.run.fit_input)
 
 
@@ -211,7 +212,7 @@ class CollideConfig:
              f"must be one of {', '.join(ANCHORS)}, got {self.least_change_to!r}"),
             (self.least_change_to == "source" or self.space.needs_index, "least_change_to",
              "nearest needs a search space of retrieved patches (mode patches: the nearest-neighbour composition)"),
-            (0 <= self.seed < 2**64, "seed", f"must be between 0 and 2^64 - 1 (torch's seeds), got {self.seed}"),
+            (0 <= self.seed < MAX_SEED, "seed", f"must be between 0 and 2^63 - 1, got {self.seed}"),
             (self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}"),
         ]
         for ok, field, problem in checks:

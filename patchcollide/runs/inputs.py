@@ -8,20 +8,25 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import tokenize
+import typing
+import zipfile
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
+from PIL import Image
 
-from ..core.errors import PatchcollideError
+from ..core.errors import PatchcollideError, first_line
 from ..core.files import check_out, check_writable, is_locked, is_run, locked, occupied
-from ..core.formats import RUN_KIND
+from ..core.formats import RUN_KIND, WEIGHT_KINDS
 from ..core.images import BadImage, Preprocess, file_problem, fit_square, frame_count, load_rgb, transparency
+from ..core.jsontypes import convert, describe, is_number
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import partial_dir
-from ..engine.config import CollideConfig, CollideError
-from ..offline.extract import scan_inputs
-from ..offline.knn import PatchIndex
+from ..engine.config import MAX_SAMPLES, MAX_SEED, CollideConfig, CollideError
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +153,8 @@ def check_k(k: int, patches: int, index_dir: str | None) -> None:
 
 def store_size(index_dir: str) -> int | None:
     """The number of patches behind a built index, or None when there is none to read."""
+    from ..offline.knn import PatchIndex  # faiss: only where an index is read (report.py reads runs without it)
+
     try:
         with PatchIndex(index_dir) as pidx:
             return len(pidx.store)
@@ -168,33 +175,332 @@ def check_collide(source: str, target: str, out: str, config: CollideConfig, ind
     read_input(source, "--source")
     read_input(target, "--target")
     if config.space.needs_index:
+        from ..offline.knn import PatchIndex
+
         with PatchIndex(index_dir) as pidx:
             check_k(config.k, len(pidx.store), index_dir)
 
 
+def damaged(run_dir: str, name: str, problem: str) -> CollideError:
+    """The one-line error of a run's file ``name`` (report.json, state.npz, vertex_0.png) that
+    does not hold what a run writes there: the file, the problem and the fix."""
+    return CollideError(f"{os.path.join(run_dir, name)}: {problem}; make the run again with `patchcollide collide`, "
+                        f"or restore {name}")
+
+
 def read_report(run_dir: str) -> dict:
-    """A finished run's report.json; a one-line CollideError when ``run_dir`` holds none."""
+    """A finished run's report.json as it is, its ``kind`` checked (``check_report`` checks the
+    rest); a one-line CollideError when ``run_dir`` holds none."""
     path = os.path.join(run_dir, "report.json")
     if not os.path.isdir(run_dir):
         raise CollideError(f"{run_dir}: no such directory; give a directory written by `patchcollide collide`")
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             report = json.load(fh)
-        assert report.get("kind") == RUN_KIND
-        return report
-    except (OSError, ValueError, AssertionError):
+    except (OSError, ValueError):  # ValueError: JSONDecodeError, UnicodeDecodeError
+        report = None
+    if not isinstance(report, dict) or report.get("kind") != RUN_KIND:
         raise CollideError(f"{run_dir}: not a finished patchcollide run (no valid report.json); "
-                           "give a directory written by `patchcollide collide`") from None
+                           "give a directory written by `patchcollide collide`")
+    return report
 
 
-def check_complete(run_dir: str, report: dict) -> None:
-    """The files a finished run's ``report`` promises are in ``run_dir``: its vertex PNGs and state.npz."""
-    vertices = len(report["vertices"]["png"]["rel_error"])
+def _show(v) -> str:
+    """A JSON value as a message shows it, shortened."""
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_KINDS = {  # what a key of report.json may hold: name -> (words, test)
+    "object": ("an object", lambda v: isinstance(v, dict)),
+    "integer": ("an integer", _is_int),
+    "index": ("an index in 0..2**31-1", lambda v: _is_int(v) and 0 <= v < 2**31),  # a class or a unit
+    "number": ("a number", is_number),
+    "metric": ("a number or null", lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))),
+    "string": ("a string", lambda v: isinstance(v, str)),
+    "string or null": ("a string or null", lambda v: v is None or isinstance(v, str)),
+}
+
+
+def _value(report: dict, key: str, kind: str, run_dir: str, optional: bool = False):
+    """report.json's value at the dotted ``key`` when it is of ``kind`` (``_KINDS``); None when an
+    ``optional`` key is missing or null; the one-line error otherwise."""
+    node, parts = report, key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict):
+            raise damaged(run_dir, "report.json", f"{'.'.join(parts[:i])} is {_show(node)}, expected an object")
+        if node.get(part) is None and optional:
+            return None
+        if part not in node:
+            raise damaged(run_dir, "report.json", f"{'.'.join(parts[:i + 1])} is missing")
+        node = node[part]
+    words, ok = _KINDS[kind]
+    if not ok(node):
+        raise damaged(run_dir, "report.json", f"{key} is {_show(node)}, expected {words}")
+    return node
+
+
+def _values(report: dict, key: str, kind: str, n: int, run_dir: str, optional: bool = False) -> list | None:
+    """report.json's list at ``key``: one value of ``kind`` per vertex (``n``)."""
+    node = report
+    for part in key.split("."):  # the parents are checked objects
+        node = node.get(part) if isinstance(node, dict) else None
+    if node is None and optional:
+        return None
+    if node is None:
+        raise damaged(run_dir, "report.json", f"{key} is missing")
+    if not isinstance(node, list):
+        raise damaged(run_dir, "report.json", f"{key} is {_show(node)}, expected a list with a value per vertex")
+    if len(node) != n:
+        raise damaged(run_dir, "report.json", f"{key} has {len(node)} values, expected {n} (config.vertices)")
+    words, ok = _KINDS[kind]
+    for i, v in enumerate(node):
+        if not ok(v):
+            raise damaged(run_dir, "report.json", f"{key}[{i}] is {_show(v)}, expected {words}")
+    return node
+
+
+CONFIG_KEYS = ("mode", "vertices", "size", "seed")  # in every report.json; a default would misread the run
+
+
+def config_of(report: dict, run_dir: str) -> CollideConfig:
+    """The CollideConfig a run was made with (report.json's ``config``: CONFIG_KEYS must be there,
+    a field a report of an older version lacks takes its default, arrays become the tuples of
+    tuple fields, and keys that are no field of this version are left out)."""
+    cfg = _value(report, "config", "object", run_dir)
+    for key in CONFIG_KEYS:
+        if key not in cfg:
+            raise damaged(run_dir, "report.json", f"config.{key} is missing")
+    hints = typing.get_type_hints(CollideConfig)
+    fields = {}
+    for k, v in cfg.items():
+        if k not in hints:
+            continue
+        try:
+            fields[k] = convert(hints[k], v)
+        except TypeError:
+            raise damaged(run_dir, "report.json", f"config.{k} is {_show(v)}, expected {describe(hints[k])}") from None
+    try:
+        config = CollideConfig(**fields)
+    except CollideError as e:
+        raise damaged(run_dir, "report.json", f"config.{e.field} {e.problem}" if e.field else f"config: {e}") from None
+    if config.seed >= 2**63:  # torch's generators take a signed 64-bit seed
+        raise damaged(run_dir, "report.json", f"config.seed is {config.seed}, expected < 2**63")
+    return config
+
+
+def check_report(report: dict, run_dir: str) -> CollideConfig:
+    """The structure of a finished run's report.json (``read_report``) that ``sample``,
+    ``load_run`` and the run page rely on; returns the run's CollideConfig (``config_of``).
+    Checked, for V = config.vertices: vertices.png and vertices.float rel_error (V numbers or
+    nulls; png.push too where present); target label (an index) and top_prob (in [0, 1]),
+    with units (V indices), unit_values (V numbers) and dim (>= 1) where present; model arch,
+    layer, name (strings) and kind (``WEIGHT_KINDS``), sha256 a string for a weights file; inputs
+    (source, target and index strings or null); where present, judge (model as model's, source
+    class) and polytope (samples or n >= 1, share_target_class). The first problem found is one
+    CollideError naming report.json, the key, what it holds and the fix. Reads nothing else."""
+    where = run_dir
+    config = config_of(report, where)
+    V = config.vertices
+    for key in ("vertices.png", "vertices.float"):
+        _value(report, key, "object", where)
+    _values(report, "vertices.png.rel_error", "metric", V, where)
+    _values(report, "vertices.float.rel_error", "metric", V, where)
+    _values(report, "vertices.png.push", "metric", V, where, optional=True)
+    _value(report, "target", "object", where)
+    _value(report, "target.label", "index", where)
+    if not 0 <= _value(report, "target.top_prob", "number", where) <= 1:
+        raise damaged(where, "report.json", f"target.top_prob is {report['target']['top_prob']}, expected a "
+                                            "probability in [0, 1]")
+    _values(report, "target.units", "index", V, where, optional=True)
+    _values(report, "target.unit_values", "metric", V, where, optional=True)
+    dim = _value(report, "target.dim", "integer", where, optional=True)
+    if dim is not None and dim < 1:
+        raise damaged(where, "report.json", f"target.dim is {dim}, expected the layer's width (>= 1)")
+    _check_model(report, "model", where)
+    _value(report, "inputs", "object", where)
+    for key in ("source", "target", "index"):
+        _value(report, f"inputs.{key}", "string or null", where, optional=True)
+    if _value(report, "judge", "object", where, optional=True) is not None:
+        _check_model(report, "judge.model", where)
+        _value(report, "judge.source.class", "index", where)
+    poly = _value(report, "polytope", "object", where, optional=True)
+    if poly is not None:
+        key = "polytope.n" if "samples" not in poly and "n" in poly else "polytope.samples"  # n: reports before 0.2
+        if _value(report, key, "integer", where) < 1:
+            raise damaged(where, "report.json", f"{key} is {poly[key.split('.')[1]]}, expected a count >= 1")
+        _value(report, "polytope.share_target_class", "number", where)
+    return config
+
+
+def _check_model(report: dict, key: str, where: str) -> None:
+    """A model's record (``models.model_identity``): what ``tap_for_run`` and ``judge_for_run`` read."""
+    _value(report, key, "object", where)
+    for part in ("arch", "name") + (("layer",) if key == "model" else ()):
+        _value(report, f"{key}.{part}", "string", where)
+    kind = _value(report, f"{key}.kind", "string", where)
+    if kind not in WEIGHT_KINDS:
+        raise damaged(where, "report.json", f"{key}.kind is {_show(kind)}, expected one of {', '.join(WEIGHT_KINDS)}")
+    if kind == "file":
+        _value(report, f"{key}.sha256", "string", where)
+    else:
+        _value(report, f"{key}.sha256", "string or null", where, optional=True)
+
+
+def _vertex_files(run_dir: str, vertices: int) -> None:
     missing = [f for f in [*(f"vertex_{i}.png" for i in range(vertices)), "state.npz"]
                if not os.path.isfile(os.path.join(run_dir, f))]
     if missing:
         raise CollideError(f"{run_dir}: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} missing, so it is "
                            "not a complete run; restore the files or make the run again with `patchcollide collide`")
+
+
+def check_complete(run_dir: str, report: dict) -> CollideConfig:
+    """The files a finished run's ``report`` promises are in ``run_dir`` (its vertex PNGs and
+    state.npz), and the report has the structure ``check_report`` checks. Returns the run's
+    CollideConfig. A folder that lost its files says so first, when the report's vertex count
+    (vertices.png.rel_error) agrees with its config."""
+    png = report.get("vertices")
+    png = png.get("png") if isinstance(png, dict) else None
+    listed = png.get("rel_error") if isinstance(png, dict) else None
+    cfg = report.get("config")
+    said = cfg.get("vertices") if isinstance(cfg, dict) else None
+    if isinstance(listed, list) and (said is None or said == len(listed)):
+        _vertex_files(run_dir, len(listed))
+    config = check_report(report, run_dir)
+    _vertex_files(run_dir, config.vertices)
+    return config
+
+
+STATE_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+# what reading a damaged .npz raises: zipfile's (bad CRC, bad directory), the OS's, numpy's header parser
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz file (numpy's ``savez``), read without pickles. Each member's
+    header must promise exactly the bytes that member holds (no allocation from a damaged
+    header), and each member is read to its end, so that zipfile checks its CRC. Raises one of
+    ``STATE_ERRORS`` with the reason."""
+    out, size = {}, os.path.getsize(path)
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            key = info.filename[:-4]
+            if not info.filename.endswith(".npy") or key in out:
+                raise ValueError(f"it holds {info.filename!r}, which is not one of numpy's arrays")
+            if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise ValueError(f"{info.filename} is encrypted or compressed in a way numpy never writes")
+            ratio = 1 if info.compress_type == zipfile.ZIP_STORED else 1032  # deflate's largest
+            if info.compress_size > size or info.file_size > info.compress_size * ratio:
+                raise ValueError(f"{info.filename} claims {info.file_size} bytes, more than the file can hold")
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version not in ((1, 0), (2, 0)):
+                    raise ValueError(f"{info.filename} has .npy format version {version}, which patchcollide never writes")
+                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                try:
+                    shape, fortran, dtype = header(fh)
+                except tokenize.TokenError:  # numpy's header parser on a header cut short
+                    raise ValueError(f"{info.filename}'s header is unfinished") from None
+                if dtype.hasobject:
+                    raise ValueError(f"{key} is an array of Python objects, which is never read (unpickling runs code)")
+                need, holds = math.prod(shape) * dtype.itemsize, info.file_size - fh.tell()
+                if need != holds or not dtype.itemsize:
+                    raise ValueError(f"{key}'s header promises {need} bytes of {dtype} and the file holds {holds}")
+                buf = bytearray(need)
+                if fh.readinto(buf) != need or fh.read(1):  # to its end: zipfile checks the CRC there
+                    raise ValueError(f"{key} is shorter or longer than its header says")
+            out[key] = np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return out
+
+
+def _array(state: dict, key: str, kinds: str, shape: tuple, what: str, run_dir: str,
+           optional: bool = False) -> np.ndarray | None:
+    """state.npz's ``key`` when its dtype's kind is in ``kinds`` and its shape is ``shape``
+    (None: any length there), in native byte order; the one-line error otherwise."""
+    a = state.get(key)
+    if a is None and optional:
+        return None
+    if a is None:
+        raise damaged(run_dir, "state.npz", f"has no {key} array")
+    if a.dtype.kind not in kinds or len(a.shape) != len(shape) or any(
+            want is not None and got != want for got, want in zip(a.shape, shape)):
+        raise damaged(run_dir, "state.npz", f"{key} is {a.dtype} {tuple(a.shape)}, expected {what}")
+    state[key] = a.astype(a.dtype.newbyteorder("="), copy=False)
+    return state[key]
+
+
+def read_state(run_dir: str, config: CollideConfig, report: dict) -> dict[str, np.ndarray]:
+    """state.npz of a run whose report is checked (``check_complete`` gave ``config``): every
+    array (``read_npz``), with those ``sample`` and ``load_run`` use checked against the report,
+    for V vertices at size S: target_z (D,) float (D = target.dim where recorded), units (V,)
+    integers in 0..D-1, vertices (V, 3, S, S) float where present (runs before it have none);
+    in a space that mixes, theta (V, S*S, M) float with entries (integers) and valid (bool) of
+    its shape, and candidate_ids (L, K) integers. Arrays in native byte order. A file that cannot
+    be read or holds other arrays is one CollideError naming state.npz and the fix."""
+    try:
+        state = read_npz(os.path.join(run_dir, "state.npz"))
+    except STATE_ERRORS as e:
+        raise damaged(run_dir, "state.npz", f"cannot be read ({first_line(e, 120)})") from None
+    V, S = config.vertices, config.size
+    dim = report["target"].get("dim")
+    tz = _array(state, "target_z", "f", (dim,), f"({dim or 'D'},) floats, the target's pre-activation", run_dir)
+    if not len(tz):
+        raise damaged(run_dir, "state.npz", "target_z is empty, expected the target's pre-activation")
+    units = _array(state, "units", "i", (V,), f"({V},) integers, a unit of the target per vertex", run_dir)
+    if len(units) and not (0 <= units.min() and units.max() < len(tz)):
+        raise damaged(run_dir, "state.npz", f"units holds {units.tolist()}, outside the target's {len(tz)} units")
+    _array(state, "vertices", "f", (V, 3, S, S), f"({V}, 3, {S}, {S}) floats, the vertices", run_dir, optional=True)
+    if config.space.mixes:
+        theta = _array(state, "theta", "f", (V, S * S, None), f"({V}, {S * S}, M) floats, the mixing logits", run_dir)
+        _array(state, "entries", "i", theta.shape, f"{theta.shape} integers, theta's entries", run_dir)
+        _array(state, "valid", "b", theta.shape, f"{theta.shape} booleans, theta's valid slots", run_dir)
+        _array(state, "candidate_ids", "i", (None, None), "(L, K) integers, the candidates' patch ids", run_dir)
+    return state
+
+
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)  # PIL's, on a damaged file
+
+
+def read_picture(run_dir: str, name: str, size: int) -> np.ndarray:
+    """A run's picture ``name`` (a vertex, source.png, target.png) as (size, size, 3) uint8 RGB, as
+    ``pictures.read_png`` reads it; a file that is missing, does not decode or is not size x size
+    is one CollideError naming it and the fix."""
+    path = os.path.join(run_dir, name)
+    try:
+        with Image.open(path) as im:
+            if im.size != (size, size):
+                raise damaged(run_dir, name, f"is {im.size[0]} x {im.size[1]}, expected {size} x {size} (config.size)")
+            im.verify()  # every chunk's CRC (decoding alone checks few): a changed byte is found
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except IMAGE_ERRORS as e:
+        raise damaged(run_dir, name, f"cannot be read as an image ({first_line(e, 120)})") from None
+
+
+def read_vertices(run_dir: str, config: CollideConfig) -> np.ndarray:
+    """The vertex PNGs of a checked run (``check_complete`` gave ``config``): (V, S, S, 3) uint8
+    (``read_picture``)."""
+    return np.stack([read_picture(run_dir, f"vertex_{i}.png", config.size) for i in range(config.vertices)])
+
+
+MAX_BATCH = 1024  # sample --batch-size: VGG16 at 224 x 224 needs about 13 GB per 1024 images in its first layer
+
+
+def check_sample(samples: int, batch_size: int, seed: int = 0) -> None:
+    """``sample``'s counts, checked before anything is read: 1 <= samples <= MAX_SAMPLES,
+    1 <= batch_size <= MAX_BATCH, 0 <= seed < MAX_SEED. One CollideError with the fix otherwise."""
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise CollideError(f"--samples must be between 1 and {MAX_SAMPLES:,}, got {samples:,}; give a count in that "
+                           "range (the default 2000 measures a share to within about 2%)")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise CollideError(f"--batch-size must be between 1 and {MAX_BATCH}, got {batch_size:,}; give one in that range "
+                           "(lower it if memory runs out)")
+    if not 0 <= seed < MAX_SEED:
+        raise CollideError(f"--seed must be between 0 and 2^63 - 1, got {seed}")
 
 
 def dataset_images(paths: list[str], size: int, limit: int = 32, seed: int = 0) -> np.ndarray | None:
@@ -216,6 +522,9 @@ def dataset_paths(dataset: str | None = None, store=None, index_dir: str | None 
     ``batch``, the demo): the folder ``dataset`` when given, else the source files of the images
     in the patch store (an open ``store``, or the one behind ``index_dir`` when that exists), else
     none."""
+    from ..offline.extract import scan_inputs
+    from ..offline.knn import PatchIndex
+
     if dataset:
         roots, files, _ = scan_inputs([dataset])
         return [os.path.join(roots[f.root], f.path) for f in files]

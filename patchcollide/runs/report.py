@@ -24,6 +24,8 @@ from ..core.formats import (
     VERTEX_METRICS,
 )
 from ..core.version import __version__
+from ..engine.config import CollideError
+from .inputs import check_report
 
 # One page per directory, opened from disk: relative image URLs (the page stays beside its PNGs),
 # inline CSS and JS, nothing fetched from a network. Every string read from a file is HTML-escaped.
@@ -183,7 +185,7 @@ def _git_text(git) -> str:
     if not isinstance(git, dict) or not git.get("commit"):
         return "not run from a git checkout" if git is None or isinstance(git, dict) else _fmt(git)
     dirty = git.get("dirty")
-    state = {True: "with uncommitted changes", False: "clean tree"}.get(dirty, "tree state unknown")
+    state = "with uncommitted changes" if dirty is True else "clean tree" if dirty is False else "tree state unknown"
     return f"commit {git['commit']} ({state})"
 
 
@@ -216,7 +218,7 @@ def _png_size(f: str) -> tuple[int, int] | None:
     try:
         with Image.open(f) as im:
             return im.size
-    except (OSError, ValueError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # a damaged header: PIL's errors
         return None
 
 
@@ -283,7 +285,7 @@ def run_page(run_dir: str, report: dict, back: str | None = None, back_label: st
         ("mean pairwise L2", (f"vertices {_fmt(verts.get('mean_pairwise_l2'))}, source-target "
                               f"{_fmt(dist.get('source_target_l2'))} (0..255 pixel units)")),
         *([("L2 to the source", ", ".join(_fmt(d) for d in dist["vertex_source_l2"]) + " (per vertex)")]
-          if dist.get("vertex_source_l2") else []),
+          if isinstance(dist.get("vertex_source_l2"), list) and dist["vertex_source_l2"] else []),
         *([("extent", f"{_fmt(verts['extent'].get('extent'))} (the closest two vertices in the 7 x 7 block-mean "
                       "view, over the source-target distance there)")]
           if isinstance(verts.get("extent"), dict) and verts["extent"].get("pairs_block_l2") else []),
@@ -293,7 +295,8 @@ def run_page(run_dir: str, report: dict, back: str | None = None, back_label: st
         ("created", r.get("created")),
     ]
     out = [f'<p class="nav"><a href="{_e(back)}">&larr; {_e(back_label)}</a></p>' if back else "",
-           f"<h1>patchcollide run <code>{_e(name)}</code></h1>", _verdict_line(*verdict(r)), _banner(notice),
+           f"<h1>patchcollide run <code>{_e(name)}</code></h1>", _verdict_line(*verdict(r)), _damage_note(run_dir, r),
+           _banner(notice),
            '<dl class="summary">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd>" for k, v in summary) + "</dl>",
            '<h2 id="images">Images</h2>',
            _figure(run_dir, "contact_sheet.png", "contact sheet: source, target, vertices, indicator",
@@ -327,6 +330,22 @@ def run_page(run_dir: str, report: dict, back: str | None = None, back_label: st
             _kv_table(cfg, shown=_config_shown(cfg, _d(r.get("resolved")))),
             '<h2 id="versions">Versions</h2>', _kv_table(vers, shown={"git": _git_text(vers["git"])} if "git" in vers else None)]
     return _page(f"patchcollide run {name}", "\n".join(x for x in out if x))
+
+
+def _damage_note(run_dir: str, report: dict) -> str:
+    """What report.json lacks of a run's structure (``inputs.check_report``, which names the key
+    and the fix), above the page that shows what it holds; empty for a sound report."""
+    try:
+        check_report(report, run_dir)
+    except CollideError as e:
+        return (f'<p class="damaged" role="alert" id="damaged">This run cannot be sampled or loaded as it is: {_e(e)}. '
+                "The page shows what report.json holds.</p>")
+    return ""
+
+
+def _count(x) -> str:
+    """How many values a list from JSON holds, as text (a dash for anything else)."""
+    return str(len(x)) if isinstance(x, list) else DASH
 
 
 def verdict(report: dict) -> tuple[str, str]:
@@ -363,7 +382,7 @@ def verdict(report: dict) -> tuple[str, str]:
         parts.append("polytope not checked (patchcollide sample --out RUN)")
     j = r.get("judge")
     if isinstance(j, dict):
-        parts.append(f"judge: {_fmt(j.get('n_reads_as_source'))} / {len(_d(j.get('vertices')).get('class') or [])} "
+        parts.append(f"judge: {_fmt(j.get('n_reads_as_source'))} / {_count(_d(j.get('vertices')).get('class'))} "
                      "vertices read as the source")
     return cls, "; ".join(parts)
 
@@ -398,7 +417,7 @@ def _judge_line(j: dict) -> str:
     src, tgt = _d(j.get("source")), _d(j.get("target"))
     return (f"{_d(j.get('model')).get('arch', '?')}: source read as {_fmt(src.get('class'))} (p = {_fmt(src.get('prob'))}), "
             f"target as {_fmt(tgt.get('class'))} (p = {_fmt(tgt.get('prob'))}); {_fmt(j.get('n_reads_as_source'))} / "
-            f"{len(_d(j.get('vertices')).get('class') or [])} vertices read as the source")
+            f"{_count(_d(j.get('vertices')).get('class'))} vertices read as the source")
 
 
 def _judge_table(j: dict, n: int) -> str:
@@ -609,6 +628,7 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:
 h1{font-size:1.45em;margin:.2em 0 .6em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #d0d7de}
 code{font-family:ui-monospace,Menlo,Consolas,monospace}
 .banner{background:#fde68a;border:2px solid #b45309;color:#451a03;padding:.6em 1em;font-weight:700;margin:1em 0}
+.damaged{background:#fff5f5;border:2px solid #cf222e;color:#a40e26;padding:.6em 1em;margin:1em 0;overflow-wrap:anywhere}
 dl.summary{display:grid;grid-template-columns:max-content auto;gap:2px 1.2em;margin:0}
 dl.summary dt{font-weight:600}dl.summary dd{margin:0;overflow-wrap:anywhere}
 table{border-collapse:collapse;margin:.6em 0}

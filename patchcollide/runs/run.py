@@ -25,14 +25,12 @@ import logging
 import os
 import shutil
 import time
-import typing
 
 import numpy as np
 import torch
 
 from ..core.files import atomic_open, check_writable, is_run, process_seconds, staged_dir, versions, write_json
-from ..core.formats import RANDOM_LABEL, RANDOM_NOTICE, RUN_KIND
-from ..core.jsontypes import convert
+from ..core.formats import RANDOM_LABEL, RANDOM_NOTICE, RUN_KIND, polytope_samples
 from ..engine.checkpoints import EVERY
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import PROGRESS
@@ -45,8 +43,9 @@ from ..engine.models import Tap, imagenet_weights, input_fit, load_tap, resolve_
 from ..engine.objectives import Target
 from ..engine.polytope import difference_boxes, extent, pairwise_l2, sample_polytope
 from ..offline.knn import PatchIndex
-from .inputs import (check_complete, check_k, check_out_dir, check_start, dataset_images,  # noqa: F401
-                     dataset_paths, expected_bytes, fit_input, read_report, refuse_taken, run_lock, store_size)
+from .inputs import (check_complete, check_k, check_out_dir, check_sample, check_start, dataset_images,  # noqa: F401
+                     dataset_paths, expected_bytes, fit_input, read_picture, read_report, read_state, read_vertices,
+                     refuse_taken, run_lock, store_size)
 # (dataset_images, dataset_paths, read_report, store_size: where callers found them before inputs.py held them)
 from .sizes import warn_size
 from .pictures import contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
@@ -401,7 +400,7 @@ class Run:
     def __repr__(self) -> str:
         """A few lines (the whole report and arrays would be tens of thousands of characters)."""
         png = self.metrics.get("png", {})
-        err, push = png.get("rel_error", []), png.get("push", [])
+        err, push = ([x for x in png.get(k) or [] if x is not None] for k in ("rel_error", "push"))  # null: NaN
         V, _, H, W = self.vertices.shape
         m = self.report.get("model", {})
         lines = [f"Run({self.path!r})",
@@ -413,8 +412,8 @@ class Run:
                          + (f", push {min(push):.3g} .. {max(push):.3g}" if push else ""))
         poly = self.report.get("polytope")
         if poly:
-            lines.append(f"  polytope: {poly['samples']} samples, {100 * poly['share_target_class']:.1f}% in the "
-                         "target's class")
+            lines.append(f"  polytope: {polytope_samples(self.report)} samples, "
+                         f"{100 * poly['share_target_class']:.1f}% in the target's class")
         lines.append("  fields: vertices (V, 3, H, W) float32, png (V, H, W, 3) uint8, mixing, metrics, target, "
                      "config, report")
         return "\n".join(lines)
@@ -423,16 +422,13 @@ class Run:
 def load_run(path: str) -> Run:
     """Load a finished ``collide`` run (or a batch job's folder) for analysis: the float
     vertices, the PNGs, the mixing weights and their source patches, the metrics and the
-    config. Needs neither the model nor the index."""
+    config. Needs neither the model nor the index. A run whose report.json, state.npz or vertex
+    PNGs are missing or damaged is one CollideError naming the file and the fix (``check_complete``,
+    ``read_state``, ``read_vertices``)."""
     report = read_report(path)
-    hints = typing.get_type_hints(CollideConfig)
-    config = CollideConfig(**{k: convert(hints[k], v) if isinstance(v, list) else v
-                              for k, v in report["config"].items() if k in hints})
-    V = len(report["vertices"]["png"]["rel_error"])
-    check_complete(path, report)
-    png = np.stack([read_png(os.path.join(path, f"vertex_{i}.png")) for i in range(V)])
-    with np.load(os.path.join(path, "state.npz")) as z:
-        state = {k: z[k] for k in z.files}
+    config = check_complete(path, report)
+    png = read_vertices(path, config)
+    state = read_state(path, config, report)
     exact = "vertices" in state
     vertices = (state["vertices"] if exact else png.transpose(0, 3, 1, 2) / np.float32(255)).astype(np.float32)
     mixing = config.space.mixing_from_state(state, config.window)
@@ -440,11 +436,12 @@ def load_run(path: str) -> Run:
                target=report["target"], mixing=mixing, exact=exact)
 
 
-def tap_for_run(report: dict) -> Tap:
-    """Rebuild the model a run used, from its recorded identity."""
+def tap_for_run(report: dict, seed: int = 0) -> Tap:
+    """Rebuild the model a run used, from its recorded identity (a report ``check_report``
+    passed; ``seed``: its config's, which random weights are made from)."""
     m = report["model"]
-    weights = {"imagenet": "imagenet", "random": "random", "file": m["name"]}[m["kind"]]
-    tap = load_tap(m["arch"], m["layer"], weights, seed=report["config"]["seed"])
+    weights = m["name"] if m["kind"] == "file" else m["kind"]  # kind: one of WEIGHT_KINDS
+    tap = load_tap(m["arch"], m["layer"], weights, seed=seed)
     if m["kind"] == "file" and tap.weights.sha256 != m["sha256"]:
         raise CollideError(f"weights file {m['name']} changed since the run (sha256 differs); "
                            "restore it or run collide again")
@@ -464,20 +461,23 @@ def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int
 
     judge: a ``judge.Judge`` that also reads every sample (default: the run's own judge, if it
     had one); a judge given here that the run did not have reads its source and vertices too.
+
+    Counts out of bounds (``check_sample``) and a run whose report.json, state.npz or pictures
+    are missing or damaged are one CollideError each, before the model loads.
     """
+    check_sample(samples, batch_size, seed)
     report = read_report(run_dir)
-    V = len(report["vertices"]["png"]["rel_error"])
-    check_complete(run_dir, report)
-    vertices = np.stack([read_png(os.path.join(run_dir, f"vertex_{i}.png")) for i in range(V)])
-    with np.load(os.path.join(run_dir, "state.npz")) as z:
-        tz, units = torch.from_numpy(z["target_z"]), torch.from_numpy(z["units"])
+    config = check_complete(run_dir, report)
+    vertices = read_vertices(run_dir, config)
+    state = read_state(run_dir, config, report)
+    tz, units = torch.from_numpy(state["target_z"]), torch.from_numpy(state["units"])
     target = Target(tz, units, report["target"]["label"], report["target"]["top_prob"])
-    tap = tap or tap_for_run(report)
+    tap = tap or tap_for_run(report, config.seed)
     judge = judge or judge_for_run(report)
     if judge is not None:
         check_apart(judge, report.get("model"), "the run's model")
     if judge is not None and (report.get("judge") or {}).get("model") != judge.identity():
-        src, tgt = (read_png(os.path.join(run_dir, f)) for f in ("source.png", "target.png"))
+        src, tgt = (read_picture(run_dir, f, config.size) for f in ("source.png", "target.png"))
         report["judge"] = judge_run(judge, src, tgt, vertices)
     dev = resolve_device(device)
     tap = tap_on(tap, dev)

@@ -97,7 +97,7 @@ REPORTS = {  # valid JSON, damaged structure: (edit, what the line says)
                            'model.kind is "torchhub", expected one of imagenet, random, file'),
     "label past any class": (_set(10**30, "target", "label"),
                              f"target.label is {10**30}, expected an index in 0..2**31-1"),
-    "seed past torch's": (_set(2**64, "config", "seed"), f"config.seed is {2**64}, expected < 2**63"),
+    "seed past torch's": (_set(2**64, "config", "seed"), f"config.seed must be between 0 and 2^63 - 1, got {2**64}"),
 }
 
 

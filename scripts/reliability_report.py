@@ -110,6 +110,56 @@ ROWS = [
      ["tests/test_bad_inputs.py"]),
 ]
 
+# Damaged and crafted files (issue 28): (file, how, must hold, selectors). A trial passes only
+# when every case in it is a one-line error naming the file and its fix, or the clean result;
+# fuzz trials record their outcome counts (the "outcomes" property).
+DAMAGE_ROWS = [
+    ("Patch store (HDF5): bytes flipped in a patch, provenance or image-table chunk, zeroed chunks, attributes; a "
+     "seeded fuzz of flips and cuts", "tmp_path stores of the photos; fletcher32 and the attributes' sha256",
+     "one line naming the store and the fix (`extract --overwrite`), from reading and from `store verify`; "
+     "never a changed answer", [f"tests/test_verify_offline.py::test_{t}" for t in (
+         "store_datasets", "a_damaged_patch_chunk", "damaged_tables", "zeroed_bytes", "a_flipped_attribute",
+         "a_store_written_before", "fuzz_damage_is_a_clear_error_or_the_clean_answer[flat-patches.h5]")]),
+    ("Index: index.faiss flipped in the middle, index.json with bad or changed values, faiss failing in a search, "
+     "ids out of range; a seeded fuzz (Flat and IVF-Refine)", "tmp_path indexes; 15 crafted index.json values",
+     "one line naming index.json or index.faiss and `index build`; a changed answer only where `index verify` "
+     "then fails", [f"tests/test_verify_offline.py::test_{t}" for t in (
+         "index_verify", "an_index_built", "a_bad_value_in_index_json", "search_params", "a_faiss_failure",
+         "an_out_of_range")] + [
+                    "tests/test_verify_offline.py::test_fuzz_damage_is_a_clear_error_or_the_clean_answer[flat-index",
+                    "tests/test_verify_offline.py::test_fuzz_damage_is_a_clear_error_or_the_clean_answer[ivf"]),
+    ("checkpoint.pt: seeded byte flips and cuts, states that do not restore, a kill between the file and its "
+     "record, a batch job's damaged checkpoint", "real tiny runs, pixel and patch mode, interrupted after a checkpoint",
+     "`collide --resume`: one line, nothing written, or the untouched resume's vertices; a batch reruns the job "
+     "from step 1 with a warning and ends equal to a clean batch", ["tests/test_damaged_checkpoints.py"]),
+    ("Run folders: report.json with a damaged structure, state.npz and vertex PNGs flipped or cut; a seeded fuzz",
+     "a real tiny run, copied per case", "`sample`: one line, exit 2; `load_run`: a PatchcollideError; `report`: a "
+     "page that says what is damaged; or the same run", ["tests/test_damaged_runs.py"]),
+    ("Job files and values: duplicate keys, nesting, lone surrogates, names such as sub/../x, huge steps, samples, "
+     "tol, seeds, windows beyond memory, FIFOs and empty images", "CliRunner; crafted lines",
+     "one line per bad line before any work, naming the key and the bound", ["tests/test_untrusted.py"]),
+    ("Strict JSON: every JSON file a one-vertex batch writes", "a parser that refuses NaN and Infinity",
+     "parses", ["tests/test_new_user.py::test_every_json_file"]),
+]
+
+
+def damage_table(cases: list) -> list[str]:
+    """The damaged-files table: trials, failures, and the fuzz outcomes summed over the row."""
+    lines = ["", "## Damaged and crafted files", "",
+             "Each case ends in one line naming the file and its fix, or in the clean result: a trial that saw a "
+             "traceback, a hang or a different answer with exit 0 fails. Fuzz outcomes are summed over the row's "
+             "seeded fuzz trials (the other trials are one crafted case each, all clear errors when they pass).", "",
+             "| File | How | Must hold | Trials | Failures | Fuzz outcomes |", "|---|---|---|---|---|---|"]
+    for what, how, outcome, sels in DAMAGE_ROWS:
+        hit = [c for c in cases if any(c[0].startswith(s) for s in sels)]
+        sums: Counter = Counter()
+        for c in hit:
+            for k, v in c[4].items():
+                sums[k] += v
+        fuzz = "; ".join(f"{k} {v}" for k, v in sums.items()) or "-"
+        lines.append(f"| {what} | {how} | {outcome} | {len(hit)} | {sum(c[1] for c in hit)} | {fuzz} |")
+    return lines
+
 
 def _phase(text: str) -> str:
     """A kill's phase without its counts ("extract (3/8 parts)" -> "extract"), to tally them."""
@@ -129,7 +179,7 @@ def main() -> None:
         seconds = float(ET.parse(xml).getroot().iter("testsuite").__next__().get("time", "nan"))
     else:
         xml = os.path.join(tempfile.mkdtemp(prefix="reliability_"), "junit.xml")
-        files = sorted({sel.split("::")[0] for *_, sels in ROWS for sel in sels})
+        files = sorted({sel.split("::")[0] for *_, sels in ROWS + DAMAGE_ROWS for sel in sels})
         t0 = time.time()
         subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *files],
                        cwd=ROOT)
@@ -140,7 +190,11 @@ def main() -> None:
         failed = any(child.tag in ("failure", "error") for child in tc)
         skipped = any(child.tag == "skipped" for child in tc)
         kills = [k for prop in tc.iter("property") if prop.get("name") == "kills" for k in json.loads(prop.get("value"))]
-        cases.append((f"{path}::{tc.get('name')}", failed, skipped, kills))
+        outcomes: dict = {}
+        for prop in tc.iter("property"):
+            if prop.get("name") == "outcomes":
+                outcomes.update(json.loads(prop.get("value")))
+        cases.append((f"{path}::{tc.get('name')}", failed, skipped, kills, outcomes))
     from patchcollide.core.files import git_commit, machine
 
     m = machine()
@@ -177,6 +231,7 @@ def main() -> None:
         lines.append(f"| {fault} | {how} | {outcome} | {n} | {f} | {s} | "
                      f"{f'{landed} / {len(kills)}' if kills else '-'} | {phases or '-'} |")
     lines.append(f"| **all** | | | **{total[0]}** | **{total[1]}** | **{total[2]}** | **{total[3]} / {total[4]}** | |")
+    lines += damage_table(cases)
     with open(os.path.join(ROOT, "docs", "reliability-details.md")) as fh:
         details = fh.read()
     os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)

@@ -232,22 +232,25 @@ def _fuzz(name: str, pristine, tmp_path, loaded, seed: int, n: int = 20) -> dict
     return counts
 
 
-def test_fuzzed_state_npz_is_an_error_line_or_the_same_run(pristine, tmp_path, loaded):
+def test_fuzzed_state_npz_is_an_error_line_or_the_same_run(pristine, tmp_path, loaded, record_property):
     assert loaded.exact and loaded.vertices.shape == (2, 3, 32, 32) and loaded.png.shape == (2, 32, 32, 3)
     counts = _fuzz("state.npz", pristine, tmp_path, loaded, seed=28)
     print("state.npz", counts)
+    record_property("outcomes", json.dumps(counts))
     assert counts["error"] >= 15 and counts["loads, values changed"] == 0, counts
 
 
-def test_fuzzed_report_json_is_an_error_line_or_the_same_arrays(pristine, tmp_path, loaded):
+def test_fuzzed_report_json_is_an_error_line_or_the_same_arrays(pristine, tmp_path, loaded, record_property):
     counts = _fuzz("report.json", pristine, tmp_path, loaded, seed=28)
     print("report.json", counts)
+    record_property("outcomes", json.dumps(counts))
     assert counts["error"] >= 10, counts
 
 
-def test_fuzzed_vertex_png_is_an_error_line_or_the_same_run(pristine, tmp_path, loaded):
+def test_fuzzed_vertex_png_is_an_error_line_or_the_same_run(pristine, tmp_path, loaded, record_property):
     counts = _fuzz("vertex_1.png", pristine, tmp_path, loaded, seed=28)
     print("vertex_1.png", counts)
+    record_property("outcomes", json.dumps(counts))
     assert counts["error"] >= 15 and counts["loads, values changed"] == 0, counts
 
 

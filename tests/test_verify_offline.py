@@ -341,7 +341,8 @@ def _verifies(d) -> bool:
 
 @pytest.mark.parametrize("kind,target", [("flat", "patches.h5"), ("flat", "index.json"), ("flat", "index.faiss"),
                                          ("ivf", "index.json"), ("ivf", "index.faiss")])
-def test_fuzz_damage_is_a_clear_error_or_the_clean_answer(tmp_path, tiny, tiny_ivf, query_image, kind, target):
+def test_fuzz_damage_is_a_clear_error_or_the_clean_answer(tmp_path, tiny, tiny_ivf, query_image, kind, target,
+                                                           record_property):
     """20 seeded byte flips and truncations of one file (of index.json also values replaced by
     bad ones, the JSON still valid). Each ends in a one-line
     PatchcollideError naming the damaged file (or, for index.json, its folder), or in the
@@ -386,4 +387,5 @@ def test_fuzz_damage_is_a_clear_error_or_the_clean_answer(tmp_path, tiny, tiny_i
             counts["changed, caught by verify"] += 1
         shutil.rmtree(d)
     print(kind, target, counts)
+    record_property("outcomes", json.dumps(counts))
     assert counts["error"] >= 3, counts  # the trials do reach the data

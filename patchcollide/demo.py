@@ -28,6 +28,7 @@ from .offline.knn import MANIFEST_FILE, STORE_FILE, IndexConfig, IndexError_, Pa
 from .offline.store import PatchStore, StoreError
 from .runs.pictures import neighbour_mosaic, save_png
 from .runs.run import dataset_images, dataset_paths, run_collide, run_sample
+from .runs.sizes import chosen
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int =
         cfg = CollideConfig(mode="patches", vertices=vertices, steps=steps or CollideConfig.steps, size=size, k=k,
                             device=device)
         run_dir = os.path.join(out_dir, "collision")
+        chosen(size, index_dir)  # 128 on 224 x 224 photos on purpose (a CPU's budget): no warning
         run_collide(query, target, run_dir, cfg, tap=tap, pindex=pidx, index_dir=index_dir, overwrite=True,
                     progress=collide_progress)
     t["collide"] = time.time()

@@ -216,3 +216,19 @@ def test_write_json_turns_nan_and_infinity_into_null(tmp_path):
     p = str(tmp_path / "x.json")
     write_json(p, {"a": float("nan"), "b": [1.0, float("inf")], "c": np.array([np.nan, 2.0]), "d": np.float32("inf")})
     assert _strict(p) == {"a": None, "b": [1.0, None], "c": [None, 2.0], "d": None}
+
+
+def test_an_index_names_its_image_size_and_the_demo_chooses_its_own(flat_index, caplog):
+    import logging
+
+    from patchcollide.runs.sizes import chosen, warn_size, working_size
+
+    side, (why, cost) = working_size(flat_index)
+    assert side == 224 and why.endswith("were cut from 224 x 224 images") and "scale" in cost
+    with caplog.at_level(logging.WARNING, logger="patchcollide"):
+        warn_size(112, flat_index)
+        warn_size(112, flat_index)  # once
+        chosen(96, flat_index)  # the photo demo's own choice: nothing said
+        warn_size(96, flat_index)
+    said = [r.getMessage() for r in caplog.records if "were cut from" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("--size 112: the patches of the index in ") and "use --size 224" in said[0]

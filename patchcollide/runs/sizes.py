@@ -42,8 +42,8 @@ def _index_image_size(index_dir: str) -> int | None:
     return None
 
 
-def working_size(index_dir: str | None = None, weights: str | None = None) -> tuple[int, str] | None:
-    """(side, what says so) where a world or an index implies one: the world whose weights/
+def working_size(index_dir: str | None = None, weights: str | None = None) -> tuple[int, tuple[str, str]] | None:
+    """(side, (what says so, what another size costs)) where a world or an index implies one: the world whose weights/
     folder holds the --weights file or whose folder holds the index, else the index's images
     when they are all one square size. None where nothing says."""
     for path, what in ((weights, "weights"), (index_dir, "index")):
@@ -51,10 +51,20 @@ def working_size(index_dir: str | None = None, weights: str | None = None) -> tu
             world = os.path.dirname(os.path.dirname(os.path.abspath(path))) if what == "weights" else \
                 os.path.dirname(os.path.abspath(path))
             if (s := _world_size(world)) is not None:
-                return s, f"the world {os.path.relpath(world)} was made at {s} x {s}"
+                return s, (f"the world {os.path.relpath(world)} was made at {s} x {s}",
+                           "every input is resampled and the net sees images at a size it was not trained on")
     if index_dir and os.path.isdir(index_dir) and (s := _index_image_size(index_dir)) is not None:
-        return s, f"the images of the index {os.path.relpath(index_dir)} are {s} x {s}"
+        return s, (f"the patches of the index in {os.path.relpath(index_dir)}/ were cut from {s} x {s} images",
+                   "the source's patches are at another scale than the stored ones")
     return None
+
+
+def chosen(size: int, index_dir: str | None = None, weights: str | None = None) -> None:
+    """Say nothing later about ``size`` against these files: a caller that picked it on purpose
+    (the photo demo runs at 128 on an index of 224 x 224 photos, to fit a CPU)."""
+    found = working_size(index_dir, weights)
+    if found is not None:
+        _warned.add((size, found))
 
 
 def warn_size(size: int, index_dir: str | None = None, weights: str | None = None, option: str = "--size") -> None:
@@ -63,6 +73,5 @@ def warn_size(size: int, index_dir: str | None = None, weights: str | None = Non
     if found is None or found[0] == size or (size, found) in _warned:
         return
     _warned.add((size, found))
-    s, why = found
-    log.warning("%s %d: %s; use %s %d (at %d every input is resampled and the net sees images at a size it was "
-                "not trained on)", option, size, why, option, s, size)
+    s, (why, cost) = found
+    log.warning("%s %d: %s; use %s %d (at %d %s)", option, size, why, option, s, size, cost)

@@ -65,7 +65,7 @@ class DamagedCheckpoint(CheckpointError):
     recorded one, torch cannot read it, or its state does not restore (missing keys, wrong
     shapes, entries out of range). ``path``, ``why`` (the parenthesis of the message)."""
 
-    def __init__(self, path: str, why: str, fix: str = FIX):
+    def __init__(self, path: str, why: str = "its contents are not what was saved", fix: str = FIX):
         super().__init__(f"damaged checkpoint {path} ({why}): {fix}")
         self.path, self.why = path, why
 

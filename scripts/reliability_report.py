@@ -134,7 +134,9 @@ DAMAGE_ROWS = [
      "from step 1 with a warning and ends equal to a clean batch", ["tests/test_damaged_checkpoints.py"]),
     ("Run folders: report.json with a damaged structure, state.npz and vertex PNGs flipped or cut; a seeded fuzz",
      "a real tiny run, copied per case", "`sample`: one line, exit 2; `load_run`: a PatchcollideError; `report`: a "
-     "page that says what is damaged; or the same run", ["tests/test_damaged_runs.py"]),
+     "page that says what is damaged; or the same run (a flipped byte in a report.json key nothing reads, such as "
+     "one in the history, loads with the same vertices and config: 'loads, values changed')",
+     ["tests/test_damaged_runs.py"]),
     ("Job files and values: duplicate keys, nesting, lone surrogates, names such as sub/../x, huge steps, samples, "
      "tol, seeds, windows beyond memory, FIFOs and empty images", "CliRunner; crafted lines",
      "one line per bad line before any work, naming the key and the bound", ["tests/test_untrusted.py"]),

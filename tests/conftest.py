@@ -111,3 +111,20 @@ def flat_index(tmp_path_factory, small_store):
     d = str(tmp_path_factory.mktemp("flat_index"))
     build_index(d, small_store, IndexConfig())
     return d
+
+
+def run_cli(*args):
+    """``patchcollide -q ARGS`` through click's runner: (exit code, output)."""
+    from click.testing import CliRunner
+
+    from patchcollide.cli import cli
+
+    r = CliRunner().invoke(cli, ["-q", *map(str, args)], catch_exceptions=False)
+    return r.exit_code, r.output
+
+
+def one_line(out: str) -> str:
+    """The one line of a user error's output (no traceback, nothing else)."""
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in out, out
+    return lines[0]

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import patchcollide
+from conftest import one_line, run_cli
 from patchcollide.cli import cli
 from patchcollide.core.errors import PatchcollideError
 
@@ -44,17 +45,6 @@ def copy_of(pristine, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(pristine, run)
     return run
-
-
-def run_cli(*args):
-    r = CliRunner().invoke(cli, ["-q", *map(str, args)], catch_exceptions=False)
-    return r.exit_code, r.output
-
-
-def one_line(out: str) -> str:
-    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in out, out
-    return lines[0]
 
 
 def same_run(a, b) -> bool:

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import one_line, run_cli
 from patchcollide.cli import cli
 from patchcollide.runs.report import ReportError, write_html
 
@@ -399,17 +400,6 @@ def test_escaping_and_missing_runs(tmp_path):
     assert "<img" not in text and "run directory gone missing or unreadable" in text
     assert "\u2013" in text and 'class="status st-other"' in text
     assert not os.path.exists(os.path.join(d, "gone", "report.html"))
-
-
-def run_cli(*args):
-    r = CliRunner().invoke(cli, ["-q", *map(str, args)], catch_exceptions=False)
-    return r.exit_code, r.output
-
-
-def one_line(out: str) -> str:
-    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in out, out
-    return lines[0]
 
 
 def test_cli_errors_touch_nothing(tmp_path):

@@ -13,7 +13,6 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 import patchcollide

@@ -14,7 +14,6 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from conftest import one_line, run_cli

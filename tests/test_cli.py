@@ -105,12 +105,11 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, photos_dir, query_i
     assert needle in line, line
 
 
-def test_index_search_grid_stride_and_its_old_name(flat_index, query_image):
+def test_index_search_grid_stride_and_no_old_stride(flat_index, query_image):
     code, out = run("index", "search", query_image, "--index", flat_index, "--grid-stride", "16", "-k", "2")
-    assert code == 0 and "169 locations x 2 neighbours" in out and "deprecated" not in out, out
-    code, out = run("index", "search", query_image, "--index", flat_index, "--stride", "16", "-k", "2")
     assert code == 0 and "169 locations x 2 neighbours" in out, out
-    assert "--stride of index search/eval is deprecated; use --grid-stride" in out
+    code, out = run("index", "search", query_image, "--index", flat_index, "--stride", "16", "-k", "2")
+    assert code == 2 and "No such option: --stride" in one_line_error(out), out
 
 
 def test_resize_none_and_bad_resize(tmp_path, photos_dir):

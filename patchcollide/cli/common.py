@@ -189,12 +189,6 @@ class Progress:
         self.close()
 
 
-def deprecated(old: str, new: str) -> None:
-    """One line on stderr for an old name that still works for a release. Shown under -q too:
-    scripts run with -q, and they are what has to learn of the new name."""
-    click.echo(f"warning: {old} is deprecated; use {new}", err=True)
-
-
 def show_progress(ctx: click.Context) -> bool:
     return not (ctx.obj or {}).get("quiet")
 

@@ -6,7 +6,7 @@ import os
 import click
 
 from ..core.files import write_json, write_text
-from .common import UserError, deprecated, echo_json, show_progress, user_errors, weights_option
+from .common import UserError, echo_json, show_progress, user_errors, weights_option
 
 
 def _say(enabled: bool):
@@ -85,11 +85,9 @@ def print_nullspace(report: dict) -> None:
 @click.command()
 @click.option("--model", "model", default=None,
               help="torchvision classifier: vit_b_32 (patch embedding), resnet50, alexnet, ...  [required]")
-@click.option("--arch", "arch", default=None, hidden=True, help="Deprecated: --model.")
 @weights_option("Random weights test the structure only; pretrained ViT needs --size 224.")
 @click.option("--source", "image", type=click.Path(), default=None,
               help="Image to collide from [default: scikit-image's astronaut].")
-@click.option("--image", "image_deprecated", type=click.Path(), default=None, hidden=True, help="Deprecated: --source.")
 @click.option("--size", default=224, show_default=True, type=int,
               help="Input side (ViT with random weights is built for it; pretrained ViT needs 224).")
 @click.option("--mode", type=click.Choice(["repeat", "several", "regions"]), default="repeat", show_default=True,
@@ -113,7 +111,7 @@ def print_nullspace(report: dict) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing nullspace run directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.pass_context
-def nullspace(ctx, model, arch, weights, image, image_deprecated, size, mode, beta, vectors, seed, rtol, iters, dense_sizes, pgd_steps,
+def nullspace(ctx, model, weights, image, size, mode, beta, vectors, seed, rtol, iters, dense_sizes, pgd_steps,
               pgd_eps, out, overwrite, as_json):
     """Exact collisions from the kernel of the first trainable layer (the Null-space search).
 
@@ -121,16 +119,6 @@ def nullspace(ctx, model, arch, weights, image, image_deprecated, size, mode, be
     that are verified in float32 and float64. Overlapping convolutions (ResNet, AlexNet) are
     analysed as linear maps on the whole image; no collider is claimed.
     """
-    if arch is not None:
-        if model is not None:
-            raise UserError("--arch is the deprecated name of --model; pass --model only")
-        deprecated("--arch", "--model")
-        model = arch
-    if image_deprecated is not None:
-        if image is not None:
-            raise UserError("--image is the deprecated name of --source; pass --source only")
-        deprecated("--image", "--source")
-        image = image_deprecated
     if model is None:
         raise click.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "model"))
     out = out or os.path.join("runs", f"nullspace-{model}")
@@ -169,40 +157,7 @@ def print_table(table: dict) -> None:
     click.echo(f"{len(table['rows'])} models in {table['seconds']:.1f} s")
 
 
-def _looks_like_path(value: str) -> bool:
-    """A value that can only be a file name: model names hold neither a dot nor a slash."""
-    return not value.startswith("-") and ("." in value or "/" in value or os.sep in value)
-
-
-class _JsonPathStillWorks(click.Command):
-    """``nullity``: ``--json`` is a flag (print JSON). Until the next release, the old form
-    ``--json PATH`` / ``--json=PATH`` (write the table as JSON to PATH) still works: PATH is
-    taken out of the arguments here, before click parses them, when it follows ``--json`` and
-    looks like a file name (a dot or a slash: ``--json alexnet`` stays the flag and a model)."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        kept, legacy, after_flag, i = [], [], [], 0
-        while i < len(args):
-            a = args[i]
-            if a == "--":
-                kept += args[i:]
-                break
-            if a.startswith("--json="):
-                legacy.append(a.split("=", 1)[1])
-            elif a == "--json" and i + 1 < len(args) and _looks_like_path(args[i + 1]):
-                legacy.append(args[i + 1])
-                i += 1
-            else:
-                if a == "--json" and i + 1 < len(args) and not args[i + 1].startswith("-"):
-                    after_flag.append(args[i + 1])  # a model, or an old-style path without a suffix
-                kept.append(a)
-            i += 1
-        ctx.meta["nullity_json_paths"] = legacy
-        ctx.meta["nullity_after_json"] = after_flag
-        return super().parse_args(ctx, kept)
-
-
-@click.command(cls=_JsonPathStillWorks)
+@click.command()
 @click.argument("models", nargs=-1)
 @weights_option("Per model; random weights test the structure only (seeded); no PATH here.")
 @click.option("--paper", "paper_all", is_flag=True,
@@ -222,9 +177,6 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, outs, as_json):
     torchvision]. An unknown name is refused up front (exit code 2); a model that fails to
     build or load later is one line of the table, not a crash.
     """
-    legacy = ctx.meta.get("nullity_json_paths", [])
-    if legacy:
-        deprecated("--json PATH", "--out PATH.json (--json alone prints JSON)")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     from ..engine.models import ModelError, builder  # torch, from here on: the model names are torchvision's
@@ -235,17 +187,10 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, outs, as_json):
         if done == total:
             click.echo(f"... {name}: {total} weight matrices", err=True)
     progress = echo_progress if show_progress(ctx) else None
-    # (path, format): --out by its suffix; the old --json PATH always wrote JSON
-    files = [(p, "json" if p.lower().endswith(".json") else "md") for p in outs] + [(p, "json") for p in legacy]
+    files = [(p, "json" if p.lower().endswith(".json") else "md") for p in outs]  # (path, format): by its suffix
     with user_errors():
         for name in names:  # a misspelt name is the user's mistake: refuse before any work
-            try:
-                builder(name)
-            except ModelError as e:
-                if name not in ctx.meta.get("nullity_after_json", []):
-                    raise
-                raise UserError(f"{e}; or, if {name!r} is a file to write: --json is a flag now, write the table "
-                                f"with --out {name}.json") from None
+            builder(name)
         for path, _ in files:
             if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
                 raise NullspaceError(f"{path}: its folder does not exist; create it first")

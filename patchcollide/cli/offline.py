@@ -15,7 +15,6 @@ from ..runs.pictures import neighbour_mosaic, save_png
 from .common import (
     Progress,
     UserError,
-    deprecated,
     echo_json,
     executor_options,
     human_bytes,
@@ -174,11 +173,8 @@ def index_build(ctx, index_dir, store_path, factory, nprobe, k_factor, train_siz
                f"total {m['seconds']['total']:.1f} s")
 
 
-def _grid_stride(grid_stride: int, stride_deprecated: int | None) -> int:
-    """The query grid's step: --grid-stride, or the old --stride of index search/eval (one release)."""
-    if stride_deprecated is not None:
-        deprecated("--stride of index search/eval", "--grid-stride (--stride is extract's patch spacing)")
-        grid_stride = stride_deprecated
+def _grid_stride(grid_stride: int) -> int:
+    """The query grid's step (--grid-stride), checked."""
     if grid_stride < 1:
         raise UserError(f"--grid-stride must be >= 1, got {grid_stride}")
     return grid_stride
@@ -191,14 +187,13 @@ def _grid_stride(grid_stride: int, stride_deprecated: int | None) -> int:
 @click.option("-k", default=16, show_default=True, type=int, help="Neighbours per location.")
 @click.option("--grid-stride", default=8, show_default=True, type=int,
               help="Query grid step; 8 gives 25 x 25 locations on 224 x 224 (as in collide).")
-@click.option("--stride", "stride_deprecated", default=None, type=int, hidden=True, help="Deprecated: --grid-stride.")
 @click.option("--nprobe", default=None, type=int, help="Override the index's nprobe.")
 @click.option("--mosaic", default=None, type=click.Path(dir_okay=False), help="Write query patches beside neighbours.")
 @click.option("-o", "--out", "out_npz", default=None, type=click.Path(dir_okay=False),
               help="Save ids, distances and source coordinates (.npz).")
-def index_search(image, index_dir, store_path, k, grid_stride, stride_deprecated, nprobe, mosaic, out_npz):
+def index_search(image, index_dir, store_path, k, grid_stride, nprobe, mosaic, out_npz):
     """k nearest stored patches for every location of a grid on IMAGE."""
-    stride = _grid_stride(grid_stride, stride_deprecated)
+    stride = _grid_stride(grid_stride)
     with user_errors(), PatchIndex(index_dir, store_path, nprobe=nprobe, store_option="--store") as pidx:
         if not os.path.isfile(image):
             raise UserError(f"query image {image!r} does not exist; pass an image file")
@@ -225,15 +220,14 @@ def index_search(image, index_dir, store_path, k, grid_stride, stride_deprecated
 @_store_opt
 @click.option("-k", default=50, show_default=True, type=int, help="Neighbours per query whose recall against exact search is measured.")
 @click.option("--grid-stride", default=8, show_default=True, type=int, help="Query grid step (as in collide).")
-@click.option("--stride", "stride_deprecated", default=None, type=int, hidden=True, help="Deprecated: --grid-stride.")
 @click.option("--nprobe", default=None, type=int, help="Override the index's nprobe (IVF lists visited per query).")
 @click.option("--k-factor", default=None, type=int, help="Override the index's k-factor (candidates re-ranked exactly per neighbour).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where the exact ground truth is computed (auto: CUDA when present).")
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation as JSON.")
-def index_eval(queries, index_dir, store_path, k, grid_stride, stride_deprecated, nprobe, k_factor, device, as_json):
+def index_eval(queries, index_dir, store_path, k, grid_stride, nprobe, k_factor, device, as_json):
     """recall@k of the index against exact search, and queries per second of both."""
-    stride = _grid_stride(grid_stride, stride_deprecated)
+    stride = _grid_stride(grid_stride)
     for q in queries:
         if not os.path.isfile(q):
             raise UserError(f"query image {q!r} does not exist; pass an image file to --queries")

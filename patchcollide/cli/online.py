@@ -15,7 +15,7 @@ from ..engine.checkpoints import EVERY
 from ..engine.config import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..engine.config import CollideConfig, CollideError
 from ..runs.report import verdict
-from .common import Progress, Ticker, UserError, flag_of, flags_of, deprecated, show_progress, user_errors, weights_option
+from .common import Progress, Ticker, UserError, flag_of, flags_of, show_progress, user_errors, weights_option
 
 
 def print_vertices(report: dict) -> None:
@@ -171,7 +171,6 @@ RUN_OPTIONS = ("source", "target", "out", "index_dir", "model", "layer", "weight
                "checkpoint_every", "judge", "judge_model")  # not config fields
 RESUME_KEEPS = ("resume", "checkpoint_every", "strict", "overwrite")  # the options --resume takes; the rest come from the run
 NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
-DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --loss-late
 
 
 @click.command()
@@ -191,8 +190,6 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
 @click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
 @weights_option()
 @config_options
-@click.option("--loss", nargs=2, type=float, default=None, metavar="A B", hidden=True,
-              help="Deprecated: both --loss-early and --loss-late.")
 @click.option("--judge", default=None, type=click.Path(), metavar="PATH",
               help="A second classifier's state dict (--judge-model) that reads the source, the target and each "
                    "vertex: a vertex reads as its source when the judge gives it the source's class.")
@@ -204,7 +201,7 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
               help=f"Exit with code {NOT_CONVERGED_EXIT} when a vertex misses --tol (the run is still written).")
 @click.pass_context
 def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrite, strict, resume, checkpoint_every,
-            loss, judge, judge_model, **fields):
+            judge, judge_model, **fields):
     """Find polytope vertices whose layer activation collides with TARGET's.
 
     A run saves a checkpoint every --checkpoint-every steps and on Ctrl-C / SIGTERM;
@@ -234,9 +231,6 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         finish(report, resume, strict, report["config"]["tol"])
         return
     with user_errors():
-        if loss:
-            deprecated("--loss", "--loss-early A B and --loss-late A B")
-            fields.update(loss_early=tuple(loss), loss_late=tuple(loss))
         hints = typing.get_type_hints(CollideConfig)
         for name, value in list(fields.items()):
             if typing.get_origin(hints[name]) is tuple:  # click gives lists and () for an absent repeated option
@@ -316,11 +310,9 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
 
 
 @click.command()
-@click.argument("run_deprecated", metavar="[RUN]", required=False, type=click.Path(file_okay=False))
 @click.option("-o", "--out", "run_dir", type=click.Path(file_okay=False), metavar="RUN",
               help="The run to check (collide's --out); its report.json gets the polytope.  [required]")
 @click.option("--samples", default=2000, show_default=True, type=int, help="Random convex combinations.")
-@click.option("--n", "n_deprecated", default=None, type=int, hidden=True, help="Deprecated: --samples.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
               help="Seed of the Dirichlet draws.")
 @click.option("--batch-size", default=32, show_default=True, type=int,
@@ -333,23 +325,14 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
               help="A judge's state dict (--judge-model) to read every sample [default: the run's own judge, if any].")
 @click.option("--judge-model", default=JUDGE_MODEL, show_default=True, help="The judge's architecture.")
 @click.pass_context
-def sample(ctx, run_deprecated, run_dir, samples, n_deprecated, seed, batch_size, device, dataset, judge, judge_model):
+def sample(ctx, run_dir, samples, seed, batch_size, device, dataset, judge, judge_model):
     """Check the polytope of a finished run: Dirichlet(1) combinations of its vertices.
 
-    The run is given with --out RUN, as collide names it (a positional RUN still works, with a
-    notice, for one release)."""
-    if run_deprecated is not None:
-        if run_dir is not None:
-            raise UserError(f"two runs given ({run_deprecated} and --out {run_dir}); give one, with --out RUN")
-        deprecated("`sample RUN`", "`sample --out RUN`")
-        run_dir = run_deprecated
+    The run is given with --out RUN, as collide names it."""
     if run_dir is None:
         raise UserError("no run given; name it with --out RUN (the directory collide wrote)")
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir!r} is not a run directory; give one written by `patchcollide collide`")
-    if n_deprecated is not None:
-        deprecated("--n", "--samples")
-        samples = n_deprecated
     with user_errors():
         from ..runs.inputs import check_complete, check_sample, dataset_images, dataset_paths, read_report
 

@@ -109,7 +109,7 @@ def test_index_search_grid_stride_and_no_old_stride(flat_index, query_image):
     code, out = run("index", "search", query_image, "--index", flat_index, "--grid-stride", "16", "-k", "2")
     assert code == 0 and "169 locations x 2 neighbours" in out, out
     code, out = run("index", "search", query_image, "--index", flat_index, "--stride", "16", "-k", "2")
-    assert code == 2 and "No such option: --stride" in one_line_error(out), out
+    assert code == 2 and "No such option '--stride'" in one_line_error(out), out
 
 
 def test_resize_none_and_bad_resize(tmp_path, photos_dir):

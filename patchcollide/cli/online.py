@@ -1,11 +1,9 @@
 """Online commands: ``collide`` and ``sample``."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import statistics
 import sys
-import types
 import typing
 
 import click
@@ -15,7 +13,7 @@ from ..engine.checkpoints import EVERY
 from ..engine.config import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..engine.config import CollideConfig, CollideError
 from ..runs.report import verdict
-from .common import Progress, Ticker, UserError, flag_of, flags_of, show_progress, user_errors, weights_option
+from .common import Progress, Ticker, UserError, config_options, flag_of, show_progress, user_errors, weights_option
 
 
 def print_vertices(report: dict) -> None:
@@ -120,35 +118,6 @@ class Bar:
             self.bar.__exit__(None, None, None)
 
 
-def config_options(f):
-    """One option per CollideConfig field, derived from the field: its type (int, float, a
-    choice, a pair, X | None, repeated A:B pairs), its default and its metadata (help, choices,
-    metavar; ``collide.setting``). A new engine parameter is added in CollideConfig alone."""
-    hints = typing.get_type_hints(CollideConfig)
-    for field in reversed(dataclasses.fields(CollideConfig)):
-        meta, hint = field.metadata, hints[field.name]
-        kw: dict = {"help": meta["help"], "default": field.default, "show_default": True}
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-        if meta.get("choices") is not None:
-            kw["type"] = click.Choice(list(meta["choices"]))
-        elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # repeated A:B pairs
-            kw.update(multiple=True, type=str, default=(), show_default=False)
-            kw["help"] += " [default: " + (" ".join(":".join(map(str, p)) for p in field.default) or "none") + "]"
-        elif origin is tuple:
-            kw.update(nargs=len(args), type=args[0])
-        elif origin in (typing.Union, types.UnionType):
-            kw["type"] = next(a for a in args if a is not type(None))
-        else:
-            kw["type"] = hint
-        if meta.get("default_text"):
-            kw.update(show_default=False)
-            kw["help"] += f" [default: {meta['default_text']}]"
-        if meta.get("metavar"):
-            kw["metavar"] = meta["metavar"]
-        f = click.option(*flags_of(field.name), field.name, **kw)(f)
-    return f
-
-
 def parse_pairs(field: str, values: tuple[str, ...]) -> tuple:
     """Repeated ``A:B`` values of a tuple[tuple[A, B], ...] field (``--prune 0.33:8``); 'none'
     alone: the empty tuple. A one-line UserError otherwise."""
@@ -189,7 +158,7 @@ NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
                    "world's (`patchcollide world build`; with --weights PATH).")
 @click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
 @weights_option()
-@config_options
+@config_options(CollideConfig)
 @click.option("--judge", default=None, type=click.Path(), metavar="PATH",
               help="A second classifier's state dict (--judge-model) that reads the source, the target and each "
                    "vertex: a vertex reads as its source when the judge gives it the source's class.")

@@ -65,12 +65,17 @@ class OrNone(click.ParamType):
     def __init__(self, inner: click.ParamType):
         self.inner, self.name = inner, inner.name  # the help shows INTEGER, FLOAT, ... as before
 
+    def get_metavar(self, *args, **kwargs):
+        return self.inner.get_metavar(*args, **kwargs)
+
     def convert(self, value, param, ctx):
         if value is None or (isinstance(value, str) and value.lower() == "none"):
             return None
         try:
             return self.inner.convert(value, param, ctx)
         except click.BadParameter:
+            if isinstance(self.inner, click.Choice):  # its message lists the choices, none among them
+                raise
             self.fail(f"must be {self.inner.name} or 'none', got {value!r}", param, ctx)
 
 
@@ -108,10 +113,7 @@ def _click_type(hint, meta: dict) -> dict:
         return {"type": CommaList(click.types.convert_type(args[0]))}
     if origin is tuple:
         return {"nargs": len(args), "type": args[0]}
-    bounds = meta.get("bounds")
-    kind = click.types.convert_type(hint)
-    if bounds is not None and hint in (int, float):
-        kind = (click.IntRange if hint is int else click.FloatRange)(*bounds)
+    kind = click.types.convert_type(hint)  # its bounds are the config's to check: the message names the option
     return {"type": OrNone(kind) if optional else kind}
 
 
@@ -137,11 +139,15 @@ def config_options(config: type, names: tuple[str, ...] | None = None):
                 kw.pop("show_default")
             elif isinstance(kw["type"], CommaList):
                 kw["default"] = ",".join(map(str, field.default))
+            elif field.default is None and isinstance(kw["type"], OrNone) and not meta.get("default_text"):
+                kw["default"] = "none"  # shown as [default: none]
             if meta.get("default_text"):
                 kw.update(show_default=False)
                 kw["help"] += f" [default: {meta['default_text']}]"
             if meta.get("metavar"):
                 kw["metavar"] = meta["metavar"]
+            if meta.get("hidden"):
+                kw["hidden"] = True
             f = click.option(*flags_of(name, config), name, **kw)(f)
         return f
 

@@ -15,6 +15,7 @@ from ..runs.pictures import neighbour_mosaic, save_png
 from .common import (
     Progress,
     UserError,
+    config_options,
     echo_json,
     executor_options,
     human_bytes,
@@ -25,39 +26,18 @@ from .common import (
 DEFAULT_INDEX = "index"
 
 
-def _resize(value: str) -> int | None:
-    if value.lower() == "none":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"--resize must be a side length in pixels (32 to 8192) or 'none', got {value!r}") from None
-
-
 @click.command()
 @click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("-o", "--out", default=os.path.join(DEFAULT_INDEX, STORE_FILE), show_default=True,
               type=click.Path(dir_okay=False), help="HDF5 store to write (resumed if a run was killed).")
-@click.option("--fraction", default=1.0, show_default=True, type=float,
-              help="Seeded share of each class's images to keep (the paper used 0.1 of ImageNet).")
-@click.option("--resize", "resize", default="224", show_default=True,
-              help="Shorter side to N and centre crop N x N (the model's input), or 'none' for native size.")
-@click.option("--stride", default=16, show_default=True, type=int, help="Pixels between 32 x 32 patches.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
-              help="Seed of the --fraction choice.")
+@config_options(ExtractConfig, ("fraction", "resize", "stride", "seed"))
 @click.option("--workers", default=1, show_default=True, type=int,
               help="Processes decoding images (--executor local; Ray uses its cluster's CPUs).")
 @executor_options
-@click.option("--compression", type=click.Choice(["none", "lzf", "gzip"]), default="none", show_default=True,
-              help="HDF5 filter on the patches (none keeps random reads fastest).")
-@click.option("--max-pixels", default=89_478_485, show_default=True, type=int,
-              help="Skip images that declare more pixels than this (decompression-bomb guard).")
-@click.option("--part-images", default=256, show_default=True, type=int, hidden=True,
-              help="Images per resumable part file.")
+@config_options(ExtractConfig, ("compression", "max_pixels", "part_images"))
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built from other arguments.")
 @click.pass_context
-def extract(ctx, folders, out, fraction, resize, stride, seed, workers, executor, address, compression, max_pixels,
-            part_images, overwrite):
+def extract(ctx, folders, out, workers, executor, address, overwrite, **fields):
     """Cut 32 x 32 patches from image FOLDERS into an HDF5 patch store.
 
     Each folder is ImageFolder layout (class subfolders) or flat. Bad files are skipped with
@@ -66,9 +46,7 @@ def extract(ctx, folders, out, fraction, resize, stride, seed, workers, executor
     FOLDERS and --out at the same paths); the store is the same.
     """
     with user_errors():
-        cfg = ExtractConfig(resize=_resize(resize), stride=stride, fraction=fraction, seed=seed,
-                            max_pixels=max_pixels, part_images=part_images,
-                            compression=None if compression == "none" else compression)
+        cfg = ExtractConfig(**fields)
         with Progress("extracting images", show_progress(ctx)) as bar:
             res = extract_store(list(folders), out, cfg, workers=workers, overwrite=overwrite, progress=bar,
                                 executor=make_executor(executor, address))
@@ -151,20 +129,12 @@ _store_opt = click.option("--store", "store_path", default=None, type=click.Path
 @index.command("build")
 @_index_dir
 @_store_opt
-@click.option("--factory", default=None, help="faiss index_factory string [default: chosen from N].")
-@click.option("--nprobe", default=None, type=int, help="IVF lists visited per query [default: chosen from N].")
-@click.option("--k-factor", default=None, type=int,
-              help="Candidates re-ranked exactly per neighbour [default: chosen from N].")
-@click.option("--train-size", default=None, type=int, help="Training sample [default: max(65536, 64 nlist)].")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the training sample (IVF-PQ: k-means and the quantiser).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where the index is trained (auto: a GPU when faiss and torch see one).")
+@config_options(IndexConfig)
 @click.pass_context
-def index_build(ctx, index_dir, store_path, factory, nprobe, k_factor, train_size, seed, device):
+def index_build(ctx, index_dir, store_path, **fields):
     """Train and fill a FAISS index over the patch store."""
     with user_errors():
-        cfg = IndexConfig(factory=factory, nprobe=nprobe, k_factor=k_factor, train_size=train_size, seed=seed,
-                          device=device)
+        cfg = IndexConfig(**fields)
         with Progress("k-means (IVF lists)", show_progress(ctx)) as kbar, \
                 Progress("adding patches, writing the index", show_progress(ctx)) as bar:
             m = build_index(index_dir, store_path, cfg, progress=bar, train_progress=kbar)

@@ -14,6 +14,7 @@ from ..batch.jobfile import JobsError, config_fields, parse_shard, read_jobs
 from ..core.formats import RANDOM_NOTICE
 from ..engine.config import MAX_SAMPLES
 from ..engine.checkpoints import EVERY
+from ..engine.names import check_model_name
 from ..executors import make_executor
 from .common import Ticker, UserError, executor_options, hms, show_progress, user_errors, weights_option
 
@@ -193,6 +194,10 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
                     click.echo(f"{jobs_file}:{line}: {msg}", err=True)
                 raise UserError(f"{n} invalid lines; fix them or pass --skip-invalid")
             from ..batch.folder import BatchOptions, check_batch
+            from ..runs.inputs import check_judge
+
+            check_model_name(arch, "--model")
+            check_judge(judge, judge_model)
 
             options = BatchOptions(arch=arch, layer=layer, weights=weights, index_dir=index_dir, device=device,
                                    dataset=dataset, skip_invalid=skip_invalid, checkpoint_every=checkpoint_every,

@@ -6,21 +6,13 @@ import os
 import click
 
 from ..core.files import write_json, write_text
-from .common import UserError, echo_json, show_progress, user_errors, weights_option
+from ..engine.names import ANY_MODEL, check_model_name
+from ..exact.config import NullspaceConfig, NullspaceError, check_nullspace
+from .common import UserError, config_options, echo_json, show_progress, user_errors, weights_option
 
 
 def _say(enabled: bool):
     return (lambda msg: click.echo(f"... {msg}", err=True)) if enabled else None
-
-
-def _dense_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise UserError(f"--dense-sizes must be comma-separated integers such as 16,32, got {text!r}") from None
-    if any(s < 1 or s > 64 for s in sizes):
-        raise UserError(f"--dense-sizes must be between 1 and 64 (dense Gram matrices grow as size^4), got {text!r}")
-    return sizes
 
 
 def print_nullspace(report: dict) -> None:
@@ -90,29 +82,13 @@ def print_nullspace(report: dict) -> None:
               help="Image to collide from [default: scikit-image's astronaut].")
 @click.option("--size", default=224, show_default=True, type=int,
               help="Input side (ViT with random weights is built for it; pretrained ViT needs 224).")
-@click.option("--mode", type=click.Choice(["repeat", "several", "regions"]), default="repeat", show_default=True,
-              help="repeat: one kernel vector in every patch; several: --vectors different ones; regions: per-region "
-                   "multipliers, one region untouched.")
-@click.option("--beta", type=float, default=None, help="Multiplier of the unit kernel vectors [default: max |P| = 1 "
-              "in model-input units, about 58 of 255 pixel levels].")
-@click.option("--vectors", default=4, show_default=True, type=int, help="Kernel vectors for several/regions.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
-              help="Random weights and kernel vectors.")
-@click.option("--rtol", type=float, default=None, help="Rank tolerance relative to sigma_max [default: max(m, n) * "
-              "eps(float32) of the weight matrix].")
-@click.option("--iters", default=100, show_default=True, type=int,
-              help="Overlapping convs: LOBPCG iterations at the full size (about 0.5 s each for ResNet-50 at 224).")
-@click.option("--dense-sizes", default="16,32", show_default=True,
-              help="Overlapping convs: image sides for the exact (dense) whole-image analysis.")
-@click.option("--pgd-steps", default=0, show_default=True, type=int, help="> 0: start from a PGD adversarial example.")
-@click.option("--pgd-eps", default=4.0, show_default=True, type=float, help="PGD L-inf radius in 0..255 pixel levels.")
+@config_options(NullspaceConfig)
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/nullspace-MODEL].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing nullspace run directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.pass_context
-def nullspace(ctx, model, weights, image, size, mode, beta, vectors, seed, rtol, iters, dense_sizes, pgd_steps,
-              pgd_eps, out, overwrite, as_json):
+def nullspace(ctx, model, weights, image, size, out, overwrite, as_json, **fields):
     """Exact collisions from the kernel of the first trainable layer (the Null-space search).
 
     Linear first layers and patch embeddings (stride >= kernel: ViT) give colliders x + beta * P
@@ -123,11 +99,11 @@ def nullspace(ctx, model, weights, image, size, mode, beta, vectors, seed, rtol,
         raise click.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "model"))
     out = out or os.path.join("runs", f"nullspace-{model}")
     say = _say(show_progress(ctx) and not as_json)
-    from ..exact import NullspaceConfig, run_nullspace  # torch, from here on
-
     with user_errors():
-        cfg = NullspaceConfig(mode=mode, beta=beta, vectors=vectors, seed=seed, rtol=rtol, iters=iters,
-                              dense_sizes=_dense_sizes(dense_sizes), pgd_steps=pgd_steps, pgd_eps=pgd_eps)
+        cfg = NullspaceConfig(**fields)
+        check_nullspace(model, out, size, image, overwrite)
+        from ..exact import run_nullspace  # torch, from here on
+
         report = run_nullspace(model, out, size, config=cfg, image=image, weights=weights, overwrite=overwrite,
                                progress=say)
     if as_json:
@@ -179,21 +155,21 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, outs, as_json):
     """
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
-    from ..engine.models import ModelError, builder  # torch, from here on: the model names are torchvision's
-    from ..exact import CLASSIFICATION_MODELS, PAPER_MODELS, NullspaceError, nullity_table, table_markdown
+    files = [(p, "json" if p.lower().endswith(".json") else "md") for p in outs]  # (path, format): by its suffix
+    with user_errors():
+        for name in models:  # a misspelt name is the user's mistake: refuse before any work
+            check_model_name(name, "MODELS", ANY_MODEL)
+        for path, _ in files:
+            if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise NullspaceError(f"{path}: its folder does not exist; create it first")
+    from ..exact import CLASSIFICATION_MODELS, PAPER_MODELS, nullity_table, table_markdown  # torch, from here on
 
     names = list(models) or list(PAPER_MODELS if paper_all else CLASSIFICATION_MODELS)
     def echo_progress(name, done, total):
         if done == total:
             click.echo(f"... {name}: {total} weight matrices", err=True)
     progress = echo_progress if show_progress(ctx) else None
-    files = [(p, "json" if p.lower().endswith(".json") else "md") for p in outs]  # (path, format): by its suffix
     with user_errors():
-        for name in names:  # a misspelt name is the user's mistake: refuse before any work
-            builder(name)
-        for path, _ in files:
-            if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-                raise NullspaceError(f"{path}: its folder does not exist; create it first")
         table = nullity_table(names, weights, seed, rtol, progress)
         for path, fmt in files:
             if fmt == "json":

@@ -12,6 +12,7 @@ from click.core import ParameterSource
 from ..engine.checkpoints import EVERY
 from ..engine.config import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..engine.config import CollideConfig, CollideError
+from ..engine.names import check_model_name
 from ..runs.report import verdict
 from .common import Progress, Ticker, UserError, config_options, flag_of, show_progress, user_errors, weights_option
 
@@ -188,9 +189,12 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
                             "to continue an interrupted run")
     bar = Bar(show_progress(ctx))
     if resume:
-        from ..runs.run import resume_collide  # its checks need the checkpoint, which torch reads
+        from ..runs.inputs import check_resume  # no torch
 
         with user_errors():
+            check_resume(resume)  # a checkpoint to go on from; the checkpoint itself is torch's to read
+            from ..runs.run import resume_collide  # torch, from here on
+
             try:
                 report = resume_collide(resume, progress=bar, checkpoint_every=checkpoint_every, overwrite=overwrite,
                                         on_resume=lambda step, steps: click.echo(
@@ -200,6 +204,8 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         finish(report, resume, strict, report["config"]["tol"])
         return
     with user_errors():
+        from ..runs.inputs import check_collide, check_judge, check_k, store_size  # no torch: the inputs come first
+
         hints = typing.get_type_hints(CollideConfig)
         for name, value in list(fields.items()):
             if typing.get_origin(hints[name]) is tuple:  # click gives lists and () for an absent repeated option
@@ -207,7 +213,6 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
                     fields[name] = parse_pairs(name, value) if value else CollideConfig.__dataclass_fields__[name].default
                 else:
                     fields[name] = tuple(value)
-        from ..runs.inputs import check_collide, check_k, store_size  # no torch: the inputs are checked before it
 
         try:
             cfg = CollideConfig(**fields)
@@ -218,6 +223,8 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         for field, why in cfg.doubts() if show_progress(ctx) else []:  # -q: errors only
             click.echo(f"warning: {flag_of(field)} {why}", err=True)
         check_collide(source, target, out, cfg, index_dir, overwrite)  # run_collide's checks that need no model
+        check_model_name(model, "--model")
+        check_judge(judge, judge_model)
         from ..engine.judge import load_judge  # torch, from here on
         from ..runs.run import run_collide
 
@@ -303,13 +310,14 @@ def sample(ctx, run_dir, samples, seed, batch_size, device, dataset, judge, judg
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir!r} is not a run directory; give one written by `patchcollide collide`")
     with user_errors():
-        from ..runs.inputs import check_complete, check_sample, dataset_images, dataset_paths, read_report
+        from ..runs.inputs import check_complete, check_judge, check_sample, dataset_images, dataset_paths, read_report
 
         check_sample(samples, batch_size, seed)  # the counts, the run and the dataset, before torch loads
         report = read_report(run_dir)
         config = check_complete(run_dir, report)
         paths = dataset_paths(dataset, index_dir=report["inputs"].get("index"))
         images = dataset_images(paths, config.size, seed=seed) if paths else None
+        check_judge(judge, judge_model)
         from ..engine.judge import load_judge  # torch, from here on
         from ..runs.run import run_sample
 

@@ -5,7 +5,7 @@ import click
 
 import pathlib
 
-from ..engine.config import MAX_SAMPLES
+from ..engine.config import DEVICES, MAX_SAMPLES
 from ..papers.world_config import DEMO_PAIR, world_verdict
 from ..runs.report import verdict, write_html
 from .common import Progress, show_progress, user_errors, weights_option
@@ -27,7 +27,7 @@ OUT = {"photos": "runs/demo", "digits": "runs/world-demo"}  # --out's default pe
 @click.option("--samples", default=200, show_default=True, type=click.IntRange(1, MAX_SAMPLES),
               help="Polytope samples.")
 @weights_option()
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where the runs compute (auto: CUDA when present).")
 @click.option("--world", "world_name", type=click.Choice(["photos", "digits"]), default="photos", show_default=True,
               help="photos: scikit-image's photos at VGG-16 (random weights here); digits: the trained digits "

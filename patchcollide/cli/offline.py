@@ -6,6 +6,7 @@ import os
 import click
 import numpy as np
 
+from ..engine.config import DEVICES, CollideConfig
 from ..executors import make_executor
 from ..offline.extract import ExtractConfig, extract_store
 from ..offline.index_build import STORE_FILE, IndexConfig, build_index
@@ -24,6 +25,7 @@ from .common import (
 )
 
 DEFAULT_INDEX = "index"
+COLLIDE = CollideConfig()  # index search queries the grid collide does: its -k and --grid-stride
 
 
 @click.command()
@@ -154,8 +156,8 @@ def _grid_stride(grid_stride: int) -> int:
 @click.argument("image", type=click.Path(dir_okay=False))
 @_index_dir
 @_store_opt
-@click.option("-k", default=16, show_default=True, type=int, help="Neighbours per location.")
-@click.option("--grid-stride", default=8, show_default=True, type=int,
+@click.option("-k", default=COLLIDE.k, show_default=True, type=int, help="Neighbours per location.")
+@click.option("--grid-stride", default=COLLIDE.grid_stride, show_default=True, type=int,
               help="Query grid step; 8 gives 25 x 25 locations on 224 x 224 (as in collide).")
 @click.option("--nprobe", default=None, type=int, help="Override the index's nprobe.")
 @click.option("--mosaic", default=None, type=click.Path(dir_okay=False), help="Write query patches beside neighbours.")
@@ -189,10 +191,10 @@ def index_search(image, index_dir, store_path, k, grid_stride, nprobe, mosaic, o
 @_index_dir
 @_store_opt
 @click.option("-k", default=50, show_default=True, type=int, help="Neighbours per query whose recall against exact search is measured.")
-@click.option("--grid-stride", default=8, show_default=True, type=int, help="Query grid step (as in collide).")
+@click.option("--grid-stride", default=COLLIDE.grid_stride, show_default=True, type=int, help="Query grid step (as in collide).")
 @click.option("--nprobe", default=None, type=int, help="Override the index's nprobe (IVF lists visited per query).")
 @click.option("--k-factor", default=None, type=int, help="Override the index's k-factor (candidates re-ranked exactly per neighbour).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where the exact ground truth is computed (auto: CUDA when present).")
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation as JSON.")
 def index_eval(queries, index_dir, store_path, k, grid_stride, nprobe, k_factor, device, as_json):

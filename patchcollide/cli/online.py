@@ -11,7 +11,7 @@ from click.core import ParameterSource
 
 from ..engine.checkpoints import EVERY
 from ..engine.config import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
-from ..engine.config import CollideConfig, CollideError
+from ..engine.config import DEFAULT_LAYER, DEFAULT_MODEL, DEVICES, SAMPLES, CollideConfig, CollideError
 from ..engine.names import check_model_name
 from ..runs.report import verdict
 from .common import Progress, Ticker, UserError, config_options, flag_of, show_progress, user_errors, weights_option
@@ -154,10 +154,10 @@ NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
               help="Steps between checkpoints (also saved after the last step and on Ctrl-C / SIGTERM; 0: only then).")
 @click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
               help="Patch index (patch mode).")
-@click.option("--model", default="vgg16", show_default=True,
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="The attacked net: a torchvision classifier (vgg16, alexnet, ...) or digits_vgg, the digits "
                    "world's (`patchcollide world build`; with --weights PATH).")
-@click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
+@click.option("--layer", default=DEFAULT_LAYER, show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
 @weights_option()
 @config_options(CollideConfig)
 @click.option("--judge", default=None, type=click.Path(), metavar="PATH",
@@ -288,12 +288,12 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
 @click.command()
 @click.option("-o", "--out", "run_dir", type=click.Path(file_okay=False), metavar="RUN",
               help="The run to check (collide's --out); its report.json gets the polytope.  [required]")
-@click.option("--samples", default=2000, show_default=True, type=int, help="Random convex combinations.")
+@click.option("--samples", default=SAMPLES, show_default=True, type=int, help="Random convex combinations.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
               help="Seed of the Dirichlet draws.")
 @click.option("--batch-size", default=32, show_default=True, type=int,
               help="Samples per forward pass (lower it if memory runs out).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where the samples are computed (auto: CUDA when present).")
 @click.option("--dataset", default=None, type=click.Path(file_okay=False),
               help="Image folder for the mean distance between dataset images [default: the run index's images].")

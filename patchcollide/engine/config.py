@@ -28,6 +28,7 @@ WEIGHTS_RULE = ("auto (the default of every command): torchvision's ImageNet wei
                 "state dict (recorded as user weights)")  # --weights of every command (models.resolve_weights)
 WEIGHTS = ("auto", "imagenet", "random")  # besides a PATH
 DEFAULT_JUDGE_MODEL = "digits_lenet5"  # --judge-model (judge.load_judge)
+DEFAULT_MODEL, DEFAULT_LAYER = "vgg16", "fc6"  # --model and --layer of collide and batch
 
 OPTIMIZERS = ("adam", "sgd")
 ANCHORS = ("source", "nearest")  # what the least-change term measures each vertex's distance to
@@ -54,6 +55,7 @@ INITS = ("source", "target")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_STEPS = 1_000_000  # the authors ran 20,000; more is a typo, not a run
 MAX_UNIT = 1_000_000  # first_unit: more than any layer's units here
+SAMPLES = 2000  # polytope samples of sample --samples, batch --samples and a job's "samples"
 MAX_SAMPLES = 1_000_000  # polytope samples (sample --samples, a job's "samples"): a share to about 0.1%; 2,000 is the default
 MAX_SEED = 2**63  # seeds below it: torch's and numpy's seeding and the seeds derived from them stay in int64
 FITS = ("auto", "imagenet", "crop", "pad")  # how a source or target becomes size x size (runs.run.fit_input)

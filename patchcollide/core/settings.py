@@ -60,4 +60,4 @@ def check_fields(config, error: type[PatchcollideError]) -> None:
                         else f">= {show(lo)}" if lo is not None else f"<= {show(hi)}")
                 if type(None) in typing.get_args(hints[f.name]):
                     want += " or 'none'"
-                raise field_error(error, f.name, f"must be {want}, got {value}")
+                raise field_error(error, f.name, f"must be {want}, got {value}; give a value {want}")

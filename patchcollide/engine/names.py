@@ -57,11 +57,11 @@ def check_model_name(name: str, option: str = "--model", names: tuple[str, ...] 
     if name in names:
         return
     close = difflib.get_close_matches(name, names, n=3)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     kinds = ("a torchvision classifier (torchvision.models.list_models(module=torchvision.models)) or "
              f"{', '.join(OWN_MODELS)}" if names is CLASSIFIERS else
              f"a torchvision model name (torchvision.models.list_models()) or one of {', '.join(SHAPE_ONLY)}")
-    raise NameError_(f"{option} {name!r}: unknown model; {hint}use {kinds}")
+    raise NameError_(f"{option} {name!r}: unknown model; use {kinds}{hint}")
 
 
 ZIP, PICKLE = b"PK\x03\x04", b"\x80"  # torch.save's zip archive; the legacy format's pickle protocol byte

@@ -60,7 +60,7 @@ __all__ = [
     "nullity_table", "paper_row", "pct_matches", "singular_values", "structure_row", "table_markdown",
     "tolerance_rule", "versions", "weight_matrices",
     # kernel
-    "MODES", "NullspaceConfig", "kernel_vectors", "linear_perturbation", "patch_perturbation",
+    "MAX_DENSE_SIZE", "MODES", "NullspaceConfig", "kernel_vectors", "linear_perturbation", "patch_perturbation",
     # spectra
     "circular_spectrum", "conv_map_analysis", "dense_spectrum", "lobpcg_spectrum", "map_rtol", "naive_tiling",
     # verify

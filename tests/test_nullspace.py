@@ -353,7 +353,7 @@ def test_cli_nullspace_overlapping_conv(tmp_path):
 def test_cli_nullity_table(tmp_path):
     md, js = tmp_path / "t.md", tmp_path / "t.json"
     code, text = run("nullity", "squeezenet1_1", "no_such_model", "--out", md, "--out", js)
-    assert code == 2 and "unknown model 'no_such_model'" in text and len(text.strip().splitlines()) == 1
+    assert code == 2 and "MODELS 'no_such_model': unknown model" in text and len(text.strip().splitlines()) == 1
     assert not md.exists() and not js.exists()  # a misspelt name is refused before any work
     code, text = run("nullity", "squeezenet1_1", "--out", md, "--out", js)
     assert code == 0, text

@@ -477,8 +477,6 @@ def _cases():
         "resnet99")
     add("nullity", "--out in a missing folder", ["nullity", "squeezenet1_1", "--out", "no/dir/t.json"],
         "its folder does not exist", "t.json")
-    add("nullity", "old --json PATH without a suffix", ["nullity", "--json", "table"], "--json is a flag now",
-        "table")
     # world: its settings are checked before anything is rendered or trained
     add("world", "--size too small", ["world", "build", "--size", "20", "--out", "w"],
         "--size must be between 32 and 448", "20")

@@ -281,16 +281,13 @@ def test_bad_store_files_are_refused(tmp_path, small_store, kind):
 
 
 def test_bad_arguments():
-    with pytest.raises(ExtractError, match="--fraction"):
-        ExtractConfig(fraction=0)
-    with pytest.raises(ExtractError, match="--stride"):
-        ExtractConfig(stride=0)
-    with pytest.raises(ExtractError, match="--resize"):
-        ExtractConfig(resize=16)
-    with pytest.raises(ExtractError, match="--resize"):
-        ExtractConfig(resize=100_000)
-    with pytest.raises(ExtractError, match="--seed"):
-        ExtractConfig(seed=-1)
+    """Each error names its field (the CLI names the option: --fraction); none hard-codes a flag."""
+    for kw, field in ((dict(fraction=0), "fraction"), (dict(stride=0), "stride"), (dict(resize=16), "resize"),
+                      (dict(resize=100_000), "resize"), (dict(seed=-1), "seed"), (dict(compression="zip"), "compression"),
+                      (dict(max_pixels=10), "max_pixels")):
+        with pytest.raises(ExtractError, match=f"^{field} must be ") as e:
+            ExtractConfig(**kw)
+        assert e.value.field == field and "--" not in str(e.value), str(e.value)
     with pytest.raises(ExtractError, match="does not exist"):
         extract_store(["/no/such/folder"], "/tmp/never.h5")
 

@@ -353,7 +353,7 @@ def test_cli_nullspace_overlapping_conv(tmp_path):
 def test_cli_nullity_table(tmp_path):
     md, js = tmp_path / "t.md", tmp_path / "t.json"
     code, text = run("nullity", "squeezenet1_1", "no_such_model", "--out", md, "--out", js)
-    assert code == 2 and "unknown model 'no_such_model'" in text and len(text.strip().splitlines()) == 1
+    assert code == 2 and "MODELS 'no_such_model': unknown model" in text and len(text.strip().splitlines()) == 1
     assert not md.exists() and not js.exists()  # a misspelt name is refused before any work
     code, text = run("nullity", "squeezenet1_1", "--out", md, "--out", js)
     assert code == 0, text
@@ -366,60 +366,20 @@ def test_cli_nullity_table(tmp_path):
     assert "Squeezenet" in md.read_text() and "eps(float32)" in md.read_text()
 
 
-def test_arch_is_a_deprecated_name_of_model(tmp_path, monkeypatch):
-    """--arch works for one more release, with one warning line on stderr (with -q too, as
-    collide --loss and sample --n: scripts, which run with -q, are the ones to tell)."""
-    import patchcollide.exact  # the command imports it from there when it runs (after its checks)
-
-    calls = []
-
-    def fake_run(model, out, size, **kw):
-        calls.append((model, out, size))
-        return {"kind": "patchcollide-nullspace", "model": {"arch": model}}
-
-    monkeypatch.setattr(patchcollide.exact, "run_nullspace", fake_run)
-    args = ["nullspace", "--size", "32", "--out", str(tmp_path / "o"), "--json"]
-    r = CliRunner().invoke(cli, [*args, "--arch", "resnet18"], catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    assert r.stderr.strip().splitlines() == ["warning: --arch is deprecated; use --model"]
-    assert json.loads(r.stdout)["model"]["arch"] == "resnet18"
-    r = CliRunner().invoke(cli, [*args, "--model", "resnet18"], catch_exceptions=False)
-    assert r.exit_code == 0 and r.stderr == "", r.output
-    r = CliRunner().invoke(cli, ["-q", *args, "--arch", "resnet18"], catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    assert r.stderr.strip().splitlines() == ["warning: --arch is deprecated; use --model"]
-    assert calls == [("resnet18", str(tmp_path / "o"), 32)] * 3
-    r = CliRunner().invoke(cli, ["nullspace", "--help"])
-    assert "--model" in r.output and "--arch" not in r.output
-
-
-def test_cli_nullity_json_flag_and_the_deprecated_json_path(tmp_path, monkeypatch):
-    """--json prints the table as JSON on stdout; --out writes by suffix; the old --json PATH
-    (and --json=PATH) still writes JSON there, with one deprecation line on stderr."""
+def test_cli_nullity_json_flag_and_out(tmp_path, monkeypatch):
+    """--json prints the table as JSON on stdout (it takes no value: a name after it is a model);
+    --out writes by suffix."""
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(cli, ["-q", "nullity", "--json", "squeezenet1_1", "--out", "t.json", "--out", "t.md"],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    printed = json.loads(r.stdout)  # the flag takes no value: squeezenet1_1 is a model, not a path
+    printed = json.loads(r.stdout)
     assert [row["model"] for row in printed["rows"]] == ["squeezenet1_1"]
     assert json.loads((tmp_path / "t.json").read_text()) == printed
     assert (tmp_path / "t.md").read_text().startswith("Weights: random")
-    import patchcollide.exact  # the same table again, without computing it: only the options are tested below
-
-    monkeypatch.setattr(patchcollide.exact, "nullity_table", lambda names, *a, **kw: printed)
-    for form in (["--json", "old.json"], ["--json=old.json"]):
-        r = CliRunner().invoke(cli, ["nullity", "squeezenet1_1", *form, "--out", "new.md"], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
-        warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
-        assert warnings == ["warning: --json PATH is deprecated; use --out PATH.json (--json alone prints JSON)"]
-        assert r.stdout.splitlines()[-2:] == ["wrote new.md", "wrote old.json"]
-        assert json.loads((tmp_path / "old.json").read_text())["rows"][0]["n_theta"] == 26
-        (tmp_path / "old.json").unlink()
-    r = CliRunner().invoke(cli, ["-q", "nullity", "alexnet", "--json", "no/dir/t.json"], catch_exceptions=False)
+    r = CliRunner().invoke(cli, ["-q", "nullity", "alexnet", "--out", "no/dir/t.json"], catch_exceptions=False)
     assert r.exit_code == 2 and r.stdout == "" and not (tmp_path / "no").exists()
-    assert r.stderr.splitlines() == [
-        "warning: --json PATH is deprecated; use --out PATH.json (--json alone prints JSON)",
-        "Error: no/dir/t.json: its folder does not exist; create it first"]
+    assert r.stderr.splitlines() == ["Error: no/dir/t.json: its folder does not exist; create it first"]
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -442,7 +402,6 @@ def test_cli_nullity_json_flag_and_the_deprecated_json_path(tmp_path, monkeypatc
     (["nullity", "alexnet", "--seed", "-1"], "'--seed': -1 is not in the range 0<="),
     (["nullity", "alexnet", "--out", "{tmp}/no/dir/t.json"], "folder does not exist"),
     (["nullspace", "--out", "{tmp}/o"], "Missing option '--model'"),
-    (["nullspace", "--arch", "resnet18", "--model", "resnet18", "--out", "{tmp}/o"], "pass --model only"),
 ])
 def test_cli_user_errors_are_one_line_with_exit_code_2(tmp_path, args, needle):
     textfile = tmp_path / "notes.txt"

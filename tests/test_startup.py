@@ -119,7 +119,61 @@ def test_batch_inputs_come_before_torch(images):
 
 
 def test_a_valid_command_line_goes_on_to_torch(images):
-    """The checks pass a good command line on: it loads torch (here, to fail on a missing judge)."""
-    got, err = run_cli([*COLLIDE, "--judge", "no-judge.pt", "--judge-model", "digits_lenet5"], images)
+    """The checks pass a good command line on: it loads torch (here, to fail on a judge file that
+    begins as torch.save's zip archives do but is none)."""
+    (images / "judge.pt").write_bytes(b"PK\x03\x04" + bytes(60))
+    got, err = run_cli([*COLLIDE, "--judge", "judge.pt", "--judge-model", "digits_lenet5"], images)
     assert got == {"torch": True, "code": 2}, err
-    assert "no-judge.pt" in err and not (images / "run").exists()
+    assert "judge.pt" in err and not (images / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nullspace", "--model", "resnet18", "--vectors", "0"], "--vectors must be >= 1, got 0"),
+    (["nullspace", "--model", "resnet18", "--dense-sizes", "16,99"], "--dense-sizes must be between 1 and 64"),
+    (["nullspace", "--model", "resnet18", "--mode", "tiles"], "'tiles' is not one of"),
+    (["nullspace", "--model", "resnet18", "--size", "8"], "--size must be between 32 and 1024, got 8"),
+    (["nullspace", "--model", "resnet18", "--source", "missing.png"], "--source 'missing.png' does not exist"),
+    (["nullspace", "--model", "resnet180"], "--model 'resnet180': unknown model; use a torchvision model name"),
+    (["nullity", "alexnet", "vgg61"], "MODELS 'vgg61': unknown model"),
+    ([*COLLIDE, "--model", "vgg61"], "(did you mean vgg19 or vgg16 or vgg13?)"),
+    ([*COLLIDE, "--judge-model", "lenet"], "--judge-model 'lenet': unknown model"),
+    ([*COLLIDE, "--judge", "no-judge.pt"], "--judge 'no-judge.pt': no such file"),
+    ([*COLLIDE, "--judge", "folder"], "--judge folder: is a folder"),
+    ([*COLLIDE, "--judge", "text.png"], "--judge text.png: not a torch state dict (it is a text file)"),
+    ([*COLLIDE, "--judge", "s.png"], "--judge s.png: not a torch state dict (it is a PNG image)"),
+    (["sample", "--out", "folder", "--judge", "s.png"], "folder: not a finished patchcollide run"),
+    (["batch", "jobs.jsonl", "-o", "out", "--mode", "pixel"], "No such option"),
+    (["batch", "jobs.jsonl", "-o", "out", "--model", "vgg61"], "--model 'vgg61': unknown model"),
+    (["batch", "jobs.jsonl", "-o", "out", "--judge", "s.png"], "--judge s.png: not a torch state dict"),
+    (["collide", "--resume", "nowhere"], "--resume nowhere: no such run"),
+    (["collide", "--resume", "folder"], "folder: no checkpoint to resume at"),
+])
+def test_names_judges_nullspace_and_resume_come_before_torch(images, args, message):
+    """--model and --judge-model against the names torchvision and the digits world have, a --judge
+    file's first bytes, nullspace's settings and collide --resume's run: all before torch (issue 27)."""
+    job = {"id": "a", "source": "s.png", "target": "t.png", "mode": "pixel"}
+    (images / "jobs.jsonl").write_text(json.dumps(job) + "\n")
+    got, err = run_cli(args, images)
+    assert got == {"torch": False, "code": 2}, err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_model_names_are_torchvisions_and_ours():
+    """The torch-free lists of names (engine.names) are the ones torch-side code builds from."""
+    import torchvision.models as tvm
+
+    from patchcollide.engine import models, names, nets
+
+    assert names.TORCHVISION_CLASSIFIERS == tuple(tvm.list_models(module=tvm))
+    assert set(names.TORCHVISION_CLASSIFIERS + names.TORCHVISION_OTHERS) == set(tvm.list_models())
+    assert names.OWN_MODELS == tuple(nets.BUILDERS) and names.SHAPE_ONLY == tuple(models._SHAPE_ONLY)
+
+
+def test_a_finished_run_is_refused_by_resume_before_torch(images):
+    from patchcollide.core.formats import RUN_KIND
+
+    (images / "done").mkdir()
+    (images / "done" / "report.json").write_text(json.dumps({"kind": RUN_KIND}))
+    got, err = run_cli(["collide", "--resume", "done"], images)
+    assert got == {"torch": False, "code": 2}, err
+    assert "done is a finished run; nothing to resume" in err

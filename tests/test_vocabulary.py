@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import pytest
 
 from click.testing import CliRunner
 
 from patchcollide.cli import cli
-from patchcollide.cli.online import DEPRECATED_OPTIONS, RUN_OPTIONS, collide
+from patchcollide.cli.online import RUN_OPTIONS, collide
 from patchcollide.cli.common import flag_of
 from patchcollide.engine.collide import CollideConfig
 from patchcollide.batch.jobfile import BATCH_WIDE, JOB_FIELDS, config_fields, job_keys, read_jobs
@@ -22,7 +23,7 @@ def _fields() -> set[str]:
 def test_every_config_field_has_its_cli_option_and_every_option_a_field():
     params = {p.name: p for p in collide.params if p.name != "help"}
     assert _fields() - set(params) == set(), "config fields without a collide option"
-    extra = set(params) - _fields() - set(RUN_OPTIONS) - set(DEPRECATED_OPTIONS)
+    extra = set(params) - _fields() - set(RUN_OPTIONS)
     assert extra == set(), "collide options that map to no config field"
     for name in _fields():  # the option is spelled as the field: min_steps -> --min-steps
         assert flag_of(name) in params[name].opts, (name, params[name].opts)
@@ -63,24 +64,26 @@ def test_config_errors_name_the_key_in_jobs_and_the_option_in_the_cli(tmp_path, 
     assert r.exit_code == 2 and "--min-steps must be >= 0" in r.output
 
 
-def test_deprecated_names_still_work_with_a_notice(tmp_path, query_image):
+@pytest.mark.parametrize("args", [
+    ["collide", "--loss", "2", "0.5"], ["sample", "--n", "3"], ["sample", "RUN"], ["demo", "--n", "3"],
+    ["nullspace", "--arch", "resnet18"], ["nullspace", "--image", "x.png"], ["nullity", "--json=t.json"],
+    ["index", "search", "x.png", "--stride", "16"], ["index", "eval", "--queries", "x.png", "--stride", "16"],
+])
+def test_the_old_spellings_are_gone(tmp_path, args):
+    """The renamed options and sample's positional RUN are no longer accepted: click's one line."""
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2, r.output
+    assert any(w in r.stderr for w in ("No such option", "unexpected extra argument", "does not take a value")), \
+        r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "deprecated" not in r.output
+
+
+def test_the_old_loss_key_of_a_job_file_is_unknown(tmp_path, query_image):
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"id": "a", "source": query_image, "target": query_image, "loss": [2, 0.5]}) + "\n")
     jf = read_jobs(str(jobs), str(tmp_path / "out"))
-    assert jf.jobs[0].config.loss_early == jf.jobs[0].config.loss_late == (2.0, 0.5)
-    assert jf.notices == [(1, '"loss" is deprecated; write "loss_early" and "loss_late"')]
-    r = CliRunner().invoke(
-        cli, ["-q", "collide", "--source", query_image, "--target", query_image, "--out", str(tmp_path / "r"),
-              "--mode", "pixel", "--weights", "random", "--size", "64", "--steps", "1", "--min-steps", "0",
-              "--loss", "2", "0.5", "--device", "cpu"])
-    assert r.exit_code == 0, r.output
-    assert r.stderr.strip().splitlines()[0] == "warning: --loss is deprecated; use --loss-early A B and --loss-late A B"
-    rep = json.load(open(tmp_path / "r" / "report.json"))
-    assert rep["config"]["loss_early"] == rep["config"]["loss_late"] == [2.0, 0.5]
-    r = CliRunner().invoke(cli, ["-q", "sample", str(tmp_path / "r"), "--n", "3", "--device", "cpu"])
-    assert r.exit_code == 0 and "warning: --n is deprecated; use --samples" in r.stderr
-    assert "warning: `sample RUN` is deprecated; use `sample --out RUN`" in r.stderr
-    assert json.load(open(tmp_path / "r" / "report.json"))["polytope"]["samples"] == 3
+    assert not jf.jobs and jf.notices == [] and "loss" in jf.invalid[0].error, jf.invalid
 
 
 def test_batch_help_lists_every_job_key():
@@ -124,22 +127,18 @@ def _commands(group, prefix=()):
 
 def test_one_spelling_for_the_output_the_run_and_the_source_in_every_command(tmp_path, query_image):
     """Every output is -o/--out; sample names its run --out as collide does; an input image is
-    --source; the old spellings work for a release, with a notice."""
+    --source."""
     outs = {}
     for path, cmd in _commands(cli):
         for p in cmd.params:
             if "--out" in getattr(p, "opts", []):
                 outs[" ".join(path)] = p.opts
-            assert "--image" not in p.opts or p.hidden, (path, p.opts)  # only the deprecated alias
+            assert "--image" not in p.opts, (path, p.opts)
     assert {"collide", "sample", "batch", "extract", "demo", "nullspace", "nullity", "index search",
             "world build"} <= set(outs), outs
     assert all(opts == ["-o", "--out"] for opts in outs.values()), outs
     nullspace = dict(_commands(cli))[("nullspace",)]
     assert any(p.opts == ["--source"] for p in nullspace.params)
-    r = CliRunner().invoke(cli, ["nullspace", "--model", "resnet18", "--image", str(tmp_path / "nope.png"),
-                                 "--size", "32", "--weights", "random", "-o", str(tmp_path / "ns")])
-    assert r.exit_code == 2 and r.stderr.splitlines()[0] == "warning: --image is deprecated; use --source", r.output
-    assert "--source" in r.stderr.splitlines()[-1] and "does not exist" in r.stderr.splitlines()[-1], r.stderr
     r = CliRunner().invoke(cli, ["sample"])
     assert r.exit_code == 2 and "no run given; name it with --out RUN" in r.output
 

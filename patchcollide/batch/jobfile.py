@@ -9,8 +9,7 @@ Keys: ``id`` (required; also the default output name), ``source`` and ``target``
 relative to the job file's folder unless absolute), ``out`` (the job's directory name inside
 DIR), ``samples`` (polytope check size, 0 skips it) and every field of
 :class:`~patchcollide.collide.CollideConfig` but ``device`` (a batch-wide option), under the
-field's own name and checked against its type (``job_keys()``). ``loss`` [a, b] (both
-phases) is the deprecated name of ``loss_early`` + ``loss_late``. ``read_jobs`` checks the
+field's own name and checked against its type (``job_keys()``). ``read_jobs`` checks the
 whole file before anything runs: every problem comes back with its line number.
 """
 from __future__ import annotations
@@ -37,7 +36,6 @@ RESERVED = ("batch.json", "batch.html", "index.html", "report.html")  # names DI
 MAX_OUT_BYTES = 200  # leaves room for ".traceback.txt" and friends under the usual 255-byte name limit
 JOB_FIELDS = ("id", "source", "target", "out", "samples")  # a job's own keys, beside the config's
 BATCH_WIDE = ("device",)  # config fields set for the whole batch (its options), not per job
-DEPRECATED_KEYS = {"loss": ("loss_early", "loss_late")}  # old key -> the fields it sets
 
 
 def config_fields() -> dict[str, object]:
@@ -84,7 +82,7 @@ class JobFile:
     sha256: str  # of the file's bytes
     jobs: list[Job]
     invalid: list[InvalidJob]
-    notices: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # (line, deprecation notice)
+    notices: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # (line, notice: a valid setting that defeats the method)
 
     def problems(self) -> list[tuple[int, str]]:
         """(line number, message) for every invalid line, in file order."""
@@ -176,7 +174,7 @@ def read_jobs(path: str, out_dir: str, samples: int = 2000, device: str = "auto"
 
 
 def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, images: dict, notices: list):
-    """-> (id or None, out or None, problems, Job fields or None); deprecation notices of the
+    """-> (id or None, out or None, problems, Job fields or None); the notices of the
     line go into ``notices``."""
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicates)
@@ -197,7 +195,7 @@ def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, i
         msg = f'expected a JSON object like {{"id": ..., "source": ..., "target": ...}}, got {_json_type(obj)}'
         return None, None, [msg], None
     problems: list[str] = []
-    unknown = [k for k in obj if k not in job_keys() and k not in DEPRECATED_KEYS]
+    unknown = [k for k in obj if k not in job_keys()]
     if unknown:
         batch_wide = [k for k in unknown if k in BATCH_WIDE]
         if batch_wide:
@@ -247,17 +245,6 @@ def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, i
                 over[key] = convert(hint, obj[key])
             except TypeError:
                 problems.append(f'"{key}" must be {describe(hint)}, got {_show(obj[key])}')
-    for old, new in DEPRECATED_KEYS.items():
-        if old in obj:
-            hint = config_fields()[new[0]]
-            try:
-                value = convert(hint, obj[old])
-            except TypeError:
-                problems.append(f'"{old}" must be {describe(hint)}, got {_show(obj[old])}')
-                continue
-            notices.append(f'"{old}" is deprecated; write "{new[0]}" and "{new[1]}"')
-            for key in new:
-                over.setdefault(key, value)
     n = samples
     if "samples" in obj:
         v = obj["samples"]

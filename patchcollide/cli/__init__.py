@@ -47,7 +47,7 @@ class OneLineErrors(click.Group):
 @click.version_option(__version__, prog_name="patchcollide")
 @click.option("-v", "--verbose", is_flag=True, help="Log library details (debug level).")
 @click.option("-q", "--quiet", is_flag=True,
-              help="Only errors (and notices of deprecated options); no other warnings, no progress bars.")
+              help="Only errors; no warnings, no progress bars.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Find feature collisions made of real image patches.

@@ -12,8 +12,10 @@ import click
 from ..batch.events import BatchEvents
 from ..batch.jobfile import JobsError, config_fields, parse_shard, read_jobs
 from ..core.formats import RANDOM_NOTICE
-from ..engine.config import MAX_SAMPLES
+from ..engine.config import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
+from ..engine.config import DEFAULT_LAYER, DEFAULT_MODEL, DEVICES, MAX_SAMPLES, SAMPLES
 from ..engine.checkpoints import EVERY
+from ..engine.names import check_model_name
 from ..executors import make_executor
 from .common import Ticker, UserError, executor_options, hms, show_progress, user_errors, weights_option
 
@@ -145,12 +147,12 @@ done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Directory for the jobs' runs and batch.json.")
 @click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
               help="Patch index (opened once; only when some job is in patch mode).")
-@click.option("--model", "arch", default="vgg16", show_default=True, help="torchvision classifier.")
-@click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
+@click.option("--model", "arch", default=DEFAULT_MODEL, show_default=True, help="torchvision classifier.")
+@click.option("--layer", default=DEFAULT_LAYER, show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
 @weights_option("Random weights: each job's seed seeds the model, as in collide.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where the jobs compute (auto: CUDA when present; with Ray, each worker's own).")
-@click.option("--samples", default=2000, show_default=True, type=click.IntRange(0, MAX_SAMPLES),
+@click.option("--samples", default=SAMPLES, show_default=True, type=click.IntRange(0, MAX_SAMPLES),
               help="Polytope check size for jobs without their own \"samples\" (0: no check).")
 @click.option("--dataset", default=None, type=click.Path(file_okay=False),
               help="Image folder for the dataset distance in the polytope check [default: the index's images "
@@ -164,7 +166,7 @@ done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
                    "interrupted goes on from its checkpoint when the batch runs again.")
 @click.option("--judge", default=None, type=click.Path(), metavar="PATH",
               help="A judge's state dict (--judge-model) that reads each job's source, target, vertices and samples.")
-@click.option("--judge-model", default="digits_lenet5", show_default=True,
+@click.option("--judge-model", default=JUDGE_MODEL, show_default=True,
               help="The judge's architecture: digits_lenet5 or a torchvision classifier.")
 @executor_options
 @click.option("--gpus-per-job", default=None, type=click.FloatRange(min=0),
@@ -193,6 +195,10 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
                     click.echo(f"{jobs_file}:{line}: {msg}", err=True)
                 raise UserError(f"{n} invalid lines; fix them or pass --skip-invalid")
             from ..batch.folder import BatchOptions, check_batch
+            from ..runs.inputs import check_judge
+
+            check_model_name(arch, "--model")
+            check_judge(judge, judge_model)
 
             options = BatchOptions(arch=arch, layer=layer, weights=weights, index_dir=index_dir, device=device,
                                    dataset=dataset, skip_invalid=skip_invalid, checkpoint_every=checkpoint_every,

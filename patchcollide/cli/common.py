@@ -6,12 +6,15 @@ torch does; a command imports the modules that do the work in its own body, afte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import json
 import logging
 import sys
 import time
+import types
+import typing
 import warnings
 
 import click
@@ -19,7 +22,7 @@ import click
 from ..core.errors import PatchcollideError
 from ..core.images import BadImage
 from ..engine.checkpoints import Interrupted
-from ..engine.config import WEIGHTS_RULE, CollideError
+from ..engine.config import WEIGHTS_RULE, CollideConfig, CollideError
 from ..executors import EXECUTORS
 
 USER_ERRORS = (PatchcollideError,)  # every user error derives from it (errors.py)
@@ -38,23 +41,128 @@ class Stopped(UserError):
         click.echo(self.format_message(), err=True)
 
 
-FLAGS = {"k": ("-k",)}  # CollideConfig fields whose collide option is not --field-name
-
-
 def weights_option(note: str = ""):
     """``--weights``, the same default (auto) and rule in every command (engine.config.WEIGHTS_RULE)."""
     return click.option("--weights", default="auto", show_default=True, metavar="auto|imagenet|random|PATH",
                         help=WEIGHTS_RULE[0].upper() + WEIGHTS_RULE[1:] + "." + (f" {note}" if note else ""))
 
 
-def flags_of(field: str) -> tuple[str, ...]:
-    """The collide option's spellings of a CollideConfig field: ``min_steps`` -> ``--min-steps``."""
-    return FLAGS.get(field, ("--" + field.replace("_", "-"),))
+def flags_of(field: str, config: type = CollideConfig) -> tuple[str, ...]:
+    """The option's spellings of a config field: its metadata's ``flags``, else ``--field-name``
+    (``min_steps`` -> ``--min-steps``; CollideConfig's ``k`` -> ``-k``)."""
+    meta = config.__dataclass_fields__[field].metadata if field in config.__dataclass_fields__ else {}
+    return meta.get("flags") or ("--" + field.replace("_", "-"),)
 
 
-def flag_of(field: str) -> str:
-    """The collide option of a CollideConfig field: ``min_steps`` -> ``--min-steps``, ``k`` -> ``-k``."""
-    return flags_of(field)[0]
+def flag_of(field: str, config: type = CollideConfig) -> str:
+    """The option of a config field: ``min_steps`` -> ``--min-steps``, ``k`` -> ``-k``."""
+    return flags_of(field, config)[0]
+
+
+class OrNone(click.ParamType):
+    """A value of ``inner``, or the word none (None): a ``X | None`` field."""
+
+    def __init__(self, inner: click.ParamType):
+        self.inner, self.name = inner, inner.name  # the help shows INTEGER, FLOAT, ... as before
+
+    def get_metavar(self, *args, **kwargs):
+        return self.inner.get_metavar(*args, **kwargs)
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        try:
+            return self.inner.convert(value, param, ctx)
+        except click.BadParameter:
+            if isinstance(self.inner, click.Choice):  # its message lists the choices, none among them
+                raise
+            self.fail(f"must be {self.inner.name} or 'none', got {value!r}", param, ctx)
+
+
+class CommaList(click.ParamType):
+    """Comma-separated values of ``inner``: a ``tuple[X, ...]`` field (``16,32``)."""
+
+    def __init__(self, inner: click.ParamType):
+        self.inner, self.name = inner, "list"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(self.inner.convert(v.strip(), param, ctx) for v in str(value).split(",") if v.strip())
+        except click.BadParameter:
+            self.fail(f"must be comma-separated {self.inner.name}s such as 16,32, got {value!r}", param, ctx)
+
+
+def _click_type(hint, meta: dict) -> dict:
+    """click's keywords for a field of type ``hint``: its type, nargs, multiple, flag."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    choices = meta.get("choices")
+    optional = origin in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if choices is not None:  # a registry is read here, when the command is built
+        kind = click.Choice(["none" if c is None else c for c in choices])
+        return {"type": OrNone(kind) if None in choices else kind}
+    if hint is bool:
+        return {"is_flag": True}
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if typing.get_origin(args[0]) is tuple:  # repeated A:B pairs, parsed by the command
+            return {"multiple": True, "type": str}
+        return {"type": CommaList(click.types.convert_type(args[0]))}
+    if origin is tuple:
+        return {"nargs": len(args), "type": args[0]}
+    kind = click.types.convert_type(hint)  # its bounds are the config's to check: the message names the option
+    return {"type": OrNone(kind) if optional else kind}
+
+
+def config_options(config: type, names: tuple[str, ...] | None = None):
+    """One click option per field of the dataclass ``config`` (``names``, in that order: the
+    help's; default: every field whose metadata does not say ``cli=False``), derived from the
+    field (nanoGPT's configurator): the name and spellings, the type (int, float, a choice, a
+    pair, X | None with the word none, comma-separated X, ..., repeated A:B pairs), the
+    default and the help, so that each has one source: the config. The parameter is named as
+    the field."""
+    hints = typing.get_type_hints(config)
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    chosen = names if names is not None else [n for n, f in fields.items() if f.metadata.get("cli", True)]
+
+    def decorate(f):
+        for name in reversed(chosen):
+            field, meta = fields[name], fields[name].metadata
+            kw = {"help": meta["help"], "default": field.default, "show_default": True, **_click_type(hints[name], meta)}
+            if kw.get("multiple"):
+                kw.update(default=(), show_default=False)
+                kw["help"] += " [default: " + (" ".join(":".join(map(str, p)) for p in field.default) or "none") + "]"
+            elif kw.get("is_flag"):
+                kw.pop("show_default")
+            elif isinstance(kw["type"], CommaList):
+                kw["default"] = ",".join(map(str, field.default))
+            elif field.default is None and isinstance(kw["type"], OrNone) and not meta.get("default_text"):
+                kw["default"] = "none"  # shown as [default: none]
+            if meta.get("default_text"):
+                kw.update(show_default=False)
+                kw["help"] += f" [default: {meta['default_text']}]"
+            if meta.get("metavar"):
+                kw["metavar"] = meta["metavar"]
+            if meta.get("hidden"):
+                kw["hidden"] = True
+            f = click.option(*flags_of(name, config), name, **kw)(f)
+        return f
+
+    return decorate
+
+
+def option_of(field: str, error: Exception) -> str:
+    """How the user spelled the option of a config field in the command that runs: its long
+    option (``--resize``; ``-k`` where that is the only one); a CollideConfig field that is no
+    option here: collide's; else the field's own name."""
+    ctx = click.get_current_context(silent=True)
+    for p in ctx.command.params if ctx is not None else []:
+        if p.name == field and isinstance(p, click.Option):
+            return next((o for o in p.opts if o.startswith("--")), p.opts[0])
+    return flag_of(field) if isinstance(error, CollideError) else field
 
 
 @contextlib.contextmanager
@@ -73,10 +181,8 @@ def user_errors():
     except BadImage as e:
         where = f"{e.path}: " if e.path and e.path not in str(e) else ""
         raise UserError(f"{where}{e}; {e.fix}") from None
-    except CollideError as e:  # a config field's error names its option
-        raise UserError(f"{flag_of(e.field)} {e.problem}" if e.field else str(e)) from None
-    except USER_ERRORS as e:
-        raise UserError(str(e)) from None
+    except USER_ERRORS as e:  # a config field's error names its option
+        raise UserError(f"{option_of(e.field, e)} {e.problem}" if e.field else str(e)) from None
     except OSError as e:  # full disk, permissions, something in the way: name the file, the cause and its fix
         raise UserError(os_error_message(e)) from None
 
@@ -187,12 +293,6 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def deprecated(old: str, new: str) -> None:
-    """One line on stderr for an old name that still works for a release. Shown under -q too:
-    scripts run with -q, and they are what has to learn of the new name."""
-    click.echo(f"warning: {old} is deprecated; use {new}", err=True)
 
 
 def show_progress(ctx: click.Context) -> bool:

@@ -5,10 +5,10 @@ import click
 
 import pathlib
 
-from ..engine.config import MAX_SAMPLES
+from ..engine.config import DEVICES, MAX_SAMPLES
 from ..papers.world_config import DEMO_PAIR, world_verdict
 from ..runs.report import verdict, write_html
-from .common import Progress, deprecated, show_progress, user_errors, weights_option
+from .common import Progress, show_progress, user_errors, weights_option
 from .online import Bar, print_polytope, print_vertices
 
 OUT = {"photos": "runs/demo", "digits": "runs/world-demo"}  # --out's default per --world
@@ -26,9 +26,8 @@ OUT = {"photos": "runs/demo", "digits": "runs/world-demo"}  # --out's default pe
               help="Vertices of the polytope (photos world; the digits world runs the engine's default).")
 @click.option("--samples", default=200, show_default=True, type=click.IntRange(1, MAX_SAMPLES),
               help="Polytope samples.")
-@click.option("--n", "n_deprecated", default=None, type=int, hidden=True, help="Deprecated: --samples.")
 @weights_option()
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where the runs compute (auto: CUDA when present).")
 @click.option("--world", "world_name", type=click.Choice(["photos", "digits"]), default="photos", show_default=True,
               help="photos: scikit-image's photos at VGG-16 (random weights here); digits: the trained digits "
@@ -39,16 +38,13 @@ OUT = {"photos": "runs/demo", "digits": "runs/world-demo"}  # --out's default pe
               help="Digits world: which of its 45 test pairs (the default, 7 -> 2, succeeds in both modes in "
                    "benchmarks/results/bench_world-cpu.json; scripts/bench_world.py runs them all).")
 @click.pass_context
-def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, n_deprecated, weights, device, world_name, world_dir,
+def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, weights, device, world_name, world_dir,
          pair):
     """Build the index from scikit-image's sample photos, collide two of them, check the polytope
     (--world digits: the same path on the trained digits world, judged by networks)."""
     out_dir = out_dir or OUT[world_name]
     if world_name == "digits":
         return _digits(ctx, world_dir, out_dir, pair, device, steps, samples if samples != 200 else 2000)
-    if n_deprecated is not None:
-        deprecated("--n", "--samples")
-        samples = n_deprecated
     from ..demo import run_demo  # torch, from here on
 
     bar = Bar(show_progress(ctx))

@@ -6,21 +6,13 @@ import os
 import click
 
 from ..core.files import write_json, write_text
-from .common import UserError, deprecated, echo_json, show_progress, user_errors, weights_option
+from ..engine.names import ANY_MODEL, check_model_name
+from ..exact.config import NullspaceConfig, NullspaceError, check_nullspace
+from .common import UserError, config_options, echo_json, show_progress, user_errors, weights_option
 
 
 def _say(enabled: bool):
     return (lambda msg: click.echo(f"... {msg}", err=True)) if enabled else None
-
-
-def _dense_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise UserError(f"--dense-sizes must be comma-separated integers such as 16,32, got {text!r}") from None
-    if any(s < 1 or s > 64 for s in sizes):
-        raise UserError(f"--dense-sizes must be between 1 and 64 (dense Gram matrices grow as size^4), got {text!r}")
-    return sizes
 
 
 def print_nullspace(report: dict) -> None:
@@ -85,61 +77,33 @@ def print_nullspace(report: dict) -> None:
 @click.command()
 @click.option("--model", "model", default=None,
               help="torchvision classifier: vit_b_32 (patch embedding), resnet50, alexnet, ...  [required]")
-@click.option("--arch", "arch", default=None, hidden=True, help="Deprecated: --model.")
 @weights_option("Random weights test the structure only; pretrained ViT needs --size 224.")
 @click.option("--source", "image", type=click.Path(), default=None,
               help="Image to collide from [default: scikit-image's astronaut].")
-@click.option("--image", "image_deprecated", type=click.Path(), default=None, hidden=True, help="Deprecated: --source.")
 @click.option("--size", default=224, show_default=True, type=int,
               help="Input side (ViT with random weights is built for it; pretrained ViT needs 224).")
-@click.option("--mode", type=click.Choice(["repeat", "several", "regions"]), default="repeat", show_default=True,
-              help="repeat: one kernel vector in every patch; several: --vectors different ones; regions: per-region "
-                   "multipliers, one region untouched.")
-@click.option("--beta", type=float, default=None, help="Multiplier of the unit kernel vectors [default: max |P| = 1 "
-              "in model-input units, about 58 of 255 pixel levels].")
-@click.option("--vectors", default=4, show_default=True, type=int, help="Kernel vectors for several/regions.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
-              help="Random weights and kernel vectors.")
-@click.option("--rtol", type=float, default=None, help="Rank tolerance relative to sigma_max [default: max(m, n) * "
-              "eps(float32) of the weight matrix].")
-@click.option("--iters", default=100, show_default=True, type=int,
-              help="Overlapping convs: LOBPCG iterations at the full size (about 0.5 s each for ResNet-50 at 224).")
-@click.option("--dense-sizes", default="16,32", show_default=True,
-              help="Overlapping convs: image sides for the exact (dense) whole-image analysis.")
-@click.option("--pgd-steps", default=0, show_default=True, type=int, help="> 0: start from a PGD adversarial example.")
-@click.option("--pgd-eps", default=4.0, show_default=True, type=float, help="PGD L-inf radius in 0..255 pixel levels.")
+@config_options(NullspaceConfig)
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/nullspace-MODEL].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing nullspace run directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.pass_context
-def nullspace(ctx, model, arch, weights, image, image_deprecated, size, mode, beta, vectors, seed, rtol, iters, dense_sizes, pgd_steps,
-              pgd_eps, out, overwrite, as_json):
+def nullspace(ctx, model, weights, image, size, out, overwrite, as_json, **fields):
     """Exact collisions from the kernel of the first trainable layer (the Null-space search).
 
     Linear first layers and patch embeddings (stride >= kernel: ViT) give colliders x + beta * P
     that are verified in float32 and float64. Overlapping convolutions (ResNet, AlexNet) are
     analysed as linear maps on the whole image; no collider is claimed.
     """
-    if arch is not None:
-        if model is not None:
-            raise UserError("--arch is the deprecated name of --model; pass --model only")
-        deprecated("--arch", "--model")
-        model = arch
-    if image_deprecated is not None:
-        if image is not None:
-            raise UserError("--image is the deprecated name of --source; pass --source only")
-        deprecated("--image", "--source")
-        image = image_deprecated
     if model is None:
         raise click.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "model"))
     out = out or os.path.join("runs", f"nullspace-{model}")
     say = _say(show_progress(ctx) and not as_json)
-    from ..exact import NullspaceConfig, run_nullspace  # torch, from here on
-
     with user_errors():
-        cfg = NullspaceConfig(mode=mode, beta=beta, vectors=vectors, seed=seed, rtol=rtol, iters=iters,
-                              dense_sizes=_dense_sizes(dense_sizes), pgd_steps=pgd_steps, pgd_eps=pgd_eps)
+        cfg = NullspaceConfig(**fields)
+        check_nullspace(model, out, size, image, overwrite)
+        from ..exact import run_nullspace  # torch, from here on
+
         report = run_nullspace(model, out, size, config=cfg, image=image, weights=weights, overwrite=overwrite,
                                progress=say)
     if as_json:
@@ -169,40 +133,7 @@ def print_table(table: dict) -> None:
     click.echo(f"{len(table['rows'])} models in {table['seconds']:.1f} s")
 
 
-def _looks_like_path(value: str) -> bool:
-    """A value that can only be a file name: model names hold neither a dot nor a slash."""
-    return not value.startswith("-") and ("." in value or "/" in value or os.sep in value)
-
-
-class _JsonPathStillWorks(click.Command):
-    """``nullity``: ``--json`` is a flag (print JSON). Until the next release, the old form
-    ``--json PATH`` / ``--json=PATH`` (write the table as JSON to PATH) still works: PATH is
-    taken out of the arguments here, before click parses them, when it follows ``--json`` and
-    looks like a file name (a dot or a slash: ``--json alexnet`` stays the flag and a model)."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        kept, legacy, after_flag, i = [], [], [], 0
-        while i < len(args):
-            a = args[i]
-            if a == "--":
-                kept += args[i:]
-                break
-            if a.startswith("--json="):
-                legacy.append(a.split("=", 1)[1])
-            elif a == "--json" and i + 1 < len(args) and _looks_like_path(args[i + 1]):
-                legacy.append(args[i + 1])
-                i += 1
-            else:
-                if a == "--json" and i + 1 < len(args) and not args[i + 1].startswith("-"):
-                    after_flag.append(args[i + 1])  # a model, or an old-style path without a suffix
-                kept.append(a)
-            i += 1
-        ctx.meta["nullity_json_paths"] = legacy
-        ctx.meta["nullity_after_json"] = after_flag
-        return super().parse_args(ctx, kept)
-
-
-@click.command(cls=_JsonPathStillWorks)
+@click.command()
 @click.argument("models", nargs=-1)
 @weights_option("Per model; random weights test the structure only (seeded); no PATH here.")
 @click.option("--paper", "paper_all", is_flag=True,
@@ -222,33 +153,23 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, outs, as_json):
     torchvision]. An unknown name is refused up front (exit code 2); a model that fails to
     build or load later is one line of the table, not a crash.
     """
-    legacy = ctx.meta.get("nullity_json_paths", [])
-    if legacy:
-        deprecated("--json PATH", "--out PATH.json (--json alone prints JSON)")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
-    from ..engine.models import ModelError, builder  # torch, from here on: the model names are torchvision's
-    from ..exact import CLASSIFICATION_MODELS, PAPER_MODELS, NullspaceError, nullity_table, table_markdown
+    files = [(p, "json" if p.lower().endswith(".json") else "md") for p in outs]  # (path, format): by its suffix
+    with user_errors():
+        for name in models:  # a misspelt name is the user's mistake: refuse before any work
+            check_model_name(name, "MODELS", ANY_MODEL)
+        for path, _ in files:
+            if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise NullspaceError(f"{path}: its folder does not exist; create it first")
+    from ..exact import CLASSIFICATION_MODELS, PAPER_MODELS, nullity_table, table_markdown  # torch, from here on
 
     names = list(models) or list(PAPER_MODELS if paper_all else CLASSIFICATION_MODELS)
     def echo_progress(name, done, total):
         if done == total:
             click.echo(f"... {name}: {total} weight matrices", err=True)
     progress = echo_progress if show_progress(ctx) else None
-    # (path, format): --out by its suffix; the old --json PATH always wrote JSON
-    files = [(p, "json" if p.lower().endswith(".json") else "md") for p in outs] + [(p, "json") for p in legacy]
     with user_errors():
-        for name in names:  # a misspelt name is the user's mistake: refuse before any work
-            try:
-                builder(name)
-            except ModelError as e:
-                if name not in ctx.meta.get("nullity_after_json", []):
-                    raise
-                raise UserError(f"{e}; or, if {name!r} is a file to write: --json is a flag now, write the table "
-                                f"with --out {name}.json") from None
-        for path, _ in files:
-            if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-                raise NullspaceError(f"{path}: its folder does not exist; create it first")
         table = nullity_table(names, weights, seed, rtol, progress)
         for path, fmt in files:
             if fmt == "json":

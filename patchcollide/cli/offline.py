@@ -6,6 +6,7 @@ import os
 import click
 import numpy as np
 
+from ..engine.config import DEVICES, CollideConfig
 from ..executors import make_executor
 from ..offline.extract import ExtractConfig, extract_store
 from ..offline.index_build import STORE_FILE, IndexConfig, build_index
@@ -15,7 +16,7 @@ from ..runs.pictures import neighbour_mosaic, save_png
 from .common import (
     Progress,
     UserError,
-    deprecated,
+    config_options,
     echo_json,
     executor_options,
     human_bytes,
@@ -24,41 +25,21 @@ from .common import (
 )
 
 DEFAULT_INDEX = "index"
-
-
-def _resize(value: str) -> int | None:
-    if value.lower() == "none":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"--resize must be a side length in pixels (32 to 8192) or 'none', got {value!r}") from None
+COLLIDE = CollideConfig()  # index search queries the grid collide does: its -k and --grid-stride
 
 
 @click.command()
 @click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("-o", "--out", default=os.path.join(DEFAULT_INDEX, STORE_FILE), show_default=True,
               type=click.Path(dir_okay=False), help="HDF5 store to write (resumed if a run was killed).")
-@click.option("--fraction", default=1.0, show_default=True, type=float,
-              help="Seeded share of each class's images to keep (the paper used 0.1 of ImageNet).")
-@click.option("--resize", "resize", default="224", show_default=True,
-              help="Shorter side to N and centre crop N x N (the model's input), or 'none' for native size.")
-@click.option("--stride", default=16, show_default=True, type=int, help="Pixels between 32 x 32 patches.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
-              help="Seed of the --fraction choice.")
+@config_options(ExtractConfig, ("fraction", "resize", "stride", "seed"))
 @click.option("--workers", default=1, show_default=True, type=int,
               help="Processes decoding images (--executor local; Ray uses its cluster's CPUs).")
 @executor_options
-@click.option("--compression", type=click.Choice(["none", "lzf", "gzip"]), default="none", show_default=True,
-              help="HDF5 filter on the patches (none keeps random reads fastest).")
-@click.option("--max-pixels", default=89_478_485, show_default=True, type=int,
-              help="Skip images that declare more pixels than this (decompression-bomb guard).")
-@click.option("--part-images", default=256, show_default=True, type=int, hidden=True,
-              help="Images per resumable part file.")
+@config_options(ExtractConfig, ("compression", "max_pixels", "part_images"))
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built from other arguments.")
 @click.pass_context
-def extract(ctx, folders, out, fraction, resize, stride, seed, workers, executor, address, compression, max_pixels,
-            part_images, overwrite):
+def extract(ctx, folders, out, workers, executor, address, overwrite, **fields):
     """Cut 32 x 32 patches from image FOLDERS into an HDF5 patch store.
 
     Each folder is ImageFolder layout (class subfolders) or flat. Bad files are skipped with
@@ -67,9 +48,7 @@ def extract(ctx, folders, out, fraction, resize, stride, seed, workers, executor
     FOLDERS and --out at the same paths); the store is the same.
     """
     with user_errors():
-        cfg = ExtractConfig(resize=_resize(resize), stride=stride, fraction=fraction, seed=seed,
-                            max_pixels=max_pixels, part_images=part_images,
-                            compression=None if compression == "none" else compression)
+        cfg = ExtractConfig(**fields)
         with Progress("extracting images", show_progress(ctx)) as bar:
             res = extract_store(list(folders), out, cfg, workers=workers, overwrite=overwrite, progress=bar,
                                 executor=make_executor(executor, address))
@@ -152,20 +131,12 @@ _store_opt = click.option("--store", "store_path", default=None, type=click.Path
 @index.command("build")
 @_index_dir
 @_store_opt
-@click.option("--factory", default=None, help="faiss index_factory string [default: chosen from N].")
-@click.option("--nprobe", default=None, type=int, help="IVF lists visited per query [default: chosen from N].")
-@click.option("--k-factor", default=None, type=int,
-              help="Candidates re-ranked exactly per neighbour [default: chosen from N].")
-@click.option("--train-size", default=None, type=int, help="Training sample [default: max(65536, 64 nlist)].")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the training sample (IVF-PQ: k-means and the quantiser).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where the index is trained (auto: a GPU when faiss and torch see one).")
+@config_options(IndexConfig)
 @click.pass_context
-def index_build(ctx, index_dir, store_path, factory, nprobe, k_factor, train_size, seed, device):
+def index_build(ctx, index_dir, store_path, **fields):
     """Train and fill a FAISS index over the patch store."""
     with user_errors():
-        cfg = IndexConfig(factory=factory, nprobe=nprobe, k_factor=k_factor, train_size=train_size, seed=seed,
-                          device=device)
+        cfg = IndexConfig(**fields)
         with Progress("k-means (IVF lists)", show_progress(ctx)) as kbar, \
                 Progress("adding patches, writing the index", show_progress(ctx)) as bar:
             m = build_index(index_dir, store_path, cfg, progress=bar, train_progress=kbar)
@@ -174,11 +145,8 @@ def index_build(ctx, index_dir, store_path, factory, nprobe, k_factor, train_siz
                f"total {m['seconds']['total']:.1f} s")
 
 
-def _grid_stride(grid_stride: int, stride_deprecated: int | None) -> int:
-    """The query grid's step: --grid-stride, or the old --stride of index search/eval (one release)."""
-    if stride_deprecated is not None:
-        deprecated("--stride of index search/eval", "--grid-stride (--stride is extract's patch spacing)")
-        grid_stride = stride_deprecated
+def _grid_stride(grid_stride: int) -> int:
+    """The query grid's step (--grid-stride), checked."""
     if grid_stride < 1:
         raise UserError(f"--grid-stride must be >= 1, got {grid_stride}")
     return grid_stride
@@ -188,17 +156,16 @@ def _grid_stride(grid_stride: int, stride_deprecated: int | None) -> int:
 @click.argument("image", type=click.Path(dir_okay=False))
 @_index_dir
 @_store_opt
-@click.option("-k", default=16, show_default=True, type=int, help="Neighbours per location.")
-@click.option("--grid-stride", default=8, show_default=True, type=int,
+@click.option("-k", default=COLLIDE.k, show_default=True, type=int, help="Neighbours per location.")
+@click.option("--grid-stride", default=COLLIDE.grid_stride, show_default=True, type=int,
               help="Query grid step; 8 gives 25 x 25 locations on 224 x 224 (as in collide).")
-@click.option("--stride", "stride_deprecated", default=None, type=int, hidden=True, help="Deprecated: --grid-stride.")
 @click.option("--nprobe", default=None, type=int, help="Override the index's nprobe.")
 @click.option("--mosaic", default=None, type=click.Path(dir_okay=False), help="Write query patches beside neighbours.")
 @click.option("-o", "--out", "out_npz", default=None, type=click.Path(dir_okay=False),
               help="Save ids, distances and source coordinates (.npz).")
-def index_search(image, index_dir, store_path, k, grid_stride, stride_deprecated, nprobe, mosaic, out_npz):
+def index_search(image, index_dir, store_path, k, grid_stride, nprobe, mosaic, out_npz):
     """k nearest stored patches for every location of a grid on IMAGE."""
-    stride = _grid_stride(grid_stride, stride_deprecated)
+    stride = _grid_stride(grid_stride)
     with user_errors(), PatchIndex(index_dir, store_path, nprobe=nprobe, store_option="--store") as pidx:
         if not os.path.isfile(image):
             raise UserError(f"query image {image!r} does not exist; pass an image file")
@@ -224,16 +191,15 @@ def index_search(image, index_dir, store_path, k, grid_stride, stride_deprecated
 @_index_dir
 @_store_opt
 @click.option("-k", default=50, show_default=True, type=int, help="Neighbours per query whose recall against exact search is measured.")
-@click.option("--grid-stride", default=8, show_default=True, type=int, help="Query grid step (as in collide).")
-@click.option("--stride", "stride_deprecated", default=None, type=int, hidden=True, help="Deprecated: --grid-stride.")
+@click.option("--grid-stride", default=COLLIDE.grid_stride, show_default=True, type=int, help="Query grid step (as in collide).")
 @click.option("--nprobe", default=None, type=int, help="Override the index's nprobe (IVF lists visited per query).")
 @click.option("--k-factor", default=None, type=int, help="Override the index's k-factor (candidates re-ranked exactly per neighbour).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where the exact ground truth is computed (auto: CUDA when present).")
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation as JSON.")
-def index_eval(queries, index_dir, store_path, k, grid_stride, stride_deprecated, nprobe, k_factor, device, as_json):
+def index_eval(queries, index_dir, store_path, k, grid_stride, nprobe, k_factor, device, as_json):
     """recall@k of the index against exact search, and queries per second of both."""
-    stride = _grid_stride(grid_stride, stride_deprecated)
+    stride = _grid_stride(grid_stride)
     for q in queries:
         if not os.path.isfile(q):
             raise UserError(f"query image {q!r} does not exist; pass an image file to --queries")

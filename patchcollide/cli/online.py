@@ -1,11 +1,9 @@
 """Online commands: ``collide`` and ``sample``."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import statistics
 import sys
-import types
 import typing
 
 import click
@@ -13,9 +11,10 @@ from click.core import ParameterSource
 
 from ..engine.checkpoints import EVERY
 from ..engine.config import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
-from ..engine.config import CollideConfig, CollideError
+from ..engine.config import DEFAULT_LAYER, DEFAULT_MODEL, DEVICES, SAMPLES, CollideConfig, CollideError
+from ..engine.names import check_model_name
 from ..runs.report import verdict
-from .common import Progress, Ticker, UserError, flag_of, flags_of, deprecated, show_progress, user_errors, weights_option
+from .common import Progress, Ticker, UserError, config_options, flag_of, show_progress, user_errors, weights_option
 
 
 def print_vertices(report: dict) -> None:
@@ -120,35 +119,6 @@ class Bar:
             self.bar.__exit__(None, None, None)
 
 
-def config_options(f):
-    """One option per CollideConfig field, derived from the field: its type (int, float, a
-    choice, a pair, X | None, repeated A:B pairs), its default and its metadata (help, choices,
-    metavar; ``collide.setting``). A new engine parameter is added in CollideConfig alone."""
-    hints = typing.get_type_hints(CollideConfig)
-    for field in reversed(dataclasses.fields(CollideConfig)):
-        meta, hint = field.metadata, hints[field.name]
-        kw: dict = {"help": meta["help"], "default": field.default, "show_default": True}
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-        if meta.get("choices") is not None:
-            kw["type"] = click.Choice(list(meta["choices"]))
-        elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # repeated A:B pairs
-            kw.update(multiple=True, type=str, default=(), show_default=False)
-            kw["help"] += " [default: " + (" ".join(":".join(map(str, p)) for p in field.default) or "none") + "]"
-        elif origin is tuple:
-            kw.update(nargs=len(args), type=args[0])
-        elif origin in (typing.Union, types.UnionType):
-            kw["type"] = next(a for a in args if a is not type(None))
-        else:
-            kw["type"] = hint
-        if meta.get("default_text"):
-            kw.update(show_default=False)
-            kw["help"] += f" [default: {meta['default_text']}]"
-        if meta.get("metavar"):
-            kw["metavar"] = meta["metavar"]
-        f = click.option(*flags_of(field.name), field.name, **kw)(f)
-    return f
-
-
 def parse_pairs(field: str, values: tuple[str, ...]) -> tuple:
     """Repeated ``A:B`` values of a tuple[tuple[A, B], ...] field (``--prune 0.33:8``); 'none'
     alone: the empty tuple. A one-line UserError otherwise."""
@@ -171,7 +141,6 @@ RUN_OPTIONS = ("source", "target", "out", "index_dir", "model", "layer", "weight
                "checkpoint_every", "judge", "judge_model")  # not config fields
 RESUME_KEEPS = ("resume", "checkpoint_every", "strict", "overwrite")  # the options --resume takes; the rest come from the run
 NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
-DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --loss-late
 
 
 @click.command()
@@ -185,14 +154,12 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
               help="Steps between checkpoints (also saved after the last step and on Ctrl-C / SIGTERM; 0: only then).")
 @click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
               help="Patch index (patch mode).")
-@click.option("--model", default="vgg16", show_default=True,
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="The attacked net: a torchvision classifier (vgg16, alexnet, ...) or digits_vgg, the digits "
                    "world's (`patchcollide world build`; with --weights PATH).")
-@click.option("--layer", default="fc6", show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
+@click.option("--layer", default=DEFAULT_LAYER, show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
 @weights_option()
-@config_options
-@click.option("--loss", nargs=2, type=float, default=None, metavar="A B", hidden=True,
-              help="Deprecated: both --loss-early and --loss-late.")
+@config_options(CollideConfig)
 @click.option("--judge", default=None, type=click.Path(), metavar="PATH",
               help="A second classifier's state dict (--judge-model) that reads the source, the target and each "
                    "vertex: a vertex reads as its source when the judge gives it the source's class.")
@@ -204,7 +171,7 @@ DEPRECATED_OPTIONS = ("loss",)  # --loss A B: both phases; use --loss-early / --
               help=f"Exit with code {NOT_CONVERGED_EXIT} when a vertex misses --tol (the run is still written).")
 @click.pass_context
 def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrite, strict, resume, checkpoint_every,
-            loss, judge, judge_model, **fields):
+            judge, judge_model, **fields):
     """Find polytope vertices whose layer activation collides with TARGET's.
 
     A run saves a checkpoint every --checkpoint-every steps and on Ctrl-C / SIGTERM;
@@ -222,9 +189,12 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
                             "to continue an interrupted run")
     bar = Bar(show_progress(ctx))
     if resume:
-        from ..runs.run import resume_collide  # its checks need the checkpoint, which torch reads
+        from ..runs.inputs import check_resume  # no torch
 
         with user_errors():
+            check_resume(resume)  # a checkpoint to go on from; the checkpoint itself is torch's to read
+            from ..runs.run import resume_collide  # torch, from here on
+
             try:
                 report = resume_collide(resume, progress=bar, checkpoint_every=checkpoint_every, overwrite=overwrite,
                                         on_resume=lambda step, steps: click.echo(
@@ -234,9 +204,8 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         finish(report, resume, strict, report["config"]["tol"])
         return
     with user_errors():
-        if loss:
-            deprecated("--loss", "--loss-early A B and --loss-late A B")
-            fields.update(loss_early=tuple(loss), loss_late=tuple(loss))
+        from ..runs.inputs import check_collide, check_judge, check_k, store_size  # no torch: the inputs come first
+
         hints = typing.get_type_hints(CollideConfig)
         for name, value in list(fields.items()):
             if typing.get_origin(hints[name]) is tuple:  # click gives lists and () for an absent repeated option
@@ -244,7 +213,6 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
                     fields[name] = parse_pairs(name, value) if value else CollideConfig.__dataclass_fields__[name].default
                 else:
                     fields[name] = tuple(value)
-        from ..runs.inputs import check_collide, check_k, store_size  # no torch: the inputs are checked before it
 
         try:
             cfg = CollideConfig(**fields)
@@ -255,6 +223,8 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         for field, why in cfg.doubts() if show_progress(ctx) else []:  # -q: errors only
             click.echo(f"warning: {flag_of(field)} {why}", err=True)
         check_collide(source, target, out, cfg, index_dir, overwrite)  # run_collide's checks that need no model
+        check_model_name(model, "--model")
+        check_judge(judge, judge_model)
         from ..engine.judge import load_judge  # torch, from here on
         from ..runs.run import run_collide
 
@@ -316,16 +286,14 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
 
 
 @click.command()
-@click.argument("run_deprecated", metavar="[RUN]", required=False, type=click.Path(file_okay=False))
 @click.option("-o", "--out", "run_dir", type=click.Path(file_okay=False), metavar="RUN",
               help="The run to check (collide's --out); its report.json gets the polytope.  [required]")
-@click.option("--samples", default=2000, show_default=True, type=int, help="Random convex combinations.")
-@click.option("--n", "n_deprecated", default=None, type=int, hidden=True, help="Deprecated: --samples.")
+@click.option("--samples", default=SAMPLES, show_default=True, type=int, help="Random convex combinations.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
               help="Seed of the Dirichlet draws.")
 @click.option("--batch-size", default=32, show_default=True, type=int,
               help="Samples per forward pass (lower it if memory runs out).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where the samples are computed (auto: CUDA when present).")
 @click.option("--dataset", default=None, type=click.Path(file_okay=False),
               help="Image folder for the mean distance between dataset images [default: the run index's images].")
@@ -333,31 +301,23 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
               help="A judge's state dict (--judge-model) to read every sample [default: the run's own judge, if any].")
 @click.option("--judge-model", default=JUDGE_MODEL, show_default=True, help="The judge's architecture.")
 @click.pass_context
-def sample(ctx, run_deprecated, run_dir, samples, n_deprecated, seed, batch_size, device, dataset, judge, judge_model):
+def sample(ctx, run_dir, samples, seed, batch_size, device, dataset, judge, judge_model):
     """Check the polytope of a finished run: Dirichlet(1) combinations of its vertices.
 
-    The run is given with --out RUN, as collide names it (a positional RUN still works, with a
-    notice, for one release)."""
-    if run_deprecated is not None:
-        if run_dir is not None:
-            raise UserError(f"two runs given ({run_deprecated} and --out {run_dir}); give one, with --out RUN")
-        deprecated("`sample RUN`", "`sample --out RUN`")
-        run_dir = run_deprecated
+    The run is given with --out RUN, as collide names it."""
     if run_dir is None:
         raise UserError("no run given; name it with --out RUN (the directory collide wrote)")
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir!r} is not a run directory; give one written by `patchcollide collide`")
-    if n_deprecated is not None:
-        deprecated("--n", "--samples")
-        samples = n_deprecated
     with user_errors():
-        from ..runs.inputs import check_complete, check_sample, dataset_images, dataset_paths, read_report
+        from ..runs.inputs import check_complete, check_judge, check_sample, dataset_images, dataset_paths, read_report
 
         check_sample(samples, batch_size, seed)  # the counts, the run and the dataset, before torch loads
         report = read_report(run_dir)
         config = check_complete(run_dir, report)
         paths = dataset_paths(dataset, index_dir=report["inputs"].get("index"))
         images = dataset_images(paths, config.size, seed=seed) if paths else None
+        check_judge(judge, judge_model)
         from ..engine.judge import load_judge  # torch, from here on
         from ..runs.run import run_sample
 

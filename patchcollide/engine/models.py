@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from ..core.errors import PatchcollideError, first_line
 from .config import WEIGHTS, WEIGHTS_RULE  # noqa: F401 (torch-free, for the CLI's --weights help; WEIGHTS_RULE: its old home)
+from .names import file_kind
 from .nets import BUILDERS as OWN_MODELS
 from .nets import HEADS as OWN_HEADS
 from .nets import TWIN_WEIGHTS, TWINS
@@ -343,25 +344,6 @@ def load_tap(arch: str = "vgg16", layer: str = "fc6", weights: str = "imagenet",
     return Tap(model, arch, layer, info)
 
 
-MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-         (b"\x89HDF", "an HDF5 file (a patch store?)"), (b"%PDF", "a PDF"))
-
-
-def _file_kind(path: str) -> str | None:
-    """What a file that is not a state dict is, from its first bytes, in words (None: unknown)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(512)
-    except OSError:
-        return None
-    for magic, what in MAGIC:
-        if head.startswith(magic):
-            return what
-    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
-        return "a text file"
-    return None
-
-
 def load_state_file(path: str, option: str = "--weights") -> dict:
     """The state dict (a dict of tensors) in the file ``path``, loaded with ``weights_only=True``
     (no arbitrary pickled objects); ModelError with a one-line reason otherwise. A checkpoint
@@ -382,7 +364,7 @@ def load_state_file(path: str, option: str = "--weights") -> dict:
         if glob:
             reason = (f"it pickles the Python object {glob.group(1)}, not only tensors: refused, as weights load "
                       "with weights_only=True")
-        elif kind := _file_kind(path):
+        elif kind := file_kind(path):
             reason = f"it is {kind}"
         elif "Weights only load failed" in text and detail and "GLOBAL" not in text:
             reason = "not a file of tensors written by torch.save"
@@ -391,7 +373,7 @@ def load_state_file(path: str, option: str = "--weights") -> dict:
         raise ModelError(f"{option} {path}: not a torch state dict ({reason}); save one with "
                          "torch.save(model.state_dict(), PATH)") from None
     except Exception as e:  # noqa: BLE001 - zip errors, EOF, random bytes
-        kind = _file_kind(path)
+        kind = file_kind(path)
         what = f"it is {kind}" if kind else f"not a file written by torch.save: {first_line(e, 100)}"
         raise ModelError(f"{option} {path}: not a torch state dict ({what}); save one with "
                          "torch.save(model.state_dict(), PATH)") from None

@@ -20,49 +20,38 @@ weight matrix of a model). One module per job, each importing only those above i
 Models are built by :func:`patchcollide.models.build_model`. The function that compares a
 collider with its start is ``patchcollide.exact.verify.verify`` (not re-exported here: the name
 is the module's).
+
+Importing the package loads only ``config`` (no torch): the command line is checked before the
+rest is imported, on first use of one of its names.
 """
-from .kernel import MODES, NullspaceConfig, kernel_vectors, linear_perturbation, patch_perturbation
-from .runs import (
-    PIXEL_SCALE,
-    FirstLayer,
-    NullspaceResult,
-    check_out,
-    find_first_layer,
-    imagenet_bounds,
-    imagenet_input,
-    imagenet_pixels,
-    nullspace_search,
-    result_json,
-    run_nullspace,
-    write_nullspace_run,
-)
-from .spectra import circular_spectrum, conv_map_analysis, dense_spectrum, lobpcg_spectrum, map_rtol, naive_tiling
-from .table import (
-    CLASSIFICATION_MODELS,
-    EPS32,
-    EPS64,
-    PAPER_MODELS,
-    PAPER_TABLE1,
-    EXACT_RANDOM_NOTICE,
-    NullspaceError,
-    PaperRow,
-    Rank,
-    compare_with_paper,
-    default_rtol,
-    machine,
-    matrix_rank,
-    nullity_row,
-    nullity_table,
-    paper_row,
-    pct_matches,
-    singular_values,
-    structure_row,
-    table_markdown,
-    tolerance_rule,
-    versions,
-    weight_matrices,
-)
-from .verify import layer_residual, model_output, perturbation_size, pgd
+
+from .config import MAX_DENSE_SIZE, MODES, NullspaceConfig, NullspaceError  # torch-free: the CLI's checks
+
+# the rest, imported on first use (torch): name -> its module
+_LAZY = {
+    **dict.fromkeys((
+        'kernel_vectors', 'linear_perturbation', 'patch_perturbation'
+    ), 'kernel'),
+    **dict.fromkeys((
+        'PIXEL_SCALE', 'FirstLayer', 'NullspaceResult', 'check_out', 'find_first_layer',
+        'imagenet_bounds', 'imagenet_input', 'imagenet_pixels', 'nullspace_search', 'result_json',
+        'run_nullspace', 'write_nullspace_run'
+    ), 'runs'),
+    **dict.fromkeys((
+        'circular_spectrum', 'conv_map_analysis', 'dense_spectrum', 'lobpcg_spectrum', 'map_rtol',
+        'naive_tiling'
+    ), 'spectra'),
+    **dict.fromkeys((
+        'CLASSIFICATION_MODELS', 'EPS32', 'EPS64', 'PAPER_MODELS', 'PAPER_TABLE1',
+        'EXACT_RANDOM_NOTICE', 'PaperRow', 'Rank', 'compare_with_paper', 'default_rtol', 'machine',
+        'matrix_rank', 'nullity_row', 'nullity_table', 'paper_row', 'pct_matches',
+        'singular_values', 'structure_row', 'table_markdown', 'tolerance_rule', 'versions',
+        'weight_matrices'
+    ), 'table'),
+    **dict.fromkeys((
+        'layer_residual', 'model_output', 'perturbation_size', 'pgd'
+    ), 'verify'),
+}
 
 __all__ = [
     # table
@@ -71,7 +60,7 @@ __all__ = [
     "nullity_table", "paper_row", "pct_matches", "singular_values", "structure_row", "table_markdown",
     "tolerance_rule", "versions", "weight_matrices",
     # kernel
-    "MODES", "NullspaceConfig", "kernel_vectors", "linear_perturbation", "patch_perturbation",
+    "MAX_DENSE_SIZE", "MODES", "NullspaceConfig", "kernel_vectors", "linear_perturbation", "patch_perturbation",
     # spectra
     "circular_spectrum", "conv_map_analysis", "dense_spectrum", "lobpcg_spectrum", "map_rtol", "naive_tiling",
     # verify
@@ -80,3 +69,13 @@ __all__ = [
     "PIXEL_SCALE", "FirstLayer", "NullspaceResult", "check_out", "find_first_layer", "imagenet_bounds",
     "imagenet_input", "imagenet_pixels", "nullspace_search", "result_json", "run_nullspace", "write_nullspace_run",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # once: a test may replace it (monkeypatch) as any module attribute
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,49 +15,13 @@ model's input space (ImageNet-normalised for torchvision classifiers).
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .table import NullspaceError, Rank, matrix_rank
-
-MODES = ("repeat", "several", "regions")
-
-
-@dataclasses.dataclass(frozen=True)
-class NullspaceConfig:
-    mode: str = "repeat"  # repeat | several | regions (see the module docstring)
-    beta: float | None = None  # None: scaled so that max |P| = 1 in model-input units (~58 of 255 levels)
-    vectors: int = 4  # distinct kernel vectors for several / regions (repeat uses one)
-    seed: int = 0  # kernel vectors, their assignment to patches, region multipliers, LOBPCG start
-    rtol: float | None = None  # None: max(out, in) * eps(float32); see tolerance_rule
-    dense_sizes: tuple[int, ...] = (16, 32)  # overlapping convs: exact whole-image analysis at these sides
-    max_dense: int = 8192  # dense analysis only up to this many input values (Gram n x n in float64)
-    iters: int = 100  # overlapping convs: LOBPCG iterations at the real size
-    pgd_steps: int = 0  # > 0: start from an untargeted L-inf PGD adversarial example
-    pgd_eps: float = 4.0  # PGD radius in 0..255 pixel levels (model-input units without normalisation)
-
-    def __post_init__(self):
-        checks = [
-            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}"),
-            (self.beta is None or (math.isfinite(self.beta) and self.beta != 0),
-             f"--beta must be a finite non-zero number, got {self.beta}"),
-            (self.vectors >= 1, f"--vectors must be >= 1, got {self.vectors}"),
-            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
-            (self.rtol is None or (math.isfinite(self.rtol) and 0 < self.rtol < 1),
-             f"--rtol must be in (0, 1), got {self.rtol}"),
-            (all(s >= 1 for s in self.dense_sizes), f"dense sizes must be >= 1, got {self.dense_sizes}"),
-            (self.iters >= 1, f"--iters must be >= 1, got {self.iters}"),
-            (self.pgd_steps >= 0, f"--pgd-steps must be >= 0, got {self.pgd_steps}"),
-            (math.isfinite(self.pgd_eps) and self.pgd_eps > 0, f"--pgd-eps must be > 0, got {self.pgd_eps}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise NullspaceError(msg)
-
+from .config import MODES, NullspaceConfig, NullspaceError  # noqa: F401 (MODES: re-exported)
+from .table import Rank, matrix_rank
 
 def kernel_vectors(W: torch.Tensor, count: int, gen: torch.Generator, rtol: float | None = None,
                    rank: Rank | None = None) -> tuple[torch.Tensor, Rank]:

@@ -29,12 +29,12 @@ from ..core.files import atomic_open, machine, staged_dir, versions, write_json
 from ..core.images import Preprocess, imagenet_crop, load_rgb, sample_photo
 from ..engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from ..runs.pictures import save_png
+from .config import RUN_KIND, check_nullspace, check_out
 from .kernel import NullspaceConfig, linear_perturbation, patch_perturbation
 from .spectra import conv_map_analysis, naive_tiling
 from .table import EXACT_RANDOM_NOTICE, NullspaceError
 from .verify import layer_residual, model_output, perturbation_size, pgd, verify
 
-RUN_KIND = "patchcollide-nullspace"  # report.json's kind
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,14 +262,10 @@ def run_nullspace(model: str, out: str, size: int = 224, config: NullspaceConfig
     one line per stage. Bad inputs raise a one-line NullspaceError, ModelError or BadImage
     before anything is written.
     """
-    if not 32 <= size <= 1024:
-        raise NullspaceError(f"--size must be between 32 and 1024, got {size}")
-    check_out(out, overwrite)
+    check_nullspace(model, out, size, image, overwrite)
     if image is None:
         img = imagenet_crop(sample_photo("astronaut"), size)
     else:
-        if not os.path.isfile(image):
-            raise NullspaceError(f"--source {image!r} does not exist; pass an image file")
         img = imagenet_crop(load_rgb(image, Preprocess(resize=None))[0], size)
     if progress:
         progress(f"building {model} with {weights} weights")
@@ -331,5 +327,3 @@ def write_nullspace_run(out: str, res: NullspaceResult, image: np.ndarray, model
     return report
 
 
-def check_out(out: str, overwrite: bool) -> None:
-    files.check_out(out, overwrite, RUN_KIND, "nullspace run", NullspaceError)

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core.errors import PatchcollideError, first_line
+from ..core.errors import first_line
 from ..core.files import machine, versions
 from ..core.formats import RANDOM_LABEL
 from ..engine.models import ModelError, build_model
+from .config import NullspaceError
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ EXACT_RANDOM_NOTICE = (f"{RANDOM_LABEL}: no pretrained weights here, so only the
                  "trained layer can be larger (pretrained weights are often numerically rank-deficient)")
 
 
-class NullspaceError(PatchcollideError):
-    """Bad input for the null-space search or the nullity table; ``str(e)`` is one line."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import numpy as np
 from ..core.errors import PatchcollideError, first_line
 from ..core.files import check_writable, versions
 from ..core.images import PATCH, BadImage, Preprocess, cut_patches, grid_positions, load_rgb
+from ..core.settings import check_fields, field_error, setting
 from .store import Part, PatchStore, StoreError, StoreWriter, restore_manifest, store_lock
 
 log = logging.getLogger(__name__)
@@ -33,32 +34,33 @@ class ExtractError(PatchcollideError):
     """Bad arguments or inputs for an extraction; ``str(e)`` is a one-line message."""
 
 
+MAX_SEED = 2**63 - 1  # seeds within int64
+
+
 @dataclasses.dataclass(frozen=True)
 class ExtractConfig:
-    resize: int | None = 224  # shorter side -> 224, centre crop: VGG-16's input geometry; None: native size
-    stride: int = 16  # pixels between patch corners; 32-pixel patches overlap by half
-    fraction: float = 1.0  # seeded share of each class's images (the paper used 0.1 of ImageNet)
-    seed: int = 0
-    max_pixels: int = 89_478_485  # decompression-bomb guard (PIL's default limit)
-    part_images: int = 256  # at most this many images per part file (the unit of resumption)
-    part_patches: int = 131_072  # ... and a part closes once it holds this many patches (384 MiB)
-    compression: str | None = None  # HDF5 filter for /patches: None or "lzf" (random reads stay fast)
+    # shorter side -> 224, centre crop: VGG-16's input geometry; None: native size
+    resize: int | None = setting(224, "Shorter side to N and centre crop N x N (the model's input), or 'none' for "
+                                 "native size.", bounds=(PATCH, 8192))
+    # pixels between patch corners; 32-pixel patches overlap by half
+    stride: int = setting(16, "Pixels between 32 x 32 patches.", bounds=(1, 4096))
+    fraction: float = setting(1.0, "Seeded share of each class's images to keep (the paper used 0.1 of ImageNet).")
+    seed: int = setting(0, "Seed of the --fraction choice.", bounds=(0, MAX_SEED))
+    # decompression-bomb guard (PIL's default limit)
+    max_pixels: int = setting(89_478_485, "Skip images that declare more pixels than this (decompression-bomb "
+                              "guard).", bounds=(PATCH * PATCH, None))
+    # at most this many images per part file (the unit of resumption)
+    part_images: int = setting(256, "Images per resumable part file.", bounds=(1, None), hidden=True)
+    # ... and a part closes once it holds this many patches (384 MiB)
+    part_patches: int = setting(131_072, "Patches per resumable part file, at most.", bounds=(1, None), cli=False)
+    # HDF5 filter for /patches: None or "lzf" (random reads stay fast)
+    compression: str | None = setting(None, "HDF5 filter on the patches (none keeps random reads fastest).",
+                                      choices=(None, "lzf", "gzip"))
 
     def __post_init__(self):
-        if self.resize is not None and not PATCH <= self.resize <= 8192:
-            raise ExtractError(f"--resize must be between {PATCH} and 8192 pixels or 'none', got {self.resize}")
-        if self.seed < 0:
-            raise ExtractError(f"--seed must be >= 0, got {self.seed}")
-        if self.max_pixels < PATCH * PATCH:
-            raise ExtractError(f"--max-pixels must be at least {PATCH * PATCH}, got {self.max_pixels}")
-        if not 1 <= self.stride <= 4096:
-            raise ExtractError(f"--stride must be between 1 and 4096 pixels, got {self.stride}")
+        check_fields(self, ExtractError)
         if not 0.0 < self.fraction <= 1.0:
-            raise ExtractError(f"--fraction must be in (0, 1], got {self.fraction}")
-        if self.part_images < 1 or self.part_patches < 1:
-            raise ExtractError(f"part_images and part_patches must be >= 1, got {self.part_images}, {self.part_patches}")
-        if self.compression not in (None, "lzf", "gzip"):
-            raise ExtractError(f"--compression must be none, lzf or gzip, got {self.compression}")
+            raise field_error(ExtractError, "fraction", f"must be in (0, 1], got {self.fraction}")
 
     @property
     def preprocess(self) -> Preprocess:

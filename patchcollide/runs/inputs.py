@@ -26,6 +26,7 @@ from ..core.images import BadImage, Preprocess, file_problem, fit_square, frame_
 from ..core.jsontypes import convert, describe, is_number
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import partial_dir
+from ..engine.names import check_model_name, check_state_file
 from ..engine.config import MAX_SAMPLES, MAX_SEED, CollideConfig, CollideError
 from ..offline.extract import scan_inputs
 from ..offline.knn import PatchIndex
@@ -119,6 +120,28 @@ def refuse_busy(out: str) -> None:
 def _busy(out: str) -> CollideError:
     return CollideError(f"--out {out}: another process is writing this run now (it holds {lock_path(out)}); wait "
                         "for it to finish or stop it, or give another --out")
+
+
+def check_resume(out: str) -> None:
+    """What ``collide --resume`` needs, checked without torch: a checkpoint of an unfinished run
+    at ``out`` (in ``out.partial``). The checkpoint itself is read, and checked, by the resume."""
+    if os.path.isfile(os.path.join(partial_dir(out), CHECKPOINT)):
+        return
+    if is_run(out, RUN_KIND):
+        raise CollideError(f"{out} is a finished run; nothing to resume (run `patchcollide sample --out {out}` "
+                           "or start a new run)")
+    if not os.path.exists(out) and not os.path.exists(partial_dir(out)):
+        raise CollideError(f"--resume {out}: no such run; give the --out of an interrupted collide run")
+    raise CollideError(f"{out}: no checkpoint to resume at {os.path.join(partial_dir(out), CHECKPOINT)}; start the "
+                       f"run with --out {out}")
+
+
+def check_judge(judge: str | None, judge_model: str) -> None:
+    """--judge and --judge-model, checked without torch: a known classifier and a file that
+    begins as a state dict does (or imagenet, for a torchvision judge)."""
+    check_model_name(judge_model, "--judge-model")
+    if judge is not None and judge not in ("imagenet", "random"):
+        check_state_file(judge, "--judge")
 
 
 def check_start(out: str, overwrite: bool, ckdir: str, again: str, resume: str = "no") -> None:

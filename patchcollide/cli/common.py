@@ -18,6 +18,7 @@ import click
 
 from ..core.errors import PatchcollideError
 from ..core.images import BadImage
+from ..core.plugins import Registry
 from ..engine.checkpoints import Interrupted
 from ..engine.config import WEIGHTS_RULE, CollideError
 from ..executors import EXECUTORS
@@ -38,7 +39,7 @@ class Stopped(UserError):
         click.echo(self.format_message(), err=True)
 
 
-FLAGS = {"k": ("-k",)}  # CollideConfig fields whose collide option is not --field-name
+FLAGS = {"k": ("-k",), "objective_options": ("--objective-option",)}  # fields whose option is not --field-name
 
 
 def weights_option(note: str = ""):
@@ -211,11 +212,28 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+class RegistryChoice(click.Choice):
+    """A click.Choice over a registry's names (``core.plugins.Registry``: the built-ins and the
+    installed plug-ins), read whenever click checks a value or shows the choices, so that an
+    entry registered after the CLI was imported is a choice too. Listing loads no plug-in."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.registry)
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ sets it; the registry is the source
+        pass
+
+
 def executor_options(f):
     """--executor and --address, shared by the commands that can run on a Ray cluster."""
     f = click.option("--address", default=None, metavar="auto|HOST:PORT",
                      help="Ray cluster to use with --executor ray: 'auto' for the one `ray start` runs on this "
                           "machine, or a head node's HOST:PORT [default: start one on this machine].")(f)
-    return click.option("--executor", type=click.Choice(list(EXECUTORS)), default="local", show_default=True,
-                        help="Where the work runs: this process, or the workers of a Ray cluster "
-                             "(pip install 'patchcollide[ray]').")(f)
+    return click.option("--executor", type=RegistryChoice(EXECUTORS), default="local", show_default=True,
+                        help="Where the work runs: " + EXECUTORS.describe())(f)

@@ -15,7 +15,9 @@ from ..engine.checkpoints import EVERY
 from ..engine.config import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..engine.config import CollideConfig, CollideError
 from ..runs.report import verdict
-from .common import Progress, Ticker, UserError, flag_of, flags_of, deprecated, show_progress, user_errors, weights_option
+from ..core.plugins import Registry
+from .common import (Progress, RegistryChoice, Ticker, UserError, deprecated, flag_of, flags_of, show_progress,
+                     user_errors, weights_option)
 
 
 def print_vertices(report: dict) -> None:
@@ -129,7 +131,9 @@ def config_options(f):
         meta, hint = field.metadata, hints[field.name]
         kw: dict = {"help": meta["help"], "default": field.default, "show_default": True}
         origin, args = typing.get_origin(hint), typing.get_args(hint)
-        if meta.get("choices") is not None:
+        if isinstance(meta.get("choices"), Registry):  # a registry's names and summaries, plug-ins included
+            kw.update(type=RegistryChoice(meta["choices"]), help=f"{kw['help']} {meta['choices'].describe()}")
+        elif meta.get("choices") is not None:
             kw["type"] = click.Choice(list(meta["choices"]))
         elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # repeated A:B pairs
             kw.update(multiple=True, type=str, default=(), show_default=False)
@@ -161,9 +165,12 @@ def parse_pairs(field: str, values: tuple[str, ...]) -> tuple:
             a, b = text.split(":")
             out.append((a_type(a), b_type(b)))
         except ValueError:
-            raise UserError(f"{flag_of(field)} {text!r}: give SHARE:KEEP, e.g. 0.33:8 (at a third of the steps keep 8 "
-                            "candidates per pixel), or none") from None
+            raise UserError(f"{flag_of(field)} {text!r}: give {PAIR_EXAMPLES[field]}, or none") from None
     return tuple(out)
+
+
+PAIR_EXAMPLES = {"prune": "SHARE:KEEP, e.g. 0.33:8 (at a third of the steps keep 8 candidates per pixel)",
+                 "objective_options": "NAME:VALUE, e.g. scale:2 (an option of the --objective and a number)"}
 
 
 D = CollideConfig()  # the defaults shown in --help are the config's own

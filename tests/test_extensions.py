@@ -1,6 +1,7 @@
-"""The extension points, used as the README says: a third search space, a third objective, a
-sixth loss term and a third executor, each one class or function plus one registration line,
-run through the same loop, batch and run folder as the built-in ones."""
+"""The extension points, used as docs/extending.md says: a third search space, a third objective, a
+sixth loss term and a third executor, each one class plus one registration line in this process,
+run through the same loop, batch and run folder as the built-in ones (tests/test_plugins.py
+registers them from another package, through entry points)."""
 from __future__ import annotations
 
 import json
@@ -17,21 +18,30 @@ from patchcollide.batch.runner import run_here, run_batch
 from patchcollide.engine import objectives, params, terms
 from patchcollide.engine.collide import CollideConfig, CollideError, collide
 from patchcollide.engine.models import load_tap
-from patchcollide.executors import EXECUTORS, make_executor
+from patchcollide.offline.extract import write_parts_here
+from patchcollide.executors import EXECUTORS, ExecutorError, make_executor
 
 
-class GreyParam(params.PixelParam):
-    """A third search space: one grey channel per vertex, shown as RGB."""
+class GreyParam(params.SearchSpace):
+    """A third search space, its logic only: one grey channel per vertex, shown as RGB."""
 
-    default_lr = 1e-2
+    default_lr = 2e-2
 
     @classmethod
     def from_config(cls, config, source, target, candidates):
         init = (source if config.init == "source" else target).mean(1, keepdim=True)
         return cls(init.expand(config.vertices, -1, -1, -1))
 
+    def __init__(self, init: torch.Tensor):
+        super().__init__()
+        self.grey = nn.Parameter(init.detach().clone())
+
     def forward(self) -> torch.Tensor:
-        return self.x.expand(-1, 3, -1, -1)
+        return self.grey.expand(-1, 3, -1, -1)
+
+    @torch.no_grad()
+    def project(self) -> None:
+        self.grey.clamp_(0, 1)
 
 
 def images(seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -49,31 +59,53 @@ def test_a_third_search_space_is_one_class_and_one_line(monkeypatch):
     assert torch.equal(v[:, 0], v[:, 1]) and torch.equal(v[:, 1], v[:, 2])  # grey, as the space renders it
     assert res.mixing is None and res.argmax_vertices is None
     assert res.history["pos"][-1] < res.history["pos"][0]  # the loop optimised it
-    assert cfg.learning_rate == 1e-2
+    assert cfg.learning_rate == 2e-2
+    state = res.param_state  # SearchSpace's default core_state: its parameters by name
+    assert list(state) == ["grey"] and state["grey"].shape == (2, 1, 64, 64)
 
 
 def test_an_unregistered_search_space_is_a_one_line_error():
-    with pytest.raises(CollideError, match=r"^mode must be patches or pixel, got 'grey'$"):
+    names = ", ".join(params.SPACES)  # the built-ins and whatever installed packages add
+    with pytest.raises(CollideError, match=rf"^mode must be one of {names}, got 'grey'$"):
         CollideConfig(mode="grey")
 
 
-def test_a_third_objective_is_one_function_and_its_decorator(monkeypatch):
-    monkeypatch.setattr(objectives, "OBJECTIVES", dict(objectives.OBJECTIVES))
-    calls = []
+class CollisionOnly(objectives.Objective):
+    """A third objective with an option of its own: the relative L+ times ``scale``, no push."""
 
-    @objectives.objective("collision_only")
-    def collision_only(z, target, push_margin):
-        calls.append(z.shape)
-        pos, _ = objectives.OBJECTIVES["relative"](z, target, push_margin)
-        return pos, torch.zeros_like(pos)
+    summary = "the relative L+ times scale, no push"
+    options = {"scale": 1.0}
+    calls: list = []
 
-    import patchcollide.engine.config as config_mod
-    monkeypatch.setattr(config_mod, "OBJECTIVES", objectives.OBJECTIVES)  # the config checks the registry
+    @classmethod
+    def check_options(cls, settings):
+        if settings["scale"] <= 0:
+            raise ValueError(f"scale must be > 0, got {settings['scale']}")
+
+    def __call__(self, z, target):
+        CollisionOnly.calls.append(z.shape)
+        pos, _ = objectives.Relative(self.push_margin)(z, target)
+        return self.settings["scale"] * pos, torch.zeros_like(pos)
+
+
+def test_a_third_objective_is_one_class_and_one_line(monkeypatch):
+    monkeypatch.setitem(objectives.OBJECTIVES, "collision_only", CollisionOnly)  # the registration line
     tap = load_tap("digits_vgg", "fc6", "random", seed=0)
     src, tgt = images(1)
-    res = collide(tap, src, tgt, CollideConfig(mode="pixel", objective="collision_only", size=64, vertices=2,
-                                               steps=5, min_steps=5, least_change=0, device="cpu"))
-    assert len(calls) == 5 and res.history["neg"] == [0.0] * 5
+    base = dict(mode="pixel", size=64, vertices=2, steps=5, min_steps=5, least_change=0, device="cpu")
+    res = collide(tap, src, tgt, CollideConfig(objective="collision_only", **base))
+    assert len(CollisionOnly.calls) == 5 and res.history["neg"] == [0.0] * 5
+    scaled = collide(tap, src, tgt, CollideConfig(objective="collision_only", objective_options=(("scale", 3.0),),
+                                                  **base))
+    assert scaled.history["pos"][0] == pytest.approx(3 * res.history["pos"][0], rel=1e-5)  # the option is used
+    assert CollideConfig(objective="collision_only", push_margin=0, distinct=0, vertices=3).doubts() == []  # no push
+    with pytest.raises(CollideError, match=r"^objective_options 'size': objective collision_only has the options "
+                                           r"scale$"):
+        CollideConfig(objective="collision_only", objective_options=(("size", 2.0),))
+    with pytest.raises(CollideError, match=r"^objective_options scale must be > 0, got -1.0$"):
+        CollideConfig(objective="collision_only", objective_options=(("scale", -1.0),))
+    with pytest.raises(CollideError, match=r"^objective_options 'scale': objective relative has no options$"):
+        CollideConfig(objective_options=(("scale", 2.0),))
 
 
 class Brightness(terms.Term):
@@ -106,12 +138,11 @@ class ReverseExecutor:
     """A third executor: the jobs in this process, last first."""
 
     name = "reverse"
+    summary = "the jobs in this process, last first"
     local = True
     driver_device = None
+    options = ()  # none of --address, --gpus-per-job, --cpus-per-job
     order: list[str] = []
-
-    def __init__(self, address=None, gpus_per_job=None, cpus_per_job=None):
-        pass
 
     def connect(self):
         import contextlib
@@ -121,8 +152,8 @@ class ReverseExecutor:
         ReverseExecutor.order = [j.id for j in reversed(todo)]
         return run_here(runner, list(reversed(todo)), events)
 
-    def write_parts(self, *a, **kw):
-        raise NotImplementedError
+    def write_parts(self, writer, selected, roots, label_of, config, n_parts, done, progress, workers):
+        return write_parts_here(writer, selected, roots, label_of, config, n_parts, done, progress, workers)
 
 
 def test_a_third_executor_is_one_class_and_one_line(tmp_path, monkeypatch):
@@ -146,3 +177,6 @@ def test_a_third_executor_is_one_class_and_one_line(tmp_path, monkeypatch):
     assert ReverseExecutor.order == ["j1", "j0"] and sorted(res.ran) == ["j0", "j1"]
     assert [e["status"] for e in res.batch["jobs"]] == ["done", "done"]
     assert os.path.isfile(os.path.join(out, "j0", "report.json"))
+    with pytest.raises(ExecutorError, match=r"^--address is not an option of --executor reverse; add --executor ray "
+                                            r"or leave out --address$"):
+        make_executor("reverse", address="auto")

@@ -295,8 +295,9 @@ def test_executor_ray_without_ray_installed_names_the_extra(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--address", "auto"], "--address is an option of the Ray executor; add --executor ray or leave out --address"),
-    (["--gpus-per-job", "1"], "--gpus-per-job is an option of the Ray executor"),
+    (["--address", "auto"], "--address is not an option of --executor local; add --executor ray or leave out "
+                            "--address"),
+    (["--gpus-per-job", "1"], "--gpus-per-job is not an option of --executor local; add --executor ray"),
     (["--executor", "ray", "--gpus-per-job", "1"], "--gpus-per-job 1: no node of the Ray cluster has 1 GPUs (the "
                                                    "largest has 0), so no job could start; lower --gpus-per-job or "
                                                    "add a node with more GPUs"),

@@ -86,7 +86,7 @@ COLLIDE = ["collide", "--mode", "pixel", "--size", "32", "--source", "s.png", "-
     (["collide", "--source", "s.png"], "missing --target, --out"),
     (["sample", "--out", "folder"], "folder: not a finished patchcollide run"),
     (["world", "build", "--size", "8"], "--size must be between 32 and 448, got 8"),
-    (["batch", "jobs.jsonl", "-o", "out", "--address", "auto"], "--address is an option of the Ray executor"),
+    (["batch", "jobs.jsonl", "-o", "out", "--address", "auto"], "--address is not an option of --executor local; add --executor ray"),
 ])
 def test_input_errors_come_before_torch(images, args, message):
     job = {"id": "a", "source": "s.png", "target": "t.png", "mode": "pixel"}

@@ -21,6 +21,7 @@ import click
 
 from ..core.errors import PatchcollideError
 from ..core.images import BadImage
+from ..core.plugins import Registry
 from ..engine.checkpoints import Interrupted
 from ..engine.config import WEIGHTS_RULE, CollideConfig, CollideError
 from ..executors import EXECUTORS
@@ -102,7 +103,9 @@ def _click_type(hint, meta: dict) -> dict:
     if optional:
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if choices is not None:  # a registry is read here, when the command is built
+    if isinstance(choices, Registry):  # its names, plug-ins included, read whenever click asks
+        return {"type": RegistryChoice(choices)}
+    if choices is not None:
         kind = click.Choice(["none" if c is None else c for c in choices])
         return {"type": OrNone(kind) if None in choices else kind}
     if hint is bool:
@@ -141,6 +144,8 @@ def config_options(config: type, names: tuple[str, ...] | None = None):
                 kw["default"] = ",".join(map(str, field.default))
             elif field.default is None and isinstance(kw["type"], OrNone) and not meta.get("default_text"):
                 kw["default"] = "none"  # shown as [default: none]
+            if isinstance(meta.get("choices"), Registry):  # the registry's names and summaries
+                kw["help"] += " " + meta["choices"].describe()
             if meta.get("default_text"):
                 kw.update(show_default=False)
                 kw["help"] += f" [default: {meta['default_text']}]"
@@ -311,11 +316,28 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+class RegistryChoice(click.Choice):
+    """A click.Choice over a registry's names (``core.plugins.Registry``: the built-ins and the
+    installed plug-ins), read whenever click checks a value or shows the choices, so that an
+    entry registered after the CLI was imported is a choice too. Listing loads no plug-in."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.registry)
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ sets it; the registry is the source
+        pass
+
+
 def executor_options(f):
     """--executor and --address, shared by the commands that can run on a Ray cluster."""
     f = click.option("--address", default=None, metavar="auto|HOST:PORT",
                      help="Ray cluster to use with --executor ray: 'auto' for the one `ray start` runs on this "
                           "machine, or a head node's HOST:PORT [default: start one on this machine].")(f)
-    return click.option("--executor", type=click.Choice(list(EXECUTORS)), default="local", show_default=True,
-                        help="Where the work runs: this process, or the workers of a Ray cluster "
-                             "(pip install 'patchcollide[ray]').")(f)
+    return click.option("--executor", type=RegistryChoice(EXECUTORS), default="local", show_default=True,
+                        help="Where the work runs: " + EXECUTORS.describe())(f)

@@ -131,9 +131,12 @@ def parse_pairs(field: str, values: tuple[str, ...]) -> tuple:
             a, b = text.split(":")
             out.append((a_type(a), b_type(b)))
         except ValueError:
-            raise UserError(f"{flag_of(field)} {text!r}: give SHARE:KEEP, e.g. 0.33:8 (at a third of the steps keep 8 "
-                            "candidates per pixel), or none") from None
+            raise UserError(f"{flag_of(field)} {text!r}: give {PAIR_EXAMPLES[field]}, or none") from None
     return tuple(out)
+
+
+PAIR_EXAMPLES = {"prune": "SHARE:KEEP, e.g. 0.33:8 (at a third of the steps keep 8 candidates per pixel)",
+                 "objective_options": "NAME:VALUE, e.g. scale:2 (an option of the --objective and a number)"}
 
 
 D = CollideConfig()  # the defaults shown in --help are the config's own

@@ -9,6 +9,7 @@ and ``problem`` the CLI turns into the option as the user spelled it."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 import typing
 
 from .errors import PatchcollideError
@@ -51,7 +52,8 @@ def check_fields(config, error: type[PatchcollideError]) -> None:
         value, choices, bounds = getattr(config, f.name), f.metadata.get("choices"), f.metadata.get("bounds")
         if choices is not None and value not in choices:
             names = [show(c) for c in choices]
-            want = " or ".join(names) if len(names) == 2 else f"one of {', '.join(names)}"
+            fixed = len(names) == 2 and not isinstance(choices, Mapping)  # a registry can grow: "one of"
+            want = " or ".join(names) if fixed else f"one of {', '.join(names)}"
             raise field_error(error, f.name, f"must be {want}, got {value!r}")
         if bounds is not None and value is not None:
             lo, hi = bounds

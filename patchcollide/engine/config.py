@@ -8,17 +8,15 @@ this module loads neither torch nor faiss. The vertex loop that takes a config i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 from ..core.errors import PatchcollideError
 from ..core.images import PATCH
 from ..core.settings import check_fields, setting
+from .objective_traits import OBJECTIVES
 from .spaces import SPACES, STARTS
 
-# --objective: name -> fn(z (V, D), target, push_margin) -> (L+ (V,), L-^v (V,)). The built-in
-# names are known here without torch, for the checks and the choices; ``objectives.py`` puts
-# their functions in their places (and registers new ones, ``objectives.objective``) when imported.
-OBJECTIVES: dict[str, Callable | None] = dict.fromkeys(("relative", "paper", "post"))
+# --mode and --objective name entries of registries (core/plugins.py): the built-ins' torch-free
+# traits, and the plug-ins of installed packages, loaded when a config names them (docs/extending.md)
 
 AUTO_PUSH = 2.2  # push_margin auto with random weights: below twice the target's value (the paper's corners)
 
@@ -63,8 +61,7 @@ FITS = ("auto", "imagenet", "crop", "pad")  # how a source or target becomes siz
 
 @dataclasses.dataclass(frozen=True)
 class CollideConfig:
-    mode: str = setting("patches", "Search space: patches (a per-pixel mixture of retrieved real patches) or "
-                        "pixel (the pixels themselves).", choices=SPACES)
+    mode: str = setting("patches", "Search space, one of the registered ones (docs/extending.md adds one).", choices=SPACES)
     vertices: int = setting(5, "Vertices of the polytope; each pushes its own inactive unit of the target down.")
     steps: int = setting(300, "At most; stops once every vertex meets tol (not before the last phase).")
     min_steps: int = setting(50, "Never stop before this step (a start that already collides must still move).")
@@ -78,11 +75,14 @@ class CollideConfig:
                              choices=OPTIMIZERS)
     betas: tuple[float, float] = setting((0.8, 0.9), "Adam's betas (shorter memories than (0.9, 0.999) converge "
                                          "faster here).", metavar="B1 B2")
-    objective: str = setting("relative", "relative: normalised L+ and a hinge push; paper: the authors' sums (L+ on "
-                             "active units); post: the authors' sums with L+ on the whole post-activation.",
-                             choices=OBJECTIVES)
-    push_margin: float | None = setting(None, "relative objective: push each vertex's unit to this many times the "
-                                        "target's value (the paper's corners). On a trained net the distinct term "
+    objective: str = setting("relative", "The vertex objective, the collision L+ and each vertex's push L-^v: one "
+                             "of the registered ones (docs/extending.md adds one).", choices=OBJECTIVES)
+    objective_options: tuple[tuple[str, float], ...] = setting((), "An option of the objective's own, NAME:VALUE "
+                                                               "(repeatable; the objective's options and their "
+                                                               "defaults: its documentation).", metavar="NAME:VALUE",
+                                                               flags=("--objective-option",))
+    push_margin: float | None = setting(None, "Objectives that push (--push-margin in their summary): push each "
+                                        "vertex's unit to this many times the target's value (the paper's corners). On a trained net the distinct term "
                                         "spreads the vertices by their look, and the unit push only costs closeness "
                                         "to the source (benchmarks/README.md), so auto leaves it off there.",
                                         default_text="auto: 2.2 with random weights, 0 with trained ones")
@@ -207,12 +207,29 @@ class CollideConfig:
             self.space.check_config(self)
         except ValueError as e:
             raise field_error(*e.args) from None
+        self._check_objective_options()
+
+    def _check_objective_options(self) -> None:
+        """The options are the objective's own (``Objective.options``), each given once, and it
+        takes their values (``Objective.check_options``)."""
+        kind = OBJECTIVES[self.objective]
+        names = [name for name, _ in self.objective_options]
+        for name in names:
+            if name not in kind.options:
+                raise field_error("objective_options", f"{name!r}: objective {self.objective} has "
+                                  + (f"the options {', '.join(kind.options)}" if kind.options else "no options"))
+            if names.count(name) > 1:
+                raise field_error("objective_options", f"{name!r} is given {names.count(name)} times; give it once")
+        try:
+            kind.check_options({**kind.options, **dict(self.objective_options)})
+        except ValueError as e:
+            raise field_error("objective_options", str(e)) from None
 
     def doubts(self) -> list[tuple[str, str]]:
         """Valid settings that defeat the method: (field, why) pairs the CLI and the job file
         turn into one warning line each, naming the option or key."""
         out = []
-        if self.push_margin == 0 and self.distinct == 0 and self.vertices > 1 and self.objective == "relative":
+        if self.push_margin == 0 and self.distinct == 0 and self.vertices > 1 and OBJECTIVES[self.objective].pushes:
             out.append(("push_margin", f"0 with {self.vertices} vertices and no distinct term: nothing pushes the "
                                        f"vertices apart, so they come out nearly identical; give a margin > 0 ({AUTO_PUSH} "
                                        "is the paper's corners), --distinct > 0 or one vertex"))

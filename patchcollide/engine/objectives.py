@@ -1,5 +1,6 @@
 """The vertex objective of Li et al. 2019, its normalised form, and the collision metrics.
-Imports only the torch-free registry of objective names (``config.OBJECTIVES``).
+The objectives are classes of ``objective_traits.Objective`` (the contract), put into the
+torch-free registry ``OBJECTIVES`` in place of their traits when this module is imported.
 
 For a target with pre-activation z_t (D,), active set s = 1[z_t > 0] and vertex v's own
 inactive unit j_v, the authors' terms (objective "paper") are sums:
@@ -36,11 +37,9 @@ inactive unit down for each vertex spreads the vertices over that polytope.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-
 import torch
 
-from .config import OBJECTIVES
+from .objective_traits import OBJECTIVES, Objective, PaperTraits, PostTraits, RelativeTraits
 
 
 @dataclasses.dataclass
@@ -73,15 +72,6 @@ def choose_units(z_t: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(f"the target has only {len(inactive)} inactive units; ask for at most that many vertices")
     order = torch.argsort(z_t[inactive])
     return inactive[order[:n]]
-
-
-def objective(name: str) -> Callable[[Callable], Callable]:
-    """Register ``fn(z (V, D), target, push_margin) -> (L+ (V,), L-^v (V,))`` as objective ``name``:
-    a new objective is one such function plus this decorator."""
-    def register(fn: Callable) -> Callable:
-        OBJECTIVES[name] = fn
-        return fn
-    return register
 
 
 def unit_values(z: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -122,36 +112,48 @@ def _authors_sums(z: torch.Tensor, target: Target, reached: torch.Tensor) -> tup
     return pos, neg
 
 
-@objective("relative")
-def relative(z: torch.Tensor, target: Target, push_margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+class Relative(RelativeTraits):
     """Normalised L+ (the relative post-activation error) and the hinge L-^v that pushes z[j_v]
     to -push_margin * |z_t[j_v]|."""
-    reached = _reached(z, target, whole_post=True)
-    pos = (target.post - reached).norm(dim=1) / target.post.norm().clamp_min(1e-12)
-    neg = torch.relu(push_margin - push_ratio(z, target))
-    return pos, neg
+
+    def __call__(self, z: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        reached = _reached(z, target, whole_post=True)
+        pos = (target.post - reached).norm(dim=1) / target.post.norm().clamp_min(1e-12)
+        neg = torch.relu(self.push_margin - push_ratio(z, target))
+        return pos, neg
 
 
-@objective("paper")
-def paper(z: torch.Tensor, target: Target, push_margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+class Paper(PaperTraits):
     """The authors' sums, L+ over the target's active units."""
-    return _authors_sums(z, target, _reached(z, target, whole_post=False))
+
+    def __call__(self, z: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        return _authors_sums(z, target, _reached(z, target, whole_post=False))
 
 
-@objective("post")
-def post(z: torch.Tensor, target: Target, push_margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+class Post(PostTraits):
     """The authors' sums, L+ over the whole post-activation, so target-inactive units that turn
     positive are pulled back."""
-    return _authors_sums(z, target, _reached(z, target, whole_post=True))
+
+    def __call__(self, z: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        return _authors_sums(z, target, _reached(z, target, whole_post=True))
+
+
+OBJECTIVES.update(relative=Relative, paper=Paper, post=Post)  # the classes take their traits' places
+
+
+def make_objective(name: str = "relative", push_margin: float = 2.2, options=()) -> Objective:
+    """The registered objective ``name`` (``OBJECTIVES``) with its push margin and its own
+    ``options`` ((name, value) pairs, as ``CollideConfig.objective_options``)."""
+    if name not in OBJECTIVES:
+        raise ValueError(OBJECTIVES.unknown(name))
+    return OBJECTIVES[name](push_margin, **dict(options))
 
 
 def loss_terms(z: torch.Tensor, target: Target, objective: str = "relative",
-               push_margin: float = 2.2) -> tuple[torch.Tensor, torch.Tensor]:
+               push_margin: float = 2.2, options=()) -> tuple[torch.Tensor, torch.Tensor]:
     """(L+ (V,), L-^v (V,)) for pre-activations z (V, D), vertex v using target.units[v], by the
-    registered ``objective`` (``OBJECTIVES``)."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    return OBJECTIVES[objective](z, target, push_margin)
+    registered ``objective`` (``OBJECTIVES``) with its ``options``."""
+    return make_objective(objective, push_margin, options)(z, target)
 
 
 def relative_error(z: torch.Tensor, target: Target) -> torch.Tensor:

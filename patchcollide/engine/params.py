@@ -1,18 +1,11 @@
 """Search spaces: what the vertex loop optimises, and how it draws the image.
 
-A search space is one ``nn.Module`` class, registered by name in ``SPACES`` (``--mode``; the
+A search space is one ``nn.Module`` class, a subclass of ``SearchSpace`` (its docstring and
+docs/extending.md have the whole contract), registered by name in ``SPACES`` (``--mode``; the
 registry and the traits that need no torch are in ``spaces.py``, and this module puts its
-classes into that same dict when imported). Its
-instances: ``forward()`` renders the V vertex images (V, 3, H, W) float32 in [0, 1];
-``project()`` after each optimiser step; ``core_state()`` / ``restore()`` for checkpoints and
-state.npz; ``mixing_weights()``, ``mixing_stats()`` and ``argmax_image()`` (None where the space
-mixes nothing); ``total_variation()`` / ``entropy()`` and ``prune()`` where ``mixes``. Its class:
-``needs_index`` (candidates are retrieved from a patch index), ``mixes``, ``default_lr``,
-``check_config(config)``, ``from_config(config, source, target, candidates)``,
-``state_bytes(config)`` (per checkpoint, for the free-space check) and
-``mixing_from_state(state, window)`` (``load_run``'s view of a saved state, or None). The loop,
-the run folder and ``load_run`` ask only these. Pixel and patch space share one loop; a third
-space is one class plus one line in ``SPACES`` (the README shows one).
+classes into that same registry when imported; other packages add theirs through the
+``patchcollide.search_spaces`` entry points, ``core/plugins.py``). The loop, the run folder and
+``load_run`` ask only ``SearchSpace``'s members. Pixel and patch space share one loop.
 """
 from __future__ import annotations
 
@@ -21,10 +14,83 @@ import torch
 import torch.nn as nn
 
 from ..core.images import PATCH
-from .spaces import MAX_PARAM_BYTES, SPACES, STARTS, PatchSpace, PixelSpace  # noqa: F401 (MAX_PARAM_BYTES: its old home)
+from .spaces import MAX_PARAM_BYTES, SPACES, STARTS, PatchSpace, PixelSpace, SpaceTraits  # noqa: F401 (MAX_PARAM_BYTES: its old home)
 
 
-class PixelParam(PixelSpace, nn.Module):
+class SearchSpace(SpaceTraits, nn.Module):
+    """The base of every search space: a new one is its logic only, ``from_config``,
+    ``__init__`` (its ``nn.Parameter``s), ``forward`` and, where its values have bounds,
+    ``project``; every other member has a default here.
+
+    Class members (torch-free, ``spaces.SpaceTraits``): ``summary``, ``needs_index``, ``mixes``,
+    ``default_lr``, ``check_config(config)``, ``state_bytes(config)``. And:
+
+    * ``from_config(config, source, target, candidates) -> instance`` (required): source and
+      target (1, 3, S, S) float32 in [0, 1] on the run's device; candidates: where
+      ``needs_index``, a dict of ``patches`` (L, K, w, w, 3) uint8 (w = ``config.window``), ``yx``
+      (L, 2) int top-left corners of the retrieved 32 x 32 patches, ``ids`` (L, K) store ids,
+      ``distances``; else None. ``config.vertices`` gives V; the instance must be on the
+      inputs' device (build it from tensors there).
+    * ``mixing_from_state(state, window) -> dict | None`` (static): ``load_run``'s view of a
+      saved state.npz (numpy arrays); default None.
+
+    Instances:
+
+    * ``forward() -> (V, 3, S, S)`` float32 in [0, 1], differentiable: the vertices.
+    * ``project()``: after every optimiser step, puts the parameters back into their domain
+      (default: nothing).
+    * ``core_state() -> dict[str, Tensor]`` on the CPU: what ``restore`` needs to continue
+      (checkpoints; state.npz). Default: every parameter of this module (not its submodules'),
+      by name.
+    * ``restore(state)``: continue from a ``core_state``; ValueError where it does not fit.
+      Default: the parameters of the same names, shapes and float dtype.
+    * ``mixing_weights() -> (V, S*S, M) | None``, ``mixing_stats() -> dict | None`` (lists of
+      V floats, report.json's vertices.mixing), ``argmax_image() -> (V, 3, S, S) | None``:
+      default None (the space mixes nothing).
+
+    A space with ``mixes = True`` also gives ``mixing_weights`` (V, S*S, M) summing to 1 over M,
+    ``total_variation(w)`` and ``entropy(w)`` (V,) differentiable (the TV and entropy terms),
+    ``prune(keep) -> (V, S*S, keep)`` int64 (the kept slots: the loop carries Adam's moments
+    over to them) and keeps its optimised logits in the parameter ``theta`` (the prune swaps
+    it in the optimiser). ``PatchParam`` is the example.
+    """
+
+    @staticmethod
+    def mixing_from_state(state: dict, window: int) -> dict | None:
+        return None
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Nothing to project (a space whose parameters have bounds clamps them here)."""
+
+    def core_state(self) -> dict:
+        """Every parameter of this module, by name, on the CPU."""
+        return {name: p.detach().cpu().clone() for name, p in self.named_parameters(recurse=False)}
+
+    @torch.no_grad()
+    def restore(self, state: dict) -> None:
+        """The parameters from a :meth:`core_state` of the same names and shapes; ValueError otherwise."""
+        own = dict(self.named_parameters(recurse=False))
+        if set(state) != set(own):
+            raise ValueError(f"state holds {sorted(state)}, the space {sorted(own)}")
+        for name, p in own.items():
+            x = state[name]
+            if x.shape != p.shape or not x.is_floating_point():
+                raise ValueError(f"{name} {tuple(x.shape)} {x.dtype} for {tuple(p.shape)} float")
+        for name, p in own.items():
+            setattr(self, name, nn.Parameter(state[name].to(p.device).clone()))
+
+    def mixing_weights(self) -> torch.Tensor | None:
+        return None
+
+    def mixing_stats(self) -> dict | None:
+        return None
+
+    def argmax_image(self) -> torch.Tensor | None:
+        return None
+
+
+class PixelParam(PixelSpace, SearchSpace):
     """The paper's vanilla method: the pixels themselves, kept in [0, 1] by projection.
 
     init (V, 3, H, W) in [0, 1]: the target or another image, repeated per vertex. Its traits
@@ -41,10 +107,6 @@ class PixelParam(PixelSpace, nn.Module):
             up = torch.nn.functional.interpolate(low, size=init.shape[-2:], mode="bilinear", align_corners=False)
             init = (init + config.noise * up).clamp(0, 1)
         return cls(init)
-
-    @staticmethod
-    def mixing_from_state(state: dict, window: int) -> dict | None:
-        return None
 
     def __init__(self, init: torch.Tensor):
         super().__init__()
@@ -68,15 +130,6 @@ class PixelParam(PixelSpace, nn.Module):
         if x.shape != self.x.shape or not x.is_floating_point():
             raise ValueError(f"pixels {tuple(x.shape)} {x.dtype} for {tuple(self.x.shape)} float")
         self.x = nn.Parameter(x.to(self.x.device).clone())
-
-    def mixing_weights(self) -> torch.Tensor | None:
-        return None
-
-    def mixing_stats(self) -> dict | None:
-        return None
-
-    def argmax_image(self) -> torch.Tensor | None:
-        return None
 
 
 def tent(size: int = PATCH) -> torch.Tensor:
@@ -141,7 +194,7 @@ def _seam_tables(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     return match, alone
 
 
-class PatchParam(PatchSpace, nn.Module):
+class PatchParam(PatchSpace, SearchSpace):
     """Per-pixel softmax mixture of retrieved real patches.
 
     candidates: (L, K, 3, S, S) float32 in [0, 1]: for each of L locations the K nearest

@@ -1,18 +1,21 @@
 """The search spaces' registry and their traits, without torch: what ``CollideConfig`` checks and
 the CLI shows before anything loads (``--mode``, ``--start``).
 
-A search space is one ``nn.Module`` class of ``params.py``, registered by name in ``SPACES``.
-Its traits are here, on plain classes that the module classes inherit: ``needs_index``
-(candidates are retrieved from a patch index), ``mixes``, ``default_lr``,
-``check_config(config)`` and ``state_bytes(config)`` (per checkpoint, for the free-space
-check). Until ``params`` is imported, ``SPACES`` holds these trait classes; importing it (as
-everything that runs a search does) puts its module classes in their place, in this same
-dict, so ``SPACES[mode].from_config`` is there wherever a search runs. A third space is one
-module class (with these traits) plus one line in ``SPACES``.
+A search space is one ``nn.Module`` class, a subclass of ``params.SearchSpace``, registered by
+name in ``SPACES`` (a ``core.plugins.Registry``: the built-ins, and every package's
+``patchcollide.search_spaces`` entry points). Its traits are here, on plain classes that the
+module classes inherit (``SpaceTraits``, with their defaults): ``summary`` (its line in
+``--mode``'s help), ``needs_index`` (candidates are retrieved from a patch index), ``mixes``,
+``default_lr``, ``check_config(config)`` and ``state_bytes(config)`` (per checkpoint, for the
+free-space check). Until ``params`` is imported, ``SPACES`` holds the built-ins' trait classes;
+importing it (as everything that runs a search does) puts its module classes in their place, in
+this same registry, so ``SPACES[mode].from_config`` is there wherever a search runs. A plug-in's
+entry point names its module class, loaded when its name is first resolved (``core/plugins.py``).
 """
 from __future__ import annotations
 
 from ..core.images import PATCH, grid_positions
+from ..core.plugins import Registry
 
 import os
 
@@ -37,26 +40,45 @@ def param_cap() -> tuple[int, str]:
     return MAX_PARAM_BYTES, f"the {MAX_PARAM_BYTES / 2**30:.0f} GiB limit"
 
 
-class PixelSpace:
-    """The traits of the pixel space (``params.PixelParam``)."""
+class SpaceTraits:
+    """The torch-free traits of every search space, with their defaults (``params.SearchSpace``
+    inherits them; docs/extending.md has the whole contract).
 
+    summary: one line for ``--mode``'s help. needs_index: the run retrieves candidates from a
+    patch index and passes them to ``from_config`` (else ``candidates`` is None). mixes: the
+    space is a mixture with mixing weights: the TV and entropy terms and the prune schedule
+    apply, and it must give ``mixing_weights``, ``total_variation``, ``entropy``, ``prune`` and
+    its logits as ``theta``. default_lr: the learning rate when ``--lr`` is not given.
+    """
+
+    summary = ""
     needs_index = False
     mixes = False
     default_lr = 0.01  # pixels in [0, 1]: the closest collider needs the collision reached in the first third of 300 steps
 
     @classmethod
     def check_config(cls, config) -> None:
-        """Nothing beyond CollideConfig's own checks."""
+        """ValueError(field, problem) for settings this space cannot run (before anything loads);
+        by default nothing beyond CollideConfig's own checks."""
 
     @classmethod
     def state_bytes(cls, config) -> int:
-        """A checkpoint's bound: the pixels, Adam's two moments (float32)."""
+        """A checkpoint's bound in bytes (the free-space check): by default that of parameters of
+        the images' size, the pixels and Adam's two moments (float32); a space whose parameters
+        are larger says so here."""
         return config.vertices * config.size * config.size * 3 * 4 * 3
 
 
-class PatchSpace:
+class PixelSpace(SpaceTraits):
+    """The traits of the pixel space (``params.PixelParam``): the defaults."""
+
+    summary = "the pixels themselves"
+
+
+class PatchSpace(SpaceTraits):
     """The traits of the patch space (``params.PatchParam``)."""
 
+    summary = "a per-pixel mixture of retrieved real patches"
     needs_index = True
     mixes = True
     default_lr = 0.4
@@ -88,4 +110,18 @@ class PatchSpace:
         return config.vertices * config.size * config.size * config.slots * (4 * 3 + 8 + 1)
 
 
-SPACES: dict[str, type] = {"patches": PatchSpace, "pixel": PixelSpace}  # --mode: its search space
+MIXING = ("total_variation", "entropy", "prune")  # what a space that mixes adds to SearchSpace's members
+
+
+def check_space(obj) -> str | None:
+    """What keeps ``obj`` from being a search space (``SPACES``' check of a plug-in), or None."""
+    if not (isinstance(obj, type) and issubclass(obj, SpaceTraits)):
+        return "it is no subclass of patchcollide.engine.params.SearchSpace"
+    missing = [m for m in ("from_config", "forward") + (MIXING if obj.mixes else ()) if not hasattr(obj, m)]
+    if missing:
+        return f"it has no {', '.join(missing)}" + (" (a space that mixes needs them all)" if obj.mixes else "")
+    return None
+
+
+SPACES = Registry("patchcollide.search_spaces", "search space", "--mode",
+                  {"patches": PatchSpace, "pixel": PixelSpace}, check_space)  # --mode: its search space

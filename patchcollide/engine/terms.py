@@ -136,7 +136,8 @@ class Context:
     @functools.cached_property
     def objective(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(L+ (V,), L-^v (V,)) of the registered ``config.objective``."""
-        return loss_terms(self.z, self.target, self.config.objective, self.config.push_margin)
+        return loss_terms(self.z, self.target, self.config.objective, self.config.push_margin,
+                          self.config.objective_options)
 
     @functools.cached_property
     def mixing_weights(self) -> torch.Tensor | None:

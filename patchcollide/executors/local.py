@@ -8,21 +8,14 @@ from collections.abc import Callable
 
 from ..batch.events import run_here
 from ..offline.extract import write_parts_here
-from .base import ExecutorError
 
 
 class LocalExecutor:
     name = "local"
+    summary = "one job after another in this process"
     local = True
     driver_device = None
-
-    def __init__(self, address: str | None = None, gpus_per_job: float | None = None,
-                 cpus_per_job: float | None = None):
-        given = [name for name, v in (("--address", address), ("--gpus-per-job", gpus_per_job),
-                                      ("--cpus-per-job", cpus_per_job)) if v is not None]
-        if given:
-            raise ExecutorError(f"{given[0]} is an option of the Ray executor; add --executor ray or leave out "
-                                f"{given[0]}")
+    options = ()  # takes none of --address, --gpus-per-job, --cpus-per-job (make_executor says so)
 
     def connect(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()

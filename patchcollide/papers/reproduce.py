@@ -43,9 +43,11 @@ import numpy as np
 import torch
 
 from ..engine.collide import CollideConfig, optimise
-from ..engine.objectives import Target, choose_units, collision_metrics, push_ratio
+from ..engine.distance import reference_norm
+from ..engine.objectives import choose_units, collision_metrics, push_ratio
 from ..engine.params import PixelParam
 from ..engine.polytope import sample_polytope
+from ..engine.target import Target
 from .digits import (
     ARCHS,
     AUTHORS_RECIPE,
@@ -316,7 +318,7 @@ def collision_residual(z: torch.Tensor, target: Target, push_margin: float) -> t
     (its norm is the relative objective's L+), then the push hinge relu(m - z[j_v] / z_t[j_v])
     (L-^v). Zero exactly when vertex v collides and its own unit is pushed to the margin."""
     active = target.active
-    post = (target.post - z * active - torch.relu(z) * (~active)) / target.post.norm().clamp_min(1e-12)
+    post = (target.post - z * active - torch.relu(z) * (~active)) / reference_norm(target.post)
     return torch.cat([post, torch.relu(push_margin - push_ratio(z, target))[:, None]], 1)
 
 

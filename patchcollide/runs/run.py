@@ -40,7 +40,7 @@ from ..engine.collide import (Clock, CollideConfig, CollideError, CollideResult,
                               quantised_metrics)
 from ..engine.judge import check_apart, judge_run, load_judge
 from ..engine.models import Tap, imagenet_weights, input_fit, load_tap, resolve_device, resolve_weights, tap_on
-from ..engine.objectives import Target
+from ..engine.target import Target
 from ..engine.polytope import difference_boxes, extent, pairwise_l2, sample_polytope
 from ..offline.knn import PatchIndex
 from .inputs import (check_complete, check_k, check_out_dir, check_sample, check_start, dataset_images,  # noqa: F401

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from ..core.errors import PatchcollideError
+from ..core.errors import PatchcollideError, raise_first
 from ..core.images import PATCH
 from .spaces import SPACES, STARTS
 
@@ -215,9 +215,7 @@ class CollideConfig:
             (0 <= self.seed < MAX_SEED, "seed", f"must be between 0 and 2^63 - 1, got {self.seed}"),
             (self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}"),
         ]
-        for ok, field, problem in checks:
-            if not ok:
-                raise field_error(field, problem)
+        raise_first(checks, field_error)
         try:
             self.space.check_config(self)
         except ValueError as e:

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.errors import raise_first
 from .table import NullspaceError, Rank, matrix_rank
 
 MODES = ("repeat", "several", "regions")
@@ -54,9 +55,7 @@ class NullspaceConfig:
             (self.pgd_steps >= 0, f"--pgd-steps must be >= 0, got {self.pgd_steps}"),
             (math.isfinite(self.pgd_eps) and self.pgd_eps > 0, f"--pgd-eps must be > 0, got {self.pgd_eps}"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise NullspaceError(msg)
+        raise_first(checks, NullspaceError)
 
 
 def kernel_vectors(W: torch.Tensor, count: int, gen: torch.Generator, rtol: float | None = None,

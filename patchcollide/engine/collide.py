@@ -218,8 +218,7 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
     """
     config = dataclasses.replace(config, push_margin=push_margin_of(config, tap))  # auto made concrete
     if terms is None:
-        source, target_image = images if images is not None else (None, None)
-        terms = build_terms(Setup(config, tap, target, param, anchor, source, target_image))
+        terms = default_terms(tap, param, target, config, anchor, images)
     opt = make_optimizer(param, config)
     ph = config.phases()
     with restoring(resume_path(checkpoint)):
@@ -229,20 +228,10 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
     started = time.time()
     decision, holds = any(t.decision for t in terms), any(t.holds for t in terms)
     for step in range(step + 1, config.steps + 1):
-        if param.mixes and step in ph["prune"]:
-            prune(param, opt, ph["prune"][step])
-        ctx = Context.of(tap, param, target, config, ph, step, hist, decision)
-        loss, values = loss_of(terms, ctx)
-        opt.param_groups[0]["lr"] = learning_rate(config, step)
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        opt.step()
-        param.project()
-        worst = record(hist, terms, ctx, values)
+        loss, worst = take_step(tap, param, opt, terms, target, config, ph, step, hist, decision)
         if progress:
             progress(step, config.steps, float(loss.detach().sum()), worst)
-        if not holds and worst <= config.tol and step >= min(ph["settle"], config.steps) \
-                and confirmed(tap, param, target, config.tol):
+        if not holds and tolerance_met(tap, param, target, config, ph, step, worst):
             converged = True
             break
         if checkpoint is not None and step < config.steps and checkpoint.due(step):
@@ -253,6 +242,38 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
         seconds = before + time.time() - started
         checkpoint.save(loop_state(step, True, converged, param, opt, hist, seconds), final=True)
     return hist, step, converged
+
+
+def default_terms(tap: Tap, param: torch.nn.Module, target: Target, config: CollideConfig,
+                  anchor: torch.Tensor | None, images: tuple[torch.Tensor, torch.Tensor] | None) -> list[Term]:
+    """``terms.build_terms`` for this run: the collision, the push, the least-change term, TV and
+    entropy, with the (source, target) ``images`` where given."""
+    source, target_image = images if images is not None else (None, None)
+    return build_terms(Setup(config, tap, target, param, anchor, source, target_image))
+
+
+def take_step(tap: Tap, param: torch.nn.Module, opt: Optimiser, terms: list[Term], target: Target,
+              config: CollideConfig, ph: dict, step: int, hist: dict, decision: bool) -> tuple[torch.Tensor, float]:
+    """One step of the loop: prune where due, render, the loss, the optimiser's step at the
+    step's learning rate, the projection, the record. Returns (loss (V,), worst relative error
+    measured before the update)."""
+    if param.mixes and step in ph["prune"]:
+        prune(param, opt, ph["prune"][step])
+    ctx = Context.of(tap, param, target, config, ph, step, hist, decision)
+    loss, values = loss_of(terms, ctx)
+    opt.param_groups[0]["lr"] = learning_rate(config, step)
+    opt.zero_grad(set_to_none=True)
+    loss.sum().backward()
+    opt.step()
+    param.project()
+    return loss, record(hist, terms, ctx, values)
+
+
+def tolerance_met(tap: Tap, param: torch.nn.Module, target: Target, config: CollideConfig, ph: dict, step: int,
+                  worst: float) -> bool:
+    """Stop on ``tol``: the step's worst error is within it, the separate and sharpen phases are
+    over (``settle``), and the images as saved meet it too (``confirmed``)."""
+    return worst <= config.tol and step >= min(ph["settle"], config.steps) and confirmed(tap, param, target, config.tol)
 
 
 def learning_rate(config: CollideConfig, step: int) -> float:

@@ -24,7 +24,8 @@ import numpy as np
 from ..core.errors import PatchcollideError, first_line
 from ..core.files import check_writable, versions
 from ..core.images import PATCH, BadImage, Preprocess, cut_patches, grid_positions, load_rgb
-from .store import Part, PatchStore, StoreError, StoreWriter, restore_manifest, store_lock
+from .store import PatchStore, StoreError, store_lock
+from .store_write import Part, StoreWriter, restore_manifest
 
 log = logging.getLogger(__name__)
 

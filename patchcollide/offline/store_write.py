@@ -148,77 +148,14 @@ class StoreWriter:
         tmp = self.path + ".tmp"
         if os.path.exists(tmp):
             os.remove(tmp)
-        # Two streams, so the fingerprint does not depend on how the images were cut into parts.
-        h_patches, h_prov = hashlib.sha256(), hashlib.sha256()
         skipped: list[dict] = [{"path": p, "reason": r} for p, r in skipped_before]
-        n = 0
-        img_offset = 0
         try:
             with h5py.File(tmp, "w", libver=LIBVER) as f:
                 try:
-                    # fletcher32: a damaged chunk fails its checksum when read (4 bytes per chunk)
-                    patches = f.create_dataset(
-                        "patches", shape=(0, *PATCH_SHAPE), maxshape=(None, *PATCH_SHAPE), dtype=np.uint8,
-                        chunks=(CHUNK, *PATCH_SHAPE), compression=manifest["config"].get("compression"),
-                        fletcher32=True,
-                    )
-                    prov = f.create_dataset("provenance", shape=(0, 3), maxshape=(None, 3), dtype=np.int32,
-                                            chunks=(4096, 3), fletcher32=True)
-                    img_cols: dict[str, list] = {k: [] for k in ("path", "root", "label", "size", "native_size", "count")}
-                    for i in range(n_parts):
-                        part = Part.load(self.part_path(i))
-                        m = len(part.paths)
-                        pv = part.provenance.astype(np.int32, copy=True)
-                        pv[:, 0] += img_offset
-                        k = len(part.patches)
-                        patches.resize(n + k, axis=0)
-                        patches[n : n + k] = part.patches
-                        prov.resize(n + k, axis=0)
-                        prov[n : n + k] = pv
-                        h_patches.update(np.ascontiguousarray(part.patches).tobytes())
-                        h_prov.update(pv.astype("<i4").tobytes())
-                        counts = np.bincount(part.provenance[:, 0], minlength=m) if k else np.zeros(m, np.int64)
-                        img_cols["path"] += part.paths
-                        img_cols["root"].append(part.roots)
-                        img_cols["label"].append(part.labels)
-                        img_cols["size"].append(part.sizes.reshape(-1, 2))
-                        img_cols["native_size"].append(part.native_sizes.reshape(-1, 2))
-                        img_cols["count"].append(counts)
-                        skipped += [{"path": p, "reason": r} for p, r in part.skipped]
-                        n += k
-                        img_offset += m
-                    counts = np.concatenate(img_cols["count"]).astype(np.int32) if img_cols["count"] else np.zeros(0, np.int32)
-                    g = f.create_group("images")
-                    str_t = h5py.string_dtype("utf-8")
-                    g.create_dataset("path", data=np.asarray(img_cols["path"], dtype=object), dtype=str_t)
-                    # HDF5 filters no variable-length strings: the string tables are covered by tables_sha256
-                    g.create_dataset("root", data=_cat(img_cols["root"], np.int16, (0,)), fletcher32=True)
-                    g.create_dataset("label", data=_cat(img_cols["label"], np.int32, (0,)), fletcher32=True)
-                    g.create_dataset("size", data=_cat(img_cols["size"], np.int32, (0, 2)), fletcher32=True)
-                    g.create_dataset("native_size", data=_cat(img_cols["native_size"], np.int32, (0, 2)),
-                                     fletcher32=True)
-                    g.create_dataset("count", data=counts, fletcher32=True)
-                    g.create_dataset("first", data=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)[: len(counts)],
-                                     fletcher32=True)
-                    f.create_dataset("classes", data=np.asarray(list(classes), dtype=object), dtype=str_t)
-                    f.create_dataset("roots", data=np.asarray(list(roots), dtype=object), dtype=str_t)
-                    f.attrs["tables_sha256"] = tables_sha256(f)
-                    manifest = dict(manifest)
-                    manifest.update(
-                        format=FORMAT, format_version=FORMAT_VERSION, store_id=self.store_id,
-                        fingerprint=fingerprint_of(h_patches, h_prov), n_patches=int(n), n_images=int(img_offset),
-                        n_classes=len(classes), n_skipped=len(skipped), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    )
-                    for key in ("format", "format_version", "store_id", "fingerprint", "created", "content_key"):
-                        if key in manifest:
-                            f.attrs[key] = manifest[key]
-                    f.attrs["config"] = json.dumps(manifest["config"], sort_keys=True)
-                    f.attrs["versions"] = json.dumps(manifest.get("versions", {}), sort_keys=True)
-                    manifest["skipped"] = skipped
-                    if t0 is not None:
-                        manifest["seconds"] = round(time.time() - t0, 3)
-                    f.attrs["manifest"] = json.dumps(manifest, sort_keys=True)
-                    f.attrs["attrs_sha256"] = attrs_sha256(f.attrs)  # checked on every open
+                    merged = self._merge_parts(f, n_parts, manifest["config"].get("compression"))
+                    skipped += merged["skipped"]
+                    _write_tables(f, merged["images"], classes, roots)
+                    manifest = self._write_attrs(f, manifest, merged, len(classes), skipped, t0)
                     f.flush()  # a write that fails here is caught below, not in the close
                 except OSError:
                     _discard_writes(f)
@@ -236,6 +173,91 @@ class StoreWriter:
         write_manifest(self.path, manifest)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         return manifest
+
+    def _merge_parts(self, f: h5py.File, n_parts: int, compression) -> dict:
+        """Append the parts' patches and provenance to ``f`` in order (image indices made global).
+        Returns n (patches), n_images, the image columns, the parts' skipped files and the two
+        hashes of the fingerprint (two streams, so that it does not depend on how the images
+        were cut into parts)."""
+        h_patches, h_prov = hashlib.sha256(), hashlib.sha256()
+        skipped: list[dict] = []
+        n = 0
+        img_offset = 0
+        # fletcher32: a damaged chunk fails its checksum when read (4 bytes per chunk)
+        patches = f.create_dataset(
+            "patches", shape=(0, *PATCH_SHAPE), maxshape=(None, *PATCH_SHAPE), dtype=np.uint8,
+            chunks=(CHUNK, *PATCH_SHAPE), compression=compression,
+            fletcher32=True,
+        )
+        prov = f.create_dataset("provenance", shape=(0, 3), maxshape=(None, 3), dtype=np.int32,
+                                chunks=(4096, 3), fletcher32=True)
+        img_cols: dict[str, list] = {k: [] for k in ("path", "root", "label", "size", "native_size", "count")}
+        for i in range(n_parts):
+            part = Part.load(self.part_path(i))
+            m = len(part.paths)
+            pv = part.provenance.astype(np.int32, copy=True)
+            pv[:, 0] += img_offset
+            k = len(part.patches)
+            patches.resize(n + k, axis=0)
+            patches[n : n + k] = part.patches
+            prov.resize(n + k, axis=0)
+            prov[n : n + k] = pv
+            h_patches.update(np.ascontiguousarray(part.patches).tobytes())
+            h_prov.update(pv.astype("<i4").tobytes())
+            counts = np.bincount(part.provenance[:, 0], minlength=m) if k else np.zeros(m, np.int64)
+            img_cols["path"] += part.paths
+            img_cols["root"].append(part.roots)
+            img_cols["label"].append(part.labels)
+            img_cols["size"].append(part.sizes.reshape(-1, 2))
+            img_cols["native_size"].append(part.native_sizes.reshape(-1, 2))
+            img_cols["count"].append(counts)
+            skipped += [{"path": p, "reason": r} for p, r in part.skipped]
+            n += k
+            img_offset += m
+        return {"n": n, "n_images": img_offset, "images": img_cols, "skipped": skipped,
+                "fingerprint": fingerprint_of(h_patches, h_prov)}
+
+    def _write_attrs(self, f: h5py.File, manifest: dict, merged: dict, n_classes: int, skipped: list[dict],
+                     t0: float | None) -> dict:
+        """The store's attributes and its whole manifest (a new dict: ``manifest`` completed with
+        the format, id, fingerprint and counts), with ``attrs_sha256`` over them last."""
+        manifest = dict(manifest)
+        manifest.update(
+            format=FORMAT, format_version=FORMAT_VERSION, store_id=self.store_id,
+            fingerprint=merged["fingerprint"], n_patches=int(merged["n"]), n_images=int(merged["n_images"]),
+            n_classes=n_classes, n_skipped=len(skipped), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        for key in ("format", "format_version", "store_id", "fingerprint", "created", "content_key"):
+            if key in manifest:
+                f.attrs[key] = manifest[key]
+        f.attrs["config"] = json.dumps(manifest["config"], sort_keys=True)
+        f.attrs["versions"] = json.dumps(manifest.get("versions", {}), sort_keys=True)
+        manifest["skipped"] = skipped
+        if t0 is not None:
+            manifest["seconds"] = round(time.time() - t0, 3)
+        f.attrs["manifest"] = json.dumps(manifest, sort_keys=True)
+        f.attrs["attrs_sha256"] = attrs_sha256(f.attrs)  # checked on every open
+        return manifest
+
+
+def _write_tables(f: h5py.File, img_cols: dict[str, list], classes: Sequence[str], roots: Sequence[str]) -> None:
+    """The image tables, classes and roots, and ``tables_sha256`` over them."""
+    counts = np.concatenate(img_cols["count"]).astype(np.int32) if img_cols["count"] else np.zeros(0, np.int32)
+    g = f.create_group("images")
+    str_t = h5py.string_dtype("utf-8")
+    g.create_dataset("path", data=np.asarray(img_cols["path"], dtype=object), dtype=str_t)
+    # HDF5 filters no variable-length strings: the string tables are covered by tables_sha256
+    g.create_dataset("root", data=_cat(img_cols["root"], np.int16, (0,)), fletcher32=True)
+    g.create_dataset("label", data=_cat(img_cols["label"], np.int32, (0,)), fletcher32=True)
+    g.create_dataset("size", data=_cat(img_cols["size"], np.int32, (0, 2)), fletcher32=True)
+    g.create_dataset("native_size", data=_cat(img_cols["native_size"], np.int32, (0, 2)),
+                     fletcher32=True)
+    g.create_dataset("count", data=counts, fletcher32=True)
+    g.create_dataset("first", data=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)[: len(counts)],
+                     fletcher32=True)
+    f.create_dataset("classes", data=np.asarray(list(classes), dtype=object), dtype=str_t)
+    f.create_dataset("roots", data=np.asarray(list(roots), dtype=object), dtype=str_t)
+    f.attrs["tables_sha256"] = tables_sha256(f)
 
 
 def _discard_writes(f: h5py.File) -> None:

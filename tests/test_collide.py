@@ -16,7 +16,8 @@ from patchcollide.cli import cli
 from patchcollide.engine.collide import CollideConfig, collide, target_of, to_tensor
 from patchcollide.core.images import resize_crop
 from patchcollide.engine.models import load_tap
-from patchcollide.engine.objectives import Target, choose_units, loss_terms
+from patchcollide.engine.objectives import choose_units, loss_terms
+from patchcollide.engine.target import Target
 from patchcollide.engine.params import PatchParam
 from patchcollide.engine.polytope import difference_boxes, sample_polytope
 

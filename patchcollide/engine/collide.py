@@ -57,10 +57,12 @@ from .checkpoints import Checkpointer, Interrupted, restoring
 # the settings (torch-free, config.py), where callers found them before config.py held them
 from .config import (ANCHORS, AUTO_PUSH, DEVICES, FITS, INITS, OBJECTIVES, OPTIMIZERS,  # noqa: F401
                      RETRIEVE, CollideConfig, CollideError, field_error, setting)
+from .distance import relative_error
 from .models import Tap, resolve_device, tap_on
-from .objectives import Target, choose_units, collision_metrics, push_ratio, relative_error
+from .objectives import choose_units, collision_metrics, push_ratio
 from .optimisers import SGD, Adam, Optimiser
 from .params import SPACES, STARTS, PatchParam  # noqa: F401 (SPACES, STARTS: their old home)
+from .target import Target
 from .terms import Context, Setup, Term, build_terms, loss_of
 # the least-change term's names, where callers found them before terms.py held them
 from .terms import FOOL_GAP, frontier_of, least_change_distance, least_change_weights  # noqa: F401
@@ -216,8 +218,7 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
     """
     config = dataclasses.replace(config, push_margin=push_margin_of(config, tap))  # auto made concrete
     if terms is None:
-        source, target_image = images if images is not None else (None, None)
-        terms = build_terms(Setup(config, tap, target, param, anchor, source, target_image))
+        terms = default_terms(tap, param, target, config, anchor, images)
     opt = make_optimizer(param, config)
     ph = config.phases()
     with restoring(resume_path(checkpoint)):
@@ -227,20 +228,10 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
     started = time.time()
     decision, holds = any(t.decision for t in terms), any(t.holds for t in terms)
     for step in range(step + 1, config.steps + 1):
-        if param.mixes and step in ph["prune"]:
-            prune(param, opt, ph["prune"][step])
-        ctx = Context.of(tap, param, target, config, ph, step, hist, decision)
-        loss, values = loss_of(terms, ctx)
-        opt.param_groups[0]["lr"] = learning_rate(config, step)
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        opt.step()
-        param.project()
-        worst = record(hist, terms, ctx, values)
+        loss, worst = take_step(tap, param, opt, terms, target, config, ph, step, hist, decision)
         if progress:
             progress(step, config.steps, float(loss.detach().sum()), worst)
-        if not holds and worst <= config.tol and step >= min(ph["settle"], config.steps) \
-                and confirmed(tap, param, target, config.tol):
+        if not holds and tolerance_met(tap, param, target, config, ph, step, worst):
             converged = True
             break
         if checkpoint is not None and step < config.steps and checkpoint.due(step):
@@ -251,6 +242,38 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
         seconds = before + time.time() - started
         checkpoint.save(loop_state(step, True, converged, param, opt, hist, seconds), final=True)
     return hist, step, converged
+
+
+def default_terms(tap: Tap, param: torch.nn.Module, target: Target, config: CollideConfig,
+                  anchor: torch.Tensor | None, images: tuple[torch.Tensor, torch.Tensor] | None) -> list[Term]:
+    """``terms.build_terms`` for this run: the collision, the push, the least-change term, TV and
+    entropy, with the (source, target) ``images`` where given."""
+    source, target_image = images if images is not None else (None, None)
+    return build_terms(Setup(config, tap, target, param, anchor, source, target_image))
+
+
+def take_step(tap: Tap, param: torch.nn.Module, opt: Optimiser, terms: list[Term], target: Target,
+              config: CollideConfig, ph: dict, step: int, hist: dict, decision: bool) -> tuple[torch.Tensor, float]:
+    """One step of the loop: prune where due, render, the loss, the optimiser's step at the
+    step's learning rate, the projection, the record. Returns (loss (V,), worst relative error
+    measured before the update)."""
+    if param.mixes and step in ph["prune"]:
+        prune(param, opt, ph["prune"][step])
+    ctx = Context.of(tap, param, target, config, ph, step, hist, decision)
+    loss, values = loss_of(terms, ctx)
+    opt.param_groups[0]["lr"] = learning_rate(config, step)
+    opt.zero_grad(set_to_none=True)
+    loss.sum().backward()
+    opt.step()
+    param.project()
+    return loss, record(hist, terms, ctx, values)
+
+
+def tolerance_met(tap: Tap, param: torch.nn.Module, target: Target, config: CollideConfig, ph: dict, step: int,
+                  worst: float) -> bool:
+    """Stop on ``tol``: the step's worst error is within it, the separate and sharpen phases are
+    over (``settle``), and the images as saved meet it too (``confirmed``)."""
+    return worst <= config.tol and step >= min(ph["settle"], config.steps) and confirmed(tap, param, target, config.tol)
 
 
 def learning_rate(config: CollideConfig, step: int) -> float:
@@ -379,15 +402,12 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     src, tgt = to_tensor(source_img).to(dev), to_tensor(target_img).to(dev)
     if resume is not None:
         with restoring(resume_path(checkpoint)):
-            t = resume["target"]
-            target = Target(t["z"], t["units"], t["label"], t["prob"])
-            if not (torch.is_tensor(target.z) and torch.is_tensor(target.units)):
-                raise TypeError("its target is not tensors")
+            target = Target.from_dict(resume["target"])
     if target is None:
         target = target_of(tap, tgt, config.vertices, config.first_unit)
     elif len(target.units) != config.vertices:
         raise CollideError(f"the precomputed target has {len(target.units)} units for {config.vertices} vertices")
-    target = Target(target.z.to(dev), target.units.to(dev), target.label, target.prob)
+    target = target.to(dev)
     clock.lap("target")
     candidates = None
     if config.space.needs_index:
@@ -407,7 +427,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
             param.restore(resume["param"])
     if checkpoint is not None:
         checkpoint.static.update(  # tensors and plain values only: the file loads with weights_only=True
-            target={"z": target.z.cpu(), "units": target.units.cpu(), "label": target.label, "prob": target.prob},
+            target=target.as_dict(),
             candidates=None if cand_meta is None else {k: torch.from_numpy(np.asarray(v)) for k, v in cand_meta.items()})
     anchor = least_change_anchor(config, src, candidates).to(dev) if config.least_change > 0 else None
     clock.lap("setup")
@@ -421,7 +441,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
         if hard is not None:
             mixing["argmax_rel_error"] = relative_error(tap.pre(hard), target).tolist()
     before = resume["seconds"] if resume is not None else 0.0
-    return CollideResult(vertices=x.cpu(), target=Target(target.z.cpu(), target.units.cpu(), target.label, target.prob),
+    return CollideResult(vertices=x.cpu(), target=target.to("cpu"),
                          metrics=metrics, history=hist, steps=steps, converged=converged,
                          seconds=before + time.time() - t0, param_state=param.core_state(), candidates=cand_meta,
                          mixing=mixing, argmax_vertices=None if hard is None else hard.cpu(), timings=clock.laps)
@@ -469,5 +489,4 @@ def quantised_metrics(tap: Tap, vertices_u8: np.ndarray, target: Target, device:
     dev = resolve_device(device)
     tap = tap_on(tap, dev)
     x = torch.from_numpy(np.ascontiguousarray(vertices_u8)).permute(0, 3, 1, 2).float().to(dev) / 255.0
-    t = Target(target.z.to(dev), target.units.to(dev), target.label, target.prob)
-    return collision_metrics(tap.pre(x), tap.logits(x), t)
+    return collision_metrics(tap.pre(x), tap.logits(x), target.to(dev))

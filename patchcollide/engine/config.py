@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..core.errors import PatchcollideError
+from ..core.errors import PatchcollideError, raise_first
 from ..core.images import PATCH
 from ..core.settings import check_fields, setting
 from .objective_traits import OBJECTIVES
@@ -200,9 +200,7 @@ class CollideConfig:
              "nearest needs a search space of retrieved patches (mode patches: the nearest-neighbour composition)"),
             (0 <= self.seed < MAX_SEED, "seed", f"must be between 0 and 2^63 - 1, got {self.seed}"),
         ]
-        for ok, field, problem in checks:
-            if not ok:
-                raise field_error(field, problem)
+        raise_first(checks, field_error)
         try:
             self.space.check_config(self)
         except ValueError as e:

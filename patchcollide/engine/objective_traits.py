@@ -33,7 +33,7 @@ class Objective:
     every option, defaults filled in), made from the config at every step and so holding no
     state between steps (a resumed run equals an unbroken one), called as
     ``objective(z, target) -> (L+ (V,), L-^v (V,))``: z (V, D) float32 pre-activations of the V
-    vertices, differentiable; target an ``objectives.Target`` (``z`` (D,), ``units`` (V,) the
+    vertices, differentiable; target a ``target.Target`` (``z`` (D,), ``units`` (V,) the
     inactive unit of each vertex, ``active``, ``post``). Both results differentiable and >= 0
     where the loop should stop pulling; the loop weighs them by phase (``--loss-early``,
     ``--loss-late``) and stops on the relative error, not on these.

@@ -16,8 +16,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .distance import relative_distance
 from .models import Tap
-from .objectives import Target
+from .target import Target
 
 PROB_GAP = 0.01  # a sample fools the net when it is in the target's class with a top-class prob. this close to the target's
 
@@ -100,8 +101,7 @@ def sample_polytope(tap: Tap, vertices: torch.Tensor, target: Target, samples: i
             pj = judge.probs(x)
             judged += int((pj.argmax(1) == source_class).sum())
             judge_p.append(pj[:, source_class])
-        r = (torch.relu(z) - post).norm(dim=1) / post.norm().clamp_min(1e-12)
-        rel.append(r.cpu())
+        rel.append(relative_distance(torch.relu(z), post).cpu())
         if progress:
             progress(min(s + batch_size, n), n)
     rel_t = torch.cat(rel)

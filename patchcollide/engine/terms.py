@@ -51,8 +51,10 @@ import functools
 import numpy as np
 import torch
 
-from .objectives import Target, loss_terms, relative_error
+from .distance import relative_error
+from .objectives import loss_terms
 from .polytope import BLOCK_VIEW
+from .target import Target
 
 FOOL_GAP = 0.005  # a vertex "fools" the net: the target's class, top-class prob. this close to the target's
 # (half the benchmark's 0.01: room for the polytope's samples and the 8-bit rounding)

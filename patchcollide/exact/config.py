@@ -4,11 +4,12 @@ The search itself is ``runs.py`` (with ``kernel.py``: what ``mode`` means)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 
 from ..core import files
-from ..core.errors import PatchcollideError
+from ..core.errors import PatchcollideError, raise_first
 from ..core.settings import check_fields, field_error, setting
 from ..engine.names import ANY_MODEL, check_model_name
 
@@ -58,9 +59,7 @@ class NullspaceConfig:
              f"{','.join(map(str, self.dense_sizes))}"),
             (math.isfinite(self.pgd_eps) and self.pgd_eps > 0, "pgd_eps", f"must be > 0, got {self.pgd_eps}"),
         ]
-        for ok, field, problem in checks:
-            if not ok:
-                raise field_error(NullspaceError, field, problem)
+        raise_first(checks, functools.partial(field_error, NullspaceError))
 
 
 def check_out(out: str, overwrite: bool) -> None:

@@ -1,3 +1,4 @@
 """The offline stage, run once: image folders -> HDF5 patch store (``extract``, ``store``) ->
-patch vectors (``descriptors``) -> FAISS index (``index_build``, searched by ``knn``). Imports only
-``core``; the engine never imports it (``collide`` receives the index as an object)."""
+patch vectors (``descriptors``) -> FAISS index (``index_build``, its format ``index_format``,
+searched by ``knn``). Imports only ``core``; the engine never imports it (``collide`` receives
+the index as an object)."""

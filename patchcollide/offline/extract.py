@@ -25,7 +25,8 @@ from ..core.errors import PatchcollideError, first_line
 from ..core.files import check_writable, versions
 from ..core.images import PATCH, BadImage, Preprocess, cut_patches, grid_positions, load_rgb
 from ..core.settings import check_fields, field_error, setting
-from .store import Part, PatchStore, StoreError, StoreWriter, restore_manifest, store_lock
+from .store import PatchStore, StoreError, store_lock
+from .store_write import Part, StoreWriter, restore_manifest
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,9 @@
-"""Store -> index: build a FAISS index over a patch store (``index build``), and the index
-directory's format, which ``knn`` opens and searches.
-
-Index directory (``index/`` by default)::
+"""Store -> index: build a FAISS index over a patch store (``index build``) into an index
+directory (``index/`` by default; its format, checks and checksums are in ``index_format``,
+which ``knn`` opens and searches)::
 
     patches.h5, patches.json    the store and its manifest (store.py)
-    index.faiss                 the FAISS index, CPU form (faiss.write_index layout)
-    index.json                  manifest: store id + fingerprint, factory, descriptor, nprobe,
-                                k_factor, N, training sample, sha256 of index.faiss, versions, build time,
-                                manifest_sha256 over all of these
-
-Opening an index checks it cheaply (``quick_sha256``: the size, first and last MiB of
-index.faiss; the store's id and recorded fingerprint) and every value of index.json
-(``check_manifest``); ``knn.verify_index`` reads everything (``manifest_sha256``, the full
-``sha256``, the store's fingerprint recomputed).
+    index.faiss, index.json     the FAISS index and its manifest (index_format.py)
 
 The factory is chosen from N (``default_factory``, the rule in ``index/README.md``): ``Flat``
 (exact) up to 50k patches; above, ``PCA128,IVF{nlist},PQ32,Refine(SQ8_direct)``: an IVF-PQ on
@@ -29,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -42,18 +32,18 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
-from ..core.errors import PatchcollideError, first_line
+from ..core.errors import first_line
 from ..core.files import atomic_open, atomic_path, versions
-from ..core.settings import check_fields, field_error, setting
+from ..core.settings import check_fields, setting
 from .descriptors import make_descriptor
+# the index directory's format, where callers found it before index_format.py held it
+from .index_format import (FORMAT_VERSION, INDEX_FILE, K_FACTOR_MAX, MANIFEST_FILE, NPROBE_MAX,  # noqa: F401
+                           REBUILD, STORE_FILE, IndexError_, check_manifest, check_search_params, faiss_reason,
+                           file_sha256, manifest_sha256, quick_checksum)
 from .store import PatchStore, store_lock
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
-MANIFEST_FILE = "index.json"
-STORE_FILE = "patches.h5"
-FORMAT_VERSION = 1
 # The factory rule by N (index/README.md; tests/test_knn.py checks it at every boundary).
 FLAT_MAX_N = 50_000  # up to here exact search is cheap enough (about 1 s per 625-query grid on 2 cores)
 HNSW_ABOVE_N = 2_000_000  # above: about 4 sqrt(N) IVF lists behind an HNSW coarse quantizer
@@ -67,16 +57,6 @@ PCA_TRAIN_MAX = 65_536  # the PCA's sample is capped here: 0.8 GB float32 at 307
 SEARCH_DEFAULTS_IVF = (32, 32)  # FLAT_MAX_N < N <= HNSW_ABOVE_N
 SEARCH_DEFAULTS_HNSW = (64, 32)  # N > HNSW_ABOVE_N
 KMEANS_MIN_POINTS = 39  # faiss' own threshold for its "please provide at least" advice
-# Upper bounds of the search parameters, from index.json or the command line. A refine search
-# allocates 12 bytes per query per candidate (k * k_factor): k 16, k_factor 1024 and a 625-query
-# grid is 123 MB, where an unbounded k_factor read from a damaged index.json fails in C++ (std::bad_alloc).
-NPROBE_MAX = 1 << 20  # above the largest nlist of the default rule (131,072 at 1B patches); faiss clamps to nlist
-K_FACTOR_MAX = 1024
-REBUILD = "rebuild with `patchcollide index build`"
-
-
-class IndexError_(PatchcollideError):
-    """An index that cannot be built, opened or used with a store; one-line message."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,106 +82,6 @@ class IndexConfig:
 
     def __post_init__(self):
         check_fields(self, IndexError_)
-
-
-def check_search_params(nprobe: int | None, k_factor: int | None) -> None:
-    """nprobe and k_factor (None: not given) within 1..NPROBE_MAX and 1..K_FACTOR_MAX; the
-    error names the field (the CLI: --nprobe, --k-factor)."""
-    for name, v, top in (("nprobe", nprobe, NPROBE_MAX), ("k_factor", k_factor, K_FACTOR_MAX)):
-        if v is not None and v < 1:
-            raise field_error(IndexError_, name, f"must be >= 1, got {v}")
-        if v is not None and v > top:
-            raise field_error(IndexError_, name, f"must be at most {top:,}, got {v}")
-
-
-def _whole(v, lo: int, hi: int) -> bool:
-    """v is an int (not a bool, float or null) within lo..hi."""
-    return type(v) is int and lo <= v <= hi
-
-
-def check_manifest(m: dict, mpath: str):
-    """Check every value of an index.json that opening and searching use, as strictly as the
-    command line's: nprobe and k_factor whole numbers within their bounds, n a whole number,
-    factory a string, sha256 (when there) 64 hex digits, the descriptor known and its
-    params accepted. Returns the descriptor. IndexError_ (one line naming index.json, the key,
-    the bad value and the fix) otherwise. The structure (keys present) is checked before."""
-    def bad(key: str, value, want: str):
-        return IndexError_(f"{mpath}: {key} is {_show(value)}, expected {want}; the file is damaged or edited: "
-                           f"{REBUILD}")
-
-    if m.get("format_version") != FORMAT_VERSION or type(m.get("format_version")) is not int:
-        raise bad("format_version", m.get("format_version"), f"{FORMAT_VERSION}")
-    if not _whole(m["nprobe"], 1, NPROBE_MAX):
-        raise bad("nprobe", m["nprobe"], f"a whole number from 1 to {NPROBE_MAX:,}")
-    if not _whole(m["k_factor"], 1, K_FACTOR_MAX):
-        raise bad("k_factor", m["k_factor"], f"a whole number from 1 to {K_FACTOR_MAX:,}")
-    if not _whole(m.get("n"), 1, 1 << 62):
-        raise bad("n", m.get("n"), "the number of patches, a whole number >= 1")
-    if not isinstance(m["factory"], str) or not m["factory"]:
-        raise bad("factory", m["factory"], "a faiss index_factory string")
-    if "sha256" in m and not (isinstance(m["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", m["sha256"])):
-        raise bad("sha256", m["sha256"], "64 hex digits")
-    if "manifest_sha256" in m and not (isinstance(m["manifest_sha256"], str)
-                                       and re.fullmatch(r"[0-9a-f]{64}", m["manifest_sha256"])):
-        raise bad("manifest_sha256", m["manifest_sha256"], "64 hex digits")
-    if not isinstance(m["quick_sha256"], str):
-        raise bad("quick_sha256", m["quick_sha256"], "64 hex digits")
-    d = m["descriptor"]
-    if not isinstance(d["name"], str):
-        raise bad("descriptor.name", d["name"], "a descriptor name")
-    if not isinstance(d["params"], dict):
-        raise bad("descriptor.params", d["params"], "an object of the descriptor's parameters")
-    try:
-        desc = make_descriptor(d["name"], d["params"])
-    except ValueError as e:
-        raise bad("descriptor.name", d["name"], first_line(e).split("; ")[-1].replace("known: ", "one of ")) from None
-    except TypeError:
-        raise bad("descriptor.params", d["params"], f"parameters descriptor {d['name']!r} accepts") from None
-    if "dim" in d and d["dim"] != desc.dim:
-        raise bad("descriptor.dim", d["dim"], f"{desc.dim} (descriptor {desc.name!r})")
-    return desc
-
-
-def manifest_sha256(m: dict) -> str:
-    """SHA-256 of an index.json's values: its canonical JSON (sorted keys, no spaces) without the
-    ``manifest_sha256`` key itself. Recorded at build, recomputed by ``index verify``: a value
-    changed later (damage, a hand edit) that is still valid is found there, not on open."""
-    rest = {k: v for k, v in m.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _show(value) -> str:
-    """A value from a JSON file as JSON writes it (null, "abc", 2.5), cut to 60 characters."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def file_sha256(path: str, progress: Callable[[int, int], None] | None = None, block: int = 1 << 22) -> str:
-    """SHA-256 of a whole file, read 4 MiB at a time; progress(bytes done, bytes total)."""
-    h = hashlib.sha256()
-    total = os.path.getsize(path)
-    done = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return h.hexdigest()
-
-
-def faiss_reason(exc: Exception) -> str:
-    """The human part of a faiss C++ exception ("could not parse code description Bogus ..."),
-    without the C++ signature and source location."""
-    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)
-    for marker in ("failed: ", "Error: "):
-        if marker in text:
-            text = text.rsplit(marker, 1)[1]
-    return text.strip().strip("'")
 
 
 def _pow2(x: float) -> int:
@@ -345,8 +225,6 @@ def _build_index(index_dir, store_path, config, progress, train_progress=None) -
     store_path = store_path or os.path.join(index_dir, STORE_FILE)
     desc = make_descriptor(config.descriptor)
     use_gpu = resolve_gpu(config.device)
-    ipath = os.path.join(index_dir, INDEX_FILE)
-    mpath = os.path.join(index_dir, MANIFEST_FILE)
     with PatchStore(store_path) as store:
         n = len(store)
         if n == 0:
@@ -354,52 +232,13 @@ def _build_index(index_dir, store_path, config, progress, train_progress=None) -
         factory = config.factory or default_factory(n, desc.lossless_uint8)
         nprobe, k_factor = default_search_params(n)
         nprobe, k_factor = config.nprobe or nprobe, config.k_factor or k_factor
-        try:
-            index = faiss.index_factory(desc.dim, factory)
-        except RuntimeError as e:
-            raise IndexError_(f"--factory {factory!r} is not a valid faiss index_factory string "
-                              f"({faiss_reason(e)}); use one like Flat, IVF1024,Flat or IVF4096,PQ16x8") from None
-        ivf = extract_ivf(index)
-        if ivf is not None:
-            ivf.cp.seed = config.seed
-            ivf.cp.min_points_per_centroid = 1  # faiss' advice goes to stderr raw; ours is one warning line below
-            if use_gpu:
-                ivf.clustering_index = _gpu_flat(ivf.d)  # k-means assignment on the GPU; None on failure
-        t_train = 0.0
-        train_n = 0
-        if not index.is_trained:
-            nlist = ivf.nlist if ivf is not None else 256
-            train_n = min(n, config.train_size or max(65536, 64 * nlist))
-            if ivf is not None and train_n < ivf.nlist:
-                raise IndexError_(f"{factory} needs at least {ivf.nlist} training patches, got {train_n}; "
-                                  "raise --train-size or use a factory with fewer IVF lists")
-            if ivf is not None and train_n < KMEANS_MIN_POINTS * ivf.nlist:
-                log.warning("training %s on %d patches: k-means wants at least %d (%d per list) to place its lists "
-                            "well; raise --train-size or use fewer IVF lists", factory, train_n,
-                            KMEANS_MIN_POINTS * ivf.nlist, KMEANS_MIN_POINTS)
-            t = time.time()
-            try:
-                with _kmeans_progress(ivf, train_progress):
-                    _train(index, store, desc, _sample_ids(n, train_n, config.seed), config.seed, config.batch_size)
-            except RuntimeError as e:
-                msg = str(e).strip().splitlines()[-1][:200]
-                raise IndexError_(f"training {factory} on {train_n} patches failed ({msg}); "
-                                  "raise --train-size or choose a smaller --factory") from None
-            t_train = time.time() - t
-            if ivf is not None:
-                ivf.clustering_index = None
+        index, ivf = _new_index(desc.dim, factory, config.seed, use_gpu)
+        train_n, t_train = _train_sample(index, ivf, store, desc, factory, config, train_progress)
         # Streaming: add() fills only the base index (PQ codes, 40 bytes a patch); the refine copy
         # is written from the store into the file below. progress then counts both passes (2 N).
         stream = config.stream_refine and _streamable_refine(index)
         target, total = (index.base_index, 2 * n) if stream else (index, n)
-        t = time.time()
-        done = 0
-        for _, batch in store.iter_batches(config.batch_size):
-            target.add(desc(batch))
-            done += len(batch)
-            if progress:
-                progress(done, total)
-        t_add = time.time() - t
+        t_add = _add_all(target, store, desc, config.batch_size, progress, total)
         set_search_params(index, nprobe, k_factor)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -413,32 +252,107 @@ def _build_index(index_dir, store_path, config, progress, train_progress=None) -
             "bytes": None, "versions": versions(), "config": dataclasses.asdict(config),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        # Both files are written in full before either is renamed in (the index first). A kill
-        # between the two renames leaves a pair that does not belong together; PatchIndex detects
-        # it through the size and quick checksum recorded in the manifest.
-        try:
-            with atomic_open(mpath) as mfh, atomic_path(ipath) as itmp:
-                t = time.time()
-                if stream:
-                    _write_streaming_refine(index, store, desc, itmp, config.batch_size,
-                                            (lambda d: progress(n + d, total)) if progress else None)
-                else:
-                    faiss.write_index(index, itmp)
-                manifest["seconds"]["write"] = round(time.time() - t, 3)
-                manifest["bytes"] = os.path.getsize(itmp)
-                manifest["quick_sha256"] = quick_checksum(itmp)
-                t = time.time()
-                manifest["sha256"] = file_sha256(itmp)  # what `index verify` recomputes
-                manifest["seconds"]["sha256"] = round(time.time() - t, 3)
-                manifest["seconds"]["total"] = round(time.time() - t0, 3)
-                manifest["manifest_sha256"] = manifest_sha256(manifest)  # last: covers every other value
-                json.dump(manifest, mfh, indent=2)
-                mfh.flush()  # a full disk fails here, before the index is renamed in
-        except (OSError, RuntimeError) as e:  # full disk, file-size limit: faiss raises RuntimeError
-            msg = (getattr(e, "strerror", None) or str(e).strip().splitlines()[-1])[:160]
-            raise IndexError_(f"{index_dir}: writing the index failed ({msg}); free disk space and run again "
-                              "(any earlier index there is untouched)") from None
+
+        def write(path: str) -> None:
+            if stream:
+                _write_streaming_refine(index, store, desc, path, config.batch_size,
+                                        (lambda d: progress(n + d, total)) if progress else None)
+            else:
+                faiss.write_index(index, path)
+
+        _write_pair(index_dir, write, manifest, t0)
     return manifest
+
+
+def _new_index(dim: int, factory: str, seed: int, use_gpu: bool):
+    """(index, its IVF part or None) made by ``faiss.index_factory``, the k-means seeded (and
+    assigning on the GPU with ``use_gpu``); a factory faiss refuses is one IndexError_."""
+    try:
+        index = faiss.index_factory(dim, factory)
+    except RuntimeError as e:
+        raise IndexError_(f"--factory {factory!r} is not a valid faiss index_factory string "
+                          f"({faiss_reason(e)}); use one like Flat, IVF1024,Flat or IVF4096,PQ16x8") from None
+    ivf = extract_ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = seed
+        ivf.cp.min_points_per_centroid = 1  # faiss' advice goes to stderr raw; ours is one warning line below
+        if use_gpu:
+            ivf.clustering_index = _gpu_flat(ivf.d)  # k-means assignment on the GPU; None on failure
+    return index, ivf
+
+
+def _train_sample(index, ivf, store: PatchStore, desc, factory: str, config: IndexConfig,
+                  train_progress: Callable[[int, int], None] | None) -> tuple[int, float]:
+    """Train an untrained ``index`` on a seeded sample of the store (``config.train_size``, by
+    default max(65536, 64 nlist), at most N). Returns (patches in the sample, seconds); (0, 0.0)
+    for an index that needs no training."""
+    if index.is_trained:
+        return 0, 0.0
+    n = len(store)
+    nlist = ivf.nlist if ivf is not None else 256
+    train_n = min(n, config.train_size or max(65536, 64 * nlist))
+    if ivf is not None and train_n < ivf.nlist:
+        raise IndexError_(f"{factory} needs at least {ivf.nlist} training patches, got {train_n}; "
+                          "raise --train-size or use a factory with fewer IVF lists")
+    if ivf is not None and train_n < KMEANS_MIN_POINTS * ivf.nlist:
+        log.warning("training %s on %d patches: k-means wants at least %d (%d per list) to place its lists "
+                    "well; raise --train-size or use fewer IVF lists", factory, train_n,
+                    KMEANS_MIN_POINTS * ivf.nlist, KMEANS_MIN_POINTS)
+    t = time.time()
+    try:
+        with _kmeans_progress(ivf, train_progress):
+            _train(index, store, desc, _sample_ids(n, train_n, config.seed), config.seed, config.batch_size)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1][:200]
+        raise IndexError_(f"training {factory} on {train_n} patches failed ({msg}); "
+                          "raise --train-size or choose a smaller --factory") from None
+    t_train = time.time() - t
+    if ivf is not None:
+        ivf.clustering_index = None
+    return train_n, t_train
+
+
+def _add_all(target, store: PatchStore, desc, batch_size: int, progress: Callable[[int, int], None] | None,
+             total: int) -> float:
+    """Add every patch of the store to ``target`` batch by batch; progress(done, total). Returns
+    the seconds it took."""
+    t = time.time()
+    done = 0
+    for _, batch in store.iter_batches(batch_size):
+        target.add(desc(batch))
+        done += len(batch)
+        if progress:
+            progress(done, total)
+    return time.time() - t
+
+
+def _write_pair(index_dir: str, write: Callable[[str], None], manifest: dict, t0: float) -> None:
+    """Write index.faiss (by ``write(path)``) and index.json (``manifest`` completed with the
+    file's size, checksums and seconds since ``t0``) under temporary names, then rename both in.
+
+    Both files are written in full before either is renamed in (the index first). A kill
+    between the two renames leaves a pair that does not belong together; PatchIndex detects
+    it through the size and quick checksum recorded in the manifest."""
+    ipath = os.path.join(index_dir, INDEX_FILE)
+    mpath = os.path.join(index_dir, MANIFEST_FILE)
+    try:
+        with atomic_open(mpath) as mfh, atomic_path(ipath) as itmp:
+            t = time.time()
+            write(itmp)
+            manifest["seconds"]["write"] = round(time.time() - t, 3)
+            manifest["bytes"] = os.path.getsize(itmp)
+            manifest["quick_sha256"] = quick_checksum(itmp)
+            t = time.time()
+            manifest["sha256"] = file_sha256(itmp)  # what `index verify` recomputes
+            manifest["seconds"]["sha256"] = round(time.time() - t, 3)
+            manifest["seconds"]["total"] = round(time.time() - t0, 3)
+            manifest["manifest_sha256"] = manifest_sha256(manifest)  # last: covers every other value
+            json.dump(manifest, mfh, indent=2)
+            mfh.flush()  # a full disk fails here, before the index is renamed in
+    except (OSError, RuntimeError) as e:  # full disk, file-size limit: faiss raises RuntimeError
+        msg = (getattr(e, "strerror", None) or str(e).strip().splitlines()[-1])[:160]
+        raise IndexError_(f"{index_dir}: writing the index failed ({msg}); free disk space and run again "
+                          "(any earlier index there is untouched)") from None
 
 
 def _pretransform_of(index):
@@ -537,20 +451,6 @@ def _write_streaming_refine(index, store: PatchStore, desc, path: str, batch_siz
     if last != refine.sa_encode(desc(store.get([n - 1]))).tobytes():
         raise IndexError_(f"{path}: the streamed refine copy does not end with the last patch's code; build "
                           "with IndexConfig(stream_refine=False)")
-
-
-def quick_checksum(path: str, span: int = 1 << 20) -> str:
-    """SHA-256 of a file's size, first and last MiB: detects an index.faiss that is not the one
-    its index.json describes (an interrupted rebuild) without reading gigabytes on open."""
-    h = hashlib.sha256()
-    size = os.path.getsize(path)
-    h.update(str(size).encode())
-    with open(path, "rb") as fh:
-        h.update(fh.read(span))
-        if size > span:
-            fh.seek(max(span, size - span))
-            h.update(fh.read(span))
-    return h.hexdigest()
 
 
 def extract_ivf(index):

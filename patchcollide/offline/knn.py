@@ -1,7 +1,7 @@
 """Index -> neighbours: open a built index with its store, search it, evaluate it; and exact search.
 
-The index directory's format and its building (``index build``) are in ``index_build``; its
-public names are importable from here too. ``PatchIndex`` opens ``index.faiss`` memory-mapped
+The index directory's format is in ``index_format``, its building (``index build``) in
+``index_build``; their public names are importable from here too. ``PatchIndex`` opens ``index.faiss`` memory-mapped
 and checks it against ``index.json`` and the store; ``search_image`` gives the k nearest
 stored patches of every location of a query grid. ``exact_search`` is the brute-force
 reference (faiss BLAS on the CPU, torch on CUDA), ``evaluate`` the recall of an index against it.
@@ -24,23 +24,25 @@ from .descriptors import make_descriptor
 from .extract import context_windows
 from .index_build import (
     FLAT_MAX_N,
+    IndexConfig,
+    build_index,
+    default_factory,
+    default_search_params,
+    extract_ivf,
+    set_search_params,
+)
+from .index_format import (
     INDEX_FILE,
     MANIFEST_FILE,
     REBUILD,
     STORE_FILE,
-    IndexConfig,
     IndexError_,
-    faiss_reason,
-    build_index,
     check_manifest,
     check_search_params,
-    default_factory,
-    default_search_params,
-    extract_ivf,
+    faiss_reason,
     file_sha256,
     manifest_sha256,
     quick_checksum,
-    set_search_params,
 )
 from .store import REBUILD as STORE_REBUILD
 from .store import PatchStore, StoreError

@@ -42,10 +42,13 @@ import time
 import numpy as np
 import torch
 
-from ..engine.collide import CollideConfig, optimise
-from ..engine.objectives import Target, choose_units, collision_metrics, push_ratio
+from ..core.errors import raise_first
+from ..engine.collide import CollideConfig, optimise, target_of
+from ..engine.distance import reference_norm
+from ..engine.objectives import collision_metrics, push_ratio
 from ..engine.params import PixelParam
 from ..engine.polytope import sample_polytope
+from ..engine.target import Target
 from .digits import (
     ARCHS,
     AUTHORS_RECIPE,
@@ -102,9 +105,7 @@ class DigitProtocolConfig:
             (0 <= self.target_class <= 9 and 0 <= self.other_class <= 9, "classes must be digits 0..9"),
             (self.target_class != self.other_class, "--other-class must differ from --target-class"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise DigitsError(msg)
+        raise_first(checks, DigitsError)
 
 
 def first_correct(model: torch.nn.Module, data: DigitData, cls: int) -> int:
@@ -133,19 +134,6 @@ def looks_like(corr_start: list[float], corr_target: list[float], at_least: floa
 def target_class_of(model: torch.nn.Module, x: torch.Tensor) -> int:
     with torch.no_grad():
         return int(model(x).argmax(1)[0])
-
-
-def digit_target(tap: DigitTap, x_t: torch.Tensor, vertices: int) -> Target:
-    """The collision target of image x_t (1, 1, 28, 28): its pre-activation at the tap's layer,
-    its ``vertices`` most negative units (one per vertex), its top-1 class and probability."""
-    with torch.no_grad():
-        z, logits = tap.pre_and_logits(x_t)
-    p = torch.softmax(logits, 1)[0]
-    try:
-        units = choose_units(z[0], vertices)
-    except ValueError as e:
-        raise DigitsError(str(e)) from None
-    return Target(z[0], units, int(p.argmax()), float(p.max()))
 
 
 def control_share(model: torch.nn.Module, data: DigitData, label: int) -> float:
@@ -208,7 +196,7 @@ def run_digit_protocol(config: DigitProtocolConfig = DigitProtocolConfig(), data
     ti = first_correct(model, data, config.target_class)
     oi = first_correct(model, data, config.other_class)
     x_t = data.test_x[ti : ti + 1]
-    target = digit_target(tap, x_t, config.vertices)
+    target = target_of(tap, x_t, config.vertices)
     control = control_share(model, data, target_class_of(model, x_t))
     rows = []
     for name, start in (("from the target", ti), (f"from a {config.other_class}", oi)):
@@ -306,9 +294,7 @@ class LeastChangeConfig:
              f"least change: penalty and lr must be > 0, got {self.penalty} and {self.lr}"),
             (0 < self.lr_floor <= 1, f"least change: lr_floor must be in (0, 1], got {self.lr_floor}"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise DigitsError(msg)
+        raise_first(checks, DigitsError)
 
 
 def collision_residual(z: torch.Tensor, target: Target, push_margin: float) -> torch.Tensor:
@@ -316,7 +302,7 @@ def collision_residual(z: torch.Tensor, target: Target, push_margin: float) -> t
     (its norm is the relative objective's L+), then the push hinge relu(m - z[j_v] / z_t[j_v])
     (L-^v). Zero exactly when vertex v collides and its own unit is pushed to the margin."""
     active = target.active
-    post = (target.post - z * active - torch.relu(z) * (~active)) / target.post.norm().clamp_min(1e-12)
+    post = (target.post - z * active - torch.relu(z) * (~active)) / reference_norm(target.post)
     return torch.cat([post, torch.relu(push_margin - push_ratio(z, target))[:, None]], 1)
 
 
@@ -464,7 +450,7 @@ def run_digit_comparison(config: DigitComparisonConfig = DigitComparisonConfig()
     for net in nets:
         model = net.pop("model")
         tap = DigitTap(model, "mlp", "fc1")
-        target = digit_target(tap, x_t, pc.vertices)
+        target = target_of(tap, x_t, pc.vertices)
         net.update(target_class=target.label, target_prob=target.prob, target_active_units=int((target.z > 0).sum()),
                    control_share_target_class=control_share(model, data, target.label), rows=[])
         for path, start, name in (("protocol", ti, "from the target"), ("protocol", oi, f"from a {pc.other_class}"),

@@ -1,6 +1,6 @@
 """The static HTML report of a run or a batch (``write_html``): one page per directory, opened
 from disk. The pictures it shows are made by pictures.py; the statuses and metric columns come
-from formats.py."""
+from formats.py, the one-line verdicts from verdict.py, the style and script from report_assets.py."""
 from __future__ import annotations
 
 import html
@@ -26,11 +26,13 @@ from ..core.formats import (
 from ..core.version import __version__
 from ..engine.config import CollideError
 from .inputs import check_report
+from .report_assets import CSS, JS
+# verdict and batch_verdict are importable from here too (cli/, as before verdict.py held them)
+from .verdict import DASH, as_dict, batch_verdict, count_text, fmt, is_number, verdict
 
 # One page per directory, opened from disk: relative image URLs (the page stays beside its PNGs),
 # inline CSS and JS, nothing fetched from a network. Every string read from a file is HTML-escaped.
 
-DASH = "\u2013"
 _HINT = "give a run directory (from `patchcollide collide`) or a batch directory (from `patchcollide batch`)"
 
 
@@ -134,34 +136,8 @@ def _url(relpath: str) -> str:
     return urllib.parse.quote(relpath.replace(os.sep, "/"), safe="/")
 
 
-def _d(x) -> dict:
-    return x if isinstance(x, dict) else {}
-
-
 def _at(seq, i):
     return seq[i] if isinstance(seq, list) and i < len(seq) else None
-
-
-def _fmt(v, pct: bool = False) -> str:
-    """Display text (not yet escaped) of a value read from JSON; missing -> an en dash."""
-    if v is None or v == "":
-        return DASH
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if pct and isinstance(v, (int, float)):
-        return f"{100 * v:.1f}%"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        a = abs(v)
-        return f"{v:.2e}" if a and (a < 1e-2 or a >= 1e5) else f"{v:.4g}"
-    if isinstance(v, (list, dict)):
-        return json.dumps(v)
-    return str(v)
-
-
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _kv_table(d: dict, labels: dict | None = None, pct: tuple = (), cls: str = "kv", shown: dict | None = None) -> str:
@@ -169,7 +145,7 @@ def _kv_table(d: dict, labels: dict | None = None, pct: tuple = (), cls: str = "
     labels = labels or {}
     keys = [k for k in labels if k in d] + [k for k in d if k not in labels]
     shown = shown or {}
-    rows = "".join(f"<tr><th>{_e(labels.get(k, k))}</th><td>{_e(shown[k] if k in shown else _fmt(d[k], k in pct))}</td></tr>"
+    rows = "".join(f"<tr><th>{_e(labels.get(k, k))}</th><td>{_e(shown[k] if k in shown else fmt(d[k], k in pct))}</td></tr>"
                    for k in keys)
     return _box(f'<table class="{cls}"><tbody>{rows}</tbody></table>')
 
@@ -183,7 +159,7 @@ def _box(table: str) -> str:
 def _git_text(git) -> str:
     """versions.git as a reader wants it: the commit and whether the tree had changes."""
     if not isinstance(git, dict) or not git.get("commit"):
-        return "not run from a git checkout" if git is None or isinstance(git, dict) else _fmt(git)
+        return "not run from a git checkout" if git is None or isinstance(git, dict) else fmt(git)
     dirty = git.get("dirty")
     state = "with uncommitted changes" if dirty is True else "clean tree" if dirty is False else "tree state unknown"
     return f"commit {git['commit']} ({state})"
@@ -191,7 +167,7 @@ def _git_text(git) -> str:
 
 def _input_line(inputs: dict, which: str):
     """An input's path and how it was brought to size (report.json's inputs.transform, where recorded)."""
-    how = _d(_d(inputs.get("transform")).get(which)).get("how")
+    how = as_dict(as_dict(inputs.get("transform")).get(which)).get("how")
     return f"{inputs.get(which)} ({how})" if how else inputs.get(which)
 
 
@@ -200,16 +176,16 @@ def _config_shown(cfg: dict, resolved: dict) -> dict:
     took (report.json's resolved), with where that came from."""
     shown = {}
     if cfg.get("lr") is None and "lr" in cfg:
-        shown["lr"] = (f"{_fmt(resolved['lr'])} (the {cfg.get('mode', '?')} space's default)" if _num(resolved.get("lr"))
+        shown["lr"] = (f"{fmt(resolved['lr'])} (the {cfg.get('mode', '?')} space's default)" if is_number(resolved.get("lr"))
                        else f"{DASH} (the search space's default; not recorded by this version)")
     if cfg.get("fit") == "auto" and resolved.get("fit"):
         side = cfg.get("size", "size")
         shown["fit"] = f"auto: an input of {side} x {side} as given, any other {resolved['fit']}"
-    if cfg.get("push_margin", 0) is None and _num(resolved.get("push_margin")):
-        shown["push_margin"] = f"{_fmt(resolved['push_margin'])} (auto: {'random' if resolved['push_margin'] else 'trained'} weights)"
+    if cfg.get("push_margin", 0) is None and is_number(resolved.get("push_margin")):
+        shown["push_margin"] = f"{fmt(resolved['push_margin'])} (auto: {'random' if resolved['push_margin'] else 'trained'} weights)"
     if "device" in cfg:
         used = resolved.get("device")
-        shown["device"] = (f"{used} ({cfg['device']})" if used and used != cfg["device"] else _fmt(used or cfg["device"]))
+        shown["device"] = (f"{used} ({cfg['device']})" if used and used != cfg["device"] else fmt(used or cfg["device"]))
     return shown
 
 
@@ -244,9 +220,9 @@ def _figure(folder: str, name: str, alt: str, caption: str, min_side: int = 0, c
 def _page(title: str, body: str) -> str:
     return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n"
+            f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n"
             f"<footer>written by patchcollide {_e(__version__)}; a static page, images are linked files</footer>\n"
-            f"<script>{_JS}</script>\n</body>\n</html>\n")
+            f"<script>{JS}</script>\n</body>\n</html>\n")
 
 
 def _banner(text) -> str:
@@ -257,9 +233,9 @@ def run_page(run_dir: str, report: dict, back: str | None = None, back_label: st
     """The HTML page of one run directory (report.json already read); ``back``: relative URL
     of the batch (or folder) page it belongs to, ``back_label`` its link text."""
     r = report
-    cfg, model, inputs, tgt = _d(r.get("config")), _d(r.get("model")), _d(r.get("inputs")), _d(r.get("target"))
-    verts = _d(r.get("vertices"))
-    fl, png = _d(verts.get("float")), _d(verts.get("png"))
+    cfg, model, inputs, tgt = as_dict(r.get("config")), as_dict(r.get("model")), as_dict(r.get("inputs")), as_dict(r.get("target"))
+    verts = as_dict(r.get("vertices"))
+    fl, png = as_dict(verts.get("float")), as_dict(verts.get("png"))
     n_vertices = max((len(m["rel_error"]) for m in (png, fl) if isinstance(m.get("rel_error"), list)), default=0)
     if not n_vertices:
         n_vertices = sum(1 for n in os.listdir(run_dir) if n.startswith("vertex_") and n.endswith(".png"))
@@ -268,25 +244,25 @@ def run_page(run_dir: str, report: dict, back: str | None = None, back_label: st
     weights = str(model.get("name", model.get("kind", DASH)))
     if model.get("sha256"):
         weights += f" (sha256 {str(model['sha256'])[:12]})"
-    mode = _fmt(cfg.get("mode"))
+    mode = fmt(cfg.get("mode"))
     if cfg.get("mode") == "patches":
-        mode += f", k = {_fmt(cfg.get('k'))}, index {_fmt(inputs.get('index'))}"
-    side = _fmt(verts.get("size", cfg.get("size")))
-    dist = _d(r.get("distances"))
+        mode += f", k = {fmt(cfg.get('k'))}, index {fmt(inputs.get('index'))}"
+    side = fmt(verts.get("size", cfg.get("size")))
+    dist = as_dict(r.get("distances"))
     summary = [
         ("model", f"{model.get('arch', '?')}:{model.get('layer', '?')}"), ("weights", weights),
         ("source", _input_line(inputs, "source")), ("target", _input_line(inputs, "target")),
-        ("target class", (f"{_fmt(tgt.get('label'))} (p = {_fmt(tgt.get('top_prob'))}), "
-                          f"{_fmt(tgt.get('n_active'))} / {_fmt(tgt.get('dim'))} units active")),
+        ("target class", (f"{fmt(tgt.get('label'))} (p = {fmt(tgt.get('top_prob'))}), "
+                          f"{fmt(tgt.get('n_active'))} / {fmt(tgt.get('dim'))} units active")),
         ("mode", mode), ("vertices", f"{n_vertices} at {side} x {side}"),
-        ("steps", f"{_fmt(r.get('steps'))} of at most {_fmt(cfg.get('steps'))}"),
-        ("converged", _fmt(r.get("converged"))), ("time", f"{_fmt(r.get('seconds'))} s"),
+        ("steps", f"{fmt(r.get('steps'))} of at most {fmt(cfg.get('steps'))}"),
+        ("converged", fmt(r.get("converged"))), ("time", f"{fmt(r.get('seconds'))} s"),
         *([("before the first step", _timings_line(r["timings"]))] if isinstance(r.get("timings"), dict) else []),
-        ("mean pairwise L2", (f"vertices {_fmt(verts.get('mean_pairwise_l2'))}, source-target "
-                              f"{_fmt(dist.get('source_target_l2'))} (0..255 pixel units)")),
-        *([("L2 to the source", ", ".join(_fmt(d) for d in dist["vertex_source_l2"]) + " (per vertex)")]
+        ("mean pairwise L2", (f"vertices {fmt(verts.get('mean_pairwise_l2'))}, source-target "
+                              f"{fmt(dist.get('source_target_l2'))} (0..255 pixel units)")),
+        *([("L2 to the source", ", ".join(fmt(d) for d in dist["vertex_source_l2"]) + " (per vertex)")]
           if isinstance(dist.get("vertex_source_l2"), list) and dist["vertex_source_l2"] else []),
-        *([("extent", f"{_fmt(verts['extent'].get('extent'))} (the closest two vertices in the 7 x 7 block-mean "
+        *([("extent", f"{fmt(verts['extent'].get('extent'))} (the closest two vertices in the 7 x 7 block-mean "
                       "view, over the source-target distance there)")]
           if isinstance(verts.get("extent"), dict) and verts["extent"].get("pairs_block_l2") else []),
         *([("judge", _judge_line(r["judge"]))] if isinstance(r.get("judge"), dict) else []),
@@ -297,7 +273,7 @@ def run_page(run_dir: str, report: dict, back: str | None = None, back_label: st
     out = [f'<p class="nav"><a href="{_e(back)}">&larr; {_e(back_label)}</a></p>' if back else "",
            f"<h1>patchcollide run <code>{_e(name)}</code></h1>", _verdict_line(*verdict(r)), _damage_note(run_dir, r),
            _banner(notice),
-           '<dl class="summary">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd>" for k, v in summary) + "</dl>",
+           '<dl class="summary">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(fmt(v))}</dd>" for k, v in summary) + "</dl>",
            '<h2 id="images">Images</h2>',
            _figure(run_dir, "contact_sheet.png", "contact sheet: source, target, vertices, indicator",
                    "contact sheet: source, target, vertices, indicator", cls="wide"),
@@ -305,19 +281,19 @@ def run_page(run_dir: str, report: dict, back: str | None = None, back_label: st
            _figure(run_dir, "source.png", "source image", "source", min_side=160),
            _figure(run_dir, "target.png", "target image", "target", min_side=160)]
     for i in range(n_vertices):
-        cap = f"vertex {i}: unit {_fmt(_at(png.get('unit'), i))}, rel. error (PNG) {_fmt(_at(png.get('rel_error'), i))}"
+        cap = f"vertex {i}: unit {fmt(_at(png.get('unit'), i))}, rel. error (PNG) {fmt(_at(png.get('rel_error'), i))}"
         out.append(_figure(run_dir, f"vertex_{i}.png", f"vertex {i}", cap, min_side=160))
     for i in range(n_vertices):
         if os.path.exists(os.path.join(run_dir, f"argmax_{i}.png")):
-            err = _at(_d(verts.get("mixing")).get("argmax_rel_error"), i)
+            err = _at(as_dict(verts.get("mixing")).get("argmax_rel_error"), i)
             out.append(_figure(run_dir, f"argmax_{i}.png", f"vertex {i}, every pixel from its heaviest candidate",
-                               f"argmax {i}: pure composition, rel. error {_fmt(err)}", min_side=160))
+                               f"argmax {i}: pure composition, rel. error {fmt(err)}", min_side=160))
     out += [_figure(run_dir, "indicator.png", "indicator: vertex 0 with purple boxes where the vertices differ most",
                     "indicator: purple boxes where the vertices differ most", min_side=160), "</div>",
             _figure(run_dir, "loss.png", "loss terms and relative error per step", "loss and relative error per step",
                     cls="wide"),
             '<h2 id="vertices">Per-vertex metrics</h2>',
-            _vertex_table(fl, png, n_vertices, _d(verts.get("mixing")), tgt.get("unit_values"))]
+            _vertex_table(fl, png, n_vertices, as_dict(verts.get("mixing")), tgt.get("unit_values"))]
     if isinstance(r.get("judge"), dict):
         out += ['<h2 id="judge">Judge</h2>', _judge_table(r["judge"], n_vertices)]
     poly = r.get("polytope")
@@ -325,9 +301,9 @@ def run_page(run_dir: str, report: dict, back: str | None = None, back_label: st
         out += ['<h2 id="polytope">Polytope check</h2>',
                 _kv_table({k: v for k, v in poly.items() if k != "per_sample"}, POLYTOPE_LABELS,
                           pct=("share_target_class", "share_target_close", "judge_share_source"), cls="kv polytope")]
-    vers = _d(r.get("versions"))
+    vers = as_dict(r.get("versions"))
     out += ['<h2 id="model">Model</h2>', _kv_table(model), '<h2 id="config">Config</h2>',
-            _kv_table(cfg, shown=_config_shown(cfg, _d(r.get("resolved")))),
+            _kv_table(cfg, shown=_config_shown(cfg, as_dict(r.get("resolved")))),
             '<h2 id="versions">Versions</h2>', _kv_table(vers, shown={"git": _git_text(vers["git"])} if "git" in vers else None)]
     return _page(f"patchcollide run {name}", "\n".join(x for x in out if x))
 
@@ -343,50 +319,6 @@ def _damage_note(run_dir: str, report: dict) -> str:
     return ""
 
 
-def _count(x) -> str:
-    """How many values a list from JSON holds, as text (a dash for anything else)."""
-    return str(len(x)) if isinstance(x, list) else DASH
-
-
-def verdict(report: dict) -> tuple[str, str]:
-    """(css class, one line) that says first what a run came to: converged or not against its
-    tol, by the worst vertex as saved (PNG); the polytope's share in the target's class; the
-    judge's reading. For example "not converged: worst rel. error 0.254 > tol 0.01 after 300
-    steps; 0.0% of 200 samples in the target's class"."""
-    r = report
-    cfg, verts, poly = _d(r.get("config")), _d(r.get("vertices")), r.get("polytope")
-    errs = next((e for e in (_d(verts.get(k)).get("rel_error") for k in ("png", "float")) if isinstance(e, list)), [])
-    worst = max(errs) if errs and all(_num(x) for x in errs) else None  # as saved (PNG) where recorded
-    tol, steps = cfg.get("tol"), r.get("steps")
-    err = f"worst rel. error {_fmt(worst)}"
-    after = f" after {_fmt(steps)} steps" if steps is not None else ""
-    fooled = _d(r.get("history")).get("fooled") or []
-    if r.get("converged") is True and _num(worst) and _num(tol) and worst > tol and fooled:
-        parts, cls = [f"converged at the net's decision: every vertex fools it at its last step, {err} (tol "
-                      f"{_fmt(tol)} not needed with least change){after}"], "ok"
-    elif r.get("converged") is True:
-        parts, cls = [f"converged: {err} <= tol {_fmt(tol)}{after}"], "ok"
-    elif r.get("converged") is False:
-        parts, cls = [f"not converged: {err} > tol {_fmt(tol)}{after}"], "bad"
-    else:
-        parts, cls = [f"convergence not recorded; {err}"], "unknown"
-    if isinstance(poly, dict) and _num(poly.get("share_target_class")):
-        n = poly.get("samples", poly.get("n"))
-        parts.append(f"{_fmt(poly['share_target_class'], pct=True)} of {_fmt(n)} samples in the target's class")
-        if _num(poly.get("share_target_close")) and _num(poly.get("prob_gap")):
-            parts[-1] += (f", {_fmt(poly['share_target_close'], pct=True)} fool the net (top-class prob. within "
-                          f"{_fmt(poly['prob_gap'])} of the target's)")
-        if poly["share_target_class"] < 0.5:
-            cls = "bad"
-    else:
-        parts.append("polytope not checked (patchcollide sample --out RUN)")
-    j = r.get("judge")
-    if isinstance(j, dict):
-        parts.append(f"judge: {_fmt(j.get('n_reads_as_source'))} / {_count(_d(j.get('vertices')).get('class'))} "
-                     "vertices read as the source")
-    return cls, "; ".join(parts)
-
-
 def _verdict_line(cls: str, text: str) -> str:
     return f'<p class="verdict v-{_e(cls)}" id="verdict">{_e(text)}</p>'
 
@@ -397,35 +329,35 @@ TIMING_LABELS = {"inputs": "inputs", "model": "model", "target": "target", "retr
 
 def _timings_line(t: dict) -> str:
     """report.json's timings up to the end of the first step, in words."""
-    parts = [f"{label} {t[k]:.2f}" for k, label in TIMING_LABELS.items() if _num(t.get(k)) and t[k] >= 0.005]
-    total = sum(t[k] for k in TIMING_LABELS if _num(t.get(k)))
+    parts = [f"{label} {t[k]:.2f}" for k, label in TIMING_LABELS.items() if is_number(t.get(k)) and t[k] >= 0.005]
+    total = sum(t[k] for k in TIMING_LABELS if is_number(t.get(k)))
     line = f"{total:.2f} s: " + ", ".join(parts) if parts else DASH
-    if _num(t.get("process")):
+    if is_number(t.get("process")):
         line += f" (the process was {t['process']:.2f} s old when the run began: interpreter, imports, command line)"
     return line
 
 
 def _retrieval_line(ret: dict) -> str | None:
-    if not _num(ret.get("ratio")):
+    if not is_number(ret.get("ratio")):
         return None
-    return (f"source patches {_fmt(ret.get('source_mean_distance'))} from their neighbours, stored patches "
-            f"{_fmt(ret.get('store_typical_distance'))} from theirs ({ret['ratio']:.2f}x; "
-            f"{_fmt(ret.get('store_patches'))} patches in the store)")
+    return (f"source patches {fmt(ret.get('source_mean_distance'))} from their neighbours, stored patches "
+            f"{fmt(ret.get('store_typical_distance'))} from theirs ({ret['ratio']:.2f}x; "
+            f"{fmt(ret.get('store_patches'))} patches in the store)")
 
 
 def _judge_line(j: dict) -> str:
-    src, tgt = _d(j.get("source")), _d(j.get("target"))
-    return (f"{_d(j.get('model')).get('arch', '?')}: source read as {_fmt(src.get('class'))} (p = {_fmt(src.get('prob'))}), "
-            f"target as {_fmt(tgt.get('class'))} (p = {_fmt(tgt.get('prob'))}); {_fmt(j.get('n_reads_as_source'))} / "
-            f"{_count(_d(j.get('vertices')).get('class'))} vertices read as the source")
+    src, tgt = as_dict(j.get("source")), as_dict(j.get("target"))
+    return (f"{as_dict(j.get('model')).get('arch', '?')}: source read as {fmt(src.get('class'))} (p = {fmt(src.get('prob'))}), "
+            f"target as {fmt(tgt.get('class'))} (p = {fmt(tgt.get('prob'))}); {fmt(j.get('n_reads_as_source'))} / "
+            f"{count_text(as_dict(j.get('vertices')).get('class'))} vertices read as the source")
 
 
 def _judge_table(j: dict, n: int) -> str:
     """The judge's reading of each vertex: class, probability, probability of the source's class."""
-    v = _d(j.get("vertices"))
-    rows = "".join(f'<tr><td class="n">{i}</td><td class="n">{_e(_fmt(_at(v.get("class"), i)))}</td>'
-                   f'<td class="n">{_e(_fmt(_at(v.get("prob"), i)))}</td>'
-                   f'<td class="n">{_e(_fmt(_at(v.get("source_class_prob"), i)))}</td>'
+    v = as_dict(j.get("vertices"))
+    rows = "".join(f'<tr><td class="n">{i}</td><td class="n">{_e(fmt(_at(v.get("class"), i)))}</td>'
+                   f'<td class="n">{_e(fmt(_at(v.get("prob"), i)))}</td>'
+                   f'<td class="n">{_e(fmt(_at(v.get("source_class_prob"), i)))}</td>'
                    f'<td>{"yes" if _at(v.get("reads_as_source"), i) else "no"}</td></tr>' for i in range(n))
     return (f'<p>{_e(_judge_line(j))}. {_e(j.get("rule", ""))}.</p>' + _box(
         '<table class="judge"><thead><tr><th>vertex</th>'
@@ -446,10 +378,10 @@ def _vertex_table(fl: dict, png: dict, n: int, mixing: dict | None = None, targe
     rows = []
     for i in range(n):
         unit = _at(png.get("unit"), i) if isinstance(png.get("unit"), list) else _at(fl.get("unit"), i)
-        cells = "".join(f'<td class="n">{_e(_fmt(_at(m.get(k), i)))}</td>' for k in keys for m in (fl, png))
-        cells += "".join(f'<td class="n">{_e(_fmt(_at(mixing.get(k), i)))}</td>' for k in mix)
-        rows.append(f'<tr><td class="n">{i}</td><td class="n">{_e(_fmt(unit))}</td>'
-                    f'<td class="n">{_e(_fmt(_at(target_units, i)))}</td>{cells}</tr>')
+        cells = "".join(f'<td class="n">{_e(fmt(_at(m.get(k), i)))}</td>' for k in keys for m in (fl, png))
+        cells += "".join(f'<td class="n">{_e(fmt(_at(mixing.get(k), i)))}</td>' for k in mix)
+        rows.append(f'<tr><td class="n">{i}</td><td class="n">{_e(fmt(unit))}</td>'
+                    f'<td class="n">{_e(fmt(_at(target_units, i)))}</td>{cells}</tr>')
     return _box(f'<table class="vertices"><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
                 f"<tbody>{''.join(rows)}</tbody></table>")
 
@@ -501,12 +433,12 @@ def batch_pages(batch_dir: str, batch: dict) -> list[tuple[str, str]]:
         model_text = (f"{model.get('arch', '?')}:{model.get('layer', '?')}, "
                       f"weights {model.get('name', model.get('kind', DASH))}")
     else:
-        model_text = _fmt(model)
+        model_text = fmt(model)
     info = [("jobs file", batch.get("jobs_file")), ("jobs sha256", str(batch.get("jobs_sha256") or DASH)[:16]),
             ("model", model_text), ("created", batch.get("created")), ("updated", batch.get("updated"))]
     body = [f"<h1>patchcollide batch <code>{_e(name)}</code></h1>", _verdict_line(*batch_verdict(jobs)),
             _banner(next((n for n in notices if n), None)),
-            '<dl class="summary">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd>" for k, v in info) + "</dl>",
+            '<dl class="summary">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(fmt(v))}</dd>" for k, v in info) + "</dl>",
             f'<p class="counts" id="counts">{len(jobs)} jobs: {summary}</p>',
             '<h2 id="jobs-title">Jobs</h2><p class="hint">Click a column header to sort by it; again to reverse.</p>',
             _jobs_table(batch_dir, rows)]
@@ -522,36 +454,6 @@ def batch_pages(batch_dir: str, batch: dict) -> list[tuple[str, str]]:
     return [(os.path.join(batch_dir, "report.html"), top)] + pages
 
 
-def batch_verdict(jobs: list[dict]) -> tuple[str, str]:
-    """(css class, one line) of a batch: how many jobs are done, how many of those converged,
-    the worst relative error (PNG) among them, and the failures."""
-    n = len(jobs)
-    done = [j for j in jobs if j.get("status") == "done"]
-    failed = sum(1 for j in jobs if j.get("status") == "failed")
-    rest = n - len(done) - failed
-    metrics = [_d(j.get("metrics")) for j in done]
-    conv = sum(1 for m in metrics if m.get("converged") is True)
-    worst = [m.get("worst_rel_error_png", m.get("worst_rel_error")) for m in metrics]
-    worst = [w for w in worst if _num(w)]
-    parts = [f"{len(done)} of {n} jobs done" + (f", {failed} failed" if failed else "")
-             + (f", {rest} not run or not finished" if rest else "")]
-    if done:
-        parts.append(f"{conv} of {len(done)} done converged" + (f", worst rel. error {_fmt(max(worst))}" if worst else ""))
-    shares = [m["share_target_class"] for m in metrics if _num(m.get("share_target_class"))]
-    if shares:
-        span = _fmt(min(shares), pct=True) + ("" if min(shares) == max(shares) else f" to {_fmt(max(shares), pct=True)}")
-        parts.append(f"{span} of samples in the target's class ({len(shares)} of {len(done)} done sampled)")
-    fool = [m["share_target_close"] for m in metrics if _num(m.get("share_target_close"))]
-    if fool:
-        parts.append(f"{sum(1 for f in fool if f >= 1)} of {len(fool)} sampled fool the net with every sample")
-    reads = [m["judge_reads_source"] for m in metrics if _num(m.get("judge_reads_source"))]
-    if reads:
-        span = _fmt(min(reads), pct=True) + ("" if min(reads) == max(reads) else f" to {_fmt(max(reads), pct=True)}")
-        parts.append(f"judge: {span} of the vertices read as the source ({len(reads)} of {len(done)} done judged)")
-    cls = "bad" if failed or (done and conv < len(done)) else ("ok" if done and not rest else "unknown")
-    return cls, "; ".join(parts)
-
-
 def _status_class(status) -> str:
     return f"st-{status}" if status in JOB_STATUSES else "st-other"
 
@@ -564,16 +466,16 @@ def _one_line(text, limit: int = 240) -> str:
 def _jobs_table(batch_dir: str, rows: list) -> str:
     metrics = dict(BATCH_METRICS)
     for _, job, _, _ in rows:  # keys a newer batch writer adds are shown too
-        for k, v in _d(job.get("metrics")).items():
+        for k, v in as_dict(job.get("metrics")).items():
             if k not in metrics and (v is None or isinstance(v, (int, float, str))):
                 metrics[k] = k
     cols = [("id", "id"), ("status", "status"), ("line", "line"), ("seconds", "seconds")] + list(metrics.items())
 
     def value(job, key):
-        return job.get(key) if key in ("id", "status", "line", "seconds") else _d(job.get("metrics")).get(key)
+        return job.get(key) if key in ("id", "status", "line", "seconds") else as_dict(job.get("metrics")).get(key)
 
     numeric = {k for k, _ in cols if k not in ("id", "status") and all(
-        value(j, k) is None or _num(value(j, k)) or isinstance(value(j, k), bool) for _, j, _, _ in rows)}
+        value(j, k) is None or is_number(value(j, k)) or isinstance(value(j, k), bool) for _, j, _, _ in rows)}
 
     def th(k, label):
         return (f'<th data-key="{_e(k)}" data-type="{"num" if k in numeric else "text"}" tabindex="0" aria-sort="none" '
@@ -611,7 +513,7 @@ def _jobs_table(batch_dir: str, rows: list) -> str:
             v = value(job, k)
             dv = "" if v is None or isinstance(v, (list, dict)) else (
                 int(v) if isinstance(v, bool) else json.dumps(v) if isinstance(v, float) else v)  # Infinity, NaN
-            text = _e(_fmt(v, pct=k in SHARE_METRICS))
+            text = _e(fmt(v, pct=k in SHARE_METRICS))
             if k == "id" and page:
                 text = f'<a href="{_e(page)}">{text}</a>'
             elif k == "status":
@@ -621,92 +523,3 @@ def _jobs_table(batch_dir: str, rows: list) -> str:
         body.append(f'<tr class="{_status_class(job.get("status"))}" data-order="{order}">{"".join(cells)}</tr>')
     return (f'<div class="scroll"><table id="jobs" class="jobs"><thead><tr>{head}</tr></thead>\n<tbody>\n'
             + "\n".join(body) + "\n</tbody></table></div>")
-
-
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5em 2em;color:#1f2328;background:#fff}
-h1{font-size:1.45em;margin:.2em 0 .6em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #d0d7de}
-code{font-family:ui-monospace,Menlo,Consolas,monospace}
-.banner{background:#fde68a;border:2px solid #b45309;color:#451a03;padding:.6em 1em;font-weight:700;margin:1em 0}
-.damaged{background:#fff5f5;border:2px solid #cf222e;color:#a40e26;padding:.6em 1em;margin:1em 0;overflow-wrap:anywhere}
-dl.summary{display:grid;grid-template-columns:max-content auto;gap:2px 1.2em;margin:0}
-dl.summary dt{font-weight:600}dl.summary dd{margin:0;overflow-wrap:anywhere}
-table{border-collapse:collapse;margin:.6em 0}
-th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:middle}
-th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-table.vertices{font-size:.86em}table.vertices th,table.vertices td{padding:2px 4px}
-table.kv th{font-weight:600}table.kv td{overflow-wrap:anywhere}
-#jobs th[data-key]{cursor:pointer;user-select:none}#jobs th[data-key]:hover{background:#eaeef2}
-th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
-figure{display:inline-block;margin:0 1.2em 1.2em 0;vertical-align:top}figure.wide{display:block}
-figcaption{font-size:.85em;color:#57606a;max-width:28em}
-img{image-rendering:pixelated;max-width:100%;height:auto;border:1px solid #d0d7de;background:#fff}
-td.thumb img{max-height:56px;max-width:220px;width:auto;height:auto}
-.scroll{overflow-x:auto;max-width:100%;margin:.6em 0}.scroll>table{margin:0}
-.verdict{font-weight:600;font-size:1.05em;padding:.45em .9em;margin:.4em 0 .8em;border-left:6px solid #6e7781;background:#f6f8fa}
-.verdict.v-ok{border-color:#1a7f37}.verdict.v-bad{border-color:#cf222e}
-.status{display:inline-block;padding:0 7px;border-radius:4px;color:#fff;font-weight:600}
-.status.st-done{background:#1a7f37}.status.st-failed{background:#cf222e}
-.status.st-pending{background:#6e7781}.status.st-interrupted{background:#bc4c00}.status.st-busy{background:#0969da}.status.st-invalid{background:#9a6700}
-.status.st-other{background:#424a53}tr.st-failed td{background:#fff5f5}
-td.err{color:#a40e26;min-width:18em;max-width:28em;overflow-wrap:anywhere}.missing{color:#6e7781;font-style:italic}
-.counts .status{margin-right:.4em}.hint{color:#57606a;font-size:.9em}
-footer{margin-top:2.5em;color:#6e7781;font-size:.8em}
-"""
-
-_JS = """
-// Self-check for tests and for people: how many images are on the page and how many loaded.
-window.addEventListener("load", function () {
-  var imgs = document.images, ok = 0;
-  for (var i = 0; i < imgs.length; i++) if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++;
-  document.body.setAttribute("data-images-total", imgs.length);
-  document.body.setAttribute("data-images-loaded", ok);
-});
-(function () {
-  // Sortable jobs table: click a header (or Enter on it) to sort by it, again to reverse.
-  // Numbers sort as numbers; empty cells go last in both directions; ties keep file order.
-  var table = document.getElementById("jobs");
-  if (!table) return;
-  var body = table.tBodies[0], heads = table.tHead.rows[0].cells, k;
-  function value(row, i, num) {
-    var v = row.cells[i].getAttribute("data-v");
-    if (v === null || v === "") return null;
-    if (!num) return v.toLowerCase();
-    v = parseFloat(v);
-    return isNaN(v) ? null : v;
-  }
-  function sortBy(th) {
-    var i = th.cellIndex, num = th.getAttribute("data-type") === "num";
-    var dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
-    for (var j = 0; j < heads.length; j++) {
-      if (heads[j].hasAttribute("data-key")) heads[j].setAttribute("aria-sort", "none");
-    }
-    th.setAttribute("aria-sort", dir > 0 ? "ascending" : "descending");
-    var rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = value(a, i, num), y = value(b, i, num), tie = a.getAttribute("data-order") - b.getAttribute("data-order");
-      if (x === null || y === null) return x === y ? tie : (x === null ? 1 : -1);
-      return x < y ? -dir : x > y ? dir : tie;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-    table.setAttribute("data-sort-key", th.getAttribute("data-key"));
-    table.setAttribute("data-sort-dir", dir > 0 ? "asc" : "desc");
-  }
-  for (k = 0; k < heads.length; k++) {
-    if (!heads[k].hasAttribute("data-key")) continue;
-    heads[k].addEventListener("click", function () { sortBy(this); });
-    heads[k].addEventListener("keydown", function (e) {
-      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sortBy(this); }
-    });
-  }
-  // report.html#sort=KEY opens sorted ascending, #sort=-KEY descending (by clicking the header).
-  var m = /(?:^#|&)sort=(-?)([^&]+)/.exec(location.hash);
-  if (m) for (k = 0; k < heads.length; k++) {
-    var key = m[2];
-    try { key = decodeURIComponent(key); } catch (e) { /* keep it as written */ }
-    if (heads[k].getAttribute("data-key") !== key) continue;
-    heads[k].click();
-    if (m[1]) heads[k].click();
-  }
-})();
-"""

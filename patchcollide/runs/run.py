@@ -40,7 +40,7 @@ from ..engine.collide import (Clock, CollideConfig, CollideError, CollideResult,
                               quantised_metrics)
 from ..engine.judge import check_apart, judge_run, load_judge
 from ..engine.models import Tap, imagenet_weights, input_fit, load_tap, resolve_device, resolve_weights, tap_on
-from ..engine.objectives import Target
+from ..engine.target import Target
 from ..engine.polytope import difference_boxes, extent, pairwise_l2, sample_polytope
 from ..offline.knn import PatchIndex
 from .inputs import (check_complete, check_k, check_out_dir, check_sample, check_start, dataset_images,  # noqa: F401
@@ -359,11 +359,20 @@ def judge_for_run(report: dict):
     j = (report.get("judge") or {}).get("model")
     if not j:
         return None
-    judge = load_judge(j["name"] if j["kind"] == "file" else j["kind"], j["arch"])
-    if j["kind"] == "file" and judge.weights.sha256 != j["sha256"]:
-        raise CollideError(f"judge weights {j['name']} changed since the run (sha256 differs); restore them or "
-                           "pass --judge")
-    return judge
+    return rebuilt(j, lambda weights: load_judge(weights, j["arch"]), "judge weights",
+                   "restore them or pass --judge")
+
+
+def rebuilt(identity: dict, load, what: str, fix: str):
+    """A model (tap or judge) made again from its recorded identity (report.json's "model" or
+    "judge"."model": kind, and for kind "file" its name and sha256) by ``load(weights)``, where
+    weights is the file's name or the kind (one of WEIGHT_KINDS). A weights file whose sha256
+    differs from the recorded one is a CollideError naming ``what`` and the ``fix``."""
+    weights = identity["name"] if identity["kind"] == "file" else identity["kind"]
+    model = load(weights)
+    if identity["kind"] == "file" and model.weights.sha256 != identity["sha256"]:
+        raise CollideError(f"{what} {identity['name']} changed since the run (sha256 differs); {fix}")
+    return model
 
 
 def _img(a: np.ndarray):
@@ -440,12 +449,8 @@ def tap_for_run(report: dict, seed: int = 0) -> Tap:
     """Rebuild the model a run used, from its recorded identity (a report ``check_report``
     passed; ``seed``: its config's, which random weights are made from)."""
     m = report["model"]
-    weights = m["name"] if m["kind"] == "file" else m["kind"]  # kind: one of WEIGHT_KINDS
-    tap = load_tap(m["arch"], m["layer"], weights, seed=seed)
-    if m["kind"] == "file" and tap.weights.sha256 != m["sha256"]:
-        raise CollideError(f"weights file {m['name']} changed since the run (sha256 differs); "
-                           "restore it or run collide again")
-    return tap
+    return rebuilt(m, lambda weights: load_tap(m["arch"], m["layer"], weights, seed=seed), "weights file",
+                   "restore it or run collide again")
 
 
 def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int = 32, device: str = "auto",

@@ -178,7 +178,7 @@ def test_the_output_is_checked_before_the_model_loads(tmp_path, query_image, mon
 def test_resume_errors_are_one_line(tmp_path, query_image):
     run = CliRunner()
     r = run.invoke(cli, ["collide", "--resume", str(tmp_path / "nothing")])
-    assert r.exit_code == 2 and "no checkpoint to resume at" in r.output and "start the run with --out" in r.output
+    assert r.exit_code == 2 and "no such run; give the --out of an interrupted collide run" in r.output, r.output
     r = run.invoke(cli, ["collide", "--resume", str(tmp_path / "x"), "--steps", "9", "--source", query_image])
     assert r.exit_code == 2 and "goes on with the run's own inputs and settings; leave out --source, --steps" \
         in r.output, r.output

@@ -18,8 +18,7 @@ inside of the polytope there too (the centroid and a random convex combination o
 collide each step), and the distinct term keeps the vertices apart where a person sees it (the
 7 x 7 block-mean view, ``polytope.extent``).
 
-Schedule (fractions of ``steps``; the measurements behind each default are in
-benchmarks/README.md):
+Schedule (fractions of ``steps``; the measurements behind the defaults: docs/benchmarks.md):
 
 1. *separate* (until ``switch``): weights ``loss_early`` = (a, b) on the normalised
    (L+, L-^i): each vertex pushes its own unit below ``push_margin`` times the target's

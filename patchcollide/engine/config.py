@@ -66,10 +66,8 @@ class CollideConfig:
     steps: int = setting(300, "At most; stops once every vertex meets tol (not before the last phase).")
     min_steps: int = setting(50, "Never stop before this step (a start that already collides must still move).")
     tol: float = setting(3e-2, "Relative error of the layer's post-activation (8-bit images) that counts as a "
-                         "collision; the run stops there unless the least-change term is on. 3e-2: on the trained "
-                         "digits world every run at or below it fooled the net with every polytope sample "
-                         "(bench_tolerance-digits-cpu.json); the same value for every model, as no other trained "
-                         "net is here to measure.")
+                         "collision; the run stops there unless the least-change term is on. The default comes from the "
+                         "trained digits world's tolerance curve (docs/benchmarks.md).")
     lr: float | None = setting(None, "Learning rate.", default_text="the search space's: patches 0.4, pixel 0.01")
     optimizer: str = setting("adam", "adam, or sgd (momentum 0.9, like the authors' gradient EMA).",
                              choices=OPTIMIZERS)
@@ -84,7 +82,7 @@ class CollideConfig:
     push_margin: float | None = setting(None, "Objectives that push (--push-margin in their summary): push each "
                                         "vertex's unit to this many times the target's value (the paper's corners). On a trained net the distinct term "
                                         "spreads the vertices by their look, and the unit push only costs closeness "
-                                        "to the source (benchmarks/README.md), so auto leaves it off there.",
+                                        "to the source, so auto leaves it off there.",
                                         default_text="auto: 2.2 with random weights, 0 with trained ones")
     loss_early: tuple[float, float] = setting((1.0, 0.3), "Weights a, b of L+ and L-^i in the separate phase (the "
                                               "authors': 100 10, objective paper).", metavar="A B")
@@ -148,8 +146,7 @@ class CollideConfig:
                                        "the edge of the net's decision.")
     polytope: float = setting(3.0, "Weight of the polytope term: the collision of each step's polytope samples (the "
                               "vertices' centroid and one random convex combination), so that the inside of the "
-                              "polytope fools the net as its vertices do (0: off; 3: the samples of pairs whose "
-                              "vertices each fooled the net also did, where 1 left 0.4-0.5% of them out).")
+                              "polytope fools the net as its vertices do (0: off).")
     distinct: float = setting(1.0, "Weight of the distinct term: it pushes two vertices apart in the 7 x 7 block-mean "
                               "view until they are --extent of the source-target distance apart there (0: off).")
     extent: float = setting(0.15, "The polytope's extent the distinct term holds the vertices to: the smallest "

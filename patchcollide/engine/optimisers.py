@@ -1,6 +1,6 @@
 """The loop's optimisers: Adam and SGD with momentum, written here so that a run's first step
-does not import ``torch._dynamo`` (``torch.optim`` does, at an optimiser's first use: 1.4 s of
-a run's start-up; benchmarks/results/bench_startup-cpu.json).
+does not import ``torch._dynamo`` (``torch.optim`` does, at an optimiser's first use, a large
+part of a run's start-up: scripts/bench_startup.py measures it).
 
 Each computes what ``torch.optim.Adam`` / ``torch.optim.SGD`` compute on the CPU (their
 single-tensor path, no weight decay, no amsgrad, no nesterov) with the same tensor operations

@@ -245,7 +245,7 @@ def least_change_distance(x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor
 def frontier_of(tap) -> str:
     """What the least-change weights follow: "decision", the net's class and confidence on each
     vertex (a trained net), or "tol", the collision within ``tol`` (random weights, whose
-    decision is degenerate: random VGG-16 puts 88% of photos in one class)."""
+    decision is degenerate: random VGG-16 puts most photos in one class)."""
     return "tol" if getattr(getattr(tap, "weights", None), "kind", None) == "random" else "decision"
 
 

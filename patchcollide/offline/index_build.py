@@ -51,9 +51,9 @@ MIN_NLIST = 256
 HNSW_M = 32  # links per node of the HNSW coarse quantizer (faiss' usual IVF{nlist}_HNSW32)
 HNSW_EF_MIN = 64  # the quantizer's efSearch is max(this, 2 * nprobe), so it finds the nprobe nearest lists
 PCA_TRAIN_MAX = 65_536  # the PCA's sample is capped here: 0.8 GB float32 at 3072 dims, enough for its covariance
-# Search defaults by tier, (nprobe, k_factor), from benchmarks/results/bench_knn-curve-cpu.json: recall@16
-# falls as N grows within a tier, so each keeps >= 0.95 with about 0.02 to spare at the tier's largest
-# measured size (recall@16 0.994 at 90k and 0.979 at 950k; 0.979 at 4.2M, where 32 / 32 gives 0.964).
+# Search defaults by tier, (nprobe, k_factor), from the k-NN cost curve (scripts/bench_knn.py,
+# docs/benchmarks.md): recall@16 falls as N grows within a tier, so each keeps >= 0.95 with some to
+# spare at the tier's largest measured size.
 SEARCH_DEFAULTS_IVF = (32, 32)  # FLAT_MAX_N < N <= HNSW_ABOVE_N
 SEARCH_DEFAULTS_HNSW = (64, 32)  # N > HNSW_ABOVE_N
 KMEANS_MIN_POINTS = 39  # faiss' own threshold for its "please provide at least" advice

@@ -27,7 +27,7 @@ protocol's loop above, and the least-change path (``least_change_vertices``): th
 point to the start in [0, 1] that collides, with the same push per vertex. Every vertex is
 also read by a judge (``DigitJudge``: LeNet-5 trained on the same split with another seed);
 its verdict comes with its control, the share of uniform noise it reads as the start's class
-(a weakly trained LeNet-5 reads most noise as a 3: 89% after 2 epochs; see the results).
+(a weakly trained LeNet-5 reads most noise as one digit; the results hold the shares).
 
 The push is a hinge (``objectives.loss_terms``): the first layer of the MLP is linear in
 the pixels, so the authors' unbounded push drives the pixels into the [0, 1] box until the
@@ -81,7 +81,7 @@ class DigitProtocolConfig:
     optimizer: str = "sgd"
     objective: str = "relative"  # the engine's default; "paper"/"post" with weights (100, 10) -> (1000, 1): the authors'
     # 1.3, not VGG's 2.2: the MLP's units are linear in the pixels (fc1) or nearly so, and a push to
-    # 2.2x moved the vertices 10-14 L2 from their start, into noise (measured; see the README)
+    # 2.2x moves the vertices into noise (docs/reproductions.md)
     push_margin: float = 1.3
     loss_early: tuple[float, float] = CollideConfig.loss_early
     loss_late: tuple[float, float] = CollideConfig.loss_late

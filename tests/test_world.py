@@ -123,7 +123,7 @@ def test_a_bad_judge_is_one_line_before_any_work(world, tmp_path):
             (png, JUDGE, f"--judge {png}: not a torch state dict"),
             (world.weights, JUDGE, f"--judge {world.weights} does not fit digits_lenet5"),
             (head13, JUDGE, "or the --judge-model it was saved from"),
-            (world.judge, "lenet_9", "--judge-model 'lenet_9': no such classifier"),
+            (world.judge, "lenet_9", "--judge-model 'lenet_9': unknown model"),  # before torch (engine names)
             # the attacked net judging itself (item 2): its own file, the right architecture
             (world.weights, ATTACKED, "it is the attacked net's own weights")):
         r = CliRunner().invoke(cli, ["collide", "--source", p["source"], "--target", p["target"], "--out",

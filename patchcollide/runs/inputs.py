@@ -26,7 +26,7 @@ from ..core.images import BadImage, Preprocess, file_problem, fit_square, frame_
 from ..core.jsontypes import convert, describe, is_number
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import partial_dir
-from ..engine.names import check_model_name, check_state_file
+from ..models.names import check_model_name, check_state_file
 from ..engine.config import MAX_SAMPLES, MAX_SEED, CollideConfig, CollideError
 from ..offline.extract import scan_inputs
 from ..offline.knn import PatchIndex
@@ -60,7 +60,7 @@ def fit_input(path: str, config: CollideConfig, name: str = "image",
     """One input of a run as (size, size, 3) uint8, and how it got there (report.json's
     ``inputs.transform``: ``{"fit", "from": "WxH", "how"}``). ``config.fit`` (core.images.fit_square):
     auto uses an image that is already size x size as it is, and brings any other to size the
-    way the model's weights saw theirs, ``geometry`` (``models.input_fit``: imagenet or crop);
+    way the model's weights saw theirs, ``geometry`` (``models.build.input_fit``: imagenet or crop);
     imagenet, crop and pad do as they say. Transparency is composited on ``config.background``.
     Each change to what the file shows is one warning line naming the input."""
     img, alpha = read_input(path, name)

@@ -38,8 +38,9 @@ from ..engine.checkpoints import (Checkpointer, CheckpointError, DamagedCheckpoi
                                   partial_dir, restoring)
 from ..engine.collide import (Clock, CollideConfig, CollideError, CollideResult, collide, frontier_of, push_margin_of,
                               quantised_metrics)
-from ..engine.judge import check_apart, judge_run, load_judge
-from ..engine.models import Tap, imagenet_weights, input_fit, load_tap, resolve_device, resolve_weights, tap_on
+from ..models.judge import check_apart, judge_run, load_judge
+from ..models.build import Tap, input_fit, load_tap, resolve_device, tap_on
+from ..models.weights import imagenet_weights, resolve_weights
 from ..engine.target import Target
 from ..engine.polytope import difference_boxes, extent, pairwise_l2, sample_polytope
 from ..offline.knn import PatchIndex

@@ -21,6 +21,7 @@ from ..runs.sizes import warn_size
 from ..models.build import input_fit, load_tap, model_identity, resolve_device
 from ..models.weights import random_weights
 from ..offline.knn import PatchIndex
+from ..runs.inputs import Resume
 from ..runs.run import dataset_images, dataset_paths, load_input, read_report, run_collide, run_sample
 from .events import BatchEvents, run_here  # noqa: F401 (run_here: the local executor's, imported from here too)
 from .folder import BatchFolder, BatchOptions, check_batch
@@ -196,7 +197,7 @@ class BatchRunner:
                     weights=self.weights, index_dir=self.index_dir, tap=tap,
                     pindex=self.pindex if job.config.space.needs_index else None, progress=progress,
                     target_stats=target, checkpoint_dir=self.folder.checkpoint_dir(job),
-                    checkpoint_every=self.checkpoint_every, resume="auto",
+                    checkpoint_every=self.checkpoint_every, resume=Resume.IF_SAME_RUN,
                     again="the same `patchcollide batch` command (finished jobs are kept, this one resumes)",
                     judge=self.judge)
         collided = time.time()

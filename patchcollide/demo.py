@@ -22,7 +22,7 @@ from PIL import Image
 from .core.files import atomic_path, versions, write_json
 from .core.images import sample_photo
 from .engine.collide import CollideConfig
-from .engine.models import load_tap
+from .models.build import load_tap
 from .offline.extract import ExtractConfig, extract_store
 from .offline.knn import MANIFEST_FILE, STORE_FILE, IndexConfig, IndexError_, PatchIndex, build_index
 from .offline.store import PatchStore, StoreError
@@ -105,7 +105,7 @@ def _ensure_index(index_dir: str, store_path: str) -> None:
 
 
 def demo_tap(weights: str = "auto", seed: int = 0):
-    """VGG-16 fc6 with ``weights`` (auto | imagenet | random | PATH; engine.models.WEIGHTS_RULE):
+    """VGG-16 fc6 with ``weights`` (auto | imagenet | random | PATH; models.names.WEIGHTS_RULE):
     by default ImageNet weights when they are in the torch cache or download, else random
     weights (one warning line)."""
     return load_tap("vgg16", "fc6", weights, seed=seed)

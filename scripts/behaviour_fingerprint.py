@@ -85,7 +85,7 @@ def run(args: list[str]) -> None:
         raise SystemExit(f"{' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
 
 
-WORLD = ("from patchcollide.papers.world import build_world; from patchcollide.papers.world_config import WorldConfig;"
+WORLD = ("from patchcollide.world.build import build_world; from patchcollide.world.config import WorldConfig;"
          " import sys; build_world(sys.argv[1], WorldConfig(size=64, epochs=1, judge_epochs=3, store_fraction=0.05))")
 
 

@@ -343,7 +343,7 @@ def main() -> None:
                       + ("" if d.get("complete") else f" ({len(d['runs'])} runs: the sweep was cut short)"))
         return
 
-    from patchcollide.engine.models import load_tap, resolve_device
+    from patchcollide.models.build import load_tap, resolve_device
 
     dev = resolve_device(args.device)
     size = args.size or (224 if dev.type == "cuda" else 128)

@@ -107,10 +107,11 @@ def main(argv=None) -> int:
     from patchcollide.engine.collide import (CollideConfig, least_change_anchor, make_param, optimise, quantise,
                                       target_of, to_tensor)
     from patchcollide.core.files import machine, versions, write_json
-    from patchcollide.engine.models import load_tap
+    from patchcollide.models.build import load_tap
     from patchcollide.engine.polytope import sample_polytope
     from patchcollide.runs.run import load_pair
-    from patchcollide.papers.world import ATTACKED, world_at
+    from patchcollide.world.build import world_at
+    from patchcollide.world.config import ATTACKED
 
     world = world_at(args.world)
     tap = load_tap(ATTACKED, "fc6", world.weights)

@@ -251,7 +251,7 @@ def judge_collider(tap, judge, aim, src, tgt, png: str) -> dict:
     and the judge (``judge_run``); src, tgt (H, W, 3) uint8."""
     import torch
 
-    from patchcollide.engine.judge import judge_run
+    from patchcollide.models.judge import judge_run
     from patchcollide.engine.polytope import sample_polytope
     from patchcollide.runs.pictures import read_png
     from patchcollide.runs.run import source_distances
@@ -389,11 +389,12 @@ def main(argv=None) -> int:
 
     from patchcollide.core.files import machine, versions
     from patchcollide.engine.collide import CollideConfig
-    from patchcollide.engine.judge import load_judge
-    from patchcollide.engine.models import load_tap
+    from patchcollide.models.judge import load_judge
+    from patchcollide.models.build import load_tap
     from patchcollide.offline.knn import PatchIndex
     from patchcollide.papers.peers import PeerError
-    from patchcollide.papers.world import ATTACKED, JUDGE, world_at
+    from patchcollide.world.build import world_at
+    from patchcollide.world.config import ATTACKED, JUDGE
     from patchcollide.runs.run import load_pair, run_collide, run_sample
 
     world = world_at(args.world)

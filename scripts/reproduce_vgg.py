@@ -61,7 +61,7 @@ def main() -> None:
     from patchcollide.offline.extract import ExtractConfig, extract_store
     from patchcollide.core.images import Preprocess, load_rgb
     from patchcollide.offline.knn import IndexConfig, PatchIndex, build_index
-    from patchcollide.engine.models import resolve_device
+    from patchcollide.models.build import resolve_device
     from patchcollide.engine.polytope import pairwise_l2
     from patchcollide.core.files import versions
     from patchcollide.core.formats import RANDOM_NOTICE

@@ -464,7 +464,7 @@ def _cases():
         add("batch", f"--index {kind}", [*BATCH, "--weights", "random", "-i", f"{{{d}}}", "{jobs}/patch.jsonl"],
             needle, d)
     # nullspace (resnet18 at 32 x 32: cheap). Left out: weights that do not fit resnet18, whose message
-    # (models.build_model) says no more than "does not fit"
+    # (models.build.build_model) says no more than "does not fit"
     for kind, f, needle in WEIGHTS[:6]:
         needle = needle if needle == "not a state dict" else "not a torch state dict"
         add("nullspace", f"--weights {kind}", [*NULLSPACE, "--weights", f"{{{f}}}"], needle, f)

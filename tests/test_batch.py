@@ -60,8 +60,8 @@ def statuses(out) -> dict:
 def one_model():
     """Every batch in this module builds random VGG-16 once per seed (a few seconds each time otherwise)."""
     from patchcollide.batch import runner
-    from patchcollide.engine import models
-    real, cache = models.load_tap, {}
+    from patchcollide.models import build
+    real, cache = build.load_tap, {}
 
     def load(arch="vgg16", layer="fc6", weights="imagenet", seed=0, allow_download=True):
         key = (arch, layer, weights, seed)
@@ -70,7 +70,7 @@ def one_model():
         return cache[key]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(models, "load_tap", load)
+        mp.setattr(build, "load_tap", load)
         mp.setattr(runner, "load_tap", load)  # the runner's own name for it
         yield
 
@@ -175,7 +175,7 @@ def test_batch_csv_has_one_row_per_job_with_every_metric(base):
 
 def test_jobs_that_share_a_target_compute_it_once(base, tmp_path, jobs_dir):
     from patchcollide.engine.collide import CollideConfig
-    from patchcollide.engine.models import load_tap
+    from patchcollide.models.build import load_tap
     from patchcollide.runs.run import run_collide
 
     # A and B share chelsea at the same size and vertices: one target_of in the batch, none in collide
@@ -197,7 +197,7 @@ def test_a_jobs_target_is_fitted_for_the_batchs_model_as_its_run_fits_it(tmp_pat
     from PIL import Image
 
     from patchcollide.engine.collide import to_tensor
-    from patchcollide.engine.models import load_tap
+    from patchcollide.models.build import load_tap
 
     target = os.path.join(photos_dir, "chelsea.png")
     source = tmp_path / "square.png"

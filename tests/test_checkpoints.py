@@ -24,7 +24,7 @@ from patchcollide.engine.checkpoints import Checkpointer, Interrupted, partial_d
 from patchcollide.cli import cli
 from patchcollide.engine.collide import CollideConfig, CollideError, collide
 from patchcollide.core.images import resize_crop
-from patchcollide.engine.models import load_tap
+from patchcollide.models.build import load_tap
 
 S = 64
 CFG = dict(mode="patches", vertices=2, steps=40, size=S, k=4, device="cpu", tol=1e-6,

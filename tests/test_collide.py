@@ -15,7 +15,7 @@ from conftest import on_a_terminal, sample
 from patchcollide.cli import cli
 from patchcollide.engine.collide import CollideConfig, collide, target_of, to_tensor
 from patchcollide.core.images import resize_crop
-from patchcollide.engine.models import load_tap
+from patchcollide.models.build import load_tap
 from patchcollide.engine.objectives import choose_units, loss_terms
 from patchcollide.engine.target import Target
 from patchcollide.engine.params import PatchParam
@@ -636,7 +636,7 @@ def test_context_window_candidates_come_from_their_source_images(tmp_path, tap, 
 
 def test_progress_from_python_takes_a_callback_or_a_tqdm_like_bar():
     from patchcollide.engine.collide import CollideError, collide, progress_callback
-    from patchcollide.engine.models import load_tap
+    from patchcollide.models.build import load_tap
 
     class Bar:  # what tqdm offers: total, update(n), set_postfix_str
         total, n, postfix = None, 0, ""
@@ -669,7 +669,7 @@ def test_each_patch_run_reports_its_retrieval_quality_and_warns_on_a_store_unsui
 
     from PIL import Image
 
-    from patchcollide.engine.models import load_tap
+    from patchcollide.models.build import load_tap
     from patchcollide.offline.knn import PatchIndex
     from patchcollide.runs.run import run_collide
 

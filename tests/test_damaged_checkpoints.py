@@ -22,7 +22,7 @@ from patchcollide.cli import cli
 from patchcollide.engine import checkpoints as cks
 from patchcollide.engine.checkpoints import Checkpointer, DamagedCheckpoint, Interrupted, partial_dir, saved_step
 from patchcollide.engine.collide import CollideConfig
-from patchcollide.engine.models import load_tap
+from patchcollide.models.build import load_tap
 
 S = 64
 CFG = dict(vertices=2, steps=8, size=S, k=4, device="cpu", tol=1e-6, prune=((0.25, 8), (0.5, 4)))  # prunes: 2 and 4

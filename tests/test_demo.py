@@ -11,12 +11,12 @@ from patchcollide.cli import cli
 
 
 def test_demo_end_to_end_then_reuses_the_index(tmp_path, monkeypatch):
-    import patchcollide.engine.models as models
+    import patchcollide.models.weights as weights
 
     def unavailable(arch, allow_download=True):  # hermetic: as on a machine without the weights
-        raise models.WeightsUnavailable(f"{arch} weights are not in the torch cache and could not be downloaded")
+        raise weights.WeightsUnavailable(f"{arch} weights are not in the torch cache and could not be downloaded")
 
-    monkeypatch.setattr(models, "imagenet_file", unavailable)
+    monkeypatch.setattr(weights, "imagenet_file", unavailable)
     idx, out = tmp_path / "index", tmp_path / "runs" / "demo"
     small = ["--size", "64", "--steps", "15", "--vertices", "2", "--samples", "16", "--device", "cpu"]
     r = CliRunner().invoke(cli, ["-q", "demo", "--index", str(idx), "--out", str(out), *small], catch_exceptions=False)

@@ -17,7 +17,7 @@ from patchcollide.batch.jobfile import read_jobs
 from patchcollide.batch.runner import run_here, run_batch
 from patchcollide.engine import objectives, params, terms
 from patchcollide.engine.collide import CollideConfig, CollideError, collide
-from patchcollide.engine.models import load_tap
+from patchcollide.models.build import load_tap
 from patchcollide.offline.extract import write_parts_here
 from patchcollide.executors import EXECUTORS, ExecutorError, make_executor
 

@@ -175,7 +175,7 @@ def batch_dir(tmp_path_factory, photos_dir, query_image):
     needs escaping and a traceback file, d (pending, no run directory). Two real tiny runs with
     one random VGG-16 (pixel mode, 32 x 32, 3 steps, 3 and 2 vertices)."""
     from patchcollide.engine.collide import CollideConfig
-    from patchcollide.engine.models import load_tap
+    from patchcollide.models.build import load_tap
     from patchcollide.runs.run import read_report, run_collide, run_sample
 
     d = str(tmp_path_factory.mktemp("batch"))

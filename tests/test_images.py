@@ -164,7 +164,7 @@ def test_a_png_at_the_size_reaches_the_net_as_given_and_a_users_weights_get_no_z
 
     import patchcollide.runs.run as run_mod
     from patchcollide.cli import cli
-    from patchcollide.engine.nets import DigitVGG
+    from patchcollide.models.digits import DigitVGG
 
     Image.fromarray(_digit(0, 112)).save(tmp_path / "source.png")
     wide = np.zeros((120, 150, 3), dtype=np.uint8)
@@ -213,7 +213,7 @@ def test_auto_gives_torchvisions_imagenet_transform_to_imagenet_weights_alone(tm
     weights; crop and pad leave an S x S image as it is, imagenet zooms it as torchvision does."""
     from conftest import sample
     from patchcollide.engine.collide import CollideConfig
-    from patchcollide.engine.models import input_fit
+    from patchcollide.models.build import input_fit
     from patchcollide.runs.run import fit_input
 
     photo = tmp_path / "chelsea.png"

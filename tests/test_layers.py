@@ -26,11 +26,13 @@ import patchcollide
 
 FLOORS = (
     ("core",),
+    ("models",),
     ("offline", "engine"),
     ("runs",),
     ("batch",),
     ("executors",),
     ("exact", "papers"),
+    ("world",),
     ("demo",),
     ("cli",),
     ("__init__", "__main__"),

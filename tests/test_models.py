@@ -1,4 +1,4 @@
-"""models.py: the pre-activation tap (and the in-place ReLU pitfall), architectures, weights."""
+"""models/build.py and models/weights.py: the pre-activation tap (and the in-place ReLU pitfall), architectures, weights."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from patchcollide.engine.models import ModelError, load_imagenet_state, load_tap
+from patchcollide.models.build import load_tap
+from patchcollide.models.weights import ModelError, load_imagenet_state
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,8 @@ def test_one_weights_rule_in_every_command_and_auto_falls_back_once(tmp_path, mo
     from click.testing import CliRunner
 
     from patchcollide.cli import cli
-    from patchcollide.engine.models import WEIGHTS_RULE, resolve_weights
+    from patchcollide.models.names import WEIGHTS_RULE
+    from patchcollide.models.weights import resolve_weights
 
     for cmd in (["collide"], ["batch"], ["demo"], ["nullspace"], ["nullity"]):
         out = CliRunner().invoke(cli, [*cmd, "--help"], terminal_width=400)
@@ -127,7 +129,7 @@ def test_one_weights_rule_in_every_command_and_auto_falls_back_once(tmp_path, mo
         text = " ".join(out.output.split())
         assert "[default: auto]" in text and " ".join(WEIGHTS_RULE.split())[1:] in text, cmd
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache, no download
-    with caplog.at_level(logging.WARNING, logger="patchcollide.engine.models"):
+    with caplog.at_level(logging.WARNING, logger="patchcollide.models.weights"):
         assert resolve_weights("auto", "vgg16", allow_download=False) == "random"
         assert resolve_weights("random", "vgg16", allow_download=False) == "random"
         assert resolve_weights("auto", "digits_vgg", allow_download=False) == "random"
@@ -140,7 +142,7 @@ def test_one_weights_rule_in_every_command_and_auto_falls_back_once(tmp_path, mo
 def test_cached_weights_are_taken_only_when_their_sha256_matches_their_name(tmp_path, monkeypatch, vgg):
     from types import SimpleNamespace
 
-    from patchcollide.engine import models
+    from patchcollide.models import weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cache = tmp_path / "hub" / "checkpoints"
@@ -156,15 +158,15 @@ def test_cached_weights_are_taken_only_when_their_sha256_matches_their_name(tmp_
     # a file whose name carries its own prefix is taken, and recorded as torchvision's
     named = cache / f"vgg16-{sha[:8]}.pth"
     planted.rename(named)
-    monkeypatch.setattr(models, "imagenet_weights",
+    monkeypatch.setattr(weights, "imagenet_weights",
                         lambda arch: SimpleNamespace(url=f"https://x/{named.name}", name="IMAGENET1K_V1"))
-    monkeypatch.setitem(models.TWIN_WEIGHTS, "vgg16", ("VGG16_Weights.IMAGENET1K_V1", f"https://x/{named.name}"))
+    monkeypatch.setitem(weights.TWIN_WEIGHTS, "vgg16", ("VGG16_Weights.IMAGENET1K_V1", f"https://x/{named.name}"))
     tap = load_tap("vgg16", "fc6", "imagenet", allow_download=False)
     assert tap.weights.pretrained and tap.weights.sha256 == sha and tap.weights.label == "torchvision IMAGENET1K_V1"
 
 
 def test_tap_on_never_moves_the_callers_model():
-    from patchcollide.engine.models import load_tap, tap_on
+    from patchcollide.models.build import load_tap, tap_on
 
     tap = load_tap("vgg16", "fc6", "random", seed=0)
     assert tap_on(tap, torch.device("cpu")) is tap  # already there: no copy
@@ -175,8 +177,9 @@ def test_tap_on_never_moves_the_callers_model():
 
 def test_the_identity_a_batch_predicts_is_the_one_the_model_reports():
     """A batch decides whether finished jobs are current by comparing identities it computes
-    without building the model; models.py builds both, so they cannot drift apart."""
-    from patchcollide.engine.models import model_identity, random_weights
+    without building the model; models/build.py builds both, so they cannot drift apart."""
+    from patchcollide.models.build import model_identity
+    from patchcollide.models.weights import random_weights
 
     for seed in (0, 3):
         assert model_identity("alexnet", "fc6", random_weights(seed)) == \
@@ -190,8 +193,8 @@ def test_pretrained_runs_name_the_class_and_warn_once_at_another_size(tmp_path, 
     import logging
     from types import SimpleNamespace
 
-    from patchcollide.engine import models
     from patchcollide.engine.collide import CollideConfig
+    from patchcollide.models import weights
     from patchcollide.runs import run as runs
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
@@ -205,7 +208,7 @@ def test_pretrained_runs_name_the_class_and_warn_once_at_another_size(tmp_path, 
     names = [f"class-{i}" for i in range(1000)]
     fake = lambda arch: SimpleNamespace(url=f"https://x/{named.name}", name="IMAGENET1K_V1",  # noqa: E731
                                         meta={"categories": names})
-    monkeypatch.setattr(models, "imagenet_weights", fake)
+    monkeypatch.setattr(weights, "imagenet_weights", fake)
     monkeypatch.setattr(runs, "imagenet_weights", fake)  # the run's own name for it
     monkeypatch.setattr(runs, "_size_warned", set())
     cfg = CollideConfig(mode="pixel", vertices=1, steps=2, min_steps=0, size=64, device="cpu")
@@ -228,8 +231,8 @@ def test_the_vgg_twin_is_torchvisions_vgg_bit_for_bit(arch):
     table names torchvision's own ImageNet file."""
     import torchvision.models as tvm
 
-    from patchcollide.engine.models import imagenet_source, imagenet_weights
-    from patchcollide.engine.nets import TWINS
+    from patchcollide.models.weights import imagenet_source, imagenet_weights
+    from patchcollide.models.vgg import TWINS
 
     for seed in (0, 7):
         with torch.random.fork_rng(devices=[]):
@@ -251,7 +254,7 @@ def test_the_vgg_twin_is_torchvisions_vgg_bit_for_bit(arch):
 
 
 def test_a_random_vgg16_run_starts_without_importing_torchvision(tmp_path):
-    code = ("import sys; from patchcollide.engine.models import load_tap; t = load_tap('vgg16', 'fc6', 'random'); "
+    code = ("import sys; from patchcollide.models.build import load_tap; t = load_tap('vgg16', 'fc6', 'random'); "
             "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules), type(t.model).__name__)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env={**os.environ, "TORCH_HOME": str(tmp_path)})

@@ -169,6 +169,7 @@ def test_a_job_whose_checkpoint_cannot_continue_says_it_starts_over(tmp_path, qu
 
     from patchcollide.engine.checkpoints import Checkpointer, partial_dir
     from patchcollide.engine.collide import CollideConfig
+    from patchcollide.runs.inputs import Resume
     from patchcollide.runs.run import run_collide
 
     out = str(tmp_path / "job")
@@ -176,7 +177,7 @@ def test_a_job_whose_checkpoint_cannot_continue_says_it_starts_over(tmp_path, qu
     assert old.save({"step": 7}) is not None  # a checkpoint of the job with other settings
     with caplog.at_level(logging.WARNING, logger="patchcollide"):
         run_collide(query_image, query_image, out, CollideConfig(mode="pixel", size=32, steps=2, vertices=1,
-                                                                 device="cpu"), weights="random", resume="auto")
+                                                                 device="cpu"), weights="random", resume=Resume.IF_SAME_RUN)
     said = [r.getMessage() for r in caplog.records if "starting from step 1" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith(f"{out}: starting from step 1") and "deleted" in said[0], said
     assert not os.path.exists(os.path.join(partial_dir(out), "checkpoint.pt"))

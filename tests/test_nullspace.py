@@ -30,7 +30,7 @@ from patchcollide.exact import (
     structure_row,
     weight_matrices,
 )
-from patchcollide.engine.models import build_model, builder
+from patchcollide.models.build import build_model, builder
 
 
 @pytest.fixture(autouse=True)

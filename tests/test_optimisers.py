@@ -83,7 +83,7 @@ def test_a_collide_run_never_imports_torch_dynamo():
     import sys
 
     code = ("import sys, numpy as np; from patchcollide.engine.collide import CollideConfig, collide; "
-            "from patchcollide.engine.models import Tap, random_weights; from patchcollide.engine.nets import DigitVGG; "
+            "from patchcollide.models.build import Tap; from patchcollide.models.weights import random_weights; from patchcollide.models.digits import DigitVGG; "
             "tap = Tap(DigitVGG(), 'digits_vgg', 'fc6', random_weights(0)); "
             "a, b = (np.random.default_rng(s).integers(0, 256, (32, 32, 3), dtype=np.uint8) for s in (0, 1)); "
             "r = collide(tap, a, b, CollideConfig(mode='pixel', size=32, steps=2, min_steps=0, vertices=2, device='cpu')); "

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from patchcollide.engine.collide import quantise, target_of
-from patchcollide.engine.models import Tap, WeightsInfo, imagenet_normalise
-from patchcollide.engine.nets import DigitVGG
+from patchcollide.models.build import Tap, imagenet_normalise
+from patchcollide.models.weights import WeightsInfo
+from patchcollide.models.digits import DigitVGG
 from patchcollide.engine.polytope import sample_polytope
 from patchcollide.papers import peers
 

@@ -159,14 +159,14 @@ def test_names_judges_nullspace_and_resume_come_before_torch(images, args, messa
 
 
 def test_the_model_names_are_torchvisions_and_ours():
-    """The torch-free lists of names (engine.names) are the ones torch-side code builds from."""
+    """The torch-free lists of names (models.names) are the ones torch-side code builds from."""
     import torchvision.models as tvm
 
-    from patchcollide.engine import models, names, nets
+    from patchcollide.models import build, digits, names
 
     assert names.TORCHVISION_CLASSIFIERS == tuple(tvm.list_models(module=tvm))
     assert set(names.TORCHVISION_CLASSIFIERS + names.TORCHVISION_OTHERS) == set(tvm.list_models())
-    assert names.OWN_MODELS == tuple(nets.BUILDERS) and names.SHAPE_ONLY == tuple(models._SHAPE_ONLY)
+    assert names.OWN_MODELS == tuple(digits.BUILDERS) and names.SHAPE_ONLY == tuple(build._SHAPE_ONLY)
 
 
 def test_a_finished_run_is_refused_by_resume_before_torch(images):

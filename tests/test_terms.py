@@ -16,7 +16,7 @@ from patchcollide.core.images import resize_crop
 from patchcollide.engine import terms
 from patchcollide.engine.collide import (CollideConfig, collide, least_change_anchor, make_param, optimise,
                                          retrieve_candidates, target_of, to_tensor)
-from patchcollide.engine.models import load_tap
+from patchcollide.models.build import load_tap
 from patchcollide.engine.objectives import push_ratio, relative_error
 from patchcollide.engine.polytope import extent
 

@@ -71,7 +71,7 @@ def test_more_units_than_the_target_has_inactive_says_how_many(tmp_path):
 
     from patchcollide.engine.collide import target_of
     from patchcollide.engine.config import CollideError
-    from patchcollide.engine.models import load_tap
+    from patchcollide.models.build import load_tap
 
     tap = load_tap("vgg16", "fc6", "random", seed=0)
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from patchcollide.cli import cli
 from patchcollide.engine.collide import CollideConfig, collide, least_change_weights, retrieve_candidates
-from patchcollide.papers.world import ATTACKED, JUDGE, WorldConfig, build_world
+from patchcollide.world.build import build_world
+from patchcollide.world.config import ATTACKED, JUDGE, WorldConfig
 
 S = 64  # a tiny world: 64 px digits, one epoch; collisions at digits_vgg's fc6 (256 units, 12,288 inputs)
 TINY = WorldConfig(size=S, epochs=1, judge_epochs=3, store_fraction=0.05)
@@ -54,15 +55,16 @@ def test_world_is_built_once_from_the_training_split(world):
 
 
 def test_a_different_config_on_a_built_world_is_refused(world):
-    from patchcollide.papers.world import WorldError
+    from patchcollide.world.config import WorldError
 
     with pytest.raises(WorldError, match="another config"):
         build_world(world.root, WorldConfig(size=S, epochs=2, judge_epochs=3, store_fraction=0.05))
 
 
 def test_world_nets_load_through_the_users_weights_path(world):
-    from patchcollide.engine.judge import load_judge
-    from patchcollide.engine.models import ModelError, load_tap
+    from patchcollide.models.judge import load_judge
+    from patchcollide.models.build import load_tap
+    from patchcollide.models.weights import ModelError
 
     tap = load_tap(ATTACKED, "fc6", world.weights)
     assert tap.weights.kind == "file" and tap.weights.sha256
@@ -139,7 +141,7 @@ def test_least_change_finds_a_close_collider(world):
     probability within 0.01 of the target's) and, once it first fooled, its weight rose and it
     walked back towards the source: the end is closer to the source than the first fooling
     point, and much closer than the pure collision."""
-    from patchcollide.engine.models import load_tap
+    from patchcollide.models.build import load_tap
     from patchcollide.engine.polytope import PROB_GAP
 
     tap = load_tap(ATTACKED, "fc6", world.weights)
@@ -233,7 +235,7 @@ def test_demo_world_digits_end_to_end(world, tmp_path):
     # each mode says what runs, then its results and its verdict as it finishes (not all at the end)
     assert "== patches mode: pair 3, a " in r.stderr and "== pixel mode: pair 3, a " in r.stderr
     assert r.stdout.index("verdict (patches): ") < r.stdout.index("== pixel mode: ")
-    from patchcollide.papers.world import world_verdict
+    from patchcollide.world.config import world_verdict
 
     for mode in ("patches", "pixel"):
         rep = json.load(open(os.path.join(out, mode, "report.json")))
@@ -242,7 +244,7 @@ def test_demo_world_digits_end_to_end(world, tmp_path):
 
 
 def test_the_world_verdict_names_the_half_that_failed():
-    from patchcollide.papers.world import world_verdict
+    from patchcollide.world.config import world_verdict
 
     def rep(share, reads):
         return {"model": {"arch": "digits_vgg"}, "polytope": {"samples": 2000, "share_target_close": share,

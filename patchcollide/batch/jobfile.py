@@ -8,7 +8,7 @@ Job file, one JSON object per line (blank lines are ignored)::
 Keys: ``id`` (required; also the default output name), ``source`` and ``target`` (required;
 relative to the job file's folder unless absolute), ``out`` (the job's directory name inside
 DIR), ``samples`` (polytope check size, 0 skips it) and every field of
-:class:`~patchcollide.collide.CollideConfig` but ``device`` (a batch-wide option), under the
+:class:`~patchcollide.engine.config.CollideConfig` but ``device`` (a batch-wide option), under the
 field's own name and checked against its type (``job_keys()``). ``read_jobs`` checks the
 whole file before anything runs: every problem comes back with its line number.
 """

@@ -16,10 +16,12 @@ import time
 from ..core.files import install_dir, write_json
 from ..engine.checkpoints import Interrupted
 from ..engine.collide import CollideError, target_of, to_tensor
-from ..engine.judge import check_apart, load_judge
+from ..models.judge import check_apart, load_judge
 from ..runs.sizes import warn_size
-from ..engine.models import input_fit, load_tap, model_identity, random_weights, resolve_device
+from ..models.build import input_fit, load_tap, model_identity, resolve_device
+from ..models.weights import random_weights
 from ..offline.knn import PatchIndex
+from ..runs.inputs import Resume
 from ..runs.run import dataset_images, dataset_paths, load_input, read_report, run_collide, run_sample
 from .events import BatchEvents, run_here  # noqa: F401 (run_here: the local executor's, imported from here too)
 from .folder import BatchFolder, BatchOptions, check_batch
@@ -112,7 +114,7 @@ class BatchRunner:
         return key, self._taps[key]
 
     def model_identity(self, job: Job) -> dict:
-        """``engine.models``' record of the model this job runs with (random weights: seeded by the job)."""
+        """``models.build``' record of the model this job runs with (random weights: seeded by the job)."""
         if self.weights == "random":
             return model_identity(self.arch, self.layer, random_weights(job.config.seed))
         return self.tap.identity()
@@ -195,7 +197,7 @@ class BatchRunner:
                     weights=self.weights, index_dir=self.index_dir, tap=tap,
                     pindex=self.pindex if job.config.space.needs_index else None, progress=progress,
                     target_stats=target, checkpoint_dir=self.folder.checkpoint_dir(job),
-                    checkpoint_every=self.checkpoint_every, resume="auto",
+                    checkpoint_every=self.checkpoint_every, resume=Resume.IF_SAME_RUN,
                     again="the same `patchcollide batch` command (finished jobs are kept, this one resumes)",
                     judge=self.judge)
         collided = time.time()

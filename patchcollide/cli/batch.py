@@ -12,10 +12,10 @@ import click
 from ..batch.events import BatchEvents
 from ..batch.jobfile import JobsError, config_fields, parse_shard, read_jobs
 from ..core.formats import RANDOM_NOTICE
-from ..engine.config import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
-from ..engine.config import DEFAULT_LAYER, DEFAULT_MODEL, DEVICES, MAX_SAMPLES, SAMPLES
+from ..engine.config import DEVICES, MAX_SAMPLES, SAMPLES
 from ..engine.checkpoints import EVERY
-from ..engine.names import check_model_name
+from ..models.names import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
+from ..models.names import DEFAULT_LAYER, DEFAULT_MODEL, check_model_name
 from ..executors import make_executor
 from .common import Ticker, UserError, executor_options, hms, show_progress, user_errors, weights_option
 
@@ -206,7 +206,7 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
             check_batch(jobfile, options, out_dir, shard_)  # the inputs, before torch loads
             runs_on = make_executor(executor, address, gpus_per_job, cpus_per_job)
             from ..batch.runner import run_batch  # torch, from here on
-            from ..engine.models import resolve_weights
+            from ..models.weights import resolve_weights
 
             # auto made concrete once, for every job and worker
             options = dataclasses.replace(options, weights=resolve_weights(weights, arch))

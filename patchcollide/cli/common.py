@@ -23,8 +23,9 @@ from ..core.errors import PatchcollideError
 from ..core.images import BadImage
 from ..core.plugins import Registry
 from ..engine.checkpoints import Interrupted
-from ..engine.config import WEIGHTS_RULE, CollideConfig, CollideError
+from ..engine.config import CollideConfig, CollideError
 from ..executors import EXECUTORS
+from ..models.names import WEIGHTS_RULE
 
 USER_ERRORS = (PatchcollideError,)  # every user error derives from it (errors.py)
 
@@ -43,7 +44,7 @@ class Stopped(UserError):
 
 
 def weights_option(note: str = ""):
-    """``--weights``, the same default (auto) and rule in every command (engine.config.WEIGHTS_RULE)."""
+    """``--weights``, the same default (auto) and rule in every command (models.names.WEIGHTS_RULE)."""
     return click.option("--weights", default="auto", show_default=True, metavar="auto|imagenet|random|PATH",
                         help=WEIGHTS_RULE[0].upper() + WEIGHTS_RULE[1:] + "." + (f" {note}" if note else ""))
 

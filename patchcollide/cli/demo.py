@@ -6,7 +6,7 @@ import click
 import pathlib
 
 from ..engine.config import DEVICES, MAX_SAMPLES
-from ..papers.world_config import DEMO_PAIR, world_verdict
+from ..world.config import DEMO_PAIR, world_verdict
 from ..runs.report import verdict, write_html
 from .common import Progress, show_progress, user_errors, weights_option
 from .online import Bar, print_polytope, print_vertices
@@ -75,7 +75,7 @@ def _page(out_dir: str) -> None:
 
 
 def _digits(ctx, world_dir, out_dir, pair, device, steps, samples):
-    from ..papers.world import run_world_demo  # torch, from here on
+    from ..world.build import run_world_demo  # torch, from here on
 
     show = show_progress(ctx)
     bars = []

@@ -6,7 +6,7 @@ import os
 import click
 
 from ..core.files import write_json, write_text
-from ..engine.names import ANY_MODEL, check_model_name
+from ..models.names import ANY_MODEL, check_model_name
 from ..exact.config import NullspaceConfig, NullspaceError, check_nullspace
 from .common import UserError, config_options, echo_json, show_progress, user_errors, weights_option
 

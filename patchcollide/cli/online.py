@@ -10,9 +10,9 @@ import click
 from click.core import ParameterSource
 
 from ..engine.checkpoints import EVERY
-from ..engine.config import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
-from ..engine.config import DEFAULT_LAYER, DEFAULT_MODEL, DEVICES, SAMPLES, CollideConfig, CollideError
-from ..engine.names import check_model_name
+from ..engine.config import DEVICES, SAMPLES, CollideConfig, CollideError
+from ..models.names import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
+from ..models.names import DEFAULT_LAYER, DEFAULT_MODEL, check_model_name
 from ..runs.report import verdict
 from .common import Progress, Ticker, UserError, config_options, flag_of, show_progress, user_errors, weights_option
 
@@ -228,7 +228,7 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         check_collide(source, target, out, cfg, index_dir, overwrite)  # run_collide's checks that need no model
         check_model_name(model, "--model")
         check_judge(judge, judge_model)
-        from ..engine.judge import load_judge  # torch, from here on
+        from ..models.judge import load_judge  # torch, from here on
         from ..runs.run import run_collide
 
         the_judge = load_judge(judge, judge_model) if judge else None  # before any work: a bad file fails now
@@ -321,7 +321,7 @@ def sample(ctx, run_dir, samples, seed, batch_size, device, dataset, judge, judg
         paths = dataset_paths(dataset, index_dir=report["inputs"].get("index"))
         images = dataset_images(paths, config.size, seed=seed) if paths else None
         check_judge(judge, judge_model)
-        from ..engine.judge import load_judge  # torch, from here on
+        from ..models.judge import load_judge  # torch, from here on
         from ..runs.run import run_sample
 
         the_judge = load_judge(judge, judge_model) if judge else None

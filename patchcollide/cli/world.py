@@ -1,9 +1,9 @@
-"""``patchcollide world build``: the trained digits world (papers.world)."""
+"""``patchcollide world build``: the trained digits world (world.build)."""
 from __future__ import annotations
 
 import click
 
-from ..papers.world_config import WorldConfig
+from ..world.config import WorldConfig
 from .common import config_options, user_errors
 
 
@@ -21,7 +21,7 @@ def build(root, epochs, size):
     with user_errors():
         config = WorldConfig(epochs=epochs, size=size)
         config.check()  # before torch loads
-        from ..papers.world import build_world
+        from ..world.build import build_world
 
         w = build_world(root, config, progress=lambda m: click.echo(m, err=True))
     nets = w.record["nets"]

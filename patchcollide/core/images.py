@@ -18,8 +18,6 @@ from .errors import PatchcollideError, first_line
 
 PATCH = 32  # patch side in pixels; fixed by the method (Li et al. 2019 use 32 x 32)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-
 
 class BadImage(PatchcollideError):
     """A file that cannot be used as an image; ``str(e)`` is the one-line reason and

@@ -57,7 +57,7 @@ from .checkpoints import Checkpointer, Interrupted, restoring
 from .config import (ANCHORS, AUTO_PUSH, DEVICES, FITS, INITS, OBJECTIVES, OPTIMIZERS,  # noqa: F401
                      RETRIEVE, CollideConfig, CollideError, field_error, setting)
 from .distance import relative_error
-from .models import Tap, resolve_device, tap_on
+from ..models.build import Tap, resolve_device, tap_on
 from .objectives import choose_units, collision_metrics, push_ratio
 from .optimisers import SGD, Adam, Optimiser
 from .params import SPACES, STARTS, PatchParam  # noqa: F401 (SPACES, STARTS: their old home)

@@ -20,14 +20,6 @@ from .spaces import SPACES, STARTS
 
 AUTO_PUSH = 2.2  # push_margin auto with random weights: below twice the target's value (the paper's corners)
 
-WEIGHTS_RULE = ("auto (the default of every command): torchvision's ImageNet weights when the torch cache holds "
-                "them (sha256 checked) or they download, else seeded random weights, said in a warning and in every "
-                "output; imagenet: those weights or an error; random: seeded random weights (smoke runs); PATH: a "
-                "state dict (recorded as user weights)")  # --weights of every command (models.resolve_weights)
-WEIGHTS = ("auto", "imagenet", "random")  # besides a PATH
-DEFAULT_JUDGE_MODEL = "digits_lenet5"  # --judge-model (judge.load_judge)
-DEFAULT_MODEL, DEFAULT_LAYER = "vgg16", "fc6"  # --model and --layer of collide and batch
-
 OPTIMIZERS = ("adam", "sgd")
 ANCHORS = ("source", "nearest")  # what the least-change term measures each vertex's distance to
 RETRIEVE = ("source", "source+target")  # whose patches the candidates are the neighbours of

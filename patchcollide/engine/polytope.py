@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .distance import relative_distance
-from .models import Tap
+from ..models.build import Tap
 from .target import Target
 
 PROB_GAP = 0.01  # a sample fools the net when it is in the target's class with a top-class prob. this close to the target's

@@ -17,7 +17,7 @@ weight matrix of a model). One module per job, each importing only those above i
     table = nullity_table(["alexnet", "vgg16"])         # random weights: structure only
     print(table_markdown(table))
 
-Models are built by :func:`patchcollide.models.build_model`. The function that compares a
+Models are built by :func:`patchcollide.models.build.build_model`. The function that compares a
 collider with its start is ``patchcollide.exact.verify.verify`` (not re-exported here: the name
 is the module's).
 

@@ -11,7 +11,7 @@ import os
 from ..core import files
 from ..core.errors import PatchcollideError, raise_first
 from ..core.settings import check_fields, field_error, setting
-from ..engine.names import ANY_MODEL, check_model_name
+from ..models.names import ANY_MODEL, check_model_name
 
 RUN_KIND = "patchcollide-nullspace"  # report.json's kind
 MODES = ("repeat", "several", "regions")

@@ -27,7 +27,7 @@ from ..core import files
 from ..core.errors import first_line
 from ..core.files import atomic_open, machine, staged_dir, versions, write_json
 from ..core.images import Preprocess, imagenet_crop, load_rgb, sample_photo
-from ..engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from ..models.build import IMAGENET_MEAN, IMAGENET_STD, build_model
 from ..runs.pictures import save_png
 from .config import RUN_KIND, check_nullspace, check_out
 from .kernel import NullspaceConfig, linear_perturbation, patch_perturbation
@@ -257,7 +257,7 @@ def run_nullspace(model: str, out: str, size: int = 224, config: NullspaceConfig
     ViT needs 224). config: the search; its seed also draws the random weights. image: an image
     file, brought to size x size with torchvision's ImageNet geometry (shorter side to
     size * 256 / 224, centre crop) [default: scikit-image's astronaut]. weights: "random"
-    (structure only), "imagenet" or a state-dict PATH (:func:`patchcollide.models.build_model`).
+    (structure only), "imagenet" or a state-dict PATH (:func:`patchcollide.models.build.build_model`).
     overwrite: replace an existing nullspace run at ``out`` (nothing else). progress: called with
     one line per stage. Bad inputs raise a one-line NullspaceError, ModelError or BadImage
     before anything is written.

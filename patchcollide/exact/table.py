@@ -34,7 +34,8 @@ import torch.nn as nn
 from ..core.errors import first_line
 from ..core.files import machine, versions
 from ..core.formats import RANDOM_LABEL
-from ..engine.models import ModelError, build_model
+from ..models.build import build_model
+from ..models.weights import ModelError
 from .config import NullspaceError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ Models (ReLU, as the paper's): ``MLP`` 784 -> 256 -> 256 -> 10 (the paper's Tabl
 ``make_model(arch, seed, init="authors")`` with ``AUTHORS_RECIPE`` is the authors' own MLP:
 every weight and bias N(0, 1), Adam 1e-3, 15 epochs of batches of 100.
 
-``DigitTap(model, layer)`` has the same interface as ``models.Tap`` (``pre``, ``logits``,
+``DigitTap(model, layer)`` has the same interface as ``models.build.Tap`` (``pre``, ``logits``,
 ``pre_and_logits``), so the collision loop, the objective and the polytope check run on it
 unchanged.
 """
@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import PatchcollideError
-from ..engine.nets import MLP, LeNet5
+from ..models.digits import MLP, LeNet5
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 class DigitTap(nn.Module):
-    """A digit classifier with a tap on one ReLU layer's pre-activation (``models.Tap``'s
+    """A digit classifier with a tap on one ReLU layer's pre-activation (``models.build.Tap``'s
     interface): ``pre(x)`` (B, D) for x (B, 1, 28, 28) in [0, 1]; ``logits(x)`` (B, 10)."""
 
     def __init__(self, model: nn.Module, arch: str, layer: str):

@@ -10,7 +10,7 @@
   Frogs!") on a ``PyTorchClassifier`` that wraps the same net, feature layer fc6 after its ReLU,
   inputs in [0, 1]. ART is an optional extra: ``pip install 'patchcollide[peers]'``.
 
-Images are (1, 3, H, W) float32 in [0, 1], the attacked net's ``models.Tap`` normalising inside,
+Images are (1, 3, H, W) float32 in [0, 1], the attacked net's ``models.build.Tap`` normalising inside,
 as everywhere in the engine. Nothing here is random: the same inputs give the same collider.
 ``scripts/bench_world.py --methods`` runs them on the digits world's pairs.
 """
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..core.errors import PatchcollideError
 from ..engine.collide import quantise, target_of
-from ..engine.models import KNOWN_HEADS, Tap
+from ..models.build import KNOWN_HEADS, Tap
 from ..engine.polytope import PROB_GAP, sample_polytope
 
 PLAIN_LAMS = (1.0, 3.0, 10.0, 30.0)  # the least-change weights of the sweep (notes/measurements.md)
@@ -149,7 +149,7 @@ def art_network(tap: Tap) -> nn.Sequential:
     stay in [0, 1]), features, avgpool, flatten, ``pre`` (the classifier up to the tapped Linear),
     ``feature`` (a fresh, not in-place ReLU: the tapped layer after its ReLU, e.g. fc6), ``head``
     (the rest of the classifier). The modules are the tap's own; (B, 3, H, W) -> (B, C) logits,
-    the same as ``tap.logits``. For the heads of ``models.KNOWN_HEADS`` (VGG-16/19, AlexNet,
+    the same as ``tap.logits``. For the heads of ``models.build.KNOWN_HEADS`` (VGG-16/19, AlexNet,
     digits_vgg); PeerError for other layers."""
     index = KNOWN_HEADS.get(tap.arch, {}).get(tap.layer)
     if index is None:

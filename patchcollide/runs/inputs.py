@@ -6,6 +6,7 @@ imports torch, so a mistake in the inputs is one line in a fraction of a second.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from ..core.images import BadImage, Preprocess, file_problem, fit_square, frame_
 from ..core.jsontypes import convert, describe, is_number
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import partial_dir
-from ..engine.names import check_model_name, check_state_file
+from ..models.names import check_model_name, check_state_file
 from ..engine.config import MAX_SAMPLES, MAX_SEED, CollideConfig, CollideError
 from ..offline.extract import scan_inputs
 from ..offline.knn import PatchIndex
@@ -60,7 +61,7 @@ def fit_input(path: str, config: CollideConfig, name: str = "image",
     """One input of a run as (size, size, 3) uint8, and how it got there (report.json's
     ``inputs.transform``: ``{"fit", "from": "WxH", "how"}``). ``config.fit`` (core.images.fit_square):
     auto uses an image that is already size x size as it is, and brings any other to size the
-    way the model's weights saw theirs, ``geometry`` (``models.input_fit``: imagenet or crop);
+    way the model's weights saw theirs, ``geometry`` (``models.build.input_fit``: imagenet or crop);
     imagenet, crop and pad do as they say. Transparency is composited on ``config.background``.
     Each change to what the file shows is one warning line naming the input."""
     img, alpha = read_input(path, name)
@@ -144,17 +145,26 @@ def check_judge(judge: str | None, judge_model: str) -> None:
         check_state_file(judge, "--judge")
 
 
-def check_start(out: str, overwrite: bool, ckdir: str, again: str, resume: str = "no") -> None:
-    """Before a run starts (or resumes, ``resume`` "yes") at ``out`` with its checkpoint in
+class Resume(enum.Enum):
+    """What a run does with the checkpoint in its checkpoint folder (``run.run_collide``'s
+    ``resume``; the values are the words the Python API has always taken)."""
+
+    FRESH = "no"  # start at step 1; an unfinished run's checkpoint is refused, or deleted with overwrite
+    CONTINUE = "yes"  # go on from the checkpoint; an error when there is none (collide --resume)
+    IF_SAME_RUN = "auto"  # go on from a checkpoint of this very run, start afresh otherwise (batch jobs)
+
+
+def check_start(out: str, overwrite: bool, ckdir: str, again: str, resume: Resume = Resume.FRESH) -> None:
+    """Before a run starts (or resumes, ``Resume.CONTINUE``) at ``out`` with its checkpoint in
     ``ckdir``: an unfinished run's checkpoint is not started over without ``overwrite``, a resume
     has one, and ``out`` may be written (``check_out_dir``, ``refuse_taken``). Changes nothing."""
     ck_path = os.path.join(ckdir, CHECKPOINT)
-    if resume == "no" and os.path.isfile(ck_path) and not overwrite:
+    if resume is Resume.FRESH and os.path.isfile(ck_path) and not overwrite:
         raise CollideError(f"--out {out} has the checkpoint of an unfinished run ({ck_path}); continue it with "
                            f"`{again}` or start over with --overwrite")
-    if resume == "yes" and not os.path.isfile(ck_path):
+    if resume is Resume.CONTINUE and not os.path.isfile(ck_path):
         raise CollideError(f"{out}: no checkpoint to resume at {ck_path}; start the run with --out {out}")
-    if resume == "yes":
+    if resume is Resume.CONTINUE:
         refuse_taken(out, ckdir, again, overwrite)
     else:
         check_out_dir(out, overwrite)

@@ -38,14 +38,15 @@ from ..engine.checkpoints import (Checkpointer, CheckpointError, DamagedCheckpoi
                                   partial_dir, restoring)
 from ..engine.collide import (Clock, CollideConfig, CollideError, CollideResult, collide, frontier_of, push_margin_of,
                               quantised_metrics)
-from ..engine.judge import check_apart, judge_run, load_judge
-from ..engine.models import Tap, imagenet_weights, input_fit, load_tap, resolve_device, resolve_weights, tap_on
+from ..models.judge import check_apart, judge_run, load_judge
+from ..models.build import Tap, input_fit, load_tap, resolve_device, tap_on
+from ..models.weights import imagenet_weights, resolve_weights
 from ..engine.target import Target
 from ..engine.polytope import difference_boxes, extent, pairwise_l2, sample_polytope
 from ..offline.knn import PatchIndex
-from .inputs import (check_complete, check_k, check_out_dir, check_sample, check_start, dataset_images,  # noqa: F401
-                     dataset_paths, expected_bytes, fit_input, read_picture, read_report, read_state, read_vertices,
-                     refuse_taken, run_lock, store_size)
+from .inputs import (Resume, check_complete, check_k, check_out_dir, check_sample, check_start,  # noqa: F401
+                     dataset_images, dataset_paths, expected_bytes, fit_input, read_picture, read_report, read_state,
+                     read_vertices, refuse_taken, run_lock, store_size)
 # (dataset_images, dataset_paths, read_report, store_size: where callers found them before inputs.py held them)
 from .sizes import warn_size
 from .pictures import contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
@@ -71,35 +72,37 @@ def resolved_fit(config: CollideConfig, geometry: str) -> str:
     return geometry if config.fit == "auto" else config.fit
 
 
-RESUMES = ("no", "yes", "auto")
-
-
 def run_collide(source: str, target: str, out: str, config: CollideConfig = CollideConfig(), arch: str = "vgg16",
                 layer: str = "fc6", weights: str = "imagenet", index_dir: str | None = "index", tap: Tap | None = None,
                 pindex=None, overwrite: bool = False, progress=None, target_stats: Target | None = None,
-                checkpoint_dir: str | None = None, checkpoint_every: int = EVERY, resume: str = "no",
-                again: str | None = None, judge=None) -> dict:
+                checkpoint_dir: str | None = None, checkpoint_every: int = EVERY,
+                resume: Resume | str = Resume.FRESH, again: str | None = None, judge=None) -> dict:
     """Collide ``source`` -> ``target`` and write the run directory ``out``. Returns the report.
 
     target_stats: the target's precomputed ``collide.target_of`` (see ``collide.collide``).
 
     Checkpoints (checkpoints.py) go to ``checkpoint_dir`` (default ``OUT.partial``) every
     ``checkpoint_every`` steps, after the last step and on SIGINT/SIGTERM, and are removed
-    once ``out`` is complete. resume: "no" refuses to start over an interrupted run's
-    checkpoint unless ``overwrite``; "yes" goes on from it (an error when there is none);
-    "auto" goes on from one of this very run and starts afresh otherwise (batch jobs).
+    once ``out`` is complete. resume (``Resume``, or its value): FRESH ("no") refuses to start
+    over an interrupted run's checkpoint unless ``overwrite``; CONTINUE ("yes") goes on from it
+    (an error when there is none); IF_SAME_RUN ("auto") goes on from one of this very run and
+    starts afresh otherwise (batch jobs).
     again: the command that continues the run, for messages (default ``collide --resume``).
     judge: a ``judge.Judge`` that reads the source, the target and every vertex (report.json's
     ``judge``); None for none.
     """
-    if resume not in RESUMES:
-        raise CollideError(f"resume must be one of {', '.join(RESUMES)}, got {resume!r}")
+    try:
+        resume = Resume(resume)
+    except ValueError:
+        raise CollideError(f"resume must be one of {', '.join(r.value for r in Resume)}, got {resume!r}") from None
+    run = dict(source=source, target=target, out=out, config=config, arch=arch, layer=layer, weights=weights,
+               index_dir=index_dir, tap=tap, pindex=pindex, overwrite=overwrite, progress=progress,
+               target_stats=target_stats, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+               resume=resume, again=again, judge=judge)
     if checkpoint_dir is not None:  # a batch job: the batch holds the job's lock
-        return _run_collide(source, target, out, config, arch, layer, weights, index_dir, tap, pindex, overwrite,
-                            progress, target_stats, checkpoint_dir, checkpoint_every, resume, again, judge)
+        return _run_collide(**run)
     with run_lock(out):
-        return _run_collide(source, target, out, config, arch, layer, weights, index_dir, tap, pindex, overwrite,
-                            progress, target_stats, checkpoint_dir, checkpoint_every, resume, again, judge)
+        return _run_collide(**run)
 
 
 FAR_RETRIEVAL = 1.5  # source patches this many times farther from their neighbours than the store's own: warn
@@ -150,68 +153,30 @@ def warn_pretrained_size(tap: Tap, size: int) -> None:
                     "are less reliable (use --size 224 for a real study)", size, tap.arch, size)
 
 
-def _run_collide(source, target, out, config, arch, layer, weights, index_dir, tap, pindex, overwrite, progress,
-                 target_stats, checkpoint_dir, checkpoint_every, resume, again, judge) -> dict:
+def _run_collide(*, source: str, target: str, out: str, config: CollideConfig, arch: str, layer: str, weights: str,
+                 index_dir: str | None, tap: Tap | None, pindex, overwrite: bool, progress, target_stats: Target | None,
+                 checkpoint_dir: str | None, checkpoint_every: int, resume: Resume, again: str | None, judge) -> dict:
+    """``run_collide`` and ``resume_collide`` once the run is theirs: the checks, the inputs, the
+    index and the model, the optimisation (checkpointed), the run folder."""
     clock, started = Clock(), process_seconds()
     ckdir = checkpoint_dir or partial_dir(out)
     again = again or f"patchcollide collide --resume {out}"
-    check_start(out, overwrite, ckdir, again, resume)  # the checks the CLI makes before torch (inputs.check_collide)
-    if resume == "no" and os.path.isfile(os.path.join(ckdir, CHECKPOINT)):  # --overwrite: start over
-        shutil.rmtree(ckdir, ignore_errors=True)
-    check_writable(out, expected_bytes(config), CollideError)
-    warn_size(config.size, index_dir if config.space.needs_index else None, weights)
-    if judge is not None:  # a hash of the file, before anything loads
-        check_apart(judge, tap.weights if tap is not None else weights)
-    # fit auto's geometry from the weights' names (or the given model's): nothing loads before the inputs
-    geometry = input_fit(tap.arch, tap.weights.kind) if tap is not None else input_fit(arch, weights)
-    (src, src_how), (tgt, tgt_how) = (fit_input(source, config, "--source", geometry),
-                                      fit_input(target, config, "--target", geometry))
+    check_run(out, config, ckdir, again, resume, overwrite=overwrite, index_dir=index_dir, weights=weights, tap=tap,
+              judge=judge)
+    src, tgt, meta = run_inputs(source, target, config, index_dir, arch=arch, weights=weights, tap=tap)
     own_index = None
     if config.space.needs_index and pindex is None:
         pindex = own_index = PatchIndex(index_dir)  # before the model: a bad index fails in a second
-    if config.space.needs_index:
-        check_k(config.k, len(pindex.store), index_dir)
-    meta = {"source": os.path.abspath(source), "target": os.path.abspath(target),
-            "index": os.path.abspath(index_dir) if config.space.needs_index and index_dir else None,
-            "transform": {"source": src_how, "target": tgt_how}}
-    clock.lap("inputs")
     try:
-        dev = resolve_device(config.device)  # once for the run: the model moves there once
-        if tap is None:  # auto made concrete once: a resume goes on with the same weights
-            weights = resolve_weights(weights, arch)
-        tap = tap_on(tap or load_tap(arch, layer, weights, seed=config.seed), dev)
-        warn_pretrained_size(tap, config.size)
+        if config.space.needs_index:
+            check_k(config.k, len(pindex.store), index_dir)
+        clock.lap("inputs")
+        tap, weights, dev = run_model(tap, arch, layer, weights, config)
         clock.lap("model")
-        ck = Checkpointer(ckdir, {"inputs": meta, "config": dataclasses.asdict(config), "model": tap.identity()},
-                          every=checkpoint_every)
-        state = None
-        if resume == "yes":
-            state = ck.load()
-        elif resume == "auto" and ck.exists():
-            try:
-                state = ck.load()
-            except CheckpointError as e:  # one line: the step count the user expected is lost
-                start_afresh(out, ck, e)
-        if state is not None:
-            log.info("resuming %s from step %d/%d", out, state["step"], config.steps)
-        with StopSignals() as stop:
-            ck.stop = stop
-            ck.static["run"] = {"source": meta["source"], "target": meta["target"], "arch": arch, "layer": layer,
-                                "weights": _abs_if_file(weights), "index_dir": meta["index"], "overwrite": overwrite,
-                                "judge": None if judge is None else [judge.weights.name, judge.arch]}
-            try:
-                try:
-                    res = collide(tap, src, tgt, config, index=pindex, progress=progress, target=target_stats,
-                                  checkpoint=ck, resume=state)
-                except DamagedCheckpoint as e:  # read, but its state does not restore: before any step
-                    if resume != "auto" or state is None:
-                        raise
-                    start_afresh(out, ck, e)
-                    res = collide(tap, src, tgt, config, index=pindex, progress=progress, target=target_stats,
-                                  checkpoint=ck)
-            except Interrupted as e:
-                how = again if "`" in again else f"`{again}`"  # a phrase that quotes its own command is not quoted again
-                raise Interrupted(f"{e}; continue with {how}", e.signum) from None
+        ck = run_checkpointer(ckdir, checkpoint_every, meta, config, tap, arch=arch, layer=layer, weights=weights,
+                              overwrite=overwrite, judge=judge)
+        res = optimise_run(out, ck, resume, again, tap, src, tgt, config, index=pindex, progress=progress,
+                           target=target_stats)
         retrieval = retrieval_quality(pindex, res.candidates, config.k) if res.candidates is not None else None
         # where the time before the first step went: the process before this call (interpreter,
         # imports, command line), then inputs, model, target, retrieval, setup; then the steps
@@ -219,9 +184,105 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
     finally:
         if own_index is not None:
             own_index.close()
+    report = write_checkpointed(out, ck, again, res, src, tgt, tap, config, meta,
+                                overwrite=overwrite or resume is Resume.IF_SAME_RUN, device=dev, judge=judge,
+                                retrieval=retrieval)
+    if checkpoint_dir is None:
+        ck.discard()
+    return report
+
+
+def check_run(out: str, config: CollideConfig, ckdir: str, again: str, resume: Resume, *, overwrite: bool,
+              index_dir: str | None, weights: str, tap: Tap | None, judge) -> None:
+    """The checks before anything loads: ``out`` and the checkpoint (``inputs.check_start``, the
+    checks the CLI makes before torch), free space, the size against the index and weights, and
+    a judge that is not the attacked net. A FRESH run with ``overwrite`` deletes an unfinished
+    run's checkpoint here."""
+    check_start(out, overwrite, ckdir, again, resume)
+    if resume is Resume.FRESH and os.path.isfile(os.path.join(ckdir, CHECKPOINT)):  # --overwrite: start over
+        shutil.rmtree(ckdir, ignore_errors=True)
+    check_writable(out, expected_bytes(config), CollideError)
+    warn_size(config.size, index_dir if config.space.needs_index else None, weights)
+    if judge is not None:  # a hash of the file, before anything loads
+        check_apart(judge, tap.weights if tap is not None else weights)
+
+
+def run_inputs(source: str, target: str, config: CollideConfig, index_dir: str | None, *, arch: str, weights: str,
+               tap: Tap | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The source and the target as (size, size, 3) uint8, with fit auto's geometry taken from the
+    weights' names (or the given model's), so nothing loads before the inputs; and report.json's
+    ``inputs`` (their paths, the index's, how each was fitted)."""
+    geometry = input_fit(tap.arch, tap.weights.kind) if tap is not None else input_fit(arch, weights)
+    (src, src_how), (tgt, tgt_how) = (fit_input(source, config, "--source", geometry),
+                                      fit_input(target, config, "--target", geometry))
+    meta = {"source": os.path.abspath(source), "target": os.path.abspath(target),
+            "index": os.path.abspath(index_dir) if config.space.needs_index and index_dir else None,
+            "transform": {"source": src_how, "target": tgt_how}}
+    return src, tgt, meta
+
+
+def run_model(tap: Tap | None, arch: str, layer: str, weights: str,
+              config: CollideConfig) -> tuple[Tap, str, torch.device]:
+    """The run's model on the run's device (resolved once: the model moves there once), the
+    caller's ``tap`` or ``arch`` tapped at ``layer``; with the weights the run records, "auto"
+    made concrete once, so that a resume goes on with the same weights."""
+    dev = resolve_device(config.device)
+    if tap is None:
+        weights = resolve_weights(weights, arch)
+    tap = tap_on(tap or load_tap(arch, layer, weights, seed=config.seed), dev)
+    warn_pretrained_size(tap, config.size)
+    return tap, weights, dev
+
+
+def run_checkpointer(ckdir: str, every: int, meta: dict, config: CollideConfig, tap: Tap, *, arch: str, layer: str,
+                     weights: str, overwrite: bool, judge) -> Checkpointer:
+    """The run's checkpoints in ``ckdir``, keyed by its inputs, config and model, each carrying
+    what ``resume_collide`` needs to start the run again (``static["run"]``)."""
+    ck = Checkpointer(ckdir, {"inputs": meta, "config": dataclasses.asdict(config), "model": tap.identity()},
+                      every=every)
+    ck.static["run"] = {"source": meta["source"], "target": meta["target"], "arch": arch, "layer": layer,
+                        "weights": _abs_if_file(weights), "index_dir": meta["index"], "overwrite": overwrite,
+                        "judge": None if judge is None else [judge.weights.name, judge.arch]}
+    return ck
+
+
+def optimise_run(out: str, ck: Checkpointer, resume: Resume, again: str, tap: Tap, src: np.ndarray, tgt: np.ndarray,
+                 config: CollideConfig, *, index, progress, target: Target | None) -> CollideResult:
+    """``collide`` from the checkpoint ``resume`` asks for (none for FRESH), saving to ``ck``.
+    IF_SAME_RUN starts afresh, with one warning, from a checkpoint that cannot continue this run
+    or whose state does not restore. SIGINT/SIGTERM: ``Interrupted`` naming ``again``."""
+    state = None
+    if resume is Resume.CONTINUE:
+        state = ck.load()
+    elif resume is Resume.IF_SAME_RUN and ck.exists():
+        try:
+            state = ck.load()
+        except CheckpointError as e:  # one line: the step count the user expected is lost
+            start_afresh(out, ck, e)
+    if state is not None:
+        log.info("resuming %s from step %d/%d", out, state["step"], config.steps)
+    with StopSignals() as stop:
+        ck.stop = stop
+        try:
+            try:
+                return collide(tap, src, tgt, config, index=index, progress=progress, target=target, checkpoint=ck,
+                               resume=state)
+            except DamagedCheckpoint as e:  # read, but its state does not restore: before any step
+                if resume is not Resume.IF_SAME_RUN or state is None:
+                    raise
+                start_afresh(out, ck, e)
+                return collide(tap, src, tgt, config, index=index, progress=progress, target=target, checkpoint=ck)
+        except Interrupted as e:
+            how = again if "`" in again else f"`{again}`"  # a phrase that quotes its own command is not quoted again
+            raise Interrupted(f"{e}; continue with {how}", e.signum) from None
+
+
+def write_checkpointed(out: str, ck: Checkpointer, again: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray,
+                       tap: Tap, config: CollideConfig, meta: dict, **kw) -> dict:
+    """``write_run`` (``kw``: its keywords) for a run whose optimised state is in ``ck``: a failure
+    says where that state is and how to write the run without optimising again."""
     try:
-        report = write_run(out, res, src, tgt, tap, config, meta, overwrite=overwrite or resume == "auto",
-                           device=dev, judge=judge, retrieval=retrieval)
+        return write_run(out, res, src, tgt, tap, config, meta, **kw)
     except CollideError as e:  # --out taken meanwhile by something that holds no lock
         if ck.saved_to != ck.path:
             raise
@@ -234,13 +295,10 @@ def _run_collide(source, target, out, config, arch, layer, weights, index_dir, t
                f"in {PROGRESS}) into {ck.directory} and run `{again}`: it writes the run without optimising again")
         raise CollideError(f"could not write the run to {out} ({e.strerror or e}); the optimised state is saved "
                            f"in {where}: {fix}") from e  # the cause: a batch stops on a full disk
-    if checkpoint_dir is None:
-        ck.discard()
-    return report
 
 
 def start_afresh(out: str, ck: Checkpointer, e: CheckpointError) -> None:
-    """resume "auto" (a batch job) with a checkpoint that cannot continue the run: one warning
+    """``Resume.IF_SAME_RUN`` (a batch job) with a checkpoint that cannot continue the run: one warning
     line, the checkpoint deleted; the run then starts from step 1."""
     if isinstance(e, DamagedCheckpoint):
         log.warning("%s: starting from step 1, as its checkpoint %s is damaged (%s); the damaged checkpoint is "
@@ -280,9 +338,11 @@ def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY, overw
         judge = load_judge(*r["judge"]) if r["judge"] else None
         if on_resume is not None:
             on_resume(saved["step"], config.steps)
-        return _run_collide(r["source"], r["target"], out, config, r["arch"], r["layer"], r["weights"],
-                            r["index_dir"], None, None, r["overwrite"] or overwrite, progress, None, None,
-                            checkpoint_every, "yes", None, judge)
+        return _run_collide(source=r["source"], target=r["target"], out=out, config=config, arch=r["arch"],
+                            layer=r["layer"], weights=r["weights"], index_dir=r["index_dir"], tap=None, pindex=None,
+                            overwrite=r["overwrite"] or overwrite, progress=progress, target_stats=None,
+                            checkpoint_dir=None, checkpoint_every=checkpoint_every, resume=Resume.CONTINUE,
+                            again=None, judge=judge)
 
 
 def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, tap: Tap, config: CollideConfig,

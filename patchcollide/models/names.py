@@ -1,9 +1,10 @@
-"""Model names and state-dict files, checked without torch, so that ``--model``, ``--judge-model``
-and ``--judge FILE`` are checked at the entrance of a command, before torch loads.
+"""Model names, the --weights rule and state-dict files, without torch, so that ``--model``,
+``--weights``, ``--judge-model`` and ``--judge FILE`` are shown and checked at the entrance of a
+command, before torch loads.
 
 The torchvision names are those of the torchvision this package is tested with
 (tests/test_startup.py compares them with ``torchvision.models.list_models()``), the digits
-world's nets those of ``nets.BUILDERS``, the shape stand-ins those of ``models.builder``."""
+world's nets those of ``digits.BUILDERS``, the shape stand-ins those of ``build.builder``."""
 from __future__ import annotations
 
 import difflib
@@ -42,8 +43,16 @@ TORCHVISION_OTHERS = (  # segmentation, detection, video, optical flow, quantize
     "ssdlite320_mobilenet_v3_large", "swin3d_b", "swin3d_s", "swin3d_t",
 )
 
-OWN_MODELS = ("digits_vgg", "digits_lenet5")  # nets.BUILDERS: the digits world's nets
-SHAPE_ONLY = ("deit_tiny_shapes", "deit_base_shapes")  # models.builder: DeiT's shapes from torchvision's ViT
+WEIGHTS_RULE = ("auto (the default of every command): torchvision's ImageNet weights when the torch cache holds "
+                "them (sha256 checked) or they download, else seeded random weights, said in a warning and in every "
+                "output; imagenet: those weights or an error; random: seeded random weights (smoke runs); PATH: a "
+                "state dict (recorded as user weights)")  # --weights of every command (weights.resolve_weights)
+WEIGHTS = ("auto", "imagenet", "random")  # besides a PATH
+DEFAULT_JUDGE_MODEL = "digits_lenet5"  # --judge-model (judge.load_judge)
+DEFAULT_MODEL, DEFAULT_LAYER = "vgg16", "fc6"  # --model and --layer of collide and batch
+
+OWN_MODELS = ("digits_vgg", "digits_lenet5")  # digits.BUILDERS: the digits world's nets
+SHAPE_ONLY = ("deit_tiny_shapes", "deit_base_shapes")  # build.builder: DeiT's shapes from torchvision's ViT
 CLASSIFIERS = TORCHVISION_CLASSIFIERS + OWN_MODELS  # collide's, batch's and the judge's
 ANY_MODEL = TORCHVISION_CLASSIFIERS + TORCHVISION_OTHERS + SHAPE_ONLY  # nullspace's and nullity's
 
@@ -87,7 +96,7 @@ def file_kind(path: str) -> str | None:
 def check_state_file(path: str, option: str = "--weights") -> None:
     """The checks of a state-dict file that need no torch: it exists, is a file, is readable
     and begins as torch.save's files do (a zip archive, or a pickle). NameError_ naming
-    ``option`` otherwise; what is inside is for ``models.load_state_file`` to read."""
+    ``option`` otherwise; what is inside is for ``weights.load_state_file`` to read."""
     if os.path.isdir(path):
         raise NameError_(f"{option} {path}: is a folder; give a state dict file")
     if not os.path.isfile(path):

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .config import DEFAULT_JUDGE_MODEL  # torch-free: the CLI's --judge-model default
-from .models import ModelError, WeightsInfo, build_model, builder, file_sha256, fit_state, imagenet_normalise, load_state_file
-from .nets import BUILDERS as OWN_MODELS
-from .nets import JUDGE_NORMALISED
+from .build import build_model, builder, imagenet_normalise
+from .digits import BUILDERS as OWN_MODELS
+from .digits import JUDGE_NORMALISED
+from .names import DEFAULT_JUDGE_MODEL  # torch-free: the CLI's --judge-model default
+from .weights import ModelError, WeightsInfo, file_sha256, fit_state, load_state_file
 
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import textwrap
 import time
 
@@ -12,54 +11,51 @@ import click
 from ..batch.events import BatchEvents
 from ..batch.jobfile import JobsError, config_fields, parse_shard, read_jobs
 from ..core.formats import RANDOM_NOTICE
+from ..core.progress import eta_seconds, hms
 from ..engine.config import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..engine.config import DEFAULT_LAYER, DEFAULT_MODEL, DEVICES, MAX_SAMPLES, SAMPLES
 from ..engine.checkpoints import EVERY
 from ..engine.names import check_model_name
 from ..executors import make_executor
-from .common import Ticker, UserError, executor_options, hms, show_progress, user_errors, weights_option
+from .common import Progress, UserError, executor_options, show_progress, user_errors, weights_option
 
 
 class _BatchProgress(BatchEvents):
     """A bar over this process's jobs with ETA, labelled with the running jobs (the step of a
     single one) and the failures so far, on a terminal; elsewhere one line per finished job, so
-    logs stay readable. The same for both executors."""
+    logs stay readable, and a single running job's steps (both Progress). The same for both
+    executors."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.bar, self.done, self.total, self.t0 = enabled, None, 0, 0, time.time()
-        self.tty = sys.stderr.isatty()
-        self.ticker: Ticker | None = None  # off a terminal: the running job's steps, at most every LOG_EVERY s
+        self.enabled, self.done, self.total, self.t0 = enabled, 0, 0, time.time()
+        self.jobs = Progress("", False)
+        self.steps = Progress("", False)  # off a terminal: the running job's steps, at most every LOG_EVERY s
         self.running: list[str] = []
         self.failed, self.last_render, self.at = 0, 0.0, ""
 
     def start(self, todo) -> None:
         self.total, self.t0 = len(todo), time.time()
-        if self.enabled and self.tty and todo:
-            self.bar = click.progressbar(length=len(todo), show_eta=True, show_pos=True,
-                                         file=sys.stderr)
-            self.bar.__enter__()
+        self.jobs = Progress("", self.enabled and bool(todo), lines=False)  # the bar; its own lines below
+        self._render()
 
     def _render(self) -> None:
-        if self.bar is None:
-            return
         names = ", ".join(self.running[:3]) + (f" +{len(self.running) - 3}" if len(self.running) > 3 else "")
         label = f"running {names}{self.at}" if self.running else ""
         if self.failed:
             label += f"{'; ' if label else ''}{self.failed} failed"
-        self.bar.label = label
-        self.bar.render_progress()
+        self.jobs(self.done, self.total, label)
         self.last_render = time.time()
 
     def job_start(self, job) -> None:
         self.running.append(job.id)
         self.at = ""
-        self.ticker = Ticker(f"  {job.id} step", "steps")
+        self.steps = Progress(f"  {job.id} step", self.enabled and self.jobs.ticker is not None, unit="steps")
         self._render()
 
     def step(self, step, total, loss, worst) -> None:
-        if self.bar is None and self.enabled and not self.tty and len(self.running) == 1 and step < total:
-            self.ticker(step, total, f"worst rel.err {worst:.2e}")
-        if self.bar is not None and len(self.running) == 1 and time.time() - self.last_render > 0.5:
+        if len(self.running) == 1 and step < total:
+            self.steps(step, total, f"worst rel.err {worst:.2e}")
+        if self.jobs.bar is not None and len(self.running) == 1 and time.time() - self.last_render > 0.5:
             self.at = f" step {step}/{total} worst rel.err {worst:.2e}"
             self._render()
 
@@ -69,18 +65,15 @@ class _BatchProgress(BatchEvents):
         if job.id in self.running:
             self.running.remove(job.id)
         self.at = ""
-        if self.bar is not None:
-            self.bar.update(1)
+        if self.jobs.ticker is None:  # a terminal: the bar
             self._render()
         elif self.enabled:
-            left = (time.time() - self.t0) / self.done * (self.total - self.done)
-            eta = f", ETA {hms(left)}" if self.done < self.total else ""
+            left = eta_seconds(self.done, self.total, time.time() - self.t0)
+            eta = f", ETA {hms(left)}" if left is not None else ""
             click.echo(f"[{self.done}/{self.total}] {job.id}: {status} ({seconds:.1f} s{eta})", err=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+        self.jobs.close()
 
 
 def _n(k: int, what: str) -> str:

@@ -14,7 +14,7 @@ from ..engine.config import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..engine.config import DEFAULT_LAYER, DEFAULT_MODEL, DEVICES, SAMPLES, CollideConfig, CollideError
 from ..engine.names import check_model_name
 from ..runs.report import verdict
-from .common import Progress, Ticker, UserError, config_options, flag_of, show_progress, user_errors, weights_option
+from .common import Progress, UserError, config_options, flag_of, show_progress, user_errors, weights_option
 
 
 def print_vertices(report: dict) -> None:
@@ -91,32 +91,15 @@ def print_polytope(check: dict, notice: str | None = None) -> None:
                + (f" vs dataset images {ds:.1f}" if ds is not None else "") + f" ({check['units']})")
 
 
-class Bar:
-    """Progress with the loss and the worst vertex's error: a bar on a terminal, else a line
-    at most every LOG_EVERY seconds with the elapsed time, the rate and the ETA (Ticker)."""
+class Bar(Progress):
+    """collide's progress(step, total, loss, worst): Progress over the steps, with the loss and
+    the worst vertex's error as the bar's label or at the end of the ticker's line."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.bar, self.last = enabled, None, 0
-        self.tty = sys.stderr.isatty()
-        self.ticker = Ticker("step", "steps")
+        super().__init__("step", enabled, unit="steps")
 
     def __call__(self, step: int, total: int, loss: float, worst: float) -> None:
-        if not self.enabled:
-            return
-        label = f"loss {loss:.3g} worst rel.err {worst:.2e}"
-        if not self.tty:
-            self.ticker(step, total, label)
-            return
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, show_eta=True, show_pos=True, file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.label = label
-        self.bar.update(step - self.last)
-        self.last = step
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+        super().__call__(step, total, f"loss {loss:.3g} worst rel.err {worst:.2e}")
 
 
 def parse_pairs(field: str, values: tuple[str, ...]) -> tuple:

@@ -18,7 +18,7 @@ from ..engine.checkpoints import Interrupted
 from ..engine.collide import CollideError, target_of, to_tensor
 from ..engine.judge import check_apart, load_judge
 from ..runs.sizes import warn_size
-from ..engine.models import input_fit, load_tap, model_identity, random_weights, resolve_device
+from ..engine.models import input_fit, load_tap, model_identity, random_weights, resolve_device, resolve_weights
 from ..offline.knn import PatchIndex
 from ..runs.run import dataset_images, dataset_paths, load_input, read_report, run_collide, run_sample
 from .events import BatchEvents, run_here  # noqa: F401 (run_here: the local executor's, imported from here too)
@@ -239,6 +239,8 @@ def run_batch(jobfile: JobFile, out_dir: str, options: BatchOptions = BatchOptio
     """
     events = events or BatchEvents()
     check_batch(jobfile, options, out_dir, shard)  # the checks the CLI makes before torch
+    # auto made concrete once, for every job and worker
+    options = dataclasses.replace(options, weights=resolve_weights(options.weights, options.arch))
     created = not os.path.exists(out_dir)
     runner = BatchRunner(jobfile, out_dir, options)
     try:

@@ -24,7 +24,7 @@ from ..core.images import BadImage
 from ..core.plugins import Registry
 from ..core.progress import eta_seconds, hms, rate_of
 from ..engine.checkpoints import Interrupted
-from ..engine.config import WEIGHTS_RULE, CollideConfig, CollideError
+from ..engine.config import DEFAULT_WEIGHTS, WEIGHTS_METAVAR, CollideConfig, CollideError, weights_help
 from ..executors import EXECUTORS
 
 USER_ERRORS = (PatchcollideError,)  # every user error derives from it (errors.py)
@@ -45,8 +45,8 @@ class Stopped(UserError):
 
 def weights_option(note: str = ""):
     """``--weights``, the same default (auto) and rule in every command (engine.config.WEIGHTS_RULE)."""
-    return click.option("--weights", default="auto", show_default=True, metavar="auto|imagenet|random|PATH",
-                        help=WEIGHTS_RULE[0].upper() + WEIGHTS_RULE[1:] + "." + (f" {note}" if note else ""))
+    return click.option("--weights", default=DEFAULT_WEIGHTS, show_default=True, metavar=WEIGHTS_METAVAR,
+                        help=weights_help(note))
 
 
 def flags_of(field: str, config: type = CollideConfig) -> tuple[str, ...]:

@@ -65,8 +65,8 @@ class BatchOptions:
     arch: str = setting(DEFAULT_MODEL, "torchvision classifier.", flags=("--model",))
     layer: str = setting(DEFAULT_LAYER, "fc6/fc7 (VGG, AlexNet) or a module name.")
     # auto: made concrete once, by run_batch, for every job and worker
-    weights: str = setting(DEFAULT_WEIGHTS, weights_help("Random weights: each job's seed seeds the model, as in collide."),
-                           metavar=WEIGHTS_METAVAR)
+    weights: str = setting(DEFAULT_WEIGHTS, weights_help("Random weights: each job's seed seeds the model, as in "
+                                                         "collide."), metavar=WEIGHTS_METAVAR)
     index_dir: str | None = setting("index", "Patch index (opened once; only when some job is in patch mode).",
                                     flags=("-i", "--index"), metavar="DIRECTORY")  # None: pixel-mode jobs only
     device: str = setting("auto", "Where the jobs compute (auto: CUDA when present; with Ray, each worker's own).",

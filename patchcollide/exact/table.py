@@ -247,7 +247,8 @@ def compare_with_paper(row: dict, paper: PaperRow) -> dict:
 
 
 def nullity_table(models: list[str], weights: str = "random", seed: int = NullityConfig.seed,
-                  rtol: float | None = NullityConfig.rtol, progress: Callable[[str, int, int], None] | None = None) -> dict:
+                  rtol: float | None = NullityConfig.rtol,
+                  progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Table 1 for ``models``; a model that cannot be built or loaded is one entry in
     ``failed`` (name, one-line reason), not an exception. Returns a JSON-able dict. ``seed``
     and ``rtol``: ``NullityConfig``'s, checked by it."""

@@ -49,8 +49,9 @@ from .store import REBUILD as STORE_REBUILD
 from .store import PatchStore, StoreError
 
 __all__ = ["FLAT_MAX_N", "INDEX_FILE", "MANIFEST_FILE", "STORE_FILE", "EvalConfig", "IndexConfig", "IndexError_",
-           "PatchIndex", "SearchConfig", "SearchResult", "build_index", "default_factory", "default_search_params", "evaluate", "exact_search",
-           "query_patches", "quick_checksum", "recall_at_k", "set_search_params", "verify_index"]
+           "PatchIndex", "SearchConfig", "SearchResult", "build_index", "default_factory", "default_search_params",
+           "evaluate", "exact_search", "query_patches", "quick_checksum", "recall_at_k", "set_search_params",
+           "verify_index"]
 
 log = logging.getLogger(__name__)
 

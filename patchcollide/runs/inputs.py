@@ -526,8 +526,8 @@ class SampleConfig:
 
     def __post_init__(self):
         raise_first([
-            (1 <= self.samples <= MAX_SAMPLES, "samples", f"must be between 1 and {MAX_SAMPLES:,}, got {self.samples:,}; "
-             f"give a count in that range (the default {SAMPLES} measures a share to within about 2%)"),
+            (1 <= self.samples <= MAX_SAMPLES, "samples", f"must be between 1 and {MAX_SAMPLES:,}, got "
+             f"{self.samples:,}; give a count in that range (the default {SAMPLES} measures a share to within about 2%)"),
             (1 <= self.batch_size <= MAX_BATCH, "batch_size", f"must be between 1 and {MAX_BATCH}, got "
              f"{self.batch_size:,}; give one in that range (lower it if memory runs out)"),
         ], field_error)

@@ -278,9 +278,9 @@ class Progress:
             self.ticker(done, total, extra)
             self.done = done
             return
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label=extra or self.label, show_eta=True, show_pos=True,
-                                         file=sys.stderr)
+        if self.bar is None:  # a label that changes (extra) shows from the first step on
+            self.bar = click.progressbar(length=total, label="" if extra else self.label, show_eta=True,
+                                         show_pos=True, file=sys.stderr)
             self.bar.__enter__()
         self.bar.label = extra or self.label
         self.bar.update(done - self.done)  # 0: the label changed, drawn again

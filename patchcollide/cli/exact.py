@@ -7,7 +7,7 @@ import click
 
 from ..core.files import write_json, write_text
 from ..engine.names import ANY_MODEL, check_model_name
-from ..exact.config import NullityConfig, NullspaceConfig, NullspaceError, check_nullspace
+from ..exact.config import SIZE, NullityConfig, NullspaceConfig, NullspaceError, check_nullspace
 from .common import config_options, echo_json, show_progress, user_errors, weights_option
 
 
@@ -80,7 +80,7 @@ def print_nullspace(report: dict) -> None:
 @weights_option("Random weights test the structure only; pretrained ViT needs --size 224.")
 @click.option("--source", "image", type=click.Path(), default=None,
               help="Image to collide from [default: scikit-image's astronaut].")
-@click.option("--size", default=224, show_default=True, type=int,
+@click.option("--size", default=SIZE, show_default=True, type=int,
               help="Input side (ViT with random weights is built for it; pretrained ViT needs 224).")
 @config_options(NullspaceConfig)
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,

@@ -16,6 +16,7 @@ from ..engine.names import ANY_MODEL, check_model_name
 RUN_KIND = "patchcollide-nullspace"  # report.json's kind
 MODES = ("repeat", "several", "regions")
 MAX_DENSE_SIZE = 64  # dense Gram matrices grow as size^4
+SIZE = 224  # nullspace --size: the input side ViT-B/32 is built for (its pretrained weights need it)
 
 
 class NullspaceError(PatchcollideError):

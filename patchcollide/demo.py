@@ -26,6 +26,7 @@ from .models.build import load_tap
 from .offline.extract import ExtractConfig, extract_store
 from .offline.knn import MANIFEST_FILE, STORE_FILE, IndexConfig, IndexError_, PatchIndex, build_index
 from .offline.store import PatchStore, StoreError
+from .world.config import DEMO_OUT, DemoConfig
 from .runs.pictures import neighbour_mosaic, save_png
 from .runs.run import dataset_images, dataset_paths, run_collide, run_sample
 from .runs.sizes import chosen
@@ -111,12 +112,16 @@ def demo_tap(weights: str = "auto", seed: int = 0):
     return load_tap("vgg16", "fc6", weights, seed=seed)
 
 
-def run_demo(index_dir: str = "index", out_dir: str = "runs/demo", stride: int = 4, k: int = 16,
-             photos: tuple[str, ...] = STORE_PHOTOS, size: int = 128, steps: int | None = None, vertices: int = 5,
-             samples: int = 200, weights: str = "auto", device: str = "auto", progress=None,
+def run_demo(index_dir: str = DemoConfig.index_dir, out_dir: str = DEMO_OUT["photos"], stride: int = 4, k: int = 16,
+             photos: tuple[str, ...] = STORE_PHOTOS, size: int = DemoConfig.size, steps: int | None = DemoConfig.steps,
+             vertices: int = DemoConfig.vertices, samples: int = DemoConfig.samples,
+             weights: str = DemoConfig.weights, device: str = DemoConfig.device, progress=None,
              collide_progress=None) -> DemoResult:
     """Build the embedded index (once), search the held-out photo's grid, collide it with the
-    target photo in patch space and check the polytope."""
+    target photo in patch space and check the polytope. The settings and their defaults are
+    ``DemoConfig``'s (photos world), checked first."""
+    DemoConfig(index_dir=index_dir, out_dir=out_dir, size=size, steps=steps, vertices=vertices, samples=samples,
+               weights=weights, device=device)
     t = {"start": time.time()}
     _check_index_dir(index_dir)  # a foreign or broken index, and then bad --weights, are refused
     tap = demo_tap(weights)  # before anything is written

@@ -261,7 +261,7 @@ def test_sample_counts_out_of_bounds_are_one_line_before_any_work(args, says, pr
 def test_run_sample_checks_its_counts_first(tmp_path):
     from patchcollide.runs.run import run_sample
 
-    with pytest.raises(PatchcollideError, match="--samples must be between 1 and 1,000,000"):
+    with pytest.raises(PatchcollideError, match="^samples must be between 1 and 1,000,000"):
         run_sample(str(tmp_path / "no-such-run"), samples=10**10)
 
 

@@ -399,7 +399,7 @@ def test_cli_nullity_json_flag_and_out(tmp_path, monkeypatch):
     (["nullspace", "--model", "resnet18", "--out", "{occupied}", "--overwrite"], "not a nullspace run"),
     (["nullspace", "--model", "resnet18", "--mode", "bogus", "--out", "{tmp}/o"], "bogus"),
     (["nullity", "alexnet", "--rtol", "2"], "--rtol must be in (0, 1)"),
-    (["nullity", "alexnet", "--seed", "-1"], "'--seed': -1 is not in the range 0<="),
+    (["nullity", "alexnet", "--seed", "-1"], "--seed must be between 0 and 2^63 - 1, got -1"),
     (["nullity", "alexnet", "--out", "{tmp}/no/dir/t.json"], "folder does not exist"),
     (["nullspace", "--out", "{tmp}/o"], "Missing option '--model'"),
 ])

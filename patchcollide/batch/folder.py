@@ -40,7 +40,10 @@ from ..core.files import locked, versions, write_json, write_text
 from ..core.formats import batch_csv, metrics_of, polytope_samples
 from ..core.jsontypes import canonical
 from ..engine.checkpoints import EVERY, saved_step
-from ..engine.config import CollideConfig
+from ..core.settings import check_fields, setting
+from ..engine.config import DEVICES, CollideConfig
+from ..models.names import (DEFAULT_JUDGE_MODEL, DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_WEIGHTS, WEIGHTS_METAVAR,
+                            weights_help)
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..offline.knn import PatchIndex
 from .jobfile import Job, JobFile, JobsError
@@ -54,20 +57,35 @@ BATCH_CSV = "batch.csv"  # the same jobs, one row each, with every metric
 
 @dataclasses.dataclass(frozen=True)
 class BatchOptions:
-    """The options a whole batch shares (the command's, beside the job lines): the model,
-    layer and weights, the index, the device, the dataset for the distance check, whether
-    invalid lines are skipped, the checkpoint interval and the judge."""
+    """The options a whole batch shares (the command's, beside the job lines; the ``batch``
+    command's options are derived from it): the model, layer and weights, the index, the
+    device, the dataset for the distance check, whether invalid lines are skipped, the
+    checkpoint interval and the judge. Checked when made (choices, bounds: JobsError about the
+    field)."""
 
-    arch: str = "vgg16"
-    layer: str = "fc6"
-    weights: str = "imagenet"
-    index_dir: str | None = "index"
-    device: str = "auto"
-    dataset: str | None = None
-    skip_invalid: bool = False
-    checkpoint_every: int = EVERY
-    judge: str | None = None
-    judge_model: str = "digits_lenet5"
+    arch: str = setting(DEFAULT_MODEL, "torchvision classifier.", flags=("--model",))
+    layer: str = setting(DEFAULT_LAYER, "fc6/fc7 (VGG, AlexNet) or a module name.")
+    # auto: made concrete once, by run_batch, for every job and worker
+    weights: str = setting(DEFAULT_WEIGHTS, weights_help("Random weights: each job's seed seeds the model, as in "
+                                                         "collide."), metavar=WEIGHTS_METAVAR)
+    index_dir: str | None = setting("index", "Patch index (opened once; only when some job is in patch mode).",
+                                    flags=("-i", "--index"), metavar="DIRECTORY")  # None: pixel-mode jobs only
+    device: str = setting("auto", "Where the jobs compute (auto: CUDA when present; with Ray, each worker's own).",
+                          choices=DEVICES)
+    dataset: str | None = setting(None, "Image folder for the dataset distance in the polytope check.",
+                                  metavar="DIRECTORY",
+                                  default_text="the index's images when some job is in patch mode, else none")
+    skip_invalid: bool = setting(False, "Run the valid jobs even if some lines are invalid.")
+    checkpoint_every: int = setting(EVERY, "Steps between a job's checkpoints in DIR/.partial/ (also on Ctrl-C / "
+                                    "SIGTERM); a job killed or interrupted goes on from its checkpoint when the batch "
+                                    "runs again.", bounds=(0, None))
+    judge: str | None = setting(None, "A judge's state dict (--judge-model) that reads each job's source, target, "
+                                "vertices and samples.", metavar="PATH")
+    judge_model: str = setting(DEFAULT_JUDGE_MODEL, "The judge's architecture: digits_lenet5 or a torchvision "
+                               "classifier.")
+
+    def __post_init__(self):
+        check_fields(self, JobsError)
 
 
 def check_batch(jobfile: JobFile, options: BatchOptions, out_dir: str | None = None,

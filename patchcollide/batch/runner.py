@@ -19,7 +19,7 @@ from ..engine.collide import CollideError, target_of, to_tensor
 from ..models.judge import check_apart, load_judge
 from ..runs.sizes import warn_size
 from ..models.build import input_fit, load_tap, model_identity, resolve_device
-from ..models.weights import random_weights
+from ..models.weights import random_weights, resolve_weights
 from ..offline.knn import PatchIndex
 from ..runs.inputs import Resume
 from ..runs.run import dataset_images, dataset_paths, load_input, read_report, run_collide, run_sample
@@ -241,6 +241,8 @@ def run_batch(jobfile: JobFile, out_dir: str, options: BatchOptions = BatchOptio
     """
     events = events or BatchEvents()
     check_batch(jobfile, options, out_dir, shard)  # the checks the CLI makes before torch
+    # auto made concrete once, for every job and worker
+    options = dataclasses.replace(options, weights=resolve_weights(options.weights, options.arch))
     created = not os.path.exists(out_dir)
     runner = BatchRunner(jobfile, out_dir, options)
     try:

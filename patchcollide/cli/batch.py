@@ -1,65 +1,59 @@
 """The ``batch`` command: many collide + sample jobs from a JSON Lines file into one directory."""
 from __future__ import annotations
 
-import dataclasses
 import os
-import sys
 import textwrap
 import time
 
 import click
 
 from ..batch.events import BatchEvents
+from ..batch.folder import BatchOptions, check_batch
 from ..batch.jobfile import JobsError, config_fields, parse_shard, read_jobs
 from ..core.formats import RANDOM_NOTICE
-from ..engine.config import DEVICES, MAX_SAMPLES, SAMPLES
-from ..engine.checkpoints import EVERY
-from ..models.names import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
-from ..models.names import DEFAULT_LAYER, DEFAULT_MODEL, check_model_name
+from ..core.progress import eta_seconds, hms
+from ..engine.config import MAX_SAMPLES, SAMPLES
+from ..models.names import check_model_name
 from ..executors import make_executor
-from .common import Ticker, UserError, executor_options, hms, show_progress, user_errors, weights_option
+from .common import Progress, UserError, config_options, executor_options, show_progress, user_errors
 
 
 class _BatchProgress(BatchEvents):
     """A bar over this process's jobs with ETA, labelled with the running jobs (the step of a
     single one) and the failures so far, on a terminal; elsewhere one line per finished job, so
-    logs stay readable. The same for both executors."""
+    logs stay readable, and a single running job's steps (both Progress). The same for both
+    executors."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.bar, self.done, self.total, self.t0 = enabled, None, 0, 0, time.time()
-        self.tty = sys.stderr.isatty()
-        self.ticker: Ticker | None = None  # off a terminal: the running job's steps, at most every LOG_EVERY s
+        self.enabled, self.done, self.total, self.t0 = enabled, 0, 0, time.time()
+        self.jobs = Progress("", False)
+        self.steps = Progress("", False)  # off a terminal: the running job's steps, at most every LOG_EVERY s
         self.running: list[str] = []
         self.failed, self.last_render, self.at = 0, 0.0, ""
 
     def start(self, todo) -> None:
         self.total, self.t0 = len(todo), time.time()
-        if self.enabled and self.tty and todo:
-            self.bar = click.progressbar(length=len(todo), show_eta=True, show_pos=True,
-                                         file=sys.stderr)
-            self.bar.__enter__()
+        self.jobs = Progress("", self.enabled and bool(todo), lines=False)  # the bar; its own lines below
+        self._render()
 
     def _render(self) -> None:
-        if self.bar is None:
-            return
         names = ", ".join(self.running[:3]) + (f" +{len(self.running) - 3}" if len(self.running) > 3 else "")
         label = f"running {names}{self.at}" if self.running else ""
         if self.failed:
             label += f"{'; ' if label else ''}{self.failed} failed"
-        self.bar.label = label
-        self.bar.render_progress()
+        self.jobs(self.done, self.total, label)
         self.last_render = time.time()
 
     def job_start(self, job) -> None:
         self.running.append(job.id)
         self.at = ""
-        self.ticker = Ticker(f"  {job.id} step", "steps")
+        self.steps = Progress(f"  {job.id} step", self.enabled and self.jobs.ticker is not None, unit="steps")
         self._render()
 
     def step(self, step, total, loss, worst) -> None:
-        if self.bar is None and self.enabled and not self.tty and len(self.running) == 1 and step < total:
-            self.ticker(step, total, f"worst rel.err {worst:.2e}")
-        if self.bar is not None and len(self.running) == 1 and time.time() - self.last_render > 0.5:
+        if len(self.running) == 1 and step < total:
+            self.steps(step, total, f"worst rel.err {worst:.2e}")
+        if self.jobs.bar is not None and len(self.running) == 1 and time.time() - self.last_render > 0.5:
             self.at = f" step {step}/{total} worst rel.err {worst:.2e}"
             self._render()
 
@@ -69,18 +63,15 @@ class _BatchProgress(BatchEvents):
         if job.id in self.running:
             self.running.remove(job.id)
         self.at = ""
-        if self.bar is not None:
-            self.bar.update(1)
+        if self.jobs.ticker is None:  # a terminal: the bar
             self._render()
         elif self.enabled:
-            left = (time.time() - self.t0) / self.done * (self.total - self.done)
-            eta = f", ETA {hms(left)}" if self.done < self.total else ""
+            left = eta_seconds(self.done, self.total, time.time() - self.t0)
+            eta = f", ETA {hms(left)}" if left is not None else ""
             click.echo(f"[{self.done}/{self.total}] {job.id}: {status} ({seconds:.1f} s{eta})", err=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+        self.jobs.close()
 
 
 def _n(k: int, what: str) -> str:
@@ -145,47 +136,33 @@ done, 1 when some are not (failed, busy elsewhere), 2 for mistakes in the input.
 @click.command(help=BATCH_HELP)
 @click.argument("jobs_file", metavar="JOBS.jsonl", type=click.Path())
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Directory for the jobs' runs and batch.json.")
-@click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
-              help="Patch index (opened once; only when some job is in patch mode).")
-@click.option("--model", "arch", default=DEFAULT_MODEL, show_default=True, help="torchvision classifier.")
-@click.option("--layer", default=DEFAULT_LAYER, show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
-@weights_option("Random weights: each job's seed seeds the model, as in collide.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where the jobs compute (auto: CUDA when present; with Ray, each worker's own).")
+@config_options(BatchOptions, ("index_dir", "arch", "layer", "weights", "device"))
 @click.option("--samples", default=SAMPLES, show_default=True, type=click.IntRange(0, MAX_SAMPLES),
               help="Polytope check size for jobs without their own \"samples\" (0: no check).")
-@click.option("--dataset", default=None, type=click.Path(file_okay=False),
-              help="Image folder for the dataset distance in the polytope check [default: the index's images "
-                   "when some job is in patch mode, else none].")
+@config_options(BatchOptions, ("dataset",))
 @click.option("--shard", default=None, metavar="I/N",
               help="Run only share I of N (1-based): the job lines at positions I-1, I-1+N, ... of the file.")
 @click.option("--retry-failed", is_flag=True, help="Run only the jobs whose recorded status is failed.")
-@click.option("--skip-invalid", is_flag=True, help="Run the valid jobs even if some lines are invalid.")
-@click.option("--checkpoint-every", default=EVERY, show_default=True, type=click.IntRange(min=0),
-              help="Steps between a job's checkpoints in DIR/.partial/ (also on Ctrl-C / SIGTERM); a job killed or "
-                   "interrupted goes on from its checkpoint when the batch runs again.")
-@click.option("--judge", default=None, type=click.Path(), metavar="PATH",
-              help="A judge's state dict (--judge-model) that reads each job's source, target, vertices and samples.")
-@click.option("--judge-model", default=JUDGE_MODEL, show_default=True,
-              help="The judge's architecture: digits_lenet5 or a torchvision classifier.")
+@config_options(BatchOptions, ("skip_invalid", "checkpoint_every", "judge", "judge_model"))
 @executor_options
 @click.option("--gpus-per-job", default=None, type=click.FloatRange(min=0),
               help="GPUs each job asks Ray for (0.5: two jobs share one) [default: 1 on a cluster with GPUs, else 0].")
 @click.option("--cpus-per-job", default=None, type=click.FloatRange(min=0, min_open=True),
               help="CPUs each job asks Ray for; also its torch threads [default: 1].")
 @click.pass_context
-def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samples, dataset, shard, retry_failed,
-          skip_invalid, checkpoint_every, judge, judge_model, executor, address, gpus_per_job, cpus_per_job):
+def batch(ctx, jobs_file, out_dir, samples, shard, retry_failed, executor, address, gpus_per_job, cpus_per_job,
+          **fields):
     progress = _BatchProgress(show_progress(ctx))
     with user_errors():
         try:
             shard_ = parse_shard(shard)
             if os.path.exists(out_dir) and not os.path.isdir(out_dir):
                 raise JobsError(f"--out {out_dir} is a file; give a directory for the batch's outputs")
-            jobfile = read_jobs(jobs_file, out_dir, samples=samples, device=device)
+            options = BatchOptions(**fields)
+            jobfile = read_jobs(jobs_file, out_dir, samples=samples, device=options.device)
             for line, notice in jobfile.notices:
                 click.echo(f"warning: {jobs_file}:{line}: {notice}", err=True)
-            if jobfile.invalid and not skip_invalid:
+            if jobfile.invalid and not options.skip_invalid:
                 n = len(jobfile.invalid)
                 if n == 1:  # one line says it all
                     line, msg = jobfile.problems()[0]
@@ -194,27 +171,19 @@ def batch(ctx, jobs_file, out_dir, index_dir, arch, layer, weights, device, samp
                 for line, msg in jobfile.problems():
                     click.echo(f"{jobs_file}:{line}: {msg}", err=True)
                 raise UserError(f"{n} invalid lines; fix them or pass --skip-invalid")
-            from ..batch.folder import BatchOptions, check_batch
             from ..runs.inputs import check_judge
 
-            check_model_name(arch, "--model")
-            check_judge(judge, judge_model)
-
-            options = BatchOptions(arch=arch, layer=layer, weights=weights, index_dir=index_dir, device=device,
-                                   dataset=dataset, skip_invalid=skip_invalid, checkpoint_every=checkpoint_every,
-                                   judge=judge, judge_model=judge_model)
+            check_model_name(options.arch, "--model")
+            check_judge(options.judge, options.judge_model)
             check_batch(jobfile, options, out_dir, shard_)  # the inputs, before torch loads
             runs_on = make_executor(executor, address, gpus_per_job, cpus_per_job)
             from ..batch.runner import run_batch  # torch, from here on
-            from ..models.weights import resolve_weights
 
-            # auto made concrete once, for every job and worker
-            options = dataclasses.replace(options, weights=resolve_weights(weights, arch))
             res = run_batch(jobfile, out_dir, options, shard=shard_, retry_failed=retry_failed, events=progress,
                             executor=runs_on)
         finally:
             progress.close()
-    for line, msg in jobfile.problems() if skip_invalid else []:
+    for line, msg in jobfile.problems() if options.skip_invalid else []:
         click.echo(f"{jobs_file}:{line}: skipped: {msg}", err=True)
     if (res.batch.get("model") or {}).get("kind") == "random":
         click.echo(f"NOTE: {RANDOM_NOTICE}")

@@ -22,10 +22,11 @@ import click
 from ..core.errors import PatchcollideError
 from ..core.images import BadImage
 from ..core.plugins import Registry
+from ..core.progress import eta_seconds, hms, rate_of
 from ..engine.checkpoints import Interrupted
 from ..engine.config import CollideConfig, CollideError
 from ..executors import EXECUTORS
-from ..models.names import WEIGHTS_RULE
+from ..models.names import DEFAULT_WEIGHTS, WEIGHTS_METAVAR, weights_help
 
 USER_ERRORS = (PatchcollideError,)  # every user error derives from it (errors.py)
 
@@ -44,9 +45,9 @@ class Stopped(UserError):
 
 
 def weights_option(note: str = ""):
-    """``--weights``, the same default (auto) and rule in every command (models.names.WEIGHTS_RULE)."""
-    return click.option("--weights", default="auto", show_default=True, metavar="auto|imagenet|random|PATH",
-                        help=WEIGHTS_RULE[0].upper() + WEIGHTS_RULE[1:] + "." + (f" {note}" if note else ""))
+    """``--weights``, the same default (auto) and rule in every command (engine.config.WEIGHTS_RULE)."""
+    return click.option("--weights", default=DEFAULT_WEIGHTS, show_default=True, metavar=WEIGHTS_METAVAR,
+                        help=weights_help(note))
 
 
 def flags_of(field: str, config: type = CollideConfig) -> tuple[str, ...]:
@@ -227,15 +228,10 @@ def setup_logging(level: int) -> None:
 LOG_EVERY = float(os.environ.get("PATCHCOLLIDE_LOG_EVERY", 30))  # seconds between progress lines off a terminal
 
 
-def hms(s: float) -> str:
-    s = round(s)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
 class Ticker:
     """Progress off a terminal (logs, CI, notebooks): one line at the first update, then at most
-    every ``every`` seconds, and at the end, each with the elapsed time, the rate and the ETA.
-    ``clock`` is for tests."""
+    every ``every`` seconds, and at the end, each with the elapsed time, the rate and the ETA
+    (core.progress). ``clock`` is for tests."""
 
     def __init__(self, label: str, unit: str = "", every: float | None = None, clock=time.monotonic):
         self.label, self.unit, self.clock = label, unit, clock
@@ -252,9 +248,9 @@ class Ticker:
             return None
         self.last = now
         spent = now - self.t0
-        rate = (done - self.start_done) / spent if spent > 0 else 0.0
+        rate, left = rate_of(done, spent, self.start_done), eta_seconds(done, total, spent, self.start_done)
         pct = f" ({100 * done / total:.0f}%)" if total else ""
-        eta = f", ETA {hms((total - done) / rate)}" if rate > 0 and done < total else ""
+        eta = f", ETA {hms(left)}" if left is not None else ""
         speed = f", {rate:.3g} {self.unit or 'items'}/s" if rate > 0 else ""
         return f"{self.label}: {done}/{total}{pct}, {hms(spent)} elapsed{speed}{eta}" + (f"; {extra}" if extra else "")
 
@@ -265,28 +261,32 @@ class Ticker:
 
 
 class Progress:
-    """A click progress bar (with ETA) fed by a library ``progress(done, total)`` callback on a
-    terminal; elsewhere (logs, CI) a Ticker line at most every LOG_EVERY seconds; silent under -q."""
+    """The one display of a library's ``progress(done, total)`` callback in every command: a
+    click bar (position, ETA) on a terminal; elsewhere (logs, CI) a Ticker line at most every
+    LOG_EVERY seconds (``lines=False``: none, the caller prints its own); nothing when not
+    ``enabled`` (-q). ``extra`` (the loss, the running jobs) is the bar's label, else the end of
+    the ticker's line. A finished bar stays finished: its line is complete, and the next
+    phase's bar starts below it."""
 
-    def __init__(self, label: str, enabled: bool = True):
-        self.label, self.bar, self.done = label, None, 0
-        self.enabled = enabled
-        self.ticker = None if sys.stderr.isatty() else Ticker(label)
+    def __init__(self, label: str, enabled: bool = True, unit: str = "", lines: bool = True):
+        self.label, self.enabled, self.bar, self.done = label, enabled, None, 0
+        self.ticker = None if sys.stderr.isatty() else Ticker(label, unit) if lines else False
 
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or self.done >= total > 0:  # a finished bar stays finished
+    def __call__(self, done: int, total: int, extra: str = "") -> None:
+        if not self.enabled or self.ticker is False or self.done >= total > 0:
             return
         if self.ticker is not None:
-            self.ticker(done, total)
+            self.ticker(done, total, extra)
             self.done = done
             return
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label=self.label, show_eta=True, show_pos=True,
-                                         file=sys.stderr)
+        if self.bar is None:  # a label that changes (extra) shows from the first step on
+            self.bar = click.progressbar(length=total, label="" if extra else self.label, show_eta=True,
+                                         show_pos=True, file=sys.stderr)
             self.bar.__enter__()
-        self.bar.update(done - self.done)
+        self.bar.label = extra or self.label
+        self.bar.update(done - self.done)  # 0: the label changed, drawn again
         self.done = done
-        if done >= total:  # its line is complete: the next phase's bar starts below it
+        if done >= total:
             self.close()
 
     def close(self) -> None:

@@ -5,53 +5,35 @@ import click
 
 import pathlib
 
-from ..engine.config import DEVICES, MAX_SAMPLES
-from ..world.config import DEMO_PAIR, world_verdict
-from ..runs.report import verdict, write_html
-from .common import Progress, show_progress, user_errors, weights_option
-from .online import Bar, print_polytope, print_vertices
+from click.core import ParameterSource
 
-OUT = {"photos": "runs/demo", "digits": "runs/world-demo"}  # --out's default per --world
+from ..engine.config import SAMPLES
+from ..world.config import DemoConfig, world_verdict
+from ..runs.report import verdict, write_html
+from .common import Progress, config_options, show_progress, user_errors
+from .online import Bar, print_polytope, print_vertices
 
 
 @click.command()
-@click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
-              help="Where the embedded index is built (once).")
-@click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Where the demo's runs and their report.html go [default: runs/demo; with --world digits: "
-                   "runs/world-demo].")
-@click.option("--size", default=128, show_default=True, type=int, help="Input side of the collision (224: paper).")
-@click.option("--steps", default=None, type=int, help="At most [default: collide's default].")
-@click.option("--vertices", default=5, show_default=True, type=int,
-              help="Vertices of the polytope (photos world; the digits world runs the engine's default).")
-@click.option("--samples", default=200, show_default=True, type=click.IntRange(1, MAX_SAMPLES),
-              help="Polytope samples.")
-@weights_option()
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where the runs compute (auto: CUDA when present).")
-@click.option("--world", "world_name", type=click.Choice(["photos", "digits"]), default="photos", show_default=True,
-              help="photos: scikit-image's photos at VGG-16 (random weights here); digits: the trained digits "
-                   "world (real MNIST, a trained net and a judge; built into --world-dir once).")
-@click.option("--world-dir", default="worlds/digits", show_default=True, type=click.Path(file_okay=False),
-              help="Where the digits world is built (once).")
-@click.option("--pair", default=DEMO_PAIR, show_default=True, type=int,
-              help="Digits world: which of its 45 test pairs (the default, 7 -> 2, succeeds in both modes in "
-                   "benchmarks/results/bench_world-cpu.json; scripts/bench_world.py runs them all).")
+@config_options(DemoConfig)
 @click.pass_context
-def demo(ctx, index_dir, out_dir, size, steps, vertices, samples, weights, device, world_name, world_dir,
-         pair):
+def demo(ctx, **fields):
     """Build the index from scikit-image's sample photos, collide two of them, check the polytope
     (--world digits: the same path on the trained digits world, judged by networks)."""
-    out_dir = out_dir or OUT[world_name]
-    if world_name == "digits":
-        return _digits(ctx, world_dir, out_dir, pair, device, steps, samples if samples != 200 else 2000)
+    with user_errors():
+        cfg = DemoConfig(**fields)
+    out_dir = cfg.out
+    if cfg.world == "digits":  # its own polytope check's size unless --samples is given
+        given = ctx.get_parameter_source("samples") in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+        return _digits(ctx, cfg.world_dir, out_dir, cfg.pair, cfg.device, cfg.steps, cfg.samples if given else SAMPLES)
     from ..demo import run_demo  # torch, from here on
 
     bar = Bar(show_progress(ctx))
     with user_errors(), Progress("extracting sample photos", show_progress(ctx)) as xbar:
         try:
-            r = run_demo(index_dir, out_dir, size=size, steps=steps, vertices=vertices, samples=samples,
-                         weights=weights, device=device, progress=xbar, collide_progress=bar)
+            r = run_demo(cfg.index_dir, out_dir, size=cfg.size, steps=cfg.steps, vertices=cfg.vertices,
+                         samples=cfg.samples, weights=cfg.weights, device=cfg.device, progress=xbar,
+                         collide_progress=bar)
         finally:
             bar.close()
     s = r.seconds

@@ -7,8 +7,8 @@ import click
 
 from ..core.files import write_json, write_text
 from ..models.names import ANY_MODEL, check_model_name
-from ..exact.config import NullspaceConfig, NullspaceError, check_nullspace
-from .common import UserError, config_options, echo_json, show_progress, user_errors, weights_option
+from ..exact.config import SIZE, NullityConfig, NullspaceConfig, NullspaceError, check_nullspace
+from .common import config_options, echo_json, show_progress, user_errors, weights_option
 
 
 def _say(enabled: bool):
@@ -80,7 +80,7 @@ def print_nullspace(report: dict) -> None:
 @weights_option("Random weights test the structure only; pretrained ViT needs --size 224.")
 @click.option("--source", "image", type=click.Path(), default=None,
               help="Image to collide from [default: scikit-image's astronaut].")
-@click.option("--size", default=224, show_default=True, type=int,
+@click.option("--size", default=SIZE, show_default=True, type=int,
               help="Input side (ViT with random weights is built for it; pretrained ViT needs 224).")
 @config_options(NullspaceConfig)
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
@@ -139,24 +139,21 @@ def print_table(table: dict) -> None:
 @click.option("--paper", "paper_all", is_flag=True,
               help="Every row of the paper's Table 1 that torchvision can build (segmentation, detection, DeiT shapes) "
                    "instead of the classification models.")
-@click.option("--rtol", type=float, default=None, help="Rank tolerance relative to sigma_max [default: max(m, n) * "
-              "eps(float32) per matrix].")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Random weights.")
+@config_options(NullityConfig)
 @click.option("-o", "--out", "outs", type=click.Path(dir_okay=False), multiple=True,
               help="Write the table to this file: JSON if it ends in .json, else Markdown (.md). Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON instead of the text table.")
 @click.pass_context
-def nullity(ctx, models, weights, paper_all, rtol, seed, outs, as_json):
+def nullity(ctx, models, weights, paper_all, outs, as_json, **fields):
     """The paper's Table 1: nullities of every weight matrix of MODELS, beside the paper's values.
 
     MODELS are torchvision model names [default: the paper's classification models available in
     torchvision]. An unknown name is refused up front (exit code 2); a model that fails to
     build or load later is one line of the table, not a crash.
     """
-    if seed < 0:
-        raise UserError(f"--seed must be >= 0, got {seed}")
     files = [(p, "json" if p.lower().endswith(".json") else "md") for p in outs]  # (path, format): by its suffix
     with user_errors():
+        cfg = NullityConfig(**fields)
         for name in models:  # a misspelt name is the user's mistake: refuse before any work
             check_model_name(name, "MODELS", ANY_MODEL)
         for path, _ in files:
@@ -170,7 +167,7 @@ def nullity(ctx, models, weights, paper_all, rtol, seed, outs, as_json):
             click.echo(f"... {name}: {total} weight matrices", err=True)
     progress = echo_progress if show_progress(ctx) else None
     with user_errors():
-        table = nullity_table(names, weights, seed, rtol, progress)
+        table = nullity_table(names, weights, cfg.seed, cfg.rtol, progress)
         for path, fmt in files:
             if fmt == "json":
                 write_json(path, table)

@@ -6,11 +6,10 @@ import os
 import click
 import numpy as np
 
-from ..engine.config import DEVICES, CollideConfig
 from ..executors import make_executor
 from ..offline.extract import ExtractConfig, extract_store
 from ..offline.index_build import STORE_FILE, IndexConfig, build_index
-from ..offline.knn import PatchIndex, evaluate, query_patches, verify_index
+from ..offline.knn import EvalConfig, PatchIndex, SearchConfig, evaluate, query_patches, verify_index
 from ..offline.store import PatchStore
 from ..runs.pictures import neighbour_mosaic, save_png
 from .common import (
@@ -25,7 +24,6 @@ from .common import (
 )
 
 DEFAULT_INDEX = "index"
-COLLIDE = CollideConfig()  # index search queries the grid collide does: its -k and --grid-stride
 
 
 @click.command()
@@ -145,31 +143,23 @@ def index_build(ctx, index_dir, store_path, **fields):
                f"total {m['seconds']['total']:.1f} s")
 
 
-def _grid_stride(grid_stride: int) -> int:
-    """The query grid's step (--grid-stride), checked."""
-    if grid_stride < 1:
-        raise UserError(f"--grid-stride must be >= 1, got {grid_stride}")
-    return grid_stride
-
-
 @index.command("search")
 @click.argument("image", type=click.Path(dir_okay=False))
 @_index_dir
 @_store_opt
-@click.option("-k", default=COLLIDE.k, show_default=True, type=int, help="Neighbours per location.")
-@click.option("--grid-stride", default=COLLIDE.grid_stride, show_default=True, type=int,
-              help="Query grid step; 8 gives 25 x 25 locations on 224 x 224 (as in collide).")
-@click.option("--nprobe", default=None, type=int, help="Override the index's nprobe.")
+@config_options(SearchConfig)
 @click.option("--mosaic", default=None, type=click.Path(dir_okay=False), help="Write query patches beside neighbours.")
 @click.option("-o", "--out", "out_npz", default=None, type=click.Path(dir_okay=False),
               help="Save ids, distances and source coordinates (.npz).")
-def index_search(image, index_dir, store_path, k, grid_stride, nprobe, mosaic, out_npz):
+def index_search(image, index_dir, store_path, mosaic, out_npz, **fields):
     """k nearest stored patches for every location of a grid on IMAGE."""
-    stride = _grid_stride(grid_stride)
-    with user_errors(), PatchIndex(index_dir, store_path, nprobe=nprobe, store_option="--store") as pidx:
+    with user_errors():
+        cfg = SearchConfig(**fields)
+    k = cfg.k
+    with user_errors(), PatchIndex(index_dir, store_path, nprobe=cfg.nprobe, store_option="--store") as pidx:
         if not os.path.isfile(image):
             raise UserError(f"query image {image!r} does not exist; pass an image file")
-        res = pidx.search_image(image, k=k, stride=stride)
+        res = pidx.search_image(image, k=k, stride=cfg.grid_stride)
         if out_npz:
             with open(out_npz, "wb") as fh:  # a file object: numpy would otherwise append .npz to the name
                 np.savez(fh, ids=res.ids, distances=res.distances, query_yx=res.query_yx, sources=res.sources)
@@ -190,24 +180,21 @@ def index_search(image, index_dir, store_path, k, grid_stride, nprobe, mosaic, o
               help="Held-out query image (repeatable); every grid patch is a query.")
 @_index_dir
 @_store_opt
-@click.option("-k", default=50, show_default=True, type=int, help="Neighbours per query whose recall against exact search is measured.")
-@click.option("--grid-stride", default=COLLIDE.grid_stride, show_default=True, type=int, help="Query grid step (as in collide).")
-@click.option("--nprobe", default=None, type=int, help="Override the index's nprobe (IVF lists visited per query).")
-@click.option("--k-factor", default=None, type=int, help="Override the index's k-factor (candidates re-ranked exactly per neighbour).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where the exact ground truth is computed (auto: CUDA when present).")
+@config_options(EvalConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation as JSON.")
-def index_eval(queries, index_dir, store_path, k, grid_stride, nprobe, k_factor, device, as_json):
+def index_eval(queries, index_dir, store_path, as_json, **fields):
     """recall@k of the index against exact search, and queries per second of both."""
-    stride = _grid_stride(grid_stride)
+    with user_errors():
+        cfg = EvalConfig(**fields)
+    k = cfg.k
     for q in queries:
         if not os.path.isfile(q):
             raise UserError(f"query image {q!r} does not exist; pass an image file to --queries")
-    with user_errors(), PatchIndex(index_dir, store_path, nprobe=nprobe, k_factor=k_factor,
-                                         store_option="--store") as pidx:
-        qp = query_patches(list(queries), pidx.preprocess, stride)
+    with user_errors(), PatchIndex(index_dir, store_path, nprobe=cfg.nprobe, k_factor=cfg.k_factor,
+                                   store_option="--store") as pidx:
+        qp = query_patches(list(queries), pidx.preprocess, cfg.grid_stride)
         with Progress("exact search (ground truth)", show_progress(click.get_current_context()) and not as_json) as bar:
-            r = evaluate(pidx, qp, k=k, device=device, repeats=3, progress=bar)
+            r = evaluate(pidx, qp, k=k, device=cfg.device, repeats=3, progress=bar)
     if as_json:
         echo_json(r)
         return

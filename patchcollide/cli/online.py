@@ -1,6 +1,7 @@
 """Online commands: ``collide`` and ``sample``."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import sys
@@ -10,11 +11,12 @@ import click
 from click.core import ParameterSource
 
 from ..engine.checkpoints import EVERY
-from ..engine.config import DEVICES, SAMPLES, CollideConfig, CollideError
+from ..engine.config import CollideConfig, CollideError
 from ..models.names import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..models.names import DEFAULT_LAYER, DEFAULT_MODEL, check_model_name
+from ..runs.inputs import SampleConfig
 from ..runs.report import verdict
-from .common import Progress, Ticker, UserError, config_options, flag_of, show_progress, user_errors, weights_option
+from .common import Progress, UserError, config_options, flag_of, show_progress, user_errors, weights_option
 
 
 def print_vertices(report: dict) -> None:
@@ -91,32 +93,15 @@ def print_polytope(check: dict, notice: str | None = None) -> None:
                + (f" vs dataset images {ds:.1f}" if ds is not None else "") + f" ({check['units']})")
 
 
-class Bar:
-    """Progress with the loss and the worst vertex's error: a bar on a terminal, else a line
-    at most every LOG_EVERY seconds with the elapsed time, the rate and the ETA (Ticker)."""
+class Bar(Progress):
+    """collide's progress(step, total, loss, worst): Progress over the steps, with the loss and
+    the worst vertex's error as the bar's label or at the end of the ticker's line."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.bar, self.last = enabled, None, 0
-        self.tty = sys.stderr.isatty()
-        self.ticker = Ticker("step", "steps")
+        super().__init__("step", enabled, unit="steps")
 
     def __call__(self, step: int, total: int, loss: float, worst: float) -> None:
-        if not self.enabled:
-            return
-        label = f"loss {loss:.3g} worst rel.err {worst:.2e}"
-        if not self.tty:
-            self.ticker(step, total, label)
-            return
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, show_eta=True, show_pos=True, file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.label = label
-        self.bar.update(step - self.last)
-        self.last = step
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+        super().__call__(step, total, f"loss {loss:.3g} worst rel.err {worst:.2e}")
 
 
 def parse_pairs(field: str, values: tuple[str, ...]) -> tuple:
@@ -291,20 +276,14 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
 @click.command()
 @click.option("-o", "--out", "run_dir", type=click.Path(file_okay=False), metavar="RUN",
               help="The run to check (collide's --out); its report.json gets the polytope.  [required]")
-@click.option("--samples", default=SAMPLES, show_default=True, type=int, help="Random convex combinations.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
-              help="Seed of the Dirichlet draws.")
-@click.option("--batch-size", default=32, show_default=True, type=int,
-              help="Samples per forward pass (lower it if memory runs out).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where the samples are computed (auto: CUDA when present).")
+@config_options(SampleConfig)
 @click.option("--dataset", default=None, type=click.Path(file_okay=False),
               help="Image folder for the mean distance between dataset images [default: the run index's images].")
 @click.option("--judge", default=None, type=click.Path(), metavar="PATH",
               help="A judge's state dict (--judge-model) to read every sample [default: the run's own judge, if any].")
 @click.option("--judge-model", default=JUDGE_MODEL, show_default=True, help="The judge's architecture.")
 @click.pass_context
-def sample(ctx, run_dir, samples, seed, batch_size, device, dataset, judge, judge_model):
+def sample(ctx, run_dir, dataset, judge, judge_model, **fields):
     """Check the polytope of a finished run: Dirichlet(1) combinations of its vertices.
 
     The run is given with --out RUN, as collide names it."""
@@ -313,21 +292,21 @@ def sample(ctx, run_dir, samples, seed, batch_size, device, dataset, judge, judg
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir!r} is not a run directory; give one written by `patchcollide collide`")
     with user_errors():
-        from ..runs.inputs import check_complete, check_judge, check_sample, dataset_images, dataset_paths, read_report
+        from ..runs.inputs import check_complete, check_judge, dataset_images, dataset_paths, read_report
 
-        check_sample(samples, batch_size, seed)  # the counts, the run and the dataset, before torch loads
+        settings = SampleConfig(**fields)  # the settings, the run and the dataset, before torch loads
         report = read_report(run_dir)
         config = check_complete(run_dir, report)
         paths = dataset_paths(dataset, index_dir=report["inputs"].get("index"))
-        images = dataset_images(paths, config.size, seed=seed) if paths else None
+        images = dataset_images(paths, config.size, seed=settings.seed) if paths else None
         check_judge(judge, judge_model)
         from ..models.judge import load_judge  # torch, from here on
         from ..runs.run import run_sample
 
         the_judge = load_judge(judge, judge_model) if judge else None
         with Progress("polytope samples", show_progress(ctx)) as bar:
-            report = run_sample(run_dir, samples=samples, seed=seed, batch_size=batch_size, device=device,
-                                dataset_images=images, progress=bar, judge=the_judge)
+            report = run_sample(run_dir, **dataclasses.asdict(settings), dataset_images=images, progress=bar,
+                                judge=the_judge)
     print_polytope(report["polytope"], report.get("notice"))
     click.echo(f"updated {os.path.join(run_dir, 'report.json')}")
     click.echo(f"verdict: {verdict(report)[1]}")

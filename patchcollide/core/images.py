@@ -17,6 +17,8 @@ from PIL import Image, UnidentifiedImageError
 from .errors import PatchcollideError, first_line
 
 PATCH = 32  # patch side in pixels; fixed by the method (Li et al. 2019 use 32 x 32)
+GRID_STRIDE = 8  # step of the query grid in pixels (25 x 25 locations at 224): collide's --grid-stride, index search's
+NEIGHBOURS = 16  # stored patches per query location: collide's -k, index search's
 
 
 class BadImage(PatchcollideError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..core.errors import PatchcollideError, raise_first
-from ..core.images import PATCH
+from ..core.images import GRID_STRIDE, NEIGHBOURS, PATCH
 from ..core.settings import check_fields, setting
 from .objective_traits import OBJECTIVES
 from .spaces import SPACES, STARTS
@@ -114,8 +114,8 @@ class CollideConfig:
     background: tuple[int, int, int] = setting((255, 255, 255), "R G B (0..255) that transparent pixels of the "
                                                "source and target are composited on, and that --fit pad pads with.",
                                                metavar="R G B")
-    k: int = setting(16, "Candidates per location (patch mode).", flags=("-k",))
-    grid_stride: int = setting(8, "Step of the location grid on the source (8: 25 x 25 locations at 224).")
+    k: int = setting(NEIGHBOURS, "Candidates per location (patch mode).", flags=("-k",))
+    grid_stride: int = setting(GRID_STRIDE, "Step of the location grid on the source (8: 25 x 25 locations at 224).")
     retrieve: str = setting("source+target", "Patch mode: candidates are the neighbours of the source's patches, or "
                             "of the source's and the target's at each location (2k; where the source's neighbours "
                             "cannot make what the collision needs: a black background has only black neighbours).",

@@ -16,6 +16,7 @@ from ..models.names import ANY_MODEL, check_model_name
 RUN_KIND = "patchcollide-nullspace"  # report.json's kind
 MODES = ("repeat", "several", "regions")
 MAX_DENSE_SIZE = 64  # dense Gram matrices grow as size^4
+SIZE = 224  # nullspace --size: the input side ViT-B/32 is built for (its pretrained weights need it)
 
 
 class NullspaceError(PatchcollideError):
@@ -52,14 +53,32 @@ class NullspaceConfig:
         checks = [
             (self.beta is None or (math.isfinite(self.beta) and self.beta != 0), "beta",
              f"must be a finite non-zero number, got {self.beta}"),
-            (self.rtol is None or (math.isfinite(self.rtol) and 0 < self.rtol < 1), "rtol",
-             f"must be in (0, 1), got {self.rtol}"),
+            _rtol_check(self.rtol),
             (all(1 <= s <= MAX_DENSE_SIZE for s in self.dense_sizes), "dense_sizes",
              f"must be between 1 and {MAX_DENSE_SIZE} (dense Gram matrices grow as size^4), got "
              f"{','.join(map(str, self.dense_sizes))}"),
             (math.isfinite(self.pgd_eps) and self.pgd_eps > 0, "pgd_eps", f"must be > 0, got {self.pgd_eps}"),
         ]
         raise_first(checks, functools.partial(field_error, NullspaceError))
+
+
+@dataclasses.dataclass(frozen=True)
+class NullityConfig:
+    """The settings of the nullity table (``table.nullity_table``; the ``nullity`` command's
+    options are derived from it), checked when made."""
+
+    rtol: float | None = setting(None, "Rank tolerance relative to sigma_max.",
+                                 default_text="max(m, n) * eps(float32) per matrix")  # see table.tolerance_rule
+    seed: int = setting(0, "Random weights.", bounds=(0, 2**63 - 1))
+
+    def __post_init__(self):
+        check_fields(self, NullspaceError)
+        raise_first([_rtol_check(self.rtol)], functools.partial(field_error, NullspaceError))
+
+
+def _rtol_check(rtol: float | None) -> tuple:
+    """(ok, field, problem) of a rank tolerance: None (the default rule) or in (0, 1)."""
+    return rtol is None or (math.isfinite(rtol) and 0 < rtol < 1), "rtol", f"must be in (0, 1), got {rtol}"
 
 
 def check_out(out: str, overwrite: bool) -> None:

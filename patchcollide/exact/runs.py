@@ -29,7 +29,7 @@ from ..core.files import atomic_open, machine, staged_dir, versions, write_json
 from ..core.images import Preprocess, imagenet_crop, load_rgb, sample_photo
 from ..models.build import IMAGENET_MEAN, IMAGENET_STD, build_model
 from ..runs.pictures import save_png
-from .config import RUN_KIND, check_nullspace, check_out
+from .config import RUN_KIND, SIZE, check_nullspace, check_out
 from .kernel import NullspaceConfig, linear_perturbation, patch_perturbation
 from .spectra import conv_map_analysis, naive_tiling
 from .table import EXACT_RANDOM_NOTICE, NullspaceError
@@ -246,7 +246,7 @@ def result_json(res: NullspaceResult) -> dict:
             "pgd": res.pgd, "seconds": res.seconds}
 
 
-def run_nullspace(model: str, out: str, size: int = 224, config: NullspaceConfig = NullspaceConfig(),
+def run_nullspace(model: str, out: str, size: int = SIZE, config: NullspaceConfig = NullspaceConfig(),
                   image: str | None = None, weights: str = "random", overwrite: bool = False,
                   progress: Callable[[str], None] | None = None) -> dict:
     """The Null-space search on the torchvision classifier named ``model`` (vit_b_32, resnet50,

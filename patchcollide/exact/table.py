@@ -36,7 +36,7 @@ from ..core.files import machine, versions
 from ..core.formats import RANDOM_LABEL
 from ..models.build import build_model
 from ..models.weights import ModelError
-from .config import NullspaceError
+from .config import NullityConfig, NullspaceError
 
 log = logging.getLogger(__name__)
 
@@ -247,14 +247,15 @@ def compare_with_paper(row: dict, paper: PaperRow) -> dict:
     }
 
 
-def nullity_table(models: list[str], weights: str = "random", seed: int = 0, rtol: float | None = None,
+def nullity_table(models: list[str], weights: str = "random", seed: int = NullityConfig.seed,
+                  rtol: float | None = NullityConfig.rtol,
                   progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Table 1 for ``models``; a model that cannot be built or loaded is one entry in
-    ``failed`` (name, one-line reason), not an exception. Returns a JSON-able dict."""
+    ``failed`` (name, one-line reason), not an exception. Returns a JSON-able dict. ``seed``
+    and ``rtol``: ``NullityConfig``'s, checked by it."""
     if weights not in ("auto", "random", "imagenet"):
         raise NullspaceError(f"--weights must be auto, random or imagenet for the table, got {weights!r}")
-    if rtol is not None and not (math.isfinite(rtol) and 0 < rtol < 1):
-        raise NullspaceError(f"--rtol must be in (0, 1), got {rtol}")
+    NullityConfig(rtol=rtol, seed=seed)
     rows, failed, kinds = [], [], set()
     t_all = time.perf_counter()
     for name in models:

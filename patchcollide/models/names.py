@@ -48,6 +48,15 @@ WEIGHTS_RULE = ("auto (the default of every command): torchvision's ImageNet wei
                 "output; imagenet: those weights or an error; random: seeded random weights (smoke runs); PATH: a "
                 "state dict (recorded as user weights)")  # --weights of every command (weights.resolve_weights)
 WEIGHTS = ("auto", "imagenet", "random")  # besides a PATH
+DEFAULT_WEIGHTS = "auto"  # --weights of every command
+WEIGHTS_METAVAR = "auto|imagenet|random|PATH"
+
+
+def weights_help(note: str = "") -> str:
+    """The help of a --weights option: WEIGHTS_RULE, then the command's own ``note``."""
+    return WEIGHTS_RULE[0].upper() + WEIGHTS_RULE[1:] + "." + (f" {note}" if note else "")
+
+
 DEFAULT_JUDGE_MODEL = "digits_lenet5"  # --judge-model (judge.load_judge)
 DEFAULT_MODEL, DEFAULT_LAYER = "vgg16", "fc6"  # --model and --layer of collide and batch
 

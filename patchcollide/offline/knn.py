@@ -19,7 +19,8 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
-from ..core.images import PATCH, Preprocess, cut_patches, grid_positions, load_rgb
+from ..core.images import GRID_STRIDE, NEIGHBOURS, PATCH, Preprocess, cut_patches, grid_positions, load_rgb
+from ..core.settings import check_fields, setting
 from .descriptors import make_descriptor
 from .extract import context_windows
 from .index_build import (
@@ -47,11 +48,44 @@ from .index_format import (
 from .store import REBUILD as STORE_REBUILD
 from .store import PatchStore, StoreError
 
-__all__ = ["FLAT_MAX_N", "INDEX_FILE", "MANIFEST_FILE", "STORE_FILE", "IndexConfig", "IndexError_", "PatchIndex",
-           "SearchResult", "build_index", "default_factory", "default_search_params", "evaluate", "exact_search",
-           "query_patches", "quick_checksum", "recall_at_k", "set_search_params", "verify_index"]
+__all__ = ["FLAT_MAX_N", "INDEX_FILE", "MANIFEST_FILE", "STORE_FILE", "EvalConfig", "IndexConfig", "IndexError_",
+           "PatchIndex", "SearchConfig", "SearchResult", "build_index", "default_factory", "default_search_params",
+           "evaluate", "exact_search", "query_patches", "quick_checksum", "recall_at_k", "set_search_params",
+           "verify_index"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """The settings of a grid search on one image (``PatchIndex.search_image``; ``index search``'s
+    options are derived from it): the grid collide queries. ``k`` and ``nprobe`` are checked
+    against the index's store and limits where it opens and searches."""
+
+    k: int = setting(NEIGHBOURS, "Neighbours per location.", flags=("-k",))
+    grid_stride: int = setting(GRID_STRIDE, "Query grid step; 8 gives 25 x 25 locations on 224 x 224 (as in collide).",
+                               bounds=(1, None))
+    nprobe: int | None = setting(None, "Override the index's nprobe.")  # None: the index's own
+
+    def __post_init__(self):
+        check_fields(self, IndexError_)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The settings of an index's evaluation against exact search (``query_patches`` and
+    ``evaluate``; ``index eval``'s options are derived from it). ``k``, ``nprobe`` and
+    ``k_factor`` are checked against the index's store and limits where it opens and searches."""
+
+    k: int = setting(50, "Neighbours per query whose recall against exact search is measured.", flags=("-k",))
+    grid_stride: int = setting(GRID_STRIDE, "Query grid step (as in collide).", bounds=(1, None))
+    nprobe: int | None = setting(None, "Override the index's nprobe (IVF lists visited per query).")
+    k_factor: int | None = setting(None, "Override the index's k-factor (candidates re-ranked exactly per neighbour).")
+    device: str = setting("auto", "Where the exact ground truth is computed (auto: CUDA when present).",
+                          choices=("auto", "cpu", "cuda"))
+
+    def __post_init__(self):
+        check_fields(self, IndexError_)
 
 
 @dataclasses.dataclass
@@ -198,7 +232,8 @@ class PatchIndex:
                               "queries; raise --nprobe or lower -k")
         return np.sqrt(np.maximum(d2, 0)), ids
 
-    def search_image(self, image: str | np.ndarray, k: int = 16, stride: int = 8) -> SearchResult:
+    def search_image(self, image: str | np.ndarray, k: int = SearchConfig.k,
+                     stride: int = SearchConfig.grid_stride) -> SearchResult:
         """k nearest patches for every location of a grid on ``image`` (a path, preprocessed as
         the store's images, or an (H, W, 3) uint8 array used as is). The grid steps ``stride``
         pixels and covers the image: 25 x 25 = 625 locations at stride 8 on 224 x 224."""
@@ -326,7 +361,8 @@ def recall_at_k(approx_ids: np.ndarray, approx_d: np.ndarray, exact_ids: np.ndar
     return hits / (k * len(exact_ids))
 
 
-def evaluate(pindex: PatchIndex, queries: np.ndarray, k: int = 50, device: str = "auto", repeats: int = 1,
+def evaluate(pindex: PatchIndex, queries: np.ndarray, k: int = EvalConfig.k, device: str = EvalConfig.device,
+             repeats: int = 1,
              progress: Callable[[int, int], None] | None = None) -> dict:
     """recall@k of ``pindex`` against exact search on (nq, 32, 32, 3) uint8 held-out queries,
     and queries per second of both (best of ``repeats`` timings for the index).
@@ -359,7 +395,7 @@ def evaluate(pindex: PatchIndex, queries: np.ndarray, k: int = 50, device: str =
     }
 
 
-def query_patches(paths: list[str], preprocess: Preprocess, stride: int = 8) -> np.ndarray:
+def query_patches(paths: list[str], preprocess: Preprocess, stride: int = EvalConfig.grid_stride) -> np.ndarray:
     """Every grid patch of each query image, preprocessed as the store's images: (n, 32, 32, 3) uint8."""
     _check_stride(stride)
     out = []

@@ -6,6 +6,7 @@ imports torch, so a mistake in the inputs is one line in a fraction of a second.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import json
 import logging
@@ -20,15 +21,16 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from ..core.errors import PatchcollideError, first_line
+from ..core.errors import PatchcollideError, first_line, raise_first
 from ..core.files import check_out, check_writable, is_locked, is_run, locked, occupied
 from ..core.formats import RUN_KIND, WEIGHT_KINDS
 from ..core.images import BadImage, Preprocess, file_problem, fit_square, frame_count, load_rgb, transparency
 from ..core.jsontypes import convert, describe, is_number
+from ..core.settings import check_fields, setting
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import partial_dir
 from ..models.names import check_model_name, check_state_file
-from ..engine.config import MAX_SAMPLES, MAX_SEED, CollideConfig, CollideError
+from ..engine.config import DEVICES, MAX_SAMPLES, MAX_SEED, SAMPLES, CollideConfig, CollideError, field_error
 from ..offline.extract import scan_inputs
 from ..offline.knn import PatchIndex
 
@@ -521,17 +523,30 @@ def read_vertices(run_dir: str, config: CollideConfig) -> np.ndarray:
 MAX_BATCH = 1024  # sample --batch-size: VGG16 at 224 x 224 needs about 13 GB per 1024 images in its first layer
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """The settings of a polytope check (``run.run_sample``; the ``sample`` command's options are
+    derived from it), checked when made: 1 <= samples <= MAX_SAMPLES, 1 <= batch_size <=
+    MAX_BATCH, 0 <= seed < MAX_SEED, a known device. One CollideError about the field otherwise."""
+
+    samples: int = setting(SAMPLES, "Random convex combinations.")  # 2,000 measure a share to within about 2%
+    seed: int = setting(0, "Seed of the Dirichlet draws.", bounds=(0, MAX_SEED - 1))
+    batch_size: int = setting(32, "Samples per forward pass (lower it if memory runs out).")
+    device: str = setting("auto", "Where the samples are computed (auto: CUDA when present).", choices=DEVICES)
+
+    def __post_init__(self):
+        raise_first([
+            (1 <= self.samples <= MAX_SAMPLES, "samples", f"must be between 1 and {MAX_SAMPLES:,}, got "
+             f"{self.samples:,}; give a count in that range (the default {SAMPLES} measures a share to within about 2%)"),
+            (1 <= self.batch_size <= MAX_BATCH, "batch_size", f"must be between 1 and {MAX_BATCH}, got "
+             f"{self.batch_size:,}; give one in that range (lower it if memory runs out)"),
+        ], field_error)
+        check_fields(self, CollideError)
+
+
 def check_sample(samples: int, batch_size: int, seed: int = 0) -> None:
-    """``sample``'s counts, checked before anything is read: 1 <= samples <= MAX_SAMPLES,
-    1 <= batch_size <= MAX_BATCH, 0 <= seed < MAX_SEED. One CollideError with the fix otherwise."""
-    if not 1 <= samples <= MAX_SAMPLES:
-        raise CollideError(f"--samples must be between 1 and {MAX_SAMPLES:,}, got {samples:,}; give a count in that "
-                           "range (the default 2000 measures a share to within about 2%)")
-    if not 1 <= batch_size <= MAX_BATCH:
-        raise CollideError(f"--batch-size must be between 1 and {MAX_BATCH}, got {batch_size:,}; give one in that range "
-                           "(lower it if memory runs out)")
-    if not 0 <= seed < MAX_SEED:
-        raise CollideError(f"--seed must be between 0 and 2^63 - 1, got {seed}")
+    """``sample``'s counts, checked before anything is read (``SampleConfig``'s checks)."""
+    SampleConfig(samples=samples, batch_size=batch_size, seed=seed)
 
 
 def dataset_images(paths: list[str], size: int, limit: int = 32, seed: int = 0) -> np.ndarray | None:

@@ -44,9 +44,9 @@ from ..models.weights import imagenet_weights, resolve_weights
 from ..engine.target import Target
 from ..engine.polytope import difference_boxes, extent, pairwise_l2, sample_polytope
 from ..offline.knn import PatchIndex
-from .inputs import (Resume, check_complete, check_k, check_out_dir, check_sample, check_start,  # noqa: F401
-                     dataset_images, dataset_paths, expected_bytes, fit_input, read_picture, read_report, read_state,
-                     read_vertices, refuse_taken, run_lock, store_size)
+from .inputs import (Resume, check_complete, check_k, check_out_dir, check_sample, check_start, dataset_images,  # noqa: F401
+                     dataset_paths, expected_bytes, fit_input, read_picture, read_report, read_state, read_vertices,
+                     refuse_taken, run_lock, store_size, SampleConfig)
 # (dataset_images, dataset_paths, read_report, store_size: where callers found them before inputs.py held them)
 from .sizes import warn_size
 from .pictures import contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
@@ -513,7 +513,8 @@ def tap_for_run(report: dict, seed: int = 0) -> Tap:
                    "restore it or run collide again")
 
 
-def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int = 32, device: str = "auto",
+def run_sample(run_dir: str, samples: int = SampleConfig.samples, seed: int = SampleConfig.seed,
+               batch_size: int = SampleConfig.batch_size, device: str = SampleConfig.device,
                dataset_images: np.ndarray | None = None, tap: Tap | None = None, progress=None, judge=None) -> dict:
     """The polytope check on a finished run: results go into its report.json (rewritten atomically).
 
@@ -527,10 +528,11 @@ def run_sample(run_dir: str, samples: int = 2000, seed: int = 0, batch_size: int
     judge: a ``judge.Judge`` that also reads every sample (default: the run's own judge, if it
     had one); a judge given here that the run did not have reads its source and vertices too.
 
-    Counts out of bounds (``check_sample``) and a run whose report.json, state.npz or pictures
-    are missing or damaged are one CollideError each, before the model loads.
+    The settings and their defaults are ``SampleConfig``'s. Settings out of bounds and a run
+    whose report.json, state.npz or pictures are missing or damaged are one CollideError each,
+    before the model loads.
     """
-    check_sample(samples, batch_size, seed)
+    SampleConfig(samples=samples, seed=seed, batch_size=batch_size, device=device)
     report = read_report(run_dir)
     config = check_complete(run_dir, report)
     vertices = read_vertices(run_dir, config)

@@ -1,12 +1,15 @@
 """The digits world's settings and its one-line error, without torch: the ``world build``
 command's options are derived from ``WorldConfig`` and checked (``WorldConfig.check``) before
-anything loads. The world itself is ``world.build``."""
+anything loads. The world itself is ``world.build``. Beside it, the settings of ``patchcollide
+demo`` (``DemoConfig``), which runs the photos world (``demo.py``) or this one."""
 from __future__ import annotations
 
 import dataclasses
 
 from ..core.errors import PatchcollideError
 from ..core.settings import check_fields, field_error, setting
+from ..engine.config import DEVICES, MAX_SAMPLES
+from ..models.names import DEFAULT_WEIGHTS, WEIGHTS_METAVAR, weights_help
 
 ATTACKED, JUDGE = "digits_vgg", "digits_lenet5"  # the world's attacked net and its judge
 DEMO_PAIR = 21  # 7 -> 2: a success in both modes at the defaults (benchmarks/results/bench_world-cpu.json)
@@ -38,6 +41,44 @@ class WorldConfig:
         if not 0 < self.store_fraction <= 1:
             raise field_error(WorldError, "store_fraction", f"must be in (0, 1], got {self.store_fraction}; give a "
                               "share such as 0.3")
+
+
+DEMO_WORLDS = ("photos", "digits")
+DEMO_OUT = {"photos": "runs/demo", "digits": "runs/world-demo"}  # the demo's --out by --world
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """The settings of ``patchcollide demo`` (its options are derived from them): the photos
+    world (``demo.run_demo``: scikit-image's photos at VGG-16) or the digits world
+    (``world.run_world_demo``). Checked when made (choices, bounds: WorldError about the field)."""
+
+    index_dir: str = setting("index", "Where the embedded index is built (once).", flags=("-i", "--index"),
+                             metavar="DIRECTORY")
+    out_dir: str | None = setting(None, "Where the demo's runs and their report.html go.", flags=("-o", "--out"),
+                                  metavar="DIRECTORY",
+                                  default_text="runs/demo; with --world digits: runs/world-demo")  # None: DEMO_OUT
+    size: int = setting(128, "Input side of the collision (224: paper).")  # fits a 2-core CPU
+    steps: int | None = setting(None, "At most.", default_text="collide's default")  # None: CollideConfig's
+    vertices: int = setting(5, "Vertices of the polytope (photos world; the digits world runs the engine's default).")
+    # the digits world checks SAMPLES unless --samples is given
+    samples: int = setting(200, "Polytope samples.", bounds=(1, MAX_SAMPLES))
+    weights: str = setting(DEFAULT_WEIGHTS, weights_help(), metavar=WEIGHTS_METAVAR)
+    device: str = setting("auto", "Where the runs compute (auto: CUDA when present).", choices=DEVICES)
+    world: str = setting("photos", "photos: scikit-image's photos at VGG-16 (random weights here); digits: the trained "
+                         "digits world (real MNIST, a trained net and a judge; built into --world-dir once).",
+                         choices=DEMO_WORLDS)
+    world_dir: str = setting("worlds/digits", "Where the digits world is built (once).", metavar="DIRECTORY")
+    pair: int = setting(DEMO_PAIR, "Digits world: which of its 45 test pairs (the default, 7 -> 2, succeeds in both "
+                        "modes in benchmarks/results/bench_world-cpu.json; scripts/bench_world.py runs them all).")
+
+    def __post_init__(self):
+        check_fields(self, WorldError)
+
+    @property
+    def out(self) -> str:
+        """Where the demo writes: ``out_dir``, else its world's folder (DEMO_OUT)."""
+        return self.out_dir or DEMO_OUT[self.world]
 
 
 def success(report: dict, min_reads: int = 4) -> bool:

@@ -21,14 +21,15 @@ from PIL import Image
 
 from .core.files import atomic_path, versions, write_json
 from .core.images import sample_photo
-from .engine.collide import CollideConfig
+from .engine.config import CollideConfig
 from .models.build import load_tap
 from .offline.extract import ExtractConfig, extract_store
 from .offline.knn import MANIFEST_FILE, STORE_FILE, IndexConfig, IndexError_, PatchIndex, build_index
 from .offline.store import PatchStore, StoreError
 from .world.config import DEMO_OUT, DemoConfig
 from .runs.pictures import neighbour_mosaic, save_png
-from .runs.run import dataset_images, dataset_paths, run_collide, run_sample
+from .runs.run import run_collide, run_sample
+from .runs.inputs import dataset_images, dataset_paths
 from .runs.sizes import chosen
 
 log = logging.getLogger(__name__)

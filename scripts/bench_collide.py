@@ -122,7 +122,7 @@ def build_index(work: str, device: torch.device):
 
 def load_pair(work: str, pair: tuple[str, str], size: int):
     from patchcollide.demo import write_sample_photos
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.runs.run import load_input
 
     paths = write_sample_photos(os.path.join(work, "pairs"), pair)
@@ -204,7 +204,7 @@ def frontier_plot(runs: list[dict], path: str, title: str) -> None:
 
 
 def sweep(args, tap, index, index_desc, dev, size, work) -> None:
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.core.files import machine, versions, write_json
 
     random = tap.weights.kind == "random"
@@ -272,7 +272,8 @@ def sweep(args, tap, index, index_desc, dev, size, work) -> None:
 
 
 def batched_vs_single(args, tap, index, index_desc, dev, size, work) -> None:
-    from patchcollide.engine.collide import CollideConfig, collide
+    from patchcollide.engine.collide import collide
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.core.files import machine, versions, write_json
 
     src, tgt = load_pair(work, PAIRS[0], size)

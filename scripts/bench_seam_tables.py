@@ -49,7 +49,8 @@ def main() -> None:
 
     from patchcollide.core.files import versions
     from patchcollide.engine import params
-    from patchcollide.engine.collide import CollideConfig, make_param, retrieve_candidates, to_tensor
+    from patchcollide.engine.collide import make_param, retrieve_candidates, to_tensor
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.offline.knn import PatchIndex
 
     cfg = CollideConfig(size=128)

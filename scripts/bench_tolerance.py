@@ -104,8 +104,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from patchcollide.engine.collide import (CollideConfig, least_change_anchor, make_param, optimise, quantise,
-                                      target_of, to_tensor)
+    from patchcollide.engine.collide import least_change_anchor, make_param, optimise, quantise, target_of, to_tensor
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.core.files import machine, versions, write_json
     from patchcollide.models.build import load_tap
     from patchcollide.engine.polytope import sample_polytope

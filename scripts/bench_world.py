@@ -80,7 +80,7 @@ def success_rule() -> str:
 
 
 def parse_set(items: list[str]) -> dict:
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.batch.jobfile import convert
 
     hints = typing.get_type_hints(CollideConfig)
@@ -388,7 +388,7 @@ def main(argv=None) -> int:
     import torch
 
     from patchcollide.core.files import machine, versions
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.models.judge import load_judge
     from patchcollide.models.build import load_tap
     from patchcollide.offline.knn import PatchIndex

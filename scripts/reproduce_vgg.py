@@ -56,7 +56,7 @@ def main() -> None:
     from PIL import Image
 
     from patchcollide.cli.common import USER_ERRORS
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.demo import QUERY_PHOTO, STORE_PHOTOS, TARGET_PHOTO, demo_tap, write_sample_photos
     from patchcollide.offline.extract import ExtractConfig, extract_store
     from patchcollide.core.images import Preprocess, load_rgb

@@ -174,7 +174,7 @@ def test_batch_csv_has_one_row_per_job_with_every_metric(base):
 
 
 def test_jobs_that_share_a_target_compute_it_once(base, tmp_path, jobs_dir):
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.models.build import load_tap
     from patchcollide.runs.run import run_collide
 

@@ -22,7 +22,8 @@ from PIL import Image
 from conftest import sample
 from patchcollide.engine.checkpoints import Checkpointer, Interrupted, partial_dir
 from patchcollide.cli import cli
-from patchcollide.engine.collide import CollideConfig, CollideError, collide
+from patchcollide.engine.collide import collide
+from patchcollide.engine.config import CollideConfig, CollideError
 from patchcollide.core.images import resize_crop
 from patchcollide.models.build import load_tap
 

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from conftest import on_a_terminal, sample
 from patchcollide.cli import cli
-from patchcollide.engine.collide import CollideConfig, collide, target_of, to_tensor
+from patchcollide.engine.collide import collide, target_of, to_tensor
+from patchcollide.engine.config import CollideConfig
 from patchcollide.core.images import resize_crop
 from patchcollide.models.build import load_tap
 from patchcollide.engine.objectives import choose_units, loss_terms
@@ -635,7 +636,8 @@ def test_context_window_candidates_come_from_their_source_images(tmp_path, tap, 
 
 
 def test_progress_from_python_takes_a_callback_or_a_tqdm_like_bar():
-    from patchcollide.engine.collide import CollideError, collide, progress_callback
+    from patchcollide.engine.collide import collide, progress_callback
+    from patchcollide.engine.config import CollideError
     from patchcollide.models.build import load_tap
 
     class Bar:  # what tqdm offers: total, update(n), set_postfix_str

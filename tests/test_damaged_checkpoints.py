@@ -21,7 +21,7 @@ from conftest import sample
 from patchcollide.cli import cli
 from patchcollide.engine import checkpoints as cks
 from patchcollide.engine.checkpoints import Checkpointer, DamagedCheckpoint, Interrupted, partial_dir, saved_step
-from patchcollide.engine.collide import CollideConfig
+from patchcollide.engine.config import CollideConfig
 from patchcollide.models.build import load_tap
 
 S = 64

@@ -27,7 +27,7 @@ FIX = "make the run again with `patchcollide collide`, or restore"
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory, query_image):
     """A real tiny run (pixel mode, 32 px, random weights, 2 vertices, 2 steps) to damage copies of."""
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.runs.run import run_collide
 
     d = tmp_path_factory.mktemp("damaged") / "run"

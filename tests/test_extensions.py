@@ -14,9 +14,11 @@ import torch.nn as nn
 
 from patchcollide.batch.folder import BatchOptions
 from patchcollide.batch.jobfile import read_jobs
-from patchcollide.batch.runner import run_here, run_batch
+from patchcollide.batch.events import run_here
+from patchcollide.batch.runner import run_batch
 from patchcollide.engine import objectives, params, terms
-from patchcollide.engine.collide import CollideConfig, CollideError, collide
+from patchcollide.engine.collide import collide
+from patchcollide.engine.config import CollideConfig, CollideError
 from patchcollide.models.build import load_tap
 from patchcollide.offline.extract import write_parts_here
 from patchcollide.executors import EXECUTORS, ExecutorError, make_executor

@@ -345,7 +345,7 @@ def clean_batch(tmp_path_factory, jobs):
 
 def _no_partial_job_looks_done(out) -> None:
     """Every job batch.json calls done is complete and valid; no other directory at a job's name."""
-    from patchcollide.runs.run import read_report
+    from patchcollide.runs.inputs import read_report
 
     if not os.path.exists(os.path.join(out, "batch.json")):
         return

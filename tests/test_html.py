@@ -174,9 +174,10 @@ def batch_dir(tmp_path_factory, photos_dir, query_image):
     """A batch of four jobs: a (done, polytope checked), b (done), a failed one with an id that
     needs escaping and a traceback file, d (pending, no run directory). Two real tiny runs with
     one random VGG-16 (pixel mode, 32 x 32, 3 steps, 3 and 2 vertices)."""
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.models.build import load_tap
-    from patchcollide.runs.run import read_report, run_collide, run_sample
+    from patchcollide.runs.run import run_collide, run_sample
+    from patchcollide.runs.inputs import read_report
 
     d = str(tmp_path_factory.mktemp("batch"))
     tap = load_tap("vgg16", "fc6", "random", seed=0)

@@ -91,8 +91,6 @@ def test_imagenet_crop_matches_torchvision_eval_transform(name, size):
 def test_transparency_and_a_wide_image_are_said_and_handled_as_the_options_ask(tmp_path):
     """RGBA becomes black no more: it is composited on --background; a wide image is cut to its
     centre only with a warning, and --fit pad keeps all of it. Through a real collide run."""
-    import logging
-
     from click.testing import CliRunner
 
     from patchcollide.cli import cli
@@ -212,9 +210,9 @@ def test_auto_gives_torchvisions_imagenet_transform_to_imagenet_weights_alone(tm
     user's weights and the digits world's nets. An explicit fit does as it says whatever the
     weights; crop and pad leave an S x S image as it is, imagenet zooms it as torchvision does."""
     from conftest import sample
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.models.build import input_fit
-    from patchcollide.runs.run import fit_input
+    from patchcollide.runs.inputs import fit_input
 
     photo = tmp_path / "chelsea.png"
     Image.fromarray(sample("chelsea")).save(photo)  # 451 x 300

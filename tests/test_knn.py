@@ -11,8 +11,9 @@ import pytest
 
 from patchcollide.offline import index_build
 from patchcollide.offline.extract import ExtractConfig, extract_store
-from patchcollide.offline.index_build import (FLAT_MAX_N, HNSW_ABOVE_N, SEARCH_DEFAULTS_HNSW, SEARCH_DEFAULTS_IVF, IndexConfig,
-                                      IndexError_, build_index, default_factory, default_search_params)
+from patchcollide.offline.index_build import (FLAT_MAX_N, HNSW_ABOVE_N, SEARCH_DEFAULTS_HNSW, SEARCH_DEFAULTS_IVF,
+                                              IndexConfig, build_index, default_factory, default_search_params)
+from patchcollide.offline.index_format import IndexError_
 from patchcollide.offline.knn import PatchIndex, evaluate, exact_search, query_patches, recall_at_k
 from patchcollide.offline.store import PatchStore
 

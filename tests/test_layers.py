@@ -17,7 +17,6 @@ The checker also runs on small planted trees, so each rule is shown to catch wha
 from __future__ import annotations
 
 import ast
-import os
 from pathlib import Path
 
 import pytest
@@ -218,7 +217,8 @@ def test_allowed_imports_pass_on_a_planted_tree(tmp_path):
 
 
 def test_the_public_names_stay_and_are_listed():
-    from patchcollide.engine.collide import CollideConfig, collide
+    from patchcollide.engine.collide import collide
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.runs.run import load_run
 
     assert patchcollide.collide is collide and patchcollide.CollideConfig is CollideConfig

@@ -193,7 +193,7 @@ def test_pretrained_runs_name_the_class_and_warn_once_at_another_size(tmp_path, 
     import logging
     from types import SimpleNamespace
 
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.models import weights
     from patchcollide.runs import run as runs
 

@@ -68,7 +68,7 @@ def test_batch_verdict_has_the_judge_and_the_page_shows_shares_as_percent(tmp_pa
 
 
 def test_report_finds_the_runs_inside_a_demo_folder(tmp_path, query_image):
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.runs.run import run_collide
 
     demo = tmp_path / "demo"
@@ -168,7 +168,7 @@ def test_a_job_whose_checkpoint_cannot_continue_says_it_starts_over(tmp_path, qu
     import logging
 
     from patchcollide.engine.checkpoints import Checkpointer, partial_dir
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
     from patchcollide.runs.inputs import Resume
     from patchcollide.runs.run import run_collide
 

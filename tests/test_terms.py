@@ -14,10 +14,12 @@ from PIL import Image
 from conftest import sample
 from patchcollide.core.images import resize_crop
 from patchcollide.engine import terms
-from patchcollide.engine.collide import (CollideConfig, collide, least_change_anchor, make_param, optimise,
-                                         retrieve_candidates, target_of, to_tensor)
+from patchcollide.engine.collide import (collide, least_change_anchor, make_param, optimise, retrieve_candidates,
+                                         target_of, to_tensor)
+from patchcollide.engine.config import CollideConfig
 from patchcollide.models.build import load_tap
-from patchcollide.engine.objectives import push_ratio, relative_error
+from patchcollide.engine.objectives import push_ratio
+from patchcollide.engine.distance import relative_error
 from patchcollide.engine.polytope import extent
 
 S = 64
@@ -175,7 +177,8 @@ def test_the_polytope_samples_are_drawn_from_the_seed_and_the_step():
 def test_the_push_margin_auto_pushes_with_random_weights_only():
     from types import SimpleNamespace
 
-    from patchcollide.engine.collide import AUTO_PUSH, push_margin_of
+    from patchcollide.engine.collide import push_margin_of
+    from patchcollide.engine.config import AUTO_PUSH
 
     random, trained = (SimpleNamespace(weights=SimpleNamespace(kind=k)) for k in ("random", "file"))
     assert push_margin_of(BASE, random) == AUTO_PUSH and push_margin_of(BASE, trained) == 0.0

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from patchcollide.cli import cli
 from patchcollide.cli.online import RUN_OPTIONS, collide
 from patchcollide.cli.common import flag_of
-from patchcollide.engine.collide import CollideConfig
+from patchcollide.engine.config import CollideConfig
 from patchcollide.batch.jobfile import BATCH_WIDE, JOB_FIELDS, config_fields, job_keys, read_jobs
 
 
@@ -96,7 +96,7 @@ def test_batch_help_lists_every_job_key():
 
 
 def test_push_margin_zero_with_several_vertices_is_warned_in_the_cli_and_the_job_file(tmp_path, query_image):
-    from patchcollide.engine.collide import CollideConfig
+    from patchcollide.engine.config import CollideConfig
 
     assert CollideConfig().doubts() == [] and CollideConfig(push_margin=0, vertices=1).doubts() == []
     assert CollideConfig(push_margin=0, vertices=3).doubts() == []  # the distinct term still holds them apart
@@ -147,7 +147,7 @@ def test_fit_has_one_set_of_choices_in_the_cli_the_job_file_and_the_api(tmp_path
     """fit: auto (the default), imagenet, crop, pad; a bad value is one line naming them all."""
     import pytest
 
-    from patchcollide.engine.collide import FITS, CollideError
+    from patchcollide.engine.config import FITS, CollideError
 
     assert FITS == ("auto", "imagenet", "crop", "pad") and CollideConfig().fit == "auto"
     assert [CollideConfig(fit=f).fit for f in FITS] == list(FITS)

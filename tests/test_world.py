@@ -13,7 +13,9 @@ import torch
 from click.testing import CliRunner
 
 from patchcollide.cli import cli
-from patchcollide.engine.collide import CollideConfig, collide, least_change_weights, retrieve_candidates
+from patchcollide.engine.collide import collide, retrieve_candidates
+from patchcollide.engine.config import CollideConfig
+from patchcollide.engine.terms import least_change_weights
 from patchcollide.world.build import build_world
 from patchcollide.world.config import ATTACKED, JUDGE, WorldConfig
 

@@ -15,15 +15,16 @@ import time
 
 from ..core.files import install_dir, write_json
 from ..engine.checkpoints import Interrupted
-from ..engine.collide import CollideError, target_of, to_tensor
+from ..engine.collide import target_of, to_tensor
+from ..engine.config import CollideError
 from ..models.judge import check_apart, load_judge
 from ..runs.sizes import warn_size
 from ..models.build import input_fit, load_tap, model_identity, resolve_device
 from ..models.weights import random_weights, resolve_weights
 from ..offline.knn import PatchIndex
-from ..runs.inputs import Resume
-from ..runs.run import dataset_images, dataset_paths, load_input, read_report, run_collide, run_sample
-from .events import BatchEvents, run_here  # noqa: F401 (run_here: the local executor's, imported from here too)
+from ..runs.inputs import Resume, dataset_images, dataset_paths, read_report
+from ..runs.run import load_input, run_collide, run_sample
+from .events import BatchEvents, run_here
 from .folder import BatchFolder, BatchOptions, check_batch
 from .jobfile import Job, JobFile, JobsError, in_shard, replaceable
 from .locks import JobLock, batch_lock, batch_lock_path

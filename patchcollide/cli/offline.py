@@ -8,7 +8,8 @@ import numpy as np
 
 from ..executors import make_executor
 from ..offline.extract import ExtractConfig, extract_store
-from ..offline.index_build import STORE_FILE, IndexConfig, build_index
+from ..offline.index_build import IndexConfig, build_index
+from ..offline.index_format import STORE_FILE
 from ..offline.knn import EvalConfig, PatchIndex, SearchConfig, evaluate, query_patches, verify_index
 from ..offline.store import PatchStore
 from ..runs.pictures import neighbour_mosaic, save_png

@@ -53,18 +53,14 @@ import torch
 from ..core.errors import first_line
 from ..core.images import PATCH
 from .checkpoints import Checkpointer, Interrupted, restoring
-# the settings (torch-free, config.py), where callers found them before config.py held them
-from .config import (ANCHORS, AUTO_PUSH, DEVICES, FITS, INITS, OBJECTIVES, OPTIMIZERS,  # noqa: F401
-                     RETRIEVE, CollideConfig, CollideError, field_error, setting)
+from .config import AUTO_PUSH, CollideConfig, CollideError
 from .distance import relative_error
 from ..models.build import Tap, resolve_device, tap_on
 from .objectives import choose_units, collision_metrics, push_ratio
 from .optimisers import SGD, Adam, Optimiser
-from .params import SPACES, STARTS, PatchParam  # noqa: F401 (SPACES, STARTS: their old home)
+from .params import PatchParam
 from .target import Target
-from .terms import Context, Setup, Term, build_terms, loss_of
-# the least-change term's names, where callers found them before terms.py held them
-from .terms import FOOL_GAP, frontier_of, least_change_distance, least_change_weights  # noqa: F401
+from .terms import Context, Setup, Term, build_terms, frontier_of, loss_of
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import torch
 
-from .distance import relative_distance, relative_error  # noqa: F401 (relative_error: where callers found it)
+from .distance import relative_distance
 from .objective_traits import OBJECTIVES, Objective, PaperTraits, PostTraits, RelativeTraits
-from .target import Target  # noqa: F401 (where callers found it)
+from .target import Target
 
 
 def choose_units(z_t: torch.Tensor, n: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..core.images import PATCH
-from .spaces import MAX_PARAM_BYTES, SPACES, STARTS, PatchSpace, PixelSpace, SpaceTraits  # noqa: F401 (MAX_PARAM_BYTES: its old home)
+from .spaces import SPACES, STARTS, PatchSpace, PixelSpace, SpaceTraits
 
 
 class SearchSpace(SpaceTraits, nn.Module):

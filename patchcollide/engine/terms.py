@@ -67,7 +67,7 @@ class Setup:
     (1, 3, H, W) or None when the term is off, and the run's ``source`` and ``target_image``
     (1, 3, H, W) in [0, 1] as the net sees them."""
 
-    config: object  # collide.CollideConfig
+    config: object  # config.CollideConfig
     tap: object
     target: Target
     param: torch.nn.Module
@@ -101,7 +101,7 @@ class Context:
     """
 
     step: int
-    config: object  # the run's collide.CollideConfig
+    config: object  # the run's config.CollideConfig
     phases: dict  # config.phases()
     param: torch.nn.Module
     target: Target

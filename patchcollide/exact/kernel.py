@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import MODES, NullspaceConfig, NullspaceError  # noqa: F401 (MODES: re-exported)
+from .config import NullspaceConfig, NullspaceError
 from .table import Rank, matrix_rank
 
 def kernel_vectors(W: torch.Tensor, count: int, gen: torch.Generator, rtol: float | None = None,

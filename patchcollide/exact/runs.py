@@ -23,14 +23,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core import files
 from ..core.errors import first_line
 from ..core.files import atomic_open, machine, staged_dir, versions, write_json
 from ..core.images import Preprocess, imagenet_crop, load_rgb, sample_photo
 from ..models.build import IMAGENET_MEAN, IMAGENET_STD, build_model
 from ..runs.pictures import save_png
-from .config import RUN_KIND, SIZE, check_nullspace, check_out
-from .kernel import NullspaceConfig, linear_perturbation, patch_perturbation
+from .config import RUN_KIND, SIZE, NullspaceConfig, check_nullspace, check_out
+from .kernel import linear_perturbation, patch_perturbation
 from .spectra import conv_map_analysis, naive_tiling
 from .table import EXACT_RANDOM_NOTICE, NullspaceError
 from .verify import layer_residual, model_output, perturbation_size, pgd, verify

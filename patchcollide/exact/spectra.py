@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernel import NullspaceConfig, kernel_vectors
+from .config import NullspaceConfig
+from .kernel import kernel_vectors
 from .table import EPS64, default_rtol, matrix_rank
 
 

@@ -36,10 +36,8 @@ from ..core.errors import first_line
 from ..core.files import atomic_open, atomic_path, versions
 from ..core.settings import check_fields, setting
 from .descriptors import make_descriptor
-# the index directory's format, where callers found it before index_format.py held it
-from .index_format import (FORMAT_VERSION, INDEX_FILE, K_FACTOR_MAX, MANIFEST_FILE, NPROBE_MAX,  # noqa: F401
-                           REBUILD, STORE_FILE, IndexError_, check_manifest, check_search_params, faiss_reason,
-                           file_sha256, manifest_sha256, quick_checksum)
+from .index_format import (FORMAT_VERSION, INDEX_FILE, K_FACTOR_MAX, MANIFEST_FILE, NPROBE_MAX, STORE_FILE,
+                           IndexError_, faiss_reason, file_sha256, manifest_sha256, quick_checksum)
 from .store import PatchStore, store_lock
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from ..core.errors import raise_first
-from ..engine.collide import CollideConfig, optimise, target_of
+from ..engine.collide import optimise, target_of
+from ..engine.config import CollideConfig
 from ..engine.distance import reference_norm
 from ..engine.objectives import collision_metrics, push_ratio
 from ..engine.params import PixelParam

@@ -36,18 +36,17 @@ from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import PROGRESS
 from ..engine.checkpoints import (Checkpointer, CheckpointError, DamagedCheckpoint, Interrupted, StopSignals,
                                   partial_dir, restoring)
-from ..engine.collide import (Clock, CollideConfig, CollideError, CollideResult, collide, frontier_of, push_margin_of,
-                              quantised_metrics)
+from ..engine.collide import Clock, CollideResult, collide, push_margin_of, quantised_metrics
+from ..engine.config import CollideConfig, CollideError
+from ..engine.terms import frontier_of
 from ..models.judge import check_apart, judge_run, load_judge
 from ..models.build import Tap, input_fit, load_tap, resolve_device, tap_on
 from ..models.weights import imagenet_weights, resolve_weights
 from ..engine.target import Target
 from ..engine.polytope import difference_boxes, extent, pairwise_l2, sample_polytope
 from ..offline.knn import PatchIndex
-from .inputs import (Resume, check_complete, check_k, check_out_dir, check_sample, check_start, dataset_images,  # noqa: F401
-                     dataset_paths, expected_bytes, fit_input, read_picture, read_report, read_state, read_vertices,
-                     refuse_taken, run_lock, store_size, SampleConfig)
-# (dataset_images, dataset_paths, read_report, store_size: where callers found them before inputs.py held them)
+from .inputs import (Resume, SampleConfig, check_complete, check_k, check_out_dir, check_start, expected_bytes,
+                     fit_input, read_picture, read_report, read_state, read_vertices, refuse_taken, run_lock)
 from .sizes import warn_size
 from .pictures import contact_sheet, indicator_image, loss_plot, read_png, save_png, to_uint8
 

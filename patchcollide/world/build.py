@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.files import atomic_path, versions, write_json
-from ..engine.collide import CollideConfig
+from ..engine.config import CollideConfig
 from ..models.build import imagenet_normalise, load_tap
 from ..models.digits import BUILDERS
 from ..models.judge import load_judge
@@ -210,8 +210,8 @@ def build_world(root: str = "worlds/digits", config: WorldConfig = WorldConfig()
     index_dir = os.path.join(root, "index")
     if not record.get("index") or not os.path.isfile(os.path.join(index_dir, "index.faiss")):
         say("extracting the training digits' patches into the store")
-        res = extract_store([os.path.join(root, "train")], os.path.join(index_dir, "patches.h5"),
-                            ExtractConfig(resize=None, stride=config.stride, fraction=config.store_fraction))
+        extract_store([os.path.join(root, "train")], os.path.join(index_dir, "patches.h5"),
+                      ExtractConfig(resize=None, stride=config.stride, fraction=config.store_fraction))
         say("building the index")
         manifest = build_index(index_dir, config=IndexConfig())
         record["index"] = {"patches": manifest.get("n"),

@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 from ..core.errors import PatchcollideError, first_line
 from ..core.files import locked, versions, write_json, write_text
-from ..core.formats import batch_csv, metrics_of, polytope_samples
+from ..core.formats import INDEX_DIR, batch_csv, metrics_of, polytope_samples
 from ..core.jsontypes import canonical
 from ..engine.checkpoints import EVERY, saved_step
 from ..core.settings import check_fields, setting
@@ -68,7 +68,7 @@ class BatchOptions:
     # auto: made concrete once, by run_batch, for every job and worker
     weights: str = setting(DEFAULT_WEIGHTS, weights_help("Random weights: each job's seed seeds the model, as in "
                                                          "collide."), metavar=WEIGHTS_METAVAR)
-    index_dir: str | None = setting("index", "Patch index (opened once; only when some job is in patch mode).",
+    index_dir: str | None = setting(INDEX_DIR, "Patch index (opened once; only when some job is in patch mode).",
                                     flags=("-i", "--index"), metavar="DIRECTORY")  # None: pixel-mode jobs only
     device: str = setting("auto", "Where the jobs compute (auto: CUDA when present; with Ray, each worker's own).",
                           choices=DEVICES)

@@ -6,6 +6,7 @@ import os
 import click
 import numpy as np
 
+from ..core.formats import INDEX_DIR
 from ..executors import make_executor
 from ..offline.extract import ExtractConfig, extract_store
 from ..offline.index_build import IndexConfig, build_index
@@ -24,7 +25,7 @@ from .common import (
     user_errors,
 )
 
-DEFAULT_INDEX = "index"
+DEFAULT_INDEX = INDEX_DIR
 
 
 @click.command()

@@ -11,6 +11,7 @@ import click
 from click.core import ParameterSource
 
 from ..engine.checkpoints import EVERY
+from ..core.formats import INDEX_DIR
 from ..engine.config import CollideConfig, CollideError
 from ..models.names import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..models.names import DEFAULT_LAYER, DEFAULT_MODEL, check_model_name
@@ -140,7 +141,7 @@ NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
                    "(RUN.partial/), with the inputs and settings it started with.")
 @click.option("--checkpoint-every", default=EVERY, show_default=True, type=click.IntRange(min=0),
               help="Steps between checkpoints (also saved after the last step and on Ctrl-C / SIGTERM; 0: only then).")
-@click.option("-i", "--index", "index_dir", default="index", show_default=True, type=click.Path(file_okay=False),
+@click.option("-i", "--index", "index_dir", default=INDEX_DIR, show_default=True, type=click.Path(file_okay=False),
               help="Patch index (patch mode).")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="The attacked net: a torchvision classifier (vgg16, alexnet, ...) or digits_vgg, the digits "

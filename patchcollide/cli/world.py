@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..world.config import WorldConfig
+from ..world.config import WORLD_DIR, WorldConfig
 from .common import config_options, user_errors
 
 
@@ -13,7 +13,7 @@ def world():
 
 
 @world.command("build")
-@click.option("-o", "--out", "root", default="worlds/digits", show_default=True, type=click.Path(file_okay=False),
+@click.option("-o", "--out", "root", default=WORLD_DIR, show_default=True, type=click.Path(file_okay=False),
               help="The world's folder (built once; a second build only checks it).")
 @config_options(WorldConfig, ("epochs", "size"))
 def build(root, epochs, size):

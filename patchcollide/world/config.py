@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..core.errors import PatchcollideError
+from ..core.formats import INDEX_DIR
 from ..core.settings import check_fields, field_error, setting
 from ..engine.config import DEVICES, MAX_SAMPLES
 from ..models.names import DEFAULT_WEIGHTS, WEIGHTS_METAVAR, weights_help
@@ -44,6 +45,7 @@ class WorldConfig:
 
 
 DEMO_WORLDS = ("photos", "digits")
+WORLD_DIR = "worlds/digits"  # where `world build` and `demo --world digits` keep the world
 DEMO_OUT = {"photos": "runs/demo", "digits": "runs/world-demo"}  # the demo's --out by --world
 
 
@@ -53,7 +55,7 @@ class DemoConfig:
     world (``demo.run_demo``: scikit-image's photos at VGG-16) or the digits world
     (``world.run_world_demo``). Checked when made (choices, bounds: WorldError about the field)."""
 
-    index_dir: str = setting("index", "Where the embedded index is built (once).", flags=("-i", "--index"),
+    index_dir: str = setting(INDEX_DIR, "Where the embedded index is built (once).", flags=("-i", "--index"),
                              metavar="DIRECTORY")
     out_dir: str | None = setting(None, "Where the demo's runs and their report.html go.", flags=("-o", "--out"),
                                   metavar="DIRECTORY",
@@ -68,7 +70,7 @@ class DemoConfig:
     world: str = setting("photos", "photos: scikit-image's photos at VGG-16 (random weights here); digits: the trained "
                          "digits world (real MNIST, a trained net and a judge; built into --world-dir once).",
                          choices=DEMO_WORLDS)
-    world_dir: str = setting("worlds/digits", "Where the digits world is built (once).", metavar="DIRECTORY")
+    world_dir: str = setting(WORLD_DIR, "Where the digits world is built (once).", metavar="DIRECTORY")
     pair: int = setting(DEMO_PAIR, "Digits world: which of its 45 test pairs (the default, 7 -> 2, succeeds in both "
                         "modes in benchmarks/results/bench_world-cpu.json; scripts/bench_world.py runs them all).")
 

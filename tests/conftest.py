@@ -29,6 +29,19 @@ def write_photos(folder, names=PHOTOS) -> list[str]:
     return out
 
 
+def source_and_target(folder) -> tuple[str, str]:
+    """Two real photos written into ``folder``: (astronaut, chelsea) PNG paths."""
+    src, tgt = folder / "src.png", folder / "tgt.png"
+    Image.fromarray(sample("astronaut")).save(src)
+    Image.fromarray(sample("chelsea")).save(tgt)
+    return str(src), str(tgt)
+
+
+def vertex_pngs(run) -> dict:
+    """A run folder's vertex and argmax PNGs: {name: bytes}."""
+    return {f: (run / f).read_bytes() for f in sorted(os.listdir(run)) if f.startswith(("vertex_", "argmax_"))}
+
+
 def changed_after_now(path):
     """A progress signal of the process about to start: a function that is true once ``path``
     (a file or folder) is made or changed after this call, as (inode, ctime): a file made anew

@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import sample
+from conftest import sample, source_and_target, vertex_pngs
 from patchcollide.engine.checkpoints import Checkpointer, Interrupted, partial_dir
 from patchcollide.cli import cli
 from patchcollide.engine.collide import collide
@@ -102,21 +102,10 @@ def test_a_checkpoint_of_other_settings_is_refused(tmp_path, tap, pidx):
         ck.load()
 
 
-def _files(tmp_path):
-    src, tgt = tmp_path / "src.png", tmp_path / "tgt.png"
-    Image.fromarray(sample("astronaut")).save(src)
-    Image.fromarray(sample("chelsea")).save(tgt)
-    return str(src), str(tgt)
-
-
-def _pngs(run) -> dict:
-    return {f: (run / f).read_bytes() for f in sorted(os.listdir(run)) if f.startswith(("vertex_", "argmax_"))}
-
-
 def test_a_failed_final_write_keeps_the_state_and_resume_writes_without_optimising(tmp_path, tap, pidx, flat_index,
                                                                                    monkeypatch):
     from patchcollide.runs import run as runs
-    src, tgt = _files(tmp_path)
+    src, tgt = source_and_target(tmp_path)
     cfg = CollideConfig(**{**CFG, "steps": 20})
     runs.run_collide(src, tgt, str(tmp_path / "clean"), cfg, tap=tap, pindex=pidx, index_dir=flat_index)
     real = runs.write_run
@@ -137,13 +126,13 @@ def test_a_failed_final_write_keeps_the_state_and_resume_writes_without_optimisi
     steps = []
     report = runs.resume_collide(out, progress=lambda s, *a: steps.append(s))
     assert steps == []  # nothing optimised again
-    assert report["steps"] == 20 and _pngs(tmp_path / "run") == _pngs(tmp_path / "clean")
+    assert report["steps"] == 20 and vertex_pngs(tmp_path / "run") == vertex_pngs(tmp_path / "clean")
     assert not os.path.exists(partial_dir(out))  # the checkpoint goes once the run is complete
 
 
 def test_sigterm_stops_a_run_with_its_checkpoint_and_exit_code(tmp_path, tap, flat_index):
     from patchcollide.runs import run as runs
-    src, tgt = _files(tmp_path)
+    src, tgt = source_and_target(tmp_path)
     out = str(tmp_path / "run")
 
     def progress(step, *a):
@@ -229,9 +218,9 @@ def signal_when(cmd, ready, signum, timeout=300) -> tuple[bool, subprocess.Compl
 @pytest.fixture(scope="module")
 def clean_cli(tmp_path_factory, flat_index):
     d = tmp_path_factory.mktemp("clean_cli")
-    src, tgt = _files(d)
+    src, tgt = source_and_target(d)
     subprocess.run(_collide_cmd(src, tgt, d / "run", flat_index), check=True, capture_output=True)
-    return {"src": src, "tgt": tgt, "pngs": _pngs(d / "run")}
+    return {"src": src, "tgt": tgt, "pngs": vertex_pngs(d / "run")}
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT])
@@ -251,13 +240,13 @@ def test_a_killed_or_interrupted_cli_run_resumes_to_the_same_vertices(tmp_path, 
     assert 4 <= step < 24 and not out.exists()  # stopped mid-run, nothing at the final name
     r = subprocess.run(_cli("collide", "--resume", out), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert _pngs(out) == clean_cli["pngs"]  # bit-identical to the run never stopped
+    assert vertex_pngs(out) == clean_cli["pngs"]  # bit-identical to the run never stopped
     assert json.loads((out / "report.json").read_text())["steps"] == 24
     assert not os.path.exists(partial_dir(str(out)))
 
 
 def test_a_batch_killed_mid_job_resumes_that_job_from_its_checkpoint(tmp_path, flat_index, record_property):
-    src, tgt = _files(tmp_path)
+    src, tgt = source_and_target(tmp_path)
     job = {"id": "j", "source": src, "target": tgt, "size": S, "vertices": 2, "k": 4, "steps": 30, "tol": 1e-6,
            "samples": 0}
     (tmp_path / "jobs.jsonl").write_text(json.dumps(job) + "\n")
@@ -278,7 +267,7 @@ def test_a_batch_killed_mid_job_resumes_that_job_from_its_checkpoint(tmp_path, f
     r = subprocess.run(cmd(out), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"resuming {out / '.tmp' / 'j' / 'run'} from step {step}/30" in r.stderr, r.stderr
-    assert _pngs(out / "j") == _pngs(tmp_path / "clean" / "j")
+    assert vertex_pngs(out / "j") == vertex_pngs(tmp_path / "clean" / "j")
     assert not ck.parent.exists()
 
 
@@ -286,7 +275,7 @@ def test_a_batch_interrupted_mid_job_says_so_in_one_line_and_in_batch_json(tmp_p
     """Ctrl-C in a local batch: one line (no quotes nested in quotes), batch.json says the job was
     interrupted at its checkpoint's step, and once resumed its seconds agree across batch.json,
     batch.csv and report.json, the time before the interrupt included."""
-    src, tgt = _files(tmp_path)
+    src, tgt = source_and_target(tmp_path)
     job = {"id": "j", "source": src, "target": tgt, "size": S, "vertices": 2, "k": 4, "steps": 30, "tol": 1e-6,
            "samples": 0}
     (tmp_path / "jobs.jsonl").write_text(json.dumps(job) + "\n")
@@ -351,7 +340,7 @@ def test_a_second_writer_of_a_run_is_refused_at_once_and_the_lock_dies_with_the_
     assert not out.exists() and os.path.exists(f"{out}.lock")  # the file stays; its lock died with the process
     r = subprocess.run([*cmd, "--overwrite"], capture_output=True, text=True)  # a new writer takes it at once
     assert r.returncode == 0, r.stderr
-    assert _pngs(out) == clean_cli["pngs"] and not os.path.exists(f"{out}.lock")
+    assert vertex_pngs(out) == clean_cli["pngs"] and not os.path.exists(f"{out}.lock")
 
 
 def test_a_resume_never_replaces_a_complete_run_without_overwrite(tmp_path, flat_index, clean_cli, record_property):
@@ -377,4 +366,4 @@ def test_a_resume_never_replaces_a_complete_run_without_overwrite(tmp_path, flat
     assert _snapshot(out) == before and os.path.isfile(ck)  # the complete run and the checkpoint both kept
     r = subprocess.run(_cli("collide", "--resume", out, "--overwrite"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert _pngs(out) == clean_cli["pngs"] and not os.path.exists(partial_dir(str(out)))
+    assert vertex_pngs(out) == clean_cli["pngs"] and not os.path.exists(partial_dir(str(out)))

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
-from conftest import sample
+from conftest import source_and_target, vertex_pngs
 from patchcollide.cli import cli
 from patchcollide.engine import checkpoints as cks
 from patchcollide.engine.checkpoints import Checkpointer, DamagedCheckpoint, Interrupted, partial_dir, saved_step
@@ -44,17 +43,6 @@ def one_model(tap):
         yield
 
 
-def _files(d):
-    src, tgt = d / "src.png", d / "tgt.png"
-    Image.fromarray(sample("astronaut")).save(src)
-    Image.fromarray(sample("chelsea")).save(tgt)
-    return str(src), str(tgt)
-
-
-def _pngs(run) -> dict:
-    return {f: (run / f).read_bytes() for f in sorted(os.listdir(run)) if f.startswith(("vertex_", "argmax_"))}
-
-
 def _tree(path) -> dict:
     return {os.path.relpath(os.path.join(d, f), path): open(os.path.join(d, f), "rb").read()
             for d, _, fs in os.walk(path) for f in fs}
@@ -71,7 +59,7 @@ def interrupted(request, tmp_path_factory, tap, flat_index, one_model):
     from patchcollide.runs import run as runs
 
     d = tmp_path_factory.mktemp(f"interrupted_{request.param}")
-    src, tgt = _files(d)
+    src, tgt = source_and_target(d)
 
     def progress(step, *a):
         if step == STOP:
@@ -85,7 +73,7 @@ def interrupted(request, tmp_path_factory, tap, flat_index, one_model):
     shutil.copytree(partial, partial_dir(str(d / "clean")))
     r = resume(d / "clean")
     assert r.exit_code == 0, r.output
-    return {"dir": d, "partial": partial, "pngs": _pngs(d / "clean"), "mode": request.param}
+    return {"dir": d, "partial": partial, "pngs": vertex_pngs(d / "clean"), "mode": request.param}
 
 
 def damages(data: bytes, seed: int, n: int = 18):
@@ -123,7 +111,7 @@ def test_a_damaged_checkpoint_is_one_line_or_the_same_vertices(interrupted, reco
             f"{what}: a traceback ({type(r.exception).__name__}: {r.exception})"
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
         if r.exit_code == 0:
-            assert _pngs(out) == interrupted["pngs"], f"{what}: exit 0 with other vertices"
+            assert vertex_pngs(out) == interrupted["pngs"], f"{what}: exit 0 with other vertices"
             outcomes["identical"] += 1
         else:
             assert r.exit_code == 2 and len(lines) == 1, f"{what}: exit {r.exit_code}: {r.output}"
@@ -193,7 +181,7 @@ def test_a_checkpoint_without_a_hash_that_restores_resumes_to_the_same_vertices(
     r = CliRunner().invoke(cli, ["collide", "--resume", str(out)])
     assert r.exit_code == 0, r.output
     assert "has no sha256 recorded beside it (saved by an older version)" in r.output
-    assert _pngs(out) == interrupted["pngs"]
+    assert vertex_pngs(out) == interrupted["pngs"]
 
 
 # ------------------------------------------------------------------- the record and the file
@@ -278,7 +266,7 @@ def test_a_batch_reruns_a_job_whose_checkpoint_is_damaged(tmp_path, flat_index, 
     from patchcollide.batch import runner
 
     monkeypatch.setattr(runner, "load_tap", lambda *a, **k: load_tap("alexnet", "fc6", "random", seed=0))
-    src, tgt = _files(tmp_path)
+    src, tgt = source_and_target(tmp_path)
     job = {"id": "j", "source": src, "target": tgt, "mode": "patches", "samples": 0,
            **{k: v for k, v in CFG.items() if k != "device"}}
     (tmp_path / "jobs.jsonl").write_text(json.dumps(job) + "\n")
@@ -317,6 +305,6 @@ def test_a_batch_reruns_a_job_whose_checkpoint_is_damaged(tmp_path, flat_index, 
     assert warned[0].startswith(f"warning: {out / '.tmp' / 'j' / 'run'}: starting from step 1, as its checkpoint "
                                 f"{ck} is damaged ({why}") and warned[0].endswith("); the damaged checkpoint is "
                                                                                   "deleted"), warned[0]
-    assert _pngs(out / "j") == _pngs(tmp_path / "clean" / "j")
+    assert vertex_pngs(out / "j") == vertex_pngs(tmp_path / "clean" / "j")
     assert json.loads((out / "batch.json").read_text())["jobs"][0]["status"] == "done"
     assert not partial.exists()

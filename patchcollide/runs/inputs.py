@@ -149,7 +149,7 @@ def check_judge(judge: str | None, judge_model: str) -> None:
 
 class Resume(enum.Enum):
     """What a run does with the checkpoint in its checkpoint folder (``run.run_collide``'s
-    ``resume``; the values are the words the Python API has always taken)."""
+    ``resume``)."""
 
     FRESH = "no"  # start at step 1; an unfinished run's checkpoint is refused, or deleted with overwrite
     CONTINUE = "yes"  # go on from the checkpoint; an error when there is none (collide --resume)

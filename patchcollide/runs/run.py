@@ -75,25 +75,22 @@ def run_collide(source: str, target: str, out: str, config: CollideConfig = Coll
                 layer: str = "fc6", weights: str = "imagenet", index_dir: str | None = INDEX_DIR, tap: Tap | None = None,
                 pindex=None, overwrite: bool = False, progress=None, target_stats: Target | None = None,
                 checkpoint_dir: str | None = None, checkpoint_every: int = EVERY,
-                resume: Resume | str = Resume.FRESH, again: str | None = None, judge=None) -> dict:
+                resume: Resume = Resume.FRESH, again: str | None = None, judge=None) -> dict:
     """Collide ``source`` -> ``target`` and write the run directory ``out``. Returns the report.
 
     target_stats: the target's precomputed ``collide.target_of`` (see ``collide.collide``).
 
     Checkpoints (checkpoints.py) go to ``checkpoint_dir`` (default ``OUT.partial``) every
     ``checkpoint_every`` steps, after the last step and on SIGINT/SIGTERM, and are removed
-    once ``out`` is complete. resume (``Resume``, or its value): FRESH ("no") refuses to start
-    over an interrupted run's checkpoint unless ``overwrite``; CONTINUE ("yes") goes on from it
-    (an error when there is none); IF_SAME_RUN ("auto") goes on from one of this very run and
-    starts afresh otherwise (batch jobs).
+    once ``out`` is complete. resume (``Resume``): FRESH refuses to start over an interrupted
+    run's checkpoint unless ``overwrite``; CONTINUE goes on from it (an error when there is
+    none); IF_SAME_RUN goes on from one of this very run and starts afresh otherwise (batch jobs).
     again: the command that continues the run, for messages (default ``collide --resume``).
     judge: a ``judge.Judge`` that reads the source, the target and every vertex (report.json's
     ``judge``); None for none.
     """
-    try:
-        resume = Resume(resume)
-    except ValueError:
-        raise CollideError(f"resume must be one of {', '.join(r.value for r in Resume)}, got {resume!r}") from None
+    if not isinstance(resume, Resume):
+        raise TypeError(f"resume must be a runs.inputs.Resume, got {resume!r}")
     run = dict(source=source, target=target, out=out, config=config, arch=arch, layer=layer, weights=weights,
                index_dir=index_dir, tap=tap, pindex=pindex, overwrite=overwrite, progress=progress,
                target_stats=target_stats, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,

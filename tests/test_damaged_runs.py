@@ -17,7 +17,6 @@ from PIL import Image
 
 import patchcollide
 from conftest import one_line, run_cli
-from patchcollide.cli import cli
 from patchcollide.core.errors import PatchcollideError
 from patchcollide.engine.spaces import SPACES
 

@@ -16,7 +16,7 @@ from patchcollide.batch.folder import BatchOptions
 from patchcollide.batch.jobfile import read_jobs
 from patchcollide.batch.events import run_here
 from patchcollide.batch.runner import run_batch
-from patchcollide.engine import objectives, params, terms
+from patchcollide.engine import objectives, params, term_traits
 from patchcollide.engine.collide import collide
 from patchcollide.engine.config import CollideConfig, CollideError
 from patchcollide.models.build import load_tap
@@ -110,30 +110,67 @@ def test_a_third_objective_is_one_class_and_one_line(monkeypatch):
         CollideConfig(objective_options=(("scale", 2.0),))
 
 
-class Brightness(terms.Term):
-    """A sixth loss term: the vertices' mean brightness (V,), raised (the loss adds its negative)."""
+class Brightness(term_traits.Term):
+    """An added loss term: the vertices' mean brightness (V,), raised (the loss adds its negative)."""
 
     key = "brightness"  # its history column
+    summary = "brighter vertices"
+    options = {"weight": 1.0}
+
+    @classmethod
+    def check_options(cls, settings):
+        if settings["weight"] < 0:
+            raise ValueError(f"weight must be >= 0, got {settings['weight']}")
 
     def value(self, ctx):
         return -ctx.x.mean((1, 2, 3))
 
     def weight(self, ctx):
-        return 100.0
+        return self.settings["weight"]
 
 
-def test_a_loss_term_is_one_class_and_one_line(monkeypatch):
+def test_a_loss_term_is_one_class_and_one_name(monkeypatch):
     tap = load_tap("digits_vgg", "fc6", "random", seed=0)
     src, tgt = images(2)
     cfg = CollideConfig(mode="pixel", size=64, vertices=2, steps=10, min_steps=10, least_change=0, device="cpu")
     plain = collide(tap, src, tgt, cfg)
-    monkeypatch.setitem(terms.TERMS, "brightness", Brightness)  # the registration line
-    bright = collide(tap, src, tgt, cfg)
+    monkeypatch.setitem(term_traits.TERMS, "brightness", Brightness)  # the registration line
+    assert collide(tap, src, tgt, cfg).history.keys() == plain.history.keys()  # registered: added only by name
+    bright = collide(tap, src, tgt, CollideConfig(**{**vars(cfg), "terms": ("brightness",),
+                                                     "term_options": (("brightness.weight", 100.0),)}))
     h = bright.history
     assert len(h["brightness"]) == 10 and h["brightness"][-1] < h["brightness"][0]  # recorded, and it fell
     assert list(h)[-1] == "brightness" and "brightness" not in plain.history
     gain = (bright.vertices - plain.vertices).flatten(1).mean(1)
     assert torch.all(gain > 0.02), gain  # every vertex brighter than without the term
+    weak = collide(tap, src, tgt, CollideConfig(**{**vars(cfg), "terms": ("brightness",)}))  # its default weight 1
+    assert torch.all((weak.vertices - plain.vertices).flatten(1).mean(1) < gain / 3)  # the option is used
+    with pytest.raises(CollideError, match=r"^term_options 'brightness.size': term brightness has the options "
+                                           r"weight$"):
+        CollideConfig(terms=("brightness",), term_options=(("brightness.size", 2.0),))
+    with pytest.raises(CollideError, match=r"^term_options weight must be >= 0, got -1.0$"):
+        CollideConfig(terms=("brightness",), term_options=(("brightness.weight", -1.0),))
+    with pytest.raises(CollideError, match=r"^term_options 'brightness.weight': give TERM.NAME:VALUE for a term the "
+                                           r"run adds \(it adds none\)$"):
+        CollideConfig(term_options=(("brightness.weight", 2.0),))
+    with pytest.raises(CollideError, match=r"^terms must be one of brightness, got 'dim' among them$"):
+        CollideConfig(terms=("brightness", "dim"))
+    with pytest.raises(CollideError, match=r"^terms 'brightness' is given 2 times; give it once$"):
+        CollideConfig(terms=("brightness", "brightness"))
+
+    class Shadow(Brightness):
+        key = "tv"  # a built-in column
+
+    monkeypatch.setitem(term_traits.TERMS, "shadow", Shadow)
+    with pytest.raises(CollideError, match=r"^terms 'shadow' is not a loss term: its key 'tv' is a column of the "
+                                           r"built-in loss; give it a name of its own; see docs/extending.md$"):
+        CollideConfig(terms=("shadow",))
+
+
+def test_no_term_installed_is_said():
+    with pytest.raises(CollideError, match=r"^terms must name a registered loss term, and none is installed "
+                                           r"\(docs/extending.md\), got 'dim' among them$"):
+        CollideConfig(terms=("dim",))
 
 
 class ReverseExecutor:

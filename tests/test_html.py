@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 from conftest import one_line, run_cli
-from patchcollide.cli import cli
 from patchcollide.runs.report import ReportError, write_html
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")

@@ -1,6 +1,7 @@
 """Extensions from another package (issue 29, item 1): a throw-away plug-in package, installed
 the way pip installs one (its code and a ``*.dist-info`` with ``entry_points.txt`` in a folder on
-the path), adds a search space, an objective with an option of its own and an executor. Every
+the path), adds a search space, an objective and a loss term with an option of their own, and an
+executor. Every
 command runs as a user runs it, in a fresh process that knows the plug-in only from its entry
 points: ``collide``, ``sample``, ``report``, ``batch`` (local, the plug-in's executor, and Ray,
 whose workers import everything afresh) and ``load_run``."""
@@ -19,7 +20,8 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PLUGIN = '''
-"""A plug-in of patchcollide: a grey search space, a scaled objective, a last-first executor."""
+"""A plug-in of patchcollide: a grey search space, a scaled objective, a darkness term, a last-first
+executor."""
 import contextlib
 import os
 
@@ -30,6 +32,7 @@ from patchcollide.batch.events import run_here
 from patchcollide.engine.objective_traits import Objective
 from patchcollide.engine.objectives import Relative
 from patchcollide.engine.params import SearchSpace
+from patchcollide.engine.term_traits import Term
 from patchcollide.offline.extract import write_parts_here
 
 
@@ -69,6 +72,18 @@ class Scaled(Objective):
         return self.settings["scale"] * pos, neg
 
 
+class Darkness(Term):
+    key = "darkness"
+    summary = "darker vertices"
+    options = {"weight": 0.0}
+
+    def value(self, ctx):
+        return ctx.x.mean((1, 2, 3))
+
+    def weight(self, ctx):
+        return self.settings["weight"]
+
+
 class LastFirst:
     name = "lastfirst"
     summary = "the jobs in this process, last first"
@@ -97,13 +112,17 @@ broken = pcplug_missing:Nothing
 [patchcollide.objectives]
 scaled = pcplug_demo:Scaled
 
+[patchcollide.terms]
+darkness = pcplug_demo:Darkness
+
 [patchcollide.executors]
 lastfirst = pcplug_demo:LastFirst
 """
 
 COMMON = ["--model", "digits_vgg", "--weights", "random", "--device", "cpu"]
-RUN = ["--mode", "grey", "--objective", "scaled", "--objective-option", "scale:2", "--size", "32", "--vertices",
-       "2", "--steps", "3", "--min-steps", "0", *COMMON]
+RUN = ["--mode", "grey", "--objective", "scaled", "--objective-option", "scale:2", "--terms", "darkness",
+       "--term-option", "darkness.weight:50", "--size", "32", "--vertices", "2", "--steps", "3", "--min-steps", "0",
+       *COMMON]
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +176,7 @@ def test_help_lists_the_plugins_without_loading_them(plugin, tmp_path):
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"torch": False, "plugin": False}, r.stderr
     assert "[patches|pixel|grey|broken]" in r.stdout and "[relative|paper|post|scaled]" in r.stdout
     assert "grey: from package pcplug-demo" in " ".join(r.stdout.split())
+    assert "darkness: from package pcplug-demo" in " ".join(r.stdout.split())
     r = run(["batch", "--help"], tmp_path, plugin, LOADED)
     assert "[local|ray|lastfirst]" in r.stdout and json.loads(r.stdout.strip().splitlines()[-1])["torch"] is False
 
@@ -168,6 +188,9 @@ def test_collide_sample_report_and_load_run_use_the_plugins(plugin, inputs, tmp_
     rep = json.load(open(os.path.join(out, "report.json")))
     assert rep["config"]["mode"] == "grey" and rep["config"]["objective"] == "scaled"
     assert rep["config"]["objective_options"] == [["scale", 2.0]] and rep["resolved"]["lr"] == 0.02
+    assert rep["config"]["terms"] == ["darkness"] and rep["config"]["term_options"] == [["darkness.weight", 50.0]]
+    dark = rep["history"]["darkness"]
+    assert len(dark) == 3 and dark[-1] < dark[0]  # the term is in the loss: the vertices darken
     assert grey_pngs(out)
     r = run(["-q", "sample", "--out", out, "--samples", "4", "--device", "cpu"], inputs, plugin)
     assert r.returncode == 0, r.stderr
@@ -194,7 +217,8 @@ def jobs_file(d, inputs: str, n: int = 2) -> str:
             fh.write(json.dumps({"id": f"j{i}", "source": os.path.join(inputs, "s.png"),
                                  "target": os.path.join(inputs, "t.png"), "mode": "grey", "objective": "scaled",
                                  "objective_options": [["scale", 2]], "size": 32, "vertices": 2, "steps": 2,
-                                 "min_steps": 0, "seed": i, "samples": 0}) + "\n")
+                                 "min_steps": 0, "seed": i, "samples": 0, "terms": ["darkness"],
+                                 "term_options": [["darkness.weight", 50]]}) + "\n")
     return p
 
 
@@ -218,6 +242,7 @@ def test_a_ray_batch_resolves_the_plugins_in_its_workers(plugin, inputs, tmp_pat
     assert [j["status"] for j in json.load(open(os.path.join(out, "batch.json")))["jobs"]] == ["done"]
     rep = json.load(open(os.path.join(out, "j0", "report.json")))
     assert rep["config"]["mode"] == "grey" and rep["config"]["objective_options"] == [["scale", 2.0]]
+    assert rep["config"]["terms"] == ["darkness"] and len(rep["history"]["darkness"]) == 2
     assert grey_pngs(os.path.join(out, "j0"))
 
 
@@ -233,3 +258,9 @@ def test_a_plugin_that_cannot_load_or_a_bad_option_is_one_line(plugin, inputs, t
     assert r.returncode == 2 and r.stderr.strip() == "Error: --objective-option scale must be > 0, got -1.0", r.stderr
     r = run([*base, "--mode", "pixel", "--objective", "scaled", "--objective-option", "scale"], inputs, plugin)
     assert r.returncode == 2 and "--objective-option 'scale': give NAME:VALUE" in r.stderr, r.stderr
+    r = run([*base, "--mode", "pixel", "--terms", "darkness", "--term-option", "weight:2"], inputs, plugin)
+    assert r.returncode == 2 and r.stderr.strip() == ("Error: --term-option 'weight': give TERM.NAME:VALUE for a term "
+                                                      "the run adds (darkness)"), r.stderr
+    r = run([*base, "--mode", "pixel", "--terms", "darkness,light"], inputs, plugin)
+    assert r.returncode == 2 and r.stderr.strip() == ("Error: --terms must be one of darkness, got 'light' among "
+                                                      "them"), r.stderr

@@ -62,7 +62,7 @@ def run(tap, setting, config=BASE, drop: str | None = None, progress=None) -> di
     target = setting["target"]
     setup = terms.Setup(config, tap, target, param, anchor, setting["source"], setting["target_img"])
     built = [t for t in terms.build_terms(setup) if t.key != drop]
-    assert len(built) == len(terms.TERMS) - (drop is not None)
+    assert len(built) == len(terms.BUILT_INS) - (drop is not None)
     hist, steps, _ = optimise(tap, param, target, config, progress=progress, anchor=anchor, terms=built)
     with torch.no_grad():
         x = param()
@@ -149,7 +149,7 @@ def test_the_least_change_weight_rule_is_one_method_to_replace(tap, monkeypatch)
             w = ctx.history["least_change_weight"]
             return [v / 2 for v in (w[-1] if w else [self.config.least_change] * len(fooled))]
 
-    monkeypatch.setitem(terms.TERMS, "least_change", Halving)
+    monkeypatch.setitem(terms.BUILT_INS, "least_change", Halving)
     g = np.random.default_rng(0)
     src, tgt = (g.integers(0, 256, (S, S, 3), dtype=np.uint8) for _ in range(2))
     cfg = CollideConfig(mode="pixel", vertices=2, steps=4, min_steps=4, size=S, least_change=4.0, device="cpu")

@@ -134,7 +134,7 @@ def test_a_bad_judge_is_one_line_before_any_work(world, tmp_path):
                                      str(tmp_path / "o"), "--model", ATTACKED, "--weights", world.weights, "-i",
                                      world.index, "--size", str(S), "--judge", judge, "--judge-model", model])
         assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
-        assert "--weights" not in r.output.split(";")[0].replace(f"as --weights", ""), r.output  # names the judge's option
+        assert "--weights" not in r.output.split(";")[0].replace("as --weights", ""), r.output  # names the judge's option
         assert not os.path.exists(tmp_path / "o")
 
 

@@ -42,8 +42,9 @@ from ..core.jsontypes import canonical
 from ..engine.checkpoints import EVERY, saved_step
 from ..core.settings import check_fields, setting
 from ..engine.config import DEVICES, CollideConfig
-from ..models.names import (DEFAULT_JUDGE_MODEL, DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_WEIGHTS, WEIGHTS_METAVAR,
+from ..models.names import (DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_WEIGHTS, WEIGHTS_METAVAR,
                             weights_help)
+from ..runs.inputs import JudgeOptions
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..offline.knn import PatchIndex
 from .jobfile import Job, JobFile, JobsError
@@ -56,11 +57,11 @@ BATCH_CSV = "batch.csv"  # the same jobs, one row each, with every metric
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchOptions:
+class BatchOptions(JudgeOptions):
     """The options a whole batch shares (the command's, beside the job lines; the ``batch``
-    command's options are derived from it): the model, layer and weights, the index, the
-    device, the dataset for the distance check, whether invalid lines are skipped, the
-    checkpoint interval and the judge. Checked when made (choices, bounds: JobsError about the
+    command's options are derived from it): the judge (``JudgeOptions``), the model, layer and
+    weights, the index, the device, the dataset for the distance check, whether invalid lines
+    are skipped and the checkpoint interval. Checked when made (choices, bounds: JobsError about the
     field)."""
 
     arch: str = setting(DEFAULT_MODEL, "torchvision classifier.", flags=("--model",))
@@ -79,10 +80,6 @@ class BatchOptions:
     checkpoint_every: int = setting(EVERY, "Steps between a job's checkpoints in DIR/.partial/ (also on Ctrl-C / "
                                     "SIGTERM); a job killed or interrupted goes on from its checkpoint when the batch "
                                     "runs again.", bounds=(0, None))
-    judge: str | None = setting(None, "A judge's state dict (--judge-model) that reads each job's source, target, "
-                                "vertices and samples.", metavar="PATH")
-    judge_model: str = setting(DEFAULT_JUDGE_MODEL, "The judge's architecture: digits_lenet5 or a torchvision "
-                               "classifier.")
 
     def __post_init__(self):
         check_fields(self, JobsError)

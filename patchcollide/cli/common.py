@@ -106,6 +106,8 @@ def _click_type(hint, meta: dict) -> dict:
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if isinstance(choices, Registry):  # its names, plug-ins included, read whenever click asks
+        if origin is tuple:  # comma-separated names, each checked by the config (check_fields)
+            return {"type": CommaList(click.STRING)}
         return {"type": RegistryChoice(choices)}
     if choices is not None:
         kind = click.Choice(["none" if c is None else c for c in choices])

@@ -13,9 +13,8 @@ from click.core import ParameterSource
 from ..engine.checkpoints import EVERY
 from ..core.formats import INDEX_DIR
 from ..engine.config import CollideConfig, CollideError
-from ..models.names import DEFAULT_JUDGE_MODEL as JUDGE_MODEL
 from ..models.names import DEFAULT_LAYER, DEFAULT_MODEL, check_model_name
-from ..runs.inputs import SampleConfig
+from ..runs.inputs import JudgeOptions, SampleConfig
 from ..runs.report import verdict
 from .common import Progress, UserError, config_options, flag_of, show_progress, user_errors, weights_option
 
@@ -122,10 +121,11 @@ def parse_pairs(field: str, values: tuple[str, ...]) -> tuple:
 
 
 PAIR_EXAMPLES = {"prune": "SHARE:KEEP, e.g. 0.33:8 (at a third of the steps keep 8 candidates per pixel)",
-                 "objective_options": "NAME:VALUE, e.g. scale:2 (an option of the --objective and a number)"}
+                 "objective_options": "NAME:VALUE, e.g. scale:2 (an option of the --objective and a number)",
+                 "term_options": "TERM.NAME:VALUE, e.g. brightness.weight:2 (an option of a term in --terms and a "
+                                 "number)"}
 
 
-D = CollideConfig()  # the defaults shown in --help are the config's own
 RUN_OPTIONS = ("source", "target", "out", "index_dir", "model", "layer", "weights", "overwrite", "strict", "resume",
                "checkpoint_every", "judge", "judge_model")  # not config fields
 RESUME_KEEPS = ("resume", "checkpoint_every", "strict", "overwrite")  # the options --resume takes; the rest come from the run
@@ -149,11 +149,7 @@ NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
 @click.option("--layer", default=DEFAULT_LAYER, show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
 @weights_option()
 @config_options(CollideConfig)
-@click.option("--judge", default=None, type=click.Path(), metavar="PATH",
-              help="A second classifier's state dict (--judge-model) that reads the source, the target and each "
-                   "vertex: a vertex reads as its source when the judge gives it the source's class.")
-@click.option("--judge-model", default=JUDGE_MODEL, show_default=True,
-              help="The judge's architecture: digits_lenet5 (`patchcollide world build`) or a torchvision classifier.")
+@config_options(JudgeOptions)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only once the new run is complete); "
               "with --resume: replace a complete run that another process wrote at RUN meanwhile.")
 @click.option("--strict", is_flag=True,
@@ -198,7 +194,7 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         hints = typing.get_type_hints(CollideConfig)
         for name, value in list(fields.items()):
             if typing.get_origin(hints[name]) is tuple:  # click gives lists and () for an absent repeated option
-                if typing.get_args(hints[name])[-1] is Ellipsis:
+                if typing.get_origin(typing.get_args(hints[name])[0]) is tuple:  # repeated A:B pairs
                     fields[name] = parse_pairs(name, value) if value else CollideConfig.__dataclass_fields__[name].default
                 else:
                     fields[name] = tuple(value)
@@ -280,9 +276,7 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
 @config_options(SampleConfig)
 @click.option("--dataset", default=None, type=click.Path(file_okay=False),
               help="Image folder for the mean distance between dataset images [default: the run index's images].")
-@click.option("--judge", default=None, type=click.Path(), metavar="PATH",
-              help="A judge's state dict (--judge-model) to read every sample [default: the run's own judge, if any].")
-@click.option("--judge-model", default=JUDGE_MODEL, show_default=True, help="The judge's architecture.")
+@config_options(JudgeOptions)
 @click.pass_context
 def sample(ctx, run_dir, dataset, judge, judge_model, **fields):
     """Check the polytope of a finished run: Dirichlet(1) combinations of its vertices.

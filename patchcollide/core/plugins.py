@@ -1,10 +1,11 @@
 """Plug-ins from other packages: the registries of named extensions, filled from entry points.
 
-Three entry-point groups (the way simonw/llm loads its plug-ins), one registry each; the
+Four entry-point groups (the way simonw/llm loads its plug-ins), one registry each; the
 built-ins are entries of the same registries, under the same names in every interface:
 
     patchcollide.search_spaces  --mode, a job's "mode"            engine.spaces.SPACES
     patchcollide.objectives     --objective, a job's "objective"  engine.objective_traits.OBJECTIVES
+    patchcollide.terms          --terms, a job's "terms"          engine.term_traits.TERMS
     patchcollide.executors      --executor                        executors.EXECUTORS
 
 A package declares its extensions in its ``pyproject.toml``::
@@ -120,6 +121,8 @@ class Registry(MutableMapping):
     def describe(self) -> str:
         """Every name with its ``summary`` (a class attribute), for help texts. A plug-in that is
         not loaded yet is named with its package instead (listing loads nothing)."""
+        if not len(self):
+            return f"None is installed (entry-point group {self.group})."
         parts = []
         for name in self:
             obj = self._entries.get(name)

@@ -45,16 +45,28 @@ def show(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _not_a_choice(choices, value, several: bool) -> str:
+    """The problem of a ``value`` that is not among ``choices`` (a tuple or a registry)."""
+    names = [show(c) for c in choices]
+    fixed = len(names) == 2 and not isinstance(choices, Mapping)  # a registry can grow: "one of"
+    got = f"{value!r}" + (" among them" if several else "")
+    if not names:  # a registry with nothing registered
+        return (f"must name a registered {getattr(choices, 'what', 'choice')}, and none is installed "
+                f"(docs/extending.md), got {got}")
+    want = " or ".join(names) if fixed else f"one of {', '.join(names)}"
+    return f"must be {want}, got {got}"
+
+
 def check_fields(config, error: type[PatchcollideError]) -> None:
     """The checks the fields' metadata states: a value among its ``choices``, within its ``bounds``."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value, choices, bounds = getattr(config, f.name), f.metadata.get("choices"), f.metadata.get("bounds")
-        if choices is not None and value not in choices:
-            names = [show(c) for c in choices]
-            fixed = len(names) == 2 and not isinstance(choices, Mapping)  # a registry can grow: "one of"
-            want = " or ".join(names) if fixed else f"one of {', '.join(names)}"
-            raise field_error(error, f.name, f"must be {want}, got {value!r}")
+        if choices is not None:
+            several = typing.get_origin(hints[f.name]) is tuple  # tuple[str, ...]: each a choice
+            for v in (value if several else (value,)):
+                if v not in choices:
+                    raise field_error(error, f.name, _not_a_choice(choices, v, several))
         if bounds is not None and value is not None:
             lo, hi = bounds
             if (lo is not None and value < lo) or (hi is not None and value > hi):

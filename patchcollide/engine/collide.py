@@ -60,6 +60,7 @@ from .objectives import choose_units, collision_metrics, push_ratio
 from .optimisers import SGD, Adam, Optimiser
 from .params import PatchParam
 from .target import Target
+from .term_traits import COLUMNS
 from .terms import Context, Setup, Term, build_terms, frontier_of, loss_of
 
 log = logging.getLogger(__name__)
@@ -176,15 +177,9 @@ def make_optimizer(param: torch.nn.Module, config: CollideConfig) -> Optimiser:
     return Adam(param.parameters(), lr=config.learning_rate, betas=config.betas)
 
 
-# The loop's history, in report.json's order: the built-in terms' columns and the loop's own
-# metrics (the relative errors and the push, measured on every step); a new term's columns follow.
-HISTORY = ("pos", "neg", "tv", "entropy", "worst_rel_error", "mean_rel_error", "min_push", "least_change",
-           "least_change_weight", "fooled", "polytope", "distinct")
-
-
 def new_history(terms: list[Term]) -> dict[str, list]:
-    """An empty history: ``HISTORY``'s columns, then any other column of the terms."""
-    return {key: [] for key in (*HISTORY, *(c for t in terms for c in t.columns))}
+    """An empty history: ``term_traits.COLUMNS``, then any other column of the terms."""
+    return {key: [] for key in (*COLUMNS, *(c for t in terms for c in t.columns))}
 
 
 def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideConfig,

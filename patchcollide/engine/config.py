@@ -14,8 +14,9 @@ from ..core.images import GRID_STRIDE, NEIGHBOURS, PATCH
 from ..core.settings import check_fields, setting
 from .objective_traits import OBJECTIVES
 from .spaces import SPACES, STARTS
+from .term_traits import TERMS, check_term
 
-# --mode and --objective name entries of registries (core/plugins.py): the built-ins' torch-free
+# --mode, --objective and --terms name entries of registries (core/plugins.py): the built-ins' torch-free
 # traits, and the plug-ins of installed packages, loaded when a config names them (docs/extending.md)
 
 AUTO_PUSH = 2.2  # push_margin auto with random weights: below twice the target's value (the paper's corners)
@@ -71,6 +72,13 @@ class CollideConfig:
                                                                "(repeatable; the objective's options and their "
                                                                "defaults: its documentation).", metavar="NAME:VALUE",
                                                                flags=("--objective-option",))
+    terms: tuple[str, ...] = setting((), "Loss terms to add after the built-in ones, by name (comma-separated): "
+                                     "registered ones (docs/extending.md adds one).", choices=TERMS,
+                                     metavar="NAME,...", default_text="none")
+    term_options: tuple[tuple[str, float], ...] = setting((), "An option of an added term's own, TERM.NAME:VALUE "
+                                                          "(repeatable; the term's options and their defaults: its "
+                                                          "documentation).", metavar="TERM.NAME:VALUE",
+                                                          flags=("--term-option",))
     push_margin: float | None = setting(None, "Objectives that push (--push-margin in their summary): push each "
                                         "vertex's unit to this many times the target's value (the paper's corners). On a trained net the distinct term "
                                         "spreads the vertices by their look, and the unit push only costs closeness "
@@ -195,22 +203,37 @@ class CollideConfig:
         except ValueError as e:
             raise field_error(*e.args) from None
         self._check_objective_options()
+        self._check_terms()
 
     def _check_objective_options(self) -> None:
         """The options are the objective's own (``Objective.options``), each given once, and it
         takes their values (``Objective.check_options``)."""
         kind = OBJECTIVES[self.objective]
-        names = [name for name, _ in self.objective_options]
-        for name in names:
-            if name not in kind.options:
-                raise field_error("objective_options", f"{name!r}: objective {self.objective} has "
-                                  + (f"the options {', '.join(kind.options)}" if kind.options else "no options"))
-            if names.count(name) > 1:
-                raise field_error("objective_options", f"{name!r} is given {names.count(name)} times; give it once")
-        try:
-            kind.check_options({**kind.options, **dict(self.objective_options)})
-        except ValueError as e:
-            raise field_error("objective_options", str(e)) from None
+        check_options("objective_options", kind, f"objective {self.objective}", self.objective_options)
+
+    def _check_terms(self) -> None:
+        """Each added term once, a proper term (``term_traits.check_term``: its history column its
+        own), and its options its own, given once, values it takes."""
+        for name in self.terms:
+            if self.terms.count(name) > 1:
+                raise field_error("terms", f"{name!r} is given {self.terms.count(name)} times; give it once")
+            problem = check_term(TERMS[name])
+            if problem:
+                raise field_error("terms", f"{name!r} is not a loss term: {problem}; see docs/extending.md")
+        by_term: dict[str, list] = {}
+        for name, value in self.term_options:
+            term, _, option = name.partition(".")
+            if term not in self.terms or not option:
+                raise field_error("term_options", f"{name!r}: give TERM.NAME:VALUE for a term the run adds ("
+                                  + (", ".join(self.terms) if self.terms else "it adds none") + ")")
+            by_term.setdefault(term, []).append((option, value))
+        for term, given in by_term.items():
+            check_options("term_options", TERMS[term], f"term {term}", tuple(given), prefix=f"{term}.")
+
+    def term_settings(self, name: str) -> dict[str, float]:
+        """Every option of the added term ``name``, the run's values in place of the defaults."""
+        given = {key.partition(".")[2]: value for key, value in self.term_options if key.partition(".")[0] == name}
+        return {**TERMS[name].options, **given}
 
     def doubts(self) -> list[tuple[str, str]]:
         """Valid settings that defeat the method: (field, why) pairs the CLI and the job file
@@ -238,6 +261,23 @@ class CollideConfig:
         prune = {max(1, int(round(f * self.steps))): keep for f, keep in self.prune} if self.space.mixes else {}
         last = max([switch + 1, *prune])
         return {"switch": switch, "prune": prune, "last_prune": max(prune, default=0), "settle": max(self.min_steps, last)}
+
+
+def check_options(field: str, kind: type, what: str, given: tuple[tuple[str, float], ...], prefix: str = "") -> None:
+    """``given`` (name, value) pairs are options of ``kind`` (an objective or a term: its
+    ``options``), each once, with values its ``check_options`` takes; else an error about
+    ``field`` that names ``what`` and each option as the user wrote it (``prefix`` + name)."""
+    names = [name for name, _ in given]
+    for name in names:
+        if name not in kind.options:
+            raise field_error(field, f"{prefix + name!r}: {what} has "
+                              + (f"the options {', '.join(kind.options)}" if kind.options else "no options"))
+        if names.count(name) > 1:
+            raise field_error(field, f"{prefix + name!r} is given {names.count(name)} times; give it once")
+    try:
+        kind.check_options({**kind.options, **dict(given)})
+    except ValueError as e:
+        raise field_error(field, str(e)) from None
 
 
 def _config_doc() -> str:

@@ -2,7 +2,7 @@
 carries its own parameters, its weight rule and its history column, and the loop
 (``collide.optimise``) only sums ``weight * value`` over the list, steps, records and stops.
 
-The built-in terms, in the order the loss adds them (``TERMS``), with their history columns:
+The built-in terms, in the order the loss adds them (``BUILT_INS``), with their history columns:
 
     collision     "pos"           L+ (V,); weight a of ``loss_early`` / ``loss_late`` by phase
     push          "neg"           L-^v (V,); weight b of the same
@@ -27,21 +27,24 @@ computed once per step for both terms; the mixing weights are computed once for 
 does not mix) is built as :class:`Off`: it adds nothing and keeps its history column at 0, as
 the reports read it.
 
-A new term is one class and one line::
+A new term is one class, and one name to add it by (``term_traits.TERMS``: a package's
+``patchcollide.terms`` entry point, or one line in code)::
 
     class Brightness(Term):
         key = "brightness"                       # its history column
+        options = {"weight": 0.1}                # its own settings: --term-option brightness.weight:1
         def value(self, ctx): return -ctx.x.mean((1, 2, 3))   # (V,), differentiable
-        def weight(self, ctx): return 0.1        # a float, or (V,) per vertex
+        def weight(self, ctx): return self.settings["weight"] # a float, or (V,) per vertex
 
-    terms.TERMS["brightness"] = Brightness       # the loss adds it after the built-ins
+    term_traits.TERMS["brightness"] = Brightness # a run with --terms brightness adds it last
 
 A term whose parameters come from the run reads them in ``from_config(setup)`` (``Setup``: the
-config, the tap, the target, the search space, the anchor, the source and target images); one
-with a state that changes from step to step keeps it in the history (``ctx.history``; the
-least-change weights), so that a resumed run goes on bit-identical; random numbers are drawn
-from the seed and the step (``polytope_samples``), never from a running generator. Imports only
-``objectives`` and ``polytope``.
+config, the tap, the target, the search space, the anchor, the source and target images, and an
+added term's ``options``); one with a state that changes from step to step keeps it in the
+history (``ctx.history``; the least-change weights), so that a resumed run goes on
+bit-identical; random numbers are drawn from the seed and the step (``polytope_samples``),
+never from a running generator. Imports the engine's ``objectives``, ``polytope``, ``distance``
+and ``target``, and the torch-free ``config`` and ``term_traits``.
 """
 from __future__ import annotations
 
@@ -51,10 +54,12 @@ import functools
 import numpy as np
 import torch
 
+from .config import CollideError
 from .distance import relative_error
 from .objectives import loss_terms
 from .polytope import BLOCK_VIEW
 from .target import Target
+from .term_traits import TERMS, Term
 
 FOOL_GAP = 0.005  # a vertex "fools" the net: the target's class, top-class prob. this close to the target's
 # (half the benchmark's 0.01: room for the polytope's samples and the 8-bit rounding)
@@ -64,8 +69,9 @@ FOOL_GAP = 0.005  # a vertex "fools" the net: the target's class, top-class prob
 class Setup:
     """What a term may be built from (``Term.from_config``): the run's ``config``, the ``tap``,
     the ``target`` statistics, the search space ``param``, the least-change ``anchor``
-    (1, 3, H, W) or None when the term is off, and the run's ``source`` and ``target_image``
-    (1, 3, H, W) in [0, 1] as the net sees them."""
+    (1, 3, H, W) or None when the term is off, the run's ``source`` and ``target_image``
+    (1, 3, H, W) in [0, 1] as the net sees them, and for an added term its ``options``: every
+    one of its ``Term.options``, the run's ``--term-option`` values in place of the defaults."""
 
     config: object  # config.CollideConfig
     tap: object
@@ -74,6 +80,7 @@ class Setup:
     anchor: torch.Tensor | None = None
     source: torch.Tensor | None = None
     target_image: torch.Tensor | None = None
+    options: dict = dataclasses.field(default_factory=dict)
 
 
 def polytope_samples(vertices: int, seed: int, step: int) -> torch.Tensor:
@@ -144,46 +151,6 @@ class Context:
     @functools.cached_property
     def mixing_weights(self) -> torch.Tensor | None:
         return self.param.mixing_weights()
-
-
-class Term:
-    """One term of the vertex loss. ``value(ctx)`` (V,) differentiable; ``weight(ctx)`` a float
-    or (V,); ``record`` appends what the step measured under the term's history columns.
-
-    Class members: ``key`` (its history column), ``columns`` (every column it writes),
-    ``decision`` (it reads ``ctx.logits`` / ``ctx.z_all`` of the vertices and the step's
-    polytope samples), ``holds`` (the run does not stop on
-    ``tol`` while the term is in the loss: it holds the vertices somewhere else)."""
-
-    key: str = ""
-    decision = False
-    holds = False
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return (self.key,)
-
-    @classmethod
-    def from_config(cls, setup: Setup) -> "Term":
-        """The term for this run (``Off(cls)`` where it is off); by default ``cls()``."""
-        return cls()
-
-    def value(self, ctx: Context) -> torch.Tensor:
-        raise NotImplementedError
-
-    def weight(self, ctx: Context) -> float | torch.Tensor:
-        raise NotImplementedError
-
-    def record(self, ctx: Context, value: torch.Tensor, history: dict) -> None:
-        """After the step: the mean of the step's value over the vertices."""
-        history.setdefault(self.key, []).append(float(value.detach().mean()))
-
-    def converged(self, history: dict) -> bool:
-        """Whether the run has done what the term is for at its end (beside ``tol``)."""
-        return False
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.key!r})"
 
 
 class Off(Term):
@@ -460,7 +427,7 @@ class Entropy(Seams):
         return ctx.calm * self.base * ctx.late
 
 
-TERMS: dict[str, type[Term]] = {  # the loss's terms, in the order it adds them; a new term is one line here
+BUILT_INS: dict[str, type[Term]] = {  # the loss's own terms, in the order it adds them
     "collision": Collision,
     "push": Push,
     "least_change": LeastChange,
@@ -472,9 +439,20 @@ TERMS: dict[str, type[Term]] = {  # the loss's terms, in the order it adds them;
 
 
 def build_terms(setup: Setup) -> list[Term]:
-    """The run's terms, one per entry of ``TERMS`` (``Off`` where the config or the space turns
-    one off), built from ``setup``."""
-    return [cls.from_config(setup) for cls in TERMS.values()]
+    """The run's terms, built from ``setup``: one per entry of ``BUILT_INS`` (``Off`` where the
+    config or the space turns one off), then the config's added ``terms`` (``term_traits.TERMS``)
+    with their options."""
+    config = setup.config
+    built = [cls.from_config(setup) for cls in BUILT_INS.values()]
+    built += [TERMS[name].from_config(dataclasses.replace(setup, options=config.term_settings(name)))
+              for name in config.terms]
+    columns = [c for t in built for c in t.columns]
+    for name, term in zip(config.terms, built[len(BUILT_INS):]):
+        taken = [c for c in term.columns if columns.count(c) > 1]
+        if taken:
+            raise CollideError(f"terms {name!r} writes the history column {taken[0]!r}, which another term of the "
+                               f"run writes too; give the term a key of its own", "terms")
+    return built
 
 
 def loss_of(terms: list[Term], ctx: Context) -> tuple[torch.Tensor, list[torch.Tensor]]:

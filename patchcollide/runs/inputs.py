@@ -29,7 +29,7 @@ from ..core.jsontypes import convert, describe, is_number
 from ..core.settings import check_fields, setting
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import partial_dir
-from ..models.names import check_model_name, check_state_file
+from ..models.names import DEFAULT_JUDGE_MODEL, check_model_name, check_state_file
 from ..engine.config import DEVICES, MAX_SAMPLES, MAX_SEED, SAMPLES, CollideConfig, CollideError, field_error
 from ..offline.extract import scan_inputs
 from ..offline.knn import PatchIndex
@@ -137,6 +137,20 @@ def check_resume(out: str) -> None:
         raise CollideError(f"--resume {out}: no such run; give the --out of an interrupted collide run")
     raise CollideError(f"{out}: no checkpoint to resume at {os.path.join(partial_dir(out), CHECKPOINT)}; start the "
                        f"run with --out {out}")
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeOptions:
+    """The judge, a second classifier that reads the images (``collide``, ``sample`` and
+    ``batch`` derive their ``--judge`` and ``--judge-model`` from it; ``check_judge`` checks
+    them without torch)."""
+
+    judge: str | None = setting(None, "A second classifier's state dict (--judge-model) that reads the source, the "
+                                "target, each vertex and each polytope sample: an image reads as its source when the "
+                                "judge gives it the source's class.", metavar="PATH",
+                                default_text="none; sample: the run's own judge, if any")
+    judge_model: str = setting(DEFAULT_JUDGE_MODEL, "The judge's architecture: digits_lenet5 (`patchcollide world "
+                               "build`) or a torchvision classifier.")
 
 
 def check_judge(judge: str | None, judge_model: str) -> None:

@@ -31,7 +31,7 @@ def test_every_visible_option_has_help_and_resume_needs_no_source():
     helps = {p.name: p.help for p in collide.params if isinstance(p, click.Option)}
     for name in ("source", "target", "out"):
         assert "[required unless --resume]" in helps[name], helps[name]
-    assert "digits_vgg" in helps["model"]
+    assert "digits_vgg" in helps["arch"]  # --model
     r = CliRunner().invoke(cli, ["demo", "--help"])
     assert "runs/demo; with --world digits: runs/world-demo" in " ".join(r.output.split())
 

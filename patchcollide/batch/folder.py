@@ -42,9 +42,9 @@ from ..core.jsontypes import canonical
 from ..engine.checkpoints import EVERY, saved_step
 from ..core.settings import check_fields, setting
 from ..engine.config import DEVICES, CollideConfig
-from ..models.names import (DEFAULT_LAYER, DEFAULT_MODEL, DEFAULT_WEIGHTS, WEIGHTS_METAVAR,
+from ..models.names import (DEFAULT_WEIGHTS, WEIGHTS_METAVAR,
                             weights_help)
-from ..runs.inputs import JudgeOptions
+from ..runs.inputs import JudgeOptions, NetOptions
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..offline.knn import PatchIndex
 from .jobfile import Job, JobFile, JobsError
@@ -57,15 +57,13 @@ BATCH_CSV = "batch.csv"  # the same jobs, one row each, with every metric
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchOptions(JudgeOptions):
+class BatchOptions(NetOptions, JudgeOptions):
     """The options a whole batch shares (the command's, beside the job lines; the ``batch``
-    command's options are derived from it): the judge (``JudgeOptions``), the model, layer and
-    weights, the index, the device, the dataset for the distance check, whether invalid lines
+    command's options are derived from it): the model and layer (``NetOptions``), the judge
+    (``JudgeOptions``), the weights, the index, the device, the dataset for the distance check, whether invalid lines
     are skipped and the checkpoint interval. Checked when made (choices, bounds: JobsError about the
     field)."""
 
-    arch: str = setting(DEFAULT_MODEL, "torchvision classifier.", flags=("--model",))
-    layer: str = setting(DEFAULT_LAYER, "fc6/fc7 (VGG, AlexNet) or a module name.")
     # auto: made concrete once, by run_batch, for every job and worker
     weights: str = setting(DEFAULT_WEIGHTS, weights_help("Random weights: each job's seed seeds the model, as in "
                                                          "collide."), metavar=WEIGHTS_METAVAR)

@@ -145,7 +145,7 @@ def config_options(config: type, names: tuple[str, ...] | None = None):
             elif kw.get("is_flag"):
                 kw.pop("show_default")
             elif isinstance(kw["type"], CommaList):
-                kw["default"] = ",".join(map(str, field.default))
+                kw["default"] = ",".join(map(str, field.default)) or ()  # (): none given
             elif field.default is None and isinstance(kw["type"], OrNone) and not meta.get("default_text"):
                 kw["default"] = "none"  # shown as [default: none]
             if isinstance(meta.get("choices"), Registry):  # the registry's names and summaries

@@ -13,8 +13,8 @@ from click.core import ParameterSource
 from ..engine.checkpoints import EVERY
 from ..core.formats import INDEX_DIR
 from ..engine.config import CollideConfig, CollideError
-from ..models.names import DEFAULT_LAYER, DEFAULT_MODEL, check_model_name
-from ..runs.inputs import JudgeOptions, SampleConfig
+from ..models.names import check_model_name
+from ..runs.inputs import JudgeOptions, NetOptions, SampleConfig
 from ..runs.report import verdict
 from .common import Progress, UserError, config_options, flag_of, show_progress, user_errors, weights_option
 
@@ -126,7 +126,7 @@ PAIR_EXAMPLES = {"prune": "SHARE:KEEP, e.g. 0.33:8 (at a third of the steps keep
                                  "number)"}
 
 
-RUN_OPTIONS = ("source", "target", "out", "index_dir", "model", "layer", "weights", "overwrite", "strict", "resume",
+RUN_OPTIONS = ("source", "target", "out", "index_dir", "arch", "layer", "weights", "overwrite", "strict", "resume",
                "checkpoint_every", "judge", "judge_model")  # not config fields
 RESUME_KEEPS = ("resume", "checkpoint_every", "strict", "overwrite")  # the options --resume takes; the rest come from the run
 NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
@@ -143,10 +143,7 @@ NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
               help="Steps between checkpoints (also saved after the last step and on Ctrl-C / SIGTERM; 0: only then).")
 @click.option("-i", "--index", "index_dir", default=INDEX_DIR, show_default=True, type=click.Path(file_okay=False),
               help="Patch index (patch mode).")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="The attacked net: a torchvision classifier (vgg16, alexnet, ...) or digits_vgg, the digits "
-                   "world's (`patchcollide world build`; with --weights PATH).")
-@click.option("--layer", default=DEFAULT_LAYER, show_default=True, help="fc6/fc7 (VGG, AlexNet) or a module name.")
+@config_options(NetOptions)
 @weights_option()
 @config_options(CollideConfig)
 @config_options(JudgeOptions)
@@ -155,7 +152,7 @@ NOT_CONVERGED_EXIT = 3  # collide --strict on a run that did not meet --tol
 @click.option("--strict", is_flag=True,
               help=f"Exit with code {NOT_CONVERGED_EXIT} when a vertex misses --tol (the run is still written).")
 @click.pass_context
-def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrite, strict, resume, checkpoint_every,
+def collide(ctx, source, target, out, index_dir, arch, layer, weights, overwrite, strict, resume, checkpoint_every,
             judge, judge_model, **fields):
     """Find polytope vertices whose layer activation collides with TARGET's.
 
@@ -208,14 +205,14 @@ def collide(ctx, source, target, out, index_dir, model, layer, weights, overwrit
         for field, why in cfg.doubts() if show_progress(ctx) else []:  # -q: errors only
             click.echo(f"warning: {flag_of(field)} {why}", err=True)
         check_collide(source, target, out, cfg, index_dir, overwrite)  # run_collide's checks that need no model
-        check_model_name(model, "--model")
+        check_model_name(arch, "--model")
         check_judge(judge, judge_model)
         from ..models.judge import load_judge  # torch, from here on
         from ..runs.run import run_collide
 
         the_judge = load_judge(judge, judge_model) if judge else None  # before any work: a bad file fails now
         try:
-            report = run_collide(source, target, out, cfg, arch=model, layer=layer, weights=weights,
+            report = run_collide(source, target, out, cfg, arch=arch, layer=layer, weights=weights,
                                  index_dir=index_dir, overwrite=overwrite, progress=bar,
                                  checkpoint_every=checkpoint_every, judge=the_judge)
         finally:

@@ -33,8 +33,8 @@ PLAIN_LAMS = (1.0, 3.0, 10.0, 30.0)  # the least-change weights of the sweep (no
 PLAIN_STEPS, PLAIN_LR = 1000, 0.01  # Adam in [0, 1] pixel units
 # ART 1.20's own defaults (its learning rate is set for [0, 255] images: 500 * 255 = 127,500)
 ART_DEFAULTS = {"learning_rate": 500 * 255.0, "max_iter": 120}
-# tuned on the digits world's 15 frontier pairs: lr 100 with 1,000 iterations, 8/15 successes
-# (ART's defaults 0/15; the default lr with 1,000 iterations 0/15; notes/measurements.md)
+# tuned on the digits world's 15 frontier pairs, for success (the sweep: notes/measurements.md; the
+# outcome beside its defaults: benchmarks/results/bench_world-peers-cpu.json)
 ART_TUNED = {"learning_rate": 100.0, "max_iter": 1000}
 ART_EXTRA = "pip install 'patchcollide[peers]'"  # what installs ART
 

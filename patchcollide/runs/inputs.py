@@ -29,7 +29,7 @@ from ..core.jsontypes import convert, describe, is_number
 from ..core.settings import check_fields, setting
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import partial_dir
-from ..models.names import DEFAULT_JUDGE_MODEL, check_model_name, check_state_file
+from ..models.names import DEFAULT_JUDGE_MODEL, DEFAULT_LAYER, DEFAULT_MODEL, check_model_name, check_state_file
 from ..engine.config import DEVICES, MAX_SAMPLES, MAX_SEED, SAMPLES, CollideConfig, CollideError, field_error
 from ..offline.extract import scan_inputs
 from ..offline.knn import PatchIndex
@@ -137,6 +137,17 @@ def check_resume(out: str) -> None:
         raise CollideError(f"--resume {out}: no such run; give the --out of an interrupted collide run")
     raise CollideError(f"{out}: no checkpoint to resume at {os.path.join(partial_dir(out), CHECKPOINT)}; start the "
                        f"run with --out {out}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetOptions:
+    """The attacked net and its layer (``collide`` and ``batch`` derive ``--model`` and
+    ``--layer`` from it; the API calls the model ``arch``)."""
+
+    arch: str = setting(DEFAULT_MODEL, "The attacked net: a torchvision classifier (vgg16, alexnet, ...) or "
+                        "digits_vgg, the digits world's (`patchcollide world build`; with --weights PATH).",
+                        flags=("--model",))
+    layer: str = setting(DEFAULT_LAYER, "fc6/fc7 (VGG, AlexNet) or a module name.")
 
 
 @dataclasses.dataclass(frozen=True)

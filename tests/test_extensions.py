@@ -150,9 +150,12 @@ def test_a_loss_term_is_one_class_and_one_name(monkeypatch):
         CollideConfig(terms=("brightness",), term_options=(("brightness.size", 2.0),))
     with pytest.raises(CollideError, match=r"^term_options weight must be >= 0, got -1.0$"):
         CollideConfig(terms=("brightness",), term_options=(("brightness.weight", -1.0),))
-    with pytest.raises(CollideError, match=r"^term_options 'brightness.weight': give TERM.NAME:VALUE for a term the "
-                                           r"run adds \(it adds none\)$"):
+    with pytest.raises(CollideError, match=r"^term_options 'brightness.weight' is no option of a term the run adds "
+                                           r"\(it adds none\); name one as TERM.NAME$"):
         CollideConfig(term_options=(("brightness.weight", 2.0),))
+    with pytest.raises(CollideError, match=r"^terms must be a tuple of names, got the string 'brightness'; give "
+                                           r"\('brightness',\) for one$"):
+        CollideConfig(terms="brightness")
     with pytest.raises(CollideError, match=r"^terms must be one of brightness, got 'dim' among them$"):
         CollideConfig(terms=("brightness", "dim"))
     with pytest.raises(CollideError, match=r"^terms 'brightness' is given 2 times; give it once$"):
@@ -162,6 +165,13 @@ def test_a_loss_term_is_one_class_and_one_name(monkeypatch):
         key = "tv"  # a built-in column
 
     monkeypatch.setitem(term_traits.TERMS, "shadow", Shadow)
+    monkeypatch.setitem(term_traits.TERMS, "twin", type("Twin", (Brightness,), {}))  # the same key
+    monkeypatch.setitem(term_traits.TERMS, "my.light", type("Light", (Brightness,), {"key": "light"}))
+    with pytest.raises(CollideError, match=r"^terms 'brightness' and 'twin' both write the history column "
+                                           r"'brightness'; add one of them, or give one a key of its own$"):
+        CollideConfig(terms=("brightness", "twin"))
+    dotted = CollideConfig(terms=("my.light",), term_options=(("my.light.weight", 2.0),))  # a name with dots
+    assert dotted.term_settings("my.light") == {"weight": 2.0}
     with pytest.raises(CollideError, match=r"^terms 'shadow' is not a loss term: its key 'tv' is a column of the "
                                            r"built-in loss; give it a name of its own; see docs/extending.md$"):
         CollideConfig(terms=("shadow",))
@@ -219,3 +229,13 @@ def test_a_third_executor_is_one_class_and_one_line(tmp_path, monkeypatch):
     with pytest.raises(ExecutorError, match=r"^--address is not an option of --executor reverse; add --executor ray "
                                             r"or leave out --address$"):
         make_executor("reverse", address="auto")
+
+
+def test_a_recorded_run_names_the_plugin_it_needs():
+    from patchcollide.engine.config import not_installed
+
+    assert not_installed({"mode": "patches", "objective": "relative", "terms": []}) is None
+    assert not_installed({"mode": "pixel", "objective": "relative", "terms": ["dim"]}) == (
+        "the loss term 'dim', which is not installed here; install the package that provides it (entry-point group "
+        "patchcollide.terms, docs/extending.md)")
+    assert not_installed({"mode": "grey"}).startswith("the search space 'grey', which is not installed here")

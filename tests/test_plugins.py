@@ -189,6 +189,7 @@ def test_collide_sample_report_and_load_run_use_the_plugins(plugin, inputs, tmp_
     assert rep["config"]["mode"] == "grey" and rep["config"]["objective"] == "scaled"
     assert rep["config"]["objective_options"] == [["scale", 2.0]] and rep["resolved"]["lr"] == 0.02
     assert rep["config"]["terms"] == ["darkness"] and rep["config"]["term_options"] == [["darkness.weight", 50.0]]
+    assert rep["resolved"]["term_settings"] == {"darkness": {"weight": 50.0}}
     dark = rep["history"]["darkness"]
     assert len(dark) == 3 and dark[-1] < dark[0]  # the term is in the loss: the vertices darken
     assert grey_pngs(out)
@@ -207,7 +208,9 @@ def test_collide_sample_report_and_load_run_use_the_plugins(plugin, inputs, tmp_
     # without the plug-in installed, the run is refused in one line that names the fix
     env = {**os.environ, "PYTHONPATH": REPO}
     r = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode != 0 and "config.mode must be one of patches, pixel, got 'grey'" in r.stderr
+    assert r.returncode != 0 and (f"{out}: the run was made with the search space 'grey', which is not installed "
+                                  "here; install the package that provides it (entry-point group "
+                                  "patchcollide.search_spaces, docs/extending.md)") in r.stderr, r.stderr
 
 
 def jobs_file(d, inputs: str, n: int = 2) -> str:
@@ -259,8 +262,8 @@ def test_a_plugin_that_cannot_load_or_a_bad_option_is_one_line(plugin, inputs, t
     r = run([*base, "--mode", "pixel", "--objective", "scaled", "--objective-option", "scale"], inputs, plugin)
     assert r.returncode == 2 and "--objective-option 'scale': give NAME:VALUE" in r.stderr, r.stderr
     r = run([*base, "--mode", "pixel", "--terms", "darkness", "--term-option", "weight:2"], inputs, plugin)
-    assert r.returncode == 2 and r.stderr.strip() == ("Error: --term-option 'weight': give TERM.NAME:VALUE for a term "
-                                                      "the run adds (darkness)"), r.stderr
+    assert r.returncode == 2 and r.stderr.strip() == ("Error: --term-option 'weight' is no option of a term the run "
+                                                      "adds (darkness); name one as TERM.NAME"), r.stderr
     r = run([*base, "--mode", "pixel", "--terms", "darkness,light"], inputs, plugin)
     assert r.returncode == 2 and r.stderr.strip() == ("Error: --terms must be one of darkness, got 'light' among "
                                                       "them"), r.stderr

@@ -124,13 +124,14 @@ def _click_type(hint, meta: dict) -> dict:
     return {"type": OrNone(kind) if optional else kind}
 
 
-def config_options(config: type, names: tuple[str, ...] | None = None):
+def config_options(config: type, names: tuple[str, ...] | None = None, shown: dict[str, str] | None = None):
     """One click option per field of the dataclass ``config`` (``names``, in that order: the
     help's; default: every field whose metadata does not say ``cli=False``), derived from the
     field (nanoGPT's configurator): the name and spellings, the type (int, float, a choice, a
     pair, X | None with the word none, comma-separated X, ..., repeated A:B pairs), the
     default and the help, so that each has one source: the config. The parameter is named as
-    the field."""
+    the field. ``shown``: {field: how this command words its default}, where a field shared by
+    several commands (``JudgeOptions.judge``) defaults to something else in one of them."""
     hints = typing.get_type_hints(config)
     fields = {f.name: f for f in dataclasses.fields(config)}
     chosen = names if names is not None else [n for n, f in fields.items() if f.metadata.get("cli", True)]
@@ -150,9 +151,10 @@ def config_options(config: type, names: tuple[str, ...] | None = None):
                 kw["default"] = "none"  # shown as [default: none]
             if isinstance(meta.get("choices"), Registry):  # the registry's names and summaries
                 kw["help"] += " " + meta["choices"].describe()
-            if meta.get("default_text"):
+            default_text = (shown or {}).get(name, meta.get("default_text"))  # shown: this command's words
+            if default_text:
                 kw.update(show_default=False)
-                kw["help"] += f" [default: {meta['default_text']}]"
+                kw["help"] += f" [default: {default_text}]"
             if meta.get("metavar"):
                 kw["metavar"] = meta["metavar"]
             if meta.get("hidden"):

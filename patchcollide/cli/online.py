@@ -273,7 +273,7 @@ def finish(report: dict, out: str, strict: bool, tol: float) -> None:
 @config_options(SampleConfig)
 @click.option("--dataset", default=None, type=click.Path(file_okay=False),
               help="Image folder for the mean distance between dataset images [default: the run index's images].")
-@config_options(JudgeOptions)
+@config_options(JudgeOptions, shown={"judge": "the run's own judge, if any"})
 @click.pass_context
 def sample(ctx, run_dir, dataset, judge, judge_model, **fields):
     """Check the polytope of a finished run: Dirichlet(1) combinations of its vertices.

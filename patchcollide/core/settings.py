@@ -64,6 +64,9 @@ def check_fields(config, error: type[PatchcollideError]) -> None:
         value, choices, bounds = getattr(config, f.name), f.metadata.get("choices"), f.metadata.get("bounds")
         if choices is not None:
             several = typing.get_origin(hints[f.name]) is tuple  # tuple[str, ...]: each a choice
+            if several and isinstance(value, str):
+                raise field_error(error, f.name, f"must be a tuple of names, got the string {value!r}; give "
+                                  f"({value!r},) for one")
             for v in (value if several else (value,)):
                 if v not in choices:
                     raise field_error(error, f.name, _not_a_choice(choices, v, several))

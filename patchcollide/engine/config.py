@@ -212,27 +212,34 @@ class CollideConfig:
         check_options("objective_options", kind, f"objective {self.objective}", self.objective_options)
 
     def _check_terms(self) -> None:
-        """Each added term once, a proper term (``term_traits.check_term``: its history column its
-        own), and its options its own, given once, values it takes."""
+        """Each added term once, a proper term (``term_traits.check_term``) whose history column
+        no other term of the run writes, and its options its own, given once, values it takes."""
+        keys: dict[str, str] = {}
         for name in self.terms:
             if self.terms.count(name) > 1:
                 raise field_error("terms", f"{name!r} is given {self.terms.count(name)} times; give it once")
             problem = check_term(TERMS[name])
             if problem:
                 raise field_error("terms", f"{name!r} is not a loss term: {problem}; see docs/extending.md")
+            key = TERMS[name].key
+            if key in keys:
+                raise field_error("terms", f"{keys[key]!r} and {name!r} both write the history column {key!r}; add "
+                                  "one of them, or give one a key of its own")
+            keys[key] = name
         by_term: dict[str, list] = {}
         for name, value in self.term_options:
-            term, _, option = name.partition(".")
+            term, _, option = name.rpartition(".")  # a term's name may hold dots; an option's may not
             if term not in self.terms or not option:
-                raise field_error("term_options", f"{name!r}: give TERM.NAME:VALUE for a term the run adds ("
-                                  + (", ".join(self.terms) if self.terms else "it adds none") + ")")
+                raise field_error("term_options", f"{name!r} is no option of a term the run adds ("
+                                  + (", ".join(self.terms) if self.terms else "it adds none")
+                                  + "); name one as TERM.NAME")
             by_term.setdefault(term, []).append((option, value))
         for term, given in by_term.items():
             check_options("term_options", TERMS[term], f"term {term}", tuple(given), prefix=f"{term}.")
 
     def term_settings(self, name: str) -> dict[str, float]:
         """Every option of the added term ``name``, the run's values in place of the defaults."""
-        given = {key.partition(".")[2]: value for key, value in self.term_options if key.partition(".")[0] == name}
+        given = {key.rpartition(".")[2]: value for key, value in self.term_options if key.rpartition(".")[0] == name}
         return {**TERMS[name].options, **given}
 
     def doubts(self) -> list[tuple[str, str]]:
@@ -261,6 +268,19 @@ class CollideConfig:
         prune = {max(1, int(round(f * self.steps))): keep for f, keep in self.prune} if self.space.mixes else {}
         last = max([switch + 1, *prune])
         return {"switch": switch, "prune": prune, "last_prune": max(prune, default=0), "settle": max(self.min_steps, last)}
+
+
+def not_installed(fields: dict) -> str | None:
+    """For the settings of a recorded run (report.json's or a checkpoint's config): the first
+    search space, objective or added loss term it names that no installed package provides
+    here, as a phrase ("the loss term 'x', which is not installed here; install ..."), or None."""
+    for field, registry in (("mode", SPACES), ("objective", OBJECTIVES), ("terms", TERMS)):
+        value = fields.get(field)
+        for name in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(name, str) and name not in registry:
+                return (f"the {registry.what} {name!r}, which is not installed here; install the package that "
+                        f"provides it (entry-point group {registry.group}, docs/extending.md)")
+    return None
 
 
 def check_options(field: str, kind: type, what: str, given: tuple[tuple[str, float], ...], prefix: str = "") -> None:

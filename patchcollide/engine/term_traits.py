@@ -84,7 +84,8 @@ def check_term(obj) -> str | None:
         return "it has no key (the name of its history column)"
     if obj.key in COLUMNS:
         return f"its key {obj.key!r} is a column of the built-in loss; give it a name of its own"
-    if not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in obj.options.items()):
+    if not isinstance(obj.options, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
+                                                    for k, v in obj.options.items()):
         return f"its options {obj.options!r} are not {{name: number}}"
     return None
 

@@ -59,7 +59,7 @@ from .distance import relative_error
 from .objectives import loss_terms
 from .polytope import BLOCK_VIEW
 from .target import Target
-from .term_traits import TERMS, Term
+from .term_traits import COLUMNS, TERMS, Term
 
 FOOL_GAP = 0.005  # a vertex "fools" the net: the target's class, top-class prob. this close to the target's
 # (half the benchmark's 0.01: room for the polytope's samples and the 8-bit rounding)
@@ -446,12 +446,13 @@ def build_terms(setup: Setup) -> list[Term]:
     built = [cls.from_config(setup) for cls in BUILT_INS.values()]
     built += [TERMS[name].from_config(dataclasses.replace(setup, options=config.term_settings(name)))
               for name in config.terms]
-    columns = [c for t in built for c in t.columns]
+    columns = [*COLUMNS, *(c for t in built[len(BUILT_INS):] for c in t.columns)]
     for name, term in zip(config.terms, built[len(BUILT_INS):]):
         taken = [c for c in term.columns if columns.count(c) > 1]
         if taken:
-            raise CollideError(f"terms {name!r} writes the history column {taken[0]!r}, which another term of the "
-                               f"run writes too; give the term a key of its own", "terms")
+            problem = (f"{name!r} writes the history column {taken[0]!r}, which another term or the loop writes too; "
+                       "give the term columns of its own")
+            raise CollideError(f"terms {problem}", "terms", problem)
     return built
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.errors import PatchcollideError, first_line, raise_first
+from ..core.plugins import PluginError
 from ..core.files import check_out, check_writable, is_locked, is_run, locked, occupied
 from ..core.formats import INDEX_DIR, RUN_KIND, WEIGHT_KINDS
 from ..core.images import BadImage, Preprocess, file_problem, fit_square, frame_count, load_rgb, transparency
@@ -30,7 +31,8 @@ from ..core.settings import check_fields, setting
 from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import partial_dir
 from ..models.names import DEFAULT_JUDGE_MODEL, DEFAULT_LAYER, DEFAULT_MODEL, check_model_name, check_state_file
-from ..engine.config import DEVICES, MAX_SAMPLES, MAX_SEED, SAMPLES, CollideConfig, CollideError, field_error
+from ..engine.config import (DEVICES, MAX_SAMPLES, MAX_SEED, SAMPLES, CollideConfig, CollideError, field_error,
+                             not_installed)
 from ..offline.extract import scan_inputs
 from ..offline.knn import PatchIndex
 
@@ -159,7 +161,7 @@ class JudgeOptions:
     judge: str | None = setting(None, "A second classifier's state dict (--judge-model) that reads the source, the "
                                 "target, each vertex and each polytope sample: an image reads as its source when the "
                                 "judge gives it the source's class.", metavar="PATH",
-                                default_text="none; sample: the run's own judge, if any")
+                                default_text="none")
     judge_model: str = setting(DEFAULT_JUDGE_MODEL, "The judge's architecture: digits_lenet5 (`patchcollide world "
                                "build`) or a torchvision classifier.")
 
@@ -344,8 +346,13 @@ def config_of(report: dict, run_dir: str) -> CollideConfig:
             fields[k] = convert(hints[k], v)
         except TypeError:
             raise damaged(run_dir, "report.json", f"config.{k} is {_show(v)}, expected {describe(hints[k])}") from None
+    missing = not_installed(fields)
+    if missing:  # report.json is sound: this environment lacks a plug-in
+        raise CollideError(f"{run_dir}: the run was made with {missing}")
     try:
         config = CollideConfig(**fields)
+    except PluginError as e:
+        raise CollideError(f"{run_dir}: {e}") from None
     except CollideError as e:
         raise damaged(run_dir, "report.json", f"config.{e.field} {e.problem}" if e.field else f"config: {e}") from None
     return config  # (its seed below 2^63: CollideConfig's own bound)

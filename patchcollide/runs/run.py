@@ -37,7 +37,7 @@ from ..engine.checkpoints import PROGRESS
 from ..engine.checkpoints import (Checkpointer, CheckpointError, DamagedCheckpoint, Interrupted, StopSignals,
                                   partial_dir, restoring)
 from ..engine.collide import Clock, CollideResult, collide, push_margin_of, quantised_metrics
-from ..engine.config import CollideConfig, CollideError
+from ..engine.config import CollideConfig, CollideError, not_installed
 from ..engine.terms import frontier_of
 from ..models.judge import check_apart, judge_run, load_judge
 from ..models.build import Tap, input_fit, load_tap, resolve_device, tap_on
@@ -329,6 +329,9 @@ def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY, overw
         with restoring(ck.path):  # what a resume reads of it, read here once
             r = {k: saved["run"][k] for k in ("source", "target", "arch", "layer", "weights", "index_dir", "overwrite")}
             r["judge"] = saved["run"].get("judge")
+            missing = not_installed(saved["key"]["config"])
+            if missing:
+                raise CollideError(f"{out}: the run was started with {missing}")
             config = CollideConfig(**saved["key"]["config"])
         refuse_taken(out, partial_dir(out), f"patchcollide collide --resume {out}", r["overwrite"] or overwrite)
         judge = load_judge(*r["judge"]) if r["judge"] else None
@@ -380,7 +383,8 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
             "config": dataclasses.asdict(config),
             "resolved": {"lr": config.learning_rate, "push_margin": push_margin_of(config, tap),  # None or auto made concrete
                          "device": resolve_device(config.device if device is None else device).type,
-                         "fit": resolved_fit(config, input_fit(tap.arch, tap.weights.kind))},
+                         "fit": resolved_fit(config, input_fit(tap.arch, tap.weights.kind)),
+                         "term_settings": {name: config.term_settings(name) for name in config.terms}},
             "model": tap.identity(), "inputs": meta, "versions": versions(),
             "target": {"label": res.target.label, "top_prob": res.target.prob, "units": res.target.units.tolist(),
                        "unit_values": res.target.z[res.target.units].tolist(),

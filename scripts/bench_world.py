@@ -354,6 +354,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pair-seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=1,
                     help="keep every K-th of the pairs (a subset spread over all digits, for frontier points)")
+    ap.add_argument("--only", type=int, nargs="+", default=None, metavar="I",
+                    help="run only these pair numbers (probes of single pairs; the table then covers only them)")
     ap.add_argument("--skip-every", type=int, default=0, metavar="K",
                     help="leave out every K-th pair (the ones an --every K run already holds; --combine the two "
                          "for all the pairs)")
@@ -406,13 +408,16 @@ def main(argv=None) -> int:
     judge = load_judge(world.judge, JUDGE)
     pairs = world.pairs(args.pairs, args.pair_seed)
     kept = [i for i in range(0, len(pairs), args.every) if not (args.skip_every and i % args.skip_every == 0)]
+    if args.only:
+        kept = [i for i in kept if i in set(args.only)]
     runs = args.runs or tempfile.mkdtemp(prefix="bench_world-")
     peers_settings = {"plain": {"lams": args.lams, "steps": args.plain_steps, "lr": PLAIN_LR},
                       "art": {"learning_rate": args.art_lr, "max_iter": args.art_iters},
                       "art-defaults": dict(ART_DEFAULTS)}
     settings = {"overrides": {k: v for k, v in overrides.items() if k != "vertices"},  # records carry vertices
                 "samples": args.samples, "pair_seed": args.pair_seed, "pairs": args.pairs, "every": args.every,
-                **({"skip_every": args.skip_every} if args.skip_every else {}), "peers": peers_settings}
+                **({"skip_every": args.skip_every} if args.skip_every else {}),
+                **({"only": sorted(args.only)} if args.only else {}), "peers": peers_settings}
     records: list[dict] = []
     if args.resume and os.path.isfile(args.out):
         with open(args.out) as fh:

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -449,3 +450,17 @@ def git_commit(root: str = CODE_ROOT) -> dict | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "dirty": dirty}
+
+
+def file_sha256(path: str, progress: Callable[[int, int], None] | None = None, block: int = 1 << 22) -> str:
+    """SHA-256 of a whole file, read 4 MiB at a time; progress(bytes done, bytes total)."""
+    h = hashlib.sha256()
+    total = os.path.getsize(path)
+    done = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+    return h.hexdigest()

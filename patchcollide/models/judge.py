@@ -22,7 +22,8 @@ from .build import build_model, builder, imagenet_normalise
 from .digits import BUILDERS as OWN_MODELS
 from .digits import JUDGE_NORMALISED
 from .names import DEFAULT_JUDGE_MODEL  # torch-free: the CLI's --judge-model default
-from .weights import ModelError, WeightsInfo, file_sha256, fit_state, load_state_file
+from ..core.files import file_sha256
+from .weights import ModelError, WeightsInfo, fit_state, load_state_file
 
 
 

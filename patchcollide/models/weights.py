@@ -10,7 +10,6 @@ failure is a one-line ``ModelError`` naming the option that gave the weights.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import pickle
@@ -21,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import PatchcollideError, first_line
+from ..core.files import file_sha256
 from .digits import BUILDERS as OWN_MODELS
 from .names import SHAPE_ONLY, file_kind
 from .vgg import TWIN_WEIGHTS
@@ -46,14 +46,6 @@ class WeightsInfo:
 def random_weights(seed: int) -> WeightsInfo:
     """The identity of ``load_tap(..., "random", seed)``'s weights, without building the model."""
     return WeightsInfo("random", f"random(seed={seed})", None, False, "random weights")
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def imagenet_weights(arch: str):

@@ -33,11 +33,11 @@ import faiss
 import numpy as np
 
 from ..core.errors import first_line
-from ..core.files import atomic_open, atomic_path, versions
+from ..core.files import atomic_open, atomic_path, file_sha256, versions
 from ..core.settings import check_fields, setting
 from .descriptors import make_descriptor
 from .index_format import (FORMAT_VERSION, INDEX_FILE, K_FACTOR_MAX, MANIFEST_FILE, NPROBE_MAX, STORE_FILE,
-                           IndexError_, faiss_reason, file_sha256, manifest_sha256, quick_checksum)
+                           IndexError_, faiss_reason, manifest_sha256, quick_checksum)
 from .store import PatchStore, store_lock
 
 log = logging.getLogger(__name__)

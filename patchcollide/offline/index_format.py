@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
 
 from ..core.errors import PatchcollideError, first_line
 from ..core.settings import field_error
@@ -113,20 +112,6 @@ def _show(value) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def file_sha256(path: str, progress: Callable[[int, int], None] | None = None, block: int = 1 << 22) -> str:
-    """SHA-256 of a whole file, read 4 MiB at a time; progress(bytes done, bytes total)."""
-    h = hashlib.sha256()
-    total = os.path.getsize(path)
-    done = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return h.hexdigest()
 
 
 def faiss_reason(exc: Exception) -> str:

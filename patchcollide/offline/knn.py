@@ -19,6 +19,7 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
+from ..core.files import file_sha256
 from ..core.images import GRID_STRIDE, NEIGHBOURS, PATCH, Preprocess, cut_patches, grid_positions, load_rgb
 from ..core.settings import check_fields, setting
 from .descriptors import make_descriptor
@@ -41,7 +42,6 @@ from .index_format import (
     check_manifest,
     check_search_params,
     faiss_reason,
-    file_sha256,
     manifest_sha256,
     quick_checksum,
 )

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.files import atomic_path, versions, write_json
+from ..core.files import atomic_path, file_sha256, versions, write_json
 from ..engine.config import CollideConfig
 from ..models.build import imagenet_normalise, load_tap
 from ..models.digits import BUILDERS
@@ -91,7 +91,9 @@ def _accuracy(model: torch.nn.Module, batches: Callable, n: int) -> float:
 
 def train_nets(data, config: WorldConfig, weights_dir: str, progress: Callable[[str], None] | None = None) -> dict:
     """Train the attacked net and the judge on ``data``'s training split (digits.DigitData);
-    save both state dicts into ``weights_dir``. Returns their test accuracies and seconds."""
+    save both state dicts into ``weights_dir``. Returns their test accuracies, seconds, torch
+    threads and weights' sha256: the weights follow from the seeds and the thread count (CPU sums
+    split over threads add in another order), so a world built with other threads differs."""
     def vgg_batches(xs, ys):
         return lambda idx: (imagenet_normalise(render(xs[idx], config.size)), ys[idx])
 
@@ -112,7 +114,7 @@ def train_nets(data, config: WorldConfig, weights_dir: str, progress: Callable[[
         with atomic_path(path) as tmp:  # a kill leaves the old file or none, never half a state dict
             torch.save(model.state_dict(), tmp)
         out[arch] = {"test_accuracy": acc, "seconds": round(secs, 1), "epochs": epochs, "seed": seed,
-                     "weights": path}
+                     "torch_threads": torch.get_num_threads(), "weights": path, "sha256": file_sha256(path)}
         if progress:
             progress(f"{arch}: test accuracy {100 * acc:.1f}% ({secs:.0f} s)")
     return out

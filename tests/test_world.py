@@ -41,6 +41,11 @@ def test_world_is_built_once_from_the_training_split(world):
     assert rec["images"] == {**rec["images"], "train": 4000, "test": 1000}
     assert rec["nets"][ATTACKED]["test_accuracy"] > 0.8 and rec["nets"][JUDGE]["test_accuracy"] > 0.8
     assert rec["index"]["from"] == "train split only" and rec["index"]["patches"] == 200 * 9  # 5% of 4,000, 3 x 3 each
+    from patchcollide.core.files import file_sha256
+
+    for net in (ATTACKED, JUDGE):  # what the weights follow from, and which weights they are
+        assert rec["nets"][net]["torch_threads"] >= 1
+        assert rec["nets"][net]["sha256"] == file_sha256(rec["nets"][net]["weights"])
     stamp = os.stat(world.weights).st_mtime_ns
     again = build_world(world.root, TINY)  # cached: nothing is trained again
     assert os.stat(world.weights).st_mtime_ns == stamp and again.record["nets"] == rec["nets"]

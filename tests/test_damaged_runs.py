@@ -18,7 +18,6 @@ from PIL import Image
 import patchcollide
 from conftest import one_line, run_cli
 from patchcollide.core.errors import PatchcollideError
-from patchcollide.engine.spaces import SPACES
 
 FIX = "make the run again with `patchcollide collide`, or restore"
 
@@ -78,7 +77,9 @@ REPORTS = {  # valid JSON, damaged structure: (edit, what the line says)
     "rel_error x": (_set("x", "vertices", "png", "rel_error", 1),
                     'vertices.png.rel_error[1] is "x", expected a number or null'),
     "rel_error too long": (_longer, "vertices.png.rel_error has 3 values, expected 2 (config.vertices)"),
-    "unknown mode": (_set("voxels", "config", "mode"), f"config.mode must be one of {', '.join(SPACES)}, got 'voxels'"),
+    "unknown mode": (_set("voxels", "config", "mode"), "config.mode 'voxels' is a search space that is not installed "
+                     "here; install the package that provides it (entry-point group patchcollide.search_spaces, "
+                     "docs/extending.md)"),
     "config not a dict": (_set([32, "pixel"], "config"), 'config is [32, "pixel"], expected an object'),
     "top_prob a string": (_set("high", "target", "top_prob"), 'target.top_prob is "high", expected a number'),
     "inputs a string": (_set("astronaut.png", "inputs"), 'inputs is "astronaut.png", expected an object'),

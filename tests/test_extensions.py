@@ -236,6 +236,6 @@ def test_a_recorded_run_names_the_plugin_it_needs():
 
     assert not_installed({"mode": "patches", "objective": "relative", "terms": []}) is None
     assert not_installed({"mode": "pixel", "objective": "relative", "terms": ["dim"]}) == (
-        "the loss term 'dim', which is not installed here; install the package that provides it (entry-point group "
-        "patchcollide.terms, docs/extending.md)")
-    assert not_installed({"mode": "grey"}).startswith("the search space 'grey', which is not installed here")
+        "terms", "'dim' is a loss term that is not installed here; install the package that provides it (entry-point "
+        "group patchcollide.terms, docs/extending.md)")
+    assert not_installed({"mode": "grey"})[1].startswith("'grey' is a search space that is not installed here")

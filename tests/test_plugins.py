@@ -208,9 +208,9 @@ def test_collide_sample_report_and_load_run_use_the_plugins(plugin, inputs, tmp_
     # without the plug-in installed, the run is refused in one line that names the fix
     env = {**os.environ, "PYTHONPATH": REPO}
     r = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode != 0 and (f"{out}: the run was made with the search space 'grey', which is not installed "
+    assert r.returncode != 0 and (f"{out}/report.json: config.mode 'grey' is a search space that is not installed "
                                   "here; install the package that provides it (entry-point group "
-                                  "patchcollide.search_spaces, docs/extending.md)") in r.stderr, r.stderr
+                                  "patchcollide.search_spaces, docs/extending.md); make the run again") in r.stderr, r.stderr
 
 
 def jobs_file(d, inputs: str, n: int = 2) -> str:

@@ -270,16 +270,17 @@ class CollideConfig:
         return {"switch": switch, "prune": prune, "last_prune": max(prune, default=0), "settle": max(self.min_steps, last)}
 
 
-def not_installed(fields: dict) -> str | None:
+def not_installed(fields: dict) -> tuple[str, str] | None:
     """For the settings of a recorded run (report.json's or a checkpoint's config): the first
-    search space, objective or added loss term it names that no installed package provides
-    here, as a phrase ("the loss term 'x', which is not installed here; install ..."), or None."""
+    search space, objective or added loss term it names that no installed package provides here,
+    as (field, problem): ("mode", "'grey' is a search space that is not installed here; install
+    the package that provides it (...)"), or None."""
     for field, registry in (("mode", SPACES), ("objective", OBJECTIVES), ("terms", TERMS)):
         value = fields.get(field)
         for name in (value if isinstance(value, (list, tuple)) else [value]):
             if isinstance(name, str) and name not in registry:
-                return (f"the {registry.what} {name!r}, which is not installed here; install the package that "
-                        f"provides it (entry-point group {registry.group}, docs/extending.md)")
+                return field, (f"{name!r} is a {registry.what} that is not installed here; install the package that "
+                               f"provides it (entry-point group {registry.group}, docs/extending.md)")
     return None
 
 

@@ -347,8 +347,8 @@ def config_of(report: dict, run_dir: str) -> CollideConfig:
         except TypeError:
             raise damaged(run_dir, "report.json", f"config.{k} is {_show(v)}, expected {describe(hints[k])}") from None
     missing = not_installed(fields)
-    if missing:  # report.json is sound: this environment lacks a plug-in
-        raise CollideError(f"{run_dir}: the run was made with {missing}")
+    if missing:  # a plug-in this environment lacks, or a damaged name
+        raise damaged(run_dir, "report.json", f"config.{missing[0]} {missing[1]}")
     try:
         config = CollideConfig(**fields)
     except PluginError as e:

@@ -331,7 +331,7 @@ def resume_collide(out: str, progress=None, checkpoint_every: int = EVERY, overw
             r["judge"] = saved["run"].get("judge")
             missing = not_installed(saved["key"]["config"])
             if missing:
-                raise CollideError(f"{out}: the run was started with {missing}")
+                raise CollideError(f"{out}: its checkpoint's config.{missing[0]} {missing[1]}")
             config = CollideConfig(**saved["key"]["config"])
         refuse_taken(out, partial_dir(out), f"patchcollide collide --resume {out}", r["overwrite"] or overwrite)
         judge = load_judge(*r["judge"]) if r["judge"] else None

@@ -106,6 +106,7 @@ def main(argv=None) -> int:
 
     from patchcollide.engine.collide import least_change_anchor, make_param, optimise, quantise, target_of, to_tensor
     from patchcollide.engine.config import CollideConfig
+    from patchcollide.engine.terms import concrete
     from patchcollide.core.files import machine, versions, write_json
     from patchcollide.models.build import load_tap
     from patchcollide.engine.polytope import sample_polytope
@@ -115,8 +116,8 @@ def main(argv=None) -> int:
 
     world = world_at(args.world)
     tap = load_tap(ATTACKED, "fc6", world.weights)
-    config = CollideConfig(**{"mode": "pixel", "size": world.config.size, "device": "cpu", "steps": args.steps,
-                              "tol": 1e-9, **parse_set(args.set)})
+    config = concrete(CollideConfig(**{"mode": "pixel", "size": world.config.size, "device": "cpu",
+                                       "steps": args.steps, "tol": 1e-9, **parse_set(args.set)}), tap)  # auto made concrete
     points, all_samples = [], {"rel_error": [], "in_class": [], "prob_gap": []}
     t0 = time.time()
     for i, p in enumerate(world.pairs(args.pairs, args.pair_seed)):

@@ -87,6 +87,22 @@ def test_a_run_interrupted_between_prunes_resumes_bit_identical(tmp_path, tap, p
     assert not torch.equal(other.vertices, clean.vertices)
 
 
+@pytest.mark.parametrize("at", [10, 25])  # before and after the fork at step 16
+def test_a_forked_run_interrupted_before_or_after_its_fork_resumes_bit_identical(tmp_path, tap, pidx, at):
+    cfg = CollideConfig(**{**CFG, "fork": 0.4})
+    assert cfg.phases()["fork"] == 16
+    clean = collide(tap, photo("astronaut"), photo("chelsea"), cfg, index=pidx)
+    stop = FakeSignals(at=at)
+    ck = Checkpointer(str(tmp_path / "ck"), {"run": "a"}, every=100, stop=stop)
+    with pytest.raises(Interrupted):
+        collide(tap, photo("astronaut"), photo("chelsea"), cfg, index=pidx, checkpoint=ck, progress=stop.progress)
+    state = ck.load()
+    assert state["step"] == at and state["param"]["theta"].shape[0] == (1 if at < 16 else 2)  # one vertex, or two
+    res = collide(tap, photo("astronaut"), photo("chelsea"), cfg, index=pidx, resume=state)
+    assert res.vertices.shape[0] == 2 and torch.equal(res.vertices, clean.vertices)
+    assert res.history == clean.history
+
+
 def test_a_checkpoint_of_other_settings_is_refused(tmp_path, tap, pidx):
     cfg = CollideConfig(**{**CFG, "steps": 3, "min_steps": 0})
     ck = Checkpointer(str(tmp_path / "ck"), {"config": {"steps": 3}}, every=1)

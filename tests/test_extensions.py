@@ -16,7 +16,7 @@ from patchcollide.batch.folder import BatchOptions
 from patchcollide.batch.jobfile import read_jobs
 from patchcollide.batch.events import run_here
 from patchcollide.batch.runner import run_batch
-from patchcollide.engine import objectives, params, term_traits
+from patchcollide.engine import objectives, params, polytope, term_traits
 from patchcollide.engine.collide import collide
 from patchcollide.engine.config import CollideConfig, CollideError
 from patchcollide.models.build import load_tap
@@ -64,6 +64,24 @@ def test_a_third_search_space_is_one_class_and_one_line(monkeypatch):
     assert cfg.learning_rate == 2e-2
     state = res.param_state  # SearchSpace's default core_state: its parameters by name
     assert list(state) == ["grey"] and state["grey"].shape == (2, 1, 64, 64)
+
+
+def test_a_third_search_space_forks_by_the_default_fork(monkeypatch):
+    """``--fork`` on a space that writes no ``fork`` of its own: SearchSpace's default repeats the
+    one vertex's parameters with seeded noise each, and the distinct term moves the copies apart."""
+    monkeypatch.setitem(params.SPACES, "grey", GreyParam)
+    tap = load_tap("digits_vgg", "fc6", "random", seed=0)
+    src, tgt = images(0)
+    cfg = CollideConfig(mode="grey", size=64, vertices=3, steps=20, min_steps=20, least_change=0, fork=0.5,
+                        device="cpu")
+    res = collide(tap, src, tgt, cfg)
+    assert res.param_state["grey"].shape == (3, 1, 64, 64) and res.vertices.shape[0] == 3
+    d = res.history["distinct"]
+    assert d[:9] == [0.0] * 9 and d[9] > 0  # one vertex until step 10, then three copies within --extent
+    v = res.vertices
+    assert not torch.equal(v[1], v[2]) and torch.equal(v[1, 0], v[1, 1])  # the default fork's noise: apart, still grey
+    u8 = (v.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    assert polytope.extent(u8, src, tgt)["extent"] > 0.01
 
 
 def test_an_unregistered_search_space_is_a_one_line_error():

@@ -357,19 +357,22 @@ def test_git_and_config_as_used_for_a_report_without_them(tmp_path):
 
 
 def test_the_run_page_says_how_each_input_was_brought_to_size(tmp_path):
-    """report.json's inputs.transform beside each input, and fit auto as the run resolved it."""
+    """report.json's inputs.transform beside each input, and fit, fork and least_change auto as the run resolved them."""
     d = tmp_path / "run"
     d.mkdir()
     how = "imagenet: 451x300 resized to 109x73 (shorter side to 73, bilinear), centre 64x64"
     (d / "report.json").write_text(json.dumps({
-        "kind": "patchcollide-run", "config": {"mode": "pixel", "size": 64, "fit": "auto"},
-        "resolved": {"fit": "imagenet"}, "vertices": {"png": {"rel_error": [0.5]}},
+        "kind": "patchcollide-run", "config": {"mode": "pixel", "size": 64, "fit": "auto", "fork": None,
+                   "least_change": None},
+        "resolved": {"fit": "imagenet", "fork": 0.8, "fork_step": 240, "least_change": 1.0}, "vertices": {"png": {"rel_error": [0.5]}},
         "inputs": {"source": "/x/a.png", "target": "/x/c.png", "transform": {
             "source": {"fit": "as given", "from": "64x64", "how": "as given (64x64)"},
             "target": {"fit": "imagenet", "from": "451x300", "how": how}}}}))
     text = html.unescape(open(write_html(str(d)), encoding="utf-8").read())
     rows = dict(re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", text))
     assert rows["fit"] == "auto: an input of 64 x 64 as given, any other imagenet"
+    assert rows["fork"] == "0.8 (auto: trained weights; one vertex until step 240)"
+    assert rows["least_change"] == "1 (auto: trained weights)"
     summary = dict(re.findall(r"<dt>([^<]*)</dt><dd>([^<]*)</dd>", text))
     assert summary["source"] == "/x/a.png (as given (64x64))" and summary["target"] == f"/x/c.png ({how})"
 

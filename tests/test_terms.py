@@ -14,8 +14,8 @@ from PIL import Image
 from conftest import sample
 from patchcollide.core.images import resize_crop
 from patchcollide.engine import terms
-from patchcollide.engine.collide import (collide, least_change_anchor, make_param, optimise, retrieve_candidates,
-                                         target_of, to_tensor)
+from patchcollide.engine.collide import (alone, collide, least_change_anchor, make_param, optimise,
+                                         retrieve_candidates, target_of, to_tensor)
 from patchcollide.engine.config import CollideConfig
 from patchcollide.models.build import load_tap
 from patchcollide.engine.objectives import push_ratio
@@ -30,7 +30,7 @@ S = 64
 # settle factor after
 BASE = CollideConfig(mode="patches", vertices=2, steps=40, size=S, k=4, device="cpu", tol=0.6, tv=0.03,
                      entropy=0.03, settle_factor=0.5, loss_early=(1.0, 1.0), extent=0.4,
-                     prune=((0.33, 8), (0.5, 4)))
+                     prune=((0.33, 8), (0.5, 4)), least_change=0.1)  # 0.1: auto's value with random weights
 
 
 def photo(name: str) -> np.ndarray:
@@ -125,6 +125,59 @@ def test_one_vertex_loss_equals_the_terms_exactly(tap, setting):
         assert loss == pytest.approx(want, rel=1e-5, abs=1e-7), step
 
 
+def test_a_forked_run_is_one_vertex_until_the_fork_then_spreads(tap, setting):
+    """``fork``: until its step the run is exactly a 1-vertex run (the same history), then the
+    vertex becomes V copies that the distinct term moves apart where a person sees it."""
+    cfg = dataclasses.replace(BASE, fork=0.5, vertices=3, steps=40)
+    fork = cfg.phases()["fork"]
+    assert fork == 20
+    three = {**setting, "target": target_of(tap, setting["target_img"], 3)}
+    one = {**setting, "target": target_of(tap, setting["target_img"], 1)}
+    forked = run_forked(tap, three, cfg)
+    single = run(tap, one, dataclasses.replace(cfg, vertices=1))
+    h, h1 = forked["history"], single["history"]
+    assert [len(w) for w in h["least_change_weight"]] == [1] * (fork - 1) + [3] * (cfg.steps - fork + 1)
+    for key in ("pos", "neg", "least_change", "worst_rel_error", "tv"):
+        assert h[key][: fork - 1] == h1[key][: fork - 1], key
+        assert h[key][fork:] != h1[key][fork:], key
+    assert h["distinct"][fork - 1] > 0  # the copies start within --extent of each other: the term pushes
+    together = run_forked(tap, three, dataclasses.replace(cfg, distinct=0.0))  # the copies differ by the noise only
+    assert forked["vertices"] == together["vertices"] == 3
+    assert forked["extent"] > 0.1 > 0.02 > together["extent"], (forked["extent"], together["extent"])
+    assert alone(cfg).vertices == 1 and alone(dataclasses.replace(cfg, fork=0.0)).vertices == 3
+
+
+def run_forked(tap, setting, config) -> dict:
+    """``run`` for a forked config: the search space built with one vertex (``collide.alone``)."""
+    param = make_param(alone(config), setting["source"], setting["target_img"], setting["candidates"])
+    anchor = least_change_anchor(config, setting["source"], setting["candidates"])
+    setup = terms.Setup(config, tap, setting["target"], param, anchor, setting["source"], setting["target_img"])
+    hist, _, _ = optimise(tap, param, setting["target"], config, anchor=anchor, terms=terms.build_terms(setup))
+    with torch.no_grad():
+        x = param()
+    u8 = lambda a: (a.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    return {"history": hist, "vertices": len(x),
+            "extent": extent(u8(x), u8(setting["source"])[0], u8(setting["target_img"])[0])["extent"]}
+
+
+def test_fork_and_least_change_auto_follow_the_weights_and_bad_forks_are_refused():
+    from types import SimpleNamespace
+
+    from patchcollide.engine.terms import fork_of, least_change_of
+    from patchcollide.engine.config import AUTO_FORK, CollideError
+
+    random, trained = (SimpleNamespace(weights=SimpleNamespace(kind=k)) for k in ("random", "file"))
+    assert fork_of(BASE, random) == 0.0 and fork_of(BASE, trained) == AUTO_FORK
+    assert fork_of(dataclasses.replace(BASE, fork=0.2), random) == 0.2
+    auto = dataclasses.replace(BASE, least_change=None)
+    assert least_change_of(auto, random) == 0.1 and least_change_of(auto, trained) == 1.0
+    assert least_change_of(dataclasses.replace(BASE, least_change=0.0), trained) == 0.0  # off stays off
+    assert dataclasses.replace(BASE, fork=0.5, vertices=1).phases()["fork"] == 0  # one vertex: nothing to fork
+    for bad in (1.0, -0.1):
+        with pytest.raises(CollideError, match=r"fork.*must be in \[0, 1\) \(0: no fork\)"):
+            dataclasses.replace(BASE, fork=bad)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("drop, measure, direction", [
     ("pos", "rel_error", "up"),  # no collision: the vertices stay far from the target's features
@@ -177,7 +230,7 @@ def test_the_polytope_samples_are_drawn_from_the_seed_and_the_step():
 def test_the_push_margin_auto_pushes_with_random_weights_only():
     from types import SimpleNamespace
 
-    from patchcollide.engine.collide import push_margin_of
+    from patchcollide.engine.terms import push_margin_of
     from patchcollide.engine.config import AUTO_PUSH
 
     random, trained = (SimpleNamespace(weights=SimpleNamespace(kind=k)) for k in ("random", "file"))

@@ -30,6 +30,13 @@ Schedule (fractions of ``steps``; the measurements behind the defaults: docs/ben
 3. *tighten* (after ``switch``): ``loss_late`` hold the push at the margin (the hinge is
    zero once the unit is there) while L+ pulls the collision in.
 
+4. *fork* (``fork``; auto: on trained nets from 80% of the steps): until then one vertex takes
+   the steps alone, as a 1-vertex run does, and walks back to the closest collider it can find;
+   at the fork it becomes ``vertices`` copies (the search space's ``fork``: its seeded start
+   noise between them, Adam's moments repeated) that the distinct and polytope terms spread
+   apart and hold inside the net's decision. Each step before the fork forwards one image
+   where a 5-vertex step forwards seven, so five vertices cost about twice one.
+
 The run stops early once every vertex meets ``tol`` *as it would be saved* (8-bit pixels,
 as in the PNG), but never before the separate and sharpen phases are over.
 
@@ -53,7 +60,7 @@ import torch
 from ..core.errors import first_line
 from ..core.images import PATCH
 from .checkpoints import Checkpointer, Interrupted, restoring
-from .config import AUTO_PUSH, CollideConfig, CollideError
+from .config import CollideConfig, CollideError
 from .distance import relative_error
 from ..models.build import Tap, resolve_device, tap_on
 from .objectives import choose_units, collision_metrics, push_ratio
@@ -61,7 +68,7 @@ from .optimisers import SGD, Adam, Optimiser
 from .params import PatchParam
 from .target import Target
 from .term_traits import COLUMNS
-from .terms import Context, Setup, Term, build_terms, frontier_of, loss_of
+from .terms import Context, Setup, Term, build_terms, concrete, loss_of
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +139,24 @@ def make_param(config: CollideConfig, source: torch.Tensor, target: torch.Tensor
     return config.space.from_config(config, source, target, candidates)
 
 
-def push_margin_of(config: CollideConfig, tap) -> float:
-    """The push margin a run takes: ``config.push_margin``, or for auto (None) AUTO_PUSH with
-    random weights and 0 with trained ones, whose vertices the distinct term spreads by look."""
-    if config.push_margin is not None:
-        return config.push_margin
-    return AUTO_PUSH if frontier_of(tap) == "tol" else 0.0
+def alone(config: CollideConfig) -> CollideConfig:
+    """The config a forked run's search space is built from: one vertex (``fork_vertices``
+    makes the rest at the fork step)."""
+    return dataclasses.replace(config, vertices=1) if config.phases()["fork"] else config
+
+
+def fork_vertices(param: torch.nn.Module, opt: Optimiser, config: CollideConfig) -> None:
+    """``param.fork(config)``: the one vertex becomes ``config.vertices``, with Adam's moments
+    (or SGD's momentum) repeated for the copies, as ``prune`` carries them over."""
+    old = dict(param.named_parameters())
+    param.fork(config)
+    new = dict(param.named_parameters())
+    opt.param_groups[0]["params"] = list(new.values())
+    for name, p in old.items():
+        state = opt.state.pop(p, {})
+        if state and name in new:
+            opt.state[new[name]] = {k: (v.expand(new[name].shape).clone() if torch.is_tensor(v) and v.shape == p.shape
+                                        else v) for k, v in state.items()}
 
 
 def least_change_anchor(config: CollideConfig, source: torch.Tensor, candidates: dict | None) -> torch.Tensor:
@@ -206,11 +225,14 @@ def optimise(tap: Tap, param: torch.nn.Module, target: Target, config: CollideCo
     the (source, target) images (1, 3, H, W) the terms may measure against (the distinct term's
     scale).
     """
-    config = dataclasses.replace(config, push_margin=push_margin_of(config, tap))  # auto made concrete
+    config = concrete(config, tap)
     if terms is None:
         terms = default_terms(tap, param, target, config, anchor, images)
     opt = make_optimizer(param, config)
     ph = config.phases()
+    with torch.no_grad():
+        if len(param()) == config.vertices:  # built with every vertex (``alone`` not applied): nothing to fork
+            ph["fork"] = 0
     with restoring(resume_path(checkpoint)):
         hist, step, converged, before = resumed(resume, opt, terms, config.steps)
     if resume is not None and resume["done"]:
@@ -244,9 +266,11 @@ def default_terms(tap: Tap, param: torch.nn.Module, target: Target, config: Coll
 
 def take_step(tap: Tap, param: torch.nn.Module, opt: Optimiser, terms: list[Term], target: Target,
               config: CollideConfig, ph: dict, step: int, hist: dict, decision: bool) -> tuple[torch.Tensor, float]:
-    """One step of the loop: prune where due, render, the loss, the optimiser's step at the
+    """One step of the loop: fork and prune where due, render, the loss, the optimiser's step at the
     step's learning rate, the projection, the record. Returns (loss (V,), worst relative error
     measured before the update)."""
+    if step == ph["fork"]:
+        fork_vertices(param, opt, config)
     if param.mixes and step in ph["prune"]:
         prune(param, opt, ph["prune"][step])
     ctx = Context.of(tap, param, target, config, ph, step, hist, decision)
@@ -381,6 +405,7 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
     t0 = time.time()
     clock = Clock()
     progress = progress_callback(progress)
+    config = concrete(config, tap)
     S = config.size
     for name, img in (("source", source_img), ("target", target_img)):
         if img.shape != (S, S, 3):
@@ -411,9 +436,11 @@ def collide(tap: Tap, source_img: np.ndarray, target_img: np.ndarray, config: Co
                                              target_img if config.retrieve == "source+target" else None)
     cand_meta = None if candidates is None else {k: candidates[k] for k in ("ids", "yx", "distances")}
     clock.lap("retrieval")
-    param = make_param(config, src, tgt, candidates).to(dev)
+    param = make_param(alone(config), src, tgt, candidates).to(dev)
     if resume is not None:
         with restoring(resume_path(checkpoint)):
+            if 0 < config.phases()["fork"] <= resume["step"]:
+                param.fork(config)
             param.restore(resume["param"])
     if checkpoint is not None:
         checkpoint.static.update(  # tensors and plain values only: the file loads with weights_only=True

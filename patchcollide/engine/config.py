@@ -20,6 +20,10 @@ from .term_traits import TERMS, check_term
 # traits, and the plug-ins of installed packages, loaded when a config names them (docs/extending.md)
 
 AUTO_PUSH = 2.2  # push_margin auto with random weights: below twice the target's value (the paper's corners)
+AUTO_FORK = 0.8  # fork auto on a trained net: one vertex takes the first 80% of the steps alone
+# least_change auto: the start weight on a trained net (the walk back starts on the source's side of the decision)
+# and with random weights (the weight follows the collision within tol there)
+AUTO_LEAST_CHANGE = {"decision": 1.0, "tol": 0.1}
 
 OPTIMIZERS = ("adam", "sgd")
 ANCHORS = ("source", "nearest")  # what the least-change term measures each vertex's distance to
@@ -134,9 +138,10 @@ class CollideConfig:
                            "vertex: it gives the distinct term a direction between vertices that start identical).")
     first_unit: int = setting(0, "Skip the target's first N most negative units (more vertices of the same "
                               "polytope).")
-    least_change: float = setting(0.1, "Start weight of the least-change term: each vertex's mean squared distance to "
-                                  "its anchor (pixels in [0, 1], 1 at an RMS change of 0.1), so it collides as close "
-                                  "to the source as the net's decision allows (0: off).")
+    least_change: float | None = setting(None, "Start weight of the least-change term: each vertex's mean squared "
+                                         "distance to its anchor (pixels in [0, 1], 1 at an RMS change of 0.1), so it "
+                                         "collides as close to the source as the net's decision allows (0: off).",
+                                         default_text="auto: 1 on trained nets, 0.1 with random weights")
     least_change_to: str = setting("source", "The anchor: the source image, or (patch mode) its nearest-neighbour "
                                    "composition.", choices=ANCHORS)
     least_change_rate: float = setting(1.05, "Per step, a vertex's least-change weight is multiplied by this factor "
@@ -147,6 +152,11 @@ class CollideConfig:
     polytope: float = setting(3.0, "Weight of the polytope term: the collision of each step's polytope samples (the "
                               "vertices' centroid and one random convex combination), so that the inside of the "
                               "polytope fools the net as its vertices do (0: off).")
+    fork: float | None = setting(None, "Share of the steps one vertex takes alone before it splits into --vertices "
+                                 "copies that the distinct term spreads: a walk out from one collider, so that more "
+                                 "vertices cost little more than one (0: every vertex from the first step).",
+                                 default_text="auto: 0.8 on trained nets, 0 with random weights (their corners come "
+                                              "from the unit push)")
     distinct: float = setting(1.0, "Weight of the distinct term: it pushes two vertices apart in the 7 x 7 block-mean "
                               "view until they are --extent of the source-target distance apart there (0: off).")
     extent: float = setting(0.15, "The polytope's extent the distinct term holds the vertices to: the smallest "
@@ -188,9 +198,11 @@ class CollideConfig:
             (1 <= self.grid_stride <= PATCH, "grid_stride", f"must be between 1 and {PATCH}, got {self.grid_stride}"),
             (self.noise >= 0, "noise", f"must be >= 0, got {self.noise}"),
             (0 <= self.first_unit <= MAX_UNIT, "first_unit", f"must be between 0 and {MAX_UNIT:,}, got {self.first_unit}"),
-            (self.least_change >= 0, "least_change", f"must be >= 0, got {self.least_change}"),
+            (self.least_change is None or self.least_change >= 0, "least_change",
+             f"must be >= 0, got {self.least_change}"),
             (self.least_change_rate >= 1, "least_change_rate", f"must be >= 1, got {self.least_change_rate}"),
             (self.polytope >= 0, "polytope", f"must be >= 0, got {self.polytope}"),
+            (self.fork is None or 0 <= self.fork < 1, "fork", f"must be in [0, 1) (0: no fork), got {self.fork}"),
             (self.distinct >= 0, "distinct", f"must be >= 0, got {self.distinct}"),
             (0 <= self.extent <= 1, "extent", f"must be in [0, 1], got {self.extent}"),
             (self.least_change_to == "source" or self.space.needs_index, "least_change_to",
@@ -263,11 +275,15 @@ class CollideConfig:
 
     def phases(self) -> dict:
         """Step numbers of the schedule: ``switch`` (last step of the separate phase), ``prune``
-        ({step: keep}, patch mode only) and ``settle`` (no early stop before it)."""
+        ({step: keep}, patch mode only), ``fork`` (the step at which one vertex becomes
+        ``vertices``; 0: none; auto counts as none here: ``collide.concrete`` decides it) and
+        ``settle`` (no early stop before it)."""
         switch = int(round(self.switch * self.steps))
         prune = {max(1, int(round(f * self.steps))): keep for f, keep in self.prune} if self.space.mixes else {}
-        last = max([switch + 1, *prune])
-        return {"switch": switch, "prune": prune, "last_prune": max(prune, default=0), "settle": max(self.min_steps, last)}
+        fork = min(self.steps, max(2, int(round(self.fork * self.steps)))) if self.vertices > 1 and self.fork else 0
+        last = max([switch + 1, *prune, fork])
+        return {"switch": switch, "prune": prune, "last_prune": max(prune, default=0), "fork": fork,
+                "settle": max(self.min_steps, last)}
 
 
 def not_installed(fields: dict) -> tuple[str, str] | None:

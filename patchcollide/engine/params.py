@@ -44,6 +44,12 @@ class SearchSpace(SpaceTraits, nn.Module):
       by name.
     * ``restore(state)``: continue from a ``core_state``; ValueError where it does not fit.
       Default: the parameters of the same names, shapes and float dtype.
+    * ``fork(config)``: the one vertex of a space built with ``vertices=1`` becomes
+      ``config.vertices`` copies that differ by ``config.noise`` (``--fork``: a run walks out
+      from one collider). Default: every parameter and buffer of this module whose first
+      dimension is 1 (the vertex's) repeated, seeded noise N(0, ``config.noise``) on each
+      repeated parameter, then ``project`` (``PatchParam``: its logits, kept entries and seam
+      tables; ``PixelParam`` writes its own, the start's low-frequency noise).
     * ``mixing_weights() -> (V, S*S, M) | None``, ``mixing_stats() -> dict | None`` (lists of
       V floats, report.json's vertices.mixing), ``argmax_image() -> (V, 3, S, S) | None``:
       default None (the space mixes nothing).
@@ -80,6 +86,23 @@ class SearchSpace(SpaceTraits, nn.Module):
         for name, p in own.items():
             setattr(self, name, nn.Parameter(state[name].to(p.device).clone()))
 
+    @torch.no_grad()
+    def fork(self, config) -> None:
+        """One vertex becomes ``config.vertices`` copies: every parameter and buffer of this
+        module whose first dimension is 1 repeated along it, each repeated parameter with seeded
+        noise N(0, ``config.noise``) of its own (a direction between the copies for the distinct
+        term), then ``project``."""
+        V = config.vertices
+        g = torch.Generator().manual_seed(config.seed)
+        for name, b in list(self.named_buffers(recurse=False)):
+            if b is not None and b.dim() and b.shape[0] == 1:
+                setattr(self, name, b.repeat(V, *[1] * (b.dim() - 1)))
+        for name, p in list(self.named_parameters(recurse=False)):
+            if p.dim() and p.shape[0] == 1:
+                x = p.detach().repeat(V, *[1] * (p.dim() - 1))
+                setattr(self, name, nn.Parameter(x + config.noise * torch.randn(x.shape, generator=g).to(x.device)))
+        self.project()
+
     def mixing_weights(self) -> torch.Tensor | None:
         return None
 
@@ -101,12 +124,7 @@ class PixelParam(PixelSpace, SearchSpace):
     @classmethod
     def from_config(cls, config, source: torch.Tensor, target: torch.Tensor, candidates: dict | None) -> "PixelParam":
         init = (source if config.init == "source" else target).expand(config.vertices, -1, -1, -1)
-        if config.vertices > 1 and config.noise > 0:  # vertices that start apart: the distinct term's directions
-            g = torch.Generator().manual_seed(config.seed)
-            low = torch.randn(config.vertices, 3, 7, 7, generator=g).to(init.device)
-            up = torch.nn.functional.interpolate(low, size=init.shape[-2:], mode="bilinear", align_corners=False)
-            init = (init + config.noise * up).clamp(0, 1)
-        return cls(init)
+        return cls(apart(init, config))
 
     def __init__(self, init: torch.Tensor):
         super().__init__()
@@ -119,6 +137,11 @@ class PixelParam(PixelSpace, SearchSpace):
     def project(self) -> None:
         self.x.clamp_(0, 1)
 
+    @torch.no_grad()
+    def fork(self, config) -> None:
+        """The one vertex's pixels repeated, each copy with the start's seeded low-frequency noise."""
+        self.x = nn.Parameter(apart(self.x.detach().expand(config.vertices, -1, -1, -1), config))
+
     def core_state(self) -> dict:
         """What :meth:`restore` needs to continue from here (on the CPU)."""
         return {"x": self.x.detach().cpu().clone()}
@@ -130,6 +153,18 @@ class PixelParam(PixelSpace, SearchSpace):
         if x.shape != self.x.shape or not x.is_floating_point():
             raise ValueError(f"pixels {tuple(x.shape)} {x.dtype} for {tuple(self.x.shape)} float")
         self.x = nn.Parameter(x.to(self.x.device).clone())
+
+
+def apart(x: torch.Tensor, config) -> torch.Tensor:
+    """Images (V, 3, H, W) in [0, 1] with seeded low-frequency noise of ``config.noise`` (7 x 7,
+    upsampled; a draw of its own per vertex from ``config.seed``) where V > 1: vertices that
+    start apart, each pair with a direction for the distinct term."""
+    if len(x) < 2 or config.noise <= 0:
+        return x
+    g = torch.Generator().manual_seed(config.seed)
+    low = torch.randn(len(x), 3, 7, 7, generator=g).to(x.device)
+    up = torch.nn.functional.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return (x + config.noise * up).clamp(0, 1)
 
 
 def tent(size: int = PATCH) -> torch.Tensor:
@@ -402,6 +437,7 @@ class PatchParam(PatchSpace, SearchSpace):
     @torch.no_grad()
     def project(self) -> None:
         (self.theta if self.block == 1 else self.shared).clamp_(-self.CLAMP, self.CLAMP)
+
 
     def _check_state(self, state: dict) -> None:
         """A saved state fits: entries (V, P, m) int64 into the table, with m no more slots than

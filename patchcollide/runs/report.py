@@ -24,7 +24,7 @@ from ..core.formats import (
     VERTEX_METRICS,
 )
 from ..core.version import __version__
-from ..engine.config import CollideError
+from ..engine.config import AUTO_LEAST_CHANGE, CollideError
 from .inputs import check_report
 from .report_assets import CSS, JS
 # verdict and batch_verdict are importable from here too (cli/, as before verdict.py held them)
@@ -172,7 +172,7 @@ def _input_line(inputs: dict, which: str):
 
 
 def _config_shown(cfg: dict, resolved: dict) -> dict:
-    """Config values as the run used them: lr None, push_margin auto, fit auto and device auto become what the run
+    """Config values as the run used them: lr None, push_margin, least_change and fork auto, fit auto and device auto become what the run
     took (report.json's resolved), with where that came from."""
     shown = {}
     if cfg.get("lr") is None and "lr" in cfg:
@@ -183,6 +183,14 @@ def _config_shown(cfg: dict, resolved: dict) -> dict:
         shown["fit"] = f"auto: an input of {side} x {side} as given, any other {resolved['fit']}"
     if cfg.get("push_margin", 0) is None and is_number(resolved.get("push_margin")):
         shown["push_margin"] = f"{fmt(resolved['push_margin'])} (auto: {'random' if resolved['push_margin'] else 'trained'} weights)"
+    if cfg.get("least_change", 0) is None and is_number(resolved.get("least_change")):
+        shown["least_change"] = (f"{fmt(resolved['least_change'])} (auto: "
+                                 f"{'trained' if resolved['least_change'] == AUTO_LEAST_CHANGE['decision'] else 'random'}"
+                                 " weights)")
+    if cfg.get("fork", 0) is None and is_number(resolved.get("fork")):
+        step = resolved.get("fork_step")
+        shown["fork"] = (f"{fmt(resolved['fork'])} (auto: {'trained' if resolved['fork'] else 'random'} weights"
+                         + (f"; one vertex until step {step})" if step else ")"))
     if "device" in cfg:
         used = resolved.get("device")
         shown["device"] = (f"{used} ({cfg['device']})" if used and used != cfg["device"] else fmt(used or cfg["device"]))

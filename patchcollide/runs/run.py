@@ -36,9 +36,9 @@ from ..engine.checkpoints import NAME as CHECKPOINT
 from ..engine.checkpoints import PROGRESS
 from ..engine.checkpoints import (Checkpointer, CheckpointError, DamagedCheckpoint, Interrupted, StopSignals,
                                   partial_dir, restoring)
-from ..engine.collide import Clock, CollideResult, collide, push_margin_of, quantised_metrics
+from ..engine.collide import Clock, CollideResult, collide, quantised_metrics
 from ..engine.config import CollideConfig, CollideError, not_installed
-from ..engine.terms import frontier_of
+from ..engine.terms import concrete, frontier_of
 from ..models.judge import check_apart, judge_run, load_judge
 from ..models.build import Tap, input_fit, load_tap, resolve_device, tap_on
 from ..models.weights import imagenet_weights, resolve_weights
@@ -377,11 +377,13 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
                          candidate_distances=res.candidates["distances"])
         with atomic_open(os.path.join(tmp, "state.npz"), "wb") as fh:
             np.savez(fh, **state)
+        used = concrete(config, tap)  # the auto settings as the run took them
         report = {
             "kind": RUN_KIND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "notice": RANDOM_NOTICE if random else None,
             "config": dataclasses.asdict(config),
-            "resolved": {"lr": config.learning_rate, "push_margin": push_margin_of(config, tap),  # None or auto made concrete
+            "resolved": {"lr": config.learning_rate, "push_margin": used.push_margin,  # None or auto made concrete
+                         "fork": used.fork, "fork_step": used.phases()["fork"], "least_change": used.least_change,
                          "device": resolve_device(config.device if device is None else device).type,
                          "fit": resolved_fit(config, input_fit(tap.arch, tap.weights.kind)),
                          "term_settings": {name: config.term_settings(name) for name in config.terms}},
@@ -391,7 +393,7 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
                        "n_active": int((res.target.z > 0).sum()), "dim": int(res.target.z.numel())},
             "steps": res.steps, "converged": res.converged, "seconds": round(res.seconds, 3),
             "timings": res.timings,
-            "least_change_frontier": None if not config.least_change else frontier_of(tap),
+            "least_change_frontier": None if not used.least_change else frontier_of(tap),
             "vertices": {"float": res.metrics, "png": png_metrics, "mixing": res.mixing, "boxes": boxes,
                          "mean_pairwise_l2": pairwise_l2(back), "size": config.size,
                          "extent": extent(back, src, tgt)},

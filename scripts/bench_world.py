@@ -24,8 +24,10 @@ engine attacks (``runs.run.load_pair`` with the run's size and fit). For V verti
 a peer's one collider must fool the net and read as the source.
 
 Writes one record per (pair, method, mode, vertices) with ``success`` and the numbers behind it
-(L2 to the source in 0..255 units per vertex, ``polytope.extent`` of the PNGs, seconds per pair),
-the summary per (method, mode, vertices), the machine, versions and commit, into ``--out``
+(L2 to the source in 0..255 units per vertex, ``polytope.extent`` of the PNGs, seconds per pair
+and ``attack_seconds``, the attack alone), the summary per (method, mode, vertices), the
+per-pair ``comparisons`` (``comparisons``: V vertices over 1 in attack seconds, over the plain
+attack in L2 to the source), the machine, versions and commit, into ``--out``
 (JSON), a Markdown table beside it (``X.json`` -> ``X.md``, one row per method) and one contact
 sheet per method and mode. ``--resume`` keeps the records an earlier run of the same settings
 (the vertex count apart) finished, so a second run with ``--set vertices=1`` adds its rows.
@@ -123,9 +125,33 @@ def summarise(records: list[dict]) -> dict:
             "median_source_l2": _median(r.get("median_source_l2") for r in rs),
             "median_extent": _median(r.get("extent") for r in rs),
             "median_seconds": _median(r["seconds"] for r in rs), "total_seconds": round(secs, 2),
+            "median_attack_seconds": _median(r.get("attack_seconds") for r in rs),
             "success_per_second": wins / secs if secs > 0 else None,
             **{k: stats(k) for k in ("worst_rel_error_png", "min_push", "mean_sharpness", "mean_source_l2",
                                      "judge_reads_source", "share_target_close", "max_prob_gap", "steps", "seconds")}}
+    return out
+
+
+def comparisons(records: list[dict]) -> list[dict]:
+    """Per pair, patchcollide's vertices against one vertex and against the plain attack, the
+    median of the per-pair ratios over the pairs both ran: ``attack_seconds`` of V vertices over
+    those of 1 in the same mode, and the V-vertex median L2 to the source over the plain
+    attack's collider's."""
+    def by_pair(method, mode, V):
+        return {r["pair"]: r for r in records if (method_of(r), r["mode"], r["vertices"]) == (method, mode, V)}
+
+    out = []
+    plain = by_pair("plain", PEER_MODE, 1)
+    for mode, V in sorted({(r["mode"], r["vertices"]) for r in records if method_of(r) == "patchcollide"
+                           and r["vertices"] > 1}):
+        many, one = by_pair("patchcollide", mode, V), by_pair("patchcollide", mode, 1)
+        for what, other, key in (("attack seconds over 1 vertex's", one, "attack_seconds"),
+                                 ("L2 to the source over the plain attack's", plain, "median_source_l2")):
+            xs = [many[i][key] / other[i][key] for i in sorted(many) if i in other
+                  and many[i].get(key) is not None and other[i].get(key)]
+            if xs:
+                out.append({"mode": mode, "vertices": V, "what": what, "key": key, "pairs": len(xs),
+                            "median_ratio": float(np.median(xs))})
     return out
 
 
@@ -158,15 +184,16 @@ def table(result: dict) -> str:
     """The Markdown table of a result: one row per (method, mode, vertices)."""
     rows = ["| method | mode | pairs | success | every sample fools the net | judge reads the source "
             "(>= ceil(0.8 V) of V) | L2 to the source (median, 0..255) | extent (median) | seconds per pair "
-            "(median) | successes per wall second |", "|---" * 10 + "|"]
+            "(median) | attack seconds (median) | successes per wall second |", "|---" * 11 + "|"]
     for g in result["summary"].values():
         label = g.get("label") or g["method"]
         l2, ext, sps = g["median_source_l2"], g["median_extent"], g["success_per_second"]
+        att = g.get("median_attack_seconds")
         rows.append(f"| {label} | {g['mode']} | {g['pairs']} | **{100 * g['success_rate']:.0f}%** "
                     f"({g['successes']}/{g['pairs']}) | {100 * g['fools_net_rate']:.0f}% | "
                     f"{100 * g['judge_ok_rate']:.0f}% | {'-' if l2 is None else f'{l2:,.0f}'} | "
                     f"{'-' if ext is None else f'{ext:.3f}'} | {g['median_seconds']:.0f} | "
-                    f"{'-' if sps is None else f'{sps:.3g}'} |")
+                    f"{'-' if att is None else f'{att:.1f}'} | {'-' if sps is None else f'{sps:.3g}'} |")
     nets = (result.get("world") or {}).get("nets") or {}
     made = [result] if "versions" in result else result.get("parts", [])  # a combined result: its parts
     commits = ", ".join(dict.fromkeys(commit_of(p) for p in made))
@@ -178,8 +205,12 @@ def table(result: dict) -> str:
             f"Success: {result['success_rule']}.", "",
             "Every collider and vertex is an 8-bit PNG read back before it is judged; a peer's extent is 0 (one "
             "point); a peer's seconds are its whole attack (the plain attack's: every lam of its sweep), its PNGs "
-            "and judging included.", ""]
-    return "\n".join(head + rows) + "\n"
+            "and judging included. Attack seconds: the attack alone (patchcollide's collide run; a peer's "
+            "optimisation), without the PNGs, the judge and patchcollide's check of 2,000 polytope samples "
+            "(one for one vertex).", ""]
+    ratios = [f"* {c['mode']}, {c['vertices']} vertices: {c['what']}, median over {c['pairs']} pairs: "
+              f"**{c['median_ratio']:.2f}**" for c in result.get("comparisons") or []]
+    return "\n".join(head + rows + ([""] + ratios if ratios else [])) + "\n"
 
 
 def write_result(path: str, result: dict) -> None:
@@ -238,12 +269,20 @@ def combine(paths: list[str], out: str) -> int:
     settings = [p.get("settings") for p in parts]
     result = {"benchmark": "bench_world", "world": parts[0]["world"], "success_rule": parts[0]["success_rule"],
               "settings": next((s for s in settings if s and s.get("peers")), settings[0]),
-              "summary": summarise(records), "records": records,
-              "parts": [{k: p.get(k) for k in ("config", "settings", "machine", "versions", "seconds", "torch_threads")}
-                        | {"file": os.path.basename(path)} for p, path in zip(parts, paths)]}
+              "summary": summarise(records), "comparisons": comparisons(records), "records": records,
+              "parts": [part for p, path in zip(parts, paths) for part in parts_of(p, os.path.basename(path))]}
     write_result(out, result)
     print(table(result))
     return 0
+
+
+def parts_of(result: dict, file: str) -> list[dict]:
+    """What ``combine`` keeps of one input: its config, settings, machine and versions, or, for
+    a result that is itself combined, those of each of its parts (named ``file``: theirs)."""
+    keys = ("config", "settings", "machine", "versions", "seconds", "torch_threads")
+    if "parts" in result and "versions" not in result:
+        return [{**p, "file": f"{file}: {p.get('file')}"} for p in result["parts"]]
+    return [{k: result.get(k) for k in keys} | {"file": file}]
 
 
 def judge_collider(tap, judge, aim, src, tgt, png: str) -> dict:
@@ -330,6 +369,7 @@ def patch_record(report: dict, out: str, V: int) -> dict:
     dsrc = report["distances"]["vertex_source_l2"]
     return {
         "success": bool(poly["fools_net"] and reads >= min_reads(V)),
+        "attack_seconds": report["seconds"],  # the collide run alone (its target, retrieval and steps)
         "fools_net": bool(poly["fools_net"]), "share_target_class": poly["share_target_class"],
         "share_target_close": poly["share_target_close"], "max_prob_gap": poly["max_prob_gap"],
         "samples": poly["samples"], "target_class": report["target"]["label"], "target_prob": report["target"]["top_prob"],
@@ -437,7 +477,8 @@ def main(argv=None) -> int:
                 # the engine's config of this invocation (its vertex count: the last one run; records carry theirs)
                 "config": dataclasses.asdict(configs[args.modes[0]]) if len(args.modes) == 1
                 else {m: dataclasses.asdict(c) for m, c in configs.items()},
-                "success_rule": success_rule(), "summary": summarise(records), "records": records,
+                "success_rule": success_rule(), "summary": summarise(records), "comparisons": comparisons(records),
+                "records": records,
                 "machine": machine(), "versions": versions(), "seconds": round(time.time() - t_all, 1),
                 "torch_threads": torch.get_num_threads()}
 

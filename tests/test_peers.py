@@ -158,7 +158,8 @@ def test_the_benchmark_rule_and_summary_per_method():
                 "extent": 0.0 if V == 1 else 0.1, **kw}
 
     art = {"learning_rate": 100.0, "max_iter": 1000}
-    records = [rec(0, "patchcollide", 5, True, 4, 10.0), rec(1, "patchcollide", 5, False, 3, 30.0),
+    records = [rec(0, "patchcollide", 5, True, 4, 10.0, attack_seconds=4.0),
+               rec(1, "patchcollide", 5, False, 3, 30.0, attack_seconds=7.0),
                rec(0, "patchcollide", 1, True, 1, 5.0), rec(0, "art", 1, False, 0, 20.0, **art),
                rec(1, "art", 1, True, 1, 20.0, **art)]
     s = bench_world.summarise(records)
@@ -172,4 +173,26 @@ def test_the_benchmark_rule_and_summary_per_method():
     assert [r.split(" | ")[0] for r in rows] == ["| patchcollide, 5 vertices", "| patchcollide, 1 vertex",
                                                  "| ART FeatureCollisionAttack, lr 100, 1,000 iterations (tuned)"]
     assert "**50%** (1/2)" in rows[0] and "0.025" in rows[0]
+    assert five["median_attack_seconds"] == 5.5 and "| 5.5 |" in rows[0]  # the attack alone, beside the whole pair's
+    assert s["art/pixel/1"]["median_attack_seconds"] is None and "| 20 | - |" in rows[2]  # none recorded: a dash
     assert len({bench_world.key_of(r) for r in records}) == len(records)  # V = 5 and V = 1 of one pair: two keys
+    # per pair: 5 vertices' attack seconds over 1 vertex's (pair 0 only: pair 1 has no 1-vertex run), and
+    # the 5-vertex L2 over the plain attack's (pairs 0 and 1: 0 / 40 and 100 / 60)
+    records += [rec(0, "patchcollide", 1, True, 1, 5.0, attack_seconds=2.0) | {"pair": 0},
+                rec(0, "plain", 1, True, 1, 9.0) | {"median_source_l2": 40.0},
+                rec(1, "plain", 1, True, 1, 9.0) | {"median_source_l2": 60.0}]
+    records = [r for r in records if not (r["method"] == "patchcollide" and r["vertices"] == 1
+                                          and "attack_seconds" not in r)]
+    got = {c["key"]: c for c in bench_world.comparisons(records)}
+    assert got["attack_seconds"]["median_ratio"] == 2.0 and got["attack_seconds"]["pairs"] == 1
+    assert got["median_source_l2"]["pairs"] == 2 and got["median_source_l2"]["median_ratio"] == pytest.approx(
+        (0 / 40 + 100 / 60) / 2)
+    md = bench_world.table({"benchmark": "bench_world", "success_rule": "rule", "summary": s, "records": records,
+                            "comparisons": list(got.values())})
+    assert "* pixel, 5 vertices: attack seconds over 1 vertex's, median over 1 pairs: **2.00**" in md
+    # --combine of a result that is itself combined keeps its parts' commits, not a part without one
+    one = {"versions": {"git": {"commit": "abc"}}, "machine": {"cpu": "x"}, "records": []}
+    both = {"parts": [{"versions": {"git": {"commit": "def"}}, "file": "a.json"}], "records": []}
+    parts = bench_world.parts_of(one, "one.json") + bench_world.parts_of(both, "both.json")
+    assert [p["file"] for p in parts] == ["one.json", "both.json: a.json"]
+    assert [bench_world.commit_of(p) for p in parts] == ["abc", "def"]

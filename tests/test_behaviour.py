@@ -1,6 +1,10 @@
-"""The same PNGs and report values for the demo and a digits-world pair as before the code was
-reorganised (issue 29): tests/data/behaviour.json was recorded at 89da586 by
-scripts/behaviour_fingerprint.py, which this test runs again (one thread, fresh processes)."""
+"""The same PNGs and report values for the demo and a digits-world pair as when
+tests/data/behaviour.json was recorded by scripts/behaviour_fingerprint.py, which this test runs
+again (one thread, fresh processes). Recorded at 89da586 before the code was reorganised (issue
+29), and again when the fork and the least-change start of 1 on trained nets changed the
+digits-world pair on purpose (issue 26): the photo demo's PNGs (random weights) stayed the same
+bit for bit then, and its report only gained the new settings (config.fork, config.least_change
+auto, resolved.fork, resolved.fork_step, resolved.least_change)."""
 from __future__ import annotations
 
 import json

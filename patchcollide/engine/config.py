@@ -276,7 +276,7 @@ class CollideConfig:
     def phases(self) -> dict:
         """Step numbers of the schedule: ``switch`` (last step of the separate phase), ``prune``
         ({step: keep}, patch mode only), ``fork`` (the step at which one vertex becomes
-        ``vertices``; 0: none; auto counts as none here: ``collide.concrete`` decides it) and
+        ``vertices``; 0: none; auto counts as none here: ``terms.concrete`` decides it) and
         ``settle`` (no early stop before it)."""
         switch = int(round(self.switch * self.steps))
         prune = {max(1, int(round(f * self.steps))): keep for f, keep in self.prune} if self.space.mixes else {}

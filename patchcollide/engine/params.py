@@ -438,7 +438,6 @@ class PatchParam(PatchSpace, SearchSpace):
     def project(self) -> None:
         (self.theta if self.block == 1 else self.shared).clamp_(-self.CLAMP, self.CLAMP)
 
-
     def _check_state(self, state: dict) -> None:
         """A saved state fits: entries (V, P, m) int64 into the table, with m no more slots than
         now; valid and the logits of the same shape; shared logits and their links as here."""

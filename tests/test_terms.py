@@ -56,8 +56,8 @@ def setting(tap, flat_index):
 
 def run(tap, setting, config=BASE, drop: str | None = None, progress=None) -> dict:
     """optimise on the built terms, less the one whose history column is ``drop``; the outcome
-    measured on the final vertices."""
-    param = make_param(config, setting["source"], setting["target_img"], setting["candidates"])
+    measured on the final vertices. A forked config's space is built with one vertex (``alone``)."""
+    param = make_param(alone(config), setting["source"], setting["target_img"], setting["candidates"])
     anchor = least_change_anchor(config, setting["source"], setting["candidates"]) if config.least_change else None
     target = setting["target"]
     setup = terms.Setup(config, tap, target, param, anchor, setting["source"], setting["target_img"])
@@ -70,7 +70,7 @@ def run(tap, setting, config=BASE, drop: str | None = None, progress=None) -> di
         centre = float(relative_error(tap.pre(x.mean(0, keepdim=True)), target).max())
         u8 = lambda a: (a.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
         spread = extent(u8(x), u8(setting["source"])[0], u8(setting["target_img"])[0])["extent"]
-        return {"history": hist, "steps": steps, "rel_error": float(relative_error(z, target).max()),
+        return {"history": hist, "steps": steps, "vertices": len(x), "rel_error": float(relative_error(z, target).max()),
                 "centroid_rel_error": centre, "extent": spread,
                 "push": float(push_ratio(z, target).min()),
                 "distance": float(terms.least_change_distance(x, setting["source"]).mean()),
@@ -133,7 +133,7 @@ def test_a_forked_run_is_one_vertex_until_the_fork_then_spreads(tap, setting):
     assert fork == 20
     three = {**setting, "target": target_of(tap, setting["target_img"], 3)}
     one = {**setting, "target": target_of(tap, setting["target_img"], 1)}
-    forked = run_forked(tap, three, cfg)
+    forked = run(tap, three, cfg)
     single = run(tap, one, dataclasses.replace(cfg, vertices=1))
     h, h1 = forked["history"], single["history"]
     assert [len(w) for w in h["least_change_weight"]] == [1] * (fork - 1) + [3] * (cfg.steps - fork + 1)
@@ -141,23 +141,10 @@ def test_a_forked_run_is_one_vertex_until_the_fork_then_spreads(tap, setting):
         assert h[key][: fork - 1] == h1[key][: fork - 1], key
         assert h[key][fork:] != h1[key][fork:], key
     assert h["distinct"][fork - 1] > 0  # the copies start within --extent of each other: the term pushes
-    together = run_forked(tap, three, dataclasses.replace(cfg, distinct=0.0))  # the copies differ by the noise only
+    together = run(tap, three, dataclasses.replace(cfg, distinct=0.0))  # the copies differ by the noise only
     assert forked["vertices"] == together["vertices"] == 3
     assert forked["extent"] > 0.1 > 0.02 > together["extent"], (forked["extent"], together["extent"])
     assert alone(cfg).vertices == 1 and alone(dataclasses.replace(cfg, fork=0.0)).vertices == 3
-
-
-def run_forked(tap, setting, config) -> dict:
-    """``run`` for a forked config: the search space built with one vertex (``collide.alone``)."""
-    param = make_param(alone(config), setting["source"], setting["target_img"], setting["candidates"])
-    anchor = least_change_anchor(config, setting["source"], setting["candidates"])
-    setup = terms.Setup(config, tap, setting["target"], param, anchor, setting["source"], setting["target_img"])
-    hist, _, _ = optimise(tap, param, setting["target"], config, anchor=anchor, terms=terms.build_terms(setup))
-    with torch.no_grad():
-        x = param()
-    u8 = lambda a: (a.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
-    return {"history": hist, "vertices": len(x),
-            "extent": extent(u8(x), u8(setting["source"])[0], u8(setting["target_img"])[0])["extent"]}
 
 
 def test_fork_and_least_change_auto_follow_the_weights_and_bad_forks_are_refused():

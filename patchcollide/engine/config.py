@@ -24,6 +24,10 @@ AUTO_FORK = 0.8  # fork auto on a trained net: one vertex takes the first 80% of
 # least_change auto: the start weight on a trained net (the walk back starts on the source's side of the decision)
 # and with random weights (the weight follows the collision within tol there)
 AUTO_LEAST_CHANGE = {"decision": 1.0, "tol": 0.1}
+# what the distinct term compares two vertices by: the extent's 7 x 7 block means of the colour images, or the
+# same blocks of the brightness on and near the source's strokes, smoothed (terms.StrokeView); auto: strokes in
+# pixel mode on a trained net, whose vertices otherwise differ by colour tints a person reads as one image
+DISTINCT_VIEWS = ("auto", "blocks", "strokes")
 
 OPTIMIZERS = ("adam", "sgd")
 ANCHORS = ("source", "nearest")  # what the least-change term measures each vertex's distance to
@@ -159,6 +163,12 @@ class CollideConfig:
                                               "from the unit push)")
     distinct: float = setting(1.0, "Weight of the distinct term: it pushes two vertices apart in the 7 x 7 block-mean "
                               "view until they are --extent of the source-target distance apart there (0: off).")
+    distinct_view: str = setting("auto", "What the distinct term compares two vertices by: blocks, the 7 x 7 "
+                                 "block means of the colour images (the extent's view); strokes, the same blocks of "
+                                 "the brightness on and near the source's strokes, smoothed, so that the vertices "
+                                 "differ by changing different strokes, not by colour tints or marks on the "
+                                 "background.", choices=DISTINCT_VIEWS,
+                                 default_text="auto: strokes in pixel mode on trained nets, blocks otherwise")
     extent: float = setting(0.15, "The polytope's extent the distinct term holds the vertices to: the smallest "
                             "distance between two vertices in the 7 x 7 block-mean view, as a share of the "
                             "source-target distance there.")

@@ -172,7 +172,7 @@ def _input_line(inputs: dict, which: str):
 
 
 def _config_shown(cfg: dict, resolved: dict) -> dict:
-    """Config values as the run used them: lr None, push_margin, least_change and fork auto, fit auto and device auto become what the run
+    """Config values as the run used them: lr None, push_margin, least_change, fork and distinct_view auto, fit auto and device auto become what the run
     took (report.json's resolved), with where that came from."""
     shown = {}
     if cfg.get("lr") is None and "lr" in cfg:
@@ -191,6 +191,10 @@ def _config_shown(cfg: dict, resolved: dict) -> dict:
         step = resolved.get("fork_step")
         shown["fork"] = (f"{fmt(resolved['fork'])} (auto: {'trained' if resolved['fork'] else 'random'} weights"
                          + (f"; one vertex until step {step})" if step else ")"))
+    if cfg.get("distinct_view") == "auto" and resolved.get("distinct_view"):
+        shown["distinct_view"] = (f"{resolved['distinct_view']} (auto: "
+                                  + ("pixel mode on a trained net)" if resolved["distinct_view"] == "strokes"
+                                     else "random weights or not pixel mode)"))
     if "device" in cfg:
         used = resolved.get("device")
         shown["device"] = (f"{used} ({cfg['device']})" if used and used != cfg["device"] else fmt(used or cfg["device"]))

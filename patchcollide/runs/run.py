@@ -384,6 +384,7 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
             "config": dataclasses.asdict(config),
             "resolved": {"lr": config.learning_rate, "push_margin": used.push_margin,  # None or auto made concrete
                          "fork": used.fork, "fork_step": used.phases()["fork"], "least_change": used.least_change,
+                         "distinct_view": used.distinct_view,
                          "device": resolve_device(config.device if device is None else device).type,
                          "fit": resolved_fit(config, input_fit(tap.arch, tap.weights.kind)),
                          "term_settings": {name: config.term_settings(name) for name in config.terms}},

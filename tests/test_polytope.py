@@ -37,3 +37,21 @@ def test_the_distinct_terms_view_is_the_extents_view():
     x = np.random.default_rng(2).integers(0, 256, (3, 100, 128, 3)).astype(np.uint8)  # uneven blocks on both axes
     t = torch.from_numpy(x).permute(0, 3, 1, 2).double() / 255
     assert np.allclose(block_means(t).numpy(), block_view(x))
+
+
+def test_the_smoothed_block_view_is_the_block_view_of_the_gaussian_blurred_images():
+    """``block_means(x, sigma=s)`` folds the blur into its averaging matrices: the same as a
+    separable Gaussian convolution (zero beyond the border) followed by the plain view."""
+    import torch
+
+    from patchcollide.engine.terms import block_means
+
+    x = torch.from_numpy(np.random.default_rng(3).random((2, 1, 100, 128)))
+    sigma = 4.0
+    r = int(np.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
+    k = k / k.sum()
+    blurred = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1), padding=(0, r))
+    blurred = torch.nn.functional.conv2d(blurred, k.view(1, 1, -1, 1), padding=(r, 0))
+    assert torch.allclose(block_means(x, sigma=sigma), block_means(blurred), atol=1e-10)
+    assert not torch.allclose(block_means(x, sigma=sigma), block_means(x), atol=1e-3)  # the blur does something

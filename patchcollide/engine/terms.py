@@ -392,13 +392,21 @@ class Polytope(Term):
         return self.base
 
 
-def block_means(x: torch.Tensor, side: int = BLOCK_VIEW) -> torch.Tensor:
-    """Images (N, 3, H, W) in [0, 1] as (N, side * side * 3) block means in 0..255 units: the
-    view of ``polytope.block_view`` (the same near-equal blocks), differentiable."""
+def block_means(x: torch.Tensor, side: int = BLOCK_VIEW, sigma: float = 0.0) -> torch.Tensor:
+    """Images (N, C, H, W) in [0, 1] as (N, side * side * C) block means in 0..255 units: the
+    view of ``polytope.block_view`` (the same near-equal blocks), differentiable. ``sigma`` > 0:
+    of the images smoothed first by a Gaussian of that many pixels (zero beyond the border),
+    folded into the averaging matrices (one einsum, as cheap as the plain view)."""
     def averaging(n: int) -> torch.Tensor:
         m = torch.zeros(side, n, dtype=x.dtype, device=x.device)
         for i, idx in enumerate(np.array_split(np.arange(n), side)):
             m[i, idx[0] : idx[-1] + 1] = 1.0 / len(idx)
+        if sigma > 0:
+            r = int(np.ceil(3 * sigma))
+            k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+            offsets = np.arange(n)[:, None] - np.arange(n)[None, :]  # (out, in): in = out - offset
+            blur = np.where(np.abs(offsets) <= r, k[np.clip(offsets + r, 0, 2 * r)], 0.0) / k.sum()
+            m = m @ torch.as_tensor(blur, dtype=x.dtype, device=x.device)
         return m
 
     rows, cols = averaging(x.shape[2]), averaging(x.shape[3])
@@ -420,28 +428,19 @@ class StrokeView:
     distinct term measures against)."""
 
     def __init__(self, source: torch.Tensor, side: int = BLOCK_VIEW):
-        self.side = side
+        self.side, self.sigma = side, source.shape[-1] / (4 * side)
         lum = source.mean(1, keepdim=True)
         lo, hi = float(lum.min()), float(lum.max())
-        near = max(1, round(source.shape[-1] / (4 * side)))
+        near = max(1, round(self.sigma))
         if hi - lo < 1e-6:
             self.mask = torch.ones_like(lum)
         else:
             ink = (lum > lo + STROKE_INK * (hi - lo)).to(source.dtype)
             self.mask = torch.nn.functional.max_pool2d(ink, 2 * near + 1, 1, near)
-        sigma = source.shape[-1] / (4 * side)
-        r = int(np.ceil(3 * sigma))
-        k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=source.dtype, device=source.device) / sigma) ** 2)
-        self.kernel, self.r = k / k.sum(), r
 
     def __call__(self, x: torch.Tensor, masked: bool = True) -> torch.Tensor:
         g = x.mean(1, keepdim=True)
-        if masked:
-            g = g * self.mask
-        k, r = self.kernel, self.r
-        g = torch.nn.functional.conv2d(g, k.view(1, 1, 1, -1), padding=(0, r))
-        g = torch.nn.functional.conv2d(g, k.view(1, 1, -1, 1), padding=(r, 0))
-        return block_means(g, self.side)
+        return block_means(g * self.mask if masked else g, self.side, self.sigma)
 
 
 class Distinct(Term):

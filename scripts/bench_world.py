@@ -246,6 +246,37 @@ def contact_sheet(records: list[dict], path: str, rows: int = 10) -> None:
     sheet.save(path)
 
 
+def difference_sheet(records: list[dict], path: str, rows: int = 10, gain: float = 4.0) -> None:
+    """Where the vertices differ, for the first ``rows`` records with more than one vertex: per
+    pair, each vertex's brightness minus the vertices' mean brightness, times ``gain``, on grey
+    (128: no difference; lighter: this vertex is brighter there). A tint and a stroke change look
+    alike on the contact sheet at a glance; here a stroke change is a stroke-shaped light or
+    dark mark, a tint nearly nothing (brightness only), pixel noise a fine speckle."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rs = [r for r in records if r["vertices"] > 1][:rows]
+    if not rs:
+        return
+    tiles = []
+    for r in rs:
+        v = np.stack([np.asarray(Image.open(os.path.join(r["run"], f"vertex_{i}.png")).convert("L"), dtype=float)
+                      for i in range(r["vertices"])])
+        tiles.append([Image.fromarray(np.clip(128 + gain * (x - v.mean(0)), 0, 255).astype(np.uint8)).convert("RGB")
+                      for x in v])
+    side, pad, head = tiles[0][0].size[0], 4, 16
+    cols = max(len(t) for t in tiles)
+    sheet = Image.new("RGB", (cols * (side + pad) + pad, len(tiles) * (side + pad + head) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (r, row) in enumerate(zip(rs, tiles)):
+        y = pad + i * (side + pad + head)
+        draw.text((pad, y), f"{r['source_digit']} -> {r['target_digit']}: each vertex's brightness minus the "
+                            f"vertices' mean, x{gain:g} (extent {r['extent']:.3f})", fill="black")
+        for j, im in enumerate(row):
+            sheet.paste(im, (pad + j * (side + pad), y + head))
+    sheet.save(path)
+
+
 def sheet_path(base: str, method: str, mode: str, vertices: int) -> str:
     if method == "patchcollide":
         return f"{base}-{mode}.png" if vertices == 5 else f"{base}-{mode}-v{vertices}.png"
@@ -405,6 +436,9 @@ def main(argv=None) -> int:
                     help="patchcollide and the peers: plain (the lam sweep), art (ART, tuned), art-defaults")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="CollideConfig overrides (vertices=N: patchcollide's vertex count)")
+    ap.add_argument("--vertices", nargs="+", type=int, default=None, metavar="V",
+                    help="patchcollide's vertex counts, each run on a pair before the next pair (in place of "
+                         "--set vertices=N): their seconds share the machine's conditions, for the comparisons")
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--lams", nargs="+", type=float, default=list(PLAIN_LAMS), help="the plain attack's sweep")
     ap.add_argument("--plain-steps", type=int, default=PLAIN_STEPS)
@@ -443,7 +477,10 @@ def main(argv=None) -> int:
     overrides = parse_set(args.set)
     base = CollideConfig(**{"mode": "pixel", "size": world.config.size, "device": "cpu",
                             **{k: v for k, v in overrides.items() if k != "mode"}})
-    V = base.vertices
+    counts = args.vertices or [base.vertices]
+    if any(not 1 <= v <= 64 for v in counts):
+        ap.error(f"--vertices must be between 1 and 64, got {counts}")
+    V = counts[-1]
     tap = load_tap(ATTACKED, "fc6", world.weights)
     judge = load_judge(world.judge, JUDGE)
     pairs = world.pairs(args.pairs, args.pair_seed)
@@ -457,7 +494,8 @@ def main(argv=None) -> int:
     settings = {"overrides": {k: v for k, v in overrides.items() if k != "vertices"},  # records carry vertices
                 "samples": args.samples, "pair_seed": args.pair_seed, "pairs": args.pairs, "every": args.every,
                 **({"skip_every": args.skip_every} if args.skip_every else {}),
-                **({"only": sorted(args.only)} if args.only else {}), "peers": peers_settings}
+                **({"only": sorted(args.only)} if args.only else {}),
+                **({"vertices": counts} if args.vertices else {}), "peers": peers_settings}
     records: list[dict] = []
     if args.resume and os.path.isfile(args.out):
         with open(args.out) as fh:
@@ -467,9 +505,9 @@ def main(argv=None) -> int:
         else:
             print(f"--resume: {args.out} was made with other settings; starting over", file=sys.stderr)
     done = {key_of(r) for r in records}
-    configs = {mode: dataclasses.replace(base, mode=mode) for mode in args.modes}
-    todo = [(i, m, mode) for i in kept for m in args.methods
-            for mode in ([PEER_MODE] if m in PEERS else args.modes)]
+    configs = {mode: dataclasses.replace(base, mode=mode, vertices=V) for mode in args.modes}
+    todo = [(i, m, mode, v) for i in kept for m in args.methods
+            for mode in ([PEER_MODE] if m in PEERS else args.modes) for v in (counts if m == "patchcollide" else [1])]
     t_all = time.time()
 
     def result() -> dict:
@@ -483,23 +521,23 @@ def main(argv=None) -> int:
                 "torch_threads": torch.get_num_threads()}
 
     with PatchIndex(world.index) as pindex:
-        for i, method, mode in todo:
-            vertices = V if method == "patchcollide" else 1
+        for i, method, mode, vertices in todo:
             if (i, method, mode, vertices) in done:
                 continue
             p = pairs[i]
             name = f"{i:02d}-{p['source_digit']}to{p['target_digit']}"
-            out = os.path.join(runs, f"patchcollide-v{V}", mode, name) if method == "patchcollide" else \
+            out = os.path.join(runs, f"patchcollide-v{vertices}", mode, name) if method == "patchcollide" else \
                 os.path.join(runs, method, name)
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(out + ".partial", ignore_errors=True)  # a killed earlier run's checkpoint
             t0 = time.time()
             if method == "patchcollide":
-                config = configs[mode]
+                config = dataclasses.replace(configs[mode], vertices=vertices)
                 run_collide(p["source"], p["target"], out, config, arch=ATTACKED, weights=world.weights,
                             index_dir=world.index, tap=tap, pindex=pindex, judge=judge)
-                report = run_sample(out, samples=1 if V == 1 else args.samples, device="cpu", tap=tap, judge=judge)
-                fields = patch_record(report, out, V)
+                report = run_sample(out, samples=1 if vertices == 1 else args.samples, device="cpu", tap=tap,
+                                    judge=judge)
+                fields = patch_record(report, out, vertices)
             else:
                 src, tgt = load_pair(p["source"], p["target"], base)  # the inputs the engine attacks
                 try:
@@ -512,7 +550,7 @@ def main(argv=None) -> int:
                    "source_digit": p["source_digit"], "target_digit": p["target_digit"], **fields,
                    "seconds": round(time.time() - t0, 2), "run": out}
             records.append(rec)
-            what = f"{method}{f' V={V}' if method == 'patchcollide' else ''} {mode}"
+            what = f"{method}{f' V={vertices}' if method == 'patchcollide' else ''} {mode}"
             lam = f" lam {rec['lam']:g}" if method == "plain" else ""
             print(f"{what:22s} pair {i:2d} {p['source_digit']}->{p['target_digit']}: "
                   f"{'OK  ' if rec['success'] else 'fail'} rel {rec['worst_rel_error_png']:.3f} "
@@ -521,10 +559,10 @@ def main(argv=None) -> int:
                   flush=True)
             write_result(args.out, result())
     stem = os.path.splitext(args.out)[0]
-    for method, mode in sorted({(m, md) for _, m, md in todo}):
-        vertices = V if method == "patchcollide" else 1
-        contact_sheet([r for r in records if (method_of(r), r["mode"], r["vertices"]) == (method, mode, vertices)],
-                      sheet_path(stem, method, mode, vertices))
+    for method, mode, vertices in sorted({(m, md, v) for _, m, md, v in todo}):
+        mine = [r for r in records if (method_of(r), r["mode"], r["vertices"]) == (method, mode, vertices)]
+        contact_sheet(mine, sheet_path(stem, method, mode, vertices))
+        difference_sheet(mine, sheet_path(stem, method, mode, vertices).replace(".png", "-differences.png"))
     print(table(result()) if records else "no records")
     return 0
 

@@ -255,8 +255,8 @@ def distinct_view_of(config, tap) -> str:
     "strokes" in pixel mode on a trained net and "blocks" otherwise: on the digits world, pixel
     vertices spread in the block view differ by colour tints over the whole image, and in the
     strokes view by the brightness of different strokes (patch vertices, compositions of grey
-    patches, have no tints to lose and spread less far in the strokes view: 9 pairs, extent
-    0.06-0.08 against 0.08-0.15)."""
+    patches, have no tints to lose and spread less far in the strokes view: median extent 0.079
+    against 0.108 on 9 pairs, benchmarks/results/bench_world-strokes/sweep-pa_v5_strokes.json)."""
     if config.distinct_view != "auto":
         return config.distinct_view
     return "strokes" if frontier_of(tap) == "decision" and config.mode == "pixel" else "blocks"

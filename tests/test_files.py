@@ -397,3 +397,20 @@ def test_versions_read_an_unimported_library_without_importing_it():
             "print(json.dumps([gone, v['torchvision'] == torchvision.__version__, v['torch'] == torch.__version__]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(r.stdout) == [True, True, True], r.stdout + r.stderr
+
+
+def test_a_written_report_reads_back_with_its_digest_and_a_changed_byte_does_not(tmp_path):
+    """write_report's digest is of the content as the file holds it: numpy scalars, tuples, NaN
+    (written as null) and non-ASCII text read back to the same digest; one changed value or key
+    does not."""
+    import numpy as np
+
+    from patchcollide.core.files import DIGEST, digest_of, write_report
+
+    doc = {"kind": "k", "x": np.float32(0.1), "t": (1, 2), "nan": float("nan"), "name": "Zoë \u2192",
+           "nested": {"b": [np.int64(3), 2.5e-300], "a": None}}
+    path = write_report(str(tmp_path / "report.json"), doc)
+    back = json.loads(open(path).read())
+    assert back[DIGEST] == digest_of(back) == digest_of(doc) and back["nan"] is None
+    assert digest_of({**back, "x": back["x"] + 1e-9}) != back[DIGEST]
+    assert digest_of({("X" if k == "x" else k): v for k, v in back.items()}) != back[DIGEST]

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 
-from ..core.files import install_dir, write_json
+from ..core.files import install_dir, write_report
 from ..engine.checkpoints import Interrupted
 from ..engine.collide import target_of, to_tensor
 from ..engine.config import CollideError
@@ -208,7 +208,7 @@ class BatchRunner:
         report = read_report(run_dir)
         seconds = float(report["seconds"]) + time.time() - collided
         report["batch"] = {"id": job.id, "jobs_file": self.jobfile.path, "line": job.line, "seconds": round(seconds, 3)}
-        write_json(os.path.join(run_dir, "report.json"), report)
+        write_report(os.path.join(run_dir, "report.json"), report)
         # The new run goes in whole: an older (stale) run is moved into the scratch space first.
         install_dir(run_dir, final, aside=os.path.join(scratch, "old"))
         shutil.rmtree(self.folder.checkpoint_dir(job), ignore_errors=True)  # only now: a kill before resumes from it

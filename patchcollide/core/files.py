@@ -152,6 +152,26 @@ def write_json(path: str, obj, indent: int | None = 2, default: Callable = plain
     return path
 
 
+DIGEST = "digest"  # a run's report.json: the sha256 of the rest of it (digest_of), checked wherever a run is read
+
+
+def digest_of(doc: dict) -> str:
+    """The sha256 of ``doc`` without its DIGEST key, over its canonical JSON (the text
+    ``write_json`` writes, read back, keys sorted, no spaces): the same for the dict written and
+    for the one read back from the file."""
+    body = json.loads(json.dumps(finite({k: v for k, v in doc.items() if k != DIGEST}), default=plain,
+                                 allow_nan=False))
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_report(path: str, doc: dict) -> str:
+    """A run's report.json: ``doc`` with its digest (``digest_of``), written as ``write_json``
+    writes; a byte changed after that (a flip in a key nothing else reads, a value edited by
+    hand) is then an error where the run is read (``runs.inputs.check_report``), not a run that
+    silently says something else."""
+    return write_json(path, {**doc, DIGEST: digest_of(doc)})
+
+
 # ---------------------------------------------------------------------------------------------
 # Directories
 

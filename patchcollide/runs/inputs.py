@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..core.errors import PatchcollideError, first_line, raise_first
 from ..core.plugins import PluginError
-from ..core.files import check_out, check_writable, is_locked, is_run, locked, occupied
+from ..core.files import DIGEST, check_out, check_writable, digest_of, is_locked, is_run, locked, occupied
 from ..core.formats import INDEX_DIR, RUN_KIND, WEIGHT_KINDS
 from ..core.images import BadImage, Preprocess, file_problem, fit_square, frame_count, load_rgb, transparency
 from ..core.jsontypes import convert, describe, is_number
@@ -366,8 +366,9 @@ def check_report(report: dict, run_dir: str) -> CollideConfig:
     with units (V indices), unit_values (V numbers) and dim (>= 1) where present; model arch,
     layer, name (strings) and kind (``WEIGHT_KINDS``), sha256 a string for a weights file; inputs
     (source, target and index strings or null); where present, judge (model as model's, source
-    class) and polytope (samples or n >= 1, share_target_class). The first problem found is one
-    CollideError naming report.json, the key, what it holds and the fix. Reads nothing else."""
+    class) and polytope (samples or n >= 1, share_target_class); last, the digest against the
+    content (``files.digest_of``). The first problem found is one CollideError naming
+    report.json, the key, what it holds and the fix. Reads nothing else."""
     where = run_dir
     config = config_of(report, where)
     V = config.vertices
@@ -399,7 +400,21 @@ def check_report(report: dict, run_dir: str) -> CollideConfig:
         if _value(report, key, "integer", where) < 1:
             raise damaged(where, "report.json", f"{key} is {poly[key.split('.')[1]]}, expected a count >= 1")
         _value(report, "polytope.share_target_class", "number", where)
+    _check_digest(report, where)
     return config
+
+
+def _check_digest(report: dict, where: str) -> None:
+    """report.json's digest (``files.digest_of``, written by ``files.write_report``) against its
+    content: a byte changed since the run wrote it, in a key or a value, is an error here, the
+    structure's checks above having named any problem they can say more about."""
+    digest = report.get(DIGEST)
+    if not isinstance(digest, str):
+        raise damaged(where, "report.json", f"has no {DIGEST} (every run this version writes has one: the file comes "
+                                            "from an older patchcollide, or its digest's key is damaged)")
+    if digest != digest_of(report):
+        raise damaged(where, "report.json", "its content does not match its digest (a byte changed after the run "
+                                            "wrote it)")
 
 
 def _check_model(report: dict, key: str, where: str) -> None:

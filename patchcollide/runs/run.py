@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from ..core.files import atomic_open, check_writable, is_run, process_seconds, staged_dir, versions, write_json
+from ..core.files import atomic_open, check_writable, is_run, process_seconds, staged_dir, versions, write_report
 from ..core.formats import INDEX_DIR, RANDOM_LABEL, RANDOM_NOTICE, RUN_KIND, polytope_samples
 from ..engine.checkpoints import EVERY
 from ..engine.checkpoints import NAME as CHECKPOINT
@@ -405,7 +405,7 @@ def write_run(out: str, res: CollideResult, src: np.ndarray, tgt: np.ndarray, ta
         }
         if judge is not None:
             report["judge"] = judge_run(judge, src, tgt, back)
-        write_json(os.path.join(tmp, "report.json"), report)
+        write_report(os.path.join(tmp, "report.json"), report)
         check_out_dir(out, overwrite)  # again: something may have appeared while the run was going
     return report
 
@@ -564,5 +564,5 @@ def run_sample(run_dir: str, samples: int = SampleConfig.samples, seed: int = Sa
     check["dataset_n_images"] = 0 if dataset_images is None else len(dataset_images)
     check["units"] = f"L2 over 0..255 pixel values of {vertices.shape[1]} x {vertices.shape[2]} x 3 images"
     report["polytope"] = check
-    write_json(os.path.join(run_dir, "report.json"), report)
+    write_report(os.path.join(run_dir, "report.json"), report)
     return report

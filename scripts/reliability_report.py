@@ -122,9 +122,10 @@ DAMAGE_ROWS = [
          "a_store_written_before", "fuzz_damage_is_a_clear_error_or_the_clean_answer[flat-patches.h5]")]),
     ("Index: index.faiss flipped in the middle, index.json with bad or changed values, faiss failing in a search, "
      "ids out of range; a seeded fuzz (Flat and IVF-Refine)", "tmp_path indexes; 15 crafted index.json values",
-     "one line naming index.json or index.faiss and `index build`; a changed answer only where `index verify` "
-     "then fails", [f"tests/test_verify_offline.py::test_{t}" for t in (
-         "index_verify", "an_index_built", "a_bad_value_in_index_json", "search_params", "a_faiss_failure",
+     "one line naming index.json or index.faiss and `index build`, never a changed answer: index.faiss is hashed "
+     "whole at open up to 1 GiB (beyond, by `index verify`), index.json's values against its manifest_sha256", [
+         f"tests/test_verify_offline.py::test_{t}" for t in (
+         "a_flip_in_the_middle", "a_valid_value_changed", "an_index_built", "a_bad_value_in_index_json", "search_params", "a_faiss_failure",
          "an_out_of_range")] + [
                     "tests/test_verify_offline.py::test_fuzz_damage_is_a_clear_error_or_the_clean_answer[flat-index",
                     "tests/test_verify_offline.py::test_fuzz_damage_is_a_clear_error_or_the_clean_answer[ivf"]),
@@ -133,9 +134,10 @@ DAMAGE_ROWS = [
      "`collide --resume`: one line, nothing written, or the untouched resume's vertices; a batch reruns the job "
      "from step 1 with a warning and ends equal to a clean batch", ["tests/test_damaged_checkpoints.py"]),
     ("Run folders: report.json with a damaged structure, state.npz and vertex PNGs flipped or cut; a seeded fuzz",
-     "a real tiny run, copied per case", "`sample`: one line, exit 2; `load_run`: a PatchcollideError; `report`: a "
-     "page that says what is damaged; or the same run (a flipped byte in a report.json key nothing reads, such as "
-     "one in the history, loads with the same vertices and config: 'loads, values changed')",
+     "a real tiny run, copied per case; report.json's digest (files.write_report)", "`sample`: one line, exit 2; "
+     "`load_run`: a PatchcollideError; `report`: a page that says what is damaged; or the same run. A byte "
+     "changed where no structure check looks (a key nothing reads, a value in the history) is caught by the digest: "
+     "'loads, values changed' must be 0",
      ["tests/test_damaged_runs.py"]),
     ("Job files and values: duplicate keys, nesting, lone surrogates, names such as sub/../x, huge steps, samples, "
      "tol, seeds, windows beyond memory, FIFOs and empty images", "CliRunner; crafted lines",

@@ -124,9 +124,14 @@ def _make_indexes(d, photos_dir) -> None:
         shutil.copytree(good, v)
         change(v)
 
-    def resum(v):
+    def resum(v):  # every checksum of index.json vouches for the new index.faiss: what faiss then makes of it
+        from patchcollide.core.files import file_sha256
+        from patchcollide.offline.index_format import manifest_sha256
+
         m = json.loads((v / "index.json").read_text())
         m["quick_sha256"] = quick_checksum(str(v / "index.faiss"))
+        m["sha256"] = file_sha256(str(v / "index.faiss"))
+        m["manifest_sha256"] = manifest_sha256(m)
         _write_json(v / "index.json", m)
 
     def edit_manifest(fn):

@@ -215,15 +215,12 @@ def test_index_file_from_another_build_is_refused(flat_index, ivf_setup, small_s
     """index.faiss replaced by another build's file (as an interrupted rebuild leaves it)."""
     d = str(tmp_path / "idx")
     shutil.copytree(flat_index, d)
-    m = json.load(open(os.path.join(d, "index.json")))
-    m["store"]["path"] = os.path.relpath(small_store, d)
-    json.dump(m, open(os.path.join(d, "index.json"), "w"))
-    PatchIndex(d).close()  # intact pair opens
+    PatchIndex(d, small_store).close()  # intact pair opens (its store given: the copy is not beside it)
     other = str(tmp_path / "other")
     build_index(other, small_store, IndexConfig(factory="IVF16,Flat", train_size=2000))
     shutil.copy(os.path.join(other, "index.faiss"), os.path.join(d, "index.faiss"))
     with pytest.raises(IndexError_, match="not the index that index.json describes"):
-        PatchIndex(d)
+        PatchIndex(d, small_store)
 
 
 def test_too_small_training_sample_is_a_clear_error(small_store, tmp_path):

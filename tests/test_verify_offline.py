@@ -195,29 +195,39 @@ def test_a_store_written_before_checksums_opens_reads_and_verifies(tmp_path, tin
 
 
 # --- the index ---------------------------------------------------------------------------------
-def test_index_verify_ok_then_a_flip_in_the_middle_passes_open_but_fails_verify(idx):
+def test_a_flip_in_the_middle_is_refused_at_open_up_to_1_gib_and_by_verify_beyond(idx, monkeypatch):
+    """An index.faiss up to FULL_CHECK_MAX is hashed whole when it is opened: a flip in the middle
+    (outside the first and last MiB) is one line there. Beyond it (the limit lowered here) opening
+    checks only the size and the ends, and `index verify` finds the flip."""
+    from patchcollide.offline import knn
+
     code, out = run("index", "verify", "-i", idx)
     assert code == 0 and out.startswith("OK ") and "sha256" in out and f"{N_TINY} patches" in out, out
     assert json.load(open(idx / "index.json"))["sha256"] == _sha256(idx / "index.faiss")
     ipath = str(idx / "index.faiss")
     size = os.path.getsize(ipath)
-    assert size > 3 << 20  # the middle is outside the first and last MiB that opening checks
+    assert size > 3 << 20  # the middle is outside the first and last MiB
     damage(ipath, size // 2)
-    PatchIndex(str(idx)).close()  # the cheap check passes
+    with pytest.raises(IndexError_, match=r"index.faiss is damaged: its sha256 is not the .* rebuild with"):
+        PatchIndex(str(idx))
+    monkeypatch.setattr(knn, "FULL_CHECK_MAX", size - 1)
+    PatchIndex(str(idx)).close()  # a file over the limit: only its size and ends at open
     line = one_line(*run("index", "verify", "-i", idx))
     assert ipath in line and "sha256" in line and "`patchcollide index build`" in line
 
 
 def test_an_index_built_before_sha256_says_it_cannot_be_verified(idx):
-    edit_json(idx / "index.json", lambda m: m.pop("sha256"))
+    edit_json(idx / "index.json", lambda m: [m.pop("sha256"), m.pop("manifest_sha256")])  # both came with verify
     line = one_line(*run("index", "verify", "-i", idx))
     assert str(idx / "index.json") in line and "no sha256" in line and "rebuild with `patchcollide index build`" in line
 
 
-def test_index_verify_finds_a_valid_value_changed_after_the_build(idx):
-    """nprobe 32 -> 31 is a valid setting, so opening takes it; verify knows it was not built so."""
+def test_a_valid_value_changed_after_the_build_is_refused_at_open(idx):
+    """nprobe 32 -> 31 is a valid setting, but not the one built: its manifest_sha256 says so when
+    the index is opened, by a search and by verify."""
     edit_json(idx / "index.json", lambda m: m.update(nprobe=m["nprobe"] - 1))
-    PatchIndex(str(idx)).close()
+    with pytest.raises(IndexError_, match=r"index.json was changed after the build .*`index search --nprobe`"):
+        PatchIndex(str(idx))
     line = one_line(*run("index", "verify", "-i", idx))
     assert str(idx / "index.json") in line and "changed after the build" in line and "index build" in line
 
@@ -273,9 +283,13 @@ def test_a_faiss_failure_during_search_is_one_line(idx, query_image, monkeypatch
 
 
 @pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,Flat,Refine(SQ8_direct)"])
-def test_an_out_of_range_id_in_an_inverted_list_is_an_error(tmp_path, tiny, factory, caplog):
-    """Damage in an IVF list that the open-time check does not cover (quick_sha256 made to match):
-    the id it holds is never returned as an answer, and faiss' own failure is one line."""
+def test_an_out_of_range_id_in_an_inverted_list_is_an_error(tmp_path, tiny, factory, caplog, monkeypatch):
+    """Damage in an IVF list that the open-time checks do not cover (an index over FULL_CHECK_MAX,
+    the limit lowered here; quick_sha256 made to match, and index.json's digest with it): the id
+    it holds is never returned as an answer, and faiss' own failure is one line."""
+    from patchcollide.offline import knn
+    from patchcollide.offline.index_format import manifest_sha256
+
     d = tmp_path / "ivf"
     d.mkdir()
     shutil.copy(tiny / "patches.h5", d / "patches.h5")
@@ -288,6 +302,8 @@ def test_an_out_of_range_id_in_an_inverted_list_is_an_error(tmp_path, tiny, fact
     ids[0] = 10**6
     faiss.write_index(index, str(d / "index.faiss"))
     edit_json(d / "index.json", lambda m: m.update(quick_sha256=quick_checksum(str(d / "index.faiss"))))
+    edit_json(d / "index.json", lambda m: m.update(manifest_sha256=manifest_sha256(m)))
+    monkeypatch.setattr(knn, "FULL_CHECK_MAX", 0)
     with PatchIndex(str(d)) as p:
         with pytest.raises(IndexError_) as e:
             p.search_patches(p.store.get([victim]), 1)
@@ -389,3 +405,4 @@ def test_fuzz_damage_is_a_clear_error_or_the_clean_answer(tmp_path, tiny, tiny_i
     print(kind, target, counts)
     record_property("outcomes", json.dumps(counts))
     assert counts["error"] >= 3, counts  # the trials do reach the data
+    assert counts["changed, caught by verify"] == 0, counts  # index.faiss whole and index.json's digest at open

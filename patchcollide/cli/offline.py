@@ -116,9 +116,10 @@ def index():
     """Build, query, evaluate and verify the FAISS patch index.
 
     \b
-    Opening an index (search, eval, collide, batch) checks it cheaply: index.faiss against the
-    size and first and last MiB recorded in index.json, every value of index.json, and the
-    store's id and recorded fingerprint. `patchcollide index verify` reads everything.
+    Opening an index (search, eval, collide, batch) checks index.faiss against index.json: its
+    size and first and last MiB, and up to 1 GiB the sha256 of all of it; every value of
+    index.json; the store's id and recorded fingerprint. `patchcollide index verify` reads
+    everything, whatever the size.
     """
 
 
@@ -213,8 +214,9 @@ def index_eval(queries, index_dir, store_path, as_json, **fields):
 def index_verify(ctx, index_dir, store_path):
     """Check every byte of the index and its store against the record of their build.
 
-    Opening an index checks only the size, first and last MiB of index.faiss; this computes
-    the SHA-256 of all of it (recorded in index.json by `index build`) and recomputes the
+    Opening an index checks the size, first and last MiB of index.faiss, and hashes it whole
+    only up to 1 GiB; this computes the SHA-256 of all of it (recorded in index.json by `index
+    build`) whatever its size, checks index.json's own digest and recomputes the
     store's fingerprint (as `store verify`). Prints one OK line, or one error line (exit 2)
     naming the damaged file and the fix (`patchcollide index build`).
     """

@@ -7,10 +7,11 @@ errors of building, opening and searching an index. ``index_build`` writes the d
                                 k_factor, N, training sample, sha256 of index.faiss, versions, build time,
                                 manifest_sha256 over all of these
 
-Opening an index checks it cheaply (``quick_checksum``: the size, first and last MiB of
-index.faiss; the store's id and recorded fingerprint) and every value of index.json
-(``check_manifest``); ``knn.verify_index`` reads everything (``manifest_sha256``, the full
-``sha256``, the store's fingerprint recomputed).
+Opening an index checks index.faiss (``quick_checksum``: the size, first and last MiB; and
+for a file up to FULL_CHECK_MAX, 1 GiB, the sha256 of all of it), the store's id and recorded
+fingerprint, and every value of index.json (``check_manifest``); ``knn.verify_index`` reads
+everything whatever its size (``manifest_sha256``, the full ``sha256``, the store's
+fingerprint recomputed).
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ FORMAT_VERSION = 1
 NPROBE_MAX = 1 << 20  # above the largest nlist of the default rule (131,072 at 1B patches); faiss clamps to nlist
 K_FACTOR_MAX = 1024
 REBUILD = "rebuild with `patchcollide index build`"
+# an index.faiss up to this size is hashed whole each time it is opened (one read of the file), so a damaged
+# byte anywhere is an error, not a changed answer; a larger one is checked by size, first and last MiB at open
+# and in full by `patchcollide index verify`
+FULL_CHECK_MAX = 1 << 30
 
 
 class IndexError_(PatchcollideError):
@@ -99,8 +104,8 @@ def check_manifest(m: dict, mpath: str):
 
 def manifest_sha256(m: dict) -> str:
     """SHA-256 of an index.json's values: its canonical JSON (sorted keys, no spaces) without the
-    ``manifest_sha256`` key itself. Recorded at build, recomputed by ``index verify``: a value
-    changed later (damage, a hand edit) that is still valid is found there, not on open."""
+    ``manifest_sha256`` key itself. Recorded at build, recomputed at every open: a value changed
+    later (damage, a hand edit) that is still valid is an error, not another search."""
     rest = {k: v for k, v in m.items() if k != "manifest_sha256"}
     return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

@@ -34,6 +34,7 @@ from .index_build import (
     set_search_params,
 )
 from .index_format import (
+    FULL_CHECK_MAX,
     INDEX_FILE,
     MANIFEST_FILE,
     REBUILD,
@@ -151,6 +152,10 @@ class PatchIndex:
         if quick_checksum(ipath) != self.manifest["quick_sha256"]:
             raise IndexError_(f"{ipath} is not the index that {MANIFEST_FILE} describes (an interrupted rebuild, or "
                               "a file copied over it); rebuild with `patchcollide index build`")
+        whole = self.manifest.get("sha256")
+        if whole is not None and os.path.getsize(ipath) <= FULL_CHECK_MAX and file_sha256(ipath) != whole:
+            raise IndexError_(f"{ipath} is damaged: its sha256 is not the {whole[:12]} that {MANIFEST_FILE} records "
+                              f"(a byte changed after the build); {REBUILD}")
         sp = store_path or os.path.normpath(os.path.join(self.dir, self.manifest["store"]["path"]))
         if store_path is None and not os.path.exists(sp):
             fix = (f"pass its store with {store_option} PATH" if store_option else
@@ -170,6 +175,11 @@ class PatchIndex:
             )
         try:
             self._open_index(mpath, ipath, mmap)
+            recorded = self.manifest.get("manifest_sha256")  # last: the checks above say more where they see it
+            if recorded is not None and manifest_sha256(self.manifest) != recorded:
+                raise IndexError_(f"{mpath} was changed after the build (damaged or edited): its values no longer "
+                                  f"match the manifest_sha256 recorded in it; {REBUILD} (a search's own nprobe is "
+                                  "`index search --nprobe`, not an edit of index.json)")
             set_search_params(self.index, self.manifest["nprobe"] if nprobe is None else nprobe,
                                self.manifest["k_factor"] if k_factor is None else k_factor)
             try:
@@ -273,10 +283,6 @@ def verify_index(index_dir: str, store_path: str | None = None, store_option: st
             raise IndexError_(f"{mpath} records no sha256 of {INDEX_FILE} (built before `index verify` existed), so "
                               "only its size and first and last MiB can be checked; rebuild with `patchcollide index "
                               "build` to make it verifiable")
-        recorded = pidx.manifest.get("manifest_sha256")
-        if recorded is not None and manifest_sha256(pidx.manifest) != recorded:
-            raise IndexError_(f"{mpath} was changed after the build (damaged or edited): its values no longer match "
-                              f"the manifest_sha256 recorded in it; {REBUILD}")
         got = file_sha256(pidx.index_path, progress)
         if got != want:
             raise IndexError_(f"{pidx.index_path} is damaged: its sha256 is {got[:12]}, not the {want[:12]} that "

@@ -256,7 +256,7 @@ def distinct_view_of(config, tap) -> str:
     vertices spread in the block view differ by colour tints over the whole image, and in the
     strokes view by the brightness of different strokes (patch vertices, compositions of grey
     patches, have no tints to lose and spread less far in the strokes view: median extent 0.079
-    against 0.108 on 9 pairs, benchmarks/results/bench_world-strokes/sweep-pa_v5_strokes.json)."""
+    against 0.108 on 9 pairs, benchmarks/results/bench_world-strokes/sweep-pa_v5_*.json)."""
     if config.distinct_view != "auto":
         return config.distinct_view
     return "strokes" if frontier_of(tap) == "decision" and config.mode == "pixel" else "blocks"

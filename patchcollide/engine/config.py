@@ -166,8 +166,8 @@ class CollideConfig:
     distinct_view: str = setting("auto", "What the distinct term compares two vertices by: blocks, the 7 x 7 "
                                  "block means of the colour images (the extent's view); strokes, the same blocks of "
                                  "the brightness on and near the source's strokes, smoothed, so that the vertices "
-                                 "differ by changing different strokes, not by colour tints or marks on the "
-                                 "background.", choices=DISTINCT_VIEWS,
+                                 "differ in the brightness of different strokes, not in colour tints or marks on "
+                                 "the background.", choices=DISTINCT_VIEWS,
                                  default_text="auto: strokes in pixel mode on trained nets, blocks otherwise")
     extent: float = setting(0.15, "The polytope's extent the distinct term holds the vertices to: the smallest "
                             "distance between two vertices in the 7 x 7 block-mean view, as a share of the "

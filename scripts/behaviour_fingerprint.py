@@ -28,7 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # report keys whose values are about the machine, the clock or the file system, not the result
 VOLATILE = ("seconds", "s", "time", "timings", "timing", "elapsed", "wall", "version", "versions", "commit", "git", "date", "created",
             "host", "machine", "path", "dir", "root", "sha256", "platform", "python", "argv", "command", "cwd",
-            "pid", "started", "finished", "cpu", "threads", "per_s", "rate", "eta", "bytes", "memory", "rss")
+            "pid", "started", "finished", "cpu", "threads", "per_s", "rate", "eta", "bytes", "memory", "rss",
+            "digest")  # digest: the sha256 of a whole report.json, dates and versions included
 PLOTS = ("loss", "history", "curve", "tolerance")  # matplotlib figures: their pixels follow matplotlib's version
 
 

@@ -4,7 +4,11 @@ again (one thread, fresh processes). Recorded at 89da586 before the code was reo
 29), and again when the fork and the least-change start of 1 on trained nets changed the
 digits-world pair on purpose (issue 26): the photo demo's PNGs (random weights) stayed the same
 bit for bit then, and its report only gained the new settings (config.fork, config.least_change
-auto, resolved.fork, resolved.fork_step, resolved.least_change)."""
+auto, resolved.fork, resolved.fork_step, resolved.least_change). Recorded a third time when the
+strokes view of the distinct term (pixel mode on a trained net) changed the world pair's pixel
+run on purpose: the photo demo and the world pair's patch run kept every PNG and every value, and
+gained only config.distinct_view and resolved.distinct_view (report.json's digest, a hash of the
+whole file with its dates, is not part of the fingerprint)."""
 from __future__ import annotations
 
 import json

@@ -328,10 +328,12 @@ def test_sample_shows_a_bar_on_a_terminal_and_timed_lines_elsewhere(run_dir, tmp
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    shown = on_a_terminal(["sample", "--out", str(run), "--samples", "64", "--batch-size", "8", "--device", "cpu"])
+    # click's bar shows an ETA from its first update a second or more after the start: enough
+    # samples that the check lasts several seconds on a fast machine too
+    shown = on_a_terminal(["sample", "--out", str(run), "--samples", "512", "--batch-size", "8", "--device", "cpu"])
     import re
 
-    assert "polytope samples" in shown and "64/64" in shown and re.search(r"\d\d:\d\d:\d\d", shown), shown  # ETA
+    assert "polytope samples" in shown and "512/512" in shown and re.search(r"\d\d:\d\d:\d\d", shown), shown  # ETA
     assert on_a_terminal(["-q", "sample", "--out", str(run), "--samples", "16", "--batch-size", "8", "--device", "cpu"]) == ""
     r = CliRunner().invoke(cli, ["sample", "--out", str(run), "--samples", "16", "--batch-size", "8", "--device", "cpu"])
     assert r.exit_code == 0, r.output

@@ -221,8 +221,24 @@ def write_result(path: str, result: dict) -> None:
     write_text(os.path.splitext(path)[0] + ".md", table(result))
 
 
-def contact_sheet(records: list[dict], path: str, rows: int = 10) -> None:
+def _sheet(tiles: list[list], titles: list[str], path: str) -> None:
+    """Rows of equal square PIL images, each row under its title, saved to ``path``."""
     from PIL import Image, ImageDraw
+
+    side, pad, head = tiles[0][0].size[0], 4, 16
+    cols = max(len(t) for t in tiles)
+    sheet = Image.new("RGB", (cols * (side + pad) + pad, len(tiles) * (side + pad + head) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (title, row) in enumerate(zip(titles, tiles)):
+        y = pad + i * (side + pad + head)
+        draw.text((pad, y), title, fill="black")
+        for j, im in enumerate(row):
+            sheet.paste(im, (pad + j * (side + pad), y + head))
+    sheet.save(path)
+
+
+def contact_sheet(records: list[dict], path: str, rows: int = 10) -> None:
+    from PIL import Image
 
     rs = records[:rows]
     if not rs:
@@ -231,19 +247,9 @@ def contact_sheet(records: list[dict], path: str, rows: int = 10) -> None:
     for r in rs:
         names = ["source.png", "target.png", *(f"vertex_{i}.png" for i in range(r["vertices"]))]
         tiles.append([Image.open(os.path.join(r["run"], n)).convert("RGB") for n in names])
-    side, pad, head = tiles[0][0].size[0], 4, 16
-    cols = max(len(t) for t in tiles)
-    sheet = Image.new("RGB", (cols * (side + pad) + pad, len(tiles) * (side + pad + head) + pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (r, row) in enumerate(zip(rs, tiles)):
-        y = pad + i * (side + pad + head)
-        jr = r["judge_classes"]
-        draw.text((pad, y), f"{r['source_digit']} -> {r['target_digit']}: {'success' if r['success'] else 'fail'}; "
-                            f"rel.err {r['worst_rel_error_png']:.2f}, fooling {100 * r['share_target_close']:.0f}%, "
-                            f"judge reads {jr} (source {r['source_digit']})", fill="black")
-        for j, im in enumerate(row):
-            sheet.paste(im, (pad + j * (side + pad), y + head))
-    sheet.save(path)
+    _sheet(tiles, [f"{r['source_digit']} -> {r['target_digit']}: {'success' if r['success'] else 'fail'}; "
+                   f"rel.err {r['worst_rel_error_png']:.2f}, fooling {100 * r['share_target_close']:.0f}%, "
+                   f"judge reads {r['judge_classes']} (source {r['source_digit']})" for r in rs], path)
 
 
 def difference_sheet(records: list[dict], path: str, rows: int = 10, gain: float = 4.0) -> None:
@@ -253,7 +259,7 @@ def difference_sheet(records: list[dict], path: str, rows: int = 10, gain: float
     alike on the contact sheet at a glance; here a stroke change is a stroke-shaped light or
     dark mark, a tint nearly nothing (brightness only), pixel noise a fine speckle."""
     import numpy as np
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     rs = [r for r in records if r["vertices"] > 1][:rows]
     if not rs:
@@ -264,17 +270,8 @@ def difference_sheet(records: list[dict], path: str, rows: int = 10, gain: float
                       for i in range(r["vertices"])])
         tiles.append([Image.fromarray(np.clip(128 + gain * (x - v.mean(0)), 0, 255).astype(np.uint8)).convert("RGB")
                       for x in v])
-    side, pad, head = tiles[0][0].size[0], 4, 16
-    cols = max(len(t) for t in tiles)
-    sheet = Image.new("RGB", (cols * (side + pad) + pad, len(tiles) * (side + pad + head) + pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (r, row) in enumerate(zip(rs, tiles)):
-        y = pad + i * (side + pad + head)
-        draw.text((pad, y), f"{r['source_digit']} -> {r['target_digit']}: each vertex's brightness minus the "
-                            f"vertices' mean, x{gain:g} (extent {r['extent']:.3f})", fill="black")
-        for j, im in enumerate(row):
-            sheet.paste(im, (pad + j * (side + pad), y + head))
-    sheet.save(path)
+    _sheet(tiles, [f"{r['source_digit']} -> {r['target_digit']}: each vertex's brightness minus the vertices' mean, "
+                   f"x{gain:g} (extent {r['extent']:.3f})" for r in rs], path)
 
 
 def sheet_path(base: str, method: str, mode: str, vertices: int) -> str:

@@ -155,11 +155,12 @@ def write_json(path: str, obj, indent: int | None = 2, default: Callable = plain
 DIGEST = "digest"  # a run's report.json: the sha256 of the rest of it (digest_of), checked wherever a run is read
 
 
-def digest_of(doc: dict) -> str:
-    """The sha256 of ``doc`` without its DIGEST key, over its canonical JSON (the text
-    ``write_json`` writes, read back, keys sorted, no spaces): the same for the dict written and
-    for the one read back from the file."""
-    body = json.loads(json.dumps(finite({k: v for k, v in doc.items() if k != DIGEST}), default=plain,
+def digest_of(doc: dict, key: str = DIGEST) -> str:
+    """The sha256 of ``doc`` without its ``key`` (the digest itself), over its canonical JSON (the
+    text ``write_json`` writes, read back, keys sorted, no spaces): the same for the dict written
+    and for the one read back from the file. report.json's ``digest``, index.json's
+    ``manifest_sha256``."""
+    body = json.loads(json.dumps(finite({k: v for k, v in doc.items() if k != key}), default=plain,
                                  allow_nan=False))
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

@@ -21,6 +21,7 @@ import os
 import re
 
 from ..core.errors import PatchcollideError, first_line
+from ..core.files import digest_of
 from ..core.settings import field_error
 from .descriptors import make_descriptor
 
@@ -105,9 +106,9 @@ def check_manifest(m: dict, mpath: str):
 def manifest_sha256(m: dict) -> str:
     """SHA-256 of an index.json's values: its canonical JSON (sorted keys, no spaces) without the
     ``manifest_sha256`` key itself. Recorded at build, recomputed at every open: a value changed
-    later (damage, a hand edit) that is still valid is an error, not another search."""
-    rest = {k: v for k, v in m.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    later (damage, a hand edit) that is still valid is an error, not another search. The same
+    digest as a run's report.json (``files.digest_of``)."""
+    return digest_of(m, "manifest_sha256")
 
 
 def _show(value) -> str:

@@ -153,7 +153,8 @@ class PatchIndex:
             raise IndexError_(f"{ipath} is not the index that {MANIFEST_FILE} describes (an interrupted rebuild, or "
                               "a file copied over it); rebuild with `patchcollide index build`")
         whole = self.manifest.get("sha256")
-        if whole is not None and os.path.getsize(ipath) <= FULL_CHECK_MAX and file_sha256(ipath) != whole:
+        self.checked_whole = whole is not None and os.path.getsize(ipath) <= FULL_CHECK_MAX  # verify need not read it again
+        if self.checked_whole and file_sha256(ipath) != whole:
             raise IndexError_(f"{ipath} is damaged: its sha256 is not the {whole[:12]} that {MANIFEST_FILE} records "
                               f"(a byte changed after the build); {REBUILD}")
         sp = store_path or os.path.normpath(os.path.join(self.dir, self.manifest["store"]["path"]))
@@ -283,7 +284,7 @@ def verify_index(index_dir: str, store_path: str | None = None, store_option: st
             raise IndexError_(f"{mpath} records no sha256 of {INDEX_FILE} (built before `index verify` existed), so "
                               "only its size and first and last MiB can be checked; rebuild with `patchcollide index "
                               "build` to make it verifiable")
-        got = file_sha256(pidx.index_path, progress)
+        got = want if pidx.checked_whole else file_sha256(pidx.index_path, progress)  # opening read it whole
         if got != want:
             raise IndexError_(f"{pidx.index_path} is damaged: its sha256 is {got[:12]}, not the {want[:12]} that "
                               f"{MANIFEST_FILE} recorded when it was built; {REBUILD}")
